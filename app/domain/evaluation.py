@@ -1,0 +1,278 @@
+"""Relationship level and deal heat: pure functions of the facts, a rulebook and `as_of`.
+
+No clock, no database: the caller passes everything in. Every criterion of the
+subject's kind is reported, met or not, with the events (and the linked customers'
+levels) that it found, so a grade always explains itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.domain.conditions import (
+    AllOf,
+    AnyOf,
+    Condition,
+    HasEvent,
+    Latest,
+    LinkedCustomer,
+    OwnedProject,
+    StageReached,
+)
+from app.domain.facts import CustomerFacts, Event, ProjectFacts, bidder_ids, latest, live, winner_id
+from app.domain.rulebook import Label, Rulebook, Step
+
+
+@dataclass(frozen=True)
+class Related:
+    """A linked subject whose state a criterion used (e.g. a bidder and its level)."""
+
+    subject: str  # "customer" | "project"
+    id: int
+    level: int | None = None
+
+
+@dataclass(frozen=True)
+class CriterionResult:
+    id: str
+    label: Label
+    step: int  # the level, or the tier's percent, the criterion belongs to
+    met: bool
+    evidence: tuple[int, ...]  # event ids, ascending
+    related: tuple[Related, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gap:
+    """What stands between the grade and the next one up."""
+
+    target: int  # the next level, or the next tier's percent
+    missing: tuple[str, ...]  # ids of its unmet criteria
+    need: int  # how many of them must still be met
+
+
+@dataclass(frozen=True)
+class LevelGrade:
+    level: int
+    label: Label
+    criteria: tuple[CriterionResult, ...]
+    next: Gap | None
+
+
+@dataclass(frozen=True)
+class HeatGrade:
+    percent: int
+    label: Label
+    closed: bool  # won or lost
+    stage: str | None  # the current stage (latest stage change), if any
+    criteria: tuple[CriterionResult, ...]
+    next: Gap | None
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    met: bool
+    evidence: frozenset[int] = frozenset()
+    related: tuple[Related, ...] = ()
+
+
+_NO = _Outcome(False)
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The facts a condition is evaluated against."""
+
+    events: tuple[Event, ...]  # live events only
+    as_of: datetime
+    stages: tuple[str, ...]  # the rulebook's ordered stages
+    owned: tuple[tuple[int, tuple[Event, ...]], ...] = ()  # owner: (project id, live events)
+    won_projects: frozenset[int] = frozenset()  # installer: projects it won
+    project: "_ProjectScope | None" = None
+
+
+@dataclass(frozen=True)
+class _ProjectScope:
+    owner: tuple[int, int]  # (customer id, level)
+    bidders: tuple[tuple[int, int], ...]  # (customer id, level)
+    winner: tuple[int, int] | None
+    linked_events: dict[int, tuple[Event, ...]]  # customer id -> its events that a `has` reads
+
+
+def evaluate_level(rulebook: Rulebook, facts: CustomerFacts, as_of: datetime) -> LevelGrade:
+    """The customer's relationship level: cumulative, level N needs N−1 and its own
+    requirement; no level held is 0 (ungraded)."""
+    events = tuple(live(facts.events))
+    scope = _Scope(
+        events=events,
+        as_of=as_of,
+        stages=rulebook.ordered_stages,
+        owned=tuple((p.project_id, tuple(live(p.events))) for p in facts.owned_projects),
+        won_projects=frozenset(e.project_id for e in events if e.type == "bid_won" and e.project_id is not None),
+    )
+    steps = rulebook.levels[facts.kind]
+    results = [_criteria(step, scope) for step in steps]
+    level = 0
+    for step, crit in zip(steps, results):
+        if not step.holds(sum(c.met for c in crit)):
+            break
+        level = step.value
+    gap = _gap(steps[level], results[level]) if level < len(steps) else None
+    return LevelGrade(
+        level=level,
+        label=rulebook.level_labels[level],
+        criteria=tuple(c for crit in results for c in crit),
+        next=gap,
+    )
+
+
+def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> HeatGrade:
+    """The project's deal heat: the highest tier whose requirement holds (tiers are not
+    cumulative); a closed stage (won/lost) decides by itself; none holding is 0 (cold)."""
+    events = tuple(live(facts.events))
+    linked_levels = {cid: lc.level for cid, lc in facts.linked.items()}
+    win = winner_id(events)
+    scope = _Scope(
+        events=events,
+        as_of=as_of,
+        stages=rulebook.ordered_stages,
+        project=_ProjectScope(
+            owner=(facts.owner.customer_id, facts.owner.level),
+            bidders=tuple((cid, linked_levels.get(cid, 0)) for cid in bidder_ids(events)),
+            winner=(win, linked_levels.get(win, 0)) if win is not None else None,
+            linked_events={
+                cid: tuple(e for e in events if e.customer_id == cid) + tuple(live(lc.events))
+                for cid, lc in {**facts.linked, facts.owner.customer_id: facts.owner}.items()
+            },
+        ),
+    )
+    stage_event = latest([e for e in events if e.type == "stage_changed"])
+    stage = stage_event.attributes.get("stage") if stage_event else None
+    results = [_criteria(tier, scope) for tier in rulebook.tiers]
+    criteria = tuple(c for crit in results for c in crit)
+
+    if stage in rulebook.closed_stages:
+        return HeatGrade(
+            percent=rulebook.closed_stages[stage],
+            label=rulebook.closed_labels.get(stage, rulebook.cold_label),
+            closed=True,
+            stage=stage,
+            criteria=criteria,
+            next=None,
+        )
+    held = next((i for i, (tier, crit) in enumerate(zip(rulebook.tiers, results)) if tier.holds(sum(c.met for c in crit))), None)
+    if held is None:
+        lowest = len(rulebook.tiers) - 1
+        return HeatGrade(0, rulebook.cold_label, False, stage, criteria, _gap(rulebook.tiers[lowest], results[lowest]))
+    tier = rulebook.tiers[held]
+    gap = _gap(rulebook.tiers[held - 1], results[held - 1]) if held > 0 else None
+    return HeatGrade(tier.value, tier.label, False, stage, criteria, gap)
+
+
+def _criteria(step: Step, scope: _Scope) -> list[CriterionResult]:
+    out = []
+    for c in step.criteria:
+        o = _eval(c.when, scope)
+        out.append(CriterionResult(c.id, c.label, step.value, o.met, tuple(sorted(o.evidence)), o.related))
+    return out
+
+
+def _gap(step: Step, results: list[CriterionResult]) -> Gap:
+    missing = tuple(c.id for c in results if not c.met)
+    return Gap(target=step.value, missing=missing, need=max(step.at_least - (len(results) - len(missing)), 0))
+
+
+def _window(events: tuple[Event, ...], within_days: int | None, as_of: datetime) -> tuple[Event, ...]:
+    if within_days is None:
+        return events
+    start = as_of - timedelta(days=within_days)
+    return tuple(e for e in events if e.occurred_at >= start)
+
+
+def _eval(cond: Condition, scope: _Scope) -> _Outcome:
+    if isinstance(cond, HasEvent):
+        found = [
+            e
+            for e in _window(scope.events, cond.within_days, scope.as_of)
+            if e.type == cond.event_type
+            and all(e.attributes.get(k) == v for k, v in cond.where)
+            and (not cond.on_won_project or e.project_id in scope.won_projects)
+        ]
+        return _Outcome(len(found) >= cond.min_count, frozenset(e.id for e in found))
+    if isinstance(cond, Latest):
+        newest = latest([e for e in _window(scope.events, cond.within_days, scope.as_of) if e.type == cond.event_type])
+        if newest is None:
+            return _NO
+        inside = newest.attributes.get(cond.attribute) in cond.values
+        return _Outcome(inside != cond.negate, frozenset({newest.id}))
+    if isinstance(cond, StageReached):
+        return _stage_reached(cond.stage, scope)
+    if isinstance(cond, AllOf):
+        parts = [_eval(p, scope) for p in cond.parts]
+        return _Outcome(all(p.met for p in parts), _union(parts), _related(parts))
+    if isinstance(cond, AnyOf):
+        parts = [_eval(p, scope) for p in cond.parts]
+        met = [p for p in parts if p.met]
+        shown = met or parts
+        return _Outcome(bool(met), _union(shown), _related(shown))
+    if isinstance(cond, OwnedProject):
+        parts = []
+        for project_id, events in scope.owned:
+            o = _eval(cond.condition, _Scope(events=events, as_of=scope.as_of, stages=scope.stages))
+            if o.evidence or o.met:
+                parts.append(_Outcome(o.met, o.evidence, (Related("project", project_id),)))
+        met = [p for p in parts if p.met]
+        shown = met or parts
+        return _Outcome(bool(met), _union(shown), _related(shown))
+    if isinstance(cond, LinkedCustomer):
+        return _linked(cond, scope)
+    raise TypeError(f"unknown condition node {cond!r}")
+
+
+def _stage_reached(stage: str, scope: _Scope) -> _Outcome:
+    order = scope.stages
+    if stage not in order:
+        return _NO
+    needed = order.index(stage)
+    found = [
+        e
+        for e in scope.events
+        if e.type == "stage_changed" and e.attributes.get("stage") in order and order.index(e.attributes["stage"]) >= needed
+    ]
+    return _Outcome(bool(found), frozenset(e.id for e in found))
+
+
+def _linked(cond: LinkedCustomer, scope: _Scope) -> _Outcome:
+    ps = scope.project
+    if ps is None:
+        return _NO
+    if cond.role == "owner":
+        candidates = [ps.owner]
+    elif cond.role == "winner":
+        candidates = [ps.winner] if ps.winner else []
+    else:
+        candidates = list(ps.bidders)
+    parts = []
+    for cid, level in candidates:
+        related = (Related("customer", cid, level),)
+        if cond.has is None:
+            parts.append(_Outcome(level >= cond.min_level, frozenset(), related))
+            continue
+        o = _eval(cond.has, _Scope(events=ps.linked_events.get(cid, ()), as_of=scope.as_of, stages=scope.stages))
+        parts.append(_Outcome(level >= cond.min_level and o.met, o.evidence, related))
+    met = [p for p in parts if p.met]
+    shown = met or parts
+    return _Outcome(bool(met), _union(shown), _related(shown))
+
+
+def _union(parts: list[_Outcome]) -> frozenset[int]:
+    return frozenset().union(*(p.evidence for p in parts)) if parts else frozenset()
+
+
+def _related(parts: list[_Outcome]) -> tuple[Related, ...]:
+    seen: dict[Related, None] = {}
+    for p in parts:
+        for r in p.related:
+            seen.setdefault(r, None)
+    return tuple(seen)

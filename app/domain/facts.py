@@ -1,0 +1,86 @@
+"""What evaluation reads: logged events and the subjects they are linked to.
+
+Frozen inputs built by the caller (from the database or from a test); evaluation never
+fetches anything itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    type: str
+    occurred_at: datetime
+    customer_id: int | None = None
+    project_id: int | None = None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    retracted: bool = False
+
+
+@dataclass(frozen=True)
+class OwnedProject:
+    """One project of an owner, with the project's events an owner criterion may read."""
+
+    project_id: int
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True)
+class CustomerFacts:
+    customer_id: int
+    kind: str  # "owner" | "installer"
+    events: tuple[Event, ...]  # the customer's own events (customer_id == this customer)
+    owned_projects: tuple[OwnedProject, ...] = ()
+
+
+@dataclass(frozen=True)
+class LinkedCustomer:
+    """A customer linked to a project (its owner, a bidder, the winner): its current
+    level and its own events that are on no project (those on the project are among the
+    project's events)."""
+
+    customer_id: int
+    level: int
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectFacts:
+    project_id: int
+    owner: LinkedCustomer
+    events: tuple[Event, ...]  # every event with project_id == this project
+    linked: Mapping[int, LinkedCustomer] = field(default_factory=dict)  # bidders and winner by id
+
+
+def bidder_ids(events: tuple[Event, ...]) -> list[int]:
+    """Installers that joined the bid or won it, in order of their first such event."""
+    seen: dict[int, None] = {}
+    for e in sorted(live(events), key=_order):
+        if e.type in ("bid_joined", "bid_won") and e.customer_id is not None:
+            seen.setdefault(e.customer_id, None)
+    return list(seen)
+
+
+def winner_id(events: tuple[Event, ...]) -> int | None:
+    """The customer of the latest non-retracted `bid_won`, if any."""
+    won = [e for e in live(events) if e.type == "bid_won" and e.customer_id is not None]
+    return max(won, key=_order).customer_id if won else None
+
+
+def live(events: tuple[Event, ...] | list[Event]) -> list[Event]:
+    """The events that count: retracted ones count for nothing."""
+    return [e for e in events if not e.retracted]
+
+
+def _order(e: Event) -> tuple[datetime, int]:
+    # Latest is by occurred_at; the id only breaks ties between equal instants.
+    return (e.occurred_at, e.id)
+
+
+def latest(events: list[Event]) -> Event | None:
+    return max(events, key=_order) if events else None

@@ -1,0 +1,525 @@
+"""The rulebook: event catalogue, level criteria per customer kind, heat tiers.
+
+A rulebook is data (JSON). `parse_rulebook` validates it completely and either returns
+a frozen `Rulebook` or raises `RulebookError` listing every problem with its place
+(a JSON path such as `levels.owner[1].criteria[3].when.event`) and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from app.domain.conditions import (
+    ROLES,
+    AllOf,
+    AnyOf,
+    Condition,
+    HasEvent,
+    Latest,
+    LinkedCustomer,
+    OwnedProject,
+    StageReached,
+    walk,
+)
+
+CUSTOMER_KINDS = ("owner", "installer")
+PRESENCE = ("required", "optional", "forbidden")
+ATTRIBUTE_TYPES = ("enum", "enum_list", "bool", "number", "string")
+MAX_STRING_ATTRIBUTE = 500
+
+
+@dataclass(frozen=True)
+class Label:
+    zh: str
+    en: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"zh": self.zh, "en": self.en}
+
+
+@dataclass(frozen=True)
+class AttributeSpec:
+    name: str
+    type: str
+    values: tuple[str, ...] = ()
+    required: bool = False
+    default: Any = None
+    min: float | None = None
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    label: Label
+    customer: str  # required | optional | forbidden
+    project: str
+    customer_kind: str | None  # the kind a customer of this event must be, if any
+    attributes: Mapping[str, AttributeSpec]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    id: str
+    label: Label
+    when: Condition
+
+
+@dataclass(frozen=True)
+class Step:
+    """A level (1..n) or a heat tier (its percent): holds when `at_least` of its
+    criteria are met (all of them unless the rulebook relaxes it)."""
+
+    value: int
+    label: Label
+    criteria: tuple[Criterion, ...]
+    at_least: int
+
+    def holds(self, met_count: int) -> bool:
+        return met_count >= self.at_least
+
+
+@dataclass(frozen=True)
+class Rulebook:
+    version: str
+    title: Label
+    ordered_stages: tuple[str, ...]
+    closed_stages: Mapping[str, int]
+    event_types: Mapping[str, EventType]
+    level_labels: Mapping[int, Label]
+    levels: Mapping[str, tuple[Step, ...]]  # customer kind -> levels 1..n
+    tiers: tuple[Step, ...]  # highest percent first
+    cold_label: Label
+    closed_labels: Mapping[str, Label]
+    source: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def max_level(self, kind: str) -> int:
+        return len(self.levels[kind])
+
+    @property
+    def linked_customer_event_types(self) -> frozenset[str]:
+        """Event types a project criterion reads from a linked customer's own events."""
+        return frozenset(
+            node.event_type
+            for tier in self.tiers
+            for c in tier.criteria
+            for link in walk(c.when)
+            if isinstance(link, LinkedCustomer) and link.has is not None
+            for node in walk(link.has)
+            if isinstance(node, (HasEvent, Latest))
+        )
+
+    @property
+    def owned_project_event_types(self) -> frozenset[str]:
+        """Event types an owner criterion reads from the owner's projects."""
+        types: set[str] = set()
+        for step in self.levels["owner"]:
+            for c in step.criteria:
+                for node in walk(c.when):
+                    if isinstance(node, OwnedProject):
+                        for inner in walk(node.condition):
+                            if isinstance(inner, (HasEvent, Latest)):
+                                types.add(inner.event_type)
+                            elif isinstance(inner, StageReached):
+                                types.add("stage_changed")
+        return frozenset(types)
+
+
+class RulebookError(ValueError):
+    """A rulebook that cannot be used. `problems` holds (place, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  {place}: {reason}" for place, reason in problems)
+        super().__init__(f"invalid rulebook ({len(problems)} problem(s)):\n{lines}")
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+
+    def fail(self, place: str, reason: str) -> None:
+        self.problems.append((place or "(root)", reason))
+
+    def obj(self, value: Any, place: str, *, allowed: set[str], required: set[str]) -> dict | None:
+        if not isinstance(value, dict):
+            self.fail(place, "must be an object")
+            return None
+        for key in value:
+            if key not in allowed:
+                self.fail(_join(place, key), "unknown key")
+        for key in sorted(required - value.keys()):
+            self.fail(_join(place, key), "is required")
+        return value
+
+    def text(self, value: Any, place: str) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.fail(place, "must be a non-empty string")
+            return None
+        return value
+
+    def label(self, value: Any, place: str) -> Label:
+        data = self.obj(value, place, allowed={"zh", "en"}, required={"zh", "en"}) or {}
+        zh = self.text(data.get("zh"), _join(place, "zh")) if "zh" in data else None
+        en = self.text(data.get("en"), _join(place, "en")) if "en" in data else None
+        return Label(zh or "?", en or "?")
+
+    def positive_int(self, value: Any, place: str) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.fail(place, "must be a whole number ≥ 1")
+            return None
+        return value
+
+
+def _join(place: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{place}[{key}]"
+    return f"{place}.{key}" if place else key
+
+
+def parse_rulebook(data: Any) -> Rulebook:
+    """Validate rulebook data (already decoded from JSON) and build the model."""
+    r = _Reader()
+    top = r.obj(
+        data,
+        "",
+        allowed={"version", "title", "stages", "event_types", "level_labels", "levels", "heat"},
+        required={"version", "title", "stages", "event_types", "level_labels", "levels", "heat"},
+    )
+    if top is None:
+        raise RulebookError(r.problems)
+    version = r.text(top.get("version"), "version") or "?"
+    title = r.label(top.get("title"), "title")
+
+    stages = r.obj(top.get("stages"), "stages", allowed={"ordered", "closed"}, required={"ordered", "closed"}) or {}
+    ordered: tuple[str, ...] = ()
+    if isinstance(stages.get("ordered"), list) and stages["ordered"]:
+        ordered = tuple(s for i, s in enumerate(stages["ordered"]) if r.text(s, f"stages.ordered[{i}]"))
+        if len(set(ordered)) != len(ordered):
+            r.fail("stages.ordered", "stages must be unique")
+    elif "ordered" in stages:
+        r.fail("stages.ordered", "must be a non-empty list of stage names")
+    closed: dict[str, int] = {}
+    closed_raw = stages.get("closed")
+    if isinstance(closed_raw, dict):
+        for name, pct in closed_raw.items():
+            if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
+                r.fail(f"stages.closed.{name}", "must be a percent from 0 to 100")
+            elif name in ordered:
+                r.fail(f"stages.closed.{name}", "a closed stage cannot also be an ordered stage")
+            else:
+                closed[name] = pct
+    elif "closed" in stages:
+        r.fail("stages.closed", "must be an object of stage name to percent")
+
+    event_types = _parse_event_types(r, top.get("event_types"))
+
+    level_labels: dict[int, Label] = {}
+    raw_labels = top.get("level_labels")
+    if isinstance(raw_labels, dict):
+        for key, value in raw_labels.items():
+            if not (isinstance(key, str) and key.isdigit()):
+                r.fail(f"level_labels.{key}", "keys are level numbers")
+                continue
+            level_labels[int(key)] = r.label(value, f"level_labels.{key}")
+    else:
+        r.fail("level_labels", "must be an object of level number to label")
+
+    ctx = _ConditionContext(r, event_types, ordered)
+    levels: dict[str, tuple[Step, ...]] = {}
+    raw_levels = r.obj(top.get("levels"), "levels", allowed=set(CUSTOMER_KINDS), required=set(CUSTOMER_KINDS)) or {}
+    for kind in CUSTOMER_KINDS:
+        if kind in raw_levels:
+            steps = _parse_steps(r, ctx, raw_levels[kind], f"levels.{kind}", value_key="level", scope=kind)
+            for i, step in enumerate(steps):
+                if step.value != i + 1:
+                    r.fail(f"levels.{kind}[{i}].level", f"levels must be numbered 1, 2, 3… in order; expected {i + 1}")
+            levels[kind] = steps
+    for n in range(0, max((len(s) for s in levels.values()), default=0) + 1):
+        if n not in level_labels:
+            r.fail(f"level_labels.{n}", "missing label for this level")
+
+    heat = r.obj(
+        top.get("heat"),
+        "heat",
+        allowed={"tiers", "cold_label", "won_label", "lost_label"},
+        required={"tiers", "cold_label", "won_label", "lost_label"},
+    ) or {}
+    tiers = _parse_steps(r, ctx, heat.get("tiers"), "heat.tiers", value_key="percent", scope="project") if "tiers" in heat else ()
+    percents = [t.value for t in tiers]
+    if any(not 0 < p < 100 for p in percents):
+        r.fail("heat.tiers", "tier percents must be between 1 and 99")
+    if percents != sorted(set(percents), reverse=True):
+        r.fail("heat.tiers", "tiers must be listed from the highest percent down, each percent once")
+    cold_label = r.label(heat.get("cold_label"), "heat.cold_label")
+    closed_labels = {"won": r.label(heat.get("won_label"), "heat.won_label"), "lost": r.label(heat.get("lost_label"), "heat.lost_label")}
+
+    ids: dict[str, str] = {}
+    for kind, steps in [*levels.items(), ("heat", tiers)]:
+        for step in steps:
+            for c in step.criteria:
+                if c.id in ids:
+                    r.fail(f"{kind}:{c.id}", f"criterion id used twice (also in {ids[c.id]})")
+                ids[c.id] = kind
+
+    if r.problems:
+        raise RulebookError(r.problems)
+    return Rulebook(
+        version=version,
+        title=title,
+        ordered_stages=ordered,
+        closed_stages=closed,
+        event_types=event_types,
+        level_labels=level_labels,
+        levels=levels,
+        tiers=tiers,
+        cold_label=cold_label,
+        closed_labels=closed_labels,
+        source=data,
+    )
+
+
+def _parse_event_types(r: _Reader, raw: Any) -> dict[str, EventType]:
+    out: dict[str, EventType] = {}
+    if not isinstance(raw, dict) or not raw:
+        r.fail("event_types", "must be a non-empty object of type name to definition")
+        return out
+    for name, spec in raw.items():
+        place = f"event_types.{name}"
+        d = r.obj(spec, place, allowed={"label", "customer", "project", "customer_kind", "attributes"}, required={"label", "customer", "project"})
+        if d is None:
+            continue
+        for key in ("customer", "project"):
+            if key in d and d[key] not in PRESENCE:
+                r.fail(f"{place}.{key}", f"must be one of {', '.join(PRESENCE)}")
+        if d.get("customer") == "forbidden" and d.get("project") == "forbidden":
+            r.fail(place, "an event must be about a customer or a project")
+        kind = d.get("customer_kind")
+        if kind is not None and kind not in CUSTOMER_KINDS:
+            r.fail(f"{place}.customer_kind", f"must be one of {', '.join(CUSTOMER_KINDS)}")
+        attrs: dict[str, AttributeSpec] = {}
+        raw_attrs = d.get("attributes", {})
+        if not isinstance(raw_attrs, dict):
+            r.fail(f"{place}.attributes", "must be an object")
+            raw_attrs = {}
+        for attr_name, a in raw_attrs.items():
+            attr_place = f"{place}.attributes.{attr_name}"
+            ad = r.obj(a, attr_place, allowed={"type", "values", "required", "default", "min"}, required={"type"})
+            if ad is None:
+                continue
+            atype = ad.get("type")
+            if atype not in ATTRIBUTE_TYPES:
+                r.fail(f"{attr_place}.type", f"must be one of {', '.join(ATTRIBUTE_TYPES)}")
+                continue
+            values = ad.get("values", [])
+            if atype in ("enum", "enum_list") and (not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values)):
+                r.fail(f"{attr_place}.values", "an enum needs a non-empty list of string values")
+                values = []
+            attrs[attr_name] = AttributeSpec(
+                name=attr_name,
+                type=atype,
+                values=tuple(values),
+                required=bool(ad.get("required", False)),
+                default=ad.get("default"),
+                min=ad.get("min"),
+            )
+        out[name] = EventType(
+            name=name,
+            label=r.label(d.get("label"), f"{place}.label"),
+            customer=d.get("customer", "optional"),
+            project=d.get("project", "optional"),
+            customer_kind=kind,
+            attributes=attrs,
+        )
+    return out
+
+
+def _parse_steps(r: _Reader, ctx: "_ConditionContext", raw: Any, place: str, *, value_key: str, scope: str) -> tuple[Step, ...]:
+    if not isinstance(raw, list) or not raw:
+        r.fail(place, "must be a non-empty list")
+        return ()
+    steps = []
+    for i, s in enumerate(raw):
+        sp = f"{place}[{i}]"
+        d = r.obj(s, sp, allowed={value_key, "label", "criteria", "at_least"}, required={value_key, "label", "criteria"})
+        if d is None:
+            continue
+        value = d.get(value_key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            r.fail(f"{sp}.{value_key}", "must be a whole number")
+            value = 0
+        criteria = []
+        raw_criteria = d.get("criteria")
+        if not isinstance(raw_criteria, list) or not raw_criteria:
+            r.fail(f"{sp}.criteria", "must be a non-empty list")
+            raw_criteria = []
+        for j, c in enumerate(raw_criteria):
+            cp = f"{sp}.criteria[{j}]"
+            cd = r.obj(c, cp, allowed={"id", "label", "when"}, required={"id", "label", "when"})
+            if cd is None:
+                continue
+            cid = r.text(cd.get("id"), f"{cp}.id") or "?"
+            cond = ctx.condition(cd.get("when"), f"{cp}.when", scope) if "when" in cd else None
+            if cond is not None:
+                criteria.append(Criterion(cid, r.label(cd.get("label"), f"{cp}.label"), cond))
+        at_least = len(criteria)
+        if "at_least" in d:
+            k = r.positive_int(d["at_least"], f"{sp}.at_least")
+            if k is not None and k > len(raw_criteria):
+                r.fail(f"{sp}.at_least", f"cannot exceed the number of criteria ({len(raw_criteria)})")
+            elif k is not None:
+                at_least = k
+        steps.append(Step(value=value, label=r.label(d.get("label"), f"{sp}.label"), criteria=tuple(criteria), at_least=at_least))
+    return tuple(steps)
+
+
+class _ConditionContext:
+    """Parses condition nodes, checking each against the catalogue and its scope.
+
+    Scopes: "owner"/"installer" (a customer's own events), "project" (a project's events),
+    "linked" (a linked customer's events, inside bidder/winner/owner `has`)."""
+
+    def __init__(self, r: _Reader, event_types: Mapping[str, EventType], stages: tuple[str, ...]):
+        self.r = r
+        self.event_types = event_types
+        self.stages = stages
+
+    def condition(self, raw: Any, place: str, scope: str) -> Condition | None:
+        r = self.r
+        if not isinstance(raw, dict) or not raw:
+            r.fail(place, "must be a condition object")
+            return None
+        if "event" in raw:
+            return self._has_event(raw, place, scope)
+        if "latest" in raw:
+            return self._latest(raw, place)
+        if "stage_reached" in raw:
+            r.obj(raw, place, allowed={"stage_reached"}, required=set())
+            if scope != "project":
+                r.fail(place, "stage_reached applies to a project (use owned_project for an owner)")
+            if raw["stage_reached"] not in self.stages:
+                r.fail(f"{place}.stage_reached", f"unknown stage; ordered stages are {', '.join(self.stages)}")
+            return StageReached(raw["stage_reached"])
+        for key, cls in (("all_of", AllOf), ("any_of", AnyOf)):
+            if key in raw:
+                r.obj(raw, place, allowed={key}, required=set())
+                parts = raw[key]
+                if not isinstance(parts, list) or not parts:
+                    r.fail(f"{place}.{key}", "must be a non-empty list of conditions")
+                    return None
+                parsed = [self.condition(p, f"{place}.{key}[{i}]", scope) for i, p in enumerate(parts)]
+                return cls(tuple(p for p in parsed if p is not None))
+        if "owned_project" in raw:
+            r.obj(raw, place, allowed={"owned_project"}, required=set())
+            if scope != "owner":
+                r.fail(place, "owned_project applies only to owner levels")
+            inner = self.condition(raw["owned_project"], f"{place}.owned_project", "project")
+            return OwnedProject(inner) if inner is not None else None
+        for role in ROLES:
+            if role in raw:
+                r.obj(raw, place, allowed={role}, required=set())
+                if scope != "project":
+                    r.fail(place, f"{role} applies only to heat tiers")
+                spec = r.obj(raw[role], f"{place}.{role}", allowed={"min_level", "has"}, required=set()) or {}
+                min_level = spec.get("min_level", 0)
+                if isinstance(min_level, bool) or not isinstance(min_level, int) or min_level < 0:
+                    r.fail(f"{place}.{role}.min_level", "must be a whole number ≥ 0")
+                    min_level = 0
+                has = self.condition(spec["has"], f"{place}.{role}.has", "linked") if "has" in spec else None
+                return LinkedCustomer(role, min_level, has)
+        r.fail(place, "unknown condition; expected one of event, latest, stage_reached, all_of, any_of, owned_project, bidder, winner, owner")
+        return None
+
+    def _event_type(self, name: Any, place: str) -> EventType | None:
+        if name not in self.event_types:
+            self.r.fail(place, f"unknown event type {name!r}")
+            return None
+        return self.event_types[name]
+
+    def _within(self, raw: dict, place: str) -> int | None:
+        if "within_days" not in raw:
+            return None
+        return self.r.positive_int(raw["within_days"], f"{place}.within_days")
+
+    def _has_event(self, raw: dict, place: str, scope: str) -> HasEvent | None:
+        r = self.r
+        r.obj(raw, place, allowed={"event", "where", "min_count", "within_days", "on_won_project"}, required=set())
+        et = self._event_type(raw["event"], f"{place}.event")
+        where = raw.get("where", {})
+        if not isinstance(where, dict):
+            r.fail(f"{place}.where", "must be an object of attribute to value")
+            where = {}
+        if et is not None:
+            for attr, value in where.items():
+                self._check_value(et, attr, value, f"{place}.where.{attr}")
+        min_count = 1
+        if "min_count" in raw:
+            min_count = r.positive_int(raw["min_count"], f"{place}.min_count") or 1
+        on_won = raw.get("on_won_project", False)
+        if on_won not in (True, False):
+            r.fail(f"{place}.on_won_project", "must be true or false")
+        if on_won and (scope != "installer" or (et is not None and et.project == "forbidden")):
+            r.fail(f"{place}.on_won_project", "applies to installer criteria on events that carry a project")
+        return HasEvent(
+            event_type=raw["event"],
+            where=tuple(sorted(where.items())),
+            min_count=min_count,
+            within_days=self._within(raw, place),
+            on_won_project=bool(on_won),
+        )
+
+    def _latest(self, raw: dict, place: str) -> Latest | None:
+        r = self.r
+        r.obj(raw, place, allowed={"latest", "attribute", "in", "not_in", "within_days"}, required={"attribute"})
+        et = self._event_type(raw["latest"], f"{place}.latest")
+        if ("in" in raw) == ("not_in" in raw):
+            r.fail(place, "needs exactly one of in / not_in")
+            return None
+        key = "in" if "in" in raw else "not_in"
+        values = raw[key]
+        if not isinstance(values, list) or not values:
+            r.fail(f"{place}.{key}", "must be a non-empty list of values")
+            return None
+        attribute = raw.get("attribute")
+        if et is not None and attribute is not None:
+            for i, v in enumerate(values):
+                self._check_value(et, attribute, v, f"{place}.{key}[{i}]")
+        return Latest(
+            event_type=raw["latest"],
+            attribute=attribute or "?",
+            values=frozenset(values),
+            negate=key == "not_in",
+            within_days=self._within(raw, place),
+        )
+
+    def _check_value(self, et: EventType, attr: str, value: Any, place: str) -> None:
+        spec = et.attributes.get(attr)
+        if spec is None:
+            self.r.fail(place, f"event type {et.name!r} has no attribute {attr!r}")
+        elif spec.type == "enum" and value not in spec.values:
+            self.r.fail(place, f"{value!r} is not one of {', '.join(spec.values)}")
+        elif spec.type == "bool" and not isinstance(value, bool):
+            self.r.fail(place, "must be true or false")
+
+
+def load_rulebook(path: str | Path | None = None) -> Rulebook:
+    """Load and validate a rulebook file; without a path, the packaged default."""
+    if path is None:
+        text = resources.files("app.domain").joinpath("rulebooks/default.json").read_text(encoding="utf-8")
+        where = "default rulebook"
+    else:
+        where = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise RulebookError([(where, f"cannot be read: {exc.strerror or exc}")]) from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RulebookError([(f"{where}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+    return parse_rulebook(data)

@@ -1,0 +1,98 @@
+"""Checking an event against the rulebook's catalogue before anything is stored."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from app.domain.rulebook import MAX_STRING_ATTRIBUTE, AttributeSpec, Rulebook
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    field: str  # a path in the request body, e.g. "attributes.reception"
+    reason: str
+
+
+class EventRejected(ValueError):
+    def __init__(self, problems: list[FieldProblem]):
+        self.problems = problems
+        super().__init__("; ".join(f"{p.field}: {p.reason}" for p in problems))
+
+
+def check_event(
+    rulebook: Rulebook,
+    event_type: str,
+    attributes: Mapping[str, Any],
+    *,
+    customer_kind: str | None,
+    has_customer: bool,
+    has_project: bool,
+) -> dict[str, Any]:
+    """Validate type, scope and attributes; return the attributes with defaults filled.
+
+    `customer_kind` is the kind of the referenced customer (None when there is none or it
+    was not found — the caller reports unknown references itself)."""
+    et = rulebook.event_types.get(event_type)
+    if et is None:
+        raise EventRejected([FieldProblem("type", f"unknown event type {event_type!r}; see GET /v1/rulebook")])
+    problems: list[FieldProblem] = []
+    for fld, has, presence in (("customer_id", has_customer, et.customer), ("project_id", has_project, et.project)):
+        if presence == "required" and not has:
+            problems.append(FieldProblem(fld, f"required for a {event_type} event"))
+        elif presence == "forbidden" and has:
+            problems.append(FieldProblem(fld, f"a {event_type} event is about a {'project' if fld == 'customer_id' else 'customer'} only; remove {fld}"))
+    if et.customer_kind and customer_kind and customer_kind != et.customer_kind:
+        problems.append(FieldProblem("customer_id", f"a {event_type} event needs an {et.customer_kind}, and this customer is an {customer_kind}"))
+
+    out: dict[str, Any] = {}
+    for name, value in attributes.items():
+        spec = et.attributes.get(name)
+        if spec is None:
+            known = ", ".join(et.attributes) or "none"
+            problems.append(FieldProblem(f"attributes.{name}", f"unknown attribute for {event_type} (known: {known})"))
+            continue
+        reason = _check_value(spec, value)
+        if reason:
+            problems.append(FieldProblem(f"attributes.{name}", reason))
+        else:
+            out[name] = value
+    for name, spec in et.attributes.items():
+        if name in attributes:
+            continue
+        if spec.required:
+            problems.append(FieldProblem(f"attributes.{name}", f"required for a {event_type} event"))
+        elif spec.default is not None:
+            out[name] = spec.default
+    if problems:
+        raise EventRejected(problems)
+    return out
+
+
+def _check_value(spec: AttributeSpec, value: Any) -> str | None:
+    if spec.type == "enum":
+        if not isinstance(value, str) or value not in spec.values:
+            return f"must be one of {', '.join(spec.values)}"
+    elif spec.type == "enum_list":
+        if not isinstance(value, list) or not value:
+            return f"must be a non-empty list of {', '.join(spec.values)}"
+        bad = [v for v in value if not isinstance(v, str) or v not in spec.values]
+        if bad:
+            return f"{bad[0]!r} is not one of {', '.join(spec.values)}"
+        if len(set(value)) != len(value):
+            return "lists each item once"
+    elif spec.type == "bool":
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif spec.type == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "must be a number"
+        if spec.min is not None and value < spec.min:
+            return f"must be ≥ {spec.min:g}"
+    elif spec.type == "string":
+        if not isinstance(value, str):
+            return "must be a string"
+        if len(value) > MAX_STRING_ATTRIBUTE:
+            return f"at most {MAX_STRING_ATTRIBUTE} characters"
+    return None
