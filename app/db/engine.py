@@ -1,0 +1,65 @@
+"""Engine and sessions. SQLite runs as production SQLite should: WAL, synchronous=NORMAL,
+a busy timeout, foreign keys on, and write transactions that start with BEGIN IMMEDIATE
+so writers queue for the single write lock instead of failing mid-transaction."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+WRITE = "rapport_write"
+
+
+def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, echo: bool = False) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": sqlite_busy_timeout_ms / 1000})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection, _record):  # noqa: ANN001
+            # Let SQLAlchemy's begin event, not pysqlite, decide how a transaction starts.
+            dbapi_connection.isolation_level = None
+            cur = dbapi_connection.cursor()
+            if parsed.database not in (None, "", ":memory:"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_ms)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+class Database:
+    """Hands out sessions: read sessions, and write sessions that serialize writers on
+    SQLite (BEGIN IMMEDIATE). Row locks do the serializing on PostgreSQL."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self._read = sessionmaker(bind=engine, expire_on_commit=False)
+        self._write = sessionmaker(bind=engine.execution_options(**{WRITE: True}), expire_on_commit=False)
+
+    @contextmanager
+    def session(self, *, write: bool) -> Iterator[Session]:
+        """The one place that commits: commit on success, roll back on any error."""
+        factory = self._write if write else self._read
+        with factory() as session:
+            try:
+                yield session
+                if write:
+                    session.commit()
+                else:
+                    session.rollback()
+            except BaseException:
+                session.rollback()
+                raise

@@ -1,0 +1,27 @@
+"""Configuration from the environment (prefix RAPPORT_). Built by a function, never at import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAPPORT_", extra="ignore")
+
+    database_url: str = Field(default="sqlite:///rapport.db", description="SQLAlchemy URL; default: rapport.db in the working directory")
+    bootstrap_key: str | None = Field(default=None, description="if set, an admin API key with exactly this secret exists after start-up")
+    rulebook_path: Path | None = Field(default=None, description="a rulebook JSON file; default: the packaged default rulebook")
+    migrations_dir: Path | None = Field(default=None, description="where the Alembic scripts are, if not beside the package")
+    idempotency_ttl_hours: int = Field(default=24, ge=24, description="how long Idempotency-Key answers are kept")
+    idempotency_lease_seconds: int = Field(default=60, ge=1, description="after this, an unfinished request's key may be taken over")
+    max_page_size: int = Field(default=200, ge=1)
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
