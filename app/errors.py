@@ -1,0 +1,52 @@
+"""Typed application errors. One handler (app/api/problems.py) turns each into RFC 9457
+problem+json; nothing else builds error responses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    reason: str
+
+
+class AppError(Exception):
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, errors: list[FieldError] | None = None, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+
+
+class Invalid(AppError):
+    status, slug, title = 422, "validation", "The request is not valid"
+
+
+class NotFound(AppError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class Conflict(AppError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class PreconditionFailed(AppError):
+    status, slug, title = 412, "precondition-failed", "The resource has changed"
+
+
+class PreconditionRequired(AppError):
+    status, slug, title = 428, "precondition-required", "If-Match is required"
+
+
+class Unauthorized(AppError):
+    status, slug, title = 401, "unauthorized", "Missing or unknown API key"
+
+
+class Forbidden(AppError):
+    status, slug, title = 403, "forbidden", "The API key lacks the scope for this"

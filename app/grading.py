@@ -1,0 +1,198 @@
+"""Grading: keeps every stored grade equal to a fresh evaluation of the event log.
+
+This is the only place grades are written. An event (or its retraction) re-grades its
+customer and its project's owner; a level change re-grades every project linked to that
+customer; every change of a grade appends one history row. All of it happens inside the
+caller's transaction, after the subjects' rows are locked (customers before projects,
+each in id order, so concurrent writers queue instead of deadlocking or losing updates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import facts as repo
+from app.db import models as m
+from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
+from app.domain.facts import CustomerFacts, LinkedCustomer, ProjectFacts
+from app.domain.rulebook import Rulebook
+
+LEVEL = "relationship_level"
+HEAT = "deal_heat"
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One grade change, as reported to the caller that caused it."""
+
+    subject: str  # "customer" | "project"
+    id: int
+    metric: str
+    old: int
+    new: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "id": self.id, "metric": self.metric, "old": self.old, "new": self.new}
+
+
+@dataclass
+class Regrade:
+    """What one write asks to be re-graded, and why."""
+
+    trigger: dict[str, Any]
+    actor: str | None
+    now: datetime
+    customer_ids: set[int] = field(default_factory=set)
+    project_ids: set[int] = field(default_factory=set)
+    # Customers whose own project-less events a project criterion reads (e.g. `advocates`
+    # for H70.3): their projects are re-graded even if their level stays.
+    fan_out_from: set[int] = field(default_factory=set)
+
+
+def snapshot_level(grade: LevelGrade) -> dict[str, Any]:
+    return {"criteria": [_criterion(c) for c in grade.criteria], "next": _gap(grade.next)}
+
+
+def snapshot_heat(grade: HeatGrade) -> dict[str, Any]:
+    return {"criteria": [_criterion(c) for c in grade.criteria], "next": _gap(grade.next)}
+
+
+def _criterion(c: CriterionResult) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": c.id, "met": c.met, "evidence": list(c.evidence)}
+    if c.related:
+        out["related"] = [{"subject": r.subject, "id": r.id, **({"level": r.level} if r.level is not None else {})} for r in c.related]
+    return out
+
+
+def _gap(gap: Gap | None) -> dict[str, Any] | None:
+    return None if gap is None else {"target": gap.target, "missing": list(gap.missing), "need": gap.need}
+
+
+def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> None:
+    """Grade a customer that has no events yet (so its criteria and gap show from the start)."""
+    grade = evaluate_level(rulebook, CustomerFacts(customer.id or 0, customer.kind, ()), now)
+    customer.level, customer.level_since, customer.grade = grade.level, now, snapshot_level(grade)
+
+
+def initial_heat(rulebook: Rulebook, project: m.Project, owner: m.Customer, now: datetime) -> None:
+    grade = evaluate_heat(rulebook, ProjectFacts(project.id or 0, LinkedCustomer(owner.id, owner.level), ()), now)
+    project.heat, project.heat_since, project.stage, project.closed = grade.percent, now, grade.stage, grade.closed
+    project.grade = snapshot_heat(grade)
+
+
+def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
+    """Re-grade what `job` names (and what their level changes reach); return the changes."""
+    customers = repo.lock_customers(session, job.customer_ids)
+    effects: list[Effect] = []
+    level_changes: dict[int, Effect] = {}
+    project_ids = set(job.project_ids)
+    for cid, customer in customers.items():
+        effect = _regrade_customer(session, rulebook, customer, job)
+        if effect is not None:
+            effects.append(effect)
+            level_changes[cid] = effect
+        if effect is not None or cid in job.fan_out_from:
+            project_ids |= repo.linked_project_ids(session, cid)
+
+    for project in repo.lock_projects(session, project_ids).values():
+        effect = _regrade_project(session, rulebook, project, job, level_changes)
+        if effect is not None:
+            effects.append(effect)
+    return effects
+
+
+def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, job: Regrade) -> Effect | None:
+    grade = evaluate_level(rulebook, repo.customer_facts(session, customer, rulebook.owned_project_event_types), job.now)
+    snapshot = snapshot_level(grade)
+    old = customer.level
+    if snapshot != customer.grade or grade.level != old:
+        customer.grade = snapshot
+        customer.version += 1
+    if grade.level == old:
+        return None
+    customer.level, customer.level_since = grade.level, job.now
+    _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, snapshot, job.trigger, job)
+    return Effect("customer", customer.id, LEVEL, old, grade.level)
+
+
+def _regrade_project(
+    session: Session, rulebook: Rulebook, project: m.Project, job: Regrade, level_changes: dict[int, Effect]
+) -> Effect | None:
+    facts = repo.project_facts(session, project, rulebook.linked_customer_event_types)
+    grade = evaluate_heat(rulebook, facts, job.now)
+    snapshot = snapshot_heat(grade)
+    old = project.heat
+    if snapshot != project.grade or grade.percent != old or grade.stage != project.stage:
+        project.grade, project.stage, project.closed = snapshot, grade.stage, grade.closed
+        project.version += 1
+    if grade.percent == old:
+        return None
+    project.heat, project.heat_since = grade.percent, job.now
+    linked = {facts.owner.customer_id, *facts.linked}
+    via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
+    trigger = {**job.trigger, "via": via} if via else job.trigger
+    _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, snapshot, trigger, job)
+    return Effect("project", project.id, HEAT, old, grade.percent)
+
+
+def _append(
+    session: Session,
+    rulebook: Rulebook,
+    subject: str,
+    subject_id: int,
+    metric: str,
+    old: int,
+    new: int,
+    evidence: dict[str, Any],
+    trigger: dict[str, Any],
+    job: Regrade,
+) -> None:
+    session.add(
+        m.GradeChange(
+            subject_type=subject,
+            subject_id=subject_id,
+            metric=metric,
+            old=old,
+            new=new,
+            rulebook_version=rulebook.version,
+            evidence=evidence,
+            trigger=trigger,
+            actor=job.actor,
+            at=job.now,
+        )
+    )
+
+
+def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, batch: int = 500) -> list[Effect]:
+    """Re-grade every customer, then every project (levels first: heat reads levels).
+
+    Used when the active rulebook changes and by `rapport regrade` (time-window criteria)."""
+    effects: list[Effect] = []
+    for ids in _batches(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
+        for customer in repo.lock_customers(session, ids).values():
+            effect = _regrade_customer(session, rulebook, customer, job)
+            if effect:
+                effects.append(effect)
+    level_changes = {e.id: e for e in effects}
+    for ids in _batches(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
+        for project in repo.lock_projects(session, ids).values():
+            effect = _regrade_project(session, rulebook, project, job, level_changes)
+            if effect:
+                effects.append(effect)
+    return effects
+
+
+def _batches(ids: Iterable[int], size: int) -> Iterable[list[int]]:
+    chunk: list[int] = []
+    for i in ids:
+        chunk.append(i)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,95 @@
+"""Customers: owners (项目甲方) and installers (安装公司)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import models as m
+from app.domain.rulebook import Rulebook
+from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
+from app.grading import initial_level
+from app.services.paging import page
+
+DESCRIPTIVE = ("name", "external_ref", "region", "rep", "contact", "tags")
+
+
+def create_customer(session: Session, rulebook: Rulebook, fields: dict[str, Any], *, now: datetime) -> m.Customer:
+    customer = m.Customer(**fields, created_at=now, updated_at=now, version=1)
+    customer.contact = customer.contact or {}
+    customer.tags = customer.tags or []
+    initial_level(rulebook, customer, now)
+    save_unique(session, customer, fields.get("external_ref"))
+    return customer
+
+
+def get_customer(session: Session, customer_id: int) -> m.Customer:
+    customer = session.get(m.Customer, customer_id)
+    if customer is None:
+        raise NotFound(f"no customer with id {customer_id}")
+    return customer
+
+
+def update_customer(
+    session: Session, customer_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime
+) -> m.Customer:
+    customer = session.scalar(select(m.Customer).where(m.Customer.id == customer_id).with_for_update())
+    if customer is None:
+        raise NotFound(f"no customer with id {customer_id}")
+    check_version(customer.version, if_match)
+    for key, value in changes.items():
+        setattr(customer, key, value)
+    if changes:
+        customer.version += 1
+        customer.updated_at = now
+    save_unique(session, customer, changes.get("external_ref"))
+    return customer
+
+
+def list_customers(
+    session: Session,
+    *,
+    kind: str | None,
+    level: int | None,
+    rep: str | None,
+    region: str | None,
+    q: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[Sequence[m.Customer], str | None]:
+    query = select(m.Customer)
+    if kind:
+        query = query.where(m.Customer.kind == kind)
+    if level is not None:
+        query = query.where(m.Customer.level == level)
+    if rep:
+        query = query.where(m.Customer.rep == rep)
+    if region:
+        query = query.where(m.Customer.region == region)
+    if q:
+        like = f"%{q.lower()}%"
+        query = query.where(or_(func.lower(m.Customer.name).like(like), func.lower(m.Customer.external_ref).like(like)))
+    return page(session, query, m.Customer.id, limit=limit, cursor=cursor)
+
+
+def check_version(current: int, if_match: int | None) -> None:
+    if if_match is not None and if_match != current:
+        raise PreconditionFailed(f"the resource is at version {current}; re-read it and apply the change again")
+
+
+def save_unique(session: Session, row: Any, external_ref: str | None) -> None:
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        if external_ref is not None:
+            raise Conflict(
+                f"external_ref {external_ref!r} is already used",
+                errors=[FieldError("external_ref", "already used by another record")],
+            ) from None
+        raise

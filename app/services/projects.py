@@ -1,0 +1,98 @@
+"""Projects: a construction project, its owner, bidders and winner."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.db import models as m
+from app.db.facts import lock_customers
+from app.domain.rulebook import Rulebook
+from app.errors import FieldError, Invalid, NotFound
+from app.grading import initial_heat
+from app.services.customers import save_unique, check_version
+from app.services.paging import page
+
+
+def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any], *, now: datetime) -> m.Project:
+    owner_id = fields["owner_id"]
+    # Lock the owner: its level is read for the project's first heat.
+    owner = lock_customers(session, [owner_id]).get(owner_id)
+    if owner is None:
+        raise Invalid("the project was not created", errors=[FieldError("owner_id", f"no customer with id {owner_id}")])
+    if owner.kind != "owner":
+        raise Invalid("the project was not created", errors=[FieldError("owner_id", f"customer {owner_id} is an installer; a project's owner must be an owner")])
+    project = m.Project(**fields, created_at=now, updated_at=now, version=1)
+    project.tags = project.tags or []
+    initial_heat(rulebook, project, owner, now)
+    save_unique(session, project, fields.get("external_ref"))
+    return project
+
+
+def get_project(session: Session, project_id: int) -> m.Project:
+    project = session.get(m.Project, project_id)
+    if project is None:
+        raise NotFound(f"no project with id {project_id}")
+    return project
+
+
+def update_project(session: Session, project_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> m.Project:
+    project = session.scalar(select(m.Project).where(m.Project.id == project_id).with_for_update())
+    if project is None:
+        raise NotFound(f"no project with id {project_id}")
+    check_version(project.version, if_match)
+    for key, value in changes.items():
+        setattr(project, key, value)
+    if changes:
+        project.version += 1
+        project.updated_at = now
+    save_unique(session, project, changes.get("external_ref"))
+    return project
+
+
+def list_projects(
+    session: Session,
+    *,
+    owner_id: int | None,
+    heat: int | None,
+    rep: str | None,
+    stage: str | None,
+    q: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[Sequence[m.Project], str | None]:
+    query = select(m.Project)
+    if owner_id is not None:
+        query = query.where(m.Project.owner_id == owner_id)
+    if heat is not None:
+        query = query.where(m.Project.heat == heat)
+    if rep:
+        query = query.where(m.Project.rep == rep)
+    if stage:
+        query = query.where(m.Project.stage == stage)
+    if q:
+        query = query.where(func.lower(m.Project.name).like(f"%{q.lower()}%"))
+    return page(session, query, m.Project.id, limit=limit, cursor=cursor)
+
+
+def participants(session: Session, project: m.Project) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The project's bidders (with whether they bid with our product) and its winner."""
+    rows = session.execute(
+        select(m.Event, m.Customer)
+        .join(m.Customer, m.Customer.id == m.Event.customer_id)
+        .outerjoin(m.Retraction, m.Retraction.event_id == m.Event.id)
+        .where(m.Event.project_id == project.id, m.Event.type.in_(("bid_joined", "bid_won")), m.Retraction.id.is_(None))
+        .order_by(m.Event.occurred_at, m.Event.id)
+    ).all()
+    bidders: dict[int, dict[str, Any]] = {}
+    winner: dict[str, Any] | None = None
+    for event, customer in rows:
+        entry = bidders.setdefault(customer.id, {"id": customer.id, "name": customer.name, "level": customer.level, "with_our_product": False})
+        if event.type == "bid_joined" and event.attributes.get("with_our_product"):
+            entry["with_our_product"] = True
+        if event.type == "bid_won":
+            winner = {"id": customer.id, "name": customer.name, "level": customer.level}
+    return list(bidders.values()), winner
