@@ -1,0 +1,87 @@
+"""/v1/customers — owners and installers, with their relationship level."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.api import present
+from app.api import schemas as s
+from app.api.deps import ContextDep, Reader, Writer
+from app.api.etags import etag, parse_if_match
+from app.services import customers as svc
+from app.services.history import history_page
+
+router = APIRouter(prefix="/v1/customers", tags=["customers"])
+
+
+@router.post("", status_code=201, response_model=s.CustomerOut)
+def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer, response: Response) -> s.CustomerOut:
+    """Create an owner (项目甲方) or installer (安装公司). It starts ungraded (level 0)."""
+    with ctx.db.session(write=True) as session:
+        fields = body.model_dump(exclude_none=True)
+        customer = svc.create_customer(session, ctx.rulebook, fields, now=ctx.clock())
+        response.headers["ETag"] = etag("customer", customer.id, customer.version)
+        response.headers["Location"] = f"/v1/customers/{customer.id}"
+        return ctx.presenter.customer(customer)
+
+
+@router.get("", response_model=s.CustomerPage)
+def list_customers(
+    ctx: ContextDep,
+    caller: Reader,
+    kind: Literal["owner", "installer"] | None = None,
+    level: Annotated[int | None, Query(ge=0, le=9)] = None,
+    rep: Annotated[str | None, Query(max_length=100)] = None,
+    region: Annotated[str | None, Query(max_length=100)] = None,
+    q: Annotated[str | None, Query(max_length=100, description="part of the name or external_ref")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> s.CustomerPage:
+    """List customers, filtered, oldest first; follow `next_cursor` for more."""
+    with ctx.db.session(write=False) as session:
+        rows, next_cursor = svc.list_customers(session, kind=kind, level=level, rep=rep, region=region, q=q, limit=limit, cursor=cursor)
+        return s.CustomerPage(items=[ctx.presenter.customer(c) for c in rows], next_cursor=next_cursor)
+
+
+@router.get("/{customer_id}", response_model=s.CustomerOut)
+def get_customer(customer_id: int, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
+    """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
+    with ctx.db.session(write=False) as session:
+        customer = svc.get_customer(session, customer_id)
+        response.headers["ETag"] = etag("customer", customer.id, customer.version)
+        return ctx.presenter.customer(customer)
+
+
+@router.patch("/{customer_id}", response_model=s.CustomerOut)
+def update_customer(
+    customer_id: int,
+    body: s.CustomerPatch,
+    ctx: ContextDep,
+    caller: Writer,
+    response: Response,
+    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the customer changed since")] = None,
+) -> s.CustomerOut:
+    """Change descriptive fields. `kind` cannot change."""
+    with ctx.db.session(write=True) as session:
+        customer = svc.update_customer(
+            session, customer_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "customer", customer_id), now=ctx.clock()
+        )
+        response.headers["ETag"] = etag("customer", customer.id, customer.version)
+        return ctx.presenter.customer(customer)
+
+
+@router.get("/{customer_id}/history", response_model=s.HistoryPage)
+def customer_history(
+    customer_id: int,
+    ctx: ContextDep,
+    caller: Reader,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> s.HistoryPage:
+    """Every change of the customer's relationship level, oldest first, with its evidence and trigger."""
+    with ctx.db.session(write=False) as session:
+        svc.get_customer(session, customer_id)
+        rows, next_cursor = history_page(session, "customer", customer_id, limit=limit, cursor=cursor)
+        return s.HistoryPage(items=[present.history_item(h) for h in rows], next_cursor=next_cursor)

@@ -1,0 +1,99 @@
+"""/v1/events — the logged facts every grade is derived from."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
+
+from app.api import idempotency, present
+from app.api import schemas as s
+from app.api.deps import ContextDep, Reader, Writer
+from app.services import events as svc
+from app.services.event_queries import list_events
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", description="retry-safe: the same key and body get the first answer again (kept ≥ 24 h)"),
+]
+
+
+def _recorded(event, retraction, effects, status: int) -> JSONResponse:  # noqa: ANN001
+    out = s.EventRecordedOut(**present.event(event, retraction).model_dump(), effects=[e.as_dict() for e in effects])
+    return JSONResponse(out.model_dump(mode="json"), status_code=status, headers={"Location": f"/v1/events/{event.id}"})
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=s.EventRecordedOut,
+    responses={200: {"model": s.EventRecordedOut, "description": "the same source + external_id was recorded before: that event, nothing counted twice"}},
+)
+def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Log an event. It is validated against the rulebook's catalogue, stored, and the grades it
+    touches are re-computed in the same transaction; `effects` lists the grade changes."""
+
+    def work() -> JSONResponse:
+        with ctx.db.session(write=True) as session:
+            new = svc.NewEvent(**body.model_dump())
+            recorded = svc.record_event(session, ctx.rulebook, new, actor=caller.actor, now=ctx.clock())
+            retraction = None if recorded.created else svc.retraction_of(session, recorded.event.id)
+            return _recorded(recorded.event, retraction, recorded.effects, 201 if recorded.created else 200)
+
+    fp = idempotency.fingerprint("POST", "/v1/events", body.model_dump(mode="json"))
+    return idempotency.run(ctx, caller, idempotency_key, fp, work)
+
+
+@router.get("", response_model=s.EventPage)
+def get_events(
+    ctx: ContextDep,
+    caller: Reader,
+    customer_id: Annotated[int | None, Query(gt=0)] = None,
+    project_id: Annotated[int | None, Query(gt=0)] = None,
+    type: Annotated[str | None, Query(max_length=64)] = None,
+    occurred_from: Annotated[AwareDatetime | None, Query(alias="from", description="occurred_at ≥ this")] = None,
+    occurred_to: Annotated[AwareDatetime | None, Query(alias="to", description="occurred_at < this")] = None,
+    order: Literal["asc", "desc"] = "asc",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> s.EventPage:
+    """List events (retracted ones included, with their retraction), in recording order."""
+    with ctx.db.session(write=False) as session:
+        rows, next_cursor = list_events(
+            session,
+            customer_id=customer_id,
+            project_id=project_id,
+            type=type,
+            occurred_from=occurred_from,
+            occurred_to=occurred_to,
+            descending=order == "desc",
+            limit=limit,
+            cursor=cursor,
+        )
+        return s.EventPage(items=[present.event(e, r) for e, r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{event_id}", response_model=s.EventOut)
+def get_event(event_id: int, ctx: ContextDep, caller: Reader) -> s.EventOut:
+    with ctx.db.session(write=False) as session:
+        event = svc.get_event(session, event_id)
+        return present.event(event, svc.retraction_of(session, event_id))
+
+
+@router.post("/{event_id}/retract", response_model=s.EventRecordedOut)
+def retract_event(event_id: int, body: s.RetractIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Retract an event: from now on it counts for nothing and the grades it touched are
+    re-computed. Nothing is deleted. Retracting a retracted event changes nothing (200)."""
+
+    def work() -> JSONResponse:
+        with ctx.db.session(write=True) as session:
+            event, retraction, effects = svc.retract_event(session, ctx.rulebook, event_id, body.reason, actor=caller.actor, now=ctx.clock())
+            return _recorded(event, retraction, effects, 200)
+
+    fp = idempotency.fingerprint("POST", f"/v1/events/{event_id}/retract", body.model_dump(mode="json"))
+    return idempotency.run(ctx, caller, idempotency_key, fp, work)

@@ -1,0 +1,103 @@
+"""Idempotency-Key (IETF draft-ietf-httpapi-idempotency-key-header): the first answer to a
+keyed request is stored and replayed to retries; the same key with another body is 422,
+and 409 while the first request is still in flight.
+
+The key's record is claimed in its own short transaction before the work starts (so a
+concurrent retry sees it), and the answer is stored after the work has committed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any, Callable
+
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.api.deps import Caller, Context
+from app.api.problems import app_error_response
+from app.db import models as m
+from app.errors import AppError, Conflict, FieldError, Invalid
+
+MAX_KEY_LENGTH = 255
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+def run(ctx: Context, caller: Caller, key: str | None, fp: str, work: Callable[[], JSONResponse]) -> Response:
+    """Run `work` at most once per (caller's API key, Idempotency-Key)."""
+    if key is None:
+        return work()
+    if not key or len(key) > MAX_KEY_LENGTH:
+        raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters")])
+    now = ctx.clock()
+    stored = _claim(ctx, caller.key_id, key, fp, now)
+    if stored is not None:
+        return stored
+    try:
+        response = work()
+    except AppError as exc:
+        response = app_error_response(exc)
+    except BaseException:
+        _release(ctx, caller.key_id, key)  # a crash is not an answer: let the retry run
+        raise
+    if response.status_code >= 500:
+        _release(ctx, caller.key_id, key)
+        return response
+    with ctx.db.session(write=True) as session:
+        session.execute(
+            update(m.IdempotencyRecord)
+            .where(m.IdempotencyRecord.api_key_id == caller.key_id, m.IdempotencyRecord.key == key)
+            .values(status_code=response.status_code, response_body=bytes(response.body), response_type=response.media_type)
+        )
+    return response
+
+
+def _claim(ctx: Context, key_id: int, key: str, fp: str, now: datetime) -> Response | None:
+    """Claim the key for this request; or return the stored answer; or raise 409/422."""
+    ttl = timedelta(hours=ctx.settings.idempotency_ttl_hours)
+    lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
+    with ctx.db.session(write=True) as session:
+        session.execute(delete(m.IdempotencyRecord).where(m.IdempotencyRecord.created_at < now - ttl))
+        record = session.scalar(
+            select(m.IdempotencyRecord).where(m.IdempotencyRecord.api_key_id == key_id, m.IdempotencyRecord.key == key).with_for_update()
+        )
+        if record is None:
+            try:
+                with session.begin_nested():
+                    session.add(m.IdempotencyRecord(api_key_id=key_id, key=key, fingerprint=fp, created_at=now, locked_until=lease))
+                return None
+            except IntegrityError:
+                raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"}) from None
+        if record.fingerprint != fp:
+            raise Invalid(
+                "this Idempotency-Key was used for a different request",
+                errors=[FieldError("Idempotency-Key", "reused with a different method, path or body")],
+            )
+        if record.status_code is not None:
+            return Response(
+                content=record.response_body,
+                status_code=record.status_code,
+                media_type=record.response_type,
+                headers={"Idempotent-Replayed": "true"},
+            )
+        if record.locked_until > now:
+            raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
+        record.locked_until = lease  # the first attempt died without an answer: take it over
+        return None
+
+
+def _release(ctx: Context, key_id: int, key: str) -> None:
+    with ctx.db.session(write=True) as session:
+        session.execute(
+            delete(m.IdempotencyRecord).where(
+                m.IdempotencyRecord.api_key_id == key_id,
+                m.IdempotencyRecord.key == key,
+                m.IdempotencyRecord.status_code.is_(None),
+            )
+        )

@@ -1,0 +1,135 @@
+"""Shaping stored rows into response bodies (labels come from the active rulebook)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.api import schemas as s
+from app.db import models as m
+from app.domain.rulebook import Label, Rulebook
+
+
+def _labels(rulebook: Rulebook) -> dict[str, Label]:
+    out: dict[str, Label] = {}
+    for steps in (*rulebook.levels.values(), rulebook.tiers):
+        for step in steps:
+            for c in step.criteria:
+                out[c.id] = c.label
+    return out
+
+
+class Presenter:
+    def __init__(self, rulebook: Rulebook):
+        self.rulebook = rulebook
+        self.labels = _labels(rulebook)
+        self.steps = {c.id: step.value for steps in (*rulebook.levels.values(), rulebook.tiers) for step in steps for c in step.criteria}
+
+    def _criteria(self, snapshot: dict[str, Any]) -> list[s.CriterionOut]:
+        unknown = Label("?", "?")
+        return [
+            s.CriterionOut(
+                id=c["id"],
+                label=s.LabelOut(**self.labels.get(c["id"], unknown).as_dict()),
+                step=self.steps.get(c["id"], 0),
+                met=c["met"],
+                evidence=c["evidence"],
+                related=[s.RelatedOut(**r) for r in c.get("related", [])],
+            )
+            for c in snapshot.get("criteria", [])
+        ]
+
+    def customer(self, c: m.Customer) -> s.CustomerOut:
+        gap = c.grade.get("next")
+        relationship = s.RelationshipOut(
+            level=c.level,
+            label=s.LabelOut(**self.rulebook.level_labels[c.level].as_dict()),
+            criteria=self._criteria(c.grade),
+            next=s.LevelGapOut(level=gap["target"], missing=gap["missing"], need=gap["need"]) if gap else None,
+            since=c.level_since,
+            rulebook_version=self.rulebook.version,
+        )
+        return s.CustomerOut(
+            id=c.id,
+            name=c.name,
+            kind=c.kind,
+            external_ref=c.external_ref,
+            region=c.region,
+            rep=c.rep,
+            contact=c.contact or {},
+            tags=c.tags or [],
+            version=c.version,
+            created_at=c.created_at,
+            updated_at=c.updated_at,
+            relationship=relationship,
+        )
+
+    def heat(self, p: m.Project) -> s.HeatOut:
+        gap = p.grade.get("next")
+        if p.closed and p.stage in self.rulebook.closed_labels:
+            tier, label = p.stage, self.rulebook.closed_labels[p.stage]
+        elif p.heat == 0:
+            tier, label = "cold", self.rulebook.cold_label
+        else:
+            tier = str(p.heat)
+            label = next((t.label for t in self.rulebook.tiers if t.value == p.heat), self.rulebook.cold_label)
+        return s.HeatOut(
+            percent=p.heat,
+            tier=tier,
+            label=s.LabelOut(**label.as_dict()),
+            closed=p.closed,
+            stage=p.stage,
+            criteria=self._criteria(p.grade),
+            next=s.HeatGapOut(percent=gap["target"], missing=gap["missing"], need=gap["need"]) if gap else None,
+            since=p.heat_since,
+            rulebook_version=self.rulebook.version,
+        )
+
+    def project(self, p: m.Project, bidders: list[dict[str, Any]], winner: dict[str, Any] | None) -> s.ProjectOut:
+        return s.ProjectOut(
+            id=p.id,
+            name=p.name,
+            owner_id=p.owner_id,
+            external_ref=p.external_ref,
+            region=p.region,
+            amount=p.amount,
+            expected_close=p.expected_close,
+            rep=p.rep,
+            tags=p.tags or [],
+            version=p.version,
+            created_at=p.created_at,
+            updated_at=p.updated_at,
+            heat=self.heat(p),
+            bidders=[s.ParticipantOut(**b) for b in bidders],
+            winner=s.ParticipantOut(**winner) if winner else None,
+        )
+
+
+def event(e: m.Event, retraction: m.Retraction | None) -> s.EventOut:
+    return s.EventOut(
+        id=e.id,
+        type=e.type,
+        customer_id=e.customer_id,
+        project_id=e.project_id,
+        occurred_at=e.occurred_at,
+        recorded_at=e.recorded_at,
+        attributes=e.attributes or {},
+        source=e.source,
+        external_id=e.external_id,
+        actor=e.actor,
+        note=e.note,
+        retraction=s.RetractionOut(reason=retraction.reason, actor=retraction.actor, at=retraction.at) if retraction else None,
+    )
+
+
+def history_item(h: m.GradeChange) -> s.HistoryItemOut:
+    return s.HistoryItemOut(
+        id=h.id,
+        metric=h.metric,
+        old=h.old,
+        new=h.new,
+        rulebook_version=h.rulebook_version,
+        evidence=h.evidence,
+        trigger=h.trigger,
+        actor=h.actor,
+        at=h.at,
+    )

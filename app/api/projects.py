@@ -1,0 +1,89 @@
+"""/v1/projects — construction projects with their deal heat, bidders and winner."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from app.api import present
+from app.api import schemas as s
+from app.api.deps import ContextDep, Reader, Writer
+from app.api.etags import etag, parse_if_match
+from app.services import projects as svc
+from app.services.history import history_page
+
+router = APIRouter(prefix="/v1/projects", tags=["projects"])
+
+
+@router.post("", status_code=201, response_model=s.ProjectOut)
+def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer, response: Response) -> s.ProjectOut:
+    """Create a project of an `owner` customer. It starts cold (0 %)."""
+    with ctx.db.session(write=True) as session:
+        project = svc.create_project(session, ctx.rulebook, body.model_dump(exclude_none=True), now=ctx.clock())
+        response.headers["ETag"] = etag("project", project.id, project.version)
+        response.headers["Location"] = f"/v1/projects/{project.id}"
+        return ctx.presenter.project(project, [], None)
+
+
+@router.get("", response_model=s.ProjectPage)
+def list_projects(
+    ctx: ContextDep,
+    caller: Reader,
+    owner_id: Annotated[int | None, Query(gt=0)] = None,
+    heat: Annotated[int | None, Query(ge=0, le=100, description="exact percent: 0, 30, 50, 70, 90, 100")] = None,
+    rep: Annotated[str | None, Query(max_length=100)] = None,
+    stage: Annotated[str | None, Query(max_length=32)] = None,
+    q: Annotated[str | None, Query(max_length=100, description="part of the name")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> s.ProjectPage:
+    """List projects, filtered, oldest first; follow `next_cursor` for more."""
+    with ctx.db.session(write=False) as session:
+        rows, next_cursor = svc.list_projects(session, owner_id=owner_id, heat=heat, rep=rep, stage=stage, q=q, limit=limit, cursor=cursor)
+        items = [ctx.presenter.project(p, *svc.participants(session, p)) for p in rows]
+        return s.ProjectPage(items=items, next_cursor=next_cursor)
+
+
+@router.get("/{project_id}", response_model=s.ProjectOut)
+def get_project(project_id: int, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
+    """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
+    with ctx.db.session(write=False) as session:
+        project = svc.get_project(session, project_id)
+        bidders, winner = svc.participants(session, project)
+        response.headers["ETag"] = etag("project", project.id, project.version)
+        return ctx.presenter.project(project, bidders, winner)
+
+
+@router.patch("/{project_id}", response_model=s.ProjectOut)
+def update_project(
+    project_id: int,
+    body: s.ProjectPatch,
+    ctx: ContextDep,
+    caller: Writer,
+    response: Response,
+    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the project changed since")] = None,
+) -> s.ProjectOut:
+    """Change descriptive fields. The owner cannot change."""
+    with ctx.db.session(write=True) as session:
+        project = svc.update_project(
+            session, project_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "project", project_id), now=ctx.clock()
+        )
+        bidders, winner = svc.participants(session, project)
+        response.headers["ETag"] = etag("project", project.id, project.version)
+        return ctx.presenter.project(project, bidders, winner)
+
+
+@router.get("/{project_id}/history", response_model=s.HistoryPage)
+def project_history(
+    project_id: int,
+    ctx: ContextDep,
+    caller: Reader,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> s.HistoryPage:
+    """Every change of the project's deal heat, oldest first, with its evidence and trigger."""
+    with ctx.db.session(write=False) as session:
+        svc.get_project(session, project_id)
+        rows, next_cursor = history_page(session, "project", project_id, limit=limit, cursor=cursor)
+        return s.HistoryPage(items=[present.history_item(h) for h in rows], next_cursor=next_cursor)

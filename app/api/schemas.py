@@ -1,0 +1,254 @@
+"""Request and response bodies. Separate from the ORM models; unknown fields are refused."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+ContactValue = Annotated[str, StringConstraints(max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Contact(Strict):
+    person: ContactValue | None = None
+    phone: ContactValue | None = None
+    email: ContactValue | None = None
+    address: ContactValue | None = None
+
+
+class CustomerIn(Strict):
+    name: Name
+    kind: Literal["owner", "installer"]
+    external_ref: Ref | None = Field(default=None, description="the ERP's code; unique")
+    region: Short | None = None
+    rep: Short | None = Field(default=None, description="the responsible sales rep")
+    contact: Contact | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+
+class CustomerPatch(Strict):
+    """Descriptive fields only; `kind` cannot change (past events depend on it)."""
+
+    name: Name | None = None
+    external_ref: Ref | None = None
+    region: Short | None = None
+    rep: Short | None = None
+    contact: Contact | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=20)
+
+
+class ProjectIn(Strict):
+    name: Name
+    owner_id: int = Field(gt=0, description="an `owner` customer")
+    external_ref: Ref | None = None
+    region: Short | None = None
+    amount: float | None = Field(default=None, ge=0, le=1e13, description="expected order value")
+    expected_close: date | None = None
+    rep: Short | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+
+class ProjectPatch(Strict):
+    """Descriptive fields only; the owner cannot change (its grades depend on the project)."""
+
+    name: Name | None = None
+    external_ref: Ref | None = None
+    region: Short | None = None
+    amount: float | None = Field(default=None, ge=0, le=1e13)
+    expected_close: date | None = None
+    rep: Short | None = None
+    tags: list[Tag] | None = Field(default=None, max_length=20)
+
+
+class EventIn(Strict):
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    customer_id: int | None = Field(default=None, gt=0)
+    project_id: int | None = Field(default=None, gt=0)
+    occurred_at: AwareDatetime = Field(description="when it happened, ISO 8601 with an offset")
+    attributes: dict[str, Any] = Field(default_factory=dict, max_length=20)
+    source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = Field(
+        default="api", description="api, mobile, erp, form:<id>…"
+    )
+    external_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="unique per source: the same source + external_id is recorded once"
+    )
+    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class RetractIn(Strict):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+class LabelOut(BaseModel):
+    zh: str
+    en: str
+
+
+class RelatedOut(BaseModel):
+    subject: str
+    id: int
+    level: int | None = None
+
+
+class CriterionOut(BaseModel):
+    id: str
+    label: LabelOut
+    step: int = Field(description="the level, or the tier's percent, this criterion belongs to")
+    met: bool
+    evidence: list[int] = Field(description="ids of the events that meet (or partly meet) it")
+    related: list[RelatedOut] = Field(default_factory=list, description="linked subjects whose state it read")
+
+
+class LevelGapOut(BaseModel):
+    level: int
+    missing: list[str]
+    need: int = Field(description="how many of the missing criteria must still be met")
+
+
+class HeatGapOut(BaseModel):
+    percent: int
+    missing: list[str]
+    need: int
+
+
+class RelationshipOut(BaseModel):
+    level: int
+    label: LabelOut
+    criteria: list[CriterionOut]
+    next: LevelGapOut | None
+    since: datetime
+    rulebook_version: str
+
+
+class HeatOut(BaseModel):
+    percent: int
+    tier: str = Field(description="cold, 30, 50, 70, 90, won or lost")
+    label: LabelOut
+    closed: bool
+    stage: str | None
+    criteria: list[CriterionOut]
+    next: HeatGapOut | None
+    since: datetime
+    rulebook_version: str
+
+
+class CustomerOut(BaseModel):
+    id: int
+    name: str
+    kind: str
+    external_ref: str | None
+    region: str | None
+    rep: str | None
+    contact: dict[str, Any]
+    tags: list[str]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    relationship: RelationshipOut
+
+
+class ParticipantOut(BaseModel):
+    id: int
+    name: str
+    level: int
+    with_our_product: bool | None = None
+
+
+class ProjectOut(BaseModel):
+    id: int
+    name: str
+    owner_id: int
+    external_ref: str | None
+    region: str | None
+    amount: float | None
+    expected_close: date | None
+    rep: str | None
+    tags: list[str]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    heat: HeatOut
+    bidders: list[ParticipantOut]
+    winner: ParticipantOut | None
+
+
+class RetractionOut(BaseModel):
+    reason: str
+    actor: str | None
+    at: datetime
+
+
+class EffectOut(BaseModel):
+    subject: Literal["customer", "project"]
+    id: int
+    metric: Literal["relationship_level", "deal_heat"]
+    old: int
+    new: int
+
+
+class EventOut(BaseModel):
+    id: int
+    type: str
+    customer_id: int | None
+    project_id: int | None
+    occurred_at: datetime
+    recorded_at: datetime
+    attributes: dict[str, Any]
+    source: str
+    external_id: str | None
+    actor: str | None
+    note: str | None
+    retraction: RetractionOut | None
+
+
+class EventRecordedOut(EventOut):
+    effects: list[EffectOut] = Field(description="the grade changes this request caused (empty for a duplicate)")
+
+
+class HistoryItemOut(BaseModel):
+    id: int
+    metric: str
+    old: int
+    new: int
+    rulebook_version: str
+    evidence: dict[str, Any]
+    trigger: dict[str, Any]
+    actor: str | None
+    at: datetime
+
+
+class CustomerPage(BaseModel):
+    items: list[CustomerOut]
+    next_cursor: str | None
+
+
+class ProjectPage(BaseModel):
+    items: list[ProjectOut]
+    next_cursor: str | None
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: str | None
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItemOut]
+    next_cursor: str | None
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] = Field(default_factory=list)
