@@ -85,7 +85,7 @@ def project_facts(session: Session, project: m.Project, linked_types: frozenset[
     events = _events(session, m.Event.project_id == project.id)
     linked_ids = set(f.bidder_ids(events))
     customer_ids = linked_ids | {project.owner_id}
-    levels = dict(session.execute(select(m.Customer.id, m.Customer.level).where(m.Customer.id.in_(customer_ids))).tuples().all())
+    levels = {cid: level for cid, level in session.execute(select(m.Customer.id, m.Customer.level).where(m.Customer.id.in_(customer_ids)))}
     own_events: tuple[f.Event, ...] = ()
     if linked_types:
         own_events = _events(

@@ -1,0 +1,97 @@
+"""Shared test set-up.
+
+API and migration tests run against a real database: SQLite (a temporary file) by
+default, or the PostgreSQL named by RAPPORT_DATABASE_URL (the database is emptied and
+migrated with `alembic upgrade head` at the start of the run). Domain tests need none.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from app.settings import Settings
+
+TEST_URL_ENV = "RAPPORT_DATABASE_URL"
+
+
+def database_url(tmp_dir: Path) -> str:
+    return os.environ.get(TEST_URL_ENV) or f"sqlite:///{tmp_dir / 'rapport-test.db'}"
+
+
+def is_postgres(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def reset_database(url: str) -> None:
+    """Drop everything in the test database (PostgreSQL: the public schema)."""
+    from app.db.engine import make_engine
+
+    if is_postgres(url):
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+    else:
+        path = make_url(url).database
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+TABLES = ("idempotency_records", "event_retractions", "grade_history", "events", "projects", "customers", "api_keys", "service_state")
+
+
+def empty_tables(engine) -> None:  # noqa: ANN001
+    """Delete every row (the schema stays), and restart the ids."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+            return
+        for table in TABLES:
+            conn.execute(text(f"DELETE FROM {table}"))
+        if conn.execute(text("SELECT count(*) FROM sqlite_master WHERE name='sqlite_sequence'")).scalar():
+            conn.execute(text("DELETE FROM sqlite_sequence"))
+
+
+@pytest.fixture(scope="session")
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return database_url(tmp_path_factory.mktemp("db"))
+
+
+class Clock:
+    """A settable clock for the app: tests decide what `now` is."""
+
+    def __init__(self, start: datetime):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, bootstrap_key="test-admin-secret")
+
+
+@pytest.fixture(scope="session")
+def migrated(db_url: str) -> Iterator[str]:
+    from app.db.migrate import upgrade
+
+    reset_database(db_url)
+    upgrade(Settings(database_url=db_url))
+    yield db_url

@@ -1,0 +1,98 @@
+"""Re-grading an event touches only the subjects it can change: its cost must not grow with
+the size of the database. Checked without timings (the machines are shared and noisy): the
+same event issues the same SQL statements whether the database holds 10 or 200 unrelated
+subjects, and on SQLite every statement reaches its rows through an index, never a scan."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import event, text
+
+from app.db.engine import Database, make_engine
+from app.domain.rulebook import load_rulebook
+from app.services.customers import create_customer
+from app.services.events import NewEvent, record_event, retract_event
+from app.services.projects import create_project
+from tests.conftest import empty_tables
+
+RULEBOOK = load_rulebook()
+NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def db(migrated: str):  # noqa: ANN201
+    database = Database(make_engine(migrated))
+    yield database
+    database.engine.dispose()
+
+
+def _add_unrelated(db: Database, count: int) -> None:
+    """Owners with a project each and installers bidding on them, each with a few events."""
+    with db.session(write=True) as s:
+        for i in range(count):
+            owner = create_customer(s, RULEBOOK, {"name": f"owner {i}", "kind": "owner"}, now=NOW)
+            installer = create_customer(s, RULEBOOK, {"name": f"installer {i}", "kind": "installer"}, now=NOW)
+            project = create_project(s, RULEBOOK, {"name": f"project {i}", "owner_id": owner.id}, now=NOW)
+            for type_, c, p, attrs in [
+                ("visit", owner.id, None, {"reception": "welcoming"}),
+                ("materials_sent", installer.id, None, {"items": ["samples"]}),
+                ("bid_joined", installer.id, project.id, {"with_our_product": True}),
+                ("stage_changed", None, project.id, {"stage": "bidding"}),
+            ]:
+                record_event(s, RULEBOOK, NewEvent(type=type_, customer_id=c, project_id=p, attributes=attrs, occurred_at=NOW - timedelta(days=i % 30)), actor="t", now=NOW)
+
+
+def _probe(db: Database) -> list[tuple[str, object]]:
+    """A customer that reaches level I (so its projects' heat is re-computed), then a retraction."""
+    statements: list[tuple[str, object]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many):  # noqa: ANN001
+        statements.append((statement, parameters))
+
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "probe owner", "kind": "owner"}, now=NOW)
+        installer = create_customer(s, RULEBOOK, {"name": "probe installer", "kind": "installer"}, now=NOW)
+        project = create_project(s, RULEBOOK, {"name": "probe project", "owner_id": owner.id}, now=NOW)
+        record_event(s, RULEBOOK, NewEvent(type="bid_joined", customer_id=installer.id, project_id=project.id, occurred_at=NOW), actor="t", now=NOW)
+        for type_, attrs in [("materials_sent", {"items": ["samples"]}), ("company_introduced", {}), ("inquiry_received", {}), ("impression_confirmed", {}),
+                             ("visit", {"reception": "neutral"}), ("visit", {"reception": "neutral"})]:
+            record_event(s, RULEBOOK, NewEvent(type=type_, customer_id=installer.id, attributes=attrs, occurred_at=NOW), actor="t", now=NOW)
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        with db.session(write=True) as s:
+            third = record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=installer.id, attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
+            assert [e.metric for e in third.effects] == ["relationship_level"]
+        with db.session(write=True) as s:
+            retract_event(s, RULEBOOK, third.event.id, "probe", actor="t", now=NOW)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    return statements
+
+
+def test_one_event_costs_the_same_in_a_small_and_a_large_database(db: Database) -> None:
+    empty_tables(db.engine)
+    _add_unrelated(db, 10)
+    small = _probe(db)
+    empty_tables(db.engine)
+    _add_unrelated(db, 200)
+    large = _probe(db)
+    assert [sql for sql, _ in small] == [sql for sql, _ in large]
+    assert len(small) < 60, f"{len(small)} statements for one event and one retraction"
+
+
+def test_every_statement_of_an_event_uses_an_index(db: Database) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("query plans are read on SQLite; PostgreSQL's planner may rightly scan tiny tables")
+    empty_tables(db.engine)
+    _add_unrelated(db, 50)
+    scans = []
+    statements = _probe(db)
+    with db.engine.connect() as conn:
+        for sql, params in statements:
+            if not sql.lstrip().upper().startswith("SELECT"):
+                continue
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params).all()
+            scans += [(sql.split("FROM")[1][:60], row[-1]) for row in plan if row[-1].startswith("SCAN") and "CONSTANT ROW" not in row[-1]]
+    assert scans == []
