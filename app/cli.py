@@ -89,7 +89,7 @@ def _load_demo(settings: Settings, host: str, port: int) -> None:
     click.echo("try:")
     click.echo(f"  curl -s -H 'Authorization: Bearer {secret}' {base}/v1/customers/1")
     click.echo(f"  curl -s -H 'Authorization: Bearer {secret}' '{base}/v1/projects?limit=10'")
-    click.echo(f"  curl -s -H 'Authorization: Bearer {secret}' {base}/v1/projects/2/history")
+    click.echo(f"  curl -s -H 'Authorization: Bearer {secret}' {base}/v1/projects/1/history")
 
 
 @main.group()
