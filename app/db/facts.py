@@ -21,7 +21,12 @@ def lock_customers(session: Session, ids: Iterable[int]) -> dict[int, m.Customer
     if not wanted:
         return {}
     rows = session.scalars(
-        select(m.Customer).where(m.Customer.id.in_(wanted)).order_by(m.Customer.id).with_for_update()
+        select(m.Customer)
+        .where(m.Customer.id.in_(wanted))
+        .order_by(m.Customer.id)
+        .with_for_update()
+        # Rows already in the session may be stale by the time the lock is granted.
+        .execution_options(populate_existing=True)
     ).all()
     return {c.id: c for c in rows}
 
@@ -31,7 +36,11 @@ def lock_projects(session: Session, ids: Iterable[int]) -> dict[int, m.Project]:
     if not wanted:
         return {}
     rows = session.scalars(
-        select(m.Project).where(m.Project.id.in_(wanted)).order_by(m.Project.id).with_for_update()
+        select(m.Project)
+        .where(m.Project.id.in_(wanted))
+        .order_by(m.Project.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     return {p.id: p for p in rows}
 
