@@ -1,0 +1,70 @@
+"""The `rapport` command as an operator uses it (SQLite in a temporary folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from app.cli import main
+from app.domain.rulebook import load_rulebook
+from app.settings import get_settings
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAPPORT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RAPPORT_BOOTSTRAP_KEY", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None):  # noqa: ANN202
+        get_settings.cache_clear()
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+def test_migrate_creates_the_sqlite_file_in_the_working_directory(run, tmp_path: Path) -> None:  # noqa: ANN001
+    result = run("migrate")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rapport.db").is_file()
+
+
+def test_a_broken_rulebook_refuses_to_start_naming_the_place_and_reason(run, tmp_path: Path) -> None:  # noqa: ANN001
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["levels"]["owner"][0]["criteria"][0]["when"] = {"event": "telepathy"}
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
+    result = run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(path)})
+    assert result.exit_code != 0
+    assert "levels.owner[0].criteria[0].when.event: unknown event type 'telepathy'" in result.output
+    assert not (tmp_path / "rapport.db").exists()
+
+
+def test_keys_are_shown_once_stored_hashed_and_revocable(run, tmp_path: Path) -> None:  # noqa: ANN001
+    created = run("keys", "create", "--name", "erp", "--scopes", "write,read")
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[-1]
+    assert secret.startswith("rk_") and len(secret) > 40
+    engine = create_engine(f"sqlite:///{tmp_path / 'rapport.db'}")
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT secret_hash, scopes FROM api_keys WHERE name = 'erp'")).one()
+    assert secret not in stored.secret_hash and len(stored.secret_hash) == 64
+    assert json.loads(stored.scopes) == ["read", "write"]
+
+    assert run("keys", "create", "--name", "erp", "--scopes", "read").exit_code != 0  # names are unique
+    assert "unknown: root" in run("keys", "create", "--name", "x", "--scopes", "root").output
+    assert run("keys", "revoke", "--name", "erp").exit_code == 0
+    assert "erp\tread,write\trevoked" in run("keys", "list").output
+
+
+def test_the_bootstrap_key_exists_after_start_up(run, tmp_path: Path) -> None:  # noqa: ANN001
+    assert run("migrate", env={"RAPPORT_BOOTSTRAP_KEY": "s3cret-bootstrap"}).exit_code == 0
+    listed = run("keys", "list").output
+    assert "bootstrap\tadmin\tactive" in listed
