@@ -132,19 +132,18 @@ def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> H
     cumulative); a closed stage (won/lost) decides by itself; none holding is 0 (cold)."""
     events = tuple(live(facts.events))
     linked_levels = {cid: lc.level for cid, lc in facts.linked.items()}
+    linked_levels[facts.owner.customer_id] = facts.owner.level
     win = winner_id(events)
+    bidders = bidder_ids(events)
     scope = _Scope(
         events=events,
         as_of=as_of,
         stages=rulebook.ordered_stages,
         project=_ProjectScope(
             owner=(facts.owner.customer_id, facts.owner.level),
-            bidders=tuple((cid, linked_levels.get(cid, 0)) for cid in bidder_ids(events)),
+            bidders=tuple((cid, linked_levels.get(cid, 0)) for cid in bidders),
             winner=(win, linked_levels.get(win, 0)) if win is not None else None,
-            linked_events={
-                cid: tuple(e for e in events if e.customer_id == cid) + tuple(live(lc.events))
-                for cid, lc in {**facts.linked, facts.owner.customer_id: facts.owner}.items()
-            },
+            linked_events={cid: _linked_events(cid, events, facts) for cid in {*bidders, facts.owner.customer_id}},
         ),
     )
     stage_event = latest([e for e in events if e.type == "stage_changed"])
@@ -170,6 +169,14 @@ def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> H
     return HeatGrade(tier.value, tier.label, False, stage, criteria, gap)
 
 
+def _linked_events(customer_id: int, project_events: tuple[Event, ...], facts: ProjectFacts) -> tuple[Event, ...]:
+    """What a linked customer's `has` reads: its events on this project, and its own
+    events on no project (one on another project is about that project, not this one)."""
+    linked = facts.owner if customer_id == facts.owner.customer_id else facts.linked.get(customer_id)
+    own = tuple(e for e in live(linked.events) if e.project_id is None) if linked else ()
+    return tuple(e for e in project_events if e.customer_id == customer_id) + own
+
+
 def _criteria(step: Step, scope: _Scope) -> list[CriterionResult]:
     out = []
     for c in step.criteria:
@@ -187,7 +194,7 @@ def _window(events: tuple[Event, ...], within_days: int | None, as_of: datetime)
     if within_days is None:
         return events
     start = as_of - timedelta(days=within_days)
-    return tuple(e for e in events if e.occurred_at >= start)
+    return tuple(e for e in events if start <= e.occurred_at <= as_of)
 
 
 def _eval(cond: Condition, scope: _Scope) -> _Outcome:

@@ -8,6 +8,7 @@ a frozen `Rulebook` or raises `RulebookError` listing every problem with its pla
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -259,14 +260,6 @@ def parse_rulebook(data: Any) -> Rulebook:
     cold_label = r.label(heat.get("cold_label"), "heat.cold_label")
     closed_labels = {"won": r.label(heat.get("won_label"), "heat.won_label"), "lost": r.label(heat.get("lost_label"), "heat.lost_label")}
 
-    ids: dict[str, str] = {}
-    for kind, steps in [*levels.items(), ("heat", tiers)]:
-        for step in steps:
-            for c in step.criteria:
-                if c.id in ids:
-                    r.fail(f"{kind}:{c.id}", f"criterion id used twice (also in {ids[c.id]})")
-                ids[c.id] = kind
-
     if r.problems:
         raise RulebookError(r.problems)
     return Rulebook(
@@ -320,14 +313,22 @@ def _parse_event_types(r: _Reader, raw: Any) -> dict[str, EventType]:
             if atype in ("enum", "enum_list") and (not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values)):
                 r.fail(f"{attr_place}.values", "an enum needs a non-empty list of string values")
                 values = []
-            attrs[attr_name] = AttributeSpec(
-                name=attr_name,
-                type=atype,
-                values=tuple(values),
-                required=bool(ad.get("required", False)),
-                default=ad.get("default"),
-                min=ad.get("min"),
-            )
+            required = ad.get("required", False)
+            if not isinstance(required, bool):
+                r.fail(f"{attr_place}.required", "must be true or false")
+                required = False
+            minimum = ad.get("min")
+            if minimum is not None and (atype != "number" or isinstance(minimum, bool) or not isinstance(minimum, (int, float))):
+                r.fail(f"{attr_place}.min", "a minimum is a number, on a number attribute")
+                minimum = None
+            spec = AttributeSpec(name=attr_name, type=atype, values=tuple(values), required=required, min=minimum)
+            default = ad.get("default")
+            if default is not None:
+                reason = attribute_problem(spec, default)
+                if reason:
+                    r.fail(f"{attr_place}.default", reason)
+                    default = None
+            attrs[attr_name] = AttributeSpec(spec.name, spec.type, spec.values, spec.required, default, spec.min)
         out[name] = EventType(
             name=name,
             label=r.label(d.get("label"), f"{place}.label"),
@@ -363,7 +364,7 @@ def _parse_steps(r: _Reader, ctx: "_ConditionContext", raw: Any, place: str, *, 
             cd = r.obj(c, cp, allowed={"id", "label", "when"}, required={"id", "label", "when"})
             if cd is None:
                 continue
-            cid = r.text(cd.get("id"), f"{cp}.id") or "?"
+            cid = ctx.criterion_id(cd.get("id"), f"{cp}.id")
             cond = ctx.condition(cd.get("when"), f"{cp}.when", scope) if "when" in cd else None
             if cond is not None:
                 criteria.append(Criterion(cid, r.label(cd.get("label"), f"{cp}.label"), cond))
@@ -388,6 +389,15 @@ class _ConditionContext:
         self.r = r
         self.event_types = event_types
         self.stages = stages
+        self.criterion_places: dict[str, str] = {}  # criterion id -> where it was first defined
+
+    def criterion_id(self, raw: Any, place: str) -> str:
+        cid = self.r.text(raw, place) or "?"
+        if cid in self.criterion_places:
+            self.r.fail(place, f"criterion id {cid!r} used twice (first at {self.criterion_places[cid]})")
+        else:
+            self.criterion_places[cid] = place
+        return cid
 
     def condition(self, raw: Any, place: str, scope: str) -> Condition | None:
         r = self.r
@@ -402,7 +412,7 @@ class _ConditionContext:
             r.obj(raw, place, allowed={"stage_reached"}, required=set())
             if scope != "project":
                 r.fail(place, "stage_reached applies to a project (use owned_project for an owner)")
-            if raw["stage_reached"] not in self.stages:
+            if not isinstance(raw["stage_reached"], str) or raw["stage_reached"] not in self.stages:
                 r.fail(f"{place}.stage_reached", f"unknown stage; ordered stages are {', '.join(self.stages)}")
             return StageReached(raw["stage_reached"])
         for key, cls in (("all_of", AllOf), ("any_of", AnyOf)):
@@ -436,6 +446,9 @@ class _ConditionContext:
         return None
 
     def _event_type(self, name: Any, place: str) -> EventType | None:
+        if not isinstance(name, str):
+            self.r.fail(place, "must be an event type name")
+            return None
         if name not in self.event_types:
             self.r.fail(place, f"unknown event type {name!r}")
             return None
@@ -454,6 +467,9 @@ class _ConditionContext:
         if not isinstance(where, dict):
             r.fail(f"{place}.where", "must be an object of attribute to value")
             where = {}
+        if not all(isinstance(v, (str, bool, int, float)) for v in where.values()):
+            r.fail(f"{place}.where", "values must be strings, numbers or true/false")
+            where = {}
         if et is not None:
             for attr, value in where.items():
                 self._check_value(et, attr, value, f"{place}.where.{attr}")
@@ -465,6 +481,8 @@ class _ConditionContext:
             r.fail(f"{place}.on_won_project", "must be true or false")
         if on_won and (scope != "installer" or (et is not None and et.project == "forbidden")):
             r.fail(f"{place}.on_won_project", "applies to installer criteria on events that carry a project")
+        if et is None:
+            return None
         return HasEvent(
             event_type=raw["event"],
             where=tuple(sorted(where.items())),
@@ -477,6 +495,8 @@ class _ConditionContext:
         r = self.r
         r.obj(raw, place, allowed={"latest", "attribute", "in", "not_in", "within_days"}, required={"attribute"})
         et = self._event_type(raw["latest"], f"{place}.latest")
+        if et is None:
+            return None
         if ("in" in raw) == ("not_in" in raw):
             r.fail(place, "needs exactly one of in / not_in")
             return None
@@ -486,6 +506,12 @@ class _ConditionContext:
             r.fail(f"{place}.{key}", "must be a non-empty list of values")
             return None
         attribute = raw.get("attribute")
+        if attribute is not None and not isinstance(attribute, str):
+            r.fail(f"{place}.attribute", "must be an attribute name")
+            return None
+        if not all(isinstance(v, (str, bool, int, float)) for v in values):
+            r.fail(f"{place}.{key}", "values must be strings, numbers or true/false")
+            return None
         if et is not None and attribute is not None:
             for i, v in enumerate(values):
                 self._check_value(et, attribute, v, f"{place}.{key}[{i}]")
@@ -507,6 +533,35 @@ class _ConditionContext:
             self.r.fail(place, "must be true or false")
 
 
+def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:
+    """Why `value` is not valid for the attribute, or None if it is."""
+    if spec.type == "enum":
+        if not isinstance(value, str) or value not in spec.values:
+            return f"must be one of {', '.join(spec.values)}"
+    elif spec.type == "enum_list":
+        if not isinstance(value, list) or not value:
+            return f"must be a non-empty list of {', '.join(spec.values)}"
+        bad = [v for v in value if not isinstance(v, str) or v not in spec.values]
+        if bad:
+            return f"{bad[0]!r} is not one of {', '.join(spec.values)}"
+        if len(set(value)) != len(value):
+            return "lists each item once"
+    elif spec.type == "bool":
+        if not isinstance(value, bool):
+            return "must be true or false"
+    elif spec.type == "number":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "must be a number"
+        if spec.min is not None and value < spec.min:
+            return f"must be ≥ {spec.min:g}"
+    elif spec.type == "string":
+        if not isinstance(value, str):
+            return "must be a string"
+        if len(value) > MAX_STRING_ATTRIBUTE:
+            return f"at most {MAX_STRING_ATTRIBUTE} characters"
+    return None
+
+
 def load_rulebook(path: str | Path | None = None) -> Rulebook:
     """Load and validate a rulebook file; without a path, the packaged default."""
     if path is None:
@@ -518,6 +573,8 @@ def load_rulebook(path: str | Path | None = None) -> Rulebook:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise RulebookError([(where, f"cannot be read: {exc.strerror or exc}")]) from exc
+        except UnicodeDecodeError as exc:
+            raise RulebookError([(f"{where}:byte {exc.start}", "not UTF-8 text")]) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from app.domain.rulebook import MAX_STRING_ATTRIBUTE, AttributeSpec, Rulebook
+from app.domain.rulebook import Rulebook, attribute_problem
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def check_event(
             known = ", ".join(et.attributes) or "none"
             problems.append(FieldProblem(f"attributes.{name}", f"unknown attribute for {event_type} (known: {known})"))
             continue
-        reason = _check_value(spec, value)
+        reason = attribute_problem(spec, value)
         if reason:
             problems.append(FieldProblem(f"attributes.{name}", reason))
         else:
@@ -68,31 +67,3 @@ def check_event(
     if problems:
         raise EventRejected(problems)
     return out
-
-
-def _check_value(spec: AttributeSpec, value: Any) -> str | None:
-    if spec.type == "enum":
-        if not isinstance(value, str) or value not in spec.values:
-            return f"must be one of {', '.join(spec.values)}"
-    elif spec.type == "enum_list":
-        if not isinstance(value, list) or not value:
-            return f"must be a non-empty list of {', '.join(spec.values)}"
-        bad = [v for v in value if not isinstance(v, str) or v not in spec.values]
-        if bad:
-            return f"{bad[0]!r} is not one of {', '.join(spec.values)}"
-        if len(set(value)) != len(value):
-            return "lists each item once"
-    elif spec.type == "bool":
-        if not isinstance(value, bool):
-            return "must be true or false"
-    elif spec.type == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return "must be a number"
-        if spec.min is not None and value < spec.min:
-            return f"must be ≥ {spec.min:g}"
-    elif spec.type == "string":
-        if not isinstance(value, str):
-            return "must be a string"
-        if len(value) > MAX_STRING_ATTRIBUTE:
-            return f"at most {MAX_STRING_ATTRIBUTE} characters"
-    return None

@@ -406,10 +406,8 @@ def test_every_criterion_of_the_default_rulebook_has_a_met_and_an_unmet_case() -
 # even exposes `linked_customer_event_types`), the rulebook's "on this project" must still
 # hold. Today evaluation trusts the caller and counts them.
 
-_LEAK = "BUG (latent): evaluate_heat counts a linked customer's events that are on another project"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_LEAK)
 def test_contract_signed_for_another_project_does_not_make_this_one_90() -> None:
     facts = project_facts(
         on_project(1, "tender_brand", status="sole"),
@@ -422,7 +420,6 @@ def test_contract_signed_for_another_project_does_not_make_this_one_90() -> None
     assert heat_of(facts).percent != 90
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_LEAK)
 def test_product_accepted_on_another_project_does_not_count_for_the_winner_here() -> None:
     facts = project_facts(
         on_project(1, "bid_won", customer=INSTALLER),
@@ -433,7 +430,6 @@ def test_product_accepted_on_another_project_does_not_count_for_the_winner_here(
     assert criterion(heat_of(facts), "H50.3").met is False
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=_LEAK)
 def test_bidding_with_our_product_on_another_project_does_not_count_here() -> None:
     facts = project_facts(
         on_project(1, "bid_joined", customer=INSTALLER, with_our_product=False),
@@ -444,11 +440,6 @@ def test_bidding_with_our_product_on_another_project_does_not_count_here() -> No
     assert criterion(heat_of(facts), "H70.3").met is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a winner missing from ProjectFacts.linked gets level 0 but also loses its own events on this project, so H90.2 is unmet",
-)
 def test_contract_with_the_winner_counts_even_when_the_winner_is_not_listed_as_linked() -> None:
     # Nothing in H90.2 depends on the winner's level, and both events are the project's own.
     facts = project_facts(

@@ -273,11 +273,6 @@ def test_visits_outside_the_window_do_not_count_towards_three() -> None:
     assert 1 not in windowed.evidence
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: a within_days window has no upper bound: an event after as_of counts (design: 'only events in that window before as_of count')",
-)
 def test_an_event_after_as_of_is_outside_the_window() -> None:
     rulebook = edited_rulebook(materials_within_30_days)
     facts = owner_facts(event(1, "materials_sent", days=-5, customer=OWNER, items=["samples"]))  # 5 days after AS_OF
