@@ -63,10 +63,21 @@ def _caller(scope: str) -> Callable[..., Caller]:
                 raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
             if not has_scope(key, scope):
                 raise Forbidden(f"this key has scopes {', '.join(key.scopes)}; this needs {scope}")
-            actor = x_actor.strip() if x_actor and x_actor.strip() else f"key:{key.name}"
+            actor = _header_text(x_actor) or f"key:{key.name}"
             return Caller(key.id, key.name, tuple(key.scopes), actor)
 
     return dependency
+
+
+def _header_text(value: str | None) -> str | None:
+    """A header value as the client meant it: HTTP hands headers over as Latin-1, and
+    clients send names like 王芳 as UTF-8 bytes."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return value.encode("latin-1").decode("utf-8").strip()
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value.strip()
 
 
 Reader = Annotated[Caller, Depends(_caller("read"))]

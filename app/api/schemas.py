@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -35,7 +35,19 @@ class CustomerIn(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
 
-class CustomerPatch(Strict):
+class Patch(Strict):
+    """A partial update: omitted fields stay as they are; `null` clears an optional field,
+    and is refused for a field that cannot be empty."""
+
+    @field_validator("name", "tags", mode="before", check_fields=False)
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null; omit the field to leave it unchanged")
+        return value
+
+
+class CustomerPatch(Patch):
     """Descriptive fields only; `kind` cannot change (past events depend on it)."""
 
     name: Name | None = None
@@ -57,7 +69,7 @@ class ProjectIn(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
 
-class ProjectPatch(Strict):
+class ProjectPatch(Patch):
     """Descriptive fields only; the owner cannot change (its grades depend on the project)."""
 
     name: Name | None = None

@@ -41,6 +41,8 @@ def update_customer(
     if customer is None:
         raise NotFound(f"no customer with id {customer_id}")
     check_version(customer.version, if_match)
+    if "contact" in changes and changes["contact"] is None:
+        changes = {**changes, "contact": {}}
     for key, value in changes.items():
         setattr(customer, key, value)
     if changes:
