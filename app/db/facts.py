@@ -5,7 +5,7 @@ its bidders), never by the size of the database."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,36 +13,33 @@ from sqlalchemy.orm import Session
 from app.db import models as m
 from app.domain import facts as f
 
+Row = TypeVar("Row", m.Customer, m.Project)
+
 
 def lock_customers(session: Session, ids: Iterable[int]) -> dict[int, m.Customer]:
     """Row-lock customers in id order (a fixed order, so concurrent writers cannot deadlock).
     On SQLite the write transaction already holds the database's single write lock."""
+    return _lock(session, m.Customer, ids)
+
+
+def lock_projects(session: Session, ids: Iterable[int]) -> dict[int, m.Project]:
+    """Row-lock projects in id order; always after the customers a write locks."""
+    return _lock(session, m.Project, ids)
+
+
+def _lock(session: Session, model: type[Row], ids: Iterable[int]) -> dict[int, Row]:
     wanted = sorted(set(ids))
     if not wanted:
         return {}
     rows = session.scalars(
-        select(m.Customer)
-        .where(m.Customer.id.in_(wanted))
-        .order_by(m.Customer.id)
+        select(model)
+        .where(model.id.in_(wanted))
+        .order_by(model.id)
         .with_for_update()
         # Rows already in the session may be stale by the time the lock is granted.
         .execution_options(populate_existing=True)
     ).all()
-    return {c.id: c for c in rows}
-
-
-def lock_projects(session: Session, ids: Iterable[int]) -> dict[int, m.Project]:
-    wanted = sorted(set(ids))
-    if not wanted:
-        return {}
-    rows = session.scalars(
-        select(m.Project)
-        .where(m.Project.id.in_(wanted))
-        .order_by(m.Project.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).all()
-    return {p.id: p for p in rows}
+    return {row.id: row for row in rows}
 
 
 def linked_project_ids(session: Session, customer_id: int) -> set[int]:

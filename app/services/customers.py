@@ -6,14 +6,14 @@ from datetime import datetime
 from typing import Any, Sequence
 
 from sqlalchemy import func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook
-from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
+from app.errors import NotFound
 from app.grading import initial_level
 from app.services.paging import page
+from app.services.records import save_unique, update_record
 
 DESCRIPTIVE = ("name", "external_ref", "region", "rep", "contact", "tags")
 
@@ -37,19 +37,9 @@ def get_customer(session: Session, customer_id: int) -> m.Customer:
 def update_customer(
     session: Session, customer_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime
 ) -> m.Customer:
-    customer = session.scalar(select(m.Customer).where(m.Customer.id == customer_id).with_for_update())
-    if customer is None:
-        raise NotFound(f"no customer with id {customer_id}")
-    check_version(customer.version, if_match)
     if "contact" in changes and changes["contact"] is None:
         changes = {**changes, "contact": {}}
-    for key, value in changes.items():
-        setattr(customer, key, value)
-    if changes:
-        customer.version += 1
-        customer.updated_at = now
-    save_unique(session, customer, changes.get("external_ref"))
-    return customer
+    return update_record(session, m.Customer, customer_id, changes, if_match=if_match, now=now)
 
 
 def list_customers(
@@ -76,22 +66,3 @@ def list_customers(
         like = f"%{q.lower()}%"
         query = query.where(or_(func.lower(m.Customer.name).like(like), func.lower(m.Customer.external_ref).like(like)))
     return page(session, query, m.Customer.id, limit=limit, cursor=cursor)
-
-
-def check_version(current: int, if_match: int | None) -> None:
-    if if_match is not None and if_match != current:
-        raise PreconditionFailed(f"the resource is at version {current}; re-read it and apply the change again")
-
-
-def save_unique(session: Session, row: Any, external_ref: str | None) -> None:
-    try:
-        with session.begin_nested():
-            session.add(row)
-            session.flush()
-    except IntegrityError:
-        if external_ref is not None:
-            raise Conflict(
-                f"external_ref {external_ref!r} is already used",
-                errors=[FieldError("external_ref", "already used by another record")],
-            ) from None
-        raise

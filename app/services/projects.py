@@ -13,7 +13,7 @@ from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import initial_heat
-from app.services.customers import save_unique, check_version
+from app.services.records import save_unique, update_record
 from app.services.paging import page
 
 
@@ -40,17 +40,7 @@ def get_project(session: Session, project_id: int) -> m.Project:
 
 
 def update_project(session: Session, project_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> m.Project:
-    project = session.scalar(select(m.Project).where(m.Project.id == project_id).with_for_update())
-    if project is None:
-        raise NotFound(f"no project with id {project_id}")
-    check_version(project.version, if_match)
-    for key, value in changes.items():
-        setattr(project, key, value)
-    if changes:
-        project.version += 1
-        project.updated_at = now
-    save_unique(session, project, changes.get("external_ref"))
-    return project
+    return update_record(session, m.Project, project_id, changes, if_match=if_match, now=now)
 
 
 def list_projects(

@@ -1,0 +1,46 @@
+"""What customers and projects share: unique external references, versioned updates."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import models as m
+from app.errors import Conflict, FieldError, NotFound, PreconditionFailed
+
+Record = TypeVar("Record", m.Customer, m.Project)
+
+
+def save_unique(session: Session, row: Any, external_ref: str | None) -> None:
+    """Flush a new or changed row; a taken external_ref is a 409, not a 500."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError:
+        if external_ref is not None:
+            raise Conflict(
+                f"external_ref {external_ref!r} is already used",
+                errors=[FieldError("external_ref", "already used by another record")],
+            ) from None
+        raise
+
+
+def update_record(session: Session, model: type[Record], record_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> Record:
+    """Apply descriptive changes under a row lock, checking If-Match against the version."""
+    row = session.scalar(select(model).where(model.id == record_id).with_for_update())
+    if row is None:
+        raise NotFound(f"no {model.__tablename__[:-1]} with id {record_id}")
+    if if_match is not None and if_match != row.version:
+        raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
+    for key, value in changes.items():
+        setattr(row, key, value)
+    if changes:
+        row.version += 1
+        row.updated_at = now
+    save_unique(session, row, changes.get("external_ref"))
+    return row
