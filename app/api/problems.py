@@ -54,7 +54,10 @@ def install(app: FastAPI) -> None:
             where, path = _field(tuple(err.get("loc", ())))
             reason = err.get("msg", "invalid")
             if err.get("type") == "json_invalid":
-                reason = f"malformed JSON: {err.get('ctx', {}).get('error', 'cannot be parsed')}"
+                # The loc's second part is a character offset, not a field: name the body.
+                at = f" at character {path}" if path != where else ""
+                path = where
+                reason = f"malformed JSON{at}: {err.get('ctx', {}).get('error', 'cannot be parsed')}"
             errors.append({"field": path, "in": where, "reason": reason})
         return problem(422, "validation", "The request is not valid", f"{len(errors)} field(s) failed validation; nothing was stored", errors)
 
