@@ -46,7 +46,7 @@ def list_customers(
 
 
 @router.get("/{customer_id}", response_model=s.CustomerOut)
-def get_customer(customer_id: int, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
+def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
     with ctx.db.session(write=False) as session:
         customer = svc.get_customer(session, customer_id)
@@ -56,7 +56,7 @@ def get_customer(customer_id: int, ctx: ContextDep, caller: Reader, response: Re
 
 @router.patch("/{customer_id}", response_model=s.CustomerOut)
 def update_customer(
-    customer_id: int,
+    customer_id: s.PathId,
     body: s.CustomerPatch,
     ctx: ContextDep,
     caller: Writer,
@@ -74,7 +74,7 @@ def update_customer(
 
 @router.get("/{customer_id}/history", response_model=s.HistoryPage)
 def customer_history(
-    customer_id: int,
+    customer_id: s.PathId,
     ctx: ContextDep,
     caller: Reader,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from app.api import idempotency, present
 from app.api import schemas as s
@@ -53,11 +52,11 @@ def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_k
 def get_events(
     ctx: ContextDep,
     caller: Reader,
-    customer_id: Annotated[int | None, Query(gt=0)] = None,
-    project_id: Annotated[int | None, Query(gt=0)] = None,
+    customer_id: s.QueryId = None,
+    project_id: s.QueryId = None,
     type: Annotated[str | None, Query(max_length=64)] = None,
-    occurred_from: Annotated[AwareDatetime | None, Query(alias="from", description="occurred_at ≥ this")] = None,
-    occurred_to: Annotated[AwareDatetime | None, Query(alias="to", description="occurred_at < this")] = None,
+    occurred_from: Annotated[s.Instant | None, Query(alias="from", description="occurred_at ≥ this")] = None,
+    occurred_to: Annotated[s.Instant | None, Query(alias="to", description="occurred_at < this")] = None,
     order: Literal["asc", "desc"] = "asc",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -79,14 +78,14 @@ def get_events(
 
 
 @router.get("/{event_id}", response_model=s.EventOut)
-def get_event(event_id: int, ctx: ContextDep, caller: Reader) -> s.EventOut:
+def get_event(event_id: s.PathId, ctx: ContextDep, caller: Reader) -> s.EventOut:
     with ctx.db.session(write=False) as session:
         event = svc.get_event(session, event_id)
         return present.event(event, svc.retraction_of(session, event_id))
 
 
 @router.post("/{event_id}/retract", response_model=s.EventRecordedOut)
-def retract_event(event_id: int, body: s.RetractIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+def retract_event(event_id: s.PathId, body: s.RetractIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Retract an event: from now on it counts for nothing and the grades it touched are
     re-computed. Nothing is deleted. Retracting a retracted event changes nothing (200)."""
 

@@ -30,7 +30,7 @@ def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer, response:
 def list_projects(
     ctx: ContextDep,
     caller: Reader,
-    owner_id: Annotated[int | None, Query(gt=0)] = None,
+    owner_id: s.QueryId = None,
     heat: Annotated[int | None, Query(ge=0, le=100, description="exact percent: 0, 30, 50, 70, 90, 100")] = None,
     rep: Annotated[str | None, Query(max_length=100)] = None,
     stage: Annotated[str | None, Query(max_length=32)] = None,
@@ -46,7 +46,7 @@ def list_projects(
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut)
-def get_project(project_id: int, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
+def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
     with ctx.db.session(write=False) as session:
         project = svc.get_project(session, project_id)
@@ -57,7 +57,7 @@ def get_project(project_id: int, ctx: ContextDep, caller: Reader, response: Resp
 
 @router.patch("/{project_id}", response_model=s.ProjectOut)
 def update_project(
-    project_id: int,
+    project_id: s.PathId,
     body: s.ProjectPatch,
     ctx: ContextDep,
     caller: Writer,
@@ -76,7 +76,7 @@ def update_project(
 
 @router.get("/{project_id}/history", response_model=s.HistoryPage)
 def project_history(
-    project_id: int,
+    project_id: s.PathId,
     ctx: ContextDep,
     caller: Reader,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from fastapi import Path, Query
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
 ContactValue = Annotated[str, StringConstraints(max_length=200)]
+
+
+# Ids are signed 64-bit integers in both databases: a larger number names nothing, and
+# must be refused here rather than overflow in the driver (a 500 for bad input).
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Field(gt=0, le=MAX_ID)]
+PathId = Annotated[int, Path(gt=0, le=MAX_ID)]
+QueryId = Annotated[int | None, Query(gt=0, le=MAX_ID)]
+
+
+def _storable_instant(value: datetime) -> datetime:
+    try:
+        value.astimezone(timezone.utc)  # what the database layer does with it
+    except OverflowError:
+        raise ValueError("is outside the range of instants this service can compare") from None
+    return value
+
+
+# An aware instant that can be converted to UTC (0001-01-01T00:00+14:00 cannot).
+Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
 
 
 class Strict(BaseModel):
@@ -60,7 +81,7 @@ class CustomerPatch(Patch):
 
 class ProjectIn(Strict):
     name: Name
-    owner_id: int = Field(gt=0, description="an `owner` customer")
+    owner_id: Id = Field(description="an `owner` customer")
     external_ref: Ref | None = None
     region: Short | None = None
     amount: float | None = Field(default=None, ge=0, le=1e13, description="expected order value")
@@ -83,8 +104,8 @@ class ProjectPatch(Patch):
 
 class EventIn(Strict):
     type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    customer_id: int | None = Field(default=None, gt=0)
-    project_id: int | None = Field(default=None, gt=0)
+    customer_id: Id | None = None
+    project_id: Id | None = None
     occurred_at: AwareDatetime = Field(description="when it happened, ISO 8601 with an offset")
     attributes: dict[str, Any] = Field(default_factory=dict, max_length=20)
     source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = Field(
