@@ -33,9 +33,9 @@ def list_customers(
     caller: Reader,
     kind: Literal["owner", "installer"] | None = None,
     level: Annotated[int | None, Query(ge=0, le=9)] = None,
-    rep: Annotated[str | None, Query(max_length=100)] = None,
-    region: Annotated[str | None, Query(max_length=100)] = None,
-    q: Annotated[str | None, Query(max_length=100, description="part of the name or external_ref")] = None,
+    rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
+    region: Annotated[s.QueryText | None, Query(max_length=100)] = None,
+    q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name or external_ref")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.CustomerPage:

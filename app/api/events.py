@@ -54,7 +54,7 @@ def get_events(
     caller: Reader,
     customer_id: s.QueryId = None,
     project_id: s.QueryId = None,
-    type: Annotated[str | None, Query(max_length=64)] = None,
+    type: Annotated[s.QueryText | None, Query(max_length=64)] = None,
     occurred_from: Annotated[s.Instant | None, Query(alias="from", description="occurred_at ≥ this")] = None,
     occurred_to: Annotated[s.Instant | None, Query(alias="to", description="occurred_at < this")] = None,
     order: Literal["asc", "desc"] = "asc",

@@ -32,9 +32,9 @@ def list_projects(
     caller: Reader,
     owner_id: s.QueryId = None,
     heat: Annotated[int | None, Query(ge=0, le=100, description="exact percent: 0, 30, 50, 70, 90, 100")] = None,
-    rep: Annotated[str | None, Query(max_length=100)] = None,
-    stage: Annotated[str | None, Query(max_length=32)] = None,
-    q: Annotated[str | None, Query(max_length=100, description="part of the name")] = None,
+    rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
+    stage: Annotated[s.QueryText | None, Query(max_length=32)] = None,
+    q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.ProjectPage:

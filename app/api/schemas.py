@@ -8,11 +8,22 @@ from typing import Annotated, Any, Literal
 from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
-ContactValue = Annotated[str, StringConstraints(max_length=200)]
+
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL cannot store U+0000 in text or JSON (a 500 there, silently kept on SQLite).
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
+Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
+ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
+QueryText = Annotated[str, NoNul]  # a text filter in a query string
 
 
 # Ids are signed 64-bit integers in both databases: a larger number names nothing, and
@@ -103,7 +114,7 @@ class ProjectPatch(Patch):
 
 
 class EventIn(Strict):
-    type: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    type: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
     customer_id: Id | None = None
     project_id: Id | None = None
     occurred_at: AwareDatetime = Field(description="when it happened, ISO 8601 with an offset")
@@ -111,14 +122,14 @@ class EventIn(Strict):
     source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = Field(
         default="api", description="api, mobile, erp, form:<id>…"
     )
-    external_id: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+    external_id: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul] | None = Field(
         default=None, description="unique per source: the same source + external_id is recorded once"
     )
-    note: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    note: Annotated[str, StringConstraints(max_length=2000), NoNul] | None = None
 
 
 class RetractIn(Strict):
-    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000), NoNul]
 
 
 class LabelOut(BaseModel):

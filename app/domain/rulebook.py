@@ -557,6 +557,8 @@ def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:
     elif spec.type == "string":
         if not isinstance(value, str):
             return "must be a string"
+        if "\x00" in value:  # PostgreSQL cannot store U+0000 in JSON text
+            return "must not contain the NUL character (U+0000)"
         if len(value) > MAX_STRING_ATTRIBUTE:
             return f"at most {MAX_STRING_ATTRIBUTE} characters"
     return None
