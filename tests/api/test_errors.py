@@ -1,0 +1,216 @@
+"""Every refused event is an RFC 9457 problem that names the offending field, and stores
+nothing: no event, no grade change, no history row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pytest
+
+from tests.api.expectations import assert_problem, stored_state
+from tests.api.scenarios import at, owner_level_one_events
+
+
+@dataclass(frozen=True)
+class World:
+    owner: int
+    installer: int
+    project: int
+
+
+@pytest.fixture
+def world(api) -> World:  # noqa: ANN001
+    """An owner at level I, an installer bidding on the owner's project: any wrongly
+    accepted event would show in the log, a grade or a history."""
+    owner = api.create_customer("仁济医院基建处", "owner")
+    owner_level_one_events(api, owner["id"])
+    installer = api.create_customer("上海建工安装有限公司", "installer")
+    project = api.create_project(owner["id"])
+    api.event("bid_joined", customer_id=installer["id"], project_id=project["id"], at=at(12), attributes={"with_our_product": True})
+    return World(owner["id"], installer["id"], project["id"])
+
+
+def unchanged(api, world: World):  # noqa: ANN001, ANN201
+    return stored_state(api, customers=(world.owner, world.installer), projects=(world.project,))
+
+
+Body = Callable[[World], dict[str, Any]]
+
+
+def visit(w: World, **attributes: Any) -> dict[str, Any]:
+    return {"type": "visit", "customer_id": w.owner, "occurred_at": at(15), "attributes": attributes}
+
+
+REFUSED: list[Any] = [
+    pytest.param(lambda w: {"type": "coffee_break", "customer_id": w.owner, "occurred_at": at(15)}, "type", id="unknown-event-type"),
+    pytest.param(
+        lambda w: {"type": "bid_joined", "customer_id": w.owner, "project_id": w.project, "occurred_at": at(15), "attributes": {"with_our_product": True}},
+        "customer_id",
+        id="owner-bidding",
+    ),
+    pytest.param(lambda w: {"type": "bid_won", "customer_id": w.installer, "occurred_at": at(15)}, "project_id", id="bid-without-project"),
+    pytest.param(lambda w: {"type": "stage_changed", "occurred_at": at(15), "attributes": {"stage": "bidding"}}, "project_id", id="project-event-without-project"),
+    pytest.param(
+        lambda w: {"type": "stage_changed", "customer_id": w.owner, "project_id": w.project, "occurred_at": at(15), "attributes": {"stage": "bidding"}},
+        "customer_id",
+        id="project-event-with-customer",
+    ),
+    pytest.param(lambda w: {"type": "company_introduced", "project_id": w.project, "occurred_at": at(15)}, "customer_id", id="customer-event-without-customer"),
+    pytest.param(lambda w: visit(w, reception="neutral", with_manager="yes"), "attributes.with_manager", id="attribute-of-wrong-type"),
+    pytest.param(lambda w: visit(w, reception="happy"), "attributes.reception", id="attribute-of-wrong-value"),
+    pytest.param(lambda w: visit(w, reception="neutral", mood="good"), "attributes.mood", id="unknown-attribute"),
+    pytest.param(lambda w: visit(w), "attributes.reception", id="missing-required-attribute"),
+    pytest.param(
+        lambda w: {"type": "materials_sent", "customer_id": w.owner, "occurred_at": at(15), "attributes": {"items": ["gifts"]}},
+        "attributes.items",
+        id="list-attribute-with-unknown-item",
+    ),
+    pytest.param(
+        lambda w: {"type": "order_placed", "customer_id": w.installer, "occurred_at": at(15), "attributes": {"amount": -5}},
+        "attributes.amount",
+        id="negative-amount",
+    ),
+    pytest.param(
+        lambda w: {"type": "order_placed", "customer_id": w.installer, "occurred_at": at(15), "attributes": {"amount": "5000"}},
+        "attributes.amount",
+        id="amount-as-text",
+    ),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": "2026-11-19T10:00:00"}, "occurred_at", id="naive-timestamp"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": "yesterday afternoon"}, "occurred_at", id="unparsable-timestamp"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": "2026-02-30T10:00:00+08:00"}, "occurred_at", id="impossible-date"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": "2027-01-15T10:00:00+08:00"}, "occurred_at", id="far-in-the-future"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": "1969-12-31T10:00:00+00:00"}, "occurred_at", id="before-1970"),
+    pytest.param(lambda w: {"type": "visit", "customer_id": w.owner, "attributes": {"reception": "neutral"}}, "occurred_at", id="missing-timestamp"),
+    pytest.param(lambda w: {"customer_id": w.owner, "occurred_at": at(15)}, "type", id="missing-type"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "customer_id": 999999}, "customer_id", id="unknown-customer"),
+    pytest.param(
+        lambda w: {"type": "tender_brand", "project_id": 999999, "occurred_at": at(15), "attributes": {"status": "sole"}},
+        "project_id",
+        id="unknown-project",
+    ),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "customer_id": "仁济"}, "customer_id", id="customer-id-not-a-number"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "customer_id": 2**63}, "customer_id", id="customer-id-beyond-64-bits"),
+    pytest.param(
+        lambda w: {"type": "spec_agreed", "project_id": 2**64, "occurred_at": at(15)},
+        "project_id",
+        id="project-id-beyond-64-bits",
+    ),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "recorded_at": at(1)}, "recorded_at", id="mass-assignment-recorded-at"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "id": 1}, "id", id="mass-assignment-id"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "actor": "boss"}, "actor", id="mass-assignment-actor"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "source": "ERP system!"}, "source", id="malformed-source"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "attributes": ["reception", "neutral"]}, "attributes", id="attributes-not-an-object"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "note": "a\x00b"}, "note", id="nul-in-note"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "source": "erp", "external_id": "V\x00"}, "external_id", id="nul-in-external-id"),
+    pytest.param(
+        lambda w: {"type": "attended_promotion", "customer_id": w.installer, "occurred_at": at(15), "attributes": {"event_name": "春季\x00推广会"}},
+        "attributes.event_name",
+        id="nul-in-text-attribute",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), REFUSED)
+def test_refused_event_names_the_field_and_stores_nothing(api, world: World, body: Body, field: str) -> None:
+    before = unchanged(api, world)
+
+    r = api.post("/v1/events", json=body(world))
+
+    assert_problem(r, 422, field)
+    assert unchanged(api, world) == before
+
+
+def test_all_problems_of_one_event_are_reported_together(api, world: World) -> None:
+    body = {"type": "visit", "customer_id": 999999, "occurred_at": "2030-01-01T00:00:00Z", "attributes": {"reception": "happy", "mood": "good"}}
+
+    r = api.post("/v1/events", json=body)
+
+    assert_problem(r, 422, "customer_id", "occurred_at", "attributes.reception", "attributes.mood")
+
+
+def test_malformed_json_is_a_422_problem_naming_the_body(api, world: World) -> None:
+    before = unchanged(api, world)
+
+    r = api.post("/v1/events", content=b'{"type": "visit", "customer_id": ', headers={"Content-Type": "application/json"})
+
+    body = assert_problem(r, 422, "body")
+    assert "JSON" in body["errors"][0]["reason"]
+    assert unchanged(api, world) == before
+
+
+def test_a_json_array_instead_of_an_object_is_422(api, world: World) -> None:
+    assert_problem(api.post("/v1/events", json=[{"type": "visit"}]), 422)
+
+
+def test_a_bad_cursor_is_422_naming_the_cursor_on_every_list(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    lists = ["/v1/events", "/v1/customers", "/v1/projects", f"/v1/customers/{owner['id']}/history", f"/v1/projects/{project['id']}/history"]
+
+    for path in lists:
+        assert_problem(api.get(path, params={"cursor": "bm90IGEgY3Vyc29y"}), 422, "cursor")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/customers/{big}"),
+        ("PATCH", "/v1/customers/{big}"),
+        ("GET", "/v1/customers/{big}/history"),
+        ("GET", "/v1/projects/{big}"),
+        ("GET", "/v1/projects/{big}/history"),
+        ("GET", "/v1/events/{big}"),
+        ("POST", "/v1/events/{big}/retract"),
+        ("GET", "/v1/events?customer_id={big}"),
+        ("GET", "/v1/events?project_id={big}"),
+        ("GET", "/v1/projects?owner_id={big}"),
+    ],
+)
+def test_an_id_no_database_can_hold_is_refused_not_a_server_error(api, method: str, path: str) -> None:
+    body = {"rep": "王芳"} if method == "PATCH" else {"reason": "x"} if method == "POST" else None
+
+    r = api.request(method, path.format(big=2**63), json=body)
+
+    assert 400 <= r.status_code < 500
+    assert_problem(r, r.status_code)
+
+
+def test_a_project_whose_owner_id_no_database_can_hold_is_422(api) -> None:
+    assert_problem(api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": 2**63}), 422, "owner_id")
+
+
+def test_a_time_range_bound_that_cannot_be_expressed_in_utc_is_422(api) -> None:
+    assert_problem(api.get("/v1/events", params={"from": "0001-01-01T00:00:00+14:00"}), 422, "from")
+    assert_problem(api.get("/v1/events", params={"to": "9999-12-31T23:59:59-14:00"}), 422, "to")
+
+
+def test_text_with_a_nul_character_is_422_for_customers_and_list_filters(api, world: World) -> None:
+    before = unchanged(api, world)
+
+    assert_problem(api.post("/v1/customers", json={"name": "万科\x00", "kind": "owner"}), 422, "name")
+    assert_problem(api.post("/v1/customers", json={"name": "万科", "kind": "owner", "contact": {"person": "张\x00"}}), 422, "contact.person")
+    assert_problem(api.patch(f"/v1/customers/{world.owner}", json={"tags": ["重点\x00"]}), 422, "tags.0")
+    assert_problem(api.post(f"/v1/projects", json={"name": "新门诊楼", "owner_id": world.owner, "rep": "\x00"}), 422, "rep")
+    for path, param in (("/v1/customers", "q"), ("/v1/customers", "rep"), ("/v1/projects", "q"), ("/v1/projects", "stage"), ("/v1/events", "type")):
+        assert_problem(api.get(path, params={param: "a\x00"}), 422, param)
+    event_id = before.events[0]["id"]
+    assert_problem(api.post(f"/v1/events/{event_id}/retract", json={"reason": "\x00"}), 422, "reason")
+
+    assert unchanged(api, world) == before
+    assert len(api.get("/v1/customers").json()["items"]) == 2
+
+
+def test_an_unknown_path_is_a_404_problem(api) -> None:
+    assert_problem(api.get("/v1/widgets"), 404)
+
+
+def test_a_wrong_method_is_a_405_problem(api) -> None:
+    assert_problem(api.delete("/v1/events"), 405)
+
+
+def test_events_cannot_be_deleted_or_edited(api, world: World) -> None:
+    event_id = api.get("/v1/events").json()["items"][0]["id"]
+
+    assert_problem(api.delete(f"/v1/events/{event_id}"), 405)
+    assert_problem(api.patch(f"/v1/events/{event_id}", json={"note": "x"}), 405)

@@ -1,0 +1,155 @@
+"""Idempotency-Key on event POSTs and retractions (IETF draft-ietf-httpapi-idempotency-key-header):
+a retry gets the first answer, a reused key with another body is 422, a key still in flight 409."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select
+
+from app.api.idempotency import fingerprint
+from app.api.schemas import EventIn
+from app.db import models as m
+from app.services.keys import BOOTSTRAP_NAME
+from tests.api.expectations import assert_problem, stored_state
+from tests.api.scenarios import at, issue_key, owner_level_one_events
+
+
+def third_visit(customer_id: int) -> dict[str, Any]:
+    return {"type": "visit", "customer_id": customer_id, "occurred_at": at(7), "attributes": {"reception": "neutral"}}
+
+
+def owner_one_visit_short_of_level_one(api) -> int:  # noqa: ANN001
+    owner = api.create_customer("仁济医院基建处", "owner")
+    owner_level_one_events(api, owner["id"], visits=2)
+    return owner["id"]
+
+
+def key_in_flight(app, key: str, body: dict[str, Any], *, for_seconds: int = 60) -> None:  # noqa: ANN001
+    """What the store holds while the first request with `key` is still being worked on."""
+    ctx = app.state.context
+    now = ctx.clock()
+    fp = fingerprint("POST", "/v1/events", EventIn(**body).model_dump(mode="json"))
+    with ctx.db.session(write=True) as session:
+        api_key = session.scalar(select(m.ApiKey).where(m.ApiKey.name == BOOTSTRAP_NAME))
+        session.add(m.IdempotencyRecord(api_key_id=api_key.id, key=key, fingerprint=fp, created_at=now, locked_until=now + timedelta(seconds=for_seconds)))
+
+
+def test_a_retry_with_the_same_key_gets_the_first_answer_and_counts_once(api) -> None:
+    owner = owner_one_visit_short_of_level_one(api)
+    headers = {"Idempotency-Key": "visit-7f3a"}
+    first = api.post("/v1/events", json=third_visit(owner), headers=headers)
+    assert first.status_code == 201 and first.json()["effects"]
+    before = stored_state(api, customers=(owner,))
+
+    retry = api.post("/v1/events", json=third_visit(owner), headers=headers)
+
+    assert retry.status_code == first.status_code
+    assert retry.content == first.content
+    assert retry.headers["content-type"] == first.headers["content-type"]
+    assert retry.headers.get("idempotent-replayed") == "true"
+    assert stored_state(api, customers=(owner,)) == before
+
+
+def test_the_same_key_with_another_body_is_422_and_stores_nothing(api) -> None:
+    owner = owner_one_visit_short_of_level_one(api)
+    headers = {"Idempotency-Key": "visit-7f3a"}
+    api.post("/v1/events", json=third_visit(owner), headers=headers)
+    before = stored_state(api, customers=(owner,))
+
+    other = {**third_visit(owner), "attributes": {"reception": "rejecting"}}
+    r = api.post("/v1/events", json=other, headers=headers)
+
+    assert_problem(r, 422, "Idempotency-Key")
+    assert stored_state(api, customers=(owner,)) == before
+
+
+def test_a_key_still_in_flight_is_409_with_retry_after(api, app) -> None:
+    owner = owner_one_visit_short_of_level_one(api)
+    key_in_flight(app, "visit-7f3a", third_visit(owner))
+    before = stored_state(api, customers=(owner,))
+
+    r = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-7f3a"})
+
+    assert_problem(r, 409)
+    assert r.headers["retry-after"]
+    assert stored_state(api, customers=(owner,)) == before
+
+
+def test_a_key_in_flight_with_another_body_is_still_422(api, app) -> None:
+    owner = owner_one_visit_short_of_level_one(api)
+    key_in_flight(app, "visit-7f3a", third_visit(owner))
+
+    r = api.post("/v1/events", json={**third_visit(owner), "note": "edited"}, headers={"Idempotency-Key": "visit-7f3a"})
+
+    assert_problem(r, 422, "Idempotency-Key")
+
+
+def test_a_key_whose_first_attempt_died_can_be_retried_after_its_lease(api, app, clock) -> None:
+    owner = owner_one_visit_short_of_level_one(api)
+    key_in_flight(app, "visit-7f3a", third_visit(owner), for_seconds=60)
+    clock.advance(seconds=61)
+
+    r = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-7f3a"})
+
+    assert r.status_code == 201, r.text
+    replay = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-7f3a"})
+    assert replay.content == r.content
+
+
+def test_keys_are_kept_at_least_a_day(api, clock) -> None:
+    owner = owner_one_visit_short_of_level_one(api)
+    first = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-7f3a"})
+    clock.advance(hours=23, minutes=59)
+
+    retry = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-7f3a"})
+
+    assert (retry.status_code, retry.content) == (201, first.content)
+    assert len(api.get("/v1/events", params={"customer_id": owner}).json()["items"]) == 7
+
+
+def test_keys_belong_to_one_api_key(api, app, client_for) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    other = client_for(issue_key(app, "erp", ["read", "write"]))
+    body = {"type": "company_introduced", "customer_id": owner["id"], "occurred_at": at(1)}
+
+    a = api.post("/v1/events", json=body, headers={"Idempotency-Key": "same"})
+    b = other.post("/v1/events", json=body, headers={"Idempotency-Key": "same"})
+
+    assert (a.status_code, b.status_code) == (201, 201)
+    assert a.json()["id"] != b.json()["id"]
+
+
+def test_a_refused_request_is_replayed_as_refused(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    bad = {"type": "bid_joined", "customer_id": owner["id"], "project_id": 999999, "occurred_at": at(1)}
+
+    first = api.post("/v1/events", json=bad, headers={"Idempotency-Key": "k1"})
+    retry = api.post("/v1/events", json=bad, headers={"Idempotency-Key": "k1"})
+
+    assert_problem(first, 422, "project_id", "customer_id")
+    assert (retry.status_code, retry.content) == (first.status_code, first.content)
+    assert api.get("/v1/events").json()["items"] == []
+
+
+def test_an_overlong_key_is_refused(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    body = {"type": "company_introduced", "customer_id": owner["id"], "occurred_at": at(1)}
+
+    assert_problem(api.post("/v1/events", json=body, headers={"Idempotency-Key": "k" * 256}), 422, "Idempotency-Key")
+    assert api.get("/v1/events").json()["items"] == []
+
+
+def test_retraction_with_a_key_is_replayed_too(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    visit = owner_level_one_events(api, owner["id"])[-1]
+    headers = {"Idempotency-Key": "retract-1"}
+
+    first = api.post(f"/v1/events/{visit['id']}/retract", json={"reason": "logged twice"}, headers=headers)
+    retry = api.post(f"/v1/events/{visit['id']}/retract", json={"reason": "logged twice"}, headers=headers)
+    reused = api.post(f"/v1/events/{visit['id']}/retract", json={"reason": "another"}, headers=headers)
+
+    assert first.json()["effects"] == [{"subject": "customer", "id": owner["id"], "metric": "relationship_level", "old": 1, "new": 0}]
+    assert (retry.status_code, retry.content) == (200, first.content)
+    assert_problem(reused, 422, "Idempotency-Key")

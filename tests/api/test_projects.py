@@ -1,0 +1,200 @@
+"""/v1/projects: a project's deal heat, its bidders and winner, lists and updates."""
+
+from __future__ import annotations
+
+from tests.api.expectations import all_pages, assert_problem
+from tests.api.scenarios import at, heat, installer_at_level_one
+
+
+def test_created_project_has_an_id_a_location_an_etag_and_starts_cold(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+
+    r = api.post(
+        "/v1/projects",
+        json={"name": "新门诊楼暖通工程", "owner_id": owner["id"], "amount": 1250000, "expected_close": "2027-03-31", "rep": "王芳", "external_ref": "ERP-P-9"},
+    )
+
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert r.headers["location"] == f"/v1/projects/{body['id']}"
+    assert r.headers["etag"]
+    assert (body["owner_id"], body["amount"], body["expected_close"], body["rep"]) == (owner["id"], 1250000, "2027-03-31", "王芳")
+    assert body["heat"]["percent"] == 0 and body["heat"]["tier"] == "cold"
+    assert body["heat"]["label"] == {"zh": "冷(0%)", "en": "Cold (0 %)"}
+    assert body["heat"]["closed"] is False and body["heat"]["stage"] is None
+    assert body["heat"]["next"] == {"percent": 30, "missing": ["H30.1", "H30.2", "H30.3", "H30.4"], "need": 4}
+    assert body["bidders"] == [] and body["winner"] is None
+
+
+def test_project_owner_must_be_an_owner(api) -> None:
+    installer = api.create_customer("上海建工安装", "installer")
+
+    r = api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": installer["id"]})
+
+    body = assert_problem(r, 422, "owner_id")
+    assert "installer" in body["errors"][0]["reason"]
+    assert api.get("/v1/projects").json()["items"] == []
+
+
+def test_project_owner_must_exist(api) -> None:
+    assert_problem(api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": 999999}), 422, "owner_id")
+    assert api.get("/v1/projects").json()["items"] == []
+
+
+def test_project_refuses_unknown_fields_and_negative_amounts(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+
+    assert_problem(api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": owner["id"], "heat": 90}), 422, "heat")
+    assert_problem(api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": owner["id"], "amount": -1}), 422, "amount")
+    assert api.get("/v1/projects").json()["items"] == []
+
+
+def test_heat_explains_criteria_with_evidence(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    spec = api.event("spec_agreed", project_id=project["id"], at=at(3))
+    stage = api.event("stage_changed", project_id=project["id"], at=at(4), attributes={"stage": "tender_drafting"})
+
+    h = heat(api, project["id"])
+
+    by_id = {c["id"]: c for c in h["criteria"]}
+    assert by_id["H30.3"]["met"] and by_id["H30.3"]["evidence"] == [spec["id"]]
+    assert by_id["H30.1"]["met"] and by_id["H30.1"]["evidence"] == [stage["id"]]
+    assert by_id["H30.3"]["label"]["zh"] == "(甲方)同意将我司产品写入标书"
+    assert h["stage"] == "tender_drafting"
+    assert h["next"]["percent"] == 30 and h["next"]["missing"] == ["H30.2", "H30.4"]
+
+
+def test_bidders_and_winner_come_from_bid_events(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    graded, _ = installer_at_level_one(api, "上海建工安装")
+    other = api.create_customer("华东机电安装", "installer")
+    api.event("bid_joined", customer_id=graded["id"], project_id=project["id"], at=at(12), attributes={"with_our_product": True})
+    api.event("bid_joined", customer_id=other["id"], project_id=project["id"], at=at(13), attributes={"with_our_product": False})
+    won = api.event("bid_won", customer_id=other["id"], project_id=project["id"], at=at(14))
+
+    got = api.get(f"/v1/projects/{project['id']}").json()
+
+    assert got["bidders"] == [
+        {"id": graded["id"], "name": "上海建工安装", "level": 1, "with_our_product": True},
+        {"id": other["id"], "name": "华东机电安装", "level": 0, "with_our_product": False},
+    ]
+    assert got["winner"] == {"id": other["id"], "name": "华东机电安装", "level": 0, "with_our_product": None}
+
+    api.post(f"/v1/events/{won['id']}/retract", json={"reason": "award was announced for another lot"})
+    assert api.get(f"/v1/projects/{project['id']}").json()["winner"] is None
+
+
+def test_stage_won_closes_the_project_at_100(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    api.event("stage_changed", project_id=project["id"], at=at(10), attributes={"stage": "won"})
+
+    h = heat(api, project["id"])
+
+    assert (h["percent"], h["tier"], h["closed"], h["stage"]) == (100, "won", True, "won")
+    assert h["label"] == {"zh": "已成交", "en": "Won"}
+
+
+def test_stage_lost_closes_the_project_at_0(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    api.event("tender_brand", project_id=project["id"], at=at(9), attributes={"status": "sole"})
+    api.event("stage_changed", project_id=project["id"], at=at(10), attributes={"stage": "lost"})
+
+    h = heat(api, project["id"])
+
+    assert (h["percent"], h["tier"], h["closed"]) == (0, "lost", True)
+
+
+def test_unknown_project_is_404(api) -> None:
+    assert_problem(api.get("/v1/projects/999999"), 404)
+    assert_problem(api.get("/v1/projects/999999/history"), 404)
+    assert_problem(api.patch("/v1/projects/999999", json={"rep": "王芳"}), 404)
+
+
+# --- list ----------------------------------------------------------------------------------
+
+
+def test_list_filters_by_owner_heat_stage_rep_and_text(api) -> None:
+    hospital = api.create_customer("仁济医院基建处", "owner")
+    developer = api.create_customer("万科华东区域", "owner")
+    clinic = api.create_project(hospital["id"], "新门诊楼暖通工程", rep="王芳")
+    tower = api.create_project(developer["id"], "滨江写字楼空调", rep="李强")
+    api.event("stage_changed", project_id=tower["id"], at=at(10), attributes={"stage": "won"})
+
+    def names(**params: object) -> list[str]:
+        r = api.get("/v1/projects", params=params)
+        assert r.status_code == 200, r.text
+        return [p["name"] for p in r.json()["items"]]
+
+    assert names(owner_id=hospital["id"]) == [clinic["name"]]
+    assert names(heat=100) == [tower["name"]]
+    assert names(heat=0) == [clinic["name"]]
+    assert names(stage="won") == [tower["name"]]
+    assert names(rep="王芳") == [clinic["name"]]
+    assert names(q="写字楼") == [tower["name"]]
+    assert names() == [clinic["name"], tower["name"]]
+
+
+def test_list_pages_through_every_project_once_in_order(api) -> None:
+    owner = api.create_customer("万科华东区域", "owner")
+    created = [api.create_project(owner["id"], f"项目{i}")["id"] for i in range(7)]
+
+    assert [p["id"] for p in all_pages(api, "/v1/projects", limit=3)] == created
+
+
+def test_list_refuses_a_bad_cursor(api) -> None:
+    assert_problem(api.get("/v1/projects", params={"cursor": "eyJub3BlIjogMX0"}), 422, "cursor")
+
+
+# --- update --------------------------------------------------------------------------------
+
+
+def test_patch_changes_descriptive_fields(api) -> None:
+    owner = api.create_customer("万科华东区域", "owner")
+    project = api.create_project(owner["id"], amount=100000)
+    etag = api.get(f"/v1/projects/{project['id']}").headers["etag"]
+
+    r = api.patch(f"/v1/projects/{project['id']}", json={"amount": 2500000.5, "expected_close": "2027-06-30", "rep": "李强"}, headers={"If-Match": etag})
+
+    assert r.status_code == 200, r.text
+    assert r.headers["etag"] != etag
+    got = api.get(f"/v1/projects/{project['id']}").json()
+    assert (got["amount"], got["expected_close"], got["rep"], got["owner_id"]) == (2500000.5, "2027-06-30", "李强", owner["id"])
+
+
+def test_patch_refuses_to_change_the_owner(api) -> None:
+    owner = api.create_customer("万科华东区域", "owner")
+    other = api.create_customer("仁济医院", "owner")
+    project = api.create_project(owner["id"])
+
+    assert_problem(api.patch(f"/v1/projects/{project['id']}", json={"owner_id": other["id"]}), 422, "owner_id")
+    assert api.get(f"/v1/projects/{project['id']}").json()["owner_id"] == owner["id"]
+
+
+def test_patch_with_a_stale_etag_is_412(api) -> None:
+    owner = api.create_customer("万科华东区域", "owner")
+    project = api.create_project(owner["id"], rep="王芳")
+    stale = api.get(f"/v1/projects/{project['id']}").headers["etag"]
+    api.event("spec_agreed", project_id=project["id"], at=at(3))
+
+    assert_problem(api.patch(f"/v1/projects/{project['id']}", json={"rep": "李强"}, headers={"If-Match": stale}), 412)
+    assert api.get(f"/v1/projects/{project['id']}").json()["rep"] == "王芳"
+
+
+def test_etag_of_a_customer_does_not_match_a_project(api) -> None:
+    owner = api.create_customer("万科华东区域", "owner")
+    project = api.create_project(owner["id"])
+    customer_etag = api.get(f"/v1/customers/{owner['id']}").headers["etag"]
+
+    assert_problem(api.patch(f"/v1/projects/{project['id']}", json={"rep": "李强"}, headers={"If-Match": customer_etag}), 412)
+
+
+def test_duplicate_project_external_ref_is_409(api) -> None:
+    owner = api.create_customer("万科华东区域", "owner")
+    api.create_project(owner["id"], "一期", external_ref="ERP-P-1")
+
+    assert_problem(api.post("/v1/projects", json={"name": "二期", "owner_id": owner["id"], "external_ref": "ERP-P-1"}), 409, "external_ref")
+    assert len(api.get("/v1/projects").json()["items"]) == 1
