@@ -10,6 +10,7 @@ from dataclasses import dataclass
 class FieldError:
     field: str
     reason: str
+    location: str = "body"  # where the field is: body, query, header or path
 
 
 class AppError(Exception):

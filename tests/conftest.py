@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app.db.engine import make_engine
 from app.settings import Settings
 
 TEST_URL_ENV = "RAPPORT_DATABASE_URL"
@@ -30,10 +31,14 @@ def is_postgres(url: str) -> bool:
 
 
 def reset_database(url: str) -> None:
-    """Drop everything in the test database (PostgreSQL: the public schema)."""
-    from app.db.engine import make_engine
+    """Drop everything in the test database (PostgreSQL: the public schema).
 
+    Refuses a PostgreSQL database whose name does not say it is for tests, so pointing
+    RAPPORT_DATABASE_URL at real data and running pytest cannot wipe it."""
     if is_postgres(url):
+        name = make_url(url).database or ""
+        if "test" not in name:
+            pytest.exit(f"refusing to wipe PostgreSQL database {name!r}: the tests drop its schema; use a database whose name contains 'test'", returncode=2)
         engine = make_engine(url)
         with engine.begin() as conn:
             conn.execute(text("DROP SCHEMA public CASCADE"))

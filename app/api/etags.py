@@ -19,7 +19,7 @@ def parse_if_match(header: str | None, kind: str, id_: int) -> int | None:
         return None
     match = _TAG.match(header.strip())
     if match is None:
-        raise Invalid("If-Match must be an ETag this service returned", errors=[FieldError("If-Match", "not an ETag of this service")])
+        raise Invalid("If-Match must be an ETag this service returned", errors=[FieldError("If-Match", "not an ETag of this service", "header")])
     if match["kind"] != kind or int(match["id"]) != id_:
         raise PreconditionFailed("If-Match names another resource")
     return int(match["version"])

@@ -22,6 +22,7 @@ from app.db import models as m
 from app.errors import AppError, Conflict, FieldError, Invalid
 
 MAX_KEY_LENGTH = 255
+REPLAYED_HEADERS = ("location", "etag")
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -34,7 +35,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fp: str, work: Callable[[
     if key is None:
         return work()
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters")])
+        raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
     now = ctx.clock()
     stored = _claim(ctx, caller.key_id, key, fp, now)
     if stored is not None:
@@ -53,7 +54,12 @@ def run(ctx: Context, caller: Caller, key: str | None, fp: str, work: Callable[[
         session.execute(
             update(m.IdempotencyRecord)
             .where(m.IdempotencyRecord.api_key_id == caller.key_id, m.IdempotencyRecord.key == key)
-            .values(status_code=response.status_code, response_body=bytes(response.body), response_type=response.media_type)
+            .values(
+                status_code=response.status_code,
+                response_body=bytes(response.body),
+                response_type=response.media_type,
+                response_headers={name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
+            )
         )
     return response
 
@@ -77,14 +83,14 @@ def _claim(ctx: Context, key_id: int, key: str, fp: str, now: datetime) -> Respo
         if record.fingerprint != fp:
             raise Invalid(
                 "this Idempotency-Key was used for a different request",
-                errors=[FieldError("Idempotency-Key", "reused with a different method, path or body")],
+                errors=[FieldError("Idempotency-Key", "reused with a different method, path or body", "header")],
             )
         if record.status_code is not None:
             return Response(
                 content=record.response_body,
                 status_code=record.status_code,
                 media_type=record.response_type,
-                headers={"Idempotent-Replayed": "true"},
+                headers={**(record.response_headers or {}), "Idempotent-Replayed": "true"},
             )
         if record.locked_until > now:
             raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})

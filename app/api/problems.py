@@ -31,7 +31,7 @@ def app_error_response(exc: AppError) -> JSONResponse:
         exc.slug,
         exc.title,
         exc.detail,
-        [{"field": e.field, "reason": e.reason} for e in exc.errors],
+        [{"field": e.field, "in": e.location, "reason": e.reason} for e in exc.errors],
         exc.headers,
     )
 

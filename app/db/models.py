@@ -160,6 +160,7 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)  # None while in flight
     response_body: Mapped[bytes | None] = mapped_column(LargeBinary)
     response_type: Mapped[str | None] = mapped_column(String(100))
+    response_headers: Mapped[dict[str, str] | None] = mapped_column(Json)  # e.g. Location
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     locked_until: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -29,7 +29,7 @@ def decode_cursor(cursor: str) -> tuple[int, bool]:
             raise ValueError
         return after, desc
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise Invalid("the cursor is not one this service issued", errors=[FieldError("cursor", "malformed cursor")]) from None
+        raise Invalid("the cursor is not one this service issued", errors=[FieldError("cursor", "malformed cursor", "query")]) from None
 
 
 def page(session: Session, query: Select, id_column: Any, *, limit: int, cursor: str | None, descending: bool = False) -> tuple[Sequence[Any], str | None]:
@@ -37,7 +37,7 @@ def page(session: Session, query: Select, id_column: Any, *, limit: int, cursor:
     if cursor is not None:
         after, cursor_desc = decode_cursor(cursor)
         if cursor_desc != descending:
-            raise Invalid("the cursor was issued for the other sort order", errors=[FieldError("cursor", "order differs")])
+            raise Invalid("the cursor was issued for the other sort order", errors=[FieldError("cursor", "order differs", "query")])
         query = query.where(id_column < after if descending else id_column > after)
     query = query.order_by(id_column.desc() if descending else id_column).limit(limit + 1)
     rows = session.scalars(query).all()

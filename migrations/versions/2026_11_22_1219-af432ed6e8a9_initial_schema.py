@@ -91,6 +91,7 @@ def upgrade() -> None:
     sa.Column('status_code', sa.Integer(), nullable=True),
     sa.Column('response_body', sa.LargeBinary(), nullable=True),
     sa.Column('response_type', sa.String(length=100), nullable=True),
+    sa.Column('response_headers', JSON, nullable=True),
     sa.Column('created_at', TIMESTAMP, nullable=False),
     sa.Column('locked_until', TIMESTAMP, nullable=False),
     sa.ForeignKeyConstraint(['api_key_id'], ['api_keys.id'], name=op.f('fk_idempotency_records_api_key_id_api_keys')),

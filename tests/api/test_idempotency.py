@@ -49,6 +49,7 @@ def test_a_retry_with_the_same_key_gets_the_first_answer_and_counts_once(api) ->
     assert retry.content == first.content
     assert retry.headers["content-type"] == first.headers["content-type"]
     assert retry.headers.get("idempotent-replayed") == "true"
+    assert retry.headers["location"] == first.headers["location"] == f"/v1/events/{first.json()['id']}"
     assert stored_state(api, customers=(owner,)) == before
 
 
