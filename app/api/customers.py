@@ -82,6 +82,4 @@ def customer_history(
 ) -> s.HistoryPage:
     """Every change of the customer's relationship level, oldest first, with its evidence and trigger."""
     with ctx.db.session(write=False) as session:
-        svc.get_customer(session, customer_id)
-        rows, next_cursor = history_page(session, "customer", customer_id, limit=limit, cursor=cursor)
-        return s.HistoryPage(items=[present.history_item(h) for h in rows], next_cursor=next_cursor)
+        return present.history_page(*history_page(session, "customer", customer_id, limit=limit, cursor=cursor))

@@ -121,6 +121,10 @@ def event(e: m.Event, retraction: m.Retraction | None) -> s.EventOut:
     )
 
 
+def history_page(rows: list[m.GradeChange] | tuple, next_cursor: str | None) -> s.HistoryPage:
+    return s.HistoryPage(items=[history_item(h) for h in rows], next_cursor=next_cursor)
+
+
 def history_item(h: m.GradeChange) -> s.HistoryItemOut:
     return s.HistoryItemOut(
         id=h.id,

@@ -84,6 +84,4 @@ def project_history(
 ) -> s.HistoryPage:
     """Every change of the project's deal heat, oldest first, with its evidence and trigger."""
     with ctx.db.session(write=False) as session:
-        svc.get_project(session, project_id)
-        rows, next_cursor = history_page(session, "project", project_id, limit=limit, cursor=cursor)
-        return s.HistoryPage(items=[present.history_item(h) for h in rows], next_cursor=next_cursor)
+        return present.history_page(*history_page(session, "project", project_id, limit=limit, cursor=cursor))
