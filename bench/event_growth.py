@@ -56,9 +56,14 @@ def settle(db: Database) -> None:
             conn.execute(text("VACUUM ANALYZE"))
             conn.execute(text("CHECKPOINT"))
     else:
-        with db.engine.connect() as conn:
-            conn.exec_driver_sql("ANALYZE")
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        # Outside any transaction (the driver connection is in autocommit mode), or SQLite
+        # refuses to checkpoint.
+        raw = db.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("ANALYZE")
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
 
 
 def probe(db: Database, count: int) -> list[float]:
