@@ -54,11 +54,8 @@ class Regrade:
     fan_out_from: set[int] = field(default_factory=set)
 
 
-def snapshot_level(grade: LevelGrade) -> dict[str, Any]:
-    return {"criteria": [_criterion(c) for c in grade.criteria], "next": _gap(grade.next)}
-
-
-def snapshot_heat(grade: HeatGrade) -> dict[str, Any]:
+def snapshot(grade: LevelGrade | HeatGrade) -> dict[str, Any]:
+    """What is stored with a grade (and in its history rows): every criterion and the gap."""
     return {"criteria": [_criterion(c) for c in grade.criteria], "next": _gap(grade.next)}
 
 
@@ -76,13 +73,13 @@ def _gap(gap: Gap | None) -> dict[str, Any] | None:
 def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> None:
     """Grade a customer that has no events yet (so its criteria and gap show from the start)."""
     grade = evaluate_level(rulebook, CustomerFacts(customer.id or 0, customer.kind, ()), now)
-    customer.level, customer.level_since, customer.grade = grade.level, now, snapshot_level(grade)
+    customer.level, customer.level_since, customer.grade = grade.level, now, snapshot(grade)
 
 
 def initial_heat(rulebook: Rulebook, project: m.Project, owner: m.Customer, now: datetime) -> None:
     grade = evaluate_heat(rulebook, ProjectFacts(project.id or 0, LinkedCustomer(owner.id, owner.level), ()), now)
     project.heat, project.heat_since, project.stage, project.closed = grade.percent, now, grade.stage, grade.closed
-    project.grade = snapshot_heat(grade)
+    project.grade = snapshot(grade)
 
 
 def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
@@ -108,15 +105,15 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
 
 def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, job: Regrade) -> Effect | None:
     grade = evaluate_level(rulebook, repo.customer_facts(session, customer, rulebook.owned_project_event_types), job.now)
-    snapshot = snapshot_level(grade)
+    stored = snapshot(grade)
     old = customer.level
-    if snapshot != customer.grade or grade.level != old:
-        customer.grade = snapshot
+    if stored != customer.grade or grade.level != old:
+        customer.grade = stored
         customer.version += 1
     if grade.level == old:
         return None
     customer.level, customer.level_since = grade.level, job.now
-    _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, snapshot, job.trigger, job)
+    _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger, job)
     return Effect("customer", customer.id, LEVEL, old, grade.level)
 
 
@@ -125,10 +122,10 @@ def _regrade_project(
 ) -> Effect | None:
     facts = repo.project_facts(session, project, rulebook.linked_customer_event_types)
     grade = evaluate_heat(rulebook, facts, job.now)
-    snapshot = snapshot_heat(grade)
+    stored = snapshot(grade)
     old = project.heat
-    if snapshot != project.grade or grade.percent != old or grade.stage != project.stage:
-        project.grade, project.stage, project.closed = snapshot, grade.stage, grade.closed
+    if stored != project.grade or grade.percent != old or grade.stage != project.stage:
+        project.grade, project.stage, project.closed = stored, grade.stage, grade.closed
         project.version += 1
     if grade.percent == old:
         return None
@@ -136,7 +133,7 @@ def _regrade_project(
     linked = {facts.owner.customer_id, *facts.linked}
     via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
     trigger = {**job.trigger, "via": via} if via else job.trigger
-    _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, snapshot, trigger, job)
+    _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, stored, trigger, job)
     return Effect("project", project.id, HEAT, old, grade.percent)
 
 

@@ -18,7 +18,7 @@ from app.db.facts import to_fact
 from app.domain import facts as f
 from app.domain.evaluation import evaluate_heat, evaluate_level
 from app.domain.rulebook import Rulebook
-from app.grading import HEAT, LEVEL, snapshot_heat, snapshot_level
+from app.grading import HEAT, LEVEL, snapshot
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def replay(session: Session, rulebook: Rulebook, *, as_of: datetime) -> list[Dis
         levels[c.id] = grade.level
         if grade.level != c.level:
             out.append(Disagreement("customer", c.id, "grade", f"stored level {c.level}, replay gives {grade.level}"))
-        elif snapshot_level(grade) != c.grade:
+        elif snapshot(grade) != c.grade:
             out.append(Disagreement("customer", c.id, "evidence", "stored evidence differs from the replay's"))
 
     def linked(cid: int) -> f.LinkedCustomer:
@@ -72,7 +72,7 @@ def replay(session: Session, rulebook: Rulebook, *, as_of: datetime) -> list[Dis
         grade_p = evaluate_heat(rulebook, facts_p, as_of)
         if grade_p.percent != p.heat:
             out.append(Disagreement("project", p.id, "grade", f"stored heat {p.heat} %, replay gives {grade_p.percent} %"))
-        elif snapshot_heat(grade_p) != p.grade or grade_p.stage != p.stage:
+        elif snapshot(grade_p) != p.grade or grade_p.stage != p.stage:
             out.append(Disagreement("project", p.id, "evidence", "stored evidence or stage differs from the replay's"))
 
     out.extend(_history(session, "customer", LEVEL, {c.id: c.level for c in customers}))
