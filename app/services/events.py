@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -16,6 +16,8 @@ from app.domain.rulebook import Rulebook
 from app.domain.validation import EventRejected, check_event
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import Effect, Regrade, regrade
+
+Row = TypeVar("Row", m.Event, m.Retraction)
 
 # An event may be logged a little ahead of the server's clock (a phone's clock is off),
 # never days ahead; and nothing in this business happened before 1970.
@@ -89,24 +91,15 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
         actor=actor,
         note=new.note,
     )
-    try:
-        with session.begin_nested():
-            session.add(event)
-            session.flush()
-    except IntegrityError:
-        # A concurrent request recorded the same source + external_id first.
-        existing = _by_external_id(session, new.source, new.external_id) if new.external_id else None
-        if existing is None:
-            raise
+    existing = _insert_once(session, event, lambda: _by_external_id(session, new.source, new.external_id) if new.external_id else None)
+    if existing is not None:
         return Recorded(existing, [], False)
     job.trigger["event_id"] = event.id
     return Recorded(event, regrade(session, rulebook, job), True)
 
 
 def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: str, *, actor: str | None, now: datetime) -> tuple[m.Event, m.Retraction, list[Effect]]:
-    event = session.get(m.Event, event_id)
-    if event is None:
-        raise NotFound(f"no event with id {event_id}")
+    event = get_event(session, event_id)
     existing = retraction_of(session, event_id)
     if existing is not None:
         return event, existing, []
@@ -116,16 +109,25 @@ def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: s
     job.trigger["event_id"] = event.id
     lock_customers(session, job.customer_ids)
     retraction = m.Retraction(event_id=event.id, reason=reason, actor=actor, at=now)
+    existing = _insert_once(session, retraction, lambda: retraction_of(session, event_id))
+    if existing is not None:
+        return event, existing, []
+    return event, retraction, regrade(session, rulebook, job)
+
+
+def _insert_once(session: Session, row: Row, stored_first: Callable[[], Row | None]) -> Row | None:
+    """Insert `row`; if a concurrent request stored its twin first (a unique violation),
+    return that twin instead. None means `row` was inserted."""
     try:
         with session.begin_nested():
-            session.add(retraction)
+            session.add(row)
             session.flush()
     except IntegrityError:
-        again = retraction_of(session, event_id)
-        if again is None:
+        twin = stored_first()
+        if twin is None:
             raise
-        return event, again, []
-    return event, retraction, regrade(session, rulebook, job)
+        return twin
+    return None
 
 
 def retraction_of(session: Session, event_id: int) -> m.Retraction | None:
