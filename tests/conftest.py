@@ -50,7 +50,22 @@ def reset_database(url: str) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-TABLES = ("idempotency_records", "event_retractions", "grade_history", "events", "projects", "customers", "api_keys", "service_state")
+TABLES = (
+    "webhook_attempts",
+    "webhook_deliveries",
+    "outbox_messages",
+    "webhook_subscriptions",
+    "form_submissions",
+    "form_mappings",
+    "idempotency_records",
+    "event_retractions",
+    "grade_history",
+    "events",
+    "projects",
+    "customers",
+    "api_keys",
+    "service_state",
+)
 
 
 def empty_tables(engine) -> None:  # noqa: ANN001

@@ -172,3 +172,124 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class FormMapping(Base):
+    """How one form tool's submissions become events, and how its hook is authenticated."""
+
+    __tablename__ = "form_mappings"
+    __table_args__ = (
+        CheckConstraint("auth_scheme IN ('standard_webhooks', 'typeform', 'x_signature', 'jiandaoyun', 'url_token')", name="auth_scheme"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    form_id: Mapped[str] = mapped_column(String(64), unique=True)  # the slug in the hook URL
+    name: Mapped[str] = mapped_column(String(200))
+    tool: Mapped[str] = mapped_column(String(32))
+    auth_scheme: Mapped[str] = mapped_column(String(32))
+    # HMAC schemes need the secret itself (unlike API keys, it cannot be stored hashed).
+    secret: Mapped[str] = mapped_column(String(200))
+    # After a rotation the old secret keeps working until this instant.
+    previous_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    spec: Mapped[dict[str, Any]] = mapped_column(Json)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class FormSubmission(Base):
+    """Every authenticated submission, kept as received. Those that could not be mapped
+    wait in the inbox (status 'inbox') until replayed or dismissed."""
+
+    __tablename__ = "form_submissions"
+    __table_args__ = (
+        UniqueConstraint("form_mapping_id", "delivery_id"),
+        CheckConstraint("status IN ('processed', 'inbox', 'dismissed')", name="status"),
+        Index("ix_form_submissions_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    form_mapping_id: Mapped[int] = mapped_column(ForeignKey("form_mappings.id"))
+    delivery_id: Mapped[str] = mapped_column(String(200))  # the tool's own submission id
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    content_type: Mapped[str] = mapped_column(String(200))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))
+    problems: Mapped[list[dict[str, str]]] = mapped_column(Json, default=list)
+    event_ids: Mapped[list[int]] = mapped_column(Json, default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolution: Mapped[str | None] = mapped_column(Text)  # why it was dismissed
+    actor: Mapped[str | None] = mapped_column(String(100))  # who replayed or dismissed it
+
+
+class Subscription(Base):
+    """A receiver of grade-change webhooks."""
+
+    __tablename__ = "webhook_subscriptions"
+    __table_args__ = (CheckConstraint("status IN ('active', 'paused')", name="status"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str | None] = mapped_column(String(200))
+    event_types: Mapped[list[str]] = mapped_column(Json)
+    secret: Mapped[str] = mapped_column(String(100))  # whsec_…, needed to sign
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OutboxMessage(Base):
+    """A message to send, written in the same transaction as the change it reports."""
+
+    __tablename__ = "outbox_messages"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    msg_id: Mapped[str] = mapped_column(String(64), unique=True)  # the webhook-id header
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Delivery(Base):
+    """One message to one subscription: retried until it succeeds or its schedule ends."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "message_id"),
+        CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
+        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_subscription_id_id", "subscription_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    subscription_id: Mapped[int] = mapped_column(ForeignKey("webhook_subscriptions.id"))
+    message_id: Mapped[int] = mapped_column(ForeignKey("outbox_messages.id"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # A worker that claimed it holds it until then; another may take it over afterwards.
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DeliveryAttempt(Base):
+    """The log of every attempt to deliver, kept for the subscription's owner to read."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("webhook_deliveries.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
