@@ -51,3 +51,11 @@ class Unauthorized(AppError):
 
 class Forbidden(AppError):
     status, slug, title = 403, "forbidden", "The API key lacks the scope for this"
+
+
+class TooLarge(AppError):
+    status, slug, title = 413, "too-large", "The request is too large"
+
+
+class UnsupportedMediaType(AppError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"

@@ -52,6 +52,13 @@ class Regrade:
     # Customers whose own project-less events a project criterion reads (e.g. `advocates`
     # for H70.3): their projects are re-graded even if their level stays.
     fan_out_from: set[int] = field(default_factory=set)
+    # For a batch: which of its events touched each ("customer"|"project", id), named in
+    # that subject's history trigger.
+    causes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+
+    def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
+        events = self.causes.get((subject, subject_id))
+        return {**self.trigger, "event_ids": events} if events else self.trigger
 
 
 def snapshot(grade: LevelGrade | HeatGrade) -> dict[str, Any]:
@@ -113,7 +120,7 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer
     if grade.level == old:
         return None
     customer.level, customer.level_since = grade.level, job.now
-    _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger, job)
+    _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger_for("customer", customer.id), job)
     return Effect("customer", customer.id, LEVEL, old, grade.level)
 
 
@@ -132,7 +139,8 @@ def _regrade_project(
     project.heat, project.heat_since = grade.percent, job.now
     linked = {facts.owner.customer_id, *facts.linked}
     via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
-    trigger = {**job.trigger, "via": via} if via else job.trigger
+    trigger = job.trigger_for("project", project.id)
+    trigger = {**trigger, "via": via} if via else trigger
     _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, stored, trigger, job)
     return Effect("project", project.id, HEAT, old, grade.percent)
 

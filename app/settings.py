@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     idempotency_lease_seconds: int = Field(default=60, ge=1, description="after this, an unfinished request's key may be taken over")
     max_page_size: int = Field(default=200, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
 
 
 @lru_cache

@@ -5,12 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.api import idempotency, present
 from app.api import schemas as s
+from app.api.bodies import json_items, media_type, read_body, validate_item
 from app.api.deps import ContextDep, Reader, Writer
+from app.errors import FieldError
+from app.services import batch as batch_svc
 from app.services import events as svc
 from app.services.event_queries import list_events
 
@@ -46,6 +50,72 @@ def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_k
 
     fp = idempotency.fingerprint("POST", "/v1/events", body.model_dump(mode="json"))
     return idempotency.run(ctx, caller, idempotency_key, fp, work)
+
+
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": f"up to {batch_svc.MAX_ITEMS} events (as for POST /v1/events, each with an `external_id`): a JSON array, or NDJSON (one event per line)",
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/EventIn"}, "maxItems": batch_svc.MAX_ITEMS}},
+            "application/x-ndjson": {"schema": {"type": "string", "description": "one EventIn JSON object per line"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/batch",
+    response_model=s.BatchOut,
+    openapi_extra=BATCH_BODY,
+    responses={413: {"model": s.ProblemOut, "description": "more items or bytes than the limit"}, 422: {"model": s.ProblemOut}},
+)
+async def record_batch(
+    request: Request,
+    ctx: ContextDep,
+    caller: Writer,
+    atomic: Annotated[bool, Query(description="all or nothing: if any item is invalid, store none (422)")] = False,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Log many events. Each item is validated and stored on its own and reported in input
+    order as `created`, `duplicate` (its source + external_id was stored before, so a re-sent
+    batch changes nothing) or `rejected` (with a problem). Grades are re-computed once per
+    subject the batch touched, in the same transaction."""
+    body = await read_body(request, ctx.settings.max_batch_bytes)
+    content_type = media_type(request)
+
+    def work() -> JSONResponse:
+        items = [_new_event(validate_item(s.EventIn, item)) for item in json_items(body, content_type, max_items=batch_svc.MAX_ITEMS)]
+        with ctx.db.session(write=True) as session:
+            outcome = batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock())
+        out = s.BatchOut(
+            created=outcome.count("created"),
+            duplicate=outcome.count("duplicate"),
+            rejected=outcome.count("rejected"),
+            results=[_item_out(r) for r in outcome.results],
+            effects=[e.as_dict() for e in outcome.effects],
+        )
+        return JSONResponse(out.model_dump(mode="json", exclude_none=True))
+
+    fp = idempotency.fingerprint("POST", f"/v1/events/batch?atomic={atomic}", [content_type, body.decode("utf-8", "replace")])
+    return await run_in_threadpool(idempotency.run, ctx, caller, idempotency_key, fp, work)
+
+
+def _new_event(item: s.EventIn | list[FieldError]) -> batch_svc.Item:
+    return item if isinstance(item, list) else svc.NewEvent(**item.model_dump())
+
+
+def _item_out(result: batch_svc.ItemResult) -> s.BatchItemOut:
+    problem = None
+    if result.errors:
+        problem = s.ItemProblemOut(
+            type="urn:rapport:problem:validation",
+            title="The item is not valid",
+            status=422,
+            detail=f"item {result.index} was not recorded",
+            errors=[{"field": e.field, "reason": e.reason} for e in result.errors],
+        )
+    return s.BatchItemOut(index=result.index, status=result.status, id=result.event_id, problem=problem)
 
 
 @router.get("", response_model=s.EventPage)

@@ -6,7 +6,8 @@ from datetime import date, datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 
@@ -24,6 +25,7 @@ Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
 QueryText = Annotated[str, NoNul]  # a text filter in a query string
+PathRef = Annotated[str, Path(min_length=1, max_length=100, description="the ERP's code (percent-encode a `/` in it)"), NoNul]
 
 
 # Ids are signed 64-bit integers in both databases: a larger number names nothing, and
@@ -67,6 +69,17 @@ class CustomerIn(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
 
+class CustomerPut(Strict):
+    """The whole customer as the ERP knows it: omitted optional fields are cleared."""
+
+    name: Name
+    kind: Literal["owner", "installer"] = Field(description="cannot change once stored")
+    region: Short | None = None
+    rep: Short | None = None
+    contact: Contact | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+
 class Patch(Strict):
     """A partial update: omitted fields stay as they are; `null` clears an optional field,
     and is refused for a field that cannot be empty."""
@@ -101,6 +114,26 @@ class ProjectIn(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
 
+class ProjectPut(Strict):
+    """The whole project as the ERP knows it: omitted optional fields are cleared. The owner
+    is named by id or by its external_ref, and cannot change once stored."""
+
+    name: Name
+    owner_id: Id | None = None
+    owner_ref: Ref | None = None
+    region: Short | None = None
+    amount: float | None = Field(default=None, ge=0, le=1e13)
+    expected_close: date | None = None
+    rep: Short | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> "ProjectPut":
+        if (self.owner_id is None) == (self.owner_ref is None):
+            raise PydanticCustomError("owner", "give exactly one of owner_id and owner_ref")
+        return self
+
+
 class ProjectPatch(Patch):
     """Descriptive fields only; the owner cannot change (its grades depend on the project)."""
 
@@ -117,6 +150,8 @@ class EventIn(Strict):
     type: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
     customer_id: Id | None = None
     project_id: Id | None = None
+    customer_ref: Ref | None = Field(default=None, description="the customer's external_ref, instead of customer_id")
+    project_ref: Ref | None = Field(default=None, description="the project's external_ref, instead of project_id")
     occurred_at: AwareDatetime = Field(description="when it happened, ISO 8601 with an offset")
     attributes: dict[str, Any] = Field(default_factory=dict, max_length=20)
     source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = Field(
@@ -296,3 +331,26 @@ class ProblemOut(BaseModel):
     status: int
     detail: str
     errors: list[dict[str, str]] = Field(default_factory=list)
+
+
+class ItemProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]]
+
+
+class BatchItemOut(BaseModel):
+    index: int = Field(description="the item's position in the array (or among the non-empty NDJSON lines), from 0")
+    status: Literal["created", "duplicate", "rejected"]
+    id: int | None = Field(default=None, description="the stored event (for a duplicate: the one stored before)")
+    problem: ItemProblemOut | None = None
+
+
+class BatchOut(BaseModel):
+    created: int
+    duplicate: int
+    rejected: int
+    results: list[BatchItemOut] = Field(description="one per item, in input order")
+    effects: list[EffectOut] = Field(description="the grade changes the batch caused, one per subject")

@@ -13,7 +13,7 @@ from app.domain.rulebook import Rulebook
 from app.errors import NotFound
 from app.grading import initial_level
 from app.services.paging import page
-from app.services.records import save_unique, update_record
+from app.services.records import save_unique, update_record, upsert_by_ref
 
 DESCRIPTIVE = ("name", "external_ref", "region", "rep", "contact", "tags")
 
@@ -25,6 +25,22 @@ def create_customer(session: Session, rulebook: Rulebook, fields: dict[str, Any]
     initial_level(rulebook, customer, now)
     save_unique(session, customer, fields.get("external_ref"))
     return customer
+
+
+def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime) -> tuple[m.Customer, bool]:
+    """Create or update the customer with this external_ref (the ERP's nightly sync)."""
+    kind = fields.pop("kind")
+    fields = {**fields, "contact": {k: v for k, v in (fields.get("contact") or {}).items() if v is not None}, "tags": fields.get("tags") or []}
+    return upsert_by_ref(
+        session,
+        m.Customer,
+        ref,
+        fields,
+        fixed={"kind": kind},
+        create=lambda: create_customer(session, rulebook, {**fields, "kind": kind, "external_ref": ref}, now=now),
+        if_match=if_match,
+        now=now,
+    )
 
 
 def get_customer(session: Session, customer_id: int) -> m.Customer:

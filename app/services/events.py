@@ -18,6 +18,7 @@ from app.errors import FieldError, Invalid, NotFound
 from app.grading import Effect, Regrade, regrade
 
 Row = TypeVar("Row", m.Event, m.Retraction)
+Subject = TypeVar("Subject", m.Customer, m.Project)
 
 # An event may be logged a little ahead of the server's clock (a phone's clock is off),
 # never days ahead; and nothing in this business happened before 1970.
@@ -31,6 +32,9 @@ class NewEvent:
     occurred_at: datetime
     customer_id: int | None = None
     project_id: int | None = None
+    # The ERP's codes may name the subjects instead of ids (one or the other, not both).
+    customer_ref: str | None = None
+    project_ref: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
     source: str = "api"
     external_id: str | None = None
@@ -44,58 +48,98 @@ class Recorded:
     created: bool  # False: the same source + external_id was recorded before
 
 
+@dataclass(frozen=True)
+class Checked:
+    """An event that passed validation, with its subjects resolved."""
+
+    new: NewEvent
+    customer: m.Customer | None
+    project: m.Project | None
+    attributes: dict[str, Any]
+
+
 def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: str | None, now: datetime) -> Recorded:
     if new.external_id is not None:
         existing = _by_external_id(session, new.source, new.external_id)
         if existing is not None:
             return Recorded(existing, [], False)
+    checked = check_new_event(session, rulebook, new, now=now)
+    job = Regrade(trigger={"kind": "event", "event_type": new.type}, actor=actor, now=now)
+    add_subjects(job, rulebook, checked.customer, checked.project, new.type)
+    # Lock before inserting: whoever holds the subjects' rows grades them next.
+    lock_customers(session, job.customer_ids)
+    event, created = store_event(session, checked, actor=actor, now=now)
+    if not created:
+        return Recorded(event, [], False)
+    job.trigger["event_id"] = event.id
+    return Recorded(event, regrade(session, rulebook, job), True)
 
+
+def check_new_event(session: Session, rulebook: Rulebook, new: NewEvent, *, now: datetime) -> Checked:
+    """Validate an event against the clock, the stored subjects and the rulebook's
+    catalogue; raise Invalid naming every problem."""
     problems: list[FieldError] = []
     if new.occurred_at > now + MAX_FUTURE:
         problems.append(FieldError("occurred_at", "is more than a day in the future"))
     if new.occurred_at < EARLIEST:
         problems.append(FieldError("occurred_at", "is before 1970"))
-    customer = session.get(m.Customer, new.customer_id) if new.customer_id is not None else None
-    if new.customer_id is not None and customer is None:
-        problems.append(FieldError("customer_id", f"no customer with id {new.customer_id}"))
-    project = session.get(m.Project, new.project_id) if new.project_id is not None else None
-    if new.project_id is not None and project is None:
-        problems.append(FieldError("project_id", f"no project with id {new.project_id}"))
+    customer = _subject(session, m.Customer, "customer", new.customer_id, new.customer_ref, problems)
+    project = _subject(session, m.Project, "project", new.project_id, new.project_ref, problems)
+    has_customer = new.customer_id is not None or new.customer_ref is not None
+    has_project = new.project_id is not None or new.project_ref is not None
     try:
         attributes = check_event(
             rulebook,
             new.type,
             new.attributes,
             customer_kind=customer.kind if customer else None,
-            has_customer=new.customer_id is not None,
-            has_project=new.project_id is not None,
+            has_customer=has_customer,
+            has_project=has_project,
         )
     except EventRejected as exc:
         problems.extend(FieldError(p.field, p.reason) for p in exc.problems)
         attributes = {}
     if problems:
         raise Invalid("the event was not recorded", errors=problems)
+    return Checked(new, customer, project, attributes)
 
-    job = _job(rulebook, customer, project, trigger_kind="event", actor=actor, now=now, event_type=new.type)
-    # Lock before inserting: whoever holds the subjects' rows grades them next.
-    lock_customers(session, job.customer_ids)
+
+def _subject(session: Session, model: type[Subject], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> Subject | None:
+    """The customer or project an event names by id or by external_ref."""
+    if id_ is not None and ref is not None:
+        problems.append(FieldError(f"{name}_ref", f"give {name}_id or {name}_ref, not both"))
+        return None
+    if ref is not None:
+        row = session.scalar(select(model).where(model.external_ref == ref))
+        if row is None:
+            problems.append(FieldError(f"{name}_ref", f"no {name} with external_ref {ref!r}"))
+        return row
+    if id_ is not None:
+        row = session.get(model, id_)
+        if row is None:
+            problems.append(FieldError(f"{name}_id", f"no {name} with id {id_}"))
+        return row
+    return None
+
+
+def store_event(session: Session, checked: Checked, *, actor: str | None, now: datetime) -> tuple[m.Event, bool]:
+    """Insert a checked event; (the event, True), or (its twin, False) if the same source +
+    external_id was stored first. The caller has locked the subjects' customers."""
+    new = checked.new
     event = m.Event(
         type=new.type,
-        customer_id=new.customer_id,
-        project_id=new.project_id,
+        customer_id=checked.customer.id if checked.customer else None,
+        project_id=checked.project.id if checked.project else None,
         occurred_at=new.occurred_at.astimezone(timezone.utc),
         recorded_at=now,
-        attributes=attributes,
+        attributes=checked.attributes,
         source=new.source,
         external_id=new.external_id,
         actor=actor,
         note=new.note,
     )
-    existing = _insert_once(session, event, lambda: _by_external_id(session, new.source, new.external_id) if new.external_id else None)
-    if existing is not None:
-        return Recorded(existing, [], False)
-    job.trigger["event_id"] = event.id
-    return Recorded(event, regrade(session, rulebook, job), True)
+    twin = _insert_once(session, event, lambda: _by_external_id(session, new.source, new.external_id) if new.external_id else None)
+    return (event, True) if twin is None else (twin, False)
 
 
 def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: str, *, actor: str | None, now: datetime) -> tuple[m.Event, m.Retraction, list[Effect]]:
@@ -105,8 +149,8 @@ def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: s
         return event, existing, []
     customer = session.get(m.Customer, event.customer_id) if event.customer_id else None
     project = session.get(m.Project, event.project_id) if event.project_id else None
-    job = _job(rulebook, customer, project, trigger_kind="retraction", actor=actor, now=now, event_type=event.type)
-    job.trigger["event_id"] = event.id
+    job = Regrade(trigger={"kind": "retraction", "event_type": event.type, "event_id": event.id}, actor=actor, now=now)
+    add_subjects(job, rulebook, customer, project, event.type)
     lock_customers(session, job.customer_ids)
     retraction = m.Retraction(event_id=event.id, reason=reason, actor=actor, at=now)
     existing = _insert_once(session, retraction, lambda: retraction_of(session, event_id))
@@ -138,17 +182,8 @@ def _by_external_id(session: Session, source: str, external_id: str) -> m.Event 
     return session.scalar(select(m.Event).where(m.Event.source == source, m.Event.external_id == external_id))
 
 
-def _job(
-    rulebook: Rulebook,
-    customer: m.Customer | None,
-    project: m.Project | None,
-    *,
-    trigger_kind: str,
-    actor: str | None,
-    now: datetime,
-    event_type: str,
-) -> Regrade:
-    job = Regrade(trigger={"kind": trigger_kind, "event_type": event_type}, actor=actor, now=now)
+def add_subjects(job: Regrade, rulebook: Rulebook, customer: m.Customer | None, project: m.Project | None, event_type: str) -> None:
+    """Add to `job` what an event of this type for these subjects re-grades."""
     if customer is not None:
         job.customer_ids.add(customer.id)
         if project is None and event_type in rulebook.linked_customer_event_types:
@@ -156,7 +191,6 @@ def _job(
     if project is not None:
         job.project_ids.add(project.id)
         job.customer_ids.add(project.owner_id)
-    return job
 
 
 def get_event(session: Session, event_id: int) -> m.Event:

@@ -13,7 +13,7 @@ from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import initial_heat
-from app.services.records import save_unique, update_record
+from app.services.records import get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import page
 
 
@@ -30,6 +30,29 @@ def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any],
     initial_heat(rulebook, project, owner, now)
     save_unique(session, project, fields.get("external_ref"))
     return project
+
+
+def put_project(session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime) -> tuple[m.Project, bool]:
+    """Create or update the project with this external_ref; its owner is named by id or by
+    the owner's external_ref, and cannot change."""
+    owner_ref = fields.pop("owner_ref", None)
+    if owner_ref is not None:
+        try:
+            fields["owner_id"] = get_by_ref(session, m.Customer, owner_ref).id
+        except NotFound:
+            raise Invalid("the project was not stored", errors=[FieldError("owner_ref", f"no customer with external_ref {owner_ref!r}")]) from None
+    owner_id = fields.pop("owner_id")
+    fields = {**fields, "tags": fields.get("tags") or []}
+    return upsert_by_ref(
+        session,
+        m.Project,
+        ref,
+        fields,
+        fixed={"owner_id": owner_id},
+        create=lambda: create_project(session, rulebook, {**fields, "owner_id": owner_id, "external_ref": ref}, now=now),
+        if_match=if_match,
+        now=now,
+    )
 
 
 def get_project(session: Session, project_id: int) -> m.Project:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.errors import Conflict, FieldError, NotFound, PreconditionFailed
+from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
 
 Record = TypeVar("Record", m.Customer, m.Project)
 
@@ -43,4 +43,54 @@ def update_record(session: Session, model: type[Record], record_id: int, changes
         row.version += 1
         row.updated_at = now
     save_unique(session, row, changes.get("external_ref"))
+    return row
+
+
+def upsert_by_ref(
+    session: Session,
+    model: type[Record],
+    ref: str,
+    fields: dict[str, Any],
+    *,
+    fixed: dict[str, Any],
+    create: Callable[[], Record],
+    if_match: int | None,
+    now: datetime,
+) -> tuple[Record, bool]:
+    """Create the record with this external_ref (True), or bring the stored one to `fields`
+    (False): a full replacement of its descriptive fields, so a re-run sync is a no-op that
+    leaves the version as it was. `fixed` fields cannot change (422)."""
+    row = _by_ref(session, model, ref)
+    if row is None:
+        if if_match is not None:
+            raise PreconditionFailed(f"nothing has external_ref {ref!r}, so If-Match cannot match")
+        try:
+            return create(), True
+        except Conflict:
+            row = _by_ref(session, model, ref)  # a concurrent request created it first
+            if row is None:
+                raise
+    if if_match is not None and if_match != row.version:
+        raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
+    wrong = [FieldError(name, f"is {getattr(row, name)!r} on the stored record and cannot change") for name, value in fixed.items() if getattr(row, name) != value]
+    if wrong:
+        raise Invalid(f"the record with external_ref {ref!r} cannot be changed that way", errors=wrong)
+    changes = {name: value for name, value in fields.items() if getattr(row, name) != value}
+    for name, value in changes.items():
+        setattr(row, name, value)
+    if changes:
+        row.version += 1
+        row.updated_at = now
+        session.flush()
+    return row, False
+
+
+def _by_ref(session: Session, model: type[Record], ref: str) -> Record | None:
+    return session.scalar(select(model).where(model.external_ref == ref).with_for_update().execution_options(populate_existing=True))
+
+
+def get_by_ref(session: Session, model: type[Record], ref: str) -> Record:
+    row = session.scalar(select(model).where(model.external_ref == ref))
+    if row is None:
+        raise NotFound(f"no {model.__tablename__[:-1]} with external_ref {ref!r}")
     return row

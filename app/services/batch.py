@@ -1,0 +1,109 @@
+"""Many events in one request (the ERP's bulk path, the CSV import).
+
+Each item is validated and stored on its own: a bad item is reported, the others are kept
+(unless the batch is atomic). Every item must carry an `external_id`, so a re-sent batch
+finds its items stored and changes nothing. Grades are re-computed once per touched
+subject at the end, not once per event — all inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Sequence
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.orm import Session
+
+from app.db import models as m
+from app.db.facts import lock_customers
+from app.domain.rulebook import Rulebook
+from app.errors import FieldError, Invalid
+from app.grading import Effect, Regrade, regrade
+from app.services.events import Checked, NewEvent, add_subjects, check_new_event, store_event
+
+MAX_ITEMS = 10_000
+
+
+@dataclass
+class ItemResult:
+    index: int
+    status: str  # created | duplicate | rejected
+    event_id: int | None = None
+    errors: list[FieldError] = field(default_factory=list)
+
+
+@dataclass
+class BatchOutcome:
+    results: list[ItemResult]
+    effects: list[Effect]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+
+# An item that could not even be read (bad JSON, wrong types) arrives as its problems.
+Item = NewEvent | list[FieldError]
+
+
+def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *, atomic: bool, actor: str | None, now: datetime) -> BatchOutcome:
+    """Store what is valid; with `atomic`, raise Invalid (storing nothing) if any item is not."""
+    results: list[ItemResult | None] = [None] * len(items)
+    stored = _already_stored(session, items)
+    checked: dict[int, Checked] = {}
+    job = Regrade(trigger={"kind": "batch"}, actor=actor, now=now)
+    for index, item in enumerate(items):
+        if isinstance(item, list):
+            results[index] = ItemResult(index, "rejected", errors=item)
+            continue
+        if item.external_id is None:
+            results[index] = ItemResult(index, "rejected", errors=[FieldError("external_id", "is required in a batch: it is what makes a re-sent batch change nothing")])
+            continue
+        twin = stored.get((item.source, item.external_id))
+        if twin is not None:
+            results[index] = ItemResult(index, "duplicate", event_id=twin)
+            continue
+        try:
+            c = check_new_event(session, rulebook, item, now=now)
+        except Invalid as exc:
+            results[index] = ItemResult(index, "rejected", errors=exc.errors)
+            continue
+        checked[index] = c
+        add_subjects(job, rulebook, c.customer, c.project, item.type)
+
+    rejected = [r for r in results if r is not None and r.status == "rejected"]
+    if atomic and rejected:
+        errors = [FieldError(f"[{r.index}].{e.field}" if e.field else f"[{r.index}]", e.reason) for r in rejected for e in r.errors]
+        raise Invalid(f"{len(rejected)} of {len(items)} items are not valid; in an atomic batch nothing was stored", errors=errors)
+
+    # Customers first, in id order, as every writer does; grading locks the projects.
+    lock_customers(session, job.customer_ids)
+    for index, c in checked.items():
+        event, created = store_event(session, c, actor=actor, now=now)
+        results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event.id)
+        if created:
+            _note_cause(job, c, event.id)
+    effects = regrade(session, rulebook, job) if job.causes else []
+    return BatchOutcome([r for r in results if r is not None], effects)
+
+
+def _already_stored(session: Session, items: Sequence[Item]) -> dict[tuple[str, str], int]:
+    """The ids of events already stored under the items' (source, external_id), in a few
+    queries rather than one per item."""
+    keys = sorted({(i.source, i.external_id) for i in items if isinstance(i, NewEvent) and i.external_id is not None})
+    found: dict[tuple[str, str], int] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        rows = session.execute(select(m.Event.source, m.Event.external_id, m.Event.id).where(tuple_(m.Event.source, m.Event.external_id).in_(chunk)))
+        found.update({(source, ext): id_ for source, ext, id_ in rows})
+    return found
+
+
+def _note_cause(job: Regrade, c: Checked, event_id: int) -> None:
+    subjects: list[tuple[str, int]] = []
+    if c.customer is not None:
+        subjects.append(("customer", c.customer.id))
+    if c.project is not None:
+        subjects += [("project", c.project.id), ("customer", c.project.owner_id)]
+    for key in dict.fromkeys(subjects):
+        job.causes.setdefault(key, []).append(event_id)

@@ -1,0 +1,303 @@
+"""The ERP's paths: upsert customers and projects by the ERP's code, name subjects by code
+in events, and bulk events through /v1/events/batch (JSON array or NDJSON)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.api.expectations import all_pages, assert_problem, stored_state
+from tests.api.scenarios import at, level
+
+# --- upsert by external_ref ----------------------------------------------------------------
+
+
+def test_put_customer_by_ref_creates_then_updates_and_a_rerun_changes_nothing(api) -> None:
+    body = {"name": "仁济医院基建处", "kind": "owner", "region": "上海", "contact": {"person": "王伟", "phone": "13912345678"}, "tags": ["医院"]}
+
+    created = api.put("/v1/customers/by-ref/C-0001", json=body)
+    assert created.status_code == 201, created.text
+    c = created.json()
+    assert (c["external_ref"], c["name"], c["region"], c["version"]) == ("C-0001", "仁济医院基建处", "上海", 1)
+    assert created.headers["location"] == f"/v1/customers/{c['id']}"
+    assert created.headers["etag"] == f'"customer-{c["id"]}-v1"'
+
+    again = api.put("/v1/customers/by-ref/C-0001", json=body)
+    assert again.status_code == 200
+    assert again.json() == c  # the nightly sync re-run: same version, same record
+
+    changed = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院(东院)基建处", "kind": "owner"})
+    assert changed.status_code == 200
+    d = changed.json()
+    assert (d["id"], d["name"], d["version"]) == (c["id"], "仁济医院(东院)基建处", 2)
+    # PUT is the whole record: what the body leaves out is cleared.
+    assert (d["region"], d["contact"], d["tags"]) == (None, {}, [])
+    assert [x["external_ref"] for x in all_pages(api, "/v1/customers")] == ["C-0001"]
+
+
+def test_get_customer_by_ref_and_refs_with_a_slash(api) -> None:
+    r = api.put("/v1/customers/by-ref/SH%2F2026%2F17", json={"name": "上海建工安装有限公司", "kind": "installer"})
+    assert r.status_code == 201, r.text
+    assert r.json()["external_ref"] == "SH/2026/17"
+    got = api.get("/v1/customers/by-ref/SH%2F2026%2F17")
+    assert got.status_code == 200 and got.json()["id"] == r.json()["id"]
+    assert got.headers["etag"] == r.headers["etag"]
+    assert_problem(api.get("/v1/customers/by-ref/NOPE"), 404)
+
+
+def test_put_customer_cannot_change_its_kind(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    r = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "installer"})
+    assert_problem(r, 422, "kind")
+    assert api.get("/v1/customers/by-ref/C-0001").json()["kind"] == "owner"
+
+
+def test_put_customer_checks_if_match(api) -> None:
+    first = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "renamed", "kind": "owner"})
+    stale = api.put("/v1/customers/by-ref/C-0001", json={"name": "again", "kind": "owner"}, headers={"If-Match": first.headers["etag"]})
+    assert_problem(stale, 412)
+    assert_problem(api.put("/v1/customers/by-ref/C-0002", json={"name": "x", "kind": "owner"}, headers={"If-Match": first.headers["etag"]}), 412)
+    assert api.get("/v1/customers/by-ref/C-0001").json()["name"] == "renamed"
+    fresh = api.get("/v1/customers/by-ref/C-0001").headers["etag"]
+    assert api.put("/v1/customers/by-ref/C-0001", json={"name": "again", "kind": "owner"}, headers={"If-Match": fresh}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"kind": "owner"}, "name"),
+        ({"name": "x", "kind": "supplier"}, "kind"),
+        ({"name": "x", "kind": "owner", "external_ref": "C-9"}, "external_ref"),  # the path names it
+        ({"name": "x", "kind": "owner", "level": 4}, "level"),  # no mass assignment
+    ],
+)
+def test_put_customer_refuses_bad_bodies_and_stores_nothing(api, body: dict[str, Any], field: str) -> None:
+    assert_problem(api.put("/v1/customers/by-ref/C-0001", json=body), 422, field)
+    assert_problem(api.get("/v1/customers/by-ref/C-0001"), 404)
+
+
+def test_put_project_by_ref_names_its_owner_by_ref_and_the_owner_cannot_change(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    other = api.put("/v1/customers/by-ref/C-0002", json={"name": "第六人民医院基建处", "kind": "owner"}).json()
+    body = {"name": "新门诊楼暖通工程", "owner_ref": "C-0001", "amount": 3_800_000, "expected_close": "2027-03-31"}
+
+    created = api.put("/v1/projects/by-ref/P-2026-001", json=body)
+    assert created.status_code == 201, created.text
+    p = created.json()
+    assert (p["external_ref"], p["amount"], p["expected_close"], p["heat"]["percent"]) == ("P-2026-001", 3_800_000, "2027-03-31", 0)
+    assert api.put("/v1/projects/by-ref/P-2026-001", json=body).json() == p
+    assert api.put("/v1/projects/by-ref/P-2026-001", json={**body, "owner_ref": None, "owner_id": p["owner_id"]}).json()["version"] == 1
+
+    moved = api.put("/v1/projects/by-ref/P-2026-001", json={**body, "owner_ref": "C-0002"})
+    assert_problem(moved, 422, "owner_id")
+    assert api.get("/v1/projects/by-ref/P-2026-001").json()["owner_id"] == p["owner_id"] != other["id"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"name": "x"}, "body"),  # no owner at all
+        ({"name": "x", "owner_id": 1, "owner_ref": "C-0001"}, "body"),
+        ({"name": "x", "owner_ref": "C-404"}, "owner_ref"),
+    ],
+)
+def test_put_project_needs_exactly_one_known_owner(api, body: dict[str, Any], field: str) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    assert_problem(api.put("/v1/projects/by-ref/P-1", json=body), 422, field)
+    assert_problem(api.get("/v1/projects/by-ref/P-1"), 404)
+
+
+# --- events naming subjects by reference -------------------------------------------------------
+
+
+def test_events_may_name_customer_and_project_by_ref(api) -> None:
+    owner = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"}).json()
+    project = api.put("/v1/projects/by-ref/P-1", json={"name": "新门诊楼", "owner_ref": "C-0001"}).json()
+    e = api.event("visit", customer_ref="C-0001", project_ref="P-1", attributes={"reception": "welcoming"})
+    assert (e["customer_id"], e["project_id"]) == (owner["id"], project["id"])
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"customer_ref": "C-404"}, "customer_ref"),
+        ({"customer_ref": "C-0001", "customer_id": 1}, "customer_ref"),
+        ({"customer_ref": "C-0001", "project_ref": "P-404"}, "project_ref"),
+    ],
+)
+def test_events_with_unknown_or_doubled_refs_are_refused(api, fields: dict[str, Any], field: str) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    r = api.post("/v1/events", json={"type": "visit", "occurred_at": at(5), "attributes": {"reception": "neutral"}, **fields})
+    assert_problem(r, 422, field)
+    assert api.get("/v1/events").json()["items"] == []
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def _owner_level_one_batch(ref: str = "C-0001") -> list[dict[str, Any]]:
+    """The rulebook's example 1 (O1.1–O1.5, three visits) as ERP items."""
+    items = [
+        ("materials_sent", 1, {"items": ["samples", "credentials"]}),
+        ("company_introduced", 2, {}),
+        ("contact_obtained", 3, {}),
+        ("impression_confirmed", 4, {}),
+        ("visit", 5, {"reception": "welcoming"}),
+        ("visit", 6, {"reception": "neutral"}),
+        ("visit", 7, {"reception": "neutral"}),
+    ]
+    return [
+        {"type": t, "customer_ref": ref, "occurred_at": at(day), "attributes": attrs, "source": "erp", "external_id": f"{ref}-E{day}"}
+        for t, day, attrs in items
+    ]
+
+
+def test_batch_stores_each_item_and_regrades_each_subject_once(api) -> None:
+    owner = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"}).json()
+    r = api.post("/v1/events/batch", json=_owner_level_one_batch())
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert (out["created"], out["duplicate"], out["rejected"]) == (7, 0, 0)
+    assert [x["index"] for x in out["results"]] == list(range(7))
+    assert {x["status"] for x in out["results"]} == {"created"}
+    assert out["effects"] == [{"subject": "customer", "id": owner["id"], "metric": "relationship_level", "old": 0, "new": 1}]
+
+    history = all_pages(api, f"/v1/customers/{owner['id']}/history")
+    assert len(history) == 1  # one re-grade for the whole batch, not seven
+    assert history[0]["trigger"] == {"kind": "batch", "event_ids": [x["id"] for x in out["results"]]}
+    events = all_pages(api, "/v1/events")
+    assert [(e["source"], e["external_id"], e["customer_id"]) for e in events] == [("erp", f"C-0001-E{d}", owner["id"]) for d in range(1, 8)]
+
+
+def test_a_batch_gives_the_grades_its_events_give_one_by_one(api) -> None:
+    one = api.put("/v1/customers/by-ref/ONE", json={"name": "逐条", "kind": "owner"}).json()
+    many = api.put("/v1/customers/by-ref/MANY", json={"name": "批量", "kind": "owner"}).json()
+    for item in _owner_level_one_batch("ONE"):
+        assert api.post("/v1/events", json=item).status_code == 201
+    api.post("/v1/events/batch", json=_owner_level_one_batch("MANY"))
+    a, b = api.get(f"/v1/customers/{one['id']}").json(), api.get(f"/v1/customers/{many['id']}").json()
+    assert a["relationship"]["level"] == b["relationship"]["level"] == 1
+    assert [(c["id"], c["met"], len(c["evidence"])) for c in a["relationship"]["criteria"]] == [
+        (c["id"], c["met"], len(c["evidence"])) for c in b["relationship"]["criteria"]
+    ]
+
+
+def test_a_batch_sent_twice_changes_nothing_the_second_time(api) -> None:
+    owner = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"}).json()
+    first = api.post("/v1/events/batch", json=_owner_level_one_batch()).json()
+    before = stored_state(api, customers=(owner["id"],))
+
+    second = api.post("/v1/events/batch", json=_owner_level_one_batch())
+    assert second.status_code == 200
+    out = second.json()
+    assert (out["created"], out["duplicate"], out["rejected"], out["effects"]) == (0, 7, 0, [])
+    assert [x["id"] for x in out["results"]] == [x["id"] for x in first["results"]]
+    assert stored_state(api, customers=(owner["id"],)) == before
+
+
+def test_bad_items_in_the_middle_are_rejected_and_the_rest_stored(api) -> None:
+    owner = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"}).json()
+    items = _owner_level_one_batch()
+    items.insert(2, {**items[2], "external_id": "BAD-1", "type": "teleport"})
+    items.insert(4, {**items[4], "external_id": "BAD-2", "customer_ref": "C-404"})
+    items.insert(5, "not an object")
+    items.insert(6, {**items[6], "external_id": None})
+    items.insert(7, {**items[7], "external_id": "BAD-3", "attributes": {"reception": "ecstatic"}})
+    items.insert(8, {**items[8], "external_id": "BAD-4", "colour": "red"})
+
+    r = api.post("/v1/events/batch", json=items)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    statuses = [x["status"] for x in out["results"]]
+    assert statuses == ["created", "created", "rejected", "created", "rejected", "rejected", "rejected", "rejected", "rejected"] + ["created"] * 4
+    fields = {x["index"]: {e["field"] for e in x["problem"]["errors"]} for x in out["results"] if x["status"] == "rejected"}
+    assert fields == {2: {"type"}, 4: {"customer_ref"}, 5: {""}, 6: {"external_id"}, 7: {"attributes.reception"}, 8: {"colour"}}
+    assert all(x["problem"]["status"] == 422 for x in out["results"] if x["status"] == "rejected")
+    assert (out["created"], out["rejected"]) == (7, 6)
+    assert level(api, owner["id"]) == 1
+    assert len(all_pages(api, "/v1/events")) == 7
+
+
+def test_an_atomic_batch_with_a_bad_item_stores_nothing(api) -> None:
+    owner = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"}).json()
+    items = _owner_level_one_batch()
+    items[3] = {**items[3], "occurred_at": "2031-01-01T00:00:00+08:00"}
+    before = stored_state(api, customers=(owner["id"],))
+
+    r = api.post("/v1/events/batch", params={"atomic": "true"}, json=items)
+    assert_problem(r, 422, "[3].occurred_at")
+    assert stored_state(api, customers=(owner["id"],)) == before
+
+    good = api.post("/v1/events/batch", params={"atomic": "true"}, json=_owner_level_one_batch())
+    assert good.status_code == 200 and good.json()["created"] == 7
+
+
+def test_duplicates_inside_one_batch_count_once(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    items = _owner_level_one_batch()
+    r = api.post("/v1/events/batch", json=items + [items[0], items[4]]).json()
+    assert [x["status"] for x in r["results"]][-2:] == ["duplicate", "duplicate"]
+    assert [x["id"] for x in r["results"]][-2:] == [r["results"][0]["id"], r["results"][4]["id"]]
+    assert len(all_pages(api, "/v1/events")) == 7
+
+
+def test_ndjson_batches_report_a_malformed_line_in_its_place(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    lines = [json.dumps(i, ensure_ascii=False) for i in _owner_level_one_batch()]
+    lines.insert(1, '{"type": "visit", ')
+    body = ("\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n").encode()
+    r = api.post("/v1/events/batch", content=body, headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert [x["status"] for x in out["results"]] == ["created", "rejected"] + ["created"] * 6
+    assert out["results"][1]["problem"]["errors"][0]["reason"].startswith("malformed JSON")
+
+
+def test_erp_orders_are_order_placed_events_keyed_by_the_order_reference(api) -> None:
+    installer = api.put("/v1/customers/by-ref/I-07", json={"name": "上海建工安装有限公司", "kind": "installer"}).json()
+    order = {"type": "order_placed", "customer_ref": "I-07", "occurred_at": at(12), "attributes": {"amount": 268000, "order_ref": "SO-2026-1188"}, "source": "erp", "external_id": "SO-2026-1188"}
+    first = api.post("/v1/events/batch", json=[order]).json()
+    again = api.post("/v1/events/batch", json=[order]).json()
+    assert [first["results"][0]["status"], again["results"][0]["status"]] == ["created", "duplicate"]
+    events = all_pages(api, "/v1/events", customer_id=installer["id"], type="order_placed")
+    assert [(e["attributes"]["amount"], e["external_id"]) for e in events] == [(268000, "SO-2026-1188")]
+
+
+@pytest.mark.parametrize(
+    "content, content_type, status, field",
+    [
+        (b"{}", "application/json", 422, "body"),
+        (b"[]", "application/json", 422, "body"),
+        (b"[{]", "application/json", 422, "body"),
+        (b"type,occurred_at\nvisit,2026-11-19", "text/csv", 415, None),
+        (json.dumps([{}] * 10_001).encode(), "application/json", 413, "body"),
+        (b"{}\n" * 10_001, "application/x-ndjson", 413, "body"),
+    ],
+)
+def test_batch_bodies_that_are_not_a_batch_are_refused(api, content: bytes, content_type: str, status: int, field: str | None) -> None:
+    r = api.post("/v1/events/batch", content=content, headers={"Content-Type": content_type})
+    assert_problem(r, status, *((field,) if field else ()))
+    assert api.get("/v1/events").json()["items"] == []
+
+
+def test_batch_body_size_is_limited_while_reading(app, api) -> None:
+    app.state.context.settings.max_batch_bytes = 2048
+    try:
+        r = api.post("/v1/events/batch", json=_owner_level_one_batch() * 4)
+        assert_problem(r, 413)
+        assert "2048" in r.json()["detail"]
+    finally:
+        app.state.context.settings.max_batch_bytes = 16 * 1024 * 1024
+
+
+def test_batch_with_idempotency_key_replays_the_first_answer(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    first = api.post("/v1/events/batch", json=_owner_level_one_batch(), headers={"Idempotency-Key": "sync-2026-11-20"})
+    again = api.post("/v1/events/batch", json=_owner_level_one_batch(), headers={"Idempotency-Key": "sync-2026-11-20"})
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json() == first.json()
+    other = api.post("/v1/events/batch", json=_owner_level_one_batch()[:2], headers={"Idempotency-Key": "sync-2026-11-20"})
+    assert_problem(other, 422, "Idempotency-Key")
