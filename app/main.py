@@ -8,7 +8,7 @@ from datetime import datetime
 
 from fastapi_offline import FastAPIOffline
 
-from app.api import customers, events, meta, problems, projects
+from app.api import customers, events, forms, meta, problems, projects
 from app.api.deps import Context, utc_now
 from app.api.present import Presenter
 from app.db.engine import Database, make_engine
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION)
     app.state.context = Context(settings=settings, db=db, rulebook=rulebook, presenter=Presenter(rulebook), clock=clock)
     problems.install(app)
-    for module in (meta, customers, projects, events):
+    for module in (meta, customers, projects, events, forms):
         app.include_router(module.router)
     logging.getLogger("rapport").setLevel(logging.INFO)
     return app

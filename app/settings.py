@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     max_page_size: int = Field(default=200, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
+    max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")
 
 
 @lru_cache

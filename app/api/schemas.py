@@ -354,3 +354,100 @@ class BatchOut(BaseModel):
     rejected: int
     results: list[BatchItemOut] = Field(description="one per item, in input order")
     effects: list[EffectOut] = Field(description="the grade changes the batch caused, one per subject")
+
+
+# --- form mappings and their submissions ------------------------------------------------------
+
+FormId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+AuthScheme = Literal["standard_webhooks", "typeform", "x_signature", "jiandaoyun", "url_token"]
+Secret = Annotated[str, StringConstraints(min_length=16, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+class FormIn(Strict):
+    form_id: FormId = Field(description="the slug in the hook URL: lower-case letters, digits, - and _")
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000), NoNul] | None = Field(default=None, description="what the form is and what it maps, for the next admin")
+    auth_scheme: AuthScheme = Field(description="how deliveries are authenticated (url_token is the weaker option, for tools that sign nothing)")
+    secret: Secret | None = Field(default=None, description="the signing secret the tool uses; omit to have one generated")
+    enabled: bool = True
+    spec: dict[str, Any] = Field(description="how a submission becomes events (see openapi.md, 'Form mappings')")
+
+
+class FormPatch(Patch):
+    name: Name | None = None
+    description: Annotated[str, StringConstraints(max_length=2000), NoNul] | None = None
+    enabled: bool | None = None
+    spec: dict[str, Any] | None = None
+
+    @field_validator("enabled", "spec", mode="before")
+    @classmethod
+    def _required(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null; omit the field to leave it unchanged")
+        return value
+
+
+class RotateSecretIn(Strict):
+    auth_scheme: AuthScheme | None = Field(default=None, description="switch to another scheme at the same time (the old secret then stops at once)")
+    secret: Secret | None = Field(default=None, description="the new secret; omit to have one generated")
+    grace_hours: int = Field(default=24, ge=0, le=168, description="how long the old secret keeps working")
+
+
+class FormOut(BaseModel):
+    id: int
+    form_id: str
+    name: str
+    description: str | None
+    tool: str
+    auth_scheme: str
+    hook_path: str = Field(description="where the tool must POST (for url_token, add ?token=<secret>)")
+    enabled: bool
+    spec: dict[str, Any]
+    previous_secret_until: datetime | None = Field(description="until when the rotated-out secret still works")
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class FormSecretOut(FormOut):
+    secret: str = Field(description="shown only here: configure it in the form tool")
+    hook_url_path: str = Field(description="the hook path as the tool must call it (with the token, for url_token)")
+
+
+class SubmissionOut(BaseModel):
+    id: int
+    form_id: str
+    delivery_id: str = Field(description="the tool's own submission id (or sha256 of the body when it has none)")
+    status: Literal["processed", "inbox", "dismissed"]
+    received_at: datetime
+    problems: list[dict[str, str]] = Field(description="why it could not be mapped (in the inbox)")
+    event_ids: list[int]
+    attempts: int
+    resolved_at: datetime | None
+    resolution: str | None
+    actor: str | None
+
+
+class SubmissionDetailOut(SubmissionOut):
+    content_type: str
+    body: str = Field(description="the body as received (UTF-8; undecodable bytes replaced)")
+
+
+class HookOut(BaseModel):
+    outcome: Literal["processed", "inbox", "duplicate"]
+    submission: SubmissionOut
+    effects: list[EffectOut]
+
+
+class SubmissionPage(BaseModel):
+    items: list[SubmissionOut]
+    next_cursor: str | None
+
+
+class FormPage(BaseModel):
+    items: list[FormOut]
+    next_cursor: str | None
+
+
+class DismissIn(Strict):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000), NoNul]

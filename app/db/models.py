@@ -185,6 +185,7 @@ class FormMapping(Base):
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     form_id: Mapped[str] = mapped_column(String(64), unique=True)  # the slug in the hook URL
     name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
     tool: Mapped[str] = mapped_column(String(32))
     auth_scheme: Mapped[str] = mapped_column(String(32))
     # HMAC schemes need the secret itself (unlike API keys, it cannot be stored hashed).

@@ -138,7 +138,7 @@ class RulebookError(ValueError):
         super().__init__(f"invalid rulebook ({len(problems)} problem(s)):\n{lines}")
 
 
-class _Reader:
+class Reader:
     """Collects problems instead of stopping at the first one."""
 
     def __init__(self) -> None:
@@ -153,9 +153,9 @@ class _Reader:
             return None
         for key in value:
             if key not in allowed:
-                self.fail(_join(place, key), "unknown key")
+                self.fail(join_path(place, key), "unknown key")
         for key in sorted(required - value.keys()):
-            self.fail(_join(place, key), "is required")
+            self.fail(join_path(place, key), "is required")
         return value
 
     def text(self, value: Any, place: str) -> str | None:
@@ -166,8 +166,8 @@ class _Reader:
 
     def label(self, value: Any, place: str) -> Label:
         data = self.obj(value, place, allowed={"zh", "en"}, required={"zh", "en"}) or {}
-        zh = self.text(data.get("zh"), _join(place, "zh")) if "zh" in data else None
-        en = self.text(data.get("en"), _join(place, "en")) if "en" in data else None
+        zh = self.text(data.get("zh"), join_path(place, "zh")) if "zh" in data else None
+        en = self.text(data.get("en"), join_path(place, "en")) if "en" in data else None
         return Label(zh or "?", en or "?")
 
     def positive_int(self, value: Any, place: str) -> int | None:
@@ -177,7 +177,7 @@ class _Reader:
         return value
 
 
-def _join(place: str, key: str | int) -> str:
+def join_path(place: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{place}[{key}]"
     return f"{place}.{key}" if place else key
@@ -185,7 +185,7 @@ def _join(place: str, key: str | int) -> str:
 
 def parse_rulebook(data: Any) -> Rulebook:
     """Validate rulebook data (already decoded from JSON) and build the model."""
-    r = _Reader()
+    r = Reader()
     top = r.obj(
         data,
         "",
@@ -277,7 +277,7 @@ def parse_rulebook(data: Any) -> Rulebook:
     )
 
 
-def _parse_event_types(r: _Reader, raw: Any) -> dict[str, EventType]:
+def _parse_event_types(r: Reader, raw: Any) -> dict[str, EventType]:
     out: dict[str, EventType] = {}
     if not isinstance(raw, dict) or not raw:
         r.fail("event_types", "must be a non-empty object of type name to definition")
@@ -340,7 +340,7 @@ def _parse_event_types(r: _Reader, raw: Any) -> dict[str, EventType]:
     return out
 
 
-def _parse_steps(r: _Reader, ctx: "_ConditionContext", raw: Any, place: str, *, value_key: str, scope: str) -> tuple[Step, ...]:
+def _parse_steps(r: Reader, ctx: "_ConditionContext", raw: Any, place: str, *, value_key: str, scope: str) -> tuple[Step, ...]:
     if not isinstance(raw, list) or not raw:
         r.fail(place, "must be a non-empty list")
         return ()
@@ -385,7 +385,7 @@ class _ConditionContext:
     Scopes: "owner"/"installer" (a customer's own events), "project" (a project's events),
     "linked" (a linked customer's events, inside bidder/winner/owner `has`)."""
 
-    def __init__(self, r: _Reader, event_types: Mapping[str, EventType], stages: tuple[str, ...]):
+    def __init__(self, r: Reader, event_types: Mapping[str, EventType], stages: tuple[str, ...]):
         self.r = r
         self.event_types = event_types
         self.stages = stages

@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('id', ID, nullable=False),
     sa.Column('form_id', sa.String(length=64), nullable=False),
     sa.Column('name', sa.String(length=200), nullable=False),
+    sa.Column('description', sa.Text(), nullable=True),
     sa.Column('tool', sa.String(length=32), nullable=False),
     sa.Column('auth_scheme', sa.String(length=32), nullable=False),
     sa.Column('secret', sa.String(length=200), nullable=False),

@@ -1,0 +1,374 @@
+"""Reading a form tool's webhook body into a flat set of answers.
+
+`parse_payload(tool, content_type, body)` returns a `Submission`: the tool's own id for the
+delivery (to deduplicate redeliveries), the submission time if the payload holds one, and
+`answers`, a flat dict from answer key to value. A mapping (app.domain.forms) names answers
+by these keys. What each tool's keys are (the payload shapes are documented with the
+fixtures in tests/fixtures/webhooks/README.md):
+
+- `typeform`: each answer under its field `ref` and its field `id`; hidden fields as
+  `hidden.<name>`. Values by answer type: text, email, phone number, url, date (a
+  `YYYY-MM-DD` string), number, boolean; a choice as its label, choices as a list of labels.
+- `jotform`: the `rawRequest` answers under their own key (`q3_customerName`) and under the
+  name after `qN_` (`customerName`). A date `{month, day, year}` becomes `YYYY-MM-DD`, a phone
+  `{full}` its string; other compound answers also give `key.part` entries.
+- `jinshuju`: every key of `entry` (`field_1`, `x_field_1`, `creator_name`, …).
+- `tencent_wj`: each question under its id (`q-1-R7mX`, `custom-arg-01`) and, where it has
+  one, its title (`cust`). A radio answer is the checked option's text, a checkbox answer the
+  list of checked texts, a text question its text.
+- `google_forms` (an Apps Script forwarding a `form_response`): each answer under the
+  item's title and its item id.
+- `google_forms_namedvalues` (an Apps Script forwarding `e.namedValues`): each question
+  title with its one-element list unwrapped, `Timestamp` included as the sheet shows it.
+- `jiandaoyun`: every key of `data` (`_widget_…`, `creator.name`, …), plus `op`.
+- `json` (a custom forwarder): every leaf of the object under its dotted path (`a.b.0.c`).
+
+In every tool a nested object also gives its leaves as `key.part` entries, and a list of
+plain values is kept whole under its own key (a multiple choice) as well as item by item.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qsl
+
+TOOLS = (
+    "typeform",
+    "jotform",
+    "jinshuju",
+    "tencent_wj",
+    "google_forms",
+    "google_forms_namedvalues",
+    "jiandaoyun",
+    "json",
+)
+# An event's external_id is the delivery id plus "#<index>", and is stored in 200 characters.
+MAX_DELIVERY_ID = 190
+# Tencent Survey writes its times without an offset, in China's time.
+TENCENT_TIME = timezone(timedelta(hours=8), "Asia/Shanghai")
+_JOTFORM_QUESTION = re.compile(r"^q\d+_(.+)$")
+
+
+@dataclass(frozen=True)
+class Submission:
+    delivery_id: str
+    submitted_at: datetime | None
+    answers: dict[str, Any]
+
+
+class PayloadError(ValueError):
+    """The body is not what the tool sends; `str()` says why."""
+
+
+def parse_payload(tool: str, content_type: str, body: bytes, *, headers: Mapping[str, str] | None = None) -> Submission:
+    """Read a delivery of `tool` (one of `TOOLS`); raises `PayloadError`."""
+    reader = _READERS.get(tool)
+    if reader is None:
+        raise ValueError(f"unknown form tool {tool!r}; known: {', '.join(TOOLS)}")
+    lowered = {name.lower(): value for name, value in (headers or {}).items()}
+    try:
+        submission = reader(content_type, body, lowered)
+    except RecursionError as exc:
+        raise PayloadError("the body is nested too deeply") from exc
+    if not submission.delivery_id.strip():
+        raise PayloadError("the delivery id is empty")
+    if len(submission.delivery_id) > MAX_DELIVERY_ID:
+        raise PayloadError(f"the delivery id is longer than {MAX_DELIVERY_ID} characters")
+    return submission
+
+
+# --- one reader per tool ---------------------------------------------------------------
+
+
+def _typeform(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    response = _member(top, "form_response", dict)
+    answers: dict[str, Any] = {}
+    raw_answers = response.get("answers") or []
+    if not isinstance(raw_answers, list):
+        raise PayloadError("form_response.answers is not a list")
+    for item in raw_answers:
+        if not isinstance(item, dict) or not isinstance(item.get("field"), dict):
+            raise PayloadError("an answer has no field")
+        value = _typeform_value(item)
+        for key in (item["field"].get("ref"), item["field"].get("id")):
+            if isinstance(key, str) and key:
+                _put(answers, key, value)
+    hidden = response.get("hidden") or {}
+    if isinstance(hidden, dict):
+        for name, value in hidden.items():
+            _put(answers, f"hidden.{name}", value)
+    return Submission(_id_text(top, "event_id"), _instant(response.get("submitted_at"), "form_response.submitted_at"), answers)
+
+
+def _typeform_value(item: dict[str, Any]) -> Any:
+    kind = item.get("type")
+    if kind == "choice":
+        choice = item.get("choice") or {}
+        return choice.get("label", choice.get("other"))
+    if kind == "choices":
+        choices = item.get("choices") or {}
+        labels = list(choices.get("labels") or [])
+        return labels + [choices["other"]] if choices.get("other") else labels
+    return item.get(kind) if isinstance(kind, str) else None
+
+
+def _jotform(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    fields = _form_fields(content_type, body)
+    raw = fields.get("rawRequest")
+    if raw is None:
+        raise PayloadError("no rawRequest field")
+    try:
+        request = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"rawRequest is not valid JSON: {exc.msg} at character {exc.pos}") from exc
+    if not isinstance(request, dict):
+        raise PayloadError("rawRequest is not a JSON object")
+    answers: dict[str, Any] = {}
+    for key, value in request.items():
+        value = _jotform_value(value)
+        _put(answers, key, value)
+        short = _JOTFORM_QUESTION.match(key)
+        if short:
+            _put(answers, short.group(1), value)
+    if "submissionID" not in fields:
+        raise PayloadError("no submissionID field")
+    return Submission(fields["submissionID"], _unix_ms(request.get("submitDate")), answers)
+
+
+def _jotform_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        if {"month", "day", "year"} <= value.keys():
+            try:
+                return f"{int(value['year']):04d}-{int(value['month']):02d}-{int(value['day']):02d}"
+            except (TypeError, ValueError):
+                return value
+        if set(value) == {"full"}:
+            return value["full"]
+    return value
+
+
+def _jinshuju(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    entry = _member(top, "entry", dict)
+    delivery_id = f"{_id_text(top, 'form')}:{_id_text(entry, 'serial_number', place='entry.serial_number')}"
+    answers: dict[str, Any] = {}
+    for key, value in entry.items():
+        _put(answers, key, value)
+    return Submission(delivery_id, _instant(entry.get("created_at"), "entry.created_at"), answers)
+
+
+def _tencent_wj(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    payload = _member(top, "payload", dict)
+    delivery_id = f"{_id_text(payload, 'survey_id', place='payload.survey_id')}:{_id_text(payload, 'answer_id', place='payload.answer_id')}"
+    pages = payload.get("answer") or []
+    if not isinstance(pages, list):
+        raise PayloadError("payload.answer is not a list of pages")
+    titled: list[tuple[str, Any]] = []
+    answers: dict[str, Any] = {}
+    for page in pages:
+        for question in (page.get("questions") or []) if isinstance(page, dict) else []:
+            if not isinstance(question, dict) or not isinstance(question.get("id"), str):
+                raise PayloadError("a question has no id")
+            value = _tencent_value(question)
+            _put(answers, question["id"], value)
+            if isinstance(question.get("title"), str) and question["title"]:
+                titled.append((question["title"], value))
+    for title, value in titled:  # an id wins over a title that happens to look like one
+        _put(answers, title, value)
+    submitted = payload.get("ended_at") or top.get("created_at")
+    return Submission(delivery_id, _local_time(submitted, "payload.ended_at", TENCENT_TIME), answers)
+
+
+def _tencent_value(question: dict[str, Any]) -> Any:
+    if "options" in question:
+        options = question.get("options") or []
+        checked = [o.get("text") for o in options if isinstance(o, dict) and o.get("checked")]
+        if question.get("type") == "radio":
+            return checked[0] if checked else None
+        return checked
+    return question.get("text")
+
+
+def _google_forms(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    response = _member(top, "form_response", dict)
+    raw_answers = response.get("answers") or []
+    if not isinstance(raw_answers, list):
+        raise PayloadError("form_response.answers is not a list")
+    answers: dict[str, Any] = {}
+    for item in raw_answers:
+        field = item.get("field") if isinstance(item, dict) else None
+        if not isinstance(field, dict):
+            raise PayloadError("an answer has no field")
+        for key in (field.get("title"), field.get("id")):
+            if isinstance(key, (str, int)) and not isinstance(key, bool) and str(key):
+                _put(answers, str(key), item.get("response"))
+    return Submission(_id_text(top, "event_id"), _instant(response.get("submitted_at"), "form_response.submitted_at"), answers)
+
+
+def _google_forms_namedvalues(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    answers: dict[str, Any] = {}
+    for title, values in top.items():
+        _put(answers, title, values[0] if isinstance(values, list) and len(values) == 1 else values)
+    # namedValues carries no id: the same body delivered twice is the same submission.
+    return Submission("sha256:" + hashlib.sha256(body).hexdigest(), None, answers)
+
+
+def _jiandaoyun(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    data = _member(top, "data", dict)
+    op = _id_text(top, "op")
+    delivery_id = headers.get("x-jdy-deliverid", "").strip() or f"{_id_text(data, '_id', place='data._id')}:{op}"
+    answers: dict[str, Any] = {"op": op}
+    for key, value in data.items():
+        _put(answers, key, value)
+    return Submission(delivery_id, _unix_ms(top.get("opTime")), answers)
+
+
+def _generic_json(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
+    top = _json_object(content_type, body)
+    key = "id" if "id" in top else "submission_id"
+    answers: dict[str, Any] = {}
+    for name, value in top.items():
+        _put(answers, name, value)
+    return Submission(_id_text(top, key, place="id (or submission_id)"), _instant(top.get("submitted_at"), "submitted_at"), answers)
+
+
+_READERS: dict[str, Callable[[str, bytes, Mapping[str, str]], Submission]] = {
+    "typeform": _typeform,
+    "jotform": _jotform,
+    "jinshuju": _jinshuju,
+    "tencent_wj": _tencent_wj,
+    "google_forms": _google_forms,
+    "google_forms_namedvalues": _google_forms_namedvalues,
+    "jiandaoyun": _jiandaoyun,
+    "json": _generic_json,
+}
+
+
+# --- bodies ------------------------------------------------------------------------------
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"the body is not UTF-8 (byte {exc.start})") from exc
+
+
+def _json_object(content_type: str, body: bytes) -> dict[str, Any]:
+    media = _media_type(content_type)
+    if media != "application/json" and not media.endswith("+json"):
+        raise PayloadError(f"expected Content-Type application/json, got {content_type or 'none'!r}")
+    try:
+        data = json.loads(_text(body))
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise PayloadError("the body is not a JSON object")
+    return data
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The fields of a multipart/form-data or urlencoded body; the first of a repeated name."""
+    media = _media_type(content_type)
+    if media == "application/x-www-form-urlencoded":
+        fields: dict[str, str] = {}
+        for name, value in parse_qsl(_text(body), keep_blank_values=True):
+            fields.setdefault(name, value)
+        return fields
+    if media != "multipart/form-data":
+        raise PayloadError(f"expected Content-Type multipart/form-data, got {content_type or 'none'!r}")
+    # The email package reads MIME multipart (RFC 7578 is MIME); it wants a header block.
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("utf-8", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.get_param("boundary"):
+        raise PayloadError("the multipart Content-Type has no boundary")
+    if message.defects or not message.is_multipart():
+        raise PayloadError("the body is not multipart data with the boundary its Content-Type names")
+    fields = {}
+    for part in message.iter_parts():
+        part_name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(part_name, str) or not isinstance(payload, bytes):
+            raise PayloadError("a multipart part has no form-data name")
+        fields.setdefault(part_name, _text(payload))
+    return fields
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+def _member(data: dict[str, Any], key: str, kind: type) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind):
+        raise PayloadError(f"no {key} object" if kind is dict else f"no {key}")
+    return value
+
+
+def _id_text(data: dict[str, Any], key: str, *, place: str | None = None) -> str:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+        raise PayloadError(f"no {place or key} (the tool's id for this submission)")
+    return str(value)
+
+
+def _put(answers: dict[str, Any], key: str, value: Any) -> None:
+    """Adds an answer unless the key is taken; nested objects also give `key.part`
+    entries, lists `key.0` entries."""
+    answers.setdefault(key, value)
+    if isinstance(value, dict):
+        for part, inner in value.items():
+            _put(answers, f"{key}.{part}", inner)
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            _put(answers, f"{key}.{index}", inner)
+
+
+def _instant(value: Any, place: str) -> datetime | None:
+    """An ISO 8601 instant with its offset; None when absent."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise PayloadError(f"{place} is not an ISO 8601 instant with an offset")
+    return parsed
+
+
+def _local_time(value: Any, place: str, zone: timezone) -> datetime | None:
+    """A `YYYY-MM-DD HH:MM:SS` time the tool writes without an offset, in `zone`."""
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d %H:%M:%S").replace(tzinfo=zone)
+    except (TypeError, ValueError) as exc:
+        raise PayloadError(f"{place} is not a time like 2026-11-20 14:42:17") from exc
+
+
+def _unix_ms(value: Any) -> datetime | None:
+    """Milliseconds since 1970, as a number or digits; None when absent or not that."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return datetime.fromtimestamp(value / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -1,0 +1,320 @@
+"""Turning a form submission into events.
+
+`apply_mapping(spec, submission, received_at=…)` reads a `Submission` (app.domain.form_payloads)
+through a `FormSpec` (app.domain.form_specs, where the spec format is described) and returns
+one `EventDraft` per event of the spec whose `when` holds, or raises `MappingError` listing
+every problem with the submission (a missing answer, an answer the value map does not know,
+a time it cannot read). Looking the customer and project up, and checking each draft with
+`check_event`, is the caller's part.
+
+The names a caller needs from all three modules are importable from here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from typing import Any, Mapping
+
+from app.domain.form_payloads import TOOLS, PayloadError, Submission, parse_payload
+from app.domain.form_specs import (
+    LOCAL_TIME_FORMATS,
+    SUBJECT_KEYS,
+    TIME_FORMATS,
+    FormSpec,
+    FormSpecError,
+    Source,
+    SubjectSource,
+    TimeSource,
+    When,
+    parse_form_spec,
+)
+from app.domain.rulebook import AttributeSpec, EventType, attribute_problem
+
+__all__ = [
+    "TOOLS",
+    "SUBJECT_KEYS",
+    "TIME_FORMATS",
+    "PayloadError",
+    "Submission",
+    "parse_payload",
+    "FormSpec",
+    "FormSpecError",
+    "parse_form_spec",
+    "SubjectRef",
+    "EventDraft",
+    "MappingError",
+    "apply_mapping",
+]
+
+MAX_ACTOR = 100  # the events table's actor column
+
+
+@dataclass(frozen=True)
+class SubjectRef:
+    by: str  # external_ref | phone | name
+    value: str
+
+
+@dataclass(frozen=True)
+class EventDraft:
+    type: str
+    customer: SubjectRef | None
+    project: SubjectRef | None
+    occurred_at: datetime  # aware, UTC
+    attributes: dict[str, Any]
+    external_id: str
+    actor: str | None
+    note: str | None
+
+
+class MappingError(ValueError):
+    """A submission the mapping cannot turn into events. `problems` holds (answer key or
+    spec place, reason) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{place}: {reason}" for place, reason in problems))
+
+
+def _unique(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(problems))
+
+
+def apply_mapping(spec: FormSpec, submission: Submission, *, received_at: datetime) -> list[EventDraft]:
+    """The events one submission records, in the order of `spec.events` (those whose `when`
+    holds). Raises `MappingError` listing every problem."""
+    if received_at.tzinfo is None:
+        raise ValueError("received_at must be an aware datetime")
+    m = _Mapper(submission.answers)
+    occurred_at = m.time(spec.occurred_at, submission, received_at)
+    subjects = {"customer": m.subject(spec.customer, "customer"), "project": m.subject(spec.project, "project")}
+    actor = m.text(spec.actor, "actor")
+    if actor is not None and len(actor) > MAX_ACTOR:
+        m.fail("actor", f"the actor {actor[:20]!r}… is longer than {MAX_ACTOR} characters")
+    note = m.text(spec.note, "note")
+
+    drafts = []
+    for index, event in enumerate(spec.events):
+        if event.when is not None and not m.holds(event.when):
+            continue
+        et = m.event_type(event.type, spec.event_types)
+        if et is None:
+            continue
+        attributes = {}
+        for name, source in event.attributes.items():
+            value = m.attribute(source, et, et.attributes[name], f"events[{index}].attributes.{name}")
+            if value is not _MISSING:
+                attributes[name] = value
+        refs = {}
+        for name, presence in (("customer", et.customer), ("project", et.project)):
+            ref = subjects[name] if presence != "forbidden" else None
+            if presence == "required" and ref is None and name in m.optional_missing:
+                m.fail(f"events[{index}]", f"a {et.name} event needs a {name}, and the answer naming it is missing")
+            refs[name] = ref
+        if occurred_at is not None:
+            drafts.append(
+                EventDraft(
+                    type=et.name,
+                    customer=refs["customer"],
+                    project=refs["project"],
+                    occurred_at=occurred_at,
+                    attributes=attributes,
+                    external_id=f"{submission.delivery_id}#{index}",
+                    actor=actor,
+                    note=note,
+                )
+            )
+    if m.problems:
+        raise MappingError(_unique(m.problems))
+    return drafts
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+class _Mapper:
+    """Reads answers for one submission, collecting problems instead of stopping."""
+
+    def __init__(self, answers: Mapping[str, Any]):
+        self.answers = answers
+        self.problems: list[tuple[str, str]] = []
+        self.optional_missing: set[str] = set()  # subjects left out, as their spec allows
+
+    def fail(self, place: str, reason: str) -> None:
+        self.problems.append((place, reason))
+
+    def answer(self, key: str) -> Any:
+        value = self.answers.get(key)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "" or value == [] or value == {}:
+            return _MISSING
+        return value
+
+    def value(self, source: Source) -> Any:
+        """The source's value (mapped), `_MISSING` for a missing answer without default, or
+        `_MISSING` after noting a problem."""
+        if source.answer is None:
+            return source.value
+        raw = self.answer(source.answer)
+        if raw is _MISSING:
+            return source.default if source.default is not None else _MISSING
+        if source.map is None:
+            return raw
+        if isinstance(raw, list):
+            mapped = [self._mapped(source, item) for item in raw]
+            return _MISSING if _MISSING in mapped else mapped
+        return self._mapped(source, raw)
+
+    def _mapped(self, source: Source, raw: Any) -> Any:
+        assert source.map is not None and source.answer is not None
+        key = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+        key = key.strip()
+        if key in source.map:
+            return source.map[key]
+        known = ", ".join(source.map)
+        self.fail(source.answer, f"answer {source.answer!r} is {key!r}, which the value map does not know (known: {known})")
+        return _MISSING
+
+    def attribute(self, source: Source, et: EventType, spec: AttributeSpec, place: str) -> Any:
+        value = self.value(source)
+        if value is _MISSING:
+            if source.answer is not None and spec.required and self.answer(source.answer) is _MISSING:
+                self.fail(source.answer, f"answer {source.answer!r} is missing, and a {et.name} event requires {spec.name}")
+            return _MISSING
+        value = _coerce(spec, value)
+        reason = attribute_problem(spec, value)
+        if reason:
+            where = source.answer or place
+            self.fail(where, f"answer {source.answer!r} is {value!r}, and {et.name}.{spec.name} {reason}" if source.answer else f"{spec.name} {reason}")
+            return _MISSING
+        return value
+
+    def event_type(self, source: Source, event_types: Mapping[str, EventType]) -> EventType | None:
+        name = self.value(source)
+        if name is _MISSING:
+            if source.answer is not None and self.answer(source.answer) is _MISSING:
+                self.fail(source.answer, f"answer {source.answer!r} is missing, and it names the event type")
+            return None
+        if isinstance(name, list):
+            self.fail(source.answer or "type", f"answer {source.answer!r} holds several values; an event type needs one")
+            return None
+        return event_types.get(name)
+
+    def subject(self, source: SubjectSource | None, name: str) -> SubjectRef | None:
+        if source is None:
+            return None
+        raw = self.answer(source.answer)
+        if raw is _MISSING:
+            if source.optional:
+                self.optional_missing.add(name)
+            else:
+                self.fail(source.answer, f"answer {source.answer!r} is missing")
+            return None
+        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+            self.fail(source.answer, f"answer {source.answer!r} is not a text")
+            return None
+        return SubjectRef(source.by, str(raw))
+
+    def text(self, source: Source | None, place: str) -> str | None:
+        if source is None:
+            return None
+        value = self.value(source)
+        if value is _MISSING:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.fail(source.answer or place, f"answer {source.answer!r} is not a text")
+            return None
+        return str(value)
+
+    def holds(self, when: When) -> bool:
+        raw = self.answer(when.answer)
+        items = raw if isinstance(raw, list) else [raw]
+        return any(_same(item, v) for item in items for v in when.values)
+
+    def time(self, source: TimeSource, submission: Submission, received_at: datetime) -> datetime | None:
+        if source.kind == "received":
+            return received_at.astimezone(timezone.utc)
+        if source.kind == "submitted":
+            if submission.submitted_at is None:
+                self.fail("occurred_at", 'the payload carries no submission time; map occurred_at to an answer or to "received"')
+                return None
+            return submission.submitted_at.astimezone(timezone.utc)
+        assert source.answer is not None and source.format is not None
+        raw = self.answer(source.answer)
+        if raw is _MISSING:
+            self.fail(source.answer, f"answer {source.answer!r} is missing")
+            return None
+        instant = _read_time(raw, source.format, source.zone)
+        if instant is None:
+            self.fail(source.answer, f"answer {source.answer!r} is {raw!r}, which is not a {_FORMAT_NAMES[source.format]}")
+        return instant
+
+
+_FORMAT_NAMES = {
+    "iso": "ISO 8601 time (with an offset, or a timezone in the mapping)",
+    "date": "date like 2026-11-20",
+    "us_date": "date like 11/20/2026",
+    "us_datetime": "time like 11/20/2026 14:42:17",
+    "unix_s": "unix time in seconds",
+    "unix_ms": "unix time in milliseconds",
+}
+
+
+def _read_time(raw: Any, fmt: str, zone: tzinfo | None) -> datetime | None:
+    """The instant an answer names, in UTC; None if it is not in `fmt`."""
+    try:
+        if fmt in ("unix_s", "unix_ms"):
+            if isinstance(raw, str) and re.fullmatch(r"\d{1,16}(\.\d+)?", raw):
+                raw = float(raw)
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+                return None
+            return datetime.fromtimestamp(raw / 1000 if fmt == "unix_ms" else raw, tz=timezone.utc)
+        if not isinstance(raw, str):
+            return None
+        if fmt == "iso":
+            parsed = datetime.fromisoformat(raw)
+        else:
+            parsed = datetime.strptime(raw, LOCAL_TIME_FORMATS[fmt])
+    except (ValueError, OverflowError, OSError):
+        return None
+    if parsed.tzinfo is None:
+        if zone is None:
+            return None
+        parsed = parsed.replace(tzinfo=zone)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        return None
+
+
+def _coerce(spec: AttributeSpec, value: Any) -> Any:
+    """The small conversions a form's texts need to fit an attribute's type."""
+    if spec.type == "enum_list" and isinstance(value, str):
+        return [value]
+    if spec.type == "number" and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+    if spec.type == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _same(answer: Any, expected: Any) -> bool:
+    if isinstance(answer, bool) or isinstance(expected, bool):
+        return answer is expected
+    if isinstance(answer, str) and isinstance(expected, str):
+        return answer.strip() == expected.strip()
+    return bool(answer == expected)
