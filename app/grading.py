@@ -95,23 +95,27 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     effects: list[Effect] = []
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)
+    facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
     for cid, customer in customers.items():
-        effect = _regrade_customer(session, rulebook, customer, job)
+        effect = _regrade_customer(session, rulebook, customer, facts[cid], job)
         if effect is not None:
             effects.append(effect)
             level_changes[cid] = effect
         if effect is not None or cid in job.fan_out_from:
             project_ids |= repo.linked_project_ids(session, cid)
 
-    for project in repo.lock_projects(session, project_ids).values():
-        effect = _regrade_project(session, rulebook, project, job, level_changes)
+    projects = repo.lock_projects(session, project_ids)
+    # Read after the levels above changed: a project's heat reads its customers' levels.
+    project_facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
+    for pid, project in projects.items():
+        effect = _regrade_project(session, rulebook, project, project_facts[pid], job, level_changes)
         if effect is not None:
             effects.append(effect)
     return effects
 
 
-def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, job: Regrade) -> Effect | None:
-    grade = evaluate_level(rulebook, repo.customer_facts(session, customer, rulebook.owned_project_event_types), job.now)
+def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, facts: CustomerFacts, job: Regrade) -> Effect | None:
+    grade = evaluate_level(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = customer.level
     if stored != customer.grade or grade.level != old:
@@ -125,9 +129,8 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer
 
 
 def _regrade_project(
-    session: Session, rulebook: Rulebook, project: m.Project, job: Regrade, level_changes: dict[int, Effect]
+    session: Session, rulebook: Rulebook, project: m.Project, facts: ProjectFacts, job: Regrade, level_changes: dict[int, Effect]
 ) -> Effect | None:
-    facts = repo.project_facts(session, project, rulebook.linked_customer_event_types)
     grade = evaluate_heat(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = project.heat
@@ -179,14 +182,18 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     Used when the active rulebook changes and by `rapport regrade` (time-window criteria)."""
     effects: list[Effect] = []
     for ids in _batches(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
-        for customer in repo.lock_customers(session, ids).values():
-            effect = _regrade_customer(session, rulebook, customer, job)
+        customers = repo.lock_customers(session, ids)
+        facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
+        for cid, customer in customers.items():
+            effect = _regrade_customer(session, rulebook, customer, facts[cid], job)
             if effect:
                 effects.append(effect)
     level_changes = {e.id: e for e in effects}
     for ids in _batches(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
-        for project in repo.lock_projects(session, ids).values():
-            effect = _regrade_project(session, rulebook, project, job, level_changes)
+        projects = repo.lock_projects(session, ids)
+        facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
+        for pid, project in projects.items():
+            effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes)
             if effect:
                 effects.append(effect)
     return effects

@@ -54,14 +54,21 @@ def linked_project_ids(session: Session, customer_id: int) -> set[int]:
     return set(owned) | {pid for pid in bid if pid is not None}
 
 
+_EVENT_COLUMNS = (m.Event.id, m.Event.type, m.Event.occurred_at, m.Event.customer_id, m.Event.project_id, m.Event.attributes)
+
+
 def _events(session: Session, *where) -> tuple[f.Event, ...]:  # noqa: ANN002
+    # Plain columns, not ORM entities: grading reads many events and changes none of them.
     rows = session.execute(
-        select(m.Event, m.Retraction.id)
+        select(*_EVENT_COLUMNS, m.Retraction.id)
         .outerjoin(m.Retraction, m.Retraction.event_id == m.Event.id)
         .where(*where)
         .order_by(m.Event.id)
     ).all()
-    return tuple(to_fact(e, retracted=r is not None) for e, r in rows)
+    return tuple(
+        f.Event(id=id_, type=type_, occurred_at=at, customer_id=cid, project_id=pid, attributes=attrs or {}, retracted=r is not None)
+        for id_, type_, at, cid, pid, attrs, r in rows
+    )
 
 
 def to_fact(e: m.Event, *, retracted: bool) -> f.Event:
@@ -76,37 +83,78 @@ def to_fact(e: m.Event, *, retracted: bool) -> f.Event:
     )
 
 
+def _chunks(ids: Iterable[int], size: int = 500) -> Iterable[list[int]]:
+    ids = sorted(set(ids))
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
+def _events_of(session: Session, column, ids: Iterable[int], *where) -> dict[int, list[f.Event]]:  # noqa: ANN001, ANN002
+    """The events whose `column` (customer_id or project_id) is one of `ids`, grouped by it,
+    in a few queries however many subjects are asked for."""
+    out: dict[int, list[f.Event]] = {}
+    for chunk in _chunks(ids):
+        for event in _events(session, column.in_(chunk), *where):
+            out.setdefault(getattr(event, column.key), []).append(event)
+    return out
+
+
 def customer_facts(session: Session, customer: m.Customer, owned_project_types: frozenset[str]) -> f.CustomerFacts:
-    events = _events(session, m.Event.customer_id == customer.id)
-    owned: tuple[f.OwnedProject, ...] = ()
-    if customer.kind == "owner" and owned_project_types:
-        project_ids = list(session.scalars(select(m.Project.id).where(m.Project.owner_id == customer.id).order_by(m.Project.id)))
-        if project_ids:
-            pe = _events(session, m.Event.project_id.in_(project_ids), m.Event.type.in_(sorted(owned_project_types)))
-            owned = tuple(f.OwnedProject(pid, tuple(e for e in pe if e.project_id == pid)) for pid in project_ids)
-    return f.CustomerFacts(customer_id=customer.id, kind=customer.kind, events=events, owned_projects=owned)
+    return customer_facts_many(session, [customer], owned_project_types)[customer.id]
+
+
+def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned_project_types: frozenset[str]) -> dict[int, f.CustomerFacts]:
+    """What evaluating each of these customers needs: its events, and for an owner the
+    events of its projects that its criteria read."""
+    customers = list(customers)
+    events = _events_of(session, m.Event.customer_id, (c.id for c in customers))
+    owners = [c.id for c in customers if c.kind == "owner"]
+    projects: dict[int, list[int]] = {}
+    project_events: dict[int, list[f.Event]] = {}
+    if owners and owned_project_types:
+        for chunk in _chunks(owners):
+            for pid, owner_id in session.execute(select(m.Project.id, m.Project.owner_id).where(m.Project.owner_id.in_(chunk)).order_by(m.Project.id)):
+                projects.setdefault(owner_id, []).append(pid)
+        all_projects = [pid for pids in projects.values() for pid in pids]
+        project_events = _events_of(session, m.Event.project_id, all_projects, m.Event.type.in_(sorted(owned_project_types)))
+    return {
+        c.id: f.CustomerFacts(
+            customer_id=c.id,
+            kind=c.kind,
+            events=tuple(events.get(c.id, ())),
+            owned_projects=tuple(f.OwnedProject(pid, tuple(project_events.get(pid, ()))) for pid in projects.get(c.id, ())),
+        )
+        for c in customers
+    }
 
 
 def project_facts(session: Session, project: m.Project, linked_types: frozenset[str]) -> f.ProjectFacts:
-    events = _events(session, m.Event.project_id == project.id)
-    linked_ids = set(f.bidder_ids(events))
-    customer_ids = linked_ids | {project.owner_id}
-    levels = {cid: level for cid, level in session.execute(select(m.Customer.id, m.Customer.level).where(m.Customer.id.in_(customer_ids)))}
-    own_events: tuple[f.Event, ...] = ()
+    return project_facts_many(session, [project], linked_types)[project.id]
+
+
+def project_facts_many(session: Session, projects: Iterable[m.Project], linked_types: frozenset[str]) -> dict[int, f.ProjectFacts]:
+    """What evaluating each of these projects needs: its events, and its owner's and
+    bidders' levels and project-less events of the types its criteria read."""
+    projects = list(projects)
+    events = _events_of(session, m.Event.project_id, (p.id for p in projects))
+    linked_ids = {p.id: set(f.bidder_ids(events.get(p.id, ()))) for p in projects}
+    customer_ids = {p.owner_id for p in projects} | {cid for ids in linked_ids.values() for cid in ids}
+    levels: dict[int, int] = {}
+    for chunk in _chunks(customer_ids):
+        levels.update((cid, level) for cid, level in session.execute(select(m.Customer.id, m.Customer.level).where(m.Customer.id.in_(chunk))))
+    own_events: dict[int, list[f.Event]] = {}
     if linked_types:
-        own_events = _events(
-            session,
-            m.Event.customer_id.in_(customer_ids),
-            m.Event.project_id.is_(None),
-            m.Event.type.in_(sorted(linked_types)),
-        )
+        own_events = _events_of(session, m.Event.customer_id, customer_ids, m.Event.project_id.is_(None), m.Event.type.in_(sorted(linked_types)))
 
     def linked(cid: int) -> f.LinkedCustomer:
-        return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(e for e in own_events if e.customer_id == cid))
+        return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(own_events.get(cid, ())))
 
-    return f.ProjectFacts(
-        project_id=project.id,
-        owner=linked(project.owner_id),
-        events=events,
-        linked={cid: linked(cid) for cid in sorted(linked_ids)},
-    )
+    return {
+        p.id: f.ProjectFacts(
+            project_id=p.id,
+            owner=linked(p.owner_id),
+            events=tuple(events.get(p.id, ())),
+            linked={cid: linked(cid) for cid in sorted(linked_ids[p.id])},
+        )
+        for p in projects
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import cached_property
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -100,7 +101,7 @@ class Rulebook:
     def max_level(self, kind: str) -> int:
         return len(self.levels[kind])
 
-    @property
+    @cached_property
     def linked_customer_event_types(self) -> frozenset[str]:
         """Event types a project criterion reads from a linked customer's own events."""
         return frozenset(
@@ -113,7 +114,7 @@ class Rulebook:
             if isinstance(node, (HasEvent, Latest))
         )
 
-    @property
+    @cached_property
     def owned_project_event_types(self) -> frozenset[str]:
         """Event types an owner criterion reads from the owner's projects."""
         types: set[str] = set()

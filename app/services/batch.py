@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -20,7 +21,7 @@ from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
 from app.grading import Effect, Regrade, regrade
-from app.services.events import Checked, NewEvent, add_subjects, check_new_event, store_event
+from app.services.events import Checked, NewEvent, Subjects, add_subjects, check_new_event, event_values, store_event
 
 MAX_ITEMS = 10_000
 
@@ -52,6 +53,8 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
     stored = _already_stored(session, items)
     checked: dict[int, Checked] = {}
     job = Regrade(trigger={"kind": "batch"}, actor=actor, now=now)
+    subjects = Subjects(session)
+    subjects.prefetch([i for i in items if isinstance(i, NewEvent)])
     for index, item in enumerate(items):
         if isinstance(item, list):
             results[index] = ItemResult(index, "rejected", errors=item)
@@ -64,7 +67,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
             results[index] = ItemResult(index, "duplicate", event_id=twin)
             continue
         try:
-            c = check_new_event(session, rulebook, item, now=now)
+            c = check_new_event(session, rulebook, item, now=now, subjects=subjects)
         except Invalid as exc:
             results[index] = ItemResult(index, "rejected", errors=exc.errors)
             continue
@@ -78,13 +81,41 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
 
     # Customers first, in id order, as every writer does; grading locks the projects.
     lock_customers(session, job.customer_ids)
-    for index, c in checked.items():
-        event, created = store_event(session, c, actor=actor, now=now)
-        results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event.id)
+    for index, (event_id, created) in _store(session, checked, actor=actor, now=now).items():
+        results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event_id)
         if created:
-            _note_cause(job, c, event.id)
+            _note_cause(job, checked[index], event_id)
     effects = regrade(session, rulebook, job) if job.causes else []
     return BatchOutcome([r for r in results if r is not None], effects)
+
+
+def _store(session: Session, checked: dict[int, Checked], *, actor: str | None, now: datetime) -> dict[int, tuple[int, bool]]:
+    """Insert the checked items: {index: (event id, created)}. One multi-row INSERT; if a
+    concurrent writer stored one of the same source + external_id meanwhile, the items go
+    one by one instead, each finding its twin."""
+    first: dict[tuple[str, str | None], int] = {}  # a key repeated in the batch counts once
+    fresh = []
+    for index, c in checked.items():
+        key = (c.new.source, c.new.external_id)
+        if key not in first:
+            first[key] = index
+            fresh.append(index)
+    if not fresh:
+        return {}
+    try:
+        with session.begin_nested():
+            # The table, not the entity: a Core multi-row INSERT, without the ORM's bookkeeping.
+            ids = session.scalars(
+                insert(m.Event.__table__).returning(m.Event.__table__.c.id, sort_by_parameter_order=True),
+                [event_values(checked[i], actor=actor, now=now) for i in fresh],
+            ).all()
+        stored = {index: (event_id, True) for index, event_id in zip(fresh, ids)}
+    except IntegrityError:
+        stored = {}
+        for index in fresh:
+            event, created = store_event(session, checked[index], actor=actor, now=now)
+            stored[index] = (event.id, created)
+    return {index: stored[index] if index in stored else (stored[first[(c.new.source, c.new.external_id)]][0], False) for index, c in checked.items()}
 
 
 def _already_stored(session: Session, items: Sequence[Item]) -> dict[tuple[str, str], int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -75,16 +75,17 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     return Recorded(event, regrade(session, rulebook, job), True)
 
 
-def check_new_event(session: Session, rulebook: Rulebook, new: NewEvent, *, now: datetime) -> Checked:
+def check_new_event(session: Session, rulebook: Rulebook, new: NewEvent, *, now: datetime, subjects: Subjects | None = None) -> Checked:
     """Validate an event against the clock, the stored subjects and the rulebook's
     catalogue; raise Invalid naming every problem."""
+    subjects = subjects or Subjects(session)
     problems: list[FieldError] = []
     if new.occurred_at > now + MAX_FUTURE:
         problems.append(FieldError("occurred_at", "is more than a day in the future"))
     if new.occurred_at < EARLIEST:
         problems.append(FieldError("occurred_at", "is before 1970"))
-    customer = _subject(session, m.Customer, "customer", new.customer_id, new.customer_ref, problems)
-    project = _subject(session, m.Project, "project", new.project_id, new.project_ref, problems)
+    customer = subjects.find(m.Customer, "customer", new.customer_id, new.customer_ref, problems)
+    project = subjects.find(m.Project, "project", new.project_id, new.project_ref, problems)
     has_customer = new.customer_id is not None or new.customer_ref is not None
     has_project = new.project_id is not None or new.project_ref is not None
     try:
@@ -104,42 +105,75 @@ def check_new_event(session: Session, rulebook: Rulebook, new: NewEvent, *, now:
     return Checked(new, customer, project, attributes)
 
 
-def _subject(session: Session, model: type[Subject], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> Subject | None:
-    """The customer or project an event names by id or by external_ref."""
-    if id_ is not None and ref is not None:
-        problems.append(FieldError(f"{name}_ref", f"give {name}_id or {name}_ref, not both"))
+class Subjects:
+    """Finds the customers and projects events name (by id or external_ref), each once per
+    session; a batch loads all of its subjects up front in a few queries."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        # Strong references: the session's identity map alone would let them be collected.
+        self._by_id: dict[tuple[type, int], Any] = {}
+        self._by_ref: dict[tuple[type, str], Any] = {}
+
+    def prefetch(self, items: Sequence[NewEvent]) -> None:
+        for model, id_attr, ref_attr in ((m.Customer, "customer_id", "customer_ref"), (m.Project, "project_id", "project_ref")):
+            ids = sorted({getattr(i, id_attr) for i in items if getattr(i, id_attr) is not None})
+            refs = sorted({getattr(i, ref_attr) for i in items if getattr(i, ref_attr) is not None})
+            for start in range(0, len(ids), 500):
+                for row in self.session.scalars(select(model).where(model.id.in_(ids[start : start + 500]))):
+                    self._by_id[(model, row.id)] = row
+            for start in range(0, len(refs), 500):
+                for row in self.session.scalars(select(model).where(model.external_ref.in_(refs[start : start + 500]))):
+                    self._by_ref[(model, row.external_ref)] = self._by_id[(model, row.id)] = row
+
+    def find(self, model: type[Subject], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> Subject | None:
+        """The customer or project an event names; a problem if it names none or both ways."""
+        if id_ is not None and ref is not None:
+            problems.append(FieldError(f"{name}_ref", f"give {name}_id or {name}_ref, not both"))
+            return None
+        if ref is not None:
+            key = (model, ref)
+            if key not in self._by_ref:
+                self._by_ref[key] = self.session.scalar(select(model).where(model.external_ref == ref))
+            row = self._by_ref[key]
+            if row is None:
+                problems.append(FieldError(f"{name}_ref", f"no {name} with external_ref {ref!r}"))
+            return row
+        if id_ is not None:
+            key = (model, id_)
+            if key not in self._by_id:
+                self._by_id[key] = self.session.get(model, id_)
+            row = self._by_id[key]
+            if row is None:
+                problems.append(FieldError(f"{name}_id", f"no {name} with id {id_}"))
+            return row
         return None
-    if ref is not None:
-        row = session.scalar(select(model).where(model.external_ref == ref))
-        if row is None:
-            problems.append(FieldError(f"{name}_ref", f"no {name} with external_ref {ref!r}"))
-        return row
-    if id_ is not None:
-        row = session.get(model, id_)
-        if row is None:
-            problems.append(FieldError(f"{name}_id", f"no {name} with id {id_}"))
-        return row
-    return None
 
 
 def store_event(session: Session, checked: Checked, *, actor: str | None, now: datetime) -> tuple[m.Event, bool]:
     """Insert a checked event; (the event, True), or (its twin, False) if the same source +
     external_id was stored first. The caller has locked the subjects' customers."""
     new = checked.new
-    event = m.Event(
-        type=new.type,
-        customer_id=checked.customer.id if checked.customer else None,
-        project_id=checked.project.id if checked.project else None,
-        occurred_at=new.occurred_at.astimezone(timezone.utc),
-        recorded_at=now,
-        attributes=checked.attributes,
-        source=new.source,
-        external_id=new.external_id,
-        actor=actor,
-        note=new.note,
-    )
+    event = m.Event(**event_values(checked, actor=actor, now=now))
     twin = _insert_once(session, event, lambda: _by_external_id(session, new.source, new.external_id) if new.external_id else None)
     return (event, True) if twin is None else (twin, False)
+
+
+def event_values(checked: Checked, *, actor: str | None, now: datetime) -> dict[str, Any]:
+    """The stored row of a checked event."""
+    new = checked.new
+    return {
+        "type": new.type,
+        "customer_id": checked.customer.id if checked.customer else None,
+        "project_id": checked.project.id if checked.project else None,
+        "occurred_at": new.occurred_at.astimezone(timezone.utc),
+        "recorded_at": now,
+        "attributes": checked.attributes,
+        "source": new.source,
+        "external_id": new.external_id,
+        "actor": actor,
+        "note": new.note,
+    }
 
 
 def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: str, *, actor: str | None, now: datetime) -> tuple[m.Event, m.Retraction, list[Effect]]:

@@ -1,0 +1,51 @@
+"""The batch path under a concurrent writer: when another request stores one of the
+batch's events between the batch's duplicate check and its multi-row INSERT, the batch
+falls back to one insert per item and reports that item as the duplicate it now is."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import models as m
+from app.db.engine import Database, make_engine
+from app.domain.rulebook import load_rulebook
+from app.services import batch
+from app.services.customers import create_customer
+from app.services.events import NewEvent, record_event
+from tests.conftest import empty_tables
+
+RULEBOOK = load_rulebook()
+NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def db(migrated: str):  # noqa: ANN201
+    database = Database(make_engine(migrated))
+    yield database
+    database.engine.dispose()
+
+
+def test_a_twin_stored_after_the_check_makes_the_batch_go_item_by_item(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty_tables(db.engine)
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    items = [
+        NewEvent(type="visit", customer_id=owner, occurred_at=NOW, attributes={"reception": "neutral"}, source="erp", external_id=f"V{i}")
+        for i in range(5)
+    ]
+    with db.session(write=True) as s:
+        twin = record_event(s, RULEBOOK, items[2], actor="mobile", now=NOW).event.id
+    # The check runs before the twin is seen (as if the twin committed just after it).
+    monkeypatch.setattr(batch, "_already_stored", lambda session, items: {})
+
+    with db.session(write=True) as s:
+        outcome = batch.record_batch(s, RULEBOOK, items, atomic=False, actor="erp", now=NOW)
+
+    assert [r.status for r in outcome.results] == ["created", "created", "duplicate", "created", "created"]
+    assert outcome.results[2].event_id == twin
+    with db.session(write=False) as s:
+        assert s.scalar(select(func.count()).select_from(m.Event)) == 5
+        assert s.scalar(select(m.Customer.level).where(m.Customer.id == owner)) == 0
