@@ -1,10 +1,13 @@
-"""The `rapport` command: serve, migrate, keys, demo, regrade."""
+"""The `rapport` command: serve, migrate, keys, demo, regrade, import."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
 
 import click
 
@@ -156,6 +159,110 @@ def regrade() -> None:
     with _database(settings).session(write=True) as session:
         effects = regrade_for_time(session, rulebook, now=_now())
     click.echo(f"{len(effects)} grade(s) changed")
+
+
+class _Unusable(click.ClickException):
+    """Input that cannot be imported at all: exit status 2, as for a usage error."""
+
+    exit_code = 2
+
+
+@main.group(name="import")
+def import_group() -> None:
+    """Import events, customers or projects from a CSV file.
+
+    \b
+    Exit status: 0 every row stored (or already there); 1 some rows rejected (they are in
+    the rejected file, with the reason); 2 the file cannot be imported at all (nothing stored).
+    """
+
+
+def _import_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The argument and options every `rapport import` command takes."""
+    for option in reversed((
+        click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path)),
+        click.option("--rejected", type=click.Path(dir_okay=False, path_type=Path), help="where the rejected rows go  [default: <FILE stem>.rejected.csv beside FILE]"),
+        click.option("--chunk", default=500, show_default=True, type=click.IntRange(1, 10_000), help="rows per write transaction"),
+        click.option("--encoding", default="utf-8-sig", show_default=True, help="the file's text encoding (a BOM is optional); gb18030 for a CSV saved by Excel on Chinese Windows"),
+        click.option("--actor", help="who the changes are recorded as  [default: import:<file name>]"),
+        click.option("--dry-run", is_flag=True, help="check and report every row, storing nothing"),
+    )):
+        command = option(command)
+    return command
+
+
+@import_group.command("events")
+@_import_options
+@click.option("--source", default="import", show_default=True, help="the source of rows whose source cell is empty")
+def import_events(file: Path, **options: Any) -> None:
+    """Log events from a CSV file.
+
+    Columns: type, occurred_at (ISO 8601 with an offset), customer_ref or customer_id,
+    project_ref or project_id, source, external_id, note; attributes either as attr.<name>
+    columns (bool: true/false, 1/0, yes/no, 是/否; number; enum_list: values separated by |)
+    or as one `attributes` column holding a JSON object. An empty cell is absent.
+
+    A row without an external_id gets one derived from its content (row:<hash>), so
+    importing the same file again changes nothing. Two rows alike in every cell are then
+    one event: give them external_ids to keep both.
+    """
+    _import("events", file, **options)
+
+
+@import_group.command("customers")
+@_import_options
+def import_customers(file: Path, **options: Any) -> None:
+    """Create or update customers, by external_ref, from a CSV file.
+
+    Columns: external_ref (required), name, kind (owner or installer), region, rep,
+    contact.person, contact.phone, contact.email, contact.address, tags (separated by |).
+    A column the file does not have leaves that field as stored; an empty cell clears it.
+    """
+    _import("customers", file, **options)
+
+
+@import_group.command("projects")
+@_import_options
+def import_projects(file: Path, **options: Any) -> None:
+    """Create or update projects, by external_ref, from a CSV file.
+
+    Columns: external_ref (required), name, owner_ref or owner_id (an owner customer; it
+    cannot change), region, amount, expected_close (YYYY-MM-DD), rep, tags (separated by |).
+    A column the file does not have leaves that field as stored; an empty cell clears it.
+    """
+    _import("projects", file, **options)
+
+
+def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encoding: str, actor: str | None, dry_run: bool, source: str = "import") -> None:
+    from app.imports import Options, UnusableInput, open_table, run_import
+
+    settings = get_settings()
+    _prepare(settings)
+    rulebook = load_rulebook(settings.rulebook_path)
+    rejected = rejected or file.with_name(f"{file.stem}.rejected.csv")
+    if rejected.resolve() == file.resolve():
+        raise _Unusable("--rejected names the file being imported")
+    started = time.monotonic()
+    db = _database(settings)
+    try:
+        options = Options(chunk=chunk, actor=actor or f"import:{file.name}", source=source, dry_run=dry_run)
+        table = open_table(file, kind, encoding)
+        with click.progressbar(length=table.rows, label=f"importing {kind} from {file.name}", file=sys.stderr) as bar:
+            report = run_import(db, rulebook, table, rejected_path=rejected, options=options, clock=_now, progress=bar.update)
+    except UnusableInput as exc:
+        raise _Unusable(f"{file.name}: {exc}. Nothing was stored.") from exc
+    finally:
+        db.engine.dispose()
+    elapsed = time.monotonic() - started
+    click.echo(f"{report.summary()} — {report.rows} row{'' if report.rows == 1 else 's'} in {elapsed:.1f} s ({report.rows / max(elapsed, 1e-6):,.0f} rows/s)")
+    if report.rejected_file is not None:
+        click.echo(f"rejected rows, with their line and the reason: {report.rejected_file}")
+    elif report.removed_stale:
+        click.echo(f"removed {rejected}, left by an earlier import")
+    if dry_run:
+        click.echo("dry run: nothing was stored")
+    if report.counts["rejected"]:
+        click.get_current_context().exit(1)
 
 
 def _safe(url: str) -> str:

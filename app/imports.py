@@ -1,0 +1,420 @@
+"""Importing events, customers and projects from CSV files (the logic of `rapport import`;
+the command itself is in app/cli.py).
+
+A row is validated exactly as the same record sent to the API would be (the API's schemas,
+then the services) and stored through the same service functions. Rows go in chunks, one
+write transaction each, so a large file never holds SQLite's write lock for long. Importing
+a file again changes nothing: events are keyed by source + external_id, customers and
+projects by external_ref.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+from collections import Counter
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterable, Iterator, Sequence
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+
+from app.api.bodies import validate_item
+from app.api.schemas import CustomerPut, EventIn, ProjectPut, Ref
+from app.db import models as m
+from app.db.engine import Database
+from app.domain.rulebook import Rulebook
+from app.errors import AppError, FieldError, NotFound
+from app.services.batch import record_batch
+from app.services.customers import put_customer
+from app.services.events import NewEvent
+from app.services.projects import put_project
+from app.services.records import get_by_ref
+
+ATTR = "attr."  # events: one column per attribute, e.g. attr.reception
+LIST_SEPARATOR = "|"  # tags, and enum_list attributes
+TRUE = frozenset({"true", "1", "yes", "是"})
+FALSE = frozenset({"false", "0", "no", "否"})
+# The rejected file's own columns: a rejected file, once fixed, imports as it is.
+REPORT_COLUMNS = ("line", "reason")
+
+EVENT_FIELDS = ("type", "occurred_at", "customer_ref", "customer_id", "project_ref", "project_id", "source", "external_id", "note")
+CONTACT = ("contact.person", "contact.phone", "contact.email", "contact.address")
+OWNER = ("owner_ref", "owner_id")  # one field, named either way
+# The API's rule for a source, so that a bad --source is refused before any row is read.
+SOURCE = TypeAdapter(Annotated[str, *EventIn.model_fields["source"].metadata])
+REF = TypeAdapter(Ref)
+
+
+class UnusableInput(Exception):
+    """The file cannot be imported at all, so nothing of it is stored: a missing or unknown
+    column, text that is not in the encoding, malformed CSV, a bad option."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    columns: tuple[str, ...]
+    required: tuple[tuple[str, ...], ...]  # each: at least one of these columns
+    statuses: tuple[str, ...]
+
+
+LAYOUTS = {
+    "events": Layout((*EVENT_FIELDS, "attributes"), (("type",), ("occurred_at",), ("customer_ref", "customer_id", "project_ref", "project_id")), ("created", "duplicate", "rejected")),
+    "customers": Layout(("external_ref", "name", "kind", "region", "rep", *CONTACT, "tags"), (("external_ref",),), ("created", "updated", "unchanged", "rejected")),
+    "projects": Layout(("external_ref", "name", *OWNER, "region", "amount", "expected_close", "rep", "tags"), (("external_ref",),), ("created", "updated", "unchanged", "rejected")),
+}
+
+
+class CustomerRow(CustomerPut):
+    external_ref: Ref
+
+
+class ProjectRow(ProjectPut):
+    external_ref: Ref
+
+
+@dataclass(frozen=True)
+class Row:
+    line: int  # the line the row starts on; the header is line 1
+    values: tuple[str, ...]  # the cells as written
+    cells: dict[str, str]  # column -> trimmed value; empty cells left out
+    problems: tuple[FieldError, ...] = ()  # what is wrong with the row's shape
+
+
+Outcome = tuple[Row, str, list[FieldError]]  # the row, its status, why it was rejected
+
+@dataclass(frozen=True)
+class Table:
+    """A checked CSV file: its columns are usable and all of it decodes and parses."""
+
+    kind: str
+    path: Path
+    encoding: str
+    header: tuple[str, ...]
+    rows: int
+
+    def __iter__(self) -> Iterator[Row]:
+        records = _records(self.path, self.encoding)
+        next(records)  # the header
+        for line, values in records:
+            cells = {name: v.strip() for name, v in zip(self.header, values) if name and name not in REPORT_COLUMNS and v.strip()}
+            extra = [v for v in values[len(self.header) :] if v.strip()]
+            problems = (FieldError("", f"has {len(self.header) + len(extra)} cells; the header names {len(self.header)} columns"),) if extra else ()
+            yield Row(line, tuple(values), cells, problems)
+
+
+def open_table(path: Path, kind: str, encoding: str) -> Table:
+    """Read the whole file once, so that a bad column, byte or quote stops the import
+    before anything is stored."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise UnusableInput(f"unknown encoding {encoding!r} (try utf-8-sig or gb18030)") from None
+    records = _records(path, encoding)
+    first = next(records, None)
+    if first is None:
+        raise UnusableInput(f"{path.name} is empty: the first line must name the columns")
+    header = tuple(name.strip().lstrip("\ufeff").strip() for name in first[1])
+    _check_header(kind, header)
+    return Table(kind, path, encoding, header, sum(1 for _ in records))
+
+
+def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
+    """The CSV records that are not blank, with the line each starts on."""
+    with path.open("rb") as raw:
+        reader = csv.reader(_decoded(raw, encoding))
+        start = 1
+        try:
+            for values in reader:
+                if any(v.strip() for v in values):
+                    yield start, values
+                start = reader.line_num + 1
+        except UnicodeDecodeError as exc:
+            hint = "; a file saved by Excel on Chinese Windows wants --encoding gb18030" if encoding.lower().startswith("utf") else ""
+            raise UnusableInput(f"line {reader.line_num + 1} is not {encoding} text ({exc.reason}){hint}") from None
+        except csv.Error as exc:
+            raise UnusableInput(f"line {reader.line_num}: not readable as CSV ({exc})") from None
+
+
+def _decoded(raw: Iterator[bytes], encoding: str) -> Iterator[str]:
+    # Line by line, so that a decoding error is reported on the line where it is.
+    decoder = codecs.getincrementaldecoder(encoding)()
+    for chunk in raw:
+        yield decoder.decode(chunk)
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
+
+
+def _check_header(kind: str, header: tuple[str, ...]) -> None:
+    layout = LAYOUTS[kind]
+    named = [name for name in header if name]
+    problems = [f"column {name!r} appears twice" for name in sorted({n for n in named if named.count(n) > 1})]
+    problems += [f"missing column: {' or '.join(group)}" for group in layout.required if not any(c in header for c in group)]
+    known = (*layout.columns, *REPORT_COLUMNS)
+    unknown = [n for n in named if n not in known and not (kind == "events" and n.startswith(ATTR) and n != ATTR)]
+    if unknown:
+        extra = f" and {ATTR}<attribute>" if kind == "events" else ""
+        problems.append(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (an {kind} file has {', '.join(layout.columns)}{extra})")
+    if "attributes" in header and any(n.startswith(ATTR) for n in header):
+        problems.append(f"give attributes either as one 'attributes' column (JSON) or as {ATTR}<name> columns, not both")
+    if problems:
+        raise UnusableInput("; ".join(problems))
+
+
+def convert_attribute(kind: str, text: str) -> Any:
+    """A cell's text as a value of a rulebook attribute type. Text that does not convert is
+    passed on as it is, for the rulebook to refuse with its own reason."""
+    if kind == "bool":
+        low = text.lower()
+        return True if low in TRUE else False if low in FALSE else text
+    if kind == "number":
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
+        return text
+    if kind == "enum_list":
+        return _list(text)
+    return text
+
+
+def derived_external_id(event: EventIn) -> str:
+    """A stable external_id for a row that has none: the same content gives the same id,
+    so importing a file again stores nothing twice."""
+    values = event.model_dump(mode="json", exclude={"external_id", "source"})
+    values["occurred_at"] = event.occurred_at.astimezone(timezone.utc).isoformat()
+    text = json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "row:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Options:
+    chunk: int
+    actor: str
+    source: str = "import"  # events: for rows whose source cell is empty
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            SOURCE.validate_python(self.source)
+        except ValidationError as exc:
+            raise UnusableInput(f"source {self.source!r}: {exc.errors()[0]['msg']}") from None
+
+
+@dataclass
+class Report:
+    statuses: tuple[str, ...]
+    counts: Counter[str] = field(default_factory=Counter)
+    rejected_file: Path | None = None  # written by this run
+    removed_stale: bool = False  # a rejected file of an earlier run was removed
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        return ", ".join(f"{status} {self.counts[status]}" for status in self.statuses)
+
+
+def run_import(
+    db: Database,
+    rulebook: Rulebook,
+    table: Table,
+    *,
+    rejected_path: Path,
+    options: Options,
+    clock: Callable[[], datetime],
+    progress: Callable[[int], None] = lambda rows: None,
+) -> Report:
+    """Store the table's rows chunk by chunk; write the rejected ones to `rejected_path`.
+    With `dry_run`, everything runs in one transaction that is rolled back."""
+    store = _store_events if table.kind == "events" else _store_records
+    report = Report(LAYOUTS[table.kind].statuses)
+    with _RejectedFile(rejected_path, table.header) as rejected, _transactions(db, options.dry_run) as transaction:
+        report.removed_stale = rejected.removed_stale
+        for chunk in _chunks(table, options.chunk):
+            with transaction() as session:
+                outcomes = list(store(session, rulebook, table, chunk, options, clock()))
+            for row, status, errors in outcomes:
+                report.counts[status] += 1
+                if errors:
+                    rejected.add(row, errors)
+            progress(len(chunk))
+        report.rejected_file = rejected.path if rejected.written else None
+    return report
+
+
+def _store_events(session: Session, rulebook: Rulebook, table: Table, rows: Sequence[Row], options: Options, now: datetime) -> Iterator[Outcome]:
+    items = [_event_item(row, rulebook, options.source) for row in rows]
+    outcome = record_batch(session, rulebook, items, atomic=False, actor=options.actor, now=now)
+    for result in outcome.results:
+        yield rows[result.index], result.status, result.errors
+
+
+def _event_item(row: Row, rulebook: Rulebook, source: str) -> NewEvent | list[FieldError]:
+    if row.problems:
+        return list(row.problems)
+    cells = row.cells
+    body: dict[str, Any] = {name: cells[name] for name in EVENT_FIELDS if name in cells}
+    body.setdefault("source", source)
+    problems: list[FieldError] = []
+    if "attributes" in cells:
+        try:
+            body["attributes"] = json.loads(cells["attributes"])
+        except ValueError as exc:
+            problems.append(FieldError("attributes", f"is not JSON ({exc}); write an object such as {{\"reception\": \"welcoming\"}}"))
+    else:
+        event_type = rulebook.event_types.get(cells.get("type", ""))
+        specs = event_type.attributes if event_type else {}
+        named = {column[len(ATTR) :]: text for column, text in cells.items() if column.startswith(ATTR)}
+        body["attributes"] = {name: convert_attribute(specs[name].type, text) if name in specs else text for name, text in named.items()}
+    event = validate_item(EventIn, body)
+    if isinstance(event, list) or problems:
+        return problems + (event if isinstance(event, list) else [])
+    return NewEvent(**{**event.model_dump(), "external_id": event.external_id or derived_external_id(event)})
+
+
+RECORDS: dict[str, tuple[type[m.Customer] | type[m.Project], type[BaseModel], Callable[..., tuple[Any, bool]]]] = {
+    "customers": (m.Customer, CustomerRow, put_customer),
+    "projects": (m.Project, ProjectRow, put_project),
+}
+
+
+def _store_records(session: Session, rulebook: Rulebook, table: Table, rows: Sequence[Row], options: Options, now: datetime) -> Iterator[Outcome]:
+    for row in rows:
+        status, errors = _put_record(session, rulebook, table, row, now)
+        yield row, status, errors
+
+
+def _put_record(session: Session, rulebook: Rulebook, table: Table, row: Row, now: datetime) -> tuple[str, list[FieldError]]:
+    if row.problems:
+        return "rejected", list(row.problems)
+    model, schema, put = RECORDS[table.kind]
+    try:
+        # Checked before it is looked up: the database must not see a NUL or 10,000 characters.
+        ref = REF.validate_python(row.cells.get("external_ref", ""))
+    except ValidationError as exc:
+        return "rejected", [FieldError("external_ref", exc.errors()[0]["msg"])]
+    stored = _stored(session, model, ref)
+    item = validate_item(schema, _record_body(table, row, stored))
+    if isinstance(item, list):
+        return "rejected", item
+    version = stored.version if stored is not None else None
+    try:
+        # A savepoint: a row refused here leaves the chunk's other rows stored.
+        with session.begin_nested():
+            record, created = put(session, rulebook, item.external_ref, item.model_dump(exclude={"external_ref"}), if_match=None, now=now)
+    except AppError as exc:
+        return "rejected", exc.errors or [FieldError("", exc.detail)]
+    if created:
+        return "created", []
+    return ("unchanged" if record.version == version else "updated"), []
+
+
+def _stored(session: Session, model: type[m.Customer] | type[m.Project], ref: str) -> Any:
+    try:
+        return get_by_ref(session, model, ref)
+    except NotFound:
+        return None
+
+
+def _record_body(table: Table, row: Row, stored: m.Customer | m.Project | None) -> dict[str, Any]:
+    """The record as the API's PUT body. A column the file does not have keeps the stored
+    value (a file of names and reps must not clear every region); an empty cell clears it."""
+    kept = _columns_of(stored) if stored is not None else {}
+    body: dict[str, Any] = {}
+    for column in LAYOUTS[table.kind].columns:
+        in_file = any(c in table.header for c in OWNER) if column in OWNER else column in table.header
+        value = row.cells.get(column) if in_file else kept.get(column)
+        if value is None:
+            continue
+        if column == "tags" and isinstance(value, str):
+            value = _list(value)
+        if column.startswith("contact."):
+            body.setdefault("contact", {})[column.removeprefix("contact.")] = value
+        else:
+            body[column] = value
+    return body
+
+
+def _columns_of(record: m.Customer | m.Project) -> dict[str, Any]:
+    values = {"name": record.name, "region": record.region, "rep": record.rep, "tags": record.tags}
+    if isinstance(record, m.Customer):
+        return {**values, "kind": record.kind, **{f"contact.{k}": v for k, v in record.contact.items()}}
+    return {**values, "owner_id": record.owner_id, "amount": record.amount, "expected_close": record.expected_close}
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(LIST_SEPARATOR) if part.strip()]
+
+
+def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    remaining = iter(rows)
+    while chunk := list(islice(remaining, size)):
+        yield chunk
+
+
+class _DryRun(Exception):
+    """Raised to roll back a dry run's transaction."""
+
+
+@contextmanager
+def _transactions(db: Database, dry_run: bool) -> Iterator[Callable[[], AbstractContextManager[Session]]]:
+    """A factory of per-chunk transactions; for a dry run, one transaction for the whole
+    file (so its rows see each other, as they would) that is rolled back at the end."""
+    if not dry_run:
+        yield lambda: db.session(write=True)
+        return
+    try:
+        with db.session(write=True) as session:
+            yield lambda: nullcontext(session)
+            raise _DryRun
+    except _DryRun:
+        pass
+
+
+class _RejectedFile:
+    """The rejected rows as they were written, plus their line and the reason; UTF-8 with a
+    BOM so that Excel reads it. Created at the first rejected row; a file left at the path
+    by an earlier run is removed first, so what is there always belongs to the last run."""
+
+    def __init__(self, path: Path, header: tuple[str, ...]):
+        self.path = path
+        self._width = len(header)
+        self._kept = [i for i, name in enumerate(header) if name not in REPORT_COLUMNS]
+        self._header = [header[i] for i in self._kept] + list(REPORT_COLUMNS)
+        self._file: Any = None
+        self._writer: Any = None
+        self.removed_stale = False
+
+    @property
+    def written(self) -> bool:
+        return self._file is not None
+
+    def __enter__(self) -> "_RejectedFile":
+        if self.path.exists():
+            self.path.unlink()
+            self.removed_stale = True
+        return self
+
+    def add(self, row: Row, errors: list[FieldError]) -> None:
+        if self._file is None:
+            self._file = self.path.open("w", encoding="utf-8-sig", newline="")
+            self._writer = csv.writer(self._file)
+            self._writer.writerow(self._header)
+        cells = [row.values[i] if i < len(row.values) else "" for i in self._kept]
+        reason = "; ".join(f"{e.field}: {e.reason}" if e.field else e.reason for e in errors)
+        # Cells beyond the header (the reason says so) go last, under no column name.
+        self._writer.writerow([*cells, row.line, reason, *row.values[self._width :]])
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()

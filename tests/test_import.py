@@ -1,0 +1,365 @@
+"""`rapport import` as an operator uses it: CSV files in, grades out, the bad rows in a
+rejected file with their line and reason (SQLite in a temporary folder). The last test runs
+the same import on the test database, PostgreSQL when RAPPORT_DATABASE_URL names one."""
+
+from __future__ import annotations
+
+import csv
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.db.engine import Database, make_engine
+from app.domain.rulebook import load_rulebook
+from app.imports import Options, convert_attribute, open_table, run_import
+from tests.conftest import empty_tables
+from tests.test_cli import run  # noqa: F401 — the operator's set-up: a temporary folder, SQLite
+
+Rows = list[list[str]]
+
+CUSTOMERS: Rows = [
+    ["external_ref", "name", "kind", "region", "rep", "contact.person", "contact.phone", "tags"],
+    ["C-1", "上海市第一人民医院", "owner", "上海", "王伟", "李主任", "13800000000", "医院|重点"],
+    ["C-2", "上海建工安装有限公司", "installer", "上海", "王伟", "", "", ""],
+]
+PROJECTS: Rows = [
+    ["external_ref", "name", "owner_ref", "region", "amount", "expected_close", "tags"],
+    ["P-1", "新门诊楼暖通工程", "C-1", "上海", "1200000", "2027-06-30", "暖通|医院"],
+]
+EVENT_COLUMNS = ["type", "occurred_at", "customer_ref", "project_ref", "attr.items", "attr.reception", "attr.with_manager", "note"]
+# The rulebook's example 1: an owner with the five level-one facts is at level 1.
+EXAMPLE_ONE: Rows = [
+    ["materials_sent", "2025-09-01T10:00:00+08:00", "C-1", "", "samples|credentials", "", "", "寄了样本和资质"],
+    ["company_introduced", "2025-09-02T10:00:00+08:00", "C-1", "", "", "", "", ""],
+    ["contact_obtained", "2025-09-03T10:00:00+08:00", "C-1", "", "", "", "", ""],
+    ["impression_confirmed", "2025-09-04T10:00:00+08:00", "C-1", "", "", "", "", ""],
+    ["visit", "2025-09-10T10:00:00+08:00", "C-1", "", "", "welcoming", "是", "第一次拜访"],
+    ["visit", "2025-09-20T10:00:00+08:00", "C-1", "", "", "neutral", "否", ""],
+    ["visit", "2025-09-30T10:00:00+08:00", "C-1", "", "", "neutral", "", ""],
+]
+
+
+def write_csv(path: Path, rows: Rows, encoding: str = "utf-8-sig") -> Path:
+    with path.open("w", encoding=encoding, newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def query(folder: Path, sql: str, db: str = "rapport.db") -> list[tuple[Any, ...]]:
+    engine = create_engine(f"sqlite:///{folder / db}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def level_of(folder: Path, ref: str) -> int:
+    return query(folder, f"SELECT level FROM customers WHERE external_ref = '{ref}'")[0][0]
+
+
+def customer(folder: Path, ref: str) -> dict[str, Any]:
+    [(name, kind, region, rep, contact, tags)] = query(folder, f"SELECT name, kind, region, rep, contact, tags FROM customers WHERE external_ref = '{ref}'")
+    return {"name": name, "kind": kind, "region": region, "rep": rep, "contact": json.loads(contact), "tags": json.loads(tags)}
+
+
+def stored_events(folder: Path, db: str = "rapport.db") -> list[tuple[Any, ...]]:
+    return query(folder, "SELECT type, customer_id, project_id, occurred_at, attributes, source, external_id, note FROM events ORDER BY occurred_at, type", db)
+
+
+def import_ok(run, kind: str, path: Path, *args: str) -> str:  # noqa: ANN001
+    result = run("import", kind, str(path), *args)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture
+def customers_and_project(run, tmp_path: Path) -> None:  # noqa: ANN001
+    import_ok(run, "customers", write_csv(tmp_path / "customers.csv", CUSTOMERS))
+    import_ok(run, "projects", write_csv(tmp_path / "projects.csv", PROJECTS))
+
+
+def test_customers_then_projects_then_events_grade_the_owner_at_level_one(run, tmp_path: Path) -> None:  # noqa: ANN001
+    out = import_ok(run, "customers", write_csv(tmp_path / "customers.csv", CUSTOMERS))
+    assert "created 2, updated 0, unchanged 0, rejected 0" in out
+    out = import_ok(run, "projects", write_csv(tmp_path / "projects.csv", PROJECTS))
+    assert "created 1, updated 0, unchanged 0, rejected 0" in out
+    out = import_ok(run, "events", write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE]))
+    assert "created 7, duplicate 0, rejected 0" in out and "rows/s" in out
+
+    assert level_of(tmp_path, "C-1") == 1
+    assert customer(tmp_path, "C-1") == {
+        "name": "上海市第一人民医院", "kind": "owner", "region": "上海", "rep": "王伟", "contact": {"person": "李主任", "phone": "13800000000"}, "tags": ["医院", "重点"]
+    }
+    assert query(tmp_path, "SELECT p.name, c.external_ref, p.amount, p.expected_close FROM projects p JOIN customers c ON c.id = p.owner_id") == [
+        ("新门诊楼暖通工程", "C-1", 1200000, "2027-06-30")
+    ]
+    assert query(tmp_path, "SELECT DISTINCT source, actor FROM events") == [("import", "import:events.csv")]
+    assert not list(tmp_path.glob("*.rejected.csv"))
+
+
+def test_importing_the_same_events_again_changes_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])
+    import_ok(run, "events", events)
+    before = stored_events(tmp_path), query(tmp_path, "SELECT count(*) FROM grade_history"), query(tmp_path, "SELECT version FROM customers")
+
+    out = import_ok(run, "events", events)
+
+    assert "created 0, duplicate 7, rejected 0" in out
+    assert (stored_events(tmp_path), query(tmp_path, "SELECT count(*) FROM grade_history"), query(tmp_path, "SELECT version FROM customers")) == before
+    assert all(external_id.startswith("row:") and len(external_id) == 36 for *_, external_id, _ in before[0])
+
+
+def test_bad_rows_go_to_the_rejected_file_with_their_line_and_reason_and_the_rest_are_stored(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    bad_visit = ["visit", "2025-09-15T10:00:00+08:00", "C-9", "", "", "bored", "", ""]
+    bad_time = ["contact_obtained", "yesterday", "C-1", "", "", "", "", ""]
+    rows = [EVENT_COLUMNS, *EXAMPLE_ONE[:2], bad_visit, *EXAMPLE_ONE[2:5], bad_time, *EXAMPLE_ONE[5:]]
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", rows)))
+
+    assert result.exit_code == 1
+    assert "created 7, duplicate 0, rejected 2" in result.stdout
+    rejected = tmp_path / "events.rejected.csv"
+    assert rejected.read_bytes().startswith(b"\xef\xbb\xbf")  # a BOM, for Excel
+    assert read_csv(rejected) == [
+        {**dict(zip(EVENT_COLUMNS, bad_visit)), "line": "4", "reason": "customer_ref: no customer with external_ref 'C-9'; attributes.reception: must be one of welcoming, neutral, rejecting"},
+        {**dict(zip(EVENT_COLUMNS, bad_time)), "line": "8", "reason": "occurred_at: Input should be a valid datetime or date, input is too short"},
+    ]
+    assert level_of(tmp_path, "C-1") == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (["type", "customer_ref", "note"], "missing column: occurred_at"),
+        (["type", "occurred_at", "note"], "missing column: customer_ref or customer_id or project_ref or project_id"),
+        (["type", "occurred_at", "customer_ref", "colour"], "unknown column 'colour'"),
+        (["type", "occurred_at", "customer_ref", "note", "note"], "column 'note' appears twice"),
+        (["type", "occurred_at", "customer_ref", "attributes", "attr.reception"], "either as one 'attributes' column (JSON) or as attr.<name> columns"),
+    ],
+)
+def test_a_file_with_unusable_columns_is_refused_before_anything_is_stored(run, tmp_path: Path, customers_and_project: None, header: list[str], message: str) -> None:  # noqa: ANN001
+    rows = [header, ["x"] * len(header)]
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", rows)))
+
+    assert result.exit_code == 2
+    assert message in result.output and "Nothing was stored." in result.output
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+    assert not (tmp_path / "events.rejected.csv").exists()
+
+
+@pytest.mark.parametrize(("encoding", "args"), [("utf-8-sig", []), ("utf-8", []), ("gb18030", ["--encoding", "gb18030"])])
+def test_excel_files_with_a_bom_or_in_gb18030_import_alike(run, tmp_path: Path, encoding: str, args: list[str]) -> None:  # noqa: ANN001
+    import_ok(run, "customers", write_csv(tmp_path / "customers.csv", CUSTOMERS, encoding), *args)
+
+    assert query(tmp_path, "SELECT external_ref, name, region FROM customers ORDER BY id") == [
+        ("C-1", "上海市第一人民医院", "上海"),
+        ("C-2", "上海建工安装有限公司", "上海"),
+    ]
+
+
+def test_a_gb18030_file_read_as_utf8_is_refused_with_a_hint(run, tmp_path: Path) -> None:  # noqa: ANN001
+    result = run("import", "customers", str(write_csv(tmp_path / "customers.csv", CUSTOMERS, "gb18030")))
+
+    assert result.exit_code == 2
+    assert "line 2 is not utf-8-sig text" in result.output and "--encoding gb18030" in result.output
+    assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("kind", "cell", "value"),
+    [
+        ("bool", "true", True),
+        ("bool", "FALSE", False),
+        ("bool", "1", True),
+        ("bool", "0", False),
+        ("bool", "Yes", True),
+        ("bool", "no", False),
+        ("bool", "是", True),
+        ("bool", "否", False),
+        ("bool", "maybe", "maybe"),  # left for the rulebook to refuse
+        ("number", "12", 12),
+        ("number", "12.5", 12.5),
+        ("number", "1e3", 1000.0),
+        ("number", "1,200", "1,200"),
+        ("enum_list", "samples|credentials", ["samples", "credentials"]),
+        ("enum_list", " samples | | other ", ["samples", "other"]),
+        ("enum", "welcoming", "welcoming"),
+        ("string", "00123", "00123"),
+    ],
+)
+def test_attribute_cells_are_converted_by_the_rulebook_type(kind: str, cell: str, value: Any) -> None:
+    assert convert_attribute(kind, cell) == value
+
+
+def test_attribute_columns_are_stored_typed_and_an_attributes_column_holds_json(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    typed = [
+        ["type", "occurred_at", "customer_ref", "attr.amount", "attr.order_ref", "attr.items", "attr.reception", "attr.with_manager"],
+        ["order_placed", "2025-09-01T10:00:00+08:00", "C-1", "350000.5", "00123", "", "", ""],
+        ["materials_sent", "2025-09-02T10:00:00+08:00", "C-1", "", "", "price_list|other", "", ""],
+        ["visit", "2025-09-03T10:00:00+08:00", "C-1", "", "", "", "rejecting", "YES"],
+        ["visit", "2025-09-04T10:00:00+08:00", "C-1", "", "", "", "neutral", "maybe"],
+    ]
+    as_json = [
+        ["type", "occurred_at", "customer_ref", "attributes"],
+        ["visit", "2025-09-05T10:00:00+08:00", "C-1", '{"reception": "welcoming"}'],
+        ["visit", "2025-09-06T10:00:00+08:00", "C-1", "{reception: welcoming}"],
+    ]
+
+    assert run("import", "events", str(write_csv(tmp_path / "typed.csv", typed))).exit_code == 1
+    assert run("import", "events", str(write_csv(tmp_path / "json.csv", as_json))).exit_code == 1
+
+    assert [json.loads(attributes) for _, _, _, _, attributes, *_ in stored_events(tmp_path)] == [
+        {"amount": 350000.5, "order_ref": "00123"},
+        {"items": ["price_list", "other"]},
+        {"reception": "rejecting", "with_manager": True},
+        {"reception": "welcoming", "with_manager": False},
+    ]
+    assert read_csv(tmp_path / "typed.rejected.csv")[0]["reason"] == "attributes.with_manager: must be true or false"
+    assert read_csv(tmp_path / "json.rejected.csv")[0]["reason"].startswith("attributes: is not JSON (Expecting property name")
+
+
+def test_chunks_of_two_store_the_same_as_one_chunk(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    twin = EXAMPLE_ONE[1]  # alike in every cell: one event
+    bad = ["visit", "2025-09-15T10:00:00+08:00", "C-1", "", "", "bored", "", ""]
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE[:4], bad, twin, *EXAMPLE_ONE[4:]])
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert run("import", "customers", str(tmp_path / "customers.csv"), env={"RAPPORT_DATABASE_URL": other}).exit_code == 0
+    assert run("import", "projects", str(tmp_path / "projects.csv"), env={"RAPPORT_DATABASE_URL": other}).exit_code == 0
+
+    in_one = run("import", "events", str(events), "--chunk", "1000")
+    one_rejected = (tmp_path / "events.rejected.csv").read_bytes()
+    in_twos = run("import", "events", str(events), "--chunk", "2", env={"RAPPORT_DATABASE_URL": other})
+
+    assert in_one.exit_code == in_twos.exit_code == 1
+    assert "created 7, duplicate 1, rejected 1" in in_one.stdout and "created 7, duplicate 1, rejected 1" in in_twos.stdout
+    assert (tmp_path / "events.rejected.csv").read_bytes() == one_rejected
+    levels = "SELECT external_ref, level FROM customers ORDER BY external_ref"
+    assert (stored_events(tmp_path), query(tmp_path, levels)) == (stored_events(tmp_path, "other.db"), query(tmp_path, levels, "other.db"))
+    assert query(tmp_path, levels) == [("C-1", 1), ("C-2", 0)]
+
+
+def test_a_dry_run_reports_every_row_and_stores_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    bad = ["visit", "2025-09-15T10:00:00+08:00", "C-9", "", "", "neutral", "", ""]
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE, EXAMPLE_ONE[0], bad])
+    more_customers = write_csv(tmp_path / "more.csv", [CUSTOMERS[0], ["C-3", "苏州工业园区管委会", "owner", "", "", "", "", ""]])
+
+    result = run("import", "events", str(events), "--dry-run")
+    customers = run("import", "customers", str(more_customers), "--dry-run")
+
+    assert result.exit_code == 1
+    assert "created 7, duplicate 1, rejected 1" in result.stdout and "dry run: nothing was stored" in result.stdout
+    assert [r["line"] for r in read_csv(tmp_path / "events.rejected.csv")] == ["10"]
+    assert customers.exit_code == 0 and "created 1, updated 0, unchanged 0, rejected 0" in customers.stdout
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+    assert query(tmp_path, "SELECT external_ref FROM customers ORDER BY id") == [("C-1",), ("C-2",)]
+    assert level_of(tmp_path, "C-1") == 0
+
+
+def test_customers_are_updated_by_external_ref_and_columns_the_file_lacks_are_kept(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    reps = write_csv(tmp_path / "reps.csv", [["external_ref", "rep", "contact.phone"], ["C-1", "张敏", "021-55550000"], ["C-2", "王伟", ""]])
+    cleared = write_csv(tmp_path / "cleared.csv", [["external_ref", "region", "tags"], ["C-1", "", ""]])
+    kinds = write_csv(tmp_path / "kinds.csv", [["external_ref", "kind"], ["C-1", "installer"], ["C-4", "owner"], ["", "owner"]])
+
+    assert "created 0, updated 1, unchanged 1, rejected 0" in import_ok(run, "customers", reps)
+    assert customer(tmp_path, "C-1") == {
+        "name": "上海市第一人民医院", "kind": "owner", "region": "上海", "rep": "张敏", "contact": {"person": "李主任", "phone": "021-55550000"}, "tags": ["医院", "重点"]
+    }
+    assert "created 0, updated 1, unchanged 0, rejected 0" in import_ok(run, "customers", cleared)
+    assert customer(tmp_path, "C-1")["region"] is None and customer(tmp_path, "C-1")["tags"] == []
+
+    result = run("import", "customers", str(kinds))
+    assert result.exit_code == 1 and "created 0, updated 0, unchanged 0, rejected 3" in result.stdout
+    assert [(r["line"], r["reason"]) for r in read_csv(tmp_path / "kinds.rejected.csv")] == [
+        ("2", "kind: is 'owner' on the stored record and cannot change"),
+        ("3", "name: Field required"),
+        ("4", "external_ref: String should have at least 1 character"),
+    ]
+
+
+def test_project_rows_name_an_owner_that_exists_and_is_an_owner(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    rows = [
+        ["external_ref", "name", "owner_ref", "owner_id", "amount"],
+        ["P-2", "苏州中心商场空调", "C-9", "", ""],
+        ["P-3", "园区厂房", "C-2", "", ""],
+        ["P-4", "园区厂房二期", "C-1", "", "-5"],
+        ["P-5", "无主项目", "", "", ""],
+        ["P-1", "新门诊楼暖通工程(二期)", "", "1", "1200000"],
+    ]
+
+    result = run("import", "projects", str(write_csv(tmp_path / "more-projects.csv", rows)))
+
+    assert result.exit_code == 1 and "created 0, updated 1, unchanged 0, rejected 4" in result.stdout
+    assert [r["reason"] for r in read_csv(tmp_path / "more-projects.rejected.csv")] == [
+        "owner_ref: no customer with external_ref 'C-9'",
+        "owner_id: customer 2 is an installer; a project's owner must be an owner",
+        "amount: Input should be greater than or equal to 0",
+        "give exactly one of owner_id and owner_ref",
+    ]
+    assert query(tmp_path, "SELECT name, region FROM projects") == [("新门诊楼暖通工程(二期)", "上海")]
+
+
+def test_a_fixed_rejected_file_imports_as_it_is_and_a_stale_one_is_removed(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    for_c3 = ["visit", "2025-09-15T10:00:00+08:00", "C-3", "", "", "welcoming", "", ""]
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE, for_c3])
+    assert run("import", "events", str(events)).exit_code == 1
+    rejected = tmp_path / "events.rejected.csv"
+    import_ok(run, "customers", write_csv(tmp_path / "c3.csv", [["external_ref", "name", "kind"], ["C-3", "苏州工业园区管委会", "owner"]]))
+
+    assert "created 1, duplicate 0, rejected 0" in import_ok(run, "events", rejected)  # its line and reason columns are ignored
+    out = import_ok(run, "events", events)
+
+    assert "created 0, duplicate 8, rejected 0" in out
+    assert "removed" in out and not rejected.exists()
+
+
+def test_a_row_with_more_cells_than_columns_is_rejected(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    rows = [EVENT_COLUMNS, EXAMPLE_ONE[0], [*EXAMPLE_ONE[1], "extra", ""], EXAMPLE_ONE[2]]
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", rows)))
+
+    assert result.exit_code == 1 and "created 2, duplicate 0, rejected 1" in result.stdout
+    assert read_csv(tmp_path / "events.rejected.csv")[0]["reason"] == "has 9 cells; the header names 8 columns"
+
+
+def test_a_bad_source_is_refused_before_anything_is_stored(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])), "--source", "ERP Export")
+
+    assert result.exit_code == 2 and "source 'ERP Export'" in result.output
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_the_import_grades_alike_on_the_test_database(migrated: str, tmp_path: Path) -> None:
+    """The import's transactions, savepoints and locks on the configured database."""
+    db = Database(make_engine(migrated))
+    empty_tables(db.engine)
+    rulebook = load_rulebook()
+    now = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+    files = [("customers", CUSTOMERS + [["C-2", "改成甲方", "owner", "", "", "", "", ""]]), ("projects", PROJECTS), ("events", [EVENT_COLUMNS, *EXAMPLE_ONE])]
+    try:
+        reports = [
+            run_import(db, rulebook, open_table(write_csv(tmp_path / f"{kind}.csv", rows), kind, "utf-8-sig"), rejected_path=tmp_path / f"{kind}.rejected.csv", options=Options(chunk=3, actor="test"), clock=lambda: now)
+            for kind, rows in files
+        ]
+        with db.session(write=False) as session:
+            levels = session.execute(text("SELECT external_ref, level FROM customers ORDER BY external_ref")).all()
+    finally:
+        db.engine.dispose()
+
+    assert [r.summary() for r in reports] == [
+        "created 2, updated 0, unchanged 0, rejected 1",
+        "created 1, updated 0, unchanged 0, rejected 0",
+        "created 7, duplicate 0, rejected 0",
+    ]
+    assert [tuple(r) for r in levels] == [("C-1", 1), ("C-2", 0)]
+    assert read_csv(tmp_path / "customers.rejected.csv")[0]["reason"] == "kind: is 'installer' on the stored record and cannot change"
