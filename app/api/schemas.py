@@ -36,6 +36,14 @@ PathId = Annotated[int, Path(gt=0, le=MAX_ID)]
 QueryId = Annotated[int | None, Query(gt=0, le=MAX_ID)]
 
 
+def _cents(value: float | None) -> float | None:
+    # Stored as NUMERIC(16, 2): rounded here, so a re-sent amount compares equal to the stored one.
+    return None if value is None else round(value, 2)
+
+
+Amount = Annotated[float, Field(ge=0, le=1e13), AfterValidator(_cents)]
+
+
 def _storable_instant(value: datetime) -> datetime:
     try:
         value.astimezone(timezone.utc)  # what the database layer does with it
@@ -108,7 +116,7 @@ class ProjectIn(Strict):
     owner_id: Id = Field(description="an `owner` customer")
     external_ref: Ref | None = None
     region: Short | None = None
-    amount: float | None = Field(default=None, ge=0, le=1e13, description="expected order value")
+    amount: Amount | None = Field(default=None, description="expected order value (rounded to cents)")
     expected_close: date | None = None
     rep: Short | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
@@ -122,7 +130,7 @@ class ProjectPut(Strict):
     owner_id: Id | None = None
     owner_ref: Ref | None = None
     region: Short | None = None
-    amount: float | None = Field(default=None, ge=0, le=1e13)
+    amount: Amount | None = None
     expected_close: date | None = None
     rep: Short | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
@@ -140,7 +148,7 @@ class ProjectPatch(Patch):
     name: Name | None = None
     external_ref: Ref | None = None
     region: Short | None = None
-    amount: float | None = Field(default=None, ge=0, le=1e13)
+    amount: Amount | None = None
     expected_close: date | None = None
     rep: Short | None = None
     tags: list[Tag] | None = Field(default=None, max_length=20)

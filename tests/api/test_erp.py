@@ -301,3 +301,11 @@ def test_batch_with_idempotency_key_replays_the_first_answer(api) -> None:
     assert again.json() == first.json()
     other = api.post("/v1/events/batch", json=_owner_level_one_batch()[:2], headers={"Idempotency-Key": "sync-2026-11-20"})
     assert_problem(other, 422, "Idempotency-Key")
+
+
+def test_an_amount_with_more_decimals_than_cents_is_stored_rounded_and_a_resync_is_a_no_op(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    body = {"name": "新门诊楼", "owner_ref": "C-0001", "amount": 1234.567}
+    first = api.put("/v1/projects/by-ref/P-1", json=body).json()
+    assert first["amount"] == 1234.57
+    assert api.put("/v1/projects/by-ref/P-1", json=body).json()["version"] == first["version"]
