@@ -1,4 +1,4 @@
-"""The `rapport` command: serve, migrate, keys, demo, regrade, import."""
+"""The `rapport` command: serve, migrate, keys, demo, regrade, worker, import."""
 
 from __future__ import annotations
 
@@ -159,6 +159,30 @@ def regrade() -> None:
     with _database(settings).session(write=True) as session:
         effects = regrade_for_time(session, rulebook, now=_now())
     click.echo(f"{len(effects)} grade(s) changed")
+
+
+@main.command()
+def worker() -> None:
+    """Deliver outbound webhooks until stopped (SIGTERM or Ctrl-C let the attempt under way
+    finish first). Any number may run beside the API processes: none sends a delivery
+    another is sending."""
+    import signal
+    import threading
+
+    from app.services.delivery import run_worker
+
+    settings = get_settings()
+    _prepare(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    db = _database(settings)
+    click.echo(f"delivering webhooks from {_safe(settings.database_url)}; stop with Ctrl-C or SIGTERM")
+    try:
+        run_worker(db, settings, stop, clock=_now)
+    finally:
+        db.engine.dispose()
+    click.echo("worker stopped")
 
 
 class _Unusable(click.ClickException):

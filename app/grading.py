@@ -21,6 +21,7 @@ from app.db import models as m
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
 from app.domain.facts import CustomerFacts, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
+from app.services import outbox
 
 LEVEL = "relationship_level"
 HEAT = "deal_heat"
@@ -161,7 +162,7 @@ def _append(
     job: Regrade,
 ) -> None:
     session.add(
-        m.GradeChange(
+        change := m.GradeChange(
             subject_type=subject,
             subject_id=subject_id,
             metric=metric,
@@ -174,6 +175,8 @@ def _append(
             at=job.now,
         )
     )
+    # Webhooks out: queued in this transaction, so they are sent if and only if it commits.
+    outbox.enqueue(session, outbox.GRADE_EVENT[subject], lambda: outbox.grade_payload(session, rulebook, change), job.now)
 
 
 def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, batch: int = 500) -> list[Effect]:

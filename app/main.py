@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Callable
 from datetime import datetime
 
 from fastapi_offline import FastAPIOffline
 
-from app.api import customers, events, forms, meta, problems, projects
+from app.api import customers, events, forms, meta, problems, projects, webhooks
 from app.api.deps import Context, utc_now
 from app.api.present import Presenter
 from app.db.engine import Database, make_engine
@@ -29,10 +30,29 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     settings = settings or get_settings()
     rulebook = load_rulebook(settings.rulebook_path)
     db = Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms))
-    app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION)
+    app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=webhooks.lifespan(settings, db, clock))
     app.state.context = Context(settings=settings, db=db, rulebook=rulebook, presenter=Presenter(rulebook), clock=clock)
     problems.install(app)
-    for module in (meta, customers, projects, events, forms):
+    for module in (meta, customers, projects, events, forms, webhooks):
         app.include_router(module.router)
     logging.getLogger("rapport").setLevel(logging.INFO)
+    _redact_access_log()
     return app
+
+
+class _RedactTokens(logging.Filter):
+    """A form hook may carry its secret as ?token=…: keep it out of the access log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
+            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s]*")
+
+
+def _redact_access_log() -> None:
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactTokens) for f in access.filters):
+        access.addFilter(_RedactTokens())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, NonNegativeFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,14 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")
+    deliver_in_process: bool = Field(default=True, description="deliver outbound webhooks from a thread of the API process (off: run `rapport worker`)")
+    webhook_retry_schedule: list[NonNegativeFloat] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        min_length=1,
+        description="seconds to wait before each retry of a failed webhook delivery (JSON list); when they run out the subscription is paused",
+    )
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60, description="how long one webhook delivery may take")
+    webhook_poll_seconds: float = Field(default=1, gt=0, description="how often the webhook worker looks for due deliveries")
 
 
 @lru_cache

@@ -230,16 +230,19 @@ class Subscription(Base):
     """A receiver of grade-change webhooks."""
 
     __tablename__ = "webhook_subscriptions"
-    __table_args__ = (CheckConstraint("status IN ('active', 'paused')", name="status"),)
+    __table_args__ = (CheckConstraint("status IN ('active', 'paused', 'deleted')", name="status"),)
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
     url: Mapped[str] = mapped_column(String(2000))
     description: Mapped[str | None] = mapped_column(String(200))
     event_types: Mapped[list[str]] = mapped_column(Json)
     secret: Mapped[str] = mapped_column(String(100))  # whsec_…, needed to sign
-    status: Mapped[str] = mapped_column(String(16), default="active")
+    # Indexed: every grade change reads the subscriptions that are not deleted.
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     paused_reason: Mapped[str | None] = mapped_column(Text)
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A deleted subscription is kept, so its delivery log stays readable.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

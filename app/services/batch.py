@@ -21,6 +21,7 @@ from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
 from app.grading import Effect, Regrade, regrade
+from app.services import outbox
 from app.services.events import Checked, NewEvent, Subjects, add_subjects, check_new_event, event_values, store_event
 
 MAX_ITEMS = 10_000
@@ -81,10 +82,18 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
 
     # Customers first, in id order, as every writer does; grading locks the projects.
     lock_customers(session, job.customer_ids)
+    created_ids: dict[int, int] = {}
     for index, (event_id, created) in _store(session, checked, actor=actor, now=now).items():
         results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event_id)
         if created:
             _note_cause(job, checked[index], event_id)
+            created_ids[index] = event_id
+    outbox.enqueue_each(
+        session,
+        outbox.EVENT_CREATED,
+        lambda: [outbox.stored_event_payload(eid, event_values(checked[i], actor=actor, now=now)) for i, eid in created_ids.items()],
+        now,
+    )
     effects = regrade(session, rulebook, job) if job.causes else []
     return BatchOutcome([r for r in results if r is not None], effects)
 

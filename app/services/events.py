@@ -16,6 +16,7 @@ from app.domain.rulebook import Rulebook
 from app.domain.validation import EventRejected, check_event
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import Effect, Regrade, regrade
+from app.services import outbox
 
 Row = TypeVar("Row", m.Event, m.Retraction)
 Subject = TypeVar("Subject", m.Customer, m.Project)
@@ -72,6 +73,7 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     if not created:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
+    outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.event_payload(event), now)
     return Recorded(event, regrade(session, rulebook, job), True)
 
 

@@ -63,12 +63,16 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('paused_reason', sa.Text(), nullable=True),
     sa.Column('paused_at', TIMESTAMP, nullable=True),
+    sa.Column('deleted_at', TIMESTAMP, nullable=True),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('created_at', TIMESTAMP, nullable=False),
     sa.Column('updated_at', TIMESTAMP, nullable=False),
-    sa.CheckConstraint("status IN ('active', 'paused')", name=op.f('ck_webhook_subscriptions_status')),
+    sa.CheckConstraint("status IN ('active', 'paused', 'deleted')", name=op.f('ck_webhook_subscriptions_status')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_subscriptions'))
     )
+    with op.batch_alter_table('webhook_subscriptions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_webhook_subscriptions_status'), ['status'], unique=False)
+
     op.create_table('form_submissions',
     sa.Column('id', ID, nullable=False),
     sa.Column('form_mapping_id', ID, nullable=False),
@@ -143,6 +147,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_form_submissions_status_id')
 
     op.drop_table('form_submissions')
+    with op.batch_alter_table('webhook_subscriptions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_webhook_subscriptions_status'))
+
     op.drop_table('webhook_subscriptions')
     op.drop_table('outbox_messages')
     op.drop_table('form_mappings')

@@ -1,0 +1,111 @@
+"""Request and response bodies of /v1/webhooks (outbound grade-change webhooks)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+
+from app.api.schemas import NoNul, Patch, Strict
+
+EventType = Literal["customer.level_changed", "project.heat_changed", "event.created"]
+SubscriptionStatus = Literal["active", "paused", "deleted"]
+DeliveryStatus = Literal["pending", "succeeded", "failed"]
+
+
+def _absolute_http(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a port that is not a number in range
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ValueError("must be an absolute http:// or https:// URL")
+    if any(c.isspace() for c in value):
+        raise ValueError("must not contain white space")
+    return value
+
+
+def _distinct(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000), NoNul, AfterValidator(_absolute_http)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+EventTypes = Annotated[list[EventType], Field(min_length=1, max_length=10), AfterValidator(_distinct)]
+
+
+class SubscriptionIn(Strict):
+    url: Url = Field(description="where to POST: an absolute http:// or https:// URL; redirects are not followed")
+    event_types: EventTypes = Field(description="what to receive")
+    description: Description | None = None
+
+
+class SubscriptionPatch(Patch):
+    """Omitted fields stay; `status: paused` stops sending (deliveries wait and keep
+    accumulating); `status: active` resumes, and every waiting delivery becomes due."""
+
+    url: Url | None = None
+    event_types: EventTypes | None = None
+    description: Description | None = None
+    status: Literal["active", "paused"] | None = None
+
+    @field_validator("url", "event_types", "status", mode="before")
+    @classmethod
+    def _required_if_given(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be null; omit the field to leave it unchanged")
+        return value
+
+
+class SubscriptionOut(BaseModel):
+    id: int
+    url: str
+    description: str | None
+    event_types: list[str]
+    status: SubscriptionStatus
+    paused_reason: str | None = Field(description="why it is paused: by whom, or which delivery kept failing")
+    paused_at: datetime | None
+    deleted_at: datetime | None = Field(default=None, description="when it was deleted (it stays readable, with its delivery log)")
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubscriptionCreatedOut(SubscriptionOut):
+    secret: str = Field(description="whsec_…: verifies the webhook-signature header. Shown only now")
+
+
+class SubscriptionPage(BaseModel):
+    items: list[SubscriptionOut]
+    next_cursor: str | None
+
+
+class AttemptOut(BaseModel):
+    at: datetime
+    status_code: int | None = Field(description="the receiver's HTTP status; null if none came (see error)")
+    error: str | None
+    duration_ms: int
+    response_excerpt: str | None = Field(description="the start (≤ 1 KB) of the receiver's answer")
+
+
+class DeliveryOut(BaseModel):
+    id: int
+    msg_id: str = Field(description="the webhook-id header: the same on every attempt and redelivery")
+    type: str
+    status: DeliveryStatus
+    next_attempt_at: datetime | None = Field(description="when it is tried next (pending only)")
+    created_at: datetime
+    finished_at: datetime | None
+    last_status_code: int | None = Field(description="the receiver's status at the last attempt")
+    last_error: str | None = Field(description="why the last attempt got no answer, or why the delivery ended unsent")
+    payload: dict[str, Any]
+    attempts: list[AttemptOut] = Field(description="every attempt, oldest first")
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryOut]
+    next_cursor: str | None

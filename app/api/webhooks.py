@@ -1,0 +1,161 @@
+"""/v1/webhooks/subscriptions — grade-change webhooks out (admin scope).
+
+Each delivery is a Standard Webhooks POST (webhook-id, webhook-timestamp,
+webhook-signature) sent at least once from the transactional outbox, retried on a
+schedule of about 27 hours; a subscription whose delivery exhausts it is paused."""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from typing import Annotated, AsyncIterator, Callable
+
+from fastapi import APIRouter, FastAPI, Query, Response
+
+from app.api import webhook_schemas as w
+from app.api.deps import Admin, ContextDep
+from app.api.schemas import PathId
+from app.db import models as m
+from app.db.engine import Database
+from app.services import delivery as deliveries
+from app.services import outbox as svc
+from app.settings import Settings
+
+router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"])
+
+Limit = Annotated[int, Query(ge=1, le=200)]
+Cursor = Annotated[str | None, Query(max_length=200)]
+
+
+def _subscription(sub: m.Subscription) -> w.SubscriptionOut:
+    return w.SubscriptionOut(
+        id=sub.id,
+        url=sub.url,
+        description=sub.description,
+        event_types=sub.event_types,
+        status=sub.status,
+        paused_reason=sub.paused_reason,
+        paused_at=sub.paused_at,
+        deleted_at=sub.deleted_at,
+        version=sub.version,
+        created_at=sub.created_at,
+        updated_at=sub.updated_at,
+    )
+
+
+def _delivery(entry: deliveries.Logged) -> w.DeliveryOut:
+    d = entry.delivery
+    return w.DeliveryOut(
+        id=d.id,
+        msg_id=entry.message.msg_id,
+        type=entry.message.type,
+        status=d.status,
+        next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+        created_at=d.created_at,
+        finished_at=d.finished_at,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        payload=entry.message.payload,
+        attempts=[
+            w.AttemptOut(at=a.at, status_code=a.status_code, error=a.error, duration_ms=a.duration_ms, response_excerpt=a.response_excerpt)
+            for a in entry.attempts
+        ],
+    )
+
+
+@router.post("", status_code=201, response_model=w.SubscriptionCreatedOut)
+def create_subscription(body: w.SubscriptionIn, ctx: ContextDep, caller: Admin, response: Response) -> w.SubscriptionCreatedOut:
+    """Subscribe a URL to grade changes. The answer holds the signing secret — the only
+    time it is shown: keep it where the receiver can read it."""
+    with ctx.db.session(write=True) as session:
+        sub = svc.create_subscription(session, body.model_dump(exclude_none=True), now=ctx.clock())
+        response.headers["Location"] = f"{router.prefix}/{sub.id}"
+        return w.SubscriptionCreatedOut(**_subscription(sub).model_dump(), secret=sub.secret)
+
+
+@router.get("", response_model=w.SubscriptionPage)
+def list_subscriptions(
+    ctx: ContextDep,
+    caller: Admin,
+    status: Annotated[w.SubscriptionStatus | None, Query(description="default: active and paused (deleted ones only when asked for)")] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> w.SubscriptionPage:
+    """List subscriptions, oldest first; follow `next_cursor` for more."""
+    with ctx.db.session(write=False) as session:
+        rows, next_cursor = svc.list_subscriptions(session, status=status, limit=limit, cursor=cursor)
+        return w.SubscriptionPage(items=[_subscription(sub) for sub in rows], next_cursor=next_cursor)
+
+
+@router.get("/{subscription_id}", response_model=w.SubscriptionOut)
+def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
+    """One subscription (never its secret); `paused_reason` says why it is paused."""
+    with ctx.db.session(write=False) as session:
+        return _subscription(svc.get_subscription(session, subscription_id))
+
+
+@router.patch("/{subscription_id}", response_model=w.SubscriptionOut)
+def update_subscription(subscription_id: PathId, body: w.SubscriptionPatch, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
+    """Change the URL, description or event types; pause or resume. Resuming makes every
+    waiting delivery due at once (409 for a deleted subscription)."""
+    with ctx.db.session(write=True) as session:
+        changes = body.model_dump(exclude_unset=True)
+        return _subscription(svc.update_subscription(session, subscription_id, changes, actor=caller.actor, now=ctx.clock()))
+
+
+@router.delete("/{subscription_id}", status_code=204)
+def delete_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> Response:
+    """Stop for good: nothing more is queued or sent, pending deliveries end as failed. The
+    subscription stays readable (status `deleted`) with its delivery log."""
+    with ctx.db.session(write=True) as session:
+        svc.delete_subscription(session, subscription_id, now=ctx.clock())
+    return Response(status_code=204)
+
+
+@router.get("/{subscription_id}/deliveries", response_model=w.DeliveryPage)
+def list_deliveries(
+    subscription_id: PathId,
+    ctx: ContextDep,
+    caller: Admin,
+    status: w.DeliveryStatus | None = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> w.DeliveryPage:
+    """The delivery log, newest first: each message sent to this subscription, its status
+    and every attempt with the receiver's answer."""
+    with ctx.db.session(write=False) as session:
+        rows, next_cursor = deliveries.deliveries_page(session, subscription_id, status=status, limit=limit, cursor=cursor)
+        return w.DeliveryPage(items=[_delivery(entry) for entry in rows], next_cursor=next_cursor)
+
+
+@router.post("/{subscription_id}/deliveries/{delivery_id}/redeliver", status_code=202, response_model=w.DeliveryOut)
+def redeliver(subscription_id: PathId, delivery_id: PathId, ctx: ContextDep, caller: Admin) -> w.DeliveryOut:
+    """Send a delivery again (same webhook-id), due now with a fresh retry schedule. While
+    the subscription is paused it waits for the resume."""
+    with ctx.db.session(write=True) as session:
+        delivery = svc.redeliver(session, subscription_id, delivery_id, now=ctx.clock())
+        return _delivery(deliveries.logged(session, [delivery])[0])
+
+
+@router.post("/{subscription_id}/test", status_code=202, response_model=w.DeliveryOut)
+def send_test(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> w.DeliveryOut:
+    """Queue a `webhook.ping` message for this subscription only, to check the receiver."""
+    with ctx.db.session(write=True) as session:
+        delivery = svc.ping(session, subscription_id, now=ctx.clock())
+        return _delivery(deliveries.logged(session, [delivery])[0])
+
+
+def lifespan(settings: Settings, db: Database, clock: Callable[[], datetime]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Deliver webhooks from a thread of this process while it serves, if
+    `settings.deliver_in_process` (the single-machine set-up; otherwise run `rapport worker`)."""
+
+    @asynccontextmanager
+    async def run(_app: FastAPI) -> AsyncIterator[None]:
+        halt = deliveries.start_thread(db, settings, clock=clock) if settings.deliver_in_process else None
+        try:
+            yield
+        finally:
+            if halt is not None:
+                halt()
+
+    return run

@@ -1,0 +1,271 @@
+"""Sending what the outbox queued: at least once, signed (Standard Webhooks), retried on a
+schedule, and never by two workers at the same time.
+
+A worker claims one due delivery in a short write transaction by leasing it
+(`locked_until`; PostgreSQL skips rows another claim holds, SQLite's write lock
+serializes claims), POSTs outside any transaction with a timeout well below the lease,
+then records the attempt and the outcome in another short transaction, changing the
+delivery only if the claim is still its own. Any number of workers and API processes may
+run at once."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Callable, Sequence
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import models as m
+from app.db.engine import Database
+from app.domain.signatures import sign_standard_webhooks
+from app.services import outbox
+from app.services.paging import page
+from app.settings import Settings
+
+log = logging.getLogger("rapport.webhooks")
+
+USER_AGENT = "Rapport-Webhooks/0.1"
+EXCERPT_BYTES = 1024
+# How long a claim holds: far longer than one attempt may take (the timeout is ≤ 60 s).
+LEASE = timedelta(minutes=5)
+GONE = 410  # the receiver says the endpoint is gone for good: pause at once
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery leased to this worker until `until`, with what it takes to send it."""
+
+    delivery_id: int
+    subscription_id: int
+    attempts: int
+    until: datetime
+    url: str
+    secret: str
+    msg_id: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    at: datetime
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    excerpt: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def deliver_due(
+    db: Database,
+    *,
+    now: Callable[[], datetime],
+    client: httpx.Client,
+    limit: int,
+    lease: timedelta,
+    schedule: Sequence[float],
+) -> int:
+    """Attempt up to `limit` due deliveries, one claim at a time; return how many were
+    attempted. `schedule` holds the seconds to wait before each retry; after the last
+    retry fails the delivery is `failed` and its subscription paused."""
+    attempted = 0
+    while attempted < limit:
+        claim = _claim(db, now(), lease)
+        if claim is None:
+            break
+        outcome = _post(client, claim, now)
+        _record(db, claim, outcome, now(), schedule)
+        attempted += 1
+    return attempted
+
+
+def body_of(message: m.OutboxMessage) -> bytes:
+    """The bytes sent (and signed): the same on every attempt and on either database."""
+    return json.dumps(message.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _claim(db: Database, now: datetime, lease: timedelta) -> Claim | None:
+    with db.session(write=True) as session:
+        delivery = session.scalar(
+            select(m.Delivery)
+            .join(m.Subscription, m.Subscription.id == m.Delivery.subscription_id)
+            .where(
+                m.Delivery.status == "pending",
+                m.Delivery.next_attempt_at <= now,
+                (m.Delivery.locked_until.is_(None)) | (m.Delivery.locked_until < now),
+                m.Subscription.status == "active",
+            )
+            .order_by(m.Delivery.next_attempt_at, m.Delivery.id)
+            .limit(1)
+            .with_for_update(of=m.Delivery, skip_locked=True)
+        )
+        if delivery is None:
+            return None
+        delivery.locked_until = now + lease
+        subscription = session.get(m.Subscription, delivery.subscription_id)
+        message = session.get(m.OutboxMessage, delivery.message_id)
+        assert subscription is not None and message is not None
+        return Claim(delivery.id, subscription.id, delivery.attempts, delivery.locked_until, subscription.url, subscription.secret, message.msg_id, body_of(message))
+
+
+def _post(client: httpx.Client, claim: Claim, now: Callable[[], datetime]) -> Outcome:
+    at = now()
+    timestamp = int(at.timestamp())
+    headers = {
+        "webhook-id": claim.msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign_standard_webhooks(claim.secret, claim.msg_id, timestamp, claim.body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+    started = time.monotonic()
+    try:
+        with client.stream("POST", claim.url, content=claim.body, headers=headers, follow_redirects=False) as response:
+            excerpt = _excerpt(response)
+            return Outcome(at, response.status_code, None, _ms_since(started), excerpt)
+    except httpx.HTTPError as exc:
+        return Outcome(at, None, f"{type(exc).__name__}: {exc}"[:500], _ms_since(started), None)
+
+
+def _excerpt(response: httpx.Response) -> str | None:
+    """At most EXCERPT_BYTES of the body: a receiver cannot make the worker read more."""
+    data = bytearray()
+    for chunk in response.iter_bytes():
+        data += chunk
+        if len(data) >= EXCERPT_BYTES:
+            break
+    # PostgreSQL text cannot hold NUL.
+    return bytes(data[:EXCERPT_BYTES]).decode("utf-8", "replace").replace("\x00", "\ufffd") or None
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedule: Sequence[float]) -> None:
+    with db.session(write=True) as session:
+        # The attempt happened, whoever holds the delivery now: the log says so.
+        session.add(
+            m.DeliveryAttempt(
+                delivery_id=claim.delivery_id,
+                at=outcome.at,
+                status_code=outcome.status_code,
+                error=outcome.error,
+                duration_ms=outcome.duration_ms,
+                response_excerpt=outcome.excerpt,
+            )
+        )
+        delivery = session.scalar(
+            select(m.Delivery)
+            .where(
+                m.Delivery.id == claim.delivery_id,
+                m.Delivery.status == "pending",
+                m.Delivery.locked_until == claim.until,
+                m.Delivery.attempts == claim.attempts,
+            )
+            .with_for_update()
+        )
+        if delivery is None:
+            # The lease ran out and another worker took over, or an admin re-queued or
+            # deleted it meanwhile: their state wins.
+            log.warning("delivery %s: claim lost before its outcome was recorded", claim.delivery_id)
+            return
+        delivery.attempts += 1
+        delivery.locked_until = None
+        delivery.last_status_code, delivery.last_error = outcome.status_code, outcome.error
+        if outcome.ok:
+            delivery.status, delivery.finished_at = "succeeded", now
+            return
+        if outcome.status_code != GONE and delivery.attempts <= len(schedule):
+            delivery.next_attempt_at = now + timedelta(seconds=schedule[delivery.attempts - 1])
+            return
+        delivery.status, delivery.finished_at = "failed", now
+        _pause_failing(session, delivery, outcome, now)
+
+
+def _pause_failing(session: Session, delivery: m.Delivery, outcome: Outcome, now: datetime) -> None:
+    subscription = outbox.get_subscription(session, delivery.subscription_id, lock=True)
+    if subscription.status != "active":
+        return
+    last = f"HTTP {outcome.status_code}" if outcome.status_code is not None else outcome.error
+    if outcome.status_code == GONE:
+        reason = f"the receiver answered 410 Gone to delivery {delivery.id}"
+    else:
+        reason = f"delivery {delivery.id} failed {delivery.attempts} times since {delivery.created_at.isoformat()} (last: {last})"
+    outbox.pause(subscription, reason, now)
+    log.warning("webhook subscription %s paused: %s", subscription.id, reason)
+
+
+# --- the delivery log ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Logged:
+    """A delivery with its message and every attempt, oldest attempt first."""
+
+    delivery: m.Delivery
+    message: m.OutboxMessage
+    attempts: list[m.DeliveryAttempt]
+
+
+def deliveries_page(session: Session, subscription_id: int, *, status: str | None, limit: int, cursor: str | None) -> tuple[list[Logged], str | None]:
+    """A subscription's deliveries, newest first (404 if the subscription does not exist)."""
+    outbox.get_subscription(session, subscription_id)
+    query = select(m.Delivery).where(m.Delivery.subscription_id == subscription_id)
+    if status is not None:
+        query = query.where(m.Delivery.status == status)
+    rows, next_cursor = page(session, query, m.Delivery.id, limit=limit, cursor=cursor, descending=True)
+    return logged(session, rows), next_cursor
+
+
+def logged(session: Session, deliveries: Sequence[m.Delivery]) -> list[Logged]:
+    """Attach messages and attempts to deliveries (two queries, whatever their number)."""
+    if not deliveries:
+        return []
+    messages = {
+        msg.id: msg for msg in session.scalars(select(m.OutboxMessage).where(m.OutboxMessage.id.in_({d.message_id for d in deliveries})))
+    }
+    attempts: dict[int, list[m.DeliveryAttempt]] = {d.id: [] for d in deliveries}
+    for attempt in session.scalars(
+        select(m.DeliveryAttempt).where(m.DeliveryAttempt.delivery_id.in_(attempts)).order_by(m.DeliveryAttempt.id)
+    ):
+        attempts[attempt.delivery_id].append(attempt)
+    return [Logged(d, messages[d.message_id], attempts[d.id]) for d in deliveries]
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+def run_worker(db: Database, settings: Settings, stop: threading.Event, *, clock: Callable[[], datetime]) -> None:
+    """Deliver until `stop` is set; an attempt under way is finished first."""
+    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
+        while not stop.is_set():
+            try:
+                sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule)
+            except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going
+                log.exception("webhook delivery round failed; trying again")
+                sent = 0
+            if not sent:
+                stop.wait(settings.webhook_poll_seconds)
+
+
+def start_thread(db: Database, settings: Settings, *, clock: Callable[[], datetime]) -> Callable[[], None]:
+    """Run the worker in a daemon thread of this process; returns the function that stops it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(db, settings, stop), kwargs={"clock": clock}, name="rapport-webhooks", daemon=True)
+    thread.start()
+
+    def halt() -> None:
+        stop.set()
+        thread.join(timeout=settings.webhook_timeout_seconds + 5)
+
+    return halt

@@ -1,0 +1,245 @@
+"""The transactional outbox: webhook subscriptions, and the messages and deliveries that are
+written in the same transaction as the change they report (so a change that rolls back
+sends nothing, and one that commits is sent at least once by app/services/delivery.py).
+
+Everything here runs in the caller's transaction and never commits."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Callable, Sequence
+from uuid import uuid4
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import models as m
+from app.domain.rulebook import Label, Rulebook
+from app.domain.signatures import new_secret
+from app.errors import Conflict, NotFound
+from app.services.paging import page
+
+LEVEL_CHANGED = "customer.level_changed"
+HEAT_CHANGED = "project.heat_changed"
+EVENT_CREATED = "event.created"
+EVENT_TYPES = (LEVEL_CHANGED, HEAT_CHANGED, EVENT_CREATED)
+GRADE_EVENT = {"customer": LEVEL_CHANGED, "project": HEAT_CHANGED}
+PING = "webhook.ping"  # sent only by POST /v1/webhooks/subscriptions/{id}/test
+
+DELETED = "deleted"
+
+Payload = dict[str, Any] | Callable[[], dict[str, Any]]
+
+
+def enqueue(session: Session, type: str, payload: Payload, now: datetime) -> m.OutboxMessage | None:
+    """Queue one message of `type` for every subscription that wants it, paused ones
+    included (they keep accumulating until resumed). Without such a subscription nothing
+    is written and a callable `payload` is never called: the cost is one indexed read."""
+    return _queue(session, type, payload, now, subscribers(session, type))[0]
+
+
+def enqueue_each(session: Session, type: str, payloads: Callable[[], list[dict[str, Any]]], now: datetime) -> None:
+    """`enqueue` for many messages of one type (a batch's events), reading the
+    subscriptions once."""
+    wanted = subscribers(session, type)
+    if wanted:
+        for payload in payloads():
+            _queue(session, type, payload, now, wanted)
+
+
+def subscribers(session: Session, type: str) -> list[int]:
+    """The subscriptions (active or paused, not deleted) that want messages of `type`."""
+    live = session.execute(select(m.Subscription.id, m.Subscription.event_types).where(m.Subscription.status.in_(("active", "paused"))).order_by(m.Subscription.id))
+    return [sid for sid, types in live if type in types]
+
+
+def _queue(session: Session, type: str, payload: Payload, now: datetime, subscription_ids: Sequence[int]) -> tuple[m.OutboxMessage | None, list[m.Delivery]]:
+    if not subscription_ids:
+        return None, []
+    message = m.OutboxMessage(msg_id=f"msg_{uuid4().hex}", type=type, payload=payload() if callable(payload) else payload, created_at=now)
+    session.add(message)
+    session.flush()
+    deliveries = [
+        m.Delivery(subscription_id=sid, message_id=message.id, status="pending", attempts=0, next_attempt_at=now, created_at=now)
+        for sid in subscription_ids
+    ]
+    session.add_all(deliveries)
+    session.flush()
+    return message, deliveries
+
+
+def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange) -> dict[str, Any]:
+    """The body of a `customer.level_changed` or `project.heat_changed` message: the change,
+    its subject, a summary of the evidence (the full snapshot is in the history), the
+    rulebook version and what triggered it."""
+    session.flush()  # the history row's id names it in the message
+    if change.subject_type == "customer":
+        customer = session.get(m.Customer, change.subject_id)
+        assert customer is not None
+        subject: dict[str, Any] = {"customer": {"id": customer.id, "name": customer.name, "kind": customer.kind, "external_ref": customer.external_ref}}
+        label = rulebook.level_labels[change.new]
+    else:
+        project = session.get(m.Project, change.subject_id)
+        assert project is not None
+        tier, label = heat_tier(rulebook, project)
+        subject = {
+            "project": {"id": project.id, "name": project.name, "external_ref": project.external_ref, "owner_id": project.owner_id},
+            "tier": tier,
+        }
+    data = {
+        **subject,
+        "old": change.old,
+        "new": change.new,
+        "label": label.as_dict(),
+        "rulebook_version": change.rulebook_version,
+        "evidence": evidence_summary(change.evidence),
+        "trigger": change.trigger,
+        "actor": change.actor,
+        "at": change.at.isoformat(),
+        "history_id": change.id,
+    }
+    return {"type": GRADE_EVENT[change.subject_type], "timestamp": change.at.isoformat(), "data": data}
+
+
+def heat_tier(rulebook: Rulebook, project: m.Project) -> tuple[str, Label]:
+    """The project's tier name (cold, 30 … 90, won, lost) and its label."""
+    if project.closed and project.stage in rulebook.closed_labels:
+        return project.stage, rulebook.closed_labels[project.stage]
+    tiers = {t.value: t.label for t in rulebook.tiers}
+    return (str(project.heat), tiers[project.heat]) if project.heat in tiers else ("cold", rulebook.cold_label)
+
+
+def evidence_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The criteria met (with their evidence event ids) and the gap to the next step."""
+    met = [{"id": c["id"], "evidence": c["evidence"]} for c in snapshot.get("criteria", []) if c["met"]]
+    return {"met": met, "next": snapshot.get("next")}
+
+
+EVENT_FIELDS = ("type", "customer_id", "project_id", "occurred_at", "attributes", "source", "external_id", "actor", "recorded_at")
+
+
+def event_payload(event: m.Event) -> dict[str, Any]:
+    """The body of an `event.created` message."""
+    return stored_event_payload(event.id, {name: getattr(event, name) for name in EVENT_FIELDS})
+
+
+def stored_event_payload(event_id: int, values: dict[str, Any]) -> dict[str, Any]:
+    """The same, from the values a batch inserted."""
+    data = {"id": event_id, **{k: values[k] for k in EVENT_FIELDS if k != "recorded_at"}}
+    data["occurred_at"] = values["occurred_at"].isoformat()
+    return {"type": EVENT_CREATED, "timestamp": values["recorded_at"].isoformat(), "data": {"event": data}}
+
+
+# --- subscriptions ---------------------------------------------------------------------
+
+
+def is_deleted(subscription: m.Subscription) -> bool:
+    return subscription.status == DELETED
+
+
+def create_subscription(session: Session, fields: dict[str, Any], *, now: datetime) -> m.Subscription:
+    """A new, active subscription with a fresh `whsec_` secret (readable only from the result)."""
+    subscription = m.Subscription(**fields, secret=new_secret("standard_webhooks"), status="active", version=1, created_at=now, updated_at=now)
+    session.add(subscription)
+    session.flush()
+    return subscription
+
+
+def get_subscription(session: Session, subscription_id: int, *, lock: bool = False) -> m.Subscription:
+    query = select(m.Subscription).where(m.Subscription.id == subscription_id)
+    subscription = session.scalar(query.with_for_update() if lock else query)
+    if subscription is None:
+        raise NotFound(f"no webhook subscription with id {subscription_id}")
+    return subscription
+
+
+def _live_subscription(session: Session, subscription_id: int) -> m.Subscription:
+    subscription = get_subscription(session, subscription_id, lock=True)
+    if is_deleted(subscription):
+        raise Conflict(f"webhook subscription {subscription_id} was deleted; create a new one")
+    return subscription
+
+
+def list_subscriptions(session: Session, *, status: str | None, limit: int, cursor: str | None) -> tuple[Sequence[m.Subscription], str | None]:
+    """Oldest first; deleted subscriptions only when asked for by `status`."""
+    s = m.Subscription
+    condition = s.status != DELETED if status is None else s.status == status
+    return page(session, select(s).where(condition), s.id, limit=limit, cursor=cursor)
+
+
+def update_subscription(session: Session, subscription_id: int, changes: dict[str, Any], *, actor: str, now: datetime) -> m.Subscription:
+    """Change url, description or event types; pause (`status: paused`) or resume
+    (`status: active`: every pending delivery becomes due now)."""
+    subscription = _live_subscription(session, subscription_id)
+    changes = dict(changes)
+    status = changes.pop("status", None)
+    changed = {k: v for k, v in changes.items() if getattr(subscription, k) != v}
+    for key, value in changed.items():
+        setattr(subscription, key, value)
+    if status == "paused" and subscription.status == "active":
+        pause(subscription, f"paused by {actor}", now)
+    elif status == "active" and subscription.status == "paused":
+        _resume(session, subscription, now)
+    elif changed:
+        _touch(subscription, now)
+    return subscription
+
+
+def _resume(session: Session, subscription: m.Subscription, now: datetime) -> None:
+    subscription.status, subscription.paused_reason, subscription.paused_at = "active", None, None
+    _touch(subscription, now)
+    session.execute(
+        update(m.Delivery)
+        .where(m.Delivery.subscription_id == subscription.id, m.Delivery.status == "pending", m.Delivery.next_attempt_at > now)
+        .values(next_attempt_at=now)
+    )
+
+
+def pause(subscription: m.Subscription, reason: str, now: datetime) -> None:
+    """Stop sending to it; its deliveries wait (and new ones accumulate) until it is resumed."""
+    subscription.status, subscription.paused_reason, subscription.paused_at = "paused", reason, now
+    _touch(subscription, now)
+
+
+def _touch(subscription: m.Subscription, now: datetime) -> None:
+    subscription.version += 1
+    subscription.updated_at = now
+
+
+def delete_subscription(session: Session, subscription_id: int, *, now: datetime) -> None:
+    """Stop sending and queueing for good; its pending deliveries end as failed. The
+    subscription and its delivery log stay readable."""
+    subscription = get_subscription(session, subscription_id, lock=True)
+    if is_deleted(subscription):
+        return
+    subscription.status, subscription.deleted_at = DELETED, now
+    _touch(subscription, now)
+    session.execute(
+        update(m.Delivery)
+        .where(m.Delivery.subscription_id == subscription.id, m.Delivery.status == "pending")
+        .values(status="failed", last_error="the subscription was deleted", finished_at=now)
+    )
+
+
+def redeliver(session: Session, subscription_id: int, delivery_id: int, *, now: datetime) -> m.Delivery:
+    """Queue a delivery again, due now, with a fresh retry schedule (the receiver sees the
+    same webhook-id again). Refused while an attempt is in flight."""
+    _live_subscription(session, subscription_id)
+    delivery = session.scalar(
+        select(m.Delivery).where(m.Delivery.id == delivery_id, m.Delivery.subscription_id == subscription_id).with_for_update()
+    )
+    if delivery is None:
+        raise NotFound(f"webhook subscription {subscription_id} has no delivery {delivery_id}")
+    if delivery.status == "pending" and delivery.locked_until is not None and delivery.locked_until > now:
+        raise Conflict("this delivery is being attempted right now; look at its log in a moment", headers={"Retry-After": "10"})
+    delivery.status, delivery.next_attempt_at, delivery.attempts = "pending", now, 0
+    delivery.locked_until, delivery.finished_at = None, None
+    return delivery
+
+
+def ping(session: Session, subscription_id: int, *, now: datetime) -> m.Delivery:
+    """Queue a `webhook.ping` message for this subscription alone."""
+    subscription = _live_subscription(session, subscription_id)
+    payload = {"type": PING, "timestamp": now.isoformat(), "data": {"subscription_id": subscription.id}}
+    _, (delivery,) = _queue(session, PING, payload, now, [subscription.id])
+    return delivery

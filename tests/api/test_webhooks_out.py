@@ -1,0 +1,422 @@
+"""/v1/webhooks/subscriptions: grade changes pushed to a receiver — signed, at least once,
+retried with back-off, paused (not dropped) when the receiver keeps failing, with a
+delivery log and manual redelivery. The receiver is a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from datetime import datetime, timedelta
+from itertools import pairwise
+from typing import Any, Iterator, get_args
+
+import httpx
+import pytest
+
+from app.api.webhook_schemas import EventType
+from app.main import create_app
+from app.services import outbox
+from app.services.delivery import deliver_due
+from app.settings import Settings
+from app.startup import initialize
+from tests.api.conftest import ADMIN, Api, Client
+from tests.api.expectations import all_pages, assert_problem
+from tests.api.scenarios import at, issue_key, owner_level_one_events
+from tests.conftest import Clock, empty_tables
+from tests.test_delivery import Receiver
+
+BASE = "/v1/webhooks/subscriptions"
+LEVEL = "customer.level_changed"
+HEAT = "project.heat_changed"
+SCHEDULE = [1, 2, 4, 8, 16]
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    """The tests deliver by calling the worker themselves, on the test clock."""
+    return Settings(database_url=db_url, bootstrap_key=ADMIN, deliver_in_process=False, webhook_retry_schedule=SCHEDULE)
+
+
+@pytest.fixture
+def receiver(clock: Clock) -> Iterator[Receiver]:
+    r = Receiver(now=lambda: clock().timestamp())
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def deliver(app, clock: Clock) -> Iterator[Any]:  # noqa: ANN001
+    """Run the delivery worker once over everything due now (as `rapport worker` would)."""
+    ctx = app.state.context
+    with httpx.Client(timeout=5) as http:
+        yield lambda: deliver_due(ctx.db, now=clock, client=http, limit=100, lease=LEASE, schedule=ctx.settings.webhook_retry_schedule)
+
+
+def parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def subscribe(api, receiver: Receiver, types: list[str], **fields: Any) -> dict[str, Any]:  # noqa: ANN001
+    r = api.post(BASE, json={"url": receiver.url, "event_types": types, **fields})
+    assert r.status_code == 201, r.text
+    receiver.secret = r.json()["secret"]
+    return r.json()
+
+
+def log(api, sub: dict[str, Any], **params: Any) -> list[dict[str, Any]]:  # noqa: ANN001
+    return all_pages(api, f"{BASE}/{sub['id']}/deliveries", **params)
+
+
+def retry_until_settled(api, sub: dict[str, Any], clock: Clock, deliver) -> dict[str, Any]:  # noqa: ANN001
+    """Deliver; while the (only) delivery is pending and its subscription active, jump to its next attempt."""
+    while True:
+        deliver()
+        (item,) = log(api, sub)
+        if item["status"] != "pending" or api.get(f"{BASE}/{sub['id']}").json()["status"] != "active":
+            return item
+        clock.now = parse(item["next_attempt_at"])
+
+
+# --- the required story ------------------------------------------------------------------
+
+
+def test_a_receiver_that_fails_five_times_then_succeeds_applies_the_change_exactly_once(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    owner = api.create_customer("仁济医院基建处", "owner")
+    receiver.answers = [500] * 5
+
+    owner_level_one_events(api, owner["id"])
+    item = retry_until_settled(api, sub, clock, deliver)
+
+    assert item["status"] == "succeeded" and item["type"] == LEVEL
+    assert [a["status_code"] for a in item["attempts"]] == [500] * 5 + [200]
+    assert [(parse(b["at"]) - parse(a["at"])).total_seconds() for a, b in pairwise(item["attempts"])] == SCHEDULE
+    assert receiver.times_seen(item["msg_id"]) == 6  # every one signed and verified …
+    assert len({r["headers"]["webhook-timestamp"] for r in receiver.requests}) == 6  # … each with its own timestamp
+    assert receiver.effects == [LEVEL]  # … and applied once
+
+    r = api.post(f"{BASE}/{sub['id']}/deliveries/{item['id']}/redeliver")
+    assert r.status_code == 202, r.text
+    assert r.json()["status"] == "pending" and r.json()["msg_id"] == item["msg_id"]
+    deliver()
+
+    assert receiver.times_seen(item["msg_id"]) == 7
+    assert receiver.effects == [LEVEL]  # the forced duplicate changed nothing
+    (again,) = log(api, sub)
+    assert again["status"] == "succeeded" and len(again["attempts"]) == 7
+
+
+def test_a_level_change_carries_old_new_label_evidence_rulebook_version_and_trigger(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    subscribe(api, receiver, [LEVEL])
+    owner = api.create_customer("仁济医院基建处", "owner", external_ref="ERP-0042")
+    events = owner_level_one_events(api, owner["id"])
+
+    deliver()
+
+    (payload,) = receiver.applied.values()
+    (row,) = api.get(f"/v1/customers/{owner['id']}/history").json()["items"]
+    data = payload["data"]
+    assert payload["type"] == LEVEL and parse(payload["timestamp"]) == clock.now == parse(data["at"])
+    assert data["customer"] == {"id": owner["id"], "name": "仁济医院基建处", "kind": "owner", "external_ref": "ERP-0042"}
+    assert (data["old"], data["new"], data["label"]) == (0, 1, {"zh": "一级", "en": "Level I"})
+    assert data["rulebook_version"] == row["rulebook_version"] == api.get("/v1/rulebook").json()["version"]
+    assert data["trigger"] == row["trigger"] and data["trigger"]["event_id"] == events[-1]["id"]
+    assert (data["history_id"], data["actor"]) == (row["id"], "key:bootstrap")
+    met = {c["id"]: c["evidence"] for c in row["evidence"]["criteria"] if c["met"]}
+    assert {c["id"]: c["evidence"] for c in data["evidence"]["met"]} == met
+    assert data["evidence"]["next"] == row["evidence"]["next"]
+
+
+def test_a_heat_change_is_sent_as_project_heat_changed(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    subscribe(api, receiver, [HEAT])
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"], external_ref="P-2026-07")
+    won = api.event("stage_changed", project_id=project["id"], at=at(10), attributes={"stage": "won"})
+
+    deliver()
+
+    (payload,) = receiver.applied.values()
+    data = payload["data"]
+    assert payload["type"] == HEAT
+    assert data["project"] == {"id": project["id"], "name": project["name"], "external_ref": "P-2026-07", "owner_id": owner["id"]}
+    assert (data["old"], data["new"], data["tier"], data["label"]) == (0, 100, "won", {"zh": "已成交", "en": "Won"})
+    assert data["trigger"] == {"kind": "event", "event_type": "stage_changed", "event_id": won["id"]}
+
+
+def test_only_the_subscribed_types_are_sent(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [HEAT])
+    owner = api.create_customer("仁济医院基建处", "owner")
+    owner_level_one_events(api, owner["id"])
+
+    deliver()
+
+    assert log(api, sub) == [] and receiver.requests == []
+
+
+# --- failing receivers: paused, not dropped -------------------------------------------------
+
+
+def test_a_receiver_that_keeps_failing_pauses_its_subscription_and_nothing_is_lost(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    receiver.answers = [500] * (len(SCHEDULE) + 1)
+    first = api.create_customer("仁济医院基建处", "owner")
+    owner_level_one_events(api, first["id"])
+
+    failed = retry_until_settled(api, sub, clock, deliver)
+
+    assert failed["status"] == "failed" and len(failed["attempts"]) == len(SCHEDULE) + 1
+    paused = api.get(f"{BASE}/{sub['id']}").json()
+    assert paused["status"] == "paused" and f"delivery {failed['id']} failed 6 times" in paused["paused_reason"]
+
+    second = api.create_customer("万科华东区域", "owner")
+    owner_level_one_events(api, second["id"])  # queued while paused …
+    clock.advance(days=2)
+    deliver()
+    assert len(receiver.requests) == len(SCHEDULE) + 1  # … not sent
+
+    r = api.patch(f"{BASE}/{sub['id']}", json={"status": "active"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["status"], r.json()["paused_reason"], r.json()["paused_at"]) == ("active", None, None)
+    deliver()
+    api.post(f"{BASE}/{sub['id']}/deliveries/{failed['id']}/redeliver")
+    deliver()
+
+    assert sorted(p["data"]["customer"]["id"] for p in receiver.applied.values()) == [first["id"], second["id"]]
+    assert {d["status"] for d in log(api, sub)} == {"succeeded"}
+
+
+def test_pausing_by_hand_holds_deliveries_until_resumed(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+
+    r = api.patch(f"{BASE}/{sub['id']}", json={"status": "paused"})
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "paused" and r.json()["paused_reason"] == "paused by key:bootstrap"
+    owner = api.create_customer("仁济医院基建处", "owner")
+    owner_level_one_events(api, owner["id"])
+    clock.advance(hours=3)
+    deliver()
+    assert receiver.requests == [] and [d["status"] for d in log(api, sub)] == ["pending"]
+
+    api.patch(f"{BASE}/{sub['id']}", json={"status": "active"})
+    deliver()
+
+    assert receiver.effects == [LEVEL]
+
+
+# --- managing subscriptions ------------------------------------------------------------------
+
+
+def test_a_new_subscription_shows_its_secret_once(api, receiver: Receiver) -> None:  # noqa: ANN001
+    r = api.post(BASE, json={"url": receiver.url, "event_types": [LEVEL, HEAT, LEVEL], "description": "CRM sync"})
+
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert r.headers["location"] == f"{BASE}/{created['id']}"
+    assert created["secret"].startswith("whsec_") and len(base64.b64decode(created["secret"][6:])) == 32
+    assert (created["status"], created["event_types"], created["description"]) == ("active", [LEVEL, HEAT], "CRM sync")
+    shown = api.get(r.headers["location"]).json()
+    assert "secret" not in shown and shown == {k: v for k, v in created.items() if k != "secret"}
+    assert [s["id"] for s in api.get(BASE).json()["items"]] == [created["id"]]
+
+
+def test_the_api_offers_exactly_the_types_the_outbox_sends() -> None:
+    assert get_args(EventType) == outbox.EVENT_TYPES
+
+
+def test_subscriptions_are_listed_oldest_first_in_pages(api, receiver: Receiver) -> None:  # noqa: ANN001
+    ids = [subscribe(api, receiver, [LEVEL])["id"] for _ in range(5)]
+
+    assert [s["id"] for s in all_pages(api, BASE, limit=2)] == ids
+
+
+def test_patch_changes_url_types_and_description_and_bumps_the_version(api, receiver: Receiver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL], description="old")
+
+    r = api.patch(f"{BASE}/{sub['id']}", json={"url": "https://crm.example.com/hooks", "event_types": [HEAT], "description": None})
+
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["url"], body["event_types"], body["description"], body["version"]) == ("https://crm.example.com/hooks", [HEAT], None, 2)
+
+
+BAD_BODIES = [
+    ({"url": "ftp://example.com/hooks", "event_types": [LEVEL]}, "url"),
+    ({"url": "/hooks/rapport", "event_types": [LEVEL]}, "url"),
+    ({"url": "https://", "event_types": [LEVEL]}, "url"),
+    ({"url": "https://example.com:99999/hooks", "event_types": [LEVEL]}, "url"),
+    ({"url": "https://example.com/a b", "event_types": [LEVEL]}, "url"),
+    ({"event_types": [LEVEL]}, "url"),
+    ({"url": "https://example.com/hooks"}, "event_types"),
+    ({"url": "https://example.com/hooks", "event_types": []}, "event_types"),
+    ({"url": "https://example.com/hooks", "event_types": ["customer.deleted"]}, "event_types.0"),
+    ({"url": "https://example.com/hooks", "event_types": [LEVEL], "secret": "whsec_bXlzZWNyZXQ="}, "secret"),
+    ({"url": "https://example.com/hooks", "event_types": [LEVEL], "description": "x" * 201}, "description"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_BODIES)
+def test_an_invalid_subscription_is_422_naming_the_field_and_nothing_is_stored(api, body: dict[str, Any], field: str) -> None:  # noqa: ANN001
+    assert_problem(api.post(BASE, json=body), 422, field)
+
+    assert api.get(BASE).json()["items"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"url": None}, "url"), ({"event_types": None}, "event_types"), ({"event_types": []}, "event_types"), ({"status": "deleted"}, "status"), ({"secret": "x"}, "secret")],
+)
+def test_an_invalid_patch_is_422_naming_the_field(api, receiver: Receiver, body: dict[str, Any], field: str) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+
+    assert_problem(api.patch(f"{BASE}/{sub['id']}", json=body), 422, field)
+
+    assert api.get(f"{BASE}/{sub['id']}").json()["version"] == 1
+
+
+def test_unknown_subscriptions_and_deliveries_are_404(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    other = subscribe(api, receiver, [LEVEL])
+    ping = api.post(f"{BASE}/{other['id']}/test").json()
+
+    assert_problem(api.get(f"{BASE}/999999"), 404)
+    assert_problem(api.get(f"{BASE}/999999/deliveries"), 404)
+    assert_problem(api.patch(f"{BASE}/999999", json={"status": "paused"}), 404)
+    assert_problem(api.delete(f"{BASE}/999999"), 404)
+    assert_problem(api.post(f"{BASE}/{sub['id']}/deliveries/999999/redeliver"), 404)
+    assert_problem(api.post(f"{BASE}/{sub['id']}/deliveries/{ping['id']}/redeliver"), 404)  # another subscription's
+    assert_problem(api.get(f"{BASE}/0"), 422)
+    assert_problem(api.get(f"{BASE}/{sub['id']}/deliveries", params={"status": "lost"}), 422, "status")
+    assert_problem(api.get(f"{BASE}/{sub['id']}/deliveries", params={"cursor": "nonsense"}), 422, "cursor")
+
+
+def test_deleting_stops_sending_and_queueing_but_keeps_the_log(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    sent = api.post(f"{BASE}/{sub['id']}/test").json()
+    deliver()
+    waiting = api.post(f"{BASE}/{sub['id']}/test").json()
+
+    r = api.delete(f"{BASE}/{sub['id']}")
+    assert r.status_code == 204, r.text
+    assert api.delete(f"{BASE}/{sub['id']}").status_code == 204
+
+    gone = api.get(f"{BASE}/{sub['id']}").json()
+    assert (gone["status"], gone["event_types"], gone["paused_reason"], gone["deleted_at"]) == ("deleted", [LEVEL], None, "2026-11-20T09:00:00Z")
+    assert api.get(BASE).json()["items"] == []
+    assert [s["id"] for s in api.get(BASE, params={"status": "deleted"}).json()["items"]] == [sub["id"]]
+    assert [(d["id"], d["status"]) for d in log(api, sub)] == [(waiting["id"], "failed"), (sent["id"], "succeeded")]
+    assert log(api, sub)[0]["last_error"] == "the subscription was deleted"
+    owner = api.create_customer("仁济医院基建处", "owner")
+    owner_level_one_events(api, owner["id"])
+    deliver()
+    assert len(log(api, sub)) == 2 and len(receiver.requests) == 1
+    assert_problem(api.patch(f"{BASE}/{sub['id']}", json={"status": "active"}), 409)
+    assert_problem(api.post(f"{BASE}/{sub['id']}/deliveries/{sent['id']}/redeliver"), 409)
+    assert_problem(api.post(f"{BASE}/{sub['id']}/test"), 409)
+
+
+# --- the delivery log, redelivery, ping -------------------------------------------------------
+
+
+def test_the_delivery_log_pages_newest_first_and_filters_by_status(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    pings = [api.post(f"{BASE}/{sub['id']}/test").json()["id"] for _ in range(5)]
+    receiver.answers = [503]  # the oldest one fails once
+    deliver()
+
+    assert [d["id"] for d in log(api, sub, limit=2)] == pings[::-1]
+    (pending,) = log(api, sub, status="pending")
+    assert pending["id"] == pings[0]
+    assert [(a["status_code"], a["response_excerpt"]) for a in pending["attempts"]] == [(503, "ok")]
+    assert pending["last_status_code"] == 503 and pending["finished_at"] is None
+    assert [d["id"] for d in log(api, sub, status="succeeded")] == pings[:0:-1]
+
+
+def test_the_test_endpoint_sends_a_ping_to_that_subscription_only(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    other = subscribe(api, receiver, [LEVEL])
+    receiver.secret = sub["secret"]
+
+    r = api.post(f"{BASE}/{sub['id']}/test")
+    deliver()
+
+    assert r.status_code == 202, r.text
+    assert r.json()["type"] == "webhook.ping" and r.json()["attempts"] == []
+    (payload,) = receiver.applied.values()
+    assert payload["type"] == "webhook.ping" and payload["data"] == {"subscription_id": sub["id"]}
+    assert log(api, other) == []
+
+
+def test_a_delivery_being_attempted_cannot_be_redelivered_meanwhile(api, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    ping = api.post(f"{BASE}/{sub['id']}/test").json()
+    arrived, release = threading.Event(), threading.Event()
+    receiver.on_request = lambda: (arrived.set(), release.wait(10))
+    worker = threading.Thread(target=deliver)
+    worker.start()
+    try:
+        assert arrived.wait(10)
+        assert_problem(api.post(f"{BASE}/{sub['id']}/deliveries/{ping['id']}/redeliver"), 409)
+    finally:
+        release.set()
+        worker.join()
+
+    assert [d["status"] for d in log(api, sub)] == ["succeeded"]
+
+
+# --- who may ---------------------------------------------------------------------------------
+
+
+ENDPOINTS = [
+    ("GET", BASE),
+    ("POST", BASE),
+    ("GET", f"{BASE}/1"),
+    ("PATCH", f"{BASE}/1"),
+    ("DELETE", f"{BASE}/1"),
+    ("GET", f"{BASE}/1/deliveries"),
+    ("POST", f"{BASE}/1/deliveries/1/redeliver"),
+    ("POST", f"{BASE}/1/test"),
+]
+
+
+@pytest.mark.parametrize("scopes", [["read"], ["write"], ["read", "write"]])
+def test_only_admin_keys_manage_webhooks(client_for, app, api, receiver: Receiver, scopes: list[str]) -> None:  # noqa: ANN001
+    subscribe(api, receiver, [LEVEL])
+    key = client_for(issue_key(app, "-".join(scopes), scopes))
+    body = {"url": "https://example.com/hooks", "event_types": [LEVEL]}
+
+    for method, path in ENDPOINTS:
+        assert_problem(key.request(method, path, json=body if method in ("POST", "PATCH") else None), 403)
+    assert len(api.get(BASE).json()["items"]) == 1
+
+
+def test_webhook_endpoints_need_a_key(anonymous) -> None:  # noqa: ANN001
+    for method, path in ENDPOINTS:
+        assert_problem(anonymous.request(method, path), 401)
+
+
+# --- in process ---------------------------------------------------------------------------------
+
+
+def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: str, clock: Clock, portal, receiver: Receiver) -> None:  # noqa: ANN001
+    settings = Settings(database_url=db_url, bootstrap_key=ADMIN, webhook_poll_seconds=0.05)
+    assert settings.deliver_in_process
+    application = create_app(settings, clock=clock)
+    ctx = application.state.context
+    empty_tables(ctx.db.engine)
+    initialize(ctx.db, settings, ctx.rulebook, now=clock())
+    try:
+        with portal.wrap_async_context_manager(application.router.lifespan_context(application)):
+            client = Client(portal, application, {"Authorization": f"Bearer {ADMIN}"})
+            served = Api(client)
+            subscribe(served, receiver, [LEVEL])
+            owner_level_one_events(served, served.create_customer("仁济医院基建处", "owner")["id"])
+            deadline = time.monotonic() + 10
+            while not receiver.effects and time.monotonic() < deadline:
+                time.sleep(0.05)
+            client.close()
+        assert receiver.effects == [LEVEL]
+        assert not any(t.name == "rapport-webhooks" for t in threading.enumerate())  # stopped with the app
+    finally:
+        ctx.db.engine.dispose()

@@ -1,0 +1,527 @@
+"""Delivering webhooks: queued in the grade change's own transaction, signed, sent at least
+once, retried on the schedule, paused when it runs out, and never sent by two workers at
+the same time — against a real HTTP receiver on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.db import models as m
+from app.db.engine import Database, make_engine
+from app.domain.rulebook import load_rulebook
+from app.services import outbox
+from app.services.batch import record_batch
+from app.services.customers import create_customer
+from app.services.delivery import USER_AGENT, deliver_due
+from app.services.events import NewEvent, record_event
+from app.settings import Settings
+from app.startup import prepare
+from tests.conftest import Clock, empty_tables
+
+RULEBOOK = load_rulebook()
+LEASE = timedelta(minutes=5)
+SCHEDULE = (1.0, 2.0, 4.0, 8.0, 16.0)
+INSTALLER_LEVEL_ONE = [("materials_sent", {"items": ["samples"]}), ("company_introduced", {}), ("inquiry_received", {}), ("impression_confirmed", {}),
+                       ("visit", {"reception": "neutral"}), ("visit", {"reception": "welcoming"}), ("visit", {"reception": "welcoming"})]
+
+
+# --- a receiver, as the README tells one to write it -------------------------------------
+
+
+def verify(secret: str, headers: Mapping[str, str], body: bytes, *, now: float, tolerance: int = 300) -> dict[str, Any]:
+    """The verification example of docs/webhooks-out.md (stdlib only)."""
+    msg_id = headers["webhook-id"]
+    timestamp = headers["webhook-timestamp"]
+    if abs(now - int(timestamp)) > tolerance:
+        raise ValueError("webhook-timestamp is too far from now")
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    for signature in headers["webhook-signature"].split():
+        version, _, value = signature.partition(",")
+        if version == "v1" and hmac.compare_digest(value, expected):
+            return json.loads(body)
+    raise ValueError("no valid signature")
+
+
+class Receiver:
+    """A webhook receiver on loopback (stdlib http.server in a thread). It answers with the
+    statuses queued in `answers` (then 200), verifies every signature, and applies each
+    message once by deduplicating on webhook-id — as a receiver should."""
+
+    def __init__(self, now: Callable[[], float]):
+        self.now = now
+        self.secret = ""
+        self.answers: list[int] = []
+        self.answer_body = b"ok"
+        self.headers_extra: dict[str, str] = {}
+        self.delay = 0.0
+        self.on_request: Callable[[], None] | None = None
+        self.requests: list[dict[str, Any]] = []
+        self.applied: dict[str, dict[str, Any]] = {}  # webhook-id -> payload, first time only
+        self.effects: list[str] = []  # what applying did: one entry per message applied
+        self.in_flight: dict[str, int] = {}
+        self.most_in_flight = 0
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/rapport"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def times_seen(self, msg_id: str) -> int:
+        return sum(1 for r in self.requests if r["headers"]["webhook-id"] == msg_id)
+
+    def _handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+        msg_id = headers["webhook-id"]
+        with self._lock:
+            self.in_flight[msg_id] = self.in_flight.get(msg_id, 0) + 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight[msg_id])
+            status = self.answers.pop(0) if self.answers else 200
+        try:
+            payload = verify(self.secret, headers, body, now=self.now())
+            if self.on_request is not None:
+                self.on_request()
+            time.sleep(self.delay)
+            with self._lock:
+                self.requests.append({"headers": dict(headers), "body": body})
+                if 200 <= status < 300 and msg_id not in self.applied:
+                    self.applied[msg_id] = payload
+                    self.effects.append(payload["type"])
+            return status, self.answer_body
+        finally:
+            with self._lock:
+                self.in_flight[msg_id] -= 1
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    status, answer = receiver._handle(headers, body)
+                except ValueError as exc:
+                    status, answer = 401, str(exc).encode()
+                self.send_response(status)
+                for name, value in receiver.headers_extra.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def receiver(clock: Clock) -> Iterator[Receiver]:
+    r = Receiver(now=lambda: clock().timestamp())
+    yield r
+    r.close()
+
+
+# --- set-up ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def database(migrated: str) -> Iterator[Database]:
+    db = Database(make_engine(migrated))
+    yield db
+    db.engine.dispose()
+
+
+@pytest.fixture
+def db(database: Database) -> Database:
+    empty_tables(database.engine)
+    return database
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=5) as client:
+        yield client
+
+
+def subscribe(db: Database, receiver: Receiver, clock: Clock, types: tuple[str, ...] = ("webhook.test",)) -> int:
+    with db.session(write=True) as s:
+        sub = outbox.create_subscription(s, {"url": receiver.url, "event_types": list(types)}, now=clock())
+    receiver.secret = sub.secret
+    return sub.id
+
+
+def queue(db: Database, clock: Clock, n: int = 1, type_: str = "webhook.test") -> list[str]:
+    """Queue `n` messages of `type_`; return their msg_ids."""
+    with db.session(write=True) as s:
+        messages = [outbox.enqueue(s, type_, {"type": type_, "data": {"n": i}}, clock()) for i in range(n)]
+    return [msg.msg_id for msg in messages if msg is not None]
+
+
+def deliver(db: Database, clock: Clock, http: httpx.Client, *, schedule: tuple[float, ...] = SCHEDULE, limit: int = 100) -> int:
+    return deliver_due(db, now=clock, client=http, limit=limit, lease=LEASE, schedule=schedule)
+
+
+def stored(db: Database, model: type, **where: Any) -> list[Any]:
+    """Rows as stored now, in id order, readable after the session is gone."""
+    with db.session(write=False) as s:
+        rows = list(s.scalars(select(model).filter_by(**where).order_by(model.id)))
+        s.expunge_all()
+        return rows
+
+
+def deliveries(db: Database) -> list[m.Delivery]:
+    return stored(db, m.Delivery)
+
+
+def attempts(db: Database) -> list[m.DeliveryAttempt]:
+    return stored(db, m.DeliveryAttempt)
+
+
+def subscription(db: Database, sid: int) -> m.Subscription:
+    (sub,) = stored(db, m.Subscription, id=sid)
+    return sub
+
+
+def run_out_the_clock(db: Database, clock: Clock, http: httpx.Client, schedule: tuple[float, ...] = SCHEDULE) -> None:
+    """Deliver, jump to the next retry, deliver … until nothing is pending and due."""
+    while True:
+        deliver(db, clock, http, schedule=schedule)
+        pending = [d.next_attempt_at for d in deliveries(db) if d.status == "pending"]
+        if not pending or subscription(db, deliveries(db)[0].subscription_id).status != "active":
+            return
+        clock.now = max(clock.now, min(pending))
+
+
+def count(db: Database, model: type) -> int:
+    with db.session(write=False) as s:
+        return s.scalar(select(func.count()).select_from(model)) or 0
+
+
+def level_one(session, clock: Clock) -> int:  # noqa: ANN001
+    """An installer brought to level I; returns its id."""
+    installer = create_customer(session, RULEBOOK, {"name": "上海建工安装", "kind": "installer"}, now=clock()).id
+    for i, (type_, attrs) in enumerate(INSTALLER_LEVEL_ONE):
+        new = NewEvent(type=type_, customer_id=installer, attributes=attrs, occurred_at=clock() - timedelta(days=7 - i))
+        record_event(session, RULEBOOK, new, actor="rep:li.ming", now=clock())
+    return installer
+
+
+# --- the outbox --------------------------------------------------------------------------
+
+
+def test_a_grade_change_and_its_message_commit_together(db: Database, receiver: Receiver, clock: Clock) -> None:
+    subscribe(db, receiver, clock, (outbox.LEVEL_CHANGED,))
+
+    with db.session(write=True) as s:
+        installer = level_one(s, clock)
+
+    (change,) = stored(db, m.GradeChange)
+    (message,) = stored(db, m.OutboxMessage)
+    assert message.type == outbox.LEVEL_CHANGED and message.msg_id.startswith("msg_")
+    assert message.payload["data"]["history_id"] == change.id
+    assert message.payload["data"]["customer"]["id"] == installer
+    assert (message.payload["data"]["old"], message.payload["data"]["new"]) == (0, 1)
+    assert [d.message_id for d in deliveries(db)] == [message.id]
+
+
+def test_a_grade_change_that_rolls_back_leaves_no_message(db: Database, receiver: Receiver, clock: Clock) -> None:
+    subscribe(db, receiver, clock, (outbox.LEVEL_CHANGED,))
+
+    with pytest.raises(RuntimeError), db.session(write=True) as s:
+        level_one(s, clock)
+        assert s.scalar(select(func.count()).select_from(m.OutboxMessage)) == 1  # queued inside …
+        raise RuntimeError("something later in the same request fails")
+
+    assert (count(db, m.GradeChange), count(db, m.OutboxMessage), count(db, m.Delivery)) == (0, 0, 0)  # … gone with it
+
+
+def test_without_a_matching_subscription_nothing_is_written_nor_built(db: Database, receiver: Receiver, clock: Clock) -> None:
+    subscribe(db, receiver, clock, (outbox.HEAT_CHANGED,))
+
+    def payload() -> dict[str, Any]:
+        raise AssertionError("the payload of a message nobody wants was built")
+
+    with db.session(write=True) as s:
+        assert outbox.enqueue(s, outbox.LEVEL_CHANGED, payload, clock()) is None
+        level_one(s, clock)
+
+    assert count(db, m.GradeChange) == 1
+    assert (count(db, m.OutboxMessage), count(db, m.Delivery)) == (0, 0)
+
+
+def test_subscriptions_created_at_the_same_time_all_receive(db: Database, receiver: Receiver, clock: Clock) -> None:
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(lambda _: subscribe(db, receiver, clock), range(8)))
+
+    queue(db, clock)
+
+    assert sorted(d.subscription_id for d in deliveries(db)) == sorted(ids)
+
+
+def test_paused_subscriptions_keep_accumulating_deleted_ones_get_nothing(db: Database, receiver: Receiver, clock: Clock) -> None:
+    active, paused, deleted = (subscribe(db, receiver, clock) for _ in range(3))
+    with db.session(write=True) as s:
+        outbox.update_subscription(s, paused, {"status": "paused"}, actor="admin", now=clock())
+        outbox.delete_subscription(s, deleted, now=clock())
+
+    queue(db, clock, 2)
+
+    assert sorted(d.subscription_id for d in deliveries(db)) == [active, active, paused, paused]
+
+
+def test_an_event_created_message_names_the_event(db: Database, receiver: Receiver, clock: Clock) -> None:
+    subscribe(db, receiver, clock, (outbox.EVENT_CREATED,))
+    with db.session(write=True) as s:
+        installer = create_customer(s, RULEBOOK, {"name": "上海建工安装", "kind": "installer"}, now=clock()).id
+        new = NewEvent(type="company_introduced", customer_id=installer, occurred_at=clock(), external_id="crm-17", source="crm")
+        event = record_event(s, RULEBOOK, new, actor="rep:li.ming", now=clock()).event
+        record_event(s, RULEBOOK, new, actor="rep:li.ming", now=clock())  # a retry: no second message
+    with db.session(write=False) as s:
+        (payload,) = s.scalars(select(m.OutboxMessage.payload)).all()
+
+    assert payload == {
+        "type": "event.created",
+        "timestamp": clock().isoformat(),
+        "data": {"event": {"id": event.id, "type": "company_introduced", "customer_id": installer, "project_id": None, "occurred_at": clock().isoformat(),
+                           "attributes": {}, "source": "crm", "external_id": "crm-17", "actor": "rep:li.ming"}},
+    }
+
+
+# --- delivering --------------------------------------------------------------------------
+
+
+def test_a_delivery_is_posted_signed_as_json_with_the_message_id(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    subscribe(db, receiver, clock)
+    (msg_id,) = queue(db, clock)
+
+    assert deliver(db, clock, http) == 1
+
+    (request,) = receiver.requests
+    headers = request["headers"]
+    assert headers["webhook-id"] == msg_id
+    assert headers["webhook-timestamp"] == str(int(clock().timestamp()))
+    assert headers["webhook-signature"].startswith("v1,")
+    assert headers["content-type"] == "application/json" and headers["user-agent"] == USER_AGENT
+    assert json.loads(request["body"]) == {"type": "webhook.test", "data": {"n": 0}}
+    (delivery,) = deliveries(db)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code, delivery.locked_until) == ("succeeded", 1, 200, None)
+    assert deliver(db, clock, http) == 0
+
+
+def test_a_wrong_secret_is_refused_by_the_receiver_and_retried(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    subscribe(db, receiver, clock)
+    receiver.secret = "whsec_" + base64.b64encode(b"x" * 32).decode()
+    queue(db, clock)
+
+    deliver(db, clock, http)
+
+    (delivery,) = deliveries(db)
+    assert (delivery.status, delivery.last_status_code) == ("pending", 401)
+    assert delivery.next_attempt_at == clock() + timedelta(seconds=SCHEDULE[0])
+    assert receiver.effects == []
+
+
+def test_a_delivery_that_runs_out_of_retries_fails_and_pauses_its_subscription(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    sid = subscribe(db, receiver, clock)
+    receiver.answers = [503] * 3
+    queue(db, clock)
+
+    run_out_the_clock(db, clock, http, schedule=(1.0, 2.0))
+
+    (delivery,) = deliveries(db)
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("failed", 3, 503)
+    sub = subscription(db, sid)
+    assert sub.status == "paused" and sub.paused_at == clock()
+    assert f"delivery {delivery.id} failed 3 times" in (sub.paused_reason or "") and "HTTP 503" in (sub.paused_reason or "")
+
+    (later,) = queue(db, clock)  # it keeps accumulating while paused …
+    clock.advance(hours=1)
+    assert deliver(db, clock, http) == 0  # … and nothing is sent
+
+    with db.session(write=True) as s:
+        outbox.update_subscription(s, sid, {"status": "active"}, actor="admin", now=clock())
+    assert deliver(db, clock, http) == 1
+    assert later in receiver.applied
+
+
+def test_410_gone_pauses_the_subscription_at_once(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    sid = subscribe(db, receiver, clock)
+    receiver.answers = [410]
+    queue(db, clock)
+
+    deliver(db, clock, http)
+
+    assert [(d.status, d.attempts) for d in deliveries(db)] == [("failed", 1)]
+    assert "410 Gone" in (subscription(db, sid).paused_reason or "")
+
+
+def test_redirects_are_not_followed(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    subscribe(db, receiver, clock)
+    receiver.answers = [302]
+    receiver.headers_extra = {"location": "http://127.0.0.1:9/elsewhere"}
+    queue(db, clock)
+
+    deliver(db, clock, http)
+
+    (delivery,) = deliveries(db)
+    assert (delivery.status, delivery.last_status_code) == ("pending", 302)
+    assert len(receiver.requests) == 1
+
+
+def test_the_log_keeps_at_most_1_kb_of_the_receivers_answer(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    subscribe(db, receiver, clock)
+    receiver.answer_body = b"\x00" + "答".encode() * 2000
+    queue(db, clock)
+
+    deliver(db, clock, http)
+
+    (attempt,) = attempts(db)
+    assert attempt.status_code == 200 and attempt.error is None
+    assert len((attempt.response_excerpt or "").encode()) <= 1024 + 3  # a cut character becomes U+FFFD
+    assert (attempt.response_excerpt or "").startswith("\ufffd答答")  # PostgreSQL text holds no NUL
+
+
+def test_an_unreachable_receiver_is_logged_as_an_error_and_retried(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    sid = subscribe(db, receiver, clock)
+    receiver.close()
+    queue(db, clock)
+
+    deliver(db, clock, http)
+
+    (attempt,) = attempts(db)
+    assert attempt.status_code is None and "ConnectError" in (attempt.error or "")
+    (delivery,) = deliveries(db)
+    assert delivery.status == "pending" and delivery.next_attempt_at > clock()
+    assert subscription(db, sid).status == "active"
+
+
+# --- several workers -----------------------------------------------------------------------
+
+
+def test_two_workers_never_send_one_delivery_at_the_same_time(db: Database, receiver: Receiver, clock: Clock) -> None:
+    subscribe(db, receiver, clock)
+    msg_ids = queue(db, clock, 30)
+    receiver.delay = 0.01
+
+    def worker(_: int) -> int:
+        with httpx.Client(timeout=5) as client:
+            sent = 0
+            while n := deliver_due(db, now=clock, client=client, limit=3, lease=LEASE, schedule=SCHEDULE):
+                sent += n
+            return sent
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        sent = list(pool.map(worker, range(2)))
+
+    assert sum(sent) == 30
+    assert receiver.most_in_flight == 1
+    assert sorted(receiver.applied) == sorted(msg_ids)
+    assert all(receiver.times_seen(msg_id) == 1 for msg_id in msg_ids)
+    assert {d.status for d in deliveries(db)} == {"succeeded"}
+    assert len(attempts(db)) == 30
+
+
+def test_a_worker_whose_lease_ran_out_does_not_overwrite_the_new_holder(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    subscribe(db, receiver, clock)
+    queue(db, clock)
+    receiver.answers = [500]  # the first worker's attempt fails …
+    taken_over: list[int] = []
+
+    def second_worker_takes_over() -> None:
+        if not taken_over:  # … and while it hangs, its lease runs out and another succeeds
+            taken_over.append(1)
+            clock.advance(seconds=LEASE.total_seconds() + 1)
+            with httpx.Client(timeout=5) as other:
+                taken_over.append(deliver(db, clock, other))
+
+    receiver.on_request = second_worker_takes_over
+    deliver(db, clock, http)
+
+    assert taken_over == [1, 1]
+    (delivery,) = deliveries(db)
+    assert (delivery.status, delivery.attempts) == ("succeeded", 1)
+    assert sorted(a.status_code for a in attempts(db)) == [200, 500]  # both attempts are logged
+
+
+# --- `rapport worker` -----------------------------------------------------------------------
+
+
+def test_the_worker_command_finishes_the_attempt_under_way_on_sigterm(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'worker.db'}"
+    prepare(Settings(database_url=url))
+    db = Database(make_engine(url))
+    clock = Clock(datetime.now(timezone.utc))
+    receiver = Receiver(now=time.time)
+    try:
+        subscribe(db, receiver, clock)
+        queue(db, clock)
+        release = threading.Event()
+        arrived = threading.Event()
+
+        def hold() -> None:
+            arrived.set()
+            release.wait(10)
+
+        receiver.on_request = hold
+        env = {**os.environ, "RAPPORT_DATABASE_URL": url, "RAPPORT_WEBHOOK_POLL_SECONDS": "0.05"}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], cwd=Path(__file__).parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            assert arrived.wait(20), "the worker did not deliver"
+            worker.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            assert worker.poll() is None  # still finishing its attempt
+            release.set()
+            output, _ = worker.communicate(timeout=20)
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert worker.returncode == 0, output
+        assert b"worker stopped" in output
+        assert [(d.status, d.attempts) for d in deliveries(db)] == [("succeeded", 1)]
+    finally:
+        receiver.close()
+        db.engine.dispose()
+
+
+def test_a_batch_queues_one_event_created_message_per_created_event(db: Database, receiver: Receiver, clock: Clock) -> None:
+    subscribe(db, receiver, clock, (outbox.EVENT_CREATED,))
+    with db.session(write=True) as s:
+        installer = create_customer(s, RULEBOOK, {"name": "上海建工安装", "kind": "installer"}, now=clock()).id
+    items = [NewEvent(type="company_introduced", customer_id=installer, occurred_at=clock(), external_id=f"crm-{i}", source="crm") for i in range(3)]
+    with db.session(write=True) as s:
+        first = record_batch(s, RULEBOOK, items, atomic=False, actor="erp", now=clock())
+    with db.session(write=True) as s:
+        record_batch(s, RULEBOOK, items, atomic=False, actor="erp", now=clock())  # re-sent: all duplicates
+    with db.session(write=False) as s:
+        payloads = s.scalars(select(m.OutboxMessage.payload).order_by(m.OutboxMessage.id)).all()
+    assert [p["data"]["event"]["id"] for p in payloads] == [r.event_id for r in first.results]
+    assert [p["data"]["event"]["external_id"] for p in payloads] == ["crm-0", "crm-1", "crm-2"]
