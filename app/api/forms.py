@@ -100,7 +100,7 @@ def update_form(form_id: FormIdPath, body: s.FormPatch, ctx: ContextDep, caller:
     """Change the name, the mapping or whether the hook is enabled. Submissions waiting in the
     inbox can then be replayed with the new mapping."""
     with ctx.db.session(write=True) as session:
-        form = svc.update_form(session, ctx.rulebook, form_id, body.model_dump(exclude_unset=True), if_match=None, now=ctx.clock())
+        form = svc.update_form(session, ctx.rulebook, form_id, body.model_dump(exclude_unset=True), now=ctx.clock())
         return _form(form)
 
 
@@ -132,7 +132,8 @@ HOOK_BODY = {
     responses={
         200: {"model": s.HookOut, "description": "a redelivery of a submission already received: nothing counted twice"},
         202: {"model": s.HookOut, "description": "authentic but not mappable: kept in the inbox (GET /v1/inbox)"},
-        401: {"model": s.ProblemOut, "description": "bad or missing signature or token: nothing stored"},
+        401: {"model": s.ProblemOut, "description": "bad or missing signature or token, or no such form: nothing stored"},
+        403: {"model": s.ProblemOut, "description": "an authentic delivery for a disabled form: nothing stored"},
     },
 )
 async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSONResponse:
@@ -147,8 +148,7 @@ async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSO
     def work() -> JSONResponse:
         now = ctx.clock()
         with ctx.db.session(write=False) as session:
-            form = svc.get_form(session, form_id)
-            svc.authenticate(form, headers=headers, query=query, body=body, now=now)
+            svc.authenticate(session, form_id, headers=headers, query=query, body=body, now=now)
         with ctx.db.session(write=True) as session:
             form = svc.get_form(session, form_id)
             received = svc.receive(session, ctx.rulebook, form, content_type=content_type, headers=headers, body=body, now=now)

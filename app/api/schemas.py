@@ -25,7 +25,9 @@ Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, ma
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
 QueryText = Annotated[str, NoNul]  # a text filter in a query string
-PathRef = Annotated[str, Path(min_length=1, max_length=100, description="the ERP's code (percent-encode a `/` in it)"), NoNul]
+PathRef = Annotated[
+    str, Path(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$", description="the ERP's code, without surrounding spaces (percent-encode a `/` in it)"), NoNul
+]
 
 
 # Ids are signed 64-bit integers in both databases: a larger number names nothing, and

@@ -25,7 +25,7 @@ from app.db import models as m
 from app.domain import forms as domain
 from app.domain.rulebook import Rulebook
 from app.domain.signatures import SignatureError, new_secret, secret_problem, verify
-from app.errors import AppError, Conflict, FieldError, Invalid, NotFound, PreconditionFailed, Unauthorized
+from app.errors import AppError, Conflict, FieldError, Invalid, NotFound
 from app.grading import Effect
 from app.services.batch import record_batch
 from app.services.events import NewEvent
@@ -36,6 +36,10 @@ DEFAULT_GRACE = timedelta(hours=24)  # how long a rotated-out secret keeps worki
 
 class FormDisabled(AppError):
     status, slug, title = 403, "form-disabled", "This form's hook is disabled"
+
+
+class NotAuthentic(AppError):
+    status, slug, title = 401, "not-authentic", "The delivery is not authentic"
 
 
 # --- mappings ---------------------------------------------------------------------------------
@@ -85,14 +89,12 @@ def list_forms(session: Session, *, limit: int, cursor: str | None) -> tuple[Seq
     return page(session, select(m.FormMapping), m.FormMapping.id, limit=limit, cursor=cursor)
 
 
-def update_form(session: Session, rulebook: Rulebook, form_id: str, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> m.FormMapping:
+def update_form(session: Session, rulebook: Rulebook, form_id: str, changes: dict[str, Any], *, now: datetime) -> m.FormMapping:
+    """Change the name, description, mapping or whether the hook is enabled. The scheme and
+    secret change only by rotate_secret."""
     form = get_form(session, form_id, lock=True)
-    if if_match is not None and if_match != form.version:
-        raise PreconditionFailed(f"the form is at version {form.version}; re-read it and apply the change again")
     if "spec" in changes:
         form.tool = check_spec(rulebook, changes["spec"]).tool
-    if "auth_scheme" in changes and changes["auth_scheme"] != form.auth_scheme:
-        raise Invalid("changing the scheme needs a new secret: use rotate-secret", errors=[FieldError("auth_scheme", "change it with POST .../rotate-secret")])
     for name, value in changes.items():
         setattr(form, name, value)
     if changes:
@@ -142,18 +144,23 @@ class Received:
     effects: list[Effect] = field(default_factory=list)
 
 
-def authenticate(form: m.FormMapping, *, headers: Mapping[str, str], query: Mapping[str, str], body: bytes, now: datetime) -> None:
+def authenticate(session: Session, form_id: str, *, headers: Mapping[str, str], query: Mapping[str, str], body: bytes, now: datetime) -> None:
     """Check the delivery's signature or token; 401 if it fails. Runs on the raw body,
-    before anything is parsed."""
-    if not form.enabled:
-        raise FormDisabled(f"the form {form.form_id!r} is disabled; nothing was stored")
+    before anything is parsed. An unknown form answers exactly as a bad signature does, so
+    the hook does not tell strangers which forms exist; a disabled one says so only to a
+    caller that proved it holds the secret."""
+    form = session.scalar(select(m.FormMapping).where(m.FormMapping.form_id == form_id))
+    if form is None:
+        raise NotAuthentic("the delivery is not authentic (no form with this id, or a bad signature or token); nothing was stored")
     secrets = [form.secret]
     if form.previous_secret and form.previous_secret_until and form.previous_secret_until > now:
         secrets.append(form.previous_secret)
     try:
         verify(form.auth_scheme, secrets, headers=headers, query=query, body=body, now=now.timestamp())
     except SignatureError as exc:
-        raise Unauthorized(f"the delivery is not authentic ({exc}); nothing was stored", headers={"WWW-Authenticate": f'{form.auth_scheme} realm="rapport"'}) from None
+        raise NotAuthentic(f"the delivery is not authentic ({exc}); nothing was stored") from None
+    if not form.enabled:
+        raise FormDisabled(f"the form {form.form_id!r} is disabled; nothing was stored")
 
 
 def receive(

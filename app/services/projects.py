@@ -52,6 +52,7 @@ def put_project(session: Session, rulebook: Rulebook, ref: str, fields: dict[str
         create=lambda: create_project(session, rulebook, {**fields, "owner_id": owner_id, "external_ref": ref}, now=now),
         if_match=if_match,
         now=now,
+        named={"owner_id": "owner_ref"} if owner_ref is not None else None,
     )
 
 

@@ -56,10 +56,12 @@ def upsert_by_ref(
     create: Callable[[], Record],
     if_match: int | None,
     now: datetime,
+    named: dict[str, str] | None = None,
 ) -> tuple[Record, bool]:
     """Create the record with this external_ref (True), or bring the stored one to `fields`
     (False): a full replacement of its descriptive fields, so a re-run sync is a no-op that
-    leaves the version as it was. `fixed` fields cannot change (422)."""
+    leaves the version as it was. `fixed` fields cannot change (422, naming the field as the
+    caller sent it: `named` maps a stored field to that name)."""
     row = _by_ref(session, model, ref)
     if row is None:
         if if_match is not None:
@@ -72,7 +74,12 @@ def upsert_by_ref(
                 raise
     if if_match is not None and if_match != row.version:
         raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
-    wrong = [FieldError(name, f"is {getattr(row, name)!r} on the stored record and cannot change") for name, value in fixed.items() if getattr(row, name) != value]
+    named = named or {}
+    wrong = []
+    for name, value in fixed.items():
+        if getattr(row, name) != value:
+            subject = f"{name} is" if name in named else "is"  # say which field, when reported under another name
+            wrong.append(FieldError(named.get(name, name), f"{subject} {getattr(row, name)!r} on the stored record and cannot change"))
     if wrong:
         raise Invalid(f"the record with external_ref {ref!r} cannot be changed that way", errors=wrong)
     changes = {name: value for name, value in fields.items() if getattr(row, name) != value}

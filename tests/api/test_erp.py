@@ -37,6 +37,11 @@ def test_put_customer_by_ref_creates_then_updates_and_a_rerun_changes_nothing(ap
     assert [x["external_ref"] for x in all_pages(api, "/v1/customers")] == ["C-0001"]
 
 
+def test_a_ref_with_surrounding_spaces_is_refused_in_the_path(api) -> None:
+    assert_problem(api.put("/v1/customers/by-ref/%20C-1%20", json={"name": "x", "kind": "owner"}), 422, "external_ref")
+    assert api.get("/v1/customers").json()["items"] == []
+
+
 def test_get_customer_by_ref_and_refs_with_a_slash(api) -> None:
     r = api.put("/v1/customers/by-ref/SH%2F2026%2F17", json={"name": "上海建工安装有限公司", "kind": "installer"})
     assert r.status_code == 201, r.text
@@ -92,7 +97,8 @@ def test_put_project_by_ref_names_its_owner_by_ref_and_the_owner_cannot_change(a
     assert api.put("/v1/projects/by-ref/P-2026-001", json={**body, "owner_ref": None, "owner_id": p["owner_id"]}).json()["version"] == 1
 
     moved = api.put("/v1/projects/by-ref/P-2026-001", json={**body, "owner_ref": "C-0002"})
-    assert_problem(moved, 422, "owner_id")
+    assert_problem(moved, 422, "owner_ref")
+    assert_problem(api.put("/v1/projects/by-ref/P-2026-001", json={**body, "owner_ref": None, "owner_id": other["id"]}), 422, "owner_id")
     assert api.get("/v1/projects/by-ref/P-2026-001").json()["owner_id"] == p["owner_id"] != other["id"]
 
 

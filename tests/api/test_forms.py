@@ -236,12 +236,14 @@ def test_a_url_token_is_rotated_at_once_with_no_grace(api, clock) -> None:
     assert deliver(api, form, CASES[1].fixture, JOTFORM_TYPE, clock, secret=new).status_code == 201
 
 
-def test_a_disabled_form_refuses_deliveries_and_an_unknown_form_is_404(api, clock) -> None:
+def test_a_disabled_form_refuses_authentic_deliveries_and_an_unknown_form_looks_like_a_bad_signature(api, clock) -> None:
     api.create_customer(CUSTOMER, "installer")
     form = set_up(api, "typeform-visit-report")
     assert api.patch(f"/v1/forms/{form['form_id']}", json={"enabled": False}).json()["enabled"] is False
     assert_problem(deliver(api, form, CASES[0].fixture, "application/json", clock), 403)
-    assert_problem(api.post("/v1/hooks/forms/nope", content=b"{}", headers={"Content-Type": "application/json"}), 404)
+    wrong = deliver(api, form, CASES[0].fixture, "application/json", clock, secret="not-the-secret-but-long-enough")
+    unknown = api.post("/v1/hooks/forms/nope", content=b"{}", headers={"Content-Type": "application/json"})
+    assert assert_problem(wrong, 401)["type"] == assert_problem(unknown, 401)["type"] == "urn:rapport:problem:not-authentic"
     assert counts(api) == (0, 0)
 
 
@@ -375,3 +377,13 @@ def test_customers_are_found_by_phone_whatever_the_notation(api, clock, stored: 
     r = deliver(api, form, CASES[0].fixture, "application/json", clock)  # Typeform sends +8613912345678
     assert r.status_code == 201, r.text
     assert all_pages(api, "/v1/events")[0]["customer_id"] == customer["id"]
+
+
+def test_the_access_log_does_not_show_a_url_token(app) -> None:  # noqa: ANN001
+    import logging
+
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d', ("203.0.113.9:5000", "POST", "/v1/hooks/forms/jotform-visit-report?token=s3cr3t-value&x=1", "1.1", 201), None)
+    for f in logging.getLogger("uvicorn.access").filters:
+        f.filter(record)
+    assert "s3cr3t" not in record.getMessage()
+    assert "token=***&x=1" in record.getMessage()
