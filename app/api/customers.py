@@ -6,16 +6,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
-from app.api import present
+from app.api import by_ref, present
 from app.api import schemas as s
 from app.api.deps import ContextDep, Reader, Writer
 from app.api.etags import etag, parse_if_match
 from app.db import models as m
 from app.services import customers as svc
 from app.services.history import history_page
-from app.services.records import get_by_ref
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"])
 
@@ -52,10 +50,7 @@ def list_customers(
 @router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut)
 def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
     """The customer with this external_ref (the ERP's code)."""
-    with ctx.db.session(write=False) as session:
-        row = get_by_ref(session, m.Customer, external_ref)
-        response.headers["ETag"] = etag("customer", row.id, row.version)
-        return ctx.presenter.customer(row)
+    return by_ref.read(ctx, m.Customer, external_ref, response, lambda session, row: ctx.presenter.customer(row))
 
 
 @router.put(
@@ -72,13 +67,7 @@ def put_customer(
 ) -> JSONResponse:
     """Create (201) or update (200) the customer with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    with ctx.db.session(write=True) as session:
-        existing = session.scalar(select(m.Customer.id).where(m.Customer.external_ref == external_ref))
-        version = parse_if_match(if_match, "customer", existing) if existing is not None else (None if if_match is None else -1)
-        row, created = svc.put_customer(session, ctx.rulebook, external_ref, body.model_dump(), if_match=version, now=ctx.clock())
-        out = ctx.presenter.customer(row)
-        headers = {"ETag": etag("customer", row.id, row.version), "Location": f"/v1/customers/{row.id}"}
-        return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
+    return by_ref.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row))
 
 
 @router.get("/{customer_id}", response_model=s.CustomerOut)

@@ -6,16 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
 
-from app.api import present
+from app.api import by_ref, present
 from app.api import schemas as s
 from app.api.deps import ContextDep, Reader, Writer
 from app.api.etags import etag, parse_if_match
 from app.db import models as m
 from app.services import projects as svc
 from app.services.history import history_page
-from app.services.records import get_by_ref
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
 
@@ -52,10 +50,7 @@ def list_projects(
 @router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut)
 def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
     """The project with this external_ref (the ERP's code)."""
-    with ctx.db.session(write=False) as session:
-        row = get_by_ref(session, m.Project, external_ref)
-        response.headers["ETag"] = etag("project", row.id, row.version)
-        return ctx.presenter.project(row, *svc.participants(session, row))
+    return by_ref.read(ctx, m.Project, external_ref, response, lambda session, row: ctx.presenter.project(row, *svc.participants(session, row)))
 
 
 @router.put(
@@ -72,13 +67,7 @@ def put_project(
 ) -> JSONResponse:
     """Create (201) or update (200) the project with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    with ctx.db.session(write=True) as session:
-        existing = session.scalar(select(m.Project.id).where(m.Project.external_ref == external_ref))
-        version = parse_if_match(if_match, "project", existing) if existing is not None else (None if if_match is None else -1)
-        row, created = svc.put_project(session, ctx.rulebook, external_ref, body.model_dump(), if_match=version, now=ctx.clock())
-        out = ctx.presenter.project(row, *svc.participants(session, row))
-        headers = {"ETag": etag("project", row.id, row.version), "Location": f"/v1/projects/{row.id}"}
-        return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
+    return by_ref.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: ctx.presenter.project(row, *svc.participants(session, row)))
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut)

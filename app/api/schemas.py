@@ -92,9 +92,9 @@ class CustomerPut(Strict):
 
 class Patch(Strict):
     """A partial update: omitted fields stay as they are; `null` clears an optional field,
-    and is refused for a field that cannot be empty."""
+    and is refused for a field that cannot be empty (those named here, in any patch)."""
 
-    @field_validator("name", "tags", mode="before", check_fields=False)
+    @field_validator("name", "tags", "enabled", "spec", "url", "event_types", "status", mode="before", check_fields=False)
     @classmethod
     def _not_null(cls, value: Any) -> Any:
         if value is None:
@@ -388,13 +388,6 @@ class FormPatch(Patch):
     description: Annotated[str, StringConstraints(max_length=2000), NoNul] | None = None
     enabled: bool | None = None
     spec: dict[str, Any] | None = None
-
-    @field_validator("enabled", "spec", mode="before")
-    @classmethod
-    def _required(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null; omit the field to leave it unchanged")
-        return value
 
 
 class RotateSecretIn(Strict):

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from app.api.schemas import NoNul, Patch, Strict
 
@@ -52,13 +52,6 @@ class SubscriptionPatch(Patch):
     event_types: EventTypes | None = None
     description: Description | None = None
     status: Literal["active", "paused"] | None = None
-
-    @field_validator("url", "event_types", "status", mode="before")
-    @classmethod
-    def _required_if_given(cls, value: Any) -> Any:
-        if value is None:
-            raise ValueError("cannot be null; omit the field to leave it unchanged")
-        return value
 
 
 class SubscriptionOut(BaseModel):

@@ -1,0 +1,39 @@
+"""What the by-ref routes of customers and projects share: read and upsert a record by the
+ERP's code, with its ETag."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.api.deps import Context
+from app.api.etags import etag, parse_if_match
+from app.services.records import Record, get_by_ref
+
+Present = Callable[[Session, Any], BaseModel]
+Put = Callable[..., tuple[Any, bool]]
+
+
+def read(ctx: Context, model: type[Record], ref: str, response: Response, present: Present) -> BaseModel:
+    kind = model.__tablename__[:-1]
+    with ctx.db.session(write=False) as session:
+        row = get_by_ref(session, model, ref)
+        response.headers["ETag"] = etag(kind, row.id, row.version)
+        return present(session, row)
+
+
+def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> JSONResponse:
+    """Create (201) or update (200); an If-Match for a record that does not exist is 412."""
+    kind = model.__tablename__[:-1]
+    with ctx.db.session(write=True) as session:
+        existing = session.scalar(select(model.id).where(model.external_ref == ref))
+        version = parse_if_match(if_match, kind, existing) if existing is not None else (None if if_match is None else -1)
+        row, created = put(session, ctx.rulebook, ref, body.model_dump(), if_match=version, now=ctx.clock())
+        out = present(session, row)
+        headers = {"ETag": etag(kind, row.id, row.version), "Location": f"/v1/{model.__tablename__}/{row.id}"}
+        return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
