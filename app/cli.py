@@ -1,4 +1,4 @@
-"""The `rapport` command: serve, migrate, keys, demo, regrade, worker, import."""
+"""The `rapport` command: serve, migrate, keys, demo, regrade, verify, worker, import."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from typing import Any, Callable
 
 import click
 
+from sqlalchemy import func, select
+
+from app.db import models as m
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import RulebookError, load_rulebook
 from app.errors import AppError
@@ -159,6 +162,42 @@ def regrade() -> None:
     with _database(settings).session(write=True) as session:
         effects = regrade_for_time(session, rulebook, now=_now())
     click.echo(f"{len(effects)} grade(s) changed")
+
+
+@main.command()
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), help="evaluate as of this instant  [default: now]")
+def verify(as_of: datetime | None) -> None:
+    """Replay the whole event log under the active rulebook and report every customer and
+    project whose stored grade, evidence or history disagrees (exit status 1 if any): the
+    check to run after an incident. Reads only; a consistent snapshot on either database.
+    Grades with time windows move with time alone: run `rapport regrade` first, or pass
+    the --as-of of the last re-grade."""
+    from app.services.verify import replay
+
+    settings = get_settings()
+    _prepare(settings)
+    rulebook = load_rulebook(settings.rulebook_path)
+    when = as_of or _now()
+    if when.tzinfo is None:  # a bare date: midnight UTC
+        when = when.replace(tzinfo=timezone.utc)
+    db = _database(settings)
+    started = time.monotonic()
+    try:
+        with db.session(write=False) as session:
+            if not db.is_sqlite:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            counts = [session.scalar(select(func.count()).select_from(model)) for model in (m.Customer, m.Project, m.Event)]
+            disagreements = replay(session, rulebook, as_of=when)
+    finally:
+        db.engine.dispose()
+    for d in disagreements:
+        click.echo(f"{d.subject} {d.id}: {d.what}: {d.detail}")
+    click.echo(
+        f"{len(disagreements)} disagreement(s) in {counts[0]} customers, {counts[1]} projects, {counts[2]} events "
+        f"under rulebook {rulebook.version}, as of {when.isoformat()} ({time.monotonic() - started:.1f} s)"
+    )
+    if disagreements:
+        sys.exit(1)
 
 
 @main.command()

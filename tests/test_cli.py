@@ -68,3 +68,19 @@ def test_the_bootstrap_key_exists_after_start_up(run, tmp_path: Path) -> None:  
     assert run("migrate", env={"RAPPORT_BOOTSTRAP_KEY": "s3cret-bootstrap"}).exit_code == 0
     listed = run("keys", "list").output
     assert "bootstrap\tadmin\tactive" in listed
+
+
+def test_verify_finds_nothing_after_normal_work_and_names_a_tampered_grade(run, tmp_path: Path) -> None:  # noqa: ANN001
+    assert run("demo").exit_code == 0
+    clean = run("verify")
+    assert clean.exit_code == 0, clean.output
+    assert "0 disagreement(s) in 7 customers, 4 projects, 55 events" in clean.output
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'rapport.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE customers SET level = 4 WHERE id = 4"))
+    engine.dispose()
+    tampered = run("verify")
+    assert tampered.exit_code == 1
+    assert "customer 4: grade: stored level 4, replay gives 3" in tampered.output
+    assert "customer 4: history: history ends at 3, the stored value is 4" in tampered.output
