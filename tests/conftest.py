@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from app.db.engine import make_engine
+from app.db.engine import Database, make_engine
 from app.settings import Settings
 
 TEST_URL_ENV = "RAPPORT_DATABASE_URL"
@@ -115,3 +115,16 @@ def migrated(db_url: str) -> Iterator[str]:
     reset_database(db_url)
     upgrade(Settings(database_url=db_url))
     yield db_url
+
+
+@pytest.fixture(scope="module")
+def database(migrated: str) -> Iterator[Database]:
+    """The migrated test database, for tests that call the services directly."""
+    db = Database(make_engine(migrated))
+    yield db
+    db.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def db(database: Database) -> Database:
+    return database

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import models as m
-from app.db.engine import Database, make_engine
+from app.db.engine import Database
 from app.domain.rulebook import load_rulebook
 from app.services import batch
 from app.services.customers import create_customer
@@ -19,13 +19,6 @@ from tests.conftest import empty_tables
 
 RULEBOOK = load_rulebook()
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def db(migrated: str):  # noqa: ANN201
-    database = Database(make_engine(migrated))
-    yield database
-    database.engine.dispose()
 
 
 def test_a_twin_stored_after_the_check_makes_the_batch_go_item_by_item(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:

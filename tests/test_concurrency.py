@@ -6,9 +6,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
-import pytest
 
-from app.db.engine import Database, make_engine
+from app.db.engine import Database
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent, record_event, retract_event
@@ -20,13 +19,6 @@ RULEBOOK = load_rulebook()
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 LEVEL_ONE = [("materials_sent", {"items": ["samples"]}), ("company_introduced", {}), ("inquiry_received", {}), ("impression_confirmed", {}),
              ("visit", {"reception": "neutral"}), ("visit", {"reception": "welcoming"}), ("visit", {"reception": "welcoming"})]
-
-
-@pytest.fixture(scope="module")
-def db(migrated: str):  # noqa: ANN201
-    database = Database(make_engine(migrated))
-    yield database
-    database.engine.dispose()
 
 
 def test_concurrent_events_and_retractions_on_one_subject_keep_the_invariant(db: Database) -> None:

@@ -151,13 +151,6 @@ def receiver(clock: Clock) -> Iterator[Receiver]:
 # --- set-up ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def database(migrated: str) -> Iterator[Database]:
-    db = Database(make_engine(migrated))
-    yield db
-    db.engine.dispose()
-
-
 @pytest.fixture
 def db(database: Database) -> Database:
     empty_tables(database.engine)

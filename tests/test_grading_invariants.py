@@ -7,12 +7,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.db import models as m
-from app.db.engine import Database, make_engine
+from app.db.engine import Database
 from app.domain.conditions import AllOf, AnyOf, HasEvent, Latest
 from app.domain.rulebook import AttributeSpec, load_rulebook
 from app.services.customers import create_customer
@@ -25,13 +24,6 @@ RULEBOOK = load_rulebook()
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 OWNERS, INSTALLERS = (1, 2), (3, 4, 5)
 PROJECTS = {1: 1, 2: 1, 3: 2}  # project id -> owner id
-
-
-@pytest.fixture(scope="module")
-def db(migrated: str):  # noqa: ANN201
-    database = Database(make_engine(migrated))
-    yield database
-    database.engine.dispose()
 
 
 def _value(spec: AttributeSpec) -> st.SearchStrategy[Any]:

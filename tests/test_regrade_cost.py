@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, text
 
-from app.db.engine import Database, make_engine
+from app.db.engine import Database
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent, record_event, retract_event
@@ -19,13 +19,6 @@ from tests.conftest import empty_tables
 
 RULEBOOK = load_rulebook()
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def db(migrated: str):  # noqa: ANN201
-    database = Database(make_engine(migrated))
-    yield database
-    database.engine.dispose()
 
 
 def _add_unrelated(db: Database, count: int) -> None:
