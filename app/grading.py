@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.chunks import chunked
 from app.db import facts as repo
 from app.db import models as m
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
@@ -56,6 +57,9 @@ class Regrade:
     # For a batch: which of its events touched each ("customer"|"project", id), named in
     # that subject's history trigger.
     causes: dict[tuple[str, int], list[int]] = field(default_factory=dict)
+    # The webhook subscriptions per message type, read once per job (one transaction), not
+    # once per grade change.
+    subscribers: dict[str, list[int]] = field(default_factory=dict)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -176,7 +180,10 @@ def _append(
         )
     )
     # Webhooks out: queued in this transaction, so they are sent if and only if it commits.
-    outbox.enqueue(session, outbox.GRADE_EVENT[subject], lambda: outbox.grade_payload(session, rulebook, change), job.now)
+    type_ = outbox.GRADE_EVENT[subject]
+    if type_ not in job.subscribers:
+        job.subscribers[type_] = outbox.subscribers(session, type_)
+    outbox.enqueue(session, type_, lambda: outbox.grade_payload(session, rulebook, change), job.now, wanted=job.subscribers[type_])
 
 
 def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, batch: int = 500) -> list[Effect]:
@@ -184,7 +191,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
 
     Used when the active rulebook changes and by `rapport regrade` (time-window criteria)."""
     effects: list[Effect] = []
-    for ids in _batches(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
+    for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
         customers = repo.lock_customers(session, ids)
         facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
         for cid, customer in customers.items():
@@ -192,7 +199,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
             if effect:
                 effects.append(effect)
     level_changes = {e.id: e for e in effects}
-    for ids in _batches(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
+    for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
         projects = repo.lock_projects(session, ids)
         facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
         for pid, project in projects.items():
@@ -202,12 +209,3 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     return effects
 
 
-def _batches(ids: Iterable[int], size: int) -> Iterable[list[int]]:
-    chunk: list[int] = []
-    for i in ids:
-        chunk.append(i)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -18,13 +18,13 @@ from collections import Counter
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Iterator, Sequence
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
+from app.chunks import chunked
 from app.api.bodies import validate_item
 from app.api.schemas import CustomerPut, EventIn, ProjectPut, Ref
 from app.db import models as m
@@ -240,7 +240,7 @@ def run_import(
     report = Report(LAYOUTS[table.kind].statuses)
     with _RejectedFile(rejected_path, table.header) as rejected, _transactions(db, options.dry_run) as transaction:
         report.removed_stale = rejected.removed_stale
-        for chunk in _chunks(table, options.chunk):
+        for chunk in chunked(table, options.chunk):
             with transaction() as session:
                 outcomes = list(store(session, rulebook, table, chunk, options, clock()))
             for row, status, errors in outcomes:
@@ -354,12 +354,6 @@ def _columns_of(record: m.Customer | m.Project) -> dict[str, Any]:
 
 def _list(text: str) -> list[str]:
     return [part.strip() for part in text.split(LIST_SEPARATOR) if part.strip()]
-
-
-def _chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
-    remaining = iter(rows)
-    while chunk := list(islice(remaining, size)):
-        yield chunk
 
 
 class _DryRun(Exception):

@@ -64,6 +64,10 @@ def _submission(session: Session, row: m.FormSubmission, *, detail: bool = False
     return s.SubmissionOut(**fields)
 
 
+def _hook_out(session: Session, received: svc.Received) -> s.HookOut:
+    return s.HookOut(outcome=received.outcome, submission=_submission(session, received.submission), effects=[e.as_dict() for e in received.effects])
+
+
 # --- mappings (admin) ------------------------------------------------------------------------
 
 
@@ -152,7 +156,7 @@ async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSO
         with ctx.db.session(write=True) as session:
             form = svc.get_form(session, form_id)
             received = svc.receive(session, ctx.rulebook, form, content_type=content_type, headers=headers, body=body, now=now)
-            out = s.HookOut(outcome=received.outcome, submission=_submission(session, received.submission), effects=[e.as_dict() for e in received.effects])
+            out = _hook_out(session, received)
         status = {"processed": 201, "inbox": 202, "duplicate": 200}[received.outcome]
         return JSONResponse(out.model_dump(mode="json"), status_code=status)
 
@@ -190,7 +194,7 @@ def replay(submission_id: s.PathId, ctx: ContextDep, caller: Admin) -> s.HookOut
     customer). `outcome` says whether it is now processed or still in the inbox, and why."""
     with ctx.db.session(write=True) as session:
         received = svc.replay(session, ctx.rulebook, submission_id, actor=caller.actor, now=ctx.clock())
-        return s.HookOut(outcome=received.outcome, submission=_submission(session, received.submission), effects=[e.as_dict() for e in received.effects])
+        return _hook_out(session, received)
 
 
 @router.post("/v1/inbox/{submission_id}/dismiss", response_model=s.SubmissionOut)

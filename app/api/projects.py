@@ -6,16 +6,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from app.api import by_ref, present
 from app.api import schemas as s
-from app.api.deps import ContextDep, Reader, Writer
+from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.etags import etag, parse_if_match
 from app.db import models as m
 from app.services import projects as svc
 from app.services.history import history_page
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
+
+
+def _out(ctx: Context, session: Session, project: m.Project) -> s.ProjectOut:
+    """The project as answered: with its bidders and winner, read in the same session."""
+    return ctx.presenter.project(project, *svc.participants(session, project))
 
 
 @router.post("", status_code=201, response_model=s.ProjectOut)
@@ -43,14 +49,14 @@ def list_projects(
     """List projects, filtered, oldest first; follow `next_cursor` for more."""
     with ctx.db.session(write=False) as session:
         rows, next_cursor = svc.list_projects(session, owner_id=owner_id, heat=heat, rep=rep, stage=stage, q=q, limit=limit, cursor=cursor)
-        items = [ctx.presenter.project(p, *svc.participants(session, p)) for p in rows]
+        items = [_out(ctx, session, p) for p in rows]
         return s.ProjectPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut)
 def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
     """The project with this external_ref (the ERP's code)."""
-    return by_ref.read(ctx, m.Project, external_ref, response, lambda session, row: ctx.presenter.project(row, *svc.participants(session, row)))
+    return by_ref.read(ctx, m.Project, external_ref, response, lambda session, row: _out(ctx, session, row))
 
 
 @router.put(
@@ -67,7 +73,7 @@ def put_project(
 ) -> JSONResponse:
     """Create (201) or update (200) the project with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    return by_ref.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: ctx.presenter.project(row, *svc.participants(session, row)))
+    return by_ref.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row))
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut)
@@ -75,9 +81,8 @@ def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader, response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
     with ctx.db.session(write=False) as session:
         project = svc.get_project(session, project_id)
-        bidders, winner = svc.participants(session, project)
         response.headers["ETag"] = etag("project", project.id, project.version)
-        return ctx.presenter.project(project, bidders, winner)
+        return _out(ctx, session, project)
 
 
 @router.patch("/{project_id}", response_model=s.ProjectOut)
@@ -94,9 +99,8 @@ def update_project(
         project = svc.update_project(
             session, project_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "project", project_id), now=ctx.clock()
         )
-        bidders, winner = svc.participants(session, project)
         response.headers["ETag"] = etag("project", project.id, project.version)
-        return ctx.presenter.project(project, bidders, winner)
+        return _out(ctx, session, project)
 
 
 @router.get("/{project_id}/history", response_model=s.HistoryPage)

@@ -1,15 +1,16 @@
 """Reading what evaluation needs, and locking what grading will change.
 
-Every query here is bounded by one subject and its links (its events, its projects,
-its bidders), never by the size of the database."""
+Every query here is bounded by the subjects asked for and their links (their events,
+projects, bidders), never by the size of the database."""
 
 from __future__ import annotations
 
-from typing import Iterable, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.chunks import chunked
 from app.db import models as m
 from app.domain import facts as f
 
@@ -83,24 +84,18 @@ def to_fact(e: m.Event, *, retracted: bool) -> f.Event:
     )
 
 
-def _chunks(ids: Iterable[int], size: int = 500) -> Iterable[list[int]]:
-    ids = sorted(set(ids))
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
+def _sorted_chunks(ids: Iterable[int]) -> Iterator[list[int]]:
+    return chunked(sorted(set(ids)))
 
 
 def _events_of(session: Session, column, ids: Iterable[int], *where) -> dict[int, list[f.Event]]:  # noqa: ANN001, ANN002
     """The events whose `column` (customer_id or project_id) is one of `ids`, grouped by it,
     in a few queries however many subjects are asked for."""
     out: dict[int, list[f.Event]] = {}
-    for chunk in _chunks(ids):
+    for chunk in _sorted_chunks(ids):
         for event in _events(session, column.in_(chunk), *where):
             out.setdefault(getattr(event, column.key), []).append(event)
     return out
-
-
-def customer_facts(session: Session, customer: m.Customer, owned_project_types: frozenset[str]) -> f.CustomerFacts:
-    return customer_facts_many(session, [customer], owned_project_types)[customer.id]
 
 
 def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned_project_types: frozenset[str]) -> dict[int, f.CustomerFacts]:
@@ -112,7 +107,7 @@ def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned
     projects: dict[int, list[int]] = {}
     project_events: dict[int, list[f.Event]] = {}
     if owners and owned_project_types:
-        for chunk in _chunks(owners):
+        for chunk in _sorted_chunks(owners):
             for pid, owner_id in session.execute(select(m.Project.id, m.Project.owner_id).where(m.Project.owner_id.in_(chunk)).order_by(m.Project.id)):
                 projects.setdefault(owner_id, []).append(pid)
         all_projects = [pid for pids in projects.values() for pid in pids]
@@ -128,10 +123,6 @@ def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned
     }
 
 
-def project_facts(session: Session, project: m.Project, linked_types: frozenset[str]) -> f.ProjectFacts:
-    return project_facts_many(session, [project], linked_types)[project.id]
-
-
 def project_facts_many(session: Session, projects: Iterable[m.Project], linked_types: frozenset[str]) -> dict[int, f.ProjectFacts]:
     """What evaluating each of these projects needs: its events, and its owner's and
     bidders' levels and project-less events of the types its criteria read."""
@@ -140,7 +131,7 @@ def project_facts_many(session: Session, projects: Iterable[m.Project], linked_t
     linked_ids = {p.id: set(f.bidder_ids(events.get(p.id, ()))) for p in projects}
     customer_ids = {p.owner_id for p in projects} | {cid for ids in linked_ids.values() for cid in ids}
     levels: dict[int, int] = {}
-    for chunk in _chunks(customer_ids):
+    for chunk in _sorted_chunks(customer_ids):
         levels.update((cid, level) for cid, level in session.execute(select(m.Customer.id, m.Customer.level).where(m.Customer.id.in_(chunk))))
     own_events: dict[int, list[f.Event]] = {}
     if linked_types:

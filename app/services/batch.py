@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.chunks import chunked
 from app.db import models as m
 from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
@@ -82,8 +83,9 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
 
     # Customers first, in id order, as every writer does; grading locks the projects.
     lock_customers(session, job.customer_ids)
+    values = {index: event_values(c, actor=actor, now=now) for index, c in checked.items()}
     created_ids: dict[int, int] = {}
-    for index, (event_id, created) in _store(session, checked, actor=actor, now=now).items():
+    for index, (event_id, created) in _store(session, checked, values, actor=actor, now=now).items():
         results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event_id)
         if created:
             _note_cause(job, checked[index], event_id)
@@ -91,14 +93,14 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
     outbox.enqueue_each(
         session,
         outbox.EVENT_CREATED,
-        lambda: [outbox.stored_event_payload(eid, event_values(checked[i], actor=actor, now=now)) for i, eid in created_ids.items()],
+        lambda: [outbox.stored_event_payload(event_id, values[index]) for index, event_id in created_ids.items()],
         now,
     )
     effects = regrade(session, rulebook, job) if job.causes else []
     return BatchOutcome([r for r in results if r is not None], effects)
 
 
-def _store(session: Session, checked: dict[int, Checked], *, actor: str | None, now: datetime) -> dict[int, tuple[int, bool]]:
+def _store(session: Session, checked: dict[int, Checked], values: dict[int, dict[str, Any]], *, actor: str | None, now: datetime) -> dict[int, tuple[int, bool]]:
     """Insert the checked items: {index: (event id, created)}. One multi-row INSERT; if a
     concurrent writer stored one of the same source + external_id meanwhile, the items go
     one by one instead, each finding its twin."""
@@ -116,7 +118,7 @@ def _store(session: Session, checked: dict[int, Checked], *, actor: str | None, 
             # The table, not the entity: a Core multi-row INSERT, without the ORM's bookkeeping.
             ids = session.scalars(
                 insert(m.Event.__table__).returning(m.Event.__table__.c.id, sort_by_parameter_order=True),
-                [event_values(checked[i], actor=actor, now=now) for i in fresh],
+                [values[i] for i in fresh],
             ).all()
         stored = {index: (event_id, True) for index, event_id in zip(fresh, ids)}
     except IntegrityError:
@@ -132,8 +134,7 @@ def _already_stored(session: Session, items: Sequence[Item]) -> dict[tuple[str, 
     queries rather than one per item."""
     keys = sorted({(i.source, i.external_id) for i in items if isinstance(i, NewEvent) and i.external_id is not None})
     found: dict[tuple[str, str], int] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
+    for chunk in chunked(keys):
         rows = session.execute(select(m.Event.source, m.Event.external_id, m.Event.id).where(tuple_(m.Event.source, m.Event.external_id).in_(chunk)))
         found.update({(source, ext): id_ for source, ext, id_ in rows})
     return found

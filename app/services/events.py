@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.chunks import chunked
 from app.db import models as m
 from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
@@ -121,11 +122,11 @@ class Subjects:
         for model, id_attr, ref_attr in ((m.Customer, "customer_id", "customer_ref"), (m.Project, "project_id", "project_ref")):
             ids = sorted({getattr(i, id_attr) for i in items if getattr(i, id_attr) is not None})
             refs = sorted({getattr(i, ref_attr) for i in items if getattr(i, ref_attr) is not None})
-            for start in range(0, len(ids), 500):
-                for row in self.session.scalars(select(model).where(model.id.in_(ids[start : start + 500]))):
+            for chunk in chunked(ids):
+                for row in self.session.scalars(select(model).where(model.id.in_(chunk))):
                     self._by_id[(model, row.id)] = row
-            for start in range(0, len(refs), 500):
-                for row in self.session.scalars(select(model).where(model.external_ref.in_(refs[start : start + 500]))):
+            for chunk in chunked(refs):
+                for row in self.session.scalars(select(model).where(model.external_ref.in_(chunk))):
                     self._by_ref[(model, row.external_ref)] = self._by_id[(model, row.id)] = row
 
     def find(self, model: type[Subject], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> Subject | None:

@@ -30,6 +30,7 @@ from app.grading import Effect
 from app.services.batch import record_batch
 from app.services.events import NewEvent
 from app.services.paging import page
+from app.services.records import save_unique
 
 DEFAULT_GRACE = timedelta(hours=24)  # how long a rotated-out secret keeps working
 
@@ -49,7 +50,11 @@ def check_spec(rulebook: Rulebook, spec: Any) -> domain.FormSpec:
     try:
         return domain.parse_form_spec(spec, rulebook)
     except domain.FormSpecError as exc:
-        raise Invalid("the form mapping is not valid", errors=[FieldError(f"spec.{place}" if place else "spec", reason) for place, reason in exc.problems]) from None
+        raise Invalid("the form mapping is not valid", errors=_spec_problems(exc)) from None
+
+
+def _spec_problems(exc: domain.FormSpecError) -> list[FieldError]:
+    return [FieldError(f"spec.{place}" if place else "spec", reason) for place, reason in exc.problems]
 
 
 def create_form(session: Session, rulebook: Rulebook, fields: dict[str, Any], *, now: datetime) -> m.FormMapping:
@@ -68,12 +73,7 @@ def create_form(session: Session, rulebook: Rulebook, fields: dict[str, Any], *,
         created_at=now,
         updated_at=now,
     )
-    try:
-        with session.begin_nested():
-            session.add(form)
-            session.flush()
-    except IntegrityError:
-        raise Conflict(f"a form with form_id {fields['form_id']!r} exists already", errors=[FieldError("form_id", "already used")]) from None
+    save_unique(session, form, form.form_id, field="form_id")
     return form
 
 
@@ -259,7 +259,7 @@ def _map(
         spec = domain.parse_form_spec(form.spec, rulebook)
         drafts = domain.apply_mapping(spec, data, received_at=row.received_at)
     except domain.FormSpecError as exc:  # the rulebook changed under the mapping
-        problems = [FieldError(f"spec.{place}", reason) for place, reason in exc.problems]
+        problems = _spec_problems(exc)
     except domain.MappingError as exc:
         problems = [FieldError(place, reason) for place, reason in exc.problems]
     if problems:

@@ -31,11 +31,13 @@ DELETED = "deleted"
 Payload = dict[str, Any] | Callable[[], dict[str, Any]]
 
 
-def enqueue(session: Session, type: str, payload: Payload, now: datetime) -> m.OutboxMessage | None:
+def enqueue(session: Session, type: str, payload: Payload, now: datetime, *, wanted: list[int] | None = None) -> m.OutboxMessage | None:
     """Queue one message of `type` for every subscription that wants it, paused ones
     included (they keep accumulating until resumed). Without such a subscription nothing
-    is written and a callable `payload` is never called: the cost is one indexed read."""
-    return _queue(session, type, payload, now, subscribers(session, type))[0]
+    is written and a callable `payload` is never called: the cost is one indexed read, or
+    none when the caller already read `wanted` (= `subscribers(session, type)`) in this
+    transaction."""
+    return _queue(session, type, payload, now, subscribers(session, type) if wanted is None else wanted)[0]
 
 
 def enqueue_each(session: Session, type: str, payloads: Callable[[], list[dict[str, Any]]], now: datetime) -> None:

@@ -15,18 +15,15 @@ from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFail
 Record = TypeVar("Record", m.Customer, m.Project)
 
 
-def save_unique(session: Session, row: Any, external_ref: str | None) -> None:
-    """Flush a new or changed row; a taken external_ref is a 409, not a 500."""
+def save_unique(session: Session, row: Any, value: Any | None, *, field: str = "external_ref") -> None:
+    """Flush a new or changed row; a taken unique `field` (holding `value`) is a 409, not a 500."""
     try:
         with session.begin_nested():
             session.add(row)
             session.flush()
     except IntegrityError:
-        if external_ref is not None:
-            raise Conflict(
-                f"external_ref {external_ref!r} is already used",
-                errors=[FieldError("external_ref", "already used by another record")],
-            ) from None
+        if value is not None:
+            raise Conflict(f"{field} {value!r} is already used", errors=[FieldError(field, "already used by another record")]) from None
         raise
 
 
