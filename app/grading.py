@@ -60,6 +60,8 @@ class Regrade:
     # The webhook subscriptions per message type, read once per job (one transaction), not
     # once per grade change.
     subscribers: dict[str, list[int]] = field(default_factory=dict)
+    # The customers this job has locked (see `lock_customers`): regrade reuses them.
+    locked: dict[int, m.Customer] = field(default_factory=dict)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -94,9 +96,17 @@ def initial_heat(rulebook: Rulebook, project: m.Project, owner: m.Customer, now:
     project.grade = snapshot(grade)
 
 
+def lock_customers(session: Session, job: Regrade) -> dict[int, m.Customer]:
+    """Lock the customers `job` re-grades, once: a write locks them before it inserts (so
+    whoever holds the rows grades them next), and `regrade` reuses those rows."""
+    if not job.customer_ids <= job.locked.keys():
+        job.locked = repo.lock_customers(session, job.customer_ids)  # all of them again, in id order
+    return {cid: job.locked[cid] for cid in sorted(job.customer_ids)}
+
+
 def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     """Re-grade what `job` names (and what their level changes reach); return the changes."""
-    customers = repo.lock_customers(session, job.customer_ids)
+    customers = lock_customers(session, job)
     effects: list[Effect] = []
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)

@@ -9,6 +9,7 @@ from typing import Iterable, Iterator, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from app.chunks import chunked
 from app.db import models as m
@@ -32,6 +33,18 @@ def _lock(session: Session, model: type[Row], ids: Iterable[int]) -> dict[int, R
     wanted = sorted(set(ids))
     if not wanted:
         return {}
+    found: dict[int, Row] = {}
+    if session.get_bind().dialect.name == "sqlite":
+        # A SQLite write transaction holds the database's one write lock from its first
+        # statement (BEGIN IMMEDIATE), and a write session is one transaction: a row it has
+        # already read is current, so only the others are read.
+        for id_ in wanted:
+            row = session.identity_map.get(identity_key(model, id_))
+            if row is not None:
+                found[id_] = row
+        wanted = [id_ for id_ in wanted if id_ not in found]
+        if not wanted:
+            return found
     rows = session.scalars(
         select(model)
         .where(model.id.in_(wanted))
@@ -40,7 +53,8 @@ def _lock(session: Session, model: type[Row], ids: Iterable[int]) -> dict[int, R
         # Rows already in the session may be stale by the time the lock is granted.
         .execution_options(populate_existing=True)
     ).all()
-    return {row.id: row for row in rows}
+    found.update((row.id, row) for row in rows)
+    return dict(sorted(found.items()))
 
 
 def linked_project_ids(session: Session, customer_id: int) -> set[int]:

@@ -18,10 +18,9 @@ from sqlalchemy.orm import Session
 
 from app.chunks import chunked
 from app.db import models as m
-from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
-from app.grading import Effect, Regrade, regrade
+from app.grading import Effect, Regrade, lock_customers, regrade
 from app.services import outbox
 from app.services.events import Checked, NewEvent, Subjects, add_subjects, check_new_event, event_values, store_event
 
@@ -56,7 +55,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
     checked: dict[int, Checked] = {}
     job = Regrade(trigger={"kind": "batch"}, actor=actor, now=now)
     subjects = Subjects(session)
-    subjects.prefetch([i for i in items if isinstance(i, NewEvent)])
+    job.locked = subjects.prefetch([i for i in items if isinstance(i, NewEvent)])
     for index, item in enumerate(items):
         if isinstance(item, list):
             results[index] = ItemResult(index, "rejected", errors=item)
@@ -82,7 +81,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
         raise Invalid(f"{len(rejected)} of {len(items)} items are not valid; in an atomic batch nothing was stored", errors=errors)
 
     # Customers first, in id order, as every writer does; grading locks the projects.
-    lock_customers(session, job.customer_ids)
+    lock_customers(session, job)
     values = {index: event_values(c, actor=actor, now=now) for index, c in checked.items()}
     created_ids: dict[int, int] = {}
     for index, (event_id, created) in _store(session, checked, values, actor=actor, now=now).items():

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.chunks import chunked
+from app.db import facts as repo
 from app.db import models as m
-from app.db.facts import lock_customers
 from app.domain.rulebook import Rulebook
 from app.domain.validation import EventRejected, check_event
 from app.errors import FieldError, Invalid, NotFound
-from app.grading import Effect, Regrade, regrade
+from app.grading import Effect, Regrade, lock_customers, regrade
 from app.services import outbox
 
 Row = TypeVar("Row", m.Event, m.Retraction)
@@ -69,7 +69,7 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     job = Regrade(trigger={"kind": "event", "event_type": new.type}, actor=actor, now=now)
     add_subjects(job, rulebook, checked.customer, checked.project, new.type)
     # Lock before inserting: whoever holds the subjects' rows grades them next.
-    lock_customers(session, job.customer_ids)
+    lock_customers(session, job)
     event, created = store_event(session, checked, actor=actor, now=now)
     if not created:
         return Recorded(event, [], False)
@@ -118,16 +118,32 @@ class Subjects:
         self._by_id: dict[tuple[type, int], Any] = {}
         self._by_ref: dict[tuple[type, str], Any] = {}
 
-    def prefetch(self, items: Sequence[NewEvent]) -> None:
-        for model, id_attr, ref_attr in ((m.Customer, "customer_id", "customer_ref"), (m.Project, "project_id", "project_ref")):
-            ids = sorted({getattr(i, id_attr) for i in items if getattr(i, id_attr) is not None})
-            refs = sorted({getattr(i, ref_attr) for i in items if getattr(i, ref_attr) is not None})
-            for chunk in chunked(ids):
-                for row in self.session.scalars(select(model).where(model.id.in_(chunk))):
-                    self._by_id[(model, row.id)] = row
-            for chunk in chunked(refs):
-                for row in self.session.scalars(select(model).where(model.external_ref.in_(chunk))):
-                    self._by_ref[(model, row.external_ref)] = self._by_id[(model, row.id)] = row
+    def prefetch(self, items: Sequence[NewEvent]) -> dict[int, m.Customer]:
+        """Load every subject `items` name, in a few queries (remembering those that do not
+        exist). The customers named, and the owners of the projects named, are read
+        row-locked, in id order as grading locks them; they are returned, for grading."""
+        ids, refs = _keys(items, "project_id", "project_ref")
+        self._load(m.Project, ids, refs)
+        ids, refs = _keys(items, "customer_id", "customer_ref")
+        for chunk in chunked(refs):
+            ids.extend(self.session.scalars(select(m.Customer.id).where(m.Customer.external_ref.in_(chunk))))
+        ids.extend(row.owner_id for (model, _), row in self._by_id.items() if model is m.Project and row is not None)
+        locked = repo.lock_customers(self.session, ids)
+        self._remember(m.Customer, locked.values(), ids, refs)
+        return locked
+
+    def _load(self, model: type[Subject], ids: list[int], refs: list[str]) -> None:
+        rows = [row for chunk in chunked(ids) for row in self.session.scalars(select(model).where(model.id.in_(chunk)))]
+        rows += [row for chunk in chunked(refs) for row in self.session.scalars(select(model).where(model.external_ref.in_(chunk)))]
+        self._remember(model, rows, ids, refs)
+
+    def _remember(self, model: type, rows: Iterable[Any], ids: Iterable[int], refs: Iterable[str]) -> None:
+        self._by_id.update(((model, i), None) for i in ids)
+        self._by_ref.update(((model, r), None) for r in refs)
+        for row in rows:
+            self._by_id[(model, row.id)] = row
+            if row.external_ref is not None:
+                self._by_ref[(model, row.external_ref)] = row
 
     def find(self, model: type[Subject], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> Subject | None:
         """The customer or project an event names; a problem if it names none or both ways."""
@@ -151,6 +167,13 @@ class Subjects:
                 problems.append(FieldError(f"{name}_id", f"no {name} with id {id_}"))
             return row
         return None
+
+
+def _keys(items: Sequence[NewEvent], id_attr: str, ref_attr: str) -> tuple[list[int], list[str]]:
+    """The ids and the references `items` name a subject by (customer or project)."""
+    ids = sorted({getattr(i, id_attr) for i in items if getattr(i, id_attr) is not None})
+    refs = sorted({getattr(i, ref_attr) for i in items if getattr(i, ref_attr) is not None})
+    return ids, refs
 
 
 def store_event(session: Session, checked: Checked, *, actor: str | None, now: datetime) -> tuple[m.Event, bool]:
@@ -188,7 +211,7 @@ def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: s
     project = session.get(m.Project, event.project_id) if event.project_id else None
     job = Regrade(trigger={"kind": "retraction", "event_type": event.type, "event_id": event.id}, actor=actor, now=now)
     add_subjects(job, rulebook, customer, project, event.type)
-    lock_customers(session, job.customer_ids)
+    lock_customers(session, job)
     retraction = m.Retraction(event_id=event.id, reason=reason, actor=actor, at=now)
     existing = _insert_once(session, retraction, lambda: retraction_of(session, event_id))
     if existing is not None:
