@@ -12,6 +12,7 @@ from typing import Any, Callable
 import click
 
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from app.db import models as m
 from app.db.engine import Database, make_engine
@@ -47,18 +48,34 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="uvicorn worker processes")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="uvicorn worker processes (more than 1 needs PostgreSQL)")
+@click.option(
+    "--shutdown-timeout",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 3600),
+    help="seconds requests in flight get to finish after SIGTERM (keep it below your orchestrator's grace period)",
+)
 @click.option("--demo", is_flag=True, help="load a small demo data set (if the database is empty) and print a read key")
-def serve(host: str, port: int, workers: int, demo: bool) -> None:
-    """Migrate the database, then serve the API."""
+def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool) -> None:
+    """Migrate the database, then serve the API. SIGTERM stops it gracefully: no new
+    connections, requests in flight finish, the webhook thread ends its attempt under way
+    (what is not yet delivered stays queued), then exit status 0."""
+    import signal
+
     import uvicorn
 
     settings = get_settings()
+    if workers > 1 and make_url(settings.database_url).get_backend_name() == "sqlite":
+        raise click.BadParameter("SQLite has a single writer: more than one worker process only queues on its lock. Use PostgreSQL for several workers.", param_hint="--workers")
     _prepare(settings)
     if demo:
         _load_demo(settings, host, port)
     click.echo(f"Rapport on http://{host}:{port} — API docs at http://{host}:{port}/docs — database {_safe(settings.database_url)}")
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    # uvicorn raises the SIGTERM it stopped on again once the shutdown is done: by then the
+    # shutdown was graceful, so say so with exit status 0 rather than dying of the signal.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=shutdown_timeout, log_level="info")
 
 
 @main.command()
@@ -329,8 +346,6 @@ def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encodin
 
 
 def _safe(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 

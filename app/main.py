@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import customers, events, forms, meta, problems, projects, webhooks
 from app.api.deps import Context, utc_now
+from app.api.limits import BodyLimit, RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
@@ -31,8 +32,11 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     rulebook = load_rulebook(settings.rulebook_path)
     db = Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms))
     app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=webhooks.lifespan(settings, db, clock))
-    app.state.context = Context(settings=settings, db=db, rulebook=rulebook, presenter=Presenter(rulebook), clock=clock)
+    app.state.context = Context(
+        settings=settings, db=db, rulebook=rulebook, presenter=Presenter(rulebook), clock=clock, limiter=RateLimiter.from_settings(settings)
+    )
     problems.install(app)
+    app.add_middleware(BodyLimit, settings=settings)
     for module in (meta, customers, projects, events, forms, webhooks):
         app.include_router(module.router)
     logging.getLogger("rapport").setLevel(logging.INFO)

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     )
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60, description="how long one webhook delivery may take")
     webhook_poll_seconds: float = Field(default=1, gt=0, description="how often the webhook worker looks for due deliveries")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest request body of any other endpoint (413 above)")
+    rate_limit_per_second: NonNegativeFloat = Field(
+        default=50, description="requests per second each API key (and each form hook) may sustain, per process; 0 = no limit"
+    )
+    rate_limit_burst: int = Field(default=200, ge=1, description="how many requests a key may send at once before the per-second rate applies")
 
 
 @lru_cache

@@ -1,5 +1,5 @@
-"""Reading request bodies that FastAPI does not parse for us (batches, webhooks): with a
-size limit enforced while reading, and item-by-item validation into FieldErrors."""
+"""Request bodies that FastAPI does not parse for us (batches, webhooks): their items, and
+item-by-item validation into FieldErrors. Their size is limited by app/api/limits.py."""
 
 from __future__ import annotations
 
@@ -16,23 +16,16 @@ Model = TypeVar("Model", bound=BaseModel)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines", "application/ndjson")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise TooLarge(f"the body is {declared} bytes; the limit here is {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"the body is larger than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def _json(text: bytes) -> Any:
+    """json.loads; nesting deeper than the parser goes is malformed input, not a crash."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def json_items(body: bytes, content_type: str, *, max_items: int) -> list[Any | FieldError]:
@@ -44,15 +37,15 @@ def json_items(body: bytes, content_type: str, *, max_items: int) -> list[Any | 
             if not line.strip():
                 continue
             try:
-                items.append(json.loads(line))
-            except (ValueError, UnicodeDecodeError) as exc:
+                items.append(_json(line))
+            except ValueError as exc:
                 items.append(FieldError("", f"malformed JSON: {exc}"))
             if len(items) > max_items:
                 break
     elif content_type in ("application/json", ""):
         try:
-            items = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+            items = _json(body)
+        except ValueError as exc:
             raise Invalid("the body is not JSON", errors=[FieldError("body", f"malformed JSON: {exc}")]) from None
         if not isinstance(items, list):
             raise Invalid("the body must be a JSON array of events", errors=[FieldError("body", "must be a JSON array")])

@@ -30,10 +30,13 @@ def read(ctx: Context, model: type[Record], ref: str, response: Response, presen
 def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> JSONResponse:
     """Create (201) or update (200); an If-Match for a record that does not exist is 412."""
     kind = model.__tablename__[:-1]
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> JSONResponse:
         existing = session.scalar(select(model.id).where(model.external_ref == ref))
         version = parse_if_match(if_match, kind, existing) if existing is not None else (None if if_match is None else -1)
         row, created = put(session, ctx.rulebook, ref, body.model_dump(), if_match=version, now=ctx.clock())
         out = present(session, row)
         headers = {"ETag": etag(kind, row.id, row.version), "Location": f"/v1/{model.__tablename__}/{row.id}"}
         return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
+
+    return ctx.db.transaction(write)

@@ -6,27 +6,33 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 
 from app.api import by_ref, present
 from app.api import schemas as s
 from app.api.deps import ContextDep, Reader, Writer
+from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses
 from app.api.etags import etag, parse_if_match
+from app.api.gate import Gated
 from app.db import models as m
 from app.services import customers as svc
 from app.services.history import history_page
 
-router = APIRouter(prefix="/v1/customers", tags=["customers"])
+router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated, responses=AUTHENTICATED)
 
 
-@router.post("", status_code=201, response_model=s.CustomerOut)
+@router.post("", status_code=201, response_model=s.CustomerOut, responses=problem_responses(400, 409, 413))
 def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer, response: Response) -> s.CustomerOut:
     """Create an owner (项目甲方) or installer (安装公司). It starts ungraded (level 0)."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.CustomerOut:
         fields = body.model_dump(exclude_none=True)
         customer = svc.create_customer(session, ctx.rulebook, fields, now=ctx.clock())
         response.headers["ETag"] = etag("customer", customer.id, customer.version)
         response.headers["Location"] = f"/v1/customers/{customer.id}"
         return ctx.presenter.customer(customer)
+
+    return ctx.db.transaction(write)
 
 
 @router.get("", response_model=s.CustomerPage)
@@ -47,7 +53,7 @@ def list_customers(
         return s.CustomerPage(items=[ctx.presenter.customer(c) for c in rows], next_cursor=next_cursor)
 
 
-@router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut)
+@router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses=problem_responses(404))
 def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
     """The customer with this external_ref (the ERP's code)."""
     return by_ref.read(ctx, m.Customer, external_ref, response, lambda session, row: ctx.presenter.customer(row))
@@ -56,7 +62,12 @@ def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader
 @router.put(
     "/by-ref/{external_ref:path}",
     response_model=s.CustomerOut,
-    responses={201: {"model": s.CustomerOut, "description": "created"}, 200: {"description": "updated, or unchanged (same version)"}},
+    responses={
+        201: {"model": s.CustomerOut, "description": "created"},
+        200: {"description": "updated, or unchanged (same version)"},
+        **problem_responses(400, 409, 412, 413),
+        404: REF_WITH_LINE_BREAK,
+    },
 )
 def put_customer(
     external_ref: s.PathRef,
@@ -70,7 +81,7 @@ def put_customer(
     return by_ref.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row))
 
 
-@router.get("/{customer_id}", response_model=s.CustomerOut)
+@router.get("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(404))
 def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
     with ctx.db.session(write=False) as session:
@@ -79,7 +90,7 @@ def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader, respons
         return ctx.presenter.customer(customer)
 
 
-@router.patch("/{customer_id}", response_model=s.CustomerOut)
+@router.patch("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(400, 404, 409, 412, 413))
 def update_customer(
     customer_id: s.PathId,
     body: s.CustomerPatch,
@@ -89,15 +100,18 @@ def update_customer(
     if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the customer changed since")] = None,
 ) -> s.CustomerOut:
     """Change descriptive fields. `kind` cannot change."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.CustomerOut:
         customer = svc.update_customer(
             session, customer_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "customer", customer_id), now=ctx.clock()
         )
         response.headers["ETag"] = etag("customer", customer.id, customer.version)
         return ctx.presenter.customer(customer)
 
+    return ctx.db.transaction(write)
 
-@router.get("/{customer_id}/history", response_model=s.HistoryPage)
+
+@router.get("/{customer_id}/history", response_model=s.HistoryPage, responses=problem_responses(404))
 def customer_history(
     customer_id: s.PathId,
     ctx: ContextDep,

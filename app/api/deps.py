@@ -1,4 +1,5 @@
-"""Request dependencies: the service context, authentication by scope, the acting user."""
+"""Request dependencies: the service context, the caller's scope (its key was
+authenticated by the route's gate, app/api/gate.py), the acting user."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Annotated, Callable
 
 from fastapi import Depends, Header, Request
 
+from app.api.limits import RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
@@ -29,6 +31,7 @@ class Context:
     rulebook: Rulebook
     presenter: Presenter
     clock: Callable[[], datetime] = utc_now
+    limiter: RateLimiter | None = None  # None: no rate limit
 
 
 @dataclass(frozen=True)
@@ -45,28 +48,53 @@ def get_context(request: Request) -> Context:
 
 ContextDep = Annotated[Context, Depends(get_context)]
 
+
 BEARER = {"WWW-Authenticate": 'Bearer realm="rapport"'}
 
 
-def _caller(scope: str) -> Callable[..., Caller]:
-    def dependency(
-        ctx: ContextDep,
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+@dataclass(frozen=True)
+class Key:
+    """The API key a request authenticated with (kept on `request.state.api_key`)."""
+
+    id: int
+    name: str
+    scopes: tuple[str, ...]
+
+
+def api_key(db: Database, authorization: str | None) -> Key:
+    """The key an Authorization header names, or Unauthorized."""
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise Unauthorized("send Authorization: Bearer <api key>", headers=BEARER)
+    secret = authorization[7:].strip()
+    with db.session(write=False) as session:
+        key = authenticate(session, secret) if secret else None
+        if key is None:
+            raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
+        return Key(key.id, key.name, tuple(key.scopes))
+
+
+def check_scope(key: Key, scope: str) -> None:
+    if not has_scope(key.scopes, scope):
+        raise Forbidden(f"this key has scopes {', '.join(key.scopes)}; this needs {scope}")
+
+
+class CallerWith:
+    """The `Caller` of a route that needs `scope`. The route's gate (app/api/gate.py) has
+    authenticated the key and checked this scope before the body was read."""
+
+    def __init__(self, scope: str):
+        self.scope = scope
+
+    async def __call__(
+        self,
+        request: Request,
         x_actor: Annotated[str | None, Header(max_length=100, description="the user acting through this key (e.g. the rep's id)")] = None,
     ) -> Caller:
-        if not authorization or not authorization.lower().startswith("bearer "):
+        key: Key | None = getattr(request.state, "api_key", None)
+        if key is None:  # not a gated /v1 route: nothing was authenticated
             raise Unauthorized("send Authorization: Bearer <api key>", headers=BEARER)
-        secret = authorization[7:].strip()
-        with ctx.db.session(write=False) as session:
-            key = authenticate(session, secret) if secret else None
-            if key is None:
-                raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
-            if not has_scope(key, scope):
-                raise Forbidden(f"this key has scopes {', '.join(key.scopes)}; this needs {scope}")
-            actor = _header_text(x_actor) or f"key:{key.name}"
-            return Caller(key.id, key.name, tuple(key.scopes), actor)
-
-    return dependency
+        actor = _header_text(x_actor) or f"key:{key.name}"
+        return Caller(key.id, key.name, key.scopes, actor)
 
 
 def _header_text(value: str | None) -> str | None:
@@ -80,6 +108,6 @@ def _header_text(value: str | None) -> str | None:
         return value.strip()
 
 
-Reader = Annotated[Caller, Depends(_caller("read"))]
-Writer = Annotated[Caller, Depends(_caller("write"))]
-Admin = Annotated[Caller, Depends(_caller("admin"))]
+Reader = Annotated[Caller, Depends(CallerWith("read"))]
+Writer = Annotated[Caller, Depends(CallerWith("write"))]
+Admin = Annotated[Caller, Depends(CallerWith("admin"))]

@@ -7,18 +7,21 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import idempotency, present
 from app.api import schemas as s
-from app.api.bodies import json_items, media_type, read_body, validate_item
+from app.api.bodies import json_items, media_type, validate_item
 from app.api.deps import ContextDep, Reader, Writer
+from app.api.problems import AUTHENTICATED, problem_responses
+from app.api.gate import Gated
 from app.errors import FieldError
 from app.services import batch as batch_svc
 from app.services import events as svc
 from app.services.event_queries import list_events
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"], route_class=Gated, responses=AUTHENTICATED)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -35,21 +38,23 @@ def _recorded(event, retraction, effects, status: int) -> JSONResponse:  # noqa:
     "",
     status_code=201,
     response_model=s.EventRecordedOut,
-    responses={200: {"model": s.EventRecordedOut, "description": "the same source + external_id was recorded before: that event, nothing counted twice"}},
+    responses={
+        200: {"model": s.EventRecordedOut, "description": "the same source + external_id was recorded before: that event, nothing counted twice"},
+        **problem_responses(400, 409, 413),
+    },
 )
 def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Log an event. It is validated against the rulebook's catalogue, stored, and the grades it
     touches are re-computed in the same transaction; `effects` lists the grade changes."""
 
-    def work() -> JSONResponse:
-        with ctx.db.session(write=True) as session:
-            new = svc.NewEvent(**body.model_dump())
-            recorded = svc.record_event(session, ctx.rulebook, new, actor=caller.actor, now=ctx.clock())
-            retraction = None if recorded.created else svc.retraction_of(session, recorded.event.id)
-            return _recorded(recorded.event, retraction, recorded.effects, 201 if recorded.created else 200)
+    def write(session: Session) -> JSONResponse:
+        new = svc.NewEvent(**body.model_dump())
+        recorded = svc.record_event(session, ctx.rulebook, new, actor=caller.actor, now=ctx.clock())
+        retraction = None if recorded.created else svc.retraction_of(session, recorded.event.id)
+        return _recorded(recorded.event, retraction, recorded.effects, 201 if recorded.created else 200)
 
     fp = idempotency.fingerprint("POST", "/v1/events", body.model_dump(mode="json"))
-    return idempotency.run(ctx, caller, idempotency_key, fp, work)
+    return idempotency.run(ctx, caller, idempotency_key, fp, lambda: ctx.db.transaction(write))
 
 
 BATCH_BODY = {
@@ -68,7 +73,7 @@ BATCH_BODY = {
     "/batch",
     response_model=s.BatchOut,
     openapi_extra=BATCH_BODY,
-    responses={413: {"model": s.ProblemOut, "description": "more items or bytes than the limit"}, 422: {"model": s.ProblemOut}},
+    responses=problem_responses(409, 413, 415),
 )
 async def record_batch(
     request: Request,
@@ -81,13 +86,12 @@ async def record_batch(
     order as `created`, `duplicate` (its source + external_id was stored before, so a re-sent
     batch changes nothing) or `rejected` (with a problem). Grades are re-computed once per
     subject the batch touched, in the same transaction."""
-    body = await read_body(request, ctx.settings.max_batch_bytes)
+    body = await request.body()  # at most max_batch_bytes: app/api/limits.py
     content_type = media_type(request)
 
     def work() -> JSONResponse:
         items = [_new_event(validate_item(s.EventIn, item)) for item in json_items(body, content_type, max_items=batch_svc.MAX_ITEMS)]
-        with ctx.db.session(write=True) as session:
-            outcome = batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock())
+        outcome = ctx.db.transaction(lambda session: batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock()))
         out = s.BatchOut(
             created=outcome.count("created"),
             duplicate=outcome.count("duplicate"),
@@ -147,22 +151,21 @@ def get_events(
         return s.EventPage(items=[present.event(e, r) for e, r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{event_id}", response_model=s.EventOut)
+@router.get("/{event_id}", response_model=s.EventOut, responses=problem_responses(404))
 def get_event(event_id: s.PathId, ctx: ContextDep, caller: Reader) -> s.EventOut:
     with ctx.db.session(write=False) as session:
         event = svc.get_event(session, event_id)
         return present.event(event, svc.retraction_of(session, event_id))
 
 
-@router.post("/{event_id}/retract", response_model=s.EventRecordedOut)
+@router.post("/{event_id}/retract", response_model=s.EventRecordedOut, responses=problem_responses(400, 404, 409, 413))
 def retract_event(event_id: s.PathId, body: s.RetractIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Retract an event: from now on it counts for nothing and the grades it touched are
     re-computed. Nothing is deleted. Retracting a retracted event changes nothing (200)."""
 
-    def work() -> JSONResponse:
-        with ctx.db.session(write=True) as session:
-            event, retraction, effects = svc.retract_event(session, ctx.rulebook, event_id, body.reason, actor=caller.actor, now=ctx.clock())
-            return _recorded(event, retraction, effects, 200)
+    def write(session: Session) -> JSONResponse:
+        event, retraction, effects = svc.retract_event(session, ctx.rulebook, event_id, body.reason, actor=caller.actor, now=ctx.clock())
+        return _recorded(event, retraction, effects, 200)
 
     fp = idempotency.fingerprint("POST", f"/v1/events/{event_id}/retract", body.model_dump(mode="json"))
-    return idempotency.run(ctx, caller, idempotency_key, fp, work)
+    return idempotency.run(ctx, caller, idempotency_key, fp, lambda: ctx.db.transaction(write))

@@ -12,12 +12,13 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import schemas as s
-from app.api.bodies import media_type, read_body
 from app.api.deps import Admin, ContextDep
+from app.api.problems import AUTHENTICATED, problem_response, problem_responses
+from app.api.gate import Gated
 from app.db import models as m
 from app.services import forms as svc
 
-router = APIRouter(tags=["forms"])
+router = APIRouter(tags=["forms"], route_class=Gated, responses=AUTHENTICATED)
 
 FormIdPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="the form's slug")]
 
@@ -71,14 +72,16 @@ def _hook_out(session: Session, received: svc.Received) -> s.HookOut:
 # --- mappings (admin) ------------------------------------------------------------------------
 
 
-@router.post("/v1/forms", status_code=201, response_model=s.FormSecretOut)
+@router.post("/v1/forms", status_code=201, response_model=s.FormSecretOut, responses=problem_responses(400, 409, 413))
 def create_form(body: s.FormIn, ctx: ContextDep, caller: Admin) -> JSONResponse:
     """Set up a form: how its hook is authenticated and how a submission becomes events.
     The answer shows the secret (and, for url_token, the hook URL with it) once."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> JSONResponse:
         form = svc.create_form(session, ctx.rulebook, body.model_dump(exclude_none=True), now=ctx.clock())
-        out = _with_secret(form)
-    return JSONResponse(out.model_dump(mode="json"), status_code=201, headers={"Location": f"/v1/forms/{form.form_id}"})
+        return JSONResponse(_with_secret(form).model_dump(mode="json"), status_code=201, headers={"Location": f"/v1/forms/{form.form_id}"})
+
+    return ctx.db.transaction(write)
 
 
 @router.get("/v1/forms", response_model=s.FormPage)
@@ -93,28 +96,34 @@ def list_forms(
         return s.FormPage(items=[_form(f) for f in rows], next_cursor=next_cursor)
 
 
-@router.get("/v1/forms/{form_id}", response_model=s.FormOut)
+@router.get("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(404))
 def get_form(form_id: FormIdPath, ctx: ContextDep, caller: Admin) -> s.FormOut:
     with ctx.db.session(write=False) as session:
         return _form(svc.get_form(session, form_id))
 
 
-@router.patch("/v1/forms/{form_id}", response_model=s.FormOut)
+@router.patch("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(400, 404, 413))
 def update_form(form_id: FormIdPath, body: s.FormPatch, ctx: ContextDep, caller: Admin) -> s.FormOut:
     """Change the name, the mapping or whether the hook is enabled. Submissions waiting in the
     inbox can then be replayed with the new mapping."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.FormOut:
         form = svc.update_form(session, ctx.rulebook, form_id, body.model_dump(exclude_unset=True), now=ctx.clock())
         return _form(form)
 
+    return ctx.db.transaction(write)
 
-@router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut)
+
+@router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses=problem_responses(400, 404, 413))
 def rotate_secret(form_id: FormIdPath, body: s.RotateSecretIn, ctx: ContextDep, caller: Admin) -> s.FormSecretOut:
     """Issue a new secret (or set the one given). The old one keeps working for
     `grace_hours`, so the tool can be re-configured without losing deliveries."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.FormSecretOut:
         form = svc.rotate_secret(session, form_id, scheme=body.auth_scheme, secret=body.secret, grace=timedelta(hours=body.grace_hours), now=ctx.clock())
         return _with_secret(form)
+
+    return ctx.db.transaction(write)
 
 
 # --- the hook (the form tool calls it) --------------------------------------------------------
@@ -136,15 +145,16 @@ HOOK_BODY = {
     responses={
         200: {"model": s.HookOut, "description": "a redelivery of a submission already received: nothing counted twice"},
         202: {"model": s.HookOut, "description": "authentic but not mappable: kept in the inbox (GET /v1/inbox)"},
-        401: {"model": s.ProblemOut, "description": "bad or missing signature or token, or no such form: nothing stored"},
-        403: {"model": s.ProblemOut, "description": "an authentic delivery for a disabled form: nothing stored"},
+        **problem_responses(413, 415),
+        401: problem_response("bad or missing signature or token, or no such form: nothing stored"),
+        403: problem_response("an authentic delivery for a disabled form: nothing stored"),
     },
 )
 async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSONResponse:
     """Receive a submission. It is authenticated first, on the raw body, by the scheme the
     form's mapping names (Standard Webhooks, Typeform-Signature, X-Signature, Jiandaoyun or
     a `token` in the URL); then mapped into events (201), or kept in the inbox (202)."""
-    body = await read_body(request, ctx.settings.max_hook_bytes)
+    body = await request.body()  # at most max_hook_bytes: app/api/limits.py
     headers = {k.lower(): v for k, v in request.headers.items()}
     query = dict(request.query_params)
     content_type = request.headers.get("content-type", "")
@@ -153,12 +163,14 @@ async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSO
         now = ctx.clock()
         with ctx.db.session(write=False) as session:
             svc.authenticate(session, form_id, headers=headers, query=query, body=body, now=now)
-        with ctx.db.session(write=True) as session:
+
+        def write(session: Session) -> JSONResponse:
             form = svc.get_form(session, form_id)
             received = svc.receive(session, ctx.rulebook, form, content_type=content_type, headers=headers, body=body, now=now)
-            out = _hook_out(session, received)
-        status = {"processed": 201, "inbox": 202, "duplicate": 200}[received.outcome]
-        return JSONResponse(out.model_dump(mode="json"), status_code=status)
+            status = {"processed": 201, "inbox": 202, "duplicate": 200}[received.outcome]
+            return JSONResponse(_hook_out(session, received).model_dump(mode="json"), status_code=status)
+
+        return ctx.db.transaction(write)
 
     return await run_in_threadpool(work)
 
@@ -181,24 +193,30 @@ def list_inbox(
         return s.SubmissionPage(items=[_submission(session, r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/v1/inbox/{submission_id}", response_model=s.SubmissionDetailOut)
+@router.get("/v1/inbox/{submission_id}", response_model=s.SubmissionDetailOut, responses=problem_responses(404))
 def get_submission(submission_id: s.PathId, ctx: ContextDep, caller: Admin) -> s.SubmissionOut:
     """One submission with the body exactly as received."""
     with ctx.db.session(write=False) as session:
         return _submission(session, svc.get_submission(session, submission_id), detail=True)
 
 
-@router.post("/v1/inbox/{submission_id}/replay", response_model=s.HookOut)
+@router.post("/v1/inbox/{submission_id}/replay", response_model=s.HookOut, responses=problem_responses(404, 409))
 def replay(submission_id: s.PathId, ctx: ContextDep, caller: Admin) -> s.HookOut:
     """Map the submission again with the form's current mapping (after fixing it, or the
     customer). `outcome` says whether it is now processed or still in the inbox, and why."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.HookOut:
         received = svc.replay(session, ctx.rulebook, submission_id, actor=caller.actor, now=ctx.clock())
         return _hook_out(session, received)
 
+    return ctx.db.transaction(write)
 
-@router.post("/v1/inbox/{submission_id}/dismiss", response_model=s.SubmissionOut)
+
+@router.post("/v1/inbox/{submission_id}/dismiss", response_model=s.SubmissionOut, responses=problem_responses(400, 404, 409, 413))
 def dismiss(submission_id: s.PathId, body: s.DismissIn, ctx: ContextDep, caller: Admin) -> s.SubmissionOut:
     """Take a submission out of the inbox without mapping it; the reason is kept."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.SubmissionOut:
         return _submission(session, svc.dismiss(session, submission_id, body.reason, actor=caller.actor, now=ctx.clock()))
+
+    return ctx.db.transaction(write)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, Context
 from app.api.problems import app_error_response
@@ -37,7 +38,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fp: str, work: Callable[[
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
     now = ctx.clock()
-    stored = _claim(ctx, caller.key_id, key, fp, now)
+    stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now))
     if stored is not None:
         return stored
     try:
@@ -64,38 +65,37 @@ def run(ctx: Context, caller: Caller, key: str | None, fp: str, work: Callable[[
     return response
 
 
-def _claim(ctx: Context, key_id: int, key: str, fp: str, now: datetime) -> Response | None:
+def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: datetime) -> Response | None:
     """Claim the key for this request; or return the stored answer; or raise 409/422."""
     ttl = timedelta(hours=ctx.settings.idempotency_ttl_hours)
     lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
-    with ctx.db.session(write=True) as session:
-        session.execute(delete(m.IdempotencyRecord).where(m.IdempotencyRecord.created_at < now - ttl))
-        record = session.scalar(
-            select(m.IdempotencyRecord).where(m.IdempotencyRecord.api_key_id == key_id, m.IdempotencyRecord.key == key).with_for_update()
+    session.execute(delete(m.IdempotencyRecord).where(m.IdempotencyRecord.created_at < now - ttl))
+    record = session.scalar(
+        select(m.IdempotencyRecord).where(m.IdempotencyRecord.api_key_id == key_id, m.IdempotencyRecord.key == key).with_for_update()
+    )
+    if record is None:
+        try:
+            with session.begin_nested():
+                session.add(m.IdempotencyRecord(api_key_id=key_id, key=key, fingerprint=fp, created_at=now, locked_until=lease))
+            return None
+        except IntegrityError:
+            raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"}) from None
+    if record.fingerprint != fp:
+        raise Invalid(
+            "this Idempotency-Key was used for a different request",
+            errors=[FieldError("Idempotency-Key", "reused with a different method, path or body", "header")],
         )
-        if record is None:
-            try:
-                with session.begin_nested():
-                    session.add(m.IdempotencyRecord(api_key_id=key_id, key=key, fingerprint=fp, created_at=now, locked_until=lease))
-                return None
-            except IntegrityError:
-                raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"}) from None
-        if record.fingerprint != fp:
-            raise Invalid(
-                "this Idempotency-Key was used for a different request",
-                errors=[FieldError("Idempotency-Key", "reused with a different method, path or body", "header")],
-            )
-        if record.status_code is not None:
-            return Response(
-                content=record.response_body,
-                status_code=record.status_code,
-                media_type=record.response_type,
-                headers={**(record.response_headers or {}), "Idempotent-Replayed": "true"},
-            )
-        if record.locked_until > now:
-            raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
-        record.locked_until = lease  # the first attempt died without an answer: take it over
-        return None
+    if record.status_code is not None:
+        return Response(
+            content=record.response_body,
+            status_code=record.status_code,
+            media_type=record.response_type,
+            headers={**(record.response_headers or {}), "Idempotent-Replayed": "true"},
+        )
+    if record.locked_until > now:
+        raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
+    record.locked_until = lease  # the first attempt died without an answer: take it over
+    return None
 
 
 def _release(ctx: Context, key_id: int, key: str) -> None:

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.api.deps import ContextDep, Reader
-from app.api.problems import problem
+from app.api.gate import Gated
+from app.api.problems import AUTHENTICATED, problem, problem_response
 
-router = APIRouter(tags=["meta"])
+router = APIRouter(tags=["meta"], route_class=Gated)
 
 
 @router.get("/healthz")
@@ -20,7 +21,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "the database cannot be reached"}})
+@router.get("/readyz", responses={503: problem_response("the database cannot be reached")})
 def readyz(ctx: ContextDep) -> Any:
     """Readiness: the database answers. No auth."""
     try:
@@ -31,7 +32,7 @@ def readyz(ctx: ContextDep) -> Any:
     return JSONResponse({"status": "ready", "rulebook_version": ctx.rulebook.version})
 
 
-@router.get("/v1/rulebook")
+@router.get("/v1/rulebook", responses=AUTHENTICATED)
 def rulebook(ctx: ContextDep, caller: Reader) -> dict[str, Any]:
     """The active rulebook: its version, the event catalogue with each type's attributes,
     the levels of each customer kind and the heat tiers, with their criteria and labels."""

@@ -11,11 +11,45 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.schemas import ProblemOut
+from app.db.engine import is_retryable
 from app.errors import AppError
 
 log = logging.getLogger("rapport")
 PROBLEM = "application/problem+json"
 TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 409: "Conflict", 413: "Request too large", 415: "Unsupported media type", 422: "The request is not valid", 503: "Service unavailable"}
+
+
+# What each error status means for a caller, as the OpenAPI document says it.
+MEANINGS = {
+    400: "the body cannot be read (it is not UTF-8 text); nothing was stored",
+    401: "no API key, or an unknown or revoked one",
+    403: "the API key lacks the scope this needs",
+    404: "no such resource",
+    409: "conflicts with the current state; nothing was stored",
+    412: "If-Match names a version that is no longer current; nothing was stored",
+    413: "the body is larger than the limit",
+    415: "the body's content type is not one this accepts",
+    422: "the request is not valid: `errors` names each field and why; nothing was stored",
+    429: "too many requests from this key; retry after Retry-After seconds",
+    503: "the database is unavailable or busy; nothing was stored, retry after Retry-After seconds",
+}
+
+
+def problem_response(description: str) -> dict[str, Any]:
+    """One OpenAPI response answered as problem+json."""
+    return {"description": description, "content": {PROBLEM: {"schema": ProblemOut.model_json_schema()}}}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's or router's `responses=` for these error statuses, each problem+json."""
+    return {status: problem_response(MEANINGS[status]) for status in statuses}
+
+
+# Every route behind an API key can answer these.
+AUTHENTICATED = problem_responses(401, 403, 422, 429, 503)
+# A `{ref:path}` parameter matches no line break, so such a path reaches no route at all.
+REF_WITH_LINE_BREAK = problem_response("the ref holds a line break, so the path names no resource")
 
 
 def problem(status: int, slug: str, title: str, detail: str, errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -58,6 +92,9 @@ def install(app: FastAPI) -> None:
                 at = f" at character {path}" if path != where else ""
                 path = where
                 reason = f"malformed JSON{at}: {err.get('ctx', {}).get('error', 'cannot be parsed')}"
+            elif err.get("type") == "too_long" and isinstance(err.get("input"), str):
+                # A length limit on a type with its own validator (NoNul) is checked after it, as for a list.
+                reason = f"String should have at most {err.get('ctx', {}).get('max_length')} characters"
             errors.append({"field": path, "in": where, "reason": reason})
         return problem(422, "validation", "The request is not valid", f"{len(errors)} field(s) failed validation; nothing was stored", errors)
 
@@ -69,6 +106,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        if is_retryable(exc):  # still colliding after Database.transaction's retries
+            log.warning("write still rolled back by the database after retries (SQLSTATE %s)", exc.orig.sqlstate)  # type: ignore[union-attr]
+            return problem(503, "unavailable", "Service unavailable", "the write collided with concurrent writes to the same records; nothing was stored — retry", headers={"Retry-After": "1"})
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return problem(503, "unavailable", "Service unavailable", "the database is unavailable; nothing was stored — retry later", headers={"Retry-After": "5"})
 

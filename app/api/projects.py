@@ -11,12 +11,14 @@ from sqlalchemy.orm import Session
 from app.api import by_ref, present
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
+from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses
 from app.api.etags import etag, parse_if_match
+from app.api.gate import Gated
 from app.db import models as m
 from app.services import projects as svc
 from app.services.history import history_page
 
-router = APIRouter(prefix="/v1/projects", tags=["projects"])
+router = APIRouter(prefix="/v1/projects", tags=["projects"], route_class=Gated, responses=AUTHENTICATED)
 
 
 def _out(ctx: Context, session: Session, project: m.Project) -> s.ProjectOut:
@@ -24,14 +26,17 @@ def _out(ctx: Context, session: Session, project: m.Project) -> s.ProjectOut:
     return ctx.presenter.project(project, *svc.participants(session, project))
 
 
-@router.post("", status_code=201, response_model=s.ProjectOut)
+@router.post("", status_code=201, response_model=s.ProjectOut, responses=problem_responses(400, 409, 413))
 def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer, response: Response) -> s.ProjectOut:
     """Create a project of an `owner` customer. It starts cold (0 %)."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.ProjectOut:
         project = svc.create_project(session, ctx.rulebook, body.model_dump(exclude_none=True), now=ctx.clock())
         response.headers["ETag"] = etag("project", project.id, project.version)
         response.headers["Location"] = f"/v1/projects/{project.id}"
         return ctx.presenter.project(project, [], None)
+
+    return ctx.db.transaction(write)
 
 
 @router.get("", response_model=s.ProjectPage)
@@ -53,7 +58,7 @@ def list_projects(
         return s.ProjectPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut)
+@router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses=problem_responses(404))
 def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
     """The project with this external_ref (the ERP's code)."""
     return by_ref.read(ctx, m.Project, external_ref, response, lambda session, row: _out(ctx, session, row))
@@ -62,7 +67,12 @@ def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader,
 @router.put(
     "/by-ref/{external_ref:path}",
     response_model=s.ProjectOut,
-    responses={201: {"model": s.ProjectOut, "description": "created"}, 200: {"description": "updated, or unchanged (same version)"}},
+    responses={
+        201: {"model": s.ProjectOut, "description": "created"},
+        200: {"description": "updated, or unchanged (same version)"},
+        **problem_responses(400, 409, 412, 413),
+        404: REF_WITH_LINE_BREAK,
+    },
 )
 def put_project(
     external_ref: s.PathRef,
@@ -76,7 +86,7 @@ def put_project(
     return by_ref.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row))
 
 
-@router.get("/{project_id}", response_model=s.ProjectOut)
+@router.get("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(404))
 def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
     with ctx.db.session(write=False) as session:
@@ -85,7 +95,7 @@ def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader, response:
         return _out(ctx, session, project)
 
 
-@router.patch("/{project_id}", response_model=s.ProjectOut)
+@router.patch("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(400, 404, 409, 412, 413))
 def update_project(
     project_id: s.PathId,
     body: s.ProjectPatch,
@@ -95,15 +105,18 @@ def update_project(
     if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the project changed since")] = None,
 ) -> s.ProjectOut:
     """Change descriptive fields. The owner cannot change."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> s.ProjectOut:
         project = svc.update_project(
             session, project_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "project", project_id), now=ctx.clock()
         )
         response.headers["ETag"] = etag("project", project.id, project.version)
         return _out(ctx, session, project)
 
+    return ctx.db.transaction(write)
 
-@router.get("/{project_id}/history", response_model=s.HistoryPage)
+
+@router.get("/{project_id}/history", response_model=s.HistoryPage, responses=problem_responses(404))
 def project_history(
     project_id: s.PathId,
     ctx: ContextDep,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from app.domain.validation import instant_problem
 
 
 def _no_nul(value: str) -> str:
@@ -19,8 +20,18 @@ def _no_nul(value: str) -> str:
 
 
 NoNul = AfterValidator(_no_nul)
+
+
+def _no_control(value: str) -> str:
+    # A ref is also a URL path segment: one with a line break could be stored but never
+    # found again by /by-ref/{external_ref}, whose path cannot match it.
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        raise ValueError("must not contain control characters (a line break, a tab…)")
+    return value
+
+
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
-Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
+Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul, AfterValidator(_no_control)]
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
@@ -46,16 +57,15 @@ def _cents(value: float | None) -> float | None:
 Amount = Annotated[float, Field(ge=0, le=1e13), AfterValidator(_cents)]
 
 
-def _storable_instant(value: datetime) -> datetime:
-    try:
-        value.astimezone(timezone.utc)  # what the database layer does with it
-    except OverflowError:
-        raise ValueError("is outside the range of instants this service can compare") from None
+def _accepted_instant(value: datetime) -> datetime:
+    problem = instant_problem(value)
+    if problem:
+        raise ValueError(problem)
     return value
 
 
-# An aware instant that can be converted to UTC (0001-01-01T00:00+14:00 cannot).
-Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
+# An aware instant from 1970 up to 2100 (the bounds of every instant a request carries).
+Instant = Annotated[AwareDatetime, AfterValidator(_accepted_instant)]
 
 
 class Strict(BaseModel):
@@ -156,14 +166,28 @@ class ProjectPatch(Patch):
     tags: list[Tag] | None = Field(default=None, max_length=20)
 
 
+MAX_ATTRIBUTES = 20
+MAX_ATTRIBUTE_NAME = 64
+
+
+def _attribute_names(value: dict[str, Any]) -> dict[str, Any]:
+    # Checked on the whole object, so that the error does not echo a name of any length.
+    if any(len(name) > MAX_ATTRIBUTE_NAME for name in value):
+        raise ValueError(f"attribute names are at most {MAX_ATTRIBUTE_NAME} characters")
+    return value
+
+
+Attributes = Annotated[dict[str, Any], Field(max_length=MAX_ATTRIBUTES), AfterValidator(_attribute_names)]
+
+
 class EventIn(Strict):
     type: Annotated[str, StringConstraints(min_length=1, max_length=64), NoNul]
     customer_id: Id | None = None
     project_id: Id | None = None
     customer_ref: Ref | None = Field(default=None, description="the customer's external_ref, instead of customer_id")
     project_ref: Ref | None = Field(default=None, description="the project's external_ref, instead of project_id")
-    occurred_at: AwareDatetime = Field(description="when it happened, ISO 8601 with an offset")
-    attributes: dict[str, Any] = Field(default_factory=dict, max_length=20)
+    occurred_at: Instant = Field(description="when it happened, ISO 8601 with an offset; from 1970, at most a day ahead")
+    attributes: Attributes = Field(default_factory=dict, description=f"validated against the type's catalogue; at most {MAX_ATTRIBUTES} names")
     source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = Field(
         default="api", description="api, mobile, erp, form:<id>…"
     )

@@ -11,9 +11,12 @@ from datetime import datetime
 from typing import Annotated, AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI, Query, Response
+from sqlalchemy.orm import Session
 
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
+from app.api.problems import AUTHENTICATED, problem_responses
+from app.api.gate import Gated
 from app.api.schemas import PathId
 from app.db import models as m
 from app.db.engine import Database
@@ -21,7 +24,7 @@ from app.services import delivery as deliveries
 from app.services import outbox as svc
 from app.settings import Settings
 
-router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"], route_class=Gated, responses=AUTHENTICATED)
 
 Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=200)]
@@ -63,14 +66,17 @@ def _delivery(entry: deliveries.Logged) -> w.DeliveryOut:
     )
 
 
-@router.post("", status_code=201, response_model=w.SubscriptionCreatedOut)
+@router.post("", status_code=201, response_model=w.SubscriptionCreatedOut, responses=problem_responses(400, 413))
 def create_subscription(body: w.SubscriptionIn, ctx: ContextDep, caller: Admin, response: Response) -> w.SubscriptionCreatedOut:
     """Subscribe a URL to grade changes. The answer holds the signing secret — the only
     time it is shown: keep it where the receiver can read it."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> w.SubscriptionCreatedOut:
         sub = svc.create_subscription(session, body.model_dump(exclude_none=True), now=ctx.clock())
         response.headers["Location"] = f"{router.prefix}/{sub.id}"
         return w.SubscriptionCreatedOut(**_subscription(sub).model_dump(), secret=sub.secret)
+
+    return ctx.db.transaction(write)
 
 
 @router.get("", response_model=w.SubscriptionPage)
@@ -87,32 +93,34 @@ def list_subscriptions(
         return w.SubscriptionPage(items=[_subscription(sub) for sub in rows], next_cursor=next_cursor)
 
 
-@router.get("/{subscription_id}", response_model=w.SubscriptionOut)
+@router.get("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(404))
 def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
     """One subscription (never its secret); `paused_reason` says why it is paused."""
     with ctx.db.session(write=False) as session:
         return _subscription(svc.get_subscription(session, subscription_id))
 
 
-@router.patch("/{subscription_id}", response_model=w.SubscriptionOut)
+@router.patch("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(400, 404, 409, 413))
 def update_subscription(subscription_id: PathId, body: w.SubscriptionPatch, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
     """Change the URL, description or event types; pause or resume. Resuming makes every
     waiting delivery due at once (409 for a deleted subscription)."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> w.SubscriptionOut:
         changes = body.model_dump(exclude_unset=True)
         return _subscription(svc.update_subscription(session, subscription_id, changes, actor=caller.actor, now=ctx.clock()))
 
+    return ctx.db.transaction(write)
 
-@router.delete("/{subscription_id}", status_code=204)
+
+@router.delete("/{subscription_id}", status_code=204, responses=problem_responses(404))
 def delete_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> Response:
     """Stop for good: nothing more is queued or sent, pending deliveries end as failed. The
     subscription stays readable (status `deleted`) with its delivery log."""
-    with ctx.db.session(write=True) as session:
-        svc.delete_subscription(session, subscription_id, now=ctx.clock())
+    ctx.db.transaction(lambda session: svc.delete_subscription(session, subscription_id, now=ctx.clock()))
     return Response(status_code=204)
 
 
-@router.get("/{subscription_id}/deliveries", response_model=w.DeliveryPage)
+@router.get("/{subscription_id}/deliveries", response_model=w.DeliveryPage, responses=problem_responses(404))
 def list_deliveries(
     subscription_id: PathId,
     ctx: ContextDep,
@@ -128,21 +136,27 @@ def list_deliveries(
         return w.DeliveryPage(items=[_delivery(entry) for entry in rows], next_cursor=next_cursor)
 
 
-@router.post("/{subscription_id}/deliveries/{delivery_id}/redeliver", status_code=202, response_model=w.DeliveryOut)
+@router.post("/{subscription_id}/deliveries/{delivery_id}/redeliver", status_code=202, response_model=w.DeliveryOut, responses=problem_responses(404, 409))
 def redeliver(subscription_id: PathId, delivery_id: PathId, ctx: ContextDep, caller: Admin) -> w.DeliveryOut:
     """Send a delivery again (same webhook-id), due now with a fresh retry schedule. While
     the subscription is paused it waits for the resume."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> w.DeliveryOut:
         delivery = svc.redeliver(session, subscription_id, delivery_id, now=ctx.clock())
         return _delivery(deliveries.logged(session, [delivery])[0])
 
+    return ctx.db.transaction(write)
 
-@router.post("/{subscription_id}/test", status_code=202, response_model=w.DeliveryOut)
+
+@router.post("/{subscription_id}/test", status_code=202, response_model=w.DeliveryOut, responses=problem_responses(404, 409))
 def send_test(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> w.DeliveryOut:
     """Queue a `webhook.ping` message for this subscription only, to check the receiver."""
-    with ctx.db.session(write=True) as session:
+
+    def write(session: Session) -> w.DeliveryOut:
         delivery = svc.ping(session, subscription_id, now=ctx.clock())
         return _delivery(deliveries.logged(session, [delivery])[0])
+
+    return ctx.db.transaction(write)
 
 
 def lifespan(settings: Settings, db: Database, clock: Callable[[], datetime]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -156,6 +170,7 @@ def lifespan(settings: Settings, db: Database, clock: Callable[[], datetime]) ->
             yield
         finally:
             if halt is not None:
-                halt()
+                halt()  # the attempt under way ends first; undelivered messages stay queued
+            db.engine.dispose()  # close pooled connections instead of leaving them to die with the process
 
     return run

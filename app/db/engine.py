@@ -1,18 +1,59 @@
 """Engine and sessions. SQLite runs as production SQLite should: WAL, synchronous=NORMAL,
 a busy timeout, foreign keys on, and write transactions that start with BEGIN IMMEDIATE
-so writers queue for the single write lock instead of failing mid-transaction."""
+so writers queue for the single write lock instead of failing mid-transaction.
+
+On PostgreSQL a write transaction may be told to run again (a deadlock, a serialization
+failure): `Database.transaction` does so, a few times, before the error reaches the caller."""
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 import threading
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 WRITE = "rapport_write"
+# SQLSTATEs with which PostgreSQL rolls a transaction back and asks for it to be run again:
+# serialization_failure, deadlock_detected, and lock_not_available (only if a lock_timeout
+# is configured on the server or role; Rapport sets none).
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+ATTEMPTS = 3
+
+T = TypeVar("T")
+log = logging.getLogger("rapport.db")
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether the database rolled the transaction back and asks for it to be run again."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before running a transaction again: short, growing, and jittered so
+    the transactions that collided do not collide again in step."""
+    return random.uniform(0.01, 0.05) * 2 ** (attempt - 1)
+
+
+def retrying(run: Callable[[], T], *, attempts: int = ATTEMPTS, pause: Callable[[float], None] = time.sleep) -> T:
+    """`run()`, run again (up to `attempts` times in all) while it fails with an error the
+    database asks to retry; any other error, or the last retryable one, is raised."""
+    attempt = 1
+    while True:
+        try:
+            return run()
+        except DBAPIError as exc:
+            if attempt >= attempts or not is_retryable(exc):
+                raise
+            log.info("transaction rolled back by the database (SQLSTATE %s): running it again", exc.orig.sqlstate)  # type: ignore[union-attr]
+            pause(backoff(attempt))
+            attempt += 1
 
 
 def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, echo: bool = False) -> Engine:
@@ -69,3 +110,14 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
+        """`work(session)` in a transaction of its own, committed as `session` commits; run
+        again in a fresh transaction if the database rolls it back and asks for a retry.
+        `work` must therefore have no effect outside its session (it may run more than once)."""
+
+        def once() -> T:
+            with self.session(write=write) as session:
+                return work(session)
+
+        return retrying(once)

@@ -1,11 +1,28 @@
-"""Checking an event against the rulebook's catalogue before anything is stored."""
+"""Checking an event against the rulebook's catalogue before anything is stored, and the
+range of instants the service accepts anywhere."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from app.domain.rulebook import Rulebook, attribute_problem
+
+
+# Nothing in this business happened before 1970, and an instant in the 22nd century is a
+# typo or a probe: the same bounds hold for every instant a request carries.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+
+def instant_problem(value: datetime) -> str | None:
+    """Why an aware instant is out of the accepted range, or None."""
+    if value < EARLIEST:
+        return "must not be before 1970-01-01T00:00:00Z"
+    if value >= LATEST:
+        return "must be before 2100-01-01T00:00:00Z"
+    return None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from app.chunks import chunked
 from app.db import facts as repo
 from app.db import models as m
 from app.domain.rulebook import Rulebook
-from app.domain.validation import EventRejected, check_event
+from app.domain.validation import EventRejected, check_event, instant_problem
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import Effect, Regrade, lock_customers, regrade
 from app.services import outbox
@@ -23,9 +23,8 @@ Row = TypeVar("Row", m.Event, m.Retraction)
 Subject = TypeVar("Subject", m.Customer, m.Project)
 
 # An event may be logged a little ahead of the server's clock (a phone's clock is off),
-# never days ahead; and nothing in this business happened before 1970.
+# never days ahead.
 MAX_FUTURE = timedelta(days=1)
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,11 @@ def check_new_event(session: Session, rulebook: Rulebook, new: NewEvent, *, now:
     catalogue; raise Invalid naming every problem."""
     subjects = subjects or Subjects(session)
     problems: list[FieldError] = []
-    if new.occurred_at > now + MAX_FUTURE:
+    out_of_range = instant_problem(new.occurred_at)
+    if out_of_range:
+        problems.append(FieldError("occurred_at", out_of_range))
+    elif new.occurred_at > now + MAX_FUTURE:
         problems.append(FieldError("occurred_at", "is more than a day in the future"))
-    if new.occurred_at < EARLIEST:
-        problems.append(FieldError("occurred_at", "is before 1970"))
     customer = subjects.find(m.Customer, "customer", new.customer_id, new.customer_ref, problems)
     project = subjects.find(m.Project, "project", new.project_id, new.project_ref, problems)
     has_customer = new.customer_id is not None or new.customer_ref is not None

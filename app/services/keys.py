@@ -51,8 +51,8 @@ def authenticate(session: Session, secret: str) -> m.ApiKey | None:
     return key
 
 
-def has_scope(key: m.ApiKey, scope: str) -> bool:
-    return scope in key.scopes or "admin" in key.scopes
+def has_scope(scopes: Sequence[str], scope: str) -> bool:
+    return scope in scopes or "admin" in scopes
 
 
 def ensure_bootstrap_key(session: Session, secret: str, *, now: datetime) -> m.ApiKey:

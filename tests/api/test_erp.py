@@ -42,6 +42,13 @@ def test_a_ref_with_surrounding_spaces_is_refused_in_the_path(api) -> None:
     assert api.get("/v1/customers").json()["items"] == []
 
 
+@pytest.mark.parametrize("ref", ["C-1\nC-2", "C\t1", "C\x7f1"])
+def test_a_ref_with_a_control_character_is_refused_and_nothing_is_stored(api, ref: str) -> None:
+    # No /by-ref/{external_ref} path could ever find such a customer again.
+    assert_problem(api.post("/v1/customers", json={"name": "x", "kind": "owner", "external_ref": ref}), 422, "external_ref")
+    assert api.get("/v1/customers").json()["items"] == []
+
+
 def test_get_customer_by_ref_and_refs_with_a_slash(api) -> None:
     r = api.put("/v1/customers/by-ref/SH%2F2026%2F17", json={"name": "上海建工安装有限公司", "kind": "installer"})
     assert r.status_code == 201, r.text

@@ -1,0 +1,54 @@
+"""What every /v1 request passes before its route reads the body: the API key and its
+scope, then the rate limit. FastAPI parses a JSON body before it runs any dependency, so
+checks made in dependencies would answer garbage sent without a key with 422 instead of
+401; this route class runs them first, after routing and before the body is touched."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Coroutine, Hashable
+
+from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import CallerWith, api_key, check_scope
+from app.api.limits import HOOKS_PREFIX, RateLimiter
+
+
+def _scopes(dependant: Dependant) -> list[str]:
+    """The scopes the route's `Caller` dependencies need."""
+    found = [dependant.call.scope] if isinstance(dependant.call, CallerWith) else []
+    return found + [scope for sub in dependant.dependencies for scope in _scopes(sub)]
+
+
+def _spend(limiter: RateLimiter | None, caller: Hashable) -> None:
+    if limiter is not None:
+        limiter.take(caller)
+
+
+class Gated(APIRoute):
+    """A route under /v1 authenticates its API key (once: `request.state.api_key`), checks
+    the scope its `Caller` needs and spends a token of the key's rate limit. A form hook
+    (which authenticates its own signature, on the body) spends a token of its form's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        hook = self.path.startswith(HOOKS_PREFIX)
+        authenticated = self.path.startswith("/v1/") and not hook
+        scopes = _scopes(self.dependant)
+
+        async def gated(request: Request) -> Response:
+            ctx = request.app.state.context
+            if authenticated:
+                key = await run_in_threadpool(api_key, ctx.db, request.headers.get("authorization"))
+                _spend(ctx.limiter, ("key", key.id))
+                for scope in scopes:
+                    check_scope(key, scope)
+                request.state.api_key = key
+            elif hook:
+                # Not yet validated: cut to a form id's longest, so a bucket's name stays small.
+                _spend(ctx.limiter, ("form", str(request.path_params.get("form_id", ""))[:64]))
+            return await handler(request)
+
+        return gated

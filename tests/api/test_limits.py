@@ -1,0 +1,387 @@
+"""Hostile and malformed input: every limit answers a problem+json that names it, the key
+is checked before the body is read, one key cannot exhaust the service, and a refused
+request stores nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Callable, Iterator
+
+import pytest
+from anyio.from_thread import BlockingPortal
+from sqlalchemy import text
+
+from app.api.limits import RateLimiter
+from app.errors import TooManyRequests
+from app.main import create_app
+from app.settings import Settings
+from app.startup import initialize
+from tests.api.conftest import ADMIN, Client
+from tests.api.expectations import assert_problem
+from tests.api.scenarios import at, issue_key
+from tests.api.test_forms import example
+from tests.conftest import TABLES, Clock, empty_tables
+
+MiB = 1024 * 1024
+JSON = {"Content-Type": "application/json"}
+
+
+def row_counts(app) -> dict[str, int]:  # noqa: ANN001
+    with app.state.context.db.engine.connect() as conn:
+        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in TABLES}
+
+
+@pytest.fixture
+def app_with(migrated: str, settings: Settings, clock: Clock, portal: BlockingPortal) -> Iterator[Callable[..., tuple[Any, Client]]]:
+    """An app built with other settings (e.g. a tiny rate limit), and an admin client of it."""
+    made: list[tuple[Any, Client]] = []
+
+    def make(**changes: Any) -> tuple[Any, Client]:
+        application = create_app(settings.model_copy(update=changes), clock=clock)
+        ctx = application.state.context
+        empty_tables(ctx.db.engine)
+        initialize(ctx.db, ctx.settings, ctx.rulebook, now=clock())
+        made.append((application, Client(portal, application, {"Authorization": f"Bearer {ADMIN}"})))
+        return made[-1]
+
+    yield make
+    for application, client in made:
+        client.close()
+        application.state.context.db.engine.dispose()
+
+
+def padded_customer(size: int) -> bytes:
+    """A valid customer body of `size` bytes (white space is allowed between JSON tokens)."""
+    body = json.dumps({"name": "华东安装", "kind": "installer"}).encode()
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+async def chunks(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for i in range(0, len(body), size):
+        yield body[i : i + size]
+
+
+# --- body size ------------------------------------------------------------------------------
+
+
+def test_a_body_over_one_mib_is_413_naming_the_limit_and_stores_nothing(api, app) -> None:
+    before = row_counts(app)
+
+    body = assert_problem(api.post("/v1/customers", content=padded_customer(MiB + 1), headers=JSON), 413)
+
+    assert "1048576 bytes" in body["detail"]
+    assert row_counts(app) == before
+
+
+def test_a_chunked_body_without_content_length_is_cut_off_at_the_limit(api, app) -> None:
+    before = row_counts(app)
+
+    r = api.post("/v1/customers", content=chunks(padded_customer(2 * MiB)), headers=JSON)
+
+    assert "1048576 bytes" in assert_problem(r, 413)["detail"]
+    assert row_counts(app) == before
+
+
+def test_a_body_just_under_the_limit_is_accepted(api) -> None:
+    r = api.post("/v1/customers", content=chunks(padded_customer(MiB)), headers=JSON)
+
+    assert r.status_code == 201, r.text
+
+
+def test_the_batch_has_its_own_larger_limit(app_with) -> None:  # noqa: ANN001
+    _, client = app_with(max_batch_bytes=2 * MiB)
+    customer = client.post("/v1/customers", json={"name": "华东安装", "kind": "installer"}).json()
+    item = event({"owner": customer["id"]}, external_id="e-1")
+
+    def batch(size: int) -> bytes:
+        return b"[" + json.dumps(item).encode() + b" " * size + b"]"
+
+    accepted = client.post("/v1/events/batch", content=batch(3 * MiB // 2), headers=JSON)
+    refused = client.post("/v1/events/batch", content=chunks(batch(5 * MiB // 2)), headers=JSON)
+
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["created"] == 1
+    assert "2097152 bytes" in assert_problem(refused, 413)["detail"]
+
+
+def test_a_form_hook_delivery_over_its_limit_is_413(api, app) -> None:
+    before = row_counts(app)
+
+    r = api.post("/v1/hooks/forms/visit-report", content=b"{" + b" " * MiB + b"}", headers=JSON)
+
+    assert "1048576 bytes" in assert_problem(r, 413)["detail"]
+    assert row_counts(app) == before
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_refused_not_a_crash(api, app) -> None:
+    before = row_counts(app)
+
+    assert "nested too deeply" in assert_problem(api.post("/v1/events/batch", content=b"[" * 100_000, headers=JSON), 422, "body")["errors"][0]["reason"]
+    assert_problem(api.post("/v1/events", content=b"[" * 100_000, headers=JSON), 400)
+    assert row_counts(app) == before
+
+
+# --- authentication before the body ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/customers", "/v1/events", "/v1/events/batch", "/v1/forms"])
+def test_garbage_without_a_key_is_401_not_422(anonymous, client_for, app, path: str) -> None:
+    before = row_counts(app)
+
+    assert_problem(anonymous.post(path, content=b"{not json", headers=JSON), 401)
+    assert_problem(client_for("rk_guessed").post(path, content=b"{not json", headers=JSON), 401)
+    assert_problem(anonymous.post(path, content=chunks(b"[" * (2 * MiB)), headers=JSON), 401)
+    assert row_counts(app) == before
+
+
+def test_garbage_with_a_valid_key_is_422_naming_the_body(api) -> None:
+    assert_problem(api.post("/v1/customers", content=b"{not json", headers=JSON), 422, "body")
+
+
+def test_a_key_without_the_scope_is_still_403(client_for, app) -> None:
+    reader = client_for(issue_key(app, "dashboard", ["read"]))
+
+    assert_problem(reader.post("/v1/customers", content=b"{not json", headers=JSON), 403)
+
+
+# --- unknown fields -------------------------------------------------------------------------
+
+@pytest.fixture
+def records(api) -> dict[str, Any]:  # noqa: ANN001
+    """One of each thing a request can change, so that a wrongly accepted body would show."""
+    owner = api.create_customer("仁济医院基建处", "owner", external_ref="C-1")
+    project = api.create_project(owner["id"], external_ref="P-1")
+    event = api.event("company_introduced", customer_id=owner["id"])
+    sub = api.post("/v1/webhooks/subscriptions", json={"url": "http://receiver.test/hook", "event_types": ["event.created"]})
+    assert sub.status_code == 201, sub.text
+    return {"owner": owner["id"], "project": project["id"], "event": event["id"], "subscription": sub.json()["id"]}
+
+
+def event(r: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    """A valid event body about the records' owner, with these fields changed or added."""
+    return {"type": "company_introduced", "customer_id": r["owner"], "occurred_at": at(2), **fields}
+
+
+def form_body(**changes: Any) -> dict[str, Any]:
+    return {**example("typeform-visit-report"), **changes}
+
+
+UNKNOWN_FIELD: list[Any] = [
+    pytest.param("POST", "/v1/customers", lambda r: {"name": "新客户", "kind": "owner", "level": 4}, "level", id="customer-create"),
+    pytest.param("POST", "/v1/customers", lambda r: {"name": "新客户", "kind": "owner", "contact": {"wechat": "x"}}, "contact.wechat", id="customer-contact"),
+    pytest.param("PATCH", "/v1/customers/{owner}", lambda r: {"rep": "王芳", "version": 9}, "version", id="customer-patch"),
+    pytest.param("PUT", "/v1/customers/by-ref/C-1", lambda r: {"name": "仁济", "kind": "owner", "id": 7}, "id", id="customer-put"),
+    pytest.param("POST", "/v1/projects", lambda r: {"name": "新楼", "owner_id": r["owner"], "heat": 90}, "heat", id="project-create"),
+    pytest.param("PATCH", "/v1/projects/{project}", lambda r: {"owner_id": r["owner"]}, "owner_id", id="project-patch"),
+    pytest.param("PUT", "/v1/projects/by-ref/P-1", lambda r: {"name": "新楼", "owner_id": r["owner"], "winner_id": 1}, "winner_id", id="project-put"),
+    pytest.param("POST", "/v1/events", lambda r: event(r, recorded_at=at(1)), "recorded_at", id="event"),
+    pytest.param("POST", "/v1/events/{event}/retract", lambda r: {"reason": "错录", "actor": "boss"}, "actor", id="retract"),
+    pytest.param("POST", "/v1/forms", lambda r: form_body(tool="typeform"), "tool", id="form-create"),
+    pytest.param("POST", "/v1/inbox/1/dismiss", lambda r: {"reason": "测试", "status": "processed"}, "status", id="inbox-dismiss"),
+    pytest.param(
+        "POST",
+        "/v1/webhooks/subscriptions",
+        lambda r: {"url": "http://receiver.test/x", "event_types": ["event.created"], "secret": "whsec_x"},
+        "secret",
+        id="subscription-create",
+    ),
+    pytest.param("PATCH", "/v1/webhooks/subscriptions/{subscription}", lambda r: {"secret": "whsec_x"}, "secret", id="subscription-patch"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field"), UNKNOWN_FIELD)
+def test_an_unknown_field_is_refused_never_bound(api, app, records, method: str, path: str, body: Callable[[dict[str, Any]], dict[str, Any]], field: str) -> None:
+    before = row_counts(app)
+    versions = (api.get(f"/v1/customers/{records['owner']}").json()["version"], api.get(f"/v1/projects/{records['project']}").json()["version"])
+
+    r = api.request(method, path.format(**records), json=body(records))
+
+    assert "Extra inputs are not permitted" in {e["reason"] for e in assert_problem(r, 422, field)["errors"]}
+    assert row_counts(app) == before
+    assert versions == (api.get(f"/v1/customers/{records['owner']}").json()["version"], api.get(f"/v1/projects/{records['project']}").json()["version"])
+
+
+def test_unknown_fields_of_a_form_mapping_are_refused(api, app) -> None:
+    form = api.post("/v1/forms", json=form_body())
+    assert form.status_code == 201, form.text
+    before = row_counts(app)
+    path = f"/v1/forms/{form.json()['form_id']}"
+
+    assert_problem(api.patch(path, json={"enabled": False, "secret": "x" * 20}), 422, "secret")
+    assert_problem(api.post(f"{path}/rotate-secret", json={"grace_hours": 1, "previous_secret_until": at(1)}), 422, "previous_secret_until")
+    assert row_counts(app) == before
+    assert api.get(path).json()["enabled"] is True
+
+
+def test_an_unknown_field_of_a_batch_item_rejects_that_item(api, app, records) -> None:
+    before = row_counts(app)
+    item = event(records, external_id="b-1", recorded_at=at(1))
+
+    r = api.post("/v1/events/batch", json=[item])
+
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["status"] == "rejected"
+    assert {e["field"] for e in r.json()["results"][0]["problem"]["errors"]} == {"recorded_at"}
+    assert row_counts(app) == before
+
+
+# --- string lengths, attributes, page size, instants ----------------------------------------
+
+LONG: list[Any] = [
+    pytest.param("POST", "/v1/customers", lambda r, s: {"name": s, "kind": "owner"}, "name", 200, id="customer-name"),
+    pytest.param("POST", "/v1/customers", lambda r, s: {"name": "x", "kind": "owner", "external_ref": s}, "external_ref", 100, id="external-ref"),
+    pytest.param("POST", "/v1/customers", lambda r, s: {"name": "x", "kind": "owner", "region": s}, "region", 100, id="region"),
+    pytest.param("POST", "/v1/customers", lambda r, s: {"name": "x", "kind": "owner", "tags": [s]}, "tags.0", 50, id="tag"),
+    pytest.param("POST", "/v1/customers", lambda r, s: {"name": "x", "kind": "owner", "contact": {"phone": s}}, "contact.phone", 200, id="contact"),
+    pytest.param("PATCH", "/v1/projects/{project}", lambda r, s: {"rep": s}, "rep", 100, id="project-rep"),
+    pytest.param("POST", "/v1/events", lambda r, s: event(r, type=s), "type", 64, id="event-type"),
+    pytest.param("POST", "/v1/events", lambda r, s: event(r, note=s), "note", 2000, id="event-note"),
+    pytest.param("POST", "/v1/events", lambda r, s: event(r, external_id=s), "external_id", 200, id="event-external-id"),
+    pytest.param(
+        "POST",
+        "/v1/events",
+        lambda r, s: event(r, type="order_placed", attributes={"amount": 1, "order_ref": s}),
+        "attributes.order_ref",
+        500,
+        id="string-attribute",
+    ),
+    pytest.param("POST", "/v1/events/{event}/retract", lambda r, s: {"reason": s}, "reason", 1000, id="retract-reason"),
+    pytest.param("POST", "/v1/forms", lambda r, s: form_body(description=s), "description", 2000, id="form-description"),
+    pytest.param("POST", "/v1/forms", lambda r, s: form_body(secret=s), "secret", 200, id="form-secret"),
+    pytest.param(
+        "POST",
+        "/v1/webhooks/subscriptions",
+        lambda r, s: {"url": "http://receiver.test/" + s, "event_types": ["event.created"]},
+        "url",
+        2000,
+        id="webhook-url",
+    ),
+    pytest.param("PATCH", "/v1/webhooks/subscriptions/{subscription}", lambda r, s: {"description": s}, "description", 200, id="webhook-description"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "field", "most"), LONG)
+def test_a_string_over_its_limit_is_422_naming_the_limit(api, app, records, method: str, path: str, body: Callable[..., Any], field: str, most: int) -> None:
+    before = row_counts(app)
+
+    r = api.request(method, path.format(**records), json=body(records, "x" * (most + 1)))
+
+    reasons = [e["reason"] for e in assert_problem(r, 422, field)["errors"] if e["field"] == field]
+    assert any(f"at most {most} characters" in reason for reason in reasons), reasons
+    assert row_counts(app) == before
+
+
+@pytest.mark.parametrize(
+    ("params", "header", "most"),
+    [({"q": "x" * 101}, None, 100), ({"cursor": "x" * 201}, None, 200), ({}, "x" * 101, 100)],
+    ids=["query-text", "cursor", "x-actor"],
+)
+def test_query_and_header_text_over_its_limit_is_422(api, params: dict[str, str], header: str | None, most: int) -> None:
+    r = api.get("/v1/customers", params=params, headers={"X-Actor": header} if header else {})
+
+    assert f"at most {most} characters" in assert_problem(r, 422)["errors"][0]["reason"]
+
+
+def test_an_event_with_too_many_or_too_long_attribute_names_is_422(api, app, records) -> None:
+    before = row_counts(app)
+    many = assert_problem(api.post("/v1/events", json=event(records, type="visit", attributes={f"a{i}": 1 for i in range(21)})), 422, "attributes")
+    long = assert_problem(api.post("/v1/events", json=event(records, type="visit", attributes={"a" * 65: 1})), 422, "attributes")
+
+    assert "at most 20 items" in many["errors"][0]["reason"]
+    assert "at most 64 characters" in long["errors"][0]["reason"]
+    assert "a" * 65 not in json.dumps(long)
+    assert row_counts(app) == before
+
+
+LISTS = [
+    "/v1/customers",
+    "/v1/projects",
+    "/v1/events",
+    "/v1/customers/{owner}/history",
+    "/v1/projects/{project}/history",
+    "/v1/forms",
+    "/v1/inbox",
+    "/v1/webhooks/subscriptions",
+    "/v1/webhooks/subscriptions/{subscription}/deliveries",
+]
+
+
+@pytest.mark.parametrize("path", LISTS)
+def test_a_page_size_over_the_maximum_is_422_naming_the_maximum(api, records, path: str) -> None:
+    url = path.format(**records)
+
+    r = api.get(url, params={"limit": 201})
+
+    assert "200" in assert_problem(r, 422, "limit")["errors"][0]["reason"]
+    assert api.get(url, params={"limit": 200}).status_code == 200
+
+
+@pytest.mark.parametrize("instant", ["1969-12-31T23:59:59Z", "2200-01-01T00:00:00+08:00"])
+def test_an_instant_before_1970_or_far_ahead_is_refused_everywhere(api, app, records, instant: str) -> None:
+    before = row_counts(app)
+    body = event(records, occurred_at=instant, external_id="t-1")
+
+    single = assert_problem(api.post("/v1/events", json=body), 422, "occurred_at")
+    batch = api.post("/v1/events/batch", json=[body]).json()["results"][0]
+    bounds = [assert_problem(api.get("/v1/events", params={bound: instant}), 422, bound) for bound in ("from", "to")]
+
+    reason = single["errors"][0]["reason"]
+    assert "1970-01-01" in reason or "2100-01-01" in reason
+    assert batch["status"] == "rejected" and batch["problem"]["errors"] == [{"field": "occurred_at", "reason": reason}]
+    assert all(b["errors"][0]["reason"] == reason for b in bounds)
+    assert row_counts(app) == before
+
+
+# --- rate limit -----------------------------------------------------------------------------
+
+
+def test_a_key_past_its_burst_gets_429_with_retry_after_and_other_keys_do_not(app_with, portal) -> None:  # noqa: ANN001
+    app, admin = app_with(rate_limit_per_second=0.01, rate_limit_burst=3)
+    other = Client(portal, app, {"Authorization": f"Bearer {issue_key(app, 'erp', ['read'])}"})
+
+    answers = [admin.get("/v1/customers") for _ in range(4)]
+
+    assert [r.status_code for r in answers[:3]] == [200, 200, 200]
+    body = assert_problem(answers[3], 429)
+    assert answers[3].headers["retry-after"] == "100"
+    assert "3 requests" in body["detail"]
+    assert other.get("/v1/customers").status_code == 200
+    other.close()
+
+
+def test_bad_keys_get_no_bucket_and_hooks_are_limited_per_form(app_with, portal) -> None:  # noqa: ANN001
+    app, _ = app_with(rate_limit_per_second=0.01, rate_limit_burst=2)
+    limiter = app.state.context.limiter
+    stranger = Client(portal, app, {})
+
+    for i in range(20):
+        assert_problem(stranger.get("/v1/customers", headers={"Authorization": f"Bearer rk_guess-{i}"}), 401)
+    hook = [stranger.post("/v1/hooks/forms/visit-report", json={}) for _ in range(3)]
+
+    assert len(limiter) == 1  # the one form id: a guessed key costs no memory
+    assert [r.status_code for r in hook] == [401, 401, 429]
+    assert_problem(stranger.post("/v1/hooks/forms/signup", json={}), 401)
+    stranger.close()
+
+
+def test_a_rate_of_zero_switches_the_limit_off(app_with) -> None:  # noqa: ANN001
+    _, admin = app_with(rate_limit_per_second=0, rate_limit_burst=1)
+
+    assert all(admin.get("/v1/customers").status_code == 200 for _ in range(5))
+
+
+def test_a_bucket_refills_at_the_rate_and_the_number_of_buckets_is_bounded() -> None:
+    now = [0.0]
+    limiter = RateLimiter(2, 2, max_buckets=3, clock=lambda: now[0])
+
+    limiter.take("a")
+    limiter.take("a")
+    with pytest.raises(TooManyRequests) as refused:
+        limiter.take("a")
+    now[0] += 0.5
+    limiter.take("a")  # one token back after half a second at 2/s
+    for caller in range(10):
+        limiter.take(caller)
+
+    assert refused.value.headers == {"Retry-After": "1"}
+    assert len(limiter) == 3

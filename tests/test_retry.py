@@ -1,0 +1,95 @@
+"""A write the database rolls back and asks to retry (serialization failure, deadlock) is
+run again in a fresh transaction; any other error is not."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+
+from app.db.engine import Database, retrying
+from tests.conftest import empty_tables
+
+
+class FakeDriverError(Exception):
+    """What psycopg raises: an error carrying the SQLSTATE PostgreSQL sent."""
+
+    def __init__(self, sqlstate: str):
+        super().__init__(f"SQLSTATE {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def failing(*sqlstates: str):  # noqa: ANN201
+    """A unit of work that fails once with each SQLSTATE given, then returns how many runs it took."""
+    runs = []
+
+    def run() -> int:
+        runs.append(1)
+        if len(runs) <= len(sqlstates):
+            raise OperationalError("UPDATE …", {}, FakeDriverError(sqlstates[len(runs) - 1]))
+        return len(runs)
+
+    return run
+
+
+@pytest.mark.parametrize("sqlstate", ["40001", "40P01", "55P03"])
+def test_a_write_the_database_asks_to_retry_is_run_again(sqlstate: str) -> None:
+    pauses: list[float] = []
+    assert retrying(failing(sqlstate), pause=pauses.append) == 2
+    assert len(pauses) == 1 and 0 < pauses[0] < 1
+
+
+def test_retries_wait_longer_each_time_and_stop_after_three_runs() -> None:
+    pauses: list[float] = []
+    assert retrying(failing("40P01", "40001"), pause=pauses.append) == 3
+    assert pauses[1] > pauses[0] / 2  # jittered, but the second wait is of the doubled range
+    with pytest.raises(OperationalError) as raised:
+        retrying(failing("40P01", "40P01", "40P01"), pause=lambda _: None)
+    assert raised.value.orig.sqlstate == "40P01"
+
+
+@pytest.mark.parametrize("sqlstate", ["08006", "57P01", "23505", None])
+def test_other_database_errors_are_not_retried(sqlstate: str | None) -> None:
+    orig = FakeDriverError(sqlstate) if sqlstate else Exception("database is locked")
+    runs = []
+
+    def run() -> None:
+        runs.append(1)
+        raise OperationalError("INSERT …", {}, orig)
+
+    with pytest.raises(OperationalError):
+        retrying(run, pause=lambda _: pytest.fail("must not wait"))
+    assert len(runs) == 1
+
+
+def test_a_deadlock_between_two_transactions_is_resolved_by_running_the_loser_again(database: Database) -> None:
+    if database.is_sqlite:
+        pytest.skip("SQLite serializes writers (BEGIN IMMEDIATE), so two write transactions cannot deadlock")
+    empty_tables(database.engine)
+    with database.session(write=True) as s:
+        s.execute(text("INSERT INTO service_state (key, value) VALUES ('a', '0'), ('b', '0')"))
+    both_hold_one = threading.Barrier(2)
+    runs: dict[str, int] = {"a": 0, "b": 0}
+
+    def lock_in_order(first: str, second: str) -> None:
+        def work(session) -> None:  # noqa: ANN001
+            runs[first] += 1
+            session.execute(text("UPDATE service_state SET value = value || '+' WHERE key = :k"), {"k": first})
+            if runs[first] == 1:
+                both_hold_one.wait(timeout=10)  # each now holds one row and wants the other's
+            session.execute(text("UPDATE service_state SET value = value || '+' WHERE key = :k"), {"k": second})
+
+        database.transaction(work)
+
+    threads = [threading.Thread(target=lock_in_order, args=pair) for pair in (("a", "b"), ("b", "a"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    with database.session(write=False) as s:
+        values = dict(s.execute(text("SELECT key, value FROM service_state ORDER BY key")).all())
+    # PostgreSQL aborted one of them (40P01); it ran again, so both committed exactly once.
+    assert sorted(runs.values()) == [1, 2]
+    assert values == {"a": "0++", "b": "0++"}
