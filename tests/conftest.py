@@ -69,15 +69,27 @@ TABLES = (
 
 
 def empty_tables(engine) -> None:  # noqa: ANN001
-    """Delete every row (the schema stays), and restart the ids."""
+    """Delete every row (the schema stays), and restart the ids.
+
+    The append-only tables refuse DELETE and TRUNCATE (see the append_only_triggers
+    migration); only this reset between tests gets past them, inside its transaction."""
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
+            # Ordinary triggers, TRUNCATE ones included, do not fire for a replica.
+            conn.execute(text("SET LOCAL session_replication_role = replica"))
             conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
             return
+        # SQLite cannot switch triggers off: drop them and create them again from the
+        # DDL the migration stored, so they come back exactly as migrated.
+        triggers = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")).all()
+        for name, _ in triggers:
+            conn.execute(text(f'DROP TRIGGER "{name}"'))
         for table in TABLES:
             conn.execute(text(f"DELETE FROM {table}"))
         if conn.execute(text("SELECT count(*) FROM sqlite_master WHERE name='sqlite_sequence'")).scalar():
             conn.execute(text("DELETE FROM sqlite_sequence"))
+        for _, sql in triggers:
+            conn.exec_driver_sql(sql)
 
 
 @pytest.fixture(scope="session")

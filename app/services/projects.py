@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.db.facts import lock_customers
+from app.db.facts import lock_customers, to_fact
+from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import initial_heat
@@ -102,11 +103,11 @@ def participants(session: Session, project: m.Project) -> tuple[list[dict[str, A
         .order_by(m.Event.occurred_at, m.Event.id)
     ).all()
     bidders: dict[int, dict[str, Any]] = {}
-    winner: dict[str, Any] | None = None
     for event, customer in rows:
         entry = bidders.setdefault(customer.id, {"id": customer.id, "name": customer.name, "level": customer.level, "with_our_product": False})
         if event.type == "bid_joined" and event.attributes.get("with_our_product"):
             entry["with_our_product"] = True
-        if event.type == "bid_won":
-            winner = {"id": customer.id, "name": customer.name, "level": customer.level}
+    # The winner as grading names it (the latest bid_won; at equal instants, by content).
+    won = winner_id(tuple(to_fact(event, retracted=False) for event, _ in rows if event.type == "bid_won"))
+    winner = None if won is None else {k: v for k, v in bidders[won].items() if k != "with_our_product"}
     return list(bidders.values()), winner

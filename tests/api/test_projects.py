@@ -86,6 +86,19 @@ def test_bidders_and_winner_come_from_bid_events(api) -> None:
     assert api.get(f"/v1/projects/{project['id']}").json()["winner"] is None
 
 
+def test_the_winner_of_two_awards_at_the_same_instant_does_not_depend_on_arrival(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+    a = api.create_customer("上海建工安装", "installer")
+    b = api.create_customer("华东机电安装", "installer")
+    winners = []
+    for first, second in ((a, b), (b, a)):
+        project = api.create_project(owner["id"])
+        for customer in (first, second):
+            api.event("bid_won", customer_id=customer["id"], project_id=project["id"], at=at(14))
+        winners.append(api.get(f"/v1/projects/{project['id']}").json()["winner"]["id"])
+    assert winners[0] == winners[1]
+
+
 def test_stage_won_closes_the_project_at_100(api) -> None:
     owner = api.create_customer("仁济医院基建处", "owner")
     project = api.create_project(owner["id"])

@@ -6,39 +6,17 @@ server named by RAPPORT_DATABASE_URL (created here and dropped afterwards)."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Iterator
 
-import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect
 
 from app.db.engine import make_engine
 from app.db.migrate import alembic_config, migrations_dir
 from app.db.models import Base
 from app.settings import Settings
-from tests.conftest import is_postgres
-
-
-@pytest.fixture
-def empty_url(db_url: str, tmp_path: Path) -> Iterator[str]:
-    if not is_postgres(db_url):
-        yield f"sqlite:///{tmp_path / 'empty.db'}"
-        return
-    server = make_url(db_url)
-    name = f"{server.database}_migrations"
-    admin = make_engine(server.render_as_string(hide_password=False)).execution_options(isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield server.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _diff(url: str) -> list:
