@@ -1,0 +1,60 @@
+"""The floor the benchmarks measure Rapport against: the least a FastAPI service must do.
+
+    FLOOR_DATABASE_URL=sqlite:///x.db uvicorn floor_app:create_app --factory --app-dir bench
+
+- `POST /events` validates the body with Rapport's own request model (`EventIn`) and
+  inserts one row into the `events` table with SQLAlchemy Core, in a sync route (run in the
+  thread pool, as Rapport's are), one write transaction per request;
+- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON;
+- `GET /ping` does nothing: what the load generator can drive at most.
+
+The database is one Rapport has migrated (same tables, indexes and engine settings: SQLite
+in WAL with synchronous=NORMAL and BEGIN IMMEDIATE writes, or PostgreSQL), so the only
+difference from Rapport is what Rapport does on top: auth, idempotency, re-grading,
+history and the response it builds.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import insert, select
+
+from app.api.schemas import EventIn, PathId
+from app.db import models as m
+from app.db.engine import WRITE, make_engine
+
+EVENTS = m.Event.__table__
+CUSTOMERS = m.Customer.__table__
+
+
+def create_app() -> FastAPI:
+    engine = make_engine(os.environ["FLOOR_DATABASE_URL"])
+    writer = engine.execution_options(**{WRITE: True})
+    app = FastAPI()
+
+    @app.post("/events", status_code=201)
+    def record(body: EventIn) -> dict[str, int]:
+        with writer.begin() as conn:
+            row = conn.execute(
+                insert(EVENTS).returning(EVENTS.c.id),
+                {**body.model_dump(exclude={"customer_ref", "project_ref"}), "recorded_at": datetime.now(timezone.utc), "actor": "floor"},
+            ).one()
+        return {"id": row.id}
+
+    @app.get("/customers/{customer_id}")
+    def read(customer_id: PathId) -> dict[str, Any]:
+        with engine.connect() as conn:
+            row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.id == customer_id)).one_or_none()
+        if row is None:
+            raise HTTPException(404)
+        return dict(row._mapping)
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {}
+
+    return app

@@ -1,0 +1,235 @@
+"""The load generator of the HTTP benchmarks, and the servers it loads.
+
+Servers run as subprocesses (uvicorn on loopback); the load runs in the calling process
+(asyncio streams speaking keep-alive HTTP/1.1), so client and server never share an
+interpreter. Two shapes of load:
+
+- closed loop: `clients` tasks, each sending its next request when the previous one is
+  answered (throughput under a fixed concurrency);
+- open loop: requests sent at a fixed rate whatever the server does, each latency measured
+  from the *scheduled* send time, so a stall shows in the tail instead of silently
+  slowing the sender (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+# (method, path, JSON body already encoded or None), for request number i.
+Request = tuple[str, str, bytes | None]
+MakeRequest = Callable[[int], Request]
+LATE_AFTER = 0.010  # an open-loop send that starts this long after its schedule counts as late
+
+
+@dataclass
+class Run:
+    """What one load run measured (latencies in seconds, counted after the warm-up)."""
+
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    failed: int = 0
+    late: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.seconds
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile in milliseconds (q in 0..100)."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return math.nan
+        return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)] * 1000
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, as little client as possible: httpx costs several
+    times the CPU per request, which on a 2-core machine is taken from the server measured."""
+
+    def __init__(self, host: str, port: int, headers: dict[str, str]):
+        self.host, self.port = host, port
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{host}:{port}", "Content-Type": "application/json", **headers}.items())
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def send(self, request: Request) -> str | None:
+        """None if the answer is a 2xx, else what went wrong."""
+        if self.streams is not None:
+            reused = await self._send(request, retry=True)
+            if reused != "retry":
+                return reused
+        return await self._send(request, retry=False)
+
+    async def _send(self, request: Request, *, retry: bool) -> str | None:
+        # `retry`: the connection was idle, and the server may have closed it meanwhile
+        # (uvicorn closes keep-alive connections after 5 s): if nothing comes back, the
+        # request is sent again on a new connection, as HTTP clients do.
+        method, path, body = request
+        try:
+            if self.streams is None:
+                self.streams = await asyncio.open_connection(self.host, self.port)
+            reader, writer = self.streams
+            writer.write(f"{method} {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body or b'')}\r\n\r\n".encode() + (body or b""))
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if length is None:
+                raise ValueError("an answer without Content-Length")
+            answer = await reader.readexactly(int(length.group(1)))
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            self.close()
+            if retry and (isinstance(exc, ConnectionError) or (isinstance(exc, asyncio.IncompleteReadError) and not exc.partial)):
+                return "retry"
+            return f"{type(exc).__name__}: {exc}"
+        return None if status < 300 else f"{status}: {answer[:200]!r}"
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
+def _connections(base_url: str, headers: dict[str, str]) -> Callable[[], Connection]:
+    url = httpx.URL(base_url)
+    return lambda: Connection(url.host, url.port or 80, headers)
+
+
+def _failure(run: Run, counted: bool, what: str) -> None:
+    if counted:
+        run.failed += 1
+        if len(run.failures) < 3:
+            run.failures.append(what)
+
+
+def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: float, warmup: float, headers: dict[str, str] | None = None) -> Run:
+    async def go() -> Run:
+        run = Run(seconds=seconds)
+        numbers = iter(range(sys.maxsize))
+        start = time.perf_counter()
+        measure_from, stop = start + warmup, start + warmup + seconds
+
+        async def one_client() -> None:
+            connection = connect()
+            while (sent := time.perf_counter()) < stop:
+                problem = await connection.send(make(next(numbers)))
+                done = time.perf_counter()
+                counted = sent >= measure_from and done <= stop
+                if problem:
+                    _failure(run, counted, problem)
+                elif counted:
+                    run.latencies.append(done - sent)
+            connection.close()
+
+        connect = _connections(base_url, headers or {})
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        return run
+
+    return asyncio.run(go())
+
+
+def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, warmup: float, headers: dict[str, str] | None = None) -> Run:
+    async def go() -> Run:
+        run = Run(seconds=seconds)
+        warm = int(rate * warmup)
+        total = warm + int(rate * seconds)
+
+        idle: list[Connection] = []  # keep-alive connections between requests
+
+        async def one(i: int, scheduled: float) -> None:
+            counted = i >= warm
+            if counted and time.perf_counter() - scheduled > LATE_AFTER:
+                run.late += 1
+            connection = idle.pop() if idle else connect()
+            problem = await connection.send(make(i))
+            idle.append(connection)
+            if problem:
+                _failure(run, counted, problem)
+            elif counted:
+                run.latencies.append(time.perf_counter() - scheduled)
+            if counted:
+                last[0] = time.perf_counter()
+
+        connect = _connections(base_url, headers or {})
+        tasks = []
+        start = time.perf_counter()
+        last = [start]  # when the last measured request was answered
+        for i in range(total):
+            scheduled = start + i / rate
+            if (wait := scheduled - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(one(i, scheduled)))
+        await asyncio.gather(*tasks)
+        for connection in idle:
+            connection.close()
+        # Throughput over the time the answers took: a server that falls behind the rate
+        # answers the same number of requests, later.
+        run.seconds = max(seconds, last[0] - (start + warmup))
+        return run
+
+    return asyncio.run(go())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(app: str, env: dict[str, str], *, workers: int = 1, ready_path: str = "/healthz") -> Iterator[str]:
+    """Serve `app` (a uvicorn factory, e.g. "app.main:create_app") on a free loopback port
+    in a subprocess; yield its base URL once it answers `ready_path`. Both Rapport and the
+    floor run with the same uvicorn options (no access log: it would bill logging to both)."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--app-dir", str(ROOT / "bench")]
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{app} exited with status {process.returncode}")
+            try:
+                if httpx.get(base + ready_path, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{app} did not answer {ready_path} within 60 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def figures_row(name: str, run: Run) -> str:
+    return (f"  {name:<34} {run.throughput:9.1f} {run.percentile(50):9.2f} {run.percentile(99):9.2f} {run.percentile(99.9):9.2f}"
+            f" {run.failed:7d} {run.late:6d}")
+
+
+FIGURES_HEADER = f"  {'':<34} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9} {'failed':>7} {'late':>6}"
+
+
+def ratio_row(name: str, measured: Run, floor: Run) -> str:
+    return (f"  {name:<34} throughput {measured.throughput / floor.throughput:6.3f}   "
+            f"p99 {measured.percentile(99) / floor.percentile(99):6.2f}×   p99.9 {measured.percentile(99.9) / floor.percentile(99.9):6.2f}×")
