@@ -26,7 +26,7 @@ def _now() -> datetime:
 
 
 def _database(settings: Settings) -> Database:
-    return Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms))
+    return Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size))
 
 
 def _prepare(settings: Settings) -> None:

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     """Build the app. The rulebook is loaded and validated here: a broken one refuses to start."""
     settings = settings or get_settings()
     rulebook = load_rulebook(settings.rulebook_path)
-    db = Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms))
+    db = Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size))
     app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=webhooks.lifespan(settings, db, clock))
     app.state.context = Context(
         settings=settings, db=db, rulebook=rulebook, presenter=Presenter(rulebook), clock=clock, limiter=RateLimiter.from_settings(settings)

@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     idempotency_lease_seconds: int = Field(default=60, ge=1, description="after this, an unfinished request's key may be taken over")
     max_page_size: int = Field(default=200, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    db_pool_size: int = Field(default=20, ge=1, le=200, description="database connections each process keeps open (PostgreSQL: mind max_connections across processes)")
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")
     deliver_in_process: bool = Field(default=True, description="deliver outbound webhooks from a thread of the API process (off: run `rapport worker`)")

@@ -82,12 +82,11 @@ def put_customer(
 
 
 @router.get("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(404))
-def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
+def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
     with ctx.db.session(write=False) as session:
         customer = svc.get_customer(session, customer_id)
-        response.headers["ETag"] = etag("customer", customer.id, customer.version)
-        return ctx.presenter.customer(customer)
+        return present.answer(ctx.presenter.customer(customer), headers={"ETag": etag("customer", customer.id, customer.version)})
 
 
 @router.patch("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(400, 404, 409, 412, 413))

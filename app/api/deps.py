@@ -42,7 +42,8 @@ class Caller:
     actor: str
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
+    # async: FastAPI runs a plain `def` dependency in the thread pool, a hand-off per request.
     return request.app.state.context
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +29,9 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _recorded(event, retraction, effects, status: int) -> JSONResponse:  # noqa: ANN001
+def _recorded(event, retraction, effects, status: int) -> Response:  # noqa: ANN001
     out = s.EventRecordedOut(**present.event(event, retraction).model_dump(), effects=[e.as_dict() for e in effects])
-    return JSONResponse(out.model_dump(mode="json"), status_code=status, headers={"Location": f"/v1/events/{event.id}"})
+    return present.answer(out, status_code=status, headers={"Location": f"/v1/events/{event.id}"})
 
 
 @router.post(

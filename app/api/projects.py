@@ -87,12 +87,11 @@ def put_project(
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(404))
-def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
+def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
     with ctx.db.session(write=False) as session:
         project = svc.get_project(session, project_id)
-        response.headers["ETag"] = etag("project", project.id, project.version)
-        return _out(ctx, session, project)
+        return present.answer(_out(ctx, session, project), headers={"ETag": etag("project", project.id, project.version)})
 
 
 @router.patch("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(400, 404, 409, 412, 413))
