@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from app.api import by_ref, present
+from app.api import present, subjects
 from app.api import schemas as s
 from app.api.deps import ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses
@@ -54,9 +53,9 @@ def list_customers(
 
 
 @router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses=problem_responses(404))
-def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.CustomerOut:
+def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with this external_ref (the ERP's code)."""
-    return by_ref.read(ctx, m.Customer, external_ref, response, lambda session, row: ctx.presenter.customer(row))
+    return subjects.read_by_ref(ctx, m.Customer, external_ref, lambda session, row: ctx.presenter.customer(row))
 
 
 @router.put(
@@ -75,18 +74,16 @@ def put_customer(
     ctx: ContextDep,
     caller: Writer,
     if_match: Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")] = None,
-) -> JSONResponse:
+) -> Response:
     """Create (201) or update (200) the customer with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    return by_ref.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row))
+    return subjects.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row))
 
 
 @router.get("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(404))
 def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
-    with ctx.db.session(write=False) as session:
-        customer = svc.get_customer(session, customer_id)
-        return present.answer(ctx.presenter.customer(customer), headers={"ETag": etag("customer", customer.id, customer.version)})
+    return subjects.read(ctx, m.Customer, lambda session: svc.get_customer(session, customer_id), lambda session, row: ctx.presenter.customer(row))
 
 
 @router.patch("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(400, 404, 409, 412, 413))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
-from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from app.api import by_ref, present
+from app.api import present, subjects
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses
@@ -59,9 +58,9 @@ def list_projects(
 
 
 @router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses=problem_responses(404))
-def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader, response: Response) -> s.ProjectOut:
+def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The project with this external_ref (the ERP's code)."""
-    return by_ref.read(ctx, m.Project, external_ref, response, lambda session, row: _out(ctx, session, row))
+    return subjects.read_by_ref(ctx, m.Project, external_ref, lambda session, row: _out(ctx, session, row))
 
 
 @router.put(
@@ -80,18 +79,16 @@ def put_project(
     ctx: ContextDep,
     caller: Writer,
     if_match: Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")] = None,
-) -> JSONResponse:
+) -> Response:
     """Create (201) or update (200) the project with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    return by_ref.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row))
+    return subjects.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row))
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(404))
 def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
-    with ctx.db.session(write=False) as session:
-        project = svc.get_project(session, project_id)
-        return present.answer(_out(ctx, session, project), headers={"ETag": etag("project", project.id, project.version)})
+    return subjects.read(ctx, m.Project, lambda session: svc.get_project(session, project_id), lambda session, row: _out(ctx, session, row))
 
 
 @router.patch("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(400, 404, 409, 412, 413))

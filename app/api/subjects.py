@@ -1,42 +1,45 @@
-"""What the by-ref routes of customers and projects share: read and upsert a record by the
-ERP's code, with its ETag."""
+"""What the record routes of customers and projects share: read a record (by id or by the
+ERP's code) and upsert one by the ERP's code, answered with its ETag."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from fastapi import Response
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import Context
 from app.api.etags import etag, parse_if_match
+from app.api.present import answer
 from app.services.records import Record, get_by_ref
 
 Present = Callable[[Session, Any], BaseModel]
 Put = Callable[..., tuple[Any, bool]]
 
 
-def read(ctx: Context, model: type[Record], ref: str, response: Response, present: Present) -> BaseModel:
+def read(ctx: Context, model: type[Record], find: Callable[[Session], Any], present: Present) -> Response:
+    """The record `find` returns, presented in the same session, with its ETag."""
     kind = model.__tablename__[:-1]
     with ctx.db.session(write=False) as session:
-        row = get_by_ref(session, model, ref)
-        response.headers["ETag"] = etag(kind, row.id, row.version)
-        return present(session, row)
+        row = find(session)
+        return answer(present(session, row), headers={"ETag": etag(kind, row.id, row.version)})
 
 
-def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> JSONResponse:
+def read_by_ref(ctx: Context, model: type[Record], ref: str, present: Present) -> Response:
+    return read(ctx, model, lambda session: get_by_ref(session, model, ref), present)
+
+
+def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> Response:
     """Create (201) or update (200); an If-Match for a record that does not exist is 412."""
     kind = model.__tablename__[:-1]
 
-    def write(session: Session) -> JSONResponse:
+    def write(session: Session) -> Response:
         existing = session.scalar(select(model.id).where(model.external_ref == ref))
         version = parse_if_match(if_match, kind, existing) if existing is not None else (None if if_match is None else -1)
         row, created = put(session, ctx.rulebook, ref, body.model_dump(), if_match=version, now=ctx.clock())
-        out = present(session, row)
         headers = {"ETag": etag(kind, row.id, row.version), "Location": f"/v1/{model.__tablename__}/{row.id}"}
-        return JSONResponse(out.model_dump(mode="json"), status_code=201 if created else 200, headers=headers)
+        return answer(present(session, row), status_code=201 if created else 200, headers=headers)
 
     return ctx.db.transaction(write)
