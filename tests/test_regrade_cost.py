@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 
 from app.db.engine import Database
 from app.domain.rulebook import load_rulebook

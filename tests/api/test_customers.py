@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from tests.api.expectations import all_pages, assert_problem
 from tests.api.scenarios import at, owner_level_one_events
