@@ -41,10 +41,14 @@ def test_a_write_the_database_asks_to_retry_is_run_again(sqlstate: str) -> None:
     assert len(pauses) == 1 and 0 < pauses[0] < 1
 
 
-def test_retries_wait_longer_each_time_and_stop_after_three_runs() -> None:
+@pytest.mark.parametrize("end", [0, 1], ids=["shortest", "longest"])
+def test_retries_wait_longer_each_time_and_stop_after_three_runs(monkeypatch: pytest.MonkeyPatch, end: int) -> None:
+    # The wait is jittered: pin the jitter to either end of its range, so the doubling is
+    # checked exactly (two random draws may fall either way round).
+    monkeypatch.setattr("app.db.engine.random.uniform", lambda low, high: (low, high)[end])
     pauses: list[float] = []
     assert retrying(failing("40P01", "40001"), pause=pauses.append) == 3
-    assert pauses[1] > pauses[0] / 2  # jittered, but the second wait is of the doubled range
+    assert pauses == pytest.approx([(0.01, 0.05)[end], (0.02, 0.1)[end]])
     with pytest.raises(OperationalError) as raised:
         retrying(failing("40P01", "40P01", "40P01"), pause=lambda _: None)
     assert raised.value.orig.sqlstate == "40P01"
