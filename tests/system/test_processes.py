@@ -201,12 +201,20 @@ def send_in_background(server: Server, path: str, body: Any) -> tuple[threading.
     return thread, answer
 
 
+def cpu_cost(server: Server, path: str, items: list[dict[str, Any]]) -> float:
+    """The CPU seconds the server spends answering `items` at `path`: sent once to learn how
+    far into a batch of the same shape a signal lands, whatever the code's speed."""
+    start = server.cpu_seconds()
+    assert _post(server, path, items).status_code == 200
+    return server.cpu_seconds() - start
+
+
 def wait_until_working(server: Server, cpu_seconds: float) -> None:
     """Until the server has spent `cpu_seconds` of CPU on what it was sent."""
     start, deadline = server.cpu_seconds(), time.monotonic() + 30
     while server.cpu_seconds() - start < cpu_seconds:
         assert time.monotonic() < deadline and server.proc.poll() is None, server.output()
-        time.sleep(0.01)
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("atomic", [True, False], ids=["atomic", "non-atomic"])
@@ -216,8 +224,10 @@ def test_a_server_killed_during_a_batch_leaves_it_whole_or_absent_and_a_resend_c
         customers = [c.post("/v1/customers", json={"name": f"安装公司 {i}", "kind": "installer"}).json()["id"] for i in range(20)]
     items = batch(customers, "erp")
     path = f"/v1/events/batch?atomic={str(atomic).lower()}"
+    cost = cpu_cost(server, path, batch(customers, "calibration"))
     thread, answer = send_in_background(server, path, items)
-    wait_until_working(server, 0.3)
+    wait_until_working(server, cost / 2)  # halfway: a later log makes this batch no cheaper
+    assert not answer, "the batch was answered before the kill"
     server.kill()
     thread.join(timeout=30)
     assert answer and isinstance(answer[0], httpx.HTTPError), "the client saw no answer"
@@ -242,12 +252,14 @@ def test_a_server_killed_during_a_batch_leaves_it_whole_or_absent_and_a_resend_c
 def test_sigterm_lets_the_request_in_flight_finish_and_keeps_undelivered_webhooks(migrated: str, db: Database, servers: Servers) -> None:
     server = servers.start(migrated, deliver_in_process="true", webhook_poll_seconds=0.1, webhook_timeout_seconds=2)
     with server.client() as c:
+        customers = [c.post("/v1/customers", json={"name": f"安装公司 {i}", "kind": "installer"}).json()["id"] for i in range(5)]
+        cost = cpu_cost(server, "/v1/events/batch", batch(customers, "calibration", size=4000))  # before the subscription: no messages
         receiver_down = f"http://127.0.0.1:{free_port()}/hooks"
         assert c.post("/v1/webhooks/subscriptions", json={"url": receiver_down, "event_types": ["event.created"]}).status_code == 201
-        customers = [c.post("/v1/customers", json={"name": f"安装公司 {i}", "kind": "installer"}).json()["id"] for i in range(5)]
     items = batch(customers, "erp", size=4000)
     thread, answer = send_in_background(server, "/v1/events/batch", items)
-    wait_until_working(server, 0.2)
+    wait_until_working(server, cost / 2)
+    assert not answer, "the batch was answered before the signal"
     stopped_at = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     thread.join(timeout=30)
