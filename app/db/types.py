@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime, timezone
+from typing import Any
 
+import orjson
 from sqlalchemy import JSON, BigInteger, DateTime, Integer
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.types import TypeDecorator
@@ -11,6 +15,26 @@ from sqlalchemy.types import TypeDecorator
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
+
+# An integer of 19 digits or more may lie beyond 64 bits.
+_LONG_NUMBER = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+
+
+def loads_json(text: str | bytes) -> Any:
+    """What `json.loads(text)` gives, for the JSON columns (the engines' json_deserializer).
+
+    orjson answers where it gives the same: it decodes the logs and grades every write
+    reads back several times faster than json, which was a fifth of a batch import's time.
+    Where it would differ, json answers: orjson reads an integer beyond 64 bits as a float
+    and refuses NaN, Infinity and lone surrogates, which json reads (and json.dumps writes)."""
+    long_number = (_LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES).search(text)
+    if long_number is None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
