@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from app.db import models as m
-from app.db.engine import Database, make_engine
+from app.db.engine import Database
 from app.domain.rulebook import RulebookError, load_rulebook
 from app.errors import AppError
 from app.settings import Settings, get_settings
@@ -22,10 +22,6 @@ from app.settings import Settings, get_settings
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _database(settings: Settings) -> Database:
-    return Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size))
 
 
 def _prepare(settings: Settings) -> None:
@@ -100,7 +96,7 @@ def _load_demo(settings: Settings, host: str, port: int) -> None:
     from app.services.keys import create_key
 
     rulebook = load_rulebook(settings.rulebook_path)
-    db = _database(settings)
+    db = Database.from_settings(settings)
     with db.session(write=True) as session:
         loaded = load_demo(session, rulebook, now=_now())
         _, secret = create_key(session, f"demo-{_now():%Y%m%d%H%M%S%f}", ["read", "write"], now=_now())
@@ -128,7 +124,7 @@ def keys_create(name: str, scopes: str) -> None:
 
     settings = get_settings()
     _prepare(settings)
-    db = _database(settings)
+    db = Database.from_settings(settings)
     try:
         with db.session(write=True) as session:
             key, secret = create_key(session, name, parse_scopes(scopes), now=_now())
@@ -145,7 +141,7 @@ def keys_list() -> None:
 
     settings = get_settings()
     _prepare(settings)
-    with _database(settings).session(write=False) as session:
+    with Database.from_settings(settings).session(write=False) as session:
         for key in list_keys(session):
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
             click.echo(f"{key.name}\t{','.join(key.scopes)}\t{state}")
@@ -160,7 +156,7 @@ def keys_revoke(name: str) -> None:
     settings = get_settings()
     _prepare(settings)
     try:
-        with _database(settings).session(write=True) as session:
+        with Database.from_settings(settings).session(write=True) as session:
             revoke_key(session, name, now=_now())
     except AppError as exc:
         raise click.ClickException(exc.detail) from exc
@@ -175,7 +171,7 @@ def regrade() -> None:
     settings = get_settings()
     _prepare(settings)
     rulebook = load_rulebook(settings.rulebook_path)
-    with _database(settings).session(write=True) as session:
+    with Database.from_settings(settings).session(write=True) as session:
         effects = regrade_for_time(session, rulebook, now=_now())
     click.echo(f"{len(effects)} grade(s) changed")
 
@@ -196,7 +192,7 @@ def verify(as_of: datetime | None) -> None:
     when = as_of or _now()
     if when.tzinfo is None:  # a bare date: midnight UTC
         when = when.replace(tzinfo=timezone.utc)
-    db = _database(settings)
+    db = Database.from_settings(settings)
     started = time.monotonic()
     try:
         with db.session(write=False) as session:
@@ -231,7 +227,7 @@ def worker() -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    db = _database(settings)
+    db = Database.from_settings(settings)
     click.echo(f"delivering webhooks from {_safe(settings.database_url)}; stop with Ctrl-C or SIGTERM")
     try:
         run_worker(db, settings, stop, clock=_now)
@@ -322,7 +318,7 @@ def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encodin
     if rejected.resolve() == file.resolve():
         raise _Unusable("--rejected names the file being imported")
     started = time.monotonic()
-    db = _database(settings)
+    db = Database.from_settings(settings)
     try:
         options = Options(chunk=chunk, actor=actor or f"import:{file.name}", source=source, dry_run=dry_run)
         table = open_table(file, kind, encoding)

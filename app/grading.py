@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import Text, Update, bindparam, cast, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.chunks import chunked
 from app.db import facts as repo
 from app.db import models as m
+from app.db.engine import run
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
 from app.domain.facts import CustomerFacts, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
@@ -133,12 +137,11 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer
     grade = evaluate_level(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = customer.level
-    if stored != customer.grade or grade.level != old:
-        customer.grade = stored
-        customer.version += 1
-    if grade.level == old:
+    changed = grade.level != old
+    if not _store(session, customer, grade=stored, version=customer.version + 1, level=grade.level, level_since=job.now if changed else customer.level_since):
         return None
-    customer.level, customer.level_since = grade.level, job.now
+    if not changed:
+        return None
     _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger_for("customer", customer.id), job)
     return Effect("customer", customer.id, LEVEL, old, grade.level)
 
@@ -149,18 +152,60 @@ def _regrade_project(
     grade = evaluate_heat(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = project.heat
-    if stored != project.grade or grade.percent != old or grade.stage != project.stage:
-        project.grade, project.stage, project.closed = stored, grade.stage, grade.closed
-        project.version += 1
-    if grade.percent == old:
+    changed = grade.percent != old
+    heat_since = job.now if changed else project.heat_since
+    if not _store(session, project, grade=stored, version=project.version + 1, stage=grade.stage, closed=grade.closed, heat=grade.percent, heat_since=heat_since):
         return None
-    project.heat, project.heat_since = grade.percent, job.now
+    if not changed:
+        return None
     linked = {facts.owner.customer_id, *facts.linked}
     via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
     trigger = job.trigger_for("project", project.id)
     trigger = {**trigger, "via": via} if via else trigger
     _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, stored, trigger, job)
     return Effect("project", project.id, HEAT, old, grade.percent)
+
+
+def _update(model: type[m.Customer] | type[m.Project], columns: tuple[str, ...], compared: tuple[str, ...], dialect: str) -> Update:
+    """The UPDATE of a re-graded row, which changes it only where one of the `compared`
+    columns differs from its new value: the database compares the stored grade, so a write
+    never reads and decodes it (the old grades' JSON was 15 % of a batch import). The new
+    grade comes as JSON text, encoded once for the SET and the comparison."""
+    table = model.__table__
+    text = bindparam("new_grade", type_=Text)
+    new = {name: bindparam(f"new_{name}") for name in columns}
+    new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
+    pairs = {name: (table.c[name], new[name]) for name in compared}  # jsonb compares by value
+    if dialect == "sqlite":
+        # SQLite keeps JSON as text: compare it minified by json(), whichever encoder wrote it.
+        pairs["grade"] = (func.json(table.c.grade), func.json(text))
+    differs = or_(*(stored.is_distinct_from(value) for stored, value in pairs.values()))
+    return update(table).where(table.c.id == bindparam("row_id"), differs).values(new)
+
+
+_UPDATES = {
+    (model, dialect): _update(model, columns, compared, dialect)
+    for dialect in ("sqlite", "postgresql")
+    for model, columns, compared in [
+        (m.Customer, ("grade", "version", "level", "level_since"), ("grade", "level")),
+        (m.Project, ("grade", "version", "stage", "closed", "heat", "heat_since"), ("grade", "heat", "stage")),
+    ]
+}
+
+
+def _store(session: Session, row: m.Customer | m.Project, **values: Any) -> bool:
+    """Write a re-graded subject's locked row with one prebuilt UPDATE if its grade, level,
+    heat or stage changed, and give the session's copy the same values as stored; False
+    if nothing changed. The ORM's unit of work would have spent more on finding and
+    writing the change than the UPDATE costs."""
+    # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
+    # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
+    params = {f"new_{name}": orjson.dumps(value).decode() if name == "grade" else value for name, value in values.items()}
+    if run(session, _UPDATES[type(row), session.get_bind().dialect.name], row_id=row.id, **params).rowcount == 0:
+        return False
+    for name, value in values.items():
+        set_committed_value(row, name, value)
+    return True
 
 
 def _append(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from app.db.engine import Database, make_engine
+from app.db.engine import Database
 from app.db.migrate import upgrade
 from app.domain.rulebook import Rulebook, load_rulebook
 from app.grading import Effect
@@ -17,7 +17,7 @@ def prepare(settings: Settings, *, now: datetime | None = None) -> tuple[Ruleboo
     """Validate the rulebook (a broken one stops here), migrate, then initialize."""
     rulebook = load_rulebook(settings.rulebook_path)
     upgrade(settings)
-    db = Database(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size))
+    db = Database.from_settings(settings)
     try:
         effects = initialize(db, settings, rulebook, now=now or datetime.now(timezone.utc))
     finally:

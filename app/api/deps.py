@@ -14,7 +14,7 @@ from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
 from app.errors import Forbidden, Unauthorized
-from app.services.keys import authenticate, has_scope
+from app.services.keys import Key, authenticate, has_scope
 from app.settings import Settings
 
 
@@ -53,25 +53,17 @@ ContextDep = Annotated[Context, Depends(get_context)]
 BEARER = {"WWW-Authenticate": 'Bearer realm="rapport"'}
 
 
-@dataclass(frozen=True)
-class Key:
-    """The API key a request authenticated with (kept on `request.state.api_key`)."""
-
-    id: int
-    name: str
-    scopes: tuple[str, ...]
-
-
 def api_key(db: Database, authorization: str | None) -> Key:
     """The key an Authorization header names, or Unauthorized."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("send Authorization: Bearer <api key>", headers=BEARER)
     secret = authorization[7:].strip()
-    with db.session(write=False) as session:
-        key = authenticate(session, secret) if secret else None
-        if key is None:
-            raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
-        return Key(key.id, key.name, tuple(key.scopes))
+    # A bare connection, not a Session: this runs before every request. It is also the
+    # request's first use of the database, so `read` replaces a connection that died in the pool.
+    key = db.read(lambda conn: authenticate(conn, secret)) if secret else None
+    if key is None:
+        raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
+    return key
 
 
 def check_scope(key: Key, scope: str) -> None:

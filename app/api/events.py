@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -42,17 +42,17 @@ def _recorded(event, retraction, effects, status: int) -> Response:  # noqa: ANN
         **problem_responses(400, 409, 413),
     },
 )
-def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> Response:
     """Log an event. It is validated against the rulebook's catalogue, stored, and the grades it
     touches are re-computed in the same transaction; `effects` lists the grade changes."""
 
-    def write(session: Session) -> JSONResponse:
+    def write(session: Session) -> Response:
         new = svc.NewEvent(**body.model_dump())
         recorded = svc.record_event(session, ctx.rulebook, new, actor=caller.actor, now=ctx.clock())
         retraction = None if recorded.created else svc.retraction_of(session, recorded.event.id)
         return _recorded(recorded.event, retraction, recorded.effects, 201 if recorded.created else 200)
 
-    fp = idempotency.fingerprint("POST", "/v1/events", body.model_dump(mode="json"))
+    fp = partial(idempotency.fingerprint, "POST", "/v1/events", body)
     return idempotency.run(ctx, caller, idempotency_key, fp, lambda: ctx.db.transaction(write))
 
 
@@ -80,7 +80,7 @@ async def record_batch(
     caller: Writer,
     atomic: Annotated[bool, Query(description="all or nothing: if any item is invalid, store none (422)")] = False,
     idempotency_key: IdempotencyKey = None,
-) -> JSONResponse:
+) -> Response:
     """Log many events. Each item is validated and stored on its own and reported in input
     order as `created`, `duplicate` (its source + external_id was stored before, so a re-sent
     batch changes nothing) or `rejected` (with a problem). Grades are re-computed once per
@@ -88,7 +88,7 @@ async def record_batch(
     body = await request.body()  # at most max_batch_bytes: app/api/limits.py
     content_type = media_type(request)
 
-    def work() -> JSONResponse:
+    def work() -> Response:
         items = [_new_event(validate_item(s.EventIn, item)) for item in json_items(body, content_type, max_items=batch_svc.MAX_ITEMS)]
         outcome = ctx.db.transaction(lambda session: batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock()))
         out = s.BatchOut(
@@ -98,9 +98,9 @@ async def record_batch(
             results=[_item_out(r) for r in outcome.results],
             effects=[e.as_dict() for e in outcome.effects],
         )
-        return JSONResponse(out.model_dump(mode="json", exclude_none=True))
+        return present.answer(out, exclude_none=True)  # pydantic encodes it: up to 10,000 results
 
-    fp = idempotency.fingerprint("POST", f"/v1/events/batch?atomic={atomic}", [content_type, body.decode("utf-8", "replace")])
+    fp = partial(idempotency.fingerprint, "POST", f"/v1/events/batch?atomic={atomic}", [content_type, body])
     return await run_in_threadpool(idempotency.run, ctx, caller, idempotency_key, fp, work)
 
 
@@ -158,13 +158,13 @@ def get_event(event_id: s.PathId, ctx: ContextDep, caller: Reader) -> s.EventOut
 
 
 @router.post("/{event_id}/retract", response_model=s.EventRecordedOut, responses=problem_responses(400, 404, 409, 413))
-def retract_event(event_id: s.PathId, body: s.RetractIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+def retract_event(event_id: s.PathId, body: s.RetractIn, ctx: ContextDep, caller: Writer, idempotency_key: IdempotencyKey = None) -> Response:
     """Retract an event: from now on it counts for nothing and the grades it touched are
     re-computed. Nothing is deleted. Retracting a retracted event changes nothing (200)."""
 
-    def write(session: Session) -> JSONResponse:
+    def write(session: Session) -> Response:
         event, retraction, effects = svc.retract_event(session, ctx.rulebook, event_id, body.reason, actor=caller.actor, now=ctx.clock())
         return _recorded(event, retraction, effects, 200)
 
-    fp = idempotency.fingerprint("POST", f"/v1/events/{event_id}/retract", body.model_dump(mode="json"))
+    fp = partial(idempotency.fingerprint, "POST", f"/v1/events/{event_id}/retract", body)
     return idempotency.run(ctx, caller, idempotency_key, fp, lambda: ctx.db.transaction(write))

@@ -12,7 +12,8 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from pydantic import BaseModel
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -27,17 +28,29 @@ REPLAYED_HEADERS = ("location", "etag")
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """What makes two requests the same one: method, path and body (a validated model by
+    its JSON, raw bytes as UTF-8)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
-def run(ctx: Context, caller: Caller, key: str | None, fp: str, work: Callable[[], JSONResponse]) -> Response:
-    """Run `work` at most once per (caller's API key, Idempotency-Key)."""
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[[], str], work: Callable[[], Response]) -> Response:
+    """Run `work` at most once per (caller's API key, Idempotency-Key). The request's
+    fingerprint is taken only when there is a key to hold it against."""
     if key is None:
         return work()
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
     now = ctx.clock()
+    fp = fingerprint_of()
     stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now))
     if stored is not None:
         return stored

@@ -107,11 +107,11 @@ class Presenter:
         )
 
 
-def answer(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def answer(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None, exclude_none: bool = False) -> Response:
     """`model` as the JSON answer, encoded once by pydantic. A route that returns a Response
     skips FastAPI's re-validation of its return value, which for a plain `def` route is one
     more hand-off to the thread pool per request."""
-    return Response(model.model_dump_json(), status_code=status_code, headers=headers, media_type="application/json")
+    return Response(model.model_dump_json(exclude_none=exclude_none), status_code=status_code, headers=headers, media_type="application/json")
 
 
 def event(e: m.Event, retraction: m.Retraction | None) -> s.EventOut:

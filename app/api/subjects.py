@@ -13,22 +13,19 @@ from sqlalchemy.orm import Session
 from app.api.deps import Context
 from app.api.etags import etag, parse_if_match
 from app.api.present import answer
-from app.services.records import Record, get_by_ref
+from app.services.records import Record, read_only
 
 Present = Callable[[Session, Any], BaseModel]
 Put = Callable[..., tuple[Any, bool]]
 
 
-def read(ctx: Context, model: type[Record], find: Callable[[Session], Any], present: Present) -> Response:
-    """The record `find` returns, presented in the same session, with its ETag."""
+def read(ctx: Context, model: type[Record], column: str, value: int | str, present: Present) -> Response:
+    """The record whose `column` (id or external_ref) is `value`, presented in the same
+    session, with its ETag."""
     kind = model.__tablename__[:-1]
     with ctx.db.session(write=False) as session:
-        row = find(session)
+        row = read_only(session, model, column, value)
         return answer(present(session, row), headers={"ETag": etag(kind, row.id, row.version)})
-
-
-def read_by_ref(ctx: Context, model: type[Record], ref: str, present: Present) -> Response:
-    return read(ctx, model, lambda session: get_by_ref(session, model, ref), present)
 
 
 def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> Response:

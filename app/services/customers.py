@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook
-from app.errors import NotFound
 from app.grading import initial_level
 from app.services.paging import page
 from app.services.records import save_unique, update_record, upsert_by_ref
@@ -41,13 +40,6 @@ def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[st
         if_match=if_match,
         now=now,
     )
-
-
-def get_customer(session: Session, customer_id: int) -> m.Customer:
-    customer = session.get(m.Customer, customer_id)
-    if customer is None:
-        raise NotFound(f"no customer with id {customer_id}")
-    return customer
 
 
 def update_customer(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -41,14 +42,29 @@ def create_key(session: Session, name: str, scopes: list[str], *, now: datetime,
     return key, secret
 
 
-def authenticate(session: Session, secret: str) -> m.ApiKey | None:
+@dataclass(frozen=True)
+class Key:
+    """The API key a request authenticated with (kept on `request.state.api_key`)."""
+
+    id: int
+    name: str
+    scopes: tuple[str, ...]
+
+
+# Columns, not the entity: every request runs this, and building an ORM row for it cost
+# more than the query (the profile in docs/performance.md).
+_BY_HASH = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.secret_hash, m.ApiKey.revoked_at).where(m.ApiKey.secret_hash == bindparam("digest"))
+
+
+def authenticate(conn: Connection, secret: str) -> Key | None:
+    """The live key whose secret this is, or None (unknown or revoked)."""
     digest = hash_secret(secret)
-    key = session.scalar(select(m.ApiKey).where(m.ApiKey.secret_hash == digest))
+    row = conn.execute(_BY_HASH, {"digest": digest}).first()
     # The lookup is by a hash of a high-entropy secret; the constant-time compare guards
     # against a database collation or index doing anything clever with the string.
-    if key is None or key.revoked_at is not None or not hmac.compare_digest(key.secret_hash, digest):
+    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, digest):
         return None
-    return key
+    return Key(row.id, row.name, tuple(row.scopes))
 
 
 def has_scope(scopes: Sequence[str], scope: str) -> bool:

@@ -14,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import models as m
+from app.db.engine import run
 from app.domain.rulebook import Label, Rulebook
 from app.domain.signatures import new_secret
 from app.errors import Conflict, NotFound
@@ -49,10 +50,12 @@ def enqueue_each(session: Session, type: str, payloads: Callable[[], list[dict[s
             _queue(session, type, payload, now, wanted)
 
 
+_LIVE = select(m.Subscription.__table__.c.id, m.Subscription.__table__.c.event_types).where(m.Subscription.__table__.c.status.in_(("active", "paused"))).order_by(m.Subscription.__table__.c.id)
+
+
 def subscribers(session: Session, type: str) -> list[int]:
     """The subscriptions (active or paused, not deleted) that want messages of `type`."""
-    live = session.execute(select(m.Subscription.id, m.Subscription.event_types).where(m.Subscription.status.in_(("active", "paused"))).order_by(m.Subscription.id))
-    return [sid for sid, types in live if type in types]
+    return [sid for sid, types in run(session, _LIVE) if type in types]
 
 
 def _queue(session: Session, type: str, payload: Payload, now: datetime, subscription_ids: Sequence[int]) -> tuple[m.OutboxMessage | None, list[m.Delivery]]:

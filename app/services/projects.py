@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
+from app.db.engine import run
 from app.db.facts import lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
@@ -57,13 +58,6 @@ def put_project(session: Session, rulebook: Rulebook, ref: str, fields: dict[str
     )
 
 
-def get_project(session: Session, project_id: int) -> m.Project:
-    project = session.get(m.Project, project_id)
-    if project is None:
-        raise NotFound(f"no project with id {project_id}")
-    return project
-
-
 def update_project(session: Session, project_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> m.Project:
     return update_record(session, m.Project, project_id, changes, if_match=if_match, now=now)
 
@@ -93,21 +87,27 @@ def list_projects(
     return page(session, query, m.Project.id, limit=limit, cursor=cursor)
 
 
+_E, _C, _R = m.Event.__table__, m.Customer.__table__, m.Retraction.__table__
+# Every project read runs this: prebuilt, and as columns (a row reads like an event for
+# to_fact), not entities.
+_BIDS = (
+    select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _C.c.name, _C.c.level)
+    .join(_C, _C.c.id == _E.c.customer_id)
+    .outerjoin(_R, _R.c.event_id == _E.c.id)
+    .where(_E.c.project_id == bindparam("project_id"), _E.c.type.in_(("bid_joined", "bid_won")), _R.c.id.is_(None))
+    .order_by(_E.c.occurred_at, _E.c.id)
+)
+
+
 def participants(session: Session, project: m.Project) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """The project's bidders (with whether they bid with our product) and its winner."""
-    rows = session.execute(
-        select(m.Event, m.Customer)
-        .join(m.Customer, m.Customer.id == m.Event.customer_id)
-        .outerjoin(m.Retraction, m.Retraction.event_id == m.Event.id)
-        .where(m.Event.project_id == project.id, m.Event.type.in_(("bid_joined", "bid_won")), m.Retraction.id.is_(None))
-        .order_by(m.Event.occurred_at, m.Event.id)
-    ).all()
+    rows = run(session, _BIDS, project_id=project.id).all()
     bidders: dict[int, dict[str, Any]] = {}
-    for event, customer in rows:
-        entry = bidders.setdefault(customer.id, {"id": customer.id, "name": customer.name, "level": customer.level, "with_our_product": False})
-        if event.type == "bid_joined" and event.attributes.get("with_our_product"):
+    for bid in rows:
+        entry = bidders.setdefault(bid.customer_id, {"id": bid.customer_id, "name": bid.name, "level": bid.level, "with_our_product": False})
+        if bid.type == "bid_joined" and (bid.attributes or {}).get("with_our_product"):
             entry["with_our_product"] = True
     # The winner as grading names it (the latest bid_won; at equal instants, by content).
-    won = winner_id(tuple(to_fact(event, retracted=False) for event, _ in rows if event.type == "bid_won"))
+    won = winner_id(tuple(to_fact(bid, retracted=False) for bid in rows if bid.type == "bid_won"))
     winner = None if won is None else {k: v for k, v in bidders[won].items() if k != "with_our_product"}
     return list(bidders.values()), winner

@@ -211,6 +211,18 @@ def test_an_event_changing_the_grade_makes_an_earlier_etag_stale(api) -> None:
     assert_problem(api.patch(f"/v1/customers/{customer['id']}", json={"rep": "李强"}, headers={"If-Match": etag}), 412)
 
 
+def test_an_event_that_changes_no_grade_leaves_the_etag_valid(api) -> None:
+    customer = api.create_customer("万科华东区域", "owner")
+    api.event("company_introduced", customer_id=customer["id"], at=at(2))
+    before = api.get(f"/v1/customers/{customer['id']}")
+    # An owner's criteria read no orders: the customer is re-graded to the same grade.
+    api.event("order_placed", customer_id=customer["id"], at=at(1), attributes={"amount": 1000})
+
+    after = api.get(f"/v1/customers/{customer['id']}")
+    assert after.headers["etag"] == before.headers["etag"] and after.json()["version"] == before.json()["version"]
+    assert api.patch(f"/v1/customers/{customer['id']}", json={"rep": "李强"}, headers={"If-Match": before.headers["etag"]}).status_code == 200
+
+
 def test_patch_refuses_an_if_match_that_is_not_our_etag(api) -> None:
     customer = api.create_customer("万科华东区域", "owner")
 

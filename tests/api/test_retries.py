@@ -4,9 +4,12 @@ again, counts once, and if it keeps failing the caller gets a 503 to retry, not 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from app.services import events as svc
+from tests.conftest import is_postgres
 from tests.test_retry import FakeDriverError
 
 AT = "2026-11-19T10:00:00+08:00"
@@ -57,3 +60,25 @@ def test_a_write_that_keeps_colliding_answers_503_with_retry_after_and_stores_no
     # The key was not spent on the failure: the client's retry does the work.
     retried = api.post("/v1/events", json=body, headers={"Idempotency-Key": "visit-9"})
     assert retried.status_code == 201, retried.text
+
+
+def test_a_connection_the_database_dropped_in_the_pool_costs_no_request(app, api, migrated: str) -> None:  # noqa: ANN001
+    """Without pool_pre_ping, a pooled connection the server has closed (a restart, an idle
+    timeout) is found by the request's key check, which runs again on a fresh connection."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite has no server to drop a connection")
+    customer = api.create_customer()
+    engine = app.state.context.db.engine
+    engine.dispose()  # the pool now holds exactly the connection opened below
+    with engine.connect() as conn:
+        pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    with engine.connect() as conn:  # the same pooled connection, still alive
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == pid
+    admin = create_engine(migrated, poolclass=NullPool)
+    with admin.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+    admin.dispose()
+
+    r = api.post("/v1/events", json={"type": "visit", "customer_id": customer["id"], "occurred_at": AT, "attributes": {"reception": "welcoming"}})
+    assert r.status_code == 201, r.text
+    assert api.get(f"/v1/customers/{customer['id']}").status_code == 200
