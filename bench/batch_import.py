@@ -91,9 +91,15 @@ def set_up(url: str, customers: int) -> tuple[list[tuple[int, str]], list[tuple[
     return owners, installers, projects
 
 
+def rapport_app(url: str) -> Any:
+    """Rapport on `url`, driven in-process by the bench scripts: the admin key `KEY`, the
+    clock at `NOW`, no webhook thread, and no per-key rate limit (the figure is the
+    service's capacity, not the limit's)."""
+    return create_app(Settings(database_url=url, bootstrap_key=KEY, deliver_in_process=False, rate_limit_per_second=0), clock=lambda: NOW)
+
+
 def through_api(url: str, events: list[dict[str, Any]], batch: int) -> float:
-    # No per-key rate limit: the figure is the service's capacity, not the limit's.
-    app = create_app(Settings(database_url=url, bootstrap_key=KEY, deliver_in_process=False, rate_limit_per_second=0), clock=lambda: NOW)
+    app = rapport_app(url)
 
     async def run() -> float:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
