@@ -184,7 +184,7 @@ def verify(as_of: datetime | None) -> None:
     check to run after an incident. Reads only; a consistent snapshot on either database.
     Grades with time windows move with time alone: run `rapport regrade` first, or pass
     the --as-of of the last re-grade."""
-    from app.services.verify import replay
+    from app.services.verify import disagreements
 
     settings = get_settings()
     _prepare(settings)
@@ -199,16 +199,17 @@ def verify(as_of: datetime | None) -> None:
             if not db.is_sqlite:
                 session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             counts = [session.scalar(select(func.count()).select_from(model)) for model in (m.Customer, m.Project, m.Event)]
-            disagreements = replay(session, rulebook, as_of=when)
+            found = 0
+            for d in disagreements(session, rulebook, as_of=when):  # printed as found: a long replay shows progress
+                click.echo(f"{d.subject} {d.id}: {d.what}: {d.detail}")
+                found += 1
     finally:
         db.engine.dispose()
-    for d in disagreements:
-        click.echo(f"{d.subject} {d.id}: {d.what}: {d.detail}")
     click.echo(
-        f"{len(disagreements)} disagreement(s) in {counts[0]} customers, {counts[1]} projects, {counts[2]} events "
+        f"{found} disagreement(s) in {counts[0]} customers, {counts[1]} projects, {counts[2]} events "
         f"under rulebook {rulebook.version}, as of {when.isoformat()} ({time.monotonic() - started:.1f} s)"
     )
-    if disagreements:
+    if found:
         sys.exit(1)
 
 

@@ -1,24 +1,34 @@
 """Replaying the whole event log and comparing it with what is stored.
 
-Deliberately a second code path: it reads every row once and builds the facts in memory,
-without the per-subject loaders that grading uses, so a bug in those loaders shows up as
-a disagreement here."""
+Deliberately a second code path: it reads the log with its own queries and builds the facts
+itself, without the loaders grading uses, so a bug in those loaders shows up as a
+disagreement here.
+
+It walks the subjects in rounds of `chunk` by id (customers first: heat reads levels), and
+each round reads only its subjects' logs and histories. Memory holds one round and the
+replayed level of every customer (an integer each), not the log: a database of any size
+can be verified on the machine that serves it."""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Iterable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import Row, Table, exists, select
 from sqlalchemy.orm import Session
 
+from app.chunks import IN_LIST, chunked
 from app.db import models as m
-from app.db.facts import to_fact
 from app.domain import facts as f
 from app.domain.evaluation import evaluate_heat, evaluate_level
 from app.domain.rulebook import Rulebook
 from app.grading import HEAT, LEVEL, snapshot
+
+CHUNK = IN_LIST  # subjects per round
+
+_E, _R, _H = m.Event.__table__, m.Retraction.__table__, m.GradeChange.__table__
+_C, _P = m.Customer.__table__, m.Project.__table__
 
 
 @dataclass(frozen=True)
@@ -29,74 +39,115 @@ class Disagreement:
     detail: str
 
 
-def replay(session: Session, rulebook: Rulebook, *, as_of: datetime) -> list[Disagreement]:
+def replay(session: Session, rulebook: Rulebook, *, as_of: datetime, chunk: int = CHUNK) -> list[Disagreement]:
     """Every subject whose stored grade, evidence or history disagrees with a fresh
     evaluation of the whole log under `rulebook` as of `as_of`."""
-    retracted = set(session.scalars(select(m.Retraction.event_id)))
-    events = [to_fact(e, retracted=e.id in retracted) for e in session.scalars(select(m.Event).order_by(m.Event.id))]
-    by_customer: dict[int, list[f.Event]] = defaultdict(list)
-    by_project: dict[int, list[f.Event]] = defaultdict(list)
-    for e in events:
-        if e.customer_id is not None:
-            by_customer[e.customer_id].append(e)
-        if e.project_id is not None:
-            by_project[e.project_id].append(e)
-    customers = session.scalars(select(m.Customer).order_by(m.Customer.id)).all()
-    projects = session.scalars(select(m.Project).order_by(m.Project.id)).all()
-    owned: dict[int, list[int]] = defaultdict(list)
-    for p in projects:
-        owned[p.owner_id].append(p.id)
+    return list(disagreements(session, rulebook, as_of=as_of, chunk=chunk))
 
-    out: list[Disagreement] = []
-    levels: dict[int, int] = {}
-    for c in customers:
-        facts = f.CustomerFacts(
-            c.id,
-            c.kind,
-            tuple(by_customer[c.id]),
-            tuple(f.OwnedProject(pid, tuple(by_project[pid])) for pid in owned[c.id]) if c.kind == "owner" else (),
+
+def disagreements(session: Session, rulebook: Rulebook, *, as_of: datetime, chunk: int = CHUNK) -> Iterator[Disagreement]:
+    """`replay`'s findings, as each round of `chunk` subjects finds them. Run it in one
+    transaction (a snapshot), or rounds may see different states of the log."""
+    levels: dict[int, int] = {}  # every customer's replayed level, for the heat of projects
+    for customers in _rounds(session, _C, chunk):
+        yield from _customers(session, rulebook, customers, as_of, levels)
+    for projects in _rounds(session, _P, chunk):
+        yield from _projects(session, rulebook, projects, as_of, levels)
+    yield from _orphans(session)
+
+
+def _rounds(session: Session, table: Table, chunk: int) -> Iterator[list[Row[Any]]]:
+    """The table's rows in rounds of `chunk`, by id (keyset, so each round is an index range)."""
+    last = 0
+    while rows := session.execute(select(table).where(table.c.id > last).order_by(table.c.id).limit(chunk)).all():
+        yield rows
+        last = rows[-1].id
+
+
+def _log(session: Session, by: str, ids: Iterable[int], *where: Any) -> dict[int, list[f.Event]]:
+    """The events whose `by` (customer_id or project_id) is one of `ids` (and that match
+    `where`), grouped by it."""
+    out: dict[int, list[f.Event]] = {}
+    column = _E.c[by]
+    for part in chunked(sorted(set(ids))):
+        rows = session.execute(
+            select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _R.c.id.is_not(None))
+            .outerjoin(_R, _R.c.event_id == _E.c.id)
+            .where(column.in_(part), *where)
         )
-        grade = evaluate_level(rulebook, facts, as_of)
+        for id_, type_, at, cid, pid, attrs, retracted in rows:
+            event = f.Event(id_, type_, at, cid, pid, attrs or {}, bool(retracted))
+            out.setdefault(getattr(event, by), []).append(event)
+    return out
+
+
+def _customers(session: Session, rulebook: Rulebook, customers: list[Row[Any]], as_of: datetime, levels: dict[int, int]) -> Iterator[Disagreement]:
+    events = _log(session, "customer_id", (c.id for c in customers))
+    owners = [c.id for c in customers if c.kind == "owner"]
+    owned: dict[int, list[int]] = {}
+    for part in chunked(owners):
+        for pid, owner_id in session.execute(select(_P.c.id, _P.c.owner_id).where(_P.c.owner_id.in_(part)).order_by(_P.c.id)):
+            owned.setdefault(owner_id, []).append(pid)
+    project_events = _log(session, "project_id", (pid for pids in owned.values() for pid in pids))
+    for c in customers:
+        projects = tuple(f.OwnedProject(pid, tuple(project_events.get(pid, ()))) for pid in owned.get(c.id, ())) if c.kind == "owner" else ()
+        grade = evaluate_level(rulebook, f.CustomerFacts(c.id, c.kind, tuple(events.get(c.id, ())), projects), as_of)
         levels[c.id] = grade.level
         if grade.level != c.level:
-            out.append(Disagreement("customer", c.id, "grade", f"stored level {c.level}, replay gives {grade.level}"))
+            yield Disagreement("customer", c.id, "grade", f"stored level {c.level}, replay gives {grade.level}")
         elif snapshot(grade) != c.grade:
-            out.append(Disagreement("customer", c.id, "evidence", "stored evidence differs from the replay's"))
+            yield Disagreement("customer", c.id, "evidence", "stored evidence differs from the replay's")
+    yield from _history(session, "customer", LEVEL, {c.id: c.level for c in customers})
+
+
+def _projects(session: Session, rulebook: Rulebook, projects: list[Row[Any]], as_of: datetime, levels: dict[int, int]) -> Iterator[Disagreement]:
+    by_project = {pid: tuple(es) for pid, es in _log(session, "project_id", (p.id for p in projects)).items()}
+    bidders = {p.id: f.bidder_ids(by_project.get(p.id, ())) for p in projects}
+    linked_ids = {p.owner_id for p in projects} | {cid for ids in bidders.values() for cid in ids}
+    own = _log(session, "customer_id", linked_ids, _E.c.project_id.is_(None))
 
     def linked(cid: int) -> f.LinkedCustomer:
-        return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(e for e in by_customer[cid] if e.project_id is None))
+        return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(own.get(cid, ())))
 
     for p in projects:
-        pe = tuple(by_project[p.id])
-        facts_p = f.ProjectFacts(p.id, linked(p.owner_id), pe, {cid: linked(cid) for cid in f.bidder_ids(pe)})
-        grade_p = evaluate_heat(rulebook, facts_p, as_of)
-        if grade_p.percent != p.heat:
-            out.append(Disagreement("project", p.id, "grade", f"stored heat {p.heat} %, replay gives {grade_p.percent} %"))
-        elif snapshot(grade_p) != p.grade or grade_p.stage != p.stage:
-            out.append(Disagreement("project", p.id, "evidence", "stored evidence or stage differs from the replay's"))
-
-    out.extend(_history(session, "customer", LEVEL, {c.id: c.level for c in customers}))
-    out.extend(_history(session, "project", HEAT, {p.id: p.heat for p in projects}))
-    return out
+        facts = f.ProjectFacts(p.id, linked(p.owner_id), by_project.get(p.id, ()), {cid: linked(cid) for cid in bidders[p.id]})
+        grade = evaluate_heat(rulebook, facts, as_of)
+        if grade.percent != p.heat:
+            yield Disagreement("project", p.id, "grade", f"stored heat {p.heat} %, replay gives {grade.percent} %")
+        elif snapshot(grade) != p.grade or grade.stage != p.stage:
+            yield Disagreement("project", p.id, "evidence", "stored evidence or stage differs from the replay's")
+    yield from _history(session, "project", HEAT, {p.id: p.heat for p in projects})
 
 
-def _history(session: Session, subject: str, metric: str, current: dict[int, int]) -> list[Disagreement]:
-    """Each subject's history is a chain from 0 that ends at the stored value."""
+def _history(session: Session, subject: str, metric: str, current: dict[int, int]) -> Iterator[Disagreement]:
+    """Each of these subjects' history is a chain from 0 that ends at the stored value."""
     last: dict[int, int] = {}
-    out: list[Disagreement] = []
-    rows = session.execute(
-        select(m.GradeChange.subject_id, m.GradeChange.old, m.GradeChange.new, m.GradeChange.id)
-        .where(m.GradeChange.subject_type == subject, m.GradeChange.metric == metric)
-        .order_by(m.GradeChange.subject_id, m.GradeChange.id)
-    ).all()
-    for sid, old, new, hid in rows:
-        expected = last.get(sid, 0)
-        if old != expected:
-            out.append(Disagreement(subject, sid, "history", f"row {hid} starts at {old}, the previous value was {expected}"))
-        if old == new:
-            out.append(Disagreement(subject, sid, "history", f"row {hid} records no change ({old} → {new})"))
-        last[sid] = new
+    for part in chunked(sorted(current)):
+        rows = session.execute(
+            select(_H.c.subject_id, _H.c.old, _H.c.new, _H.c.id)
+            .where(_H.c.subject_type == subject, _H.c.metric == metric, _H.c.subject_id.in_(part))
+            .order_by(_H.c.subject_id, _H.c.id)
+        )
+        for sid, old, new, hid in rows:
+            expected = last.get(sid, 0)
+            if old != expected:
+                yield Disagreement(subject, sid, "history", f"row {hid} starts at {old}, the previous value was {expected}")
+            if old == new:
+                yield Disagreement(subject, sid, "history", f"row {hid} records no change ({old} → {new})")
+            last[sid] = new
     for sid, value in current.items():
         if last.get(sid, 0) != value:
-            out.append(Disagreement(subject, sid, "history", f"history ends at {last.get(sid, 0)}, the stored value is {value}"))
-    return out
+            yield Disagreement(subject, sid, "history", f"history ends at {last.get(sid, 0)}, the stored value is {value}")
+
+
+def _orphans(session: Session) -> Iterator[Disagreement]:
+    """History rows of a customer or project that does not exist (the rounds above only
+    read the histories of subjects that do)."""
+    for subject, table in (("customer", _C), ("project", _P)):
+        rows = session.execute(
+            select(_H.c.subject_id, _H.c.id)
+            .where(_H.c.subject_type == subject, ~exists().where(table.c.id == _H.c.subject_id))
+            .order_by(_H.c.subject_id, _H.c.id)
+        )
+        for sid, hid in rows:
+            yield Disagreement(subject, sid, "history", f"row {hid} is the history of a {subject} that does not exist")
