@@ -18,7 +18,6 @@ class Settings(BaseSettings):
     migrations_dir: Path | None = Field(default=None, description="where the Alembic scripts are, if not beside the package")
     idempotency_ttl_hours: int = Field(default=24, ge=24, description="how long Idempotency-Key answers are kept")
     idempotency_lease_seconds: int = Field(default=60, ge=1, description="after this, an unfinished request's key may be taken over")
-    max_page_size: int = Field(default=200, ge=1)
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
     db_pool_size: int = Field(default=20, ge=1, le=200, description="database connections each process keeps open (PostgreSQL: mind max_connections across processes)")
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")

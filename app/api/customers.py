@@ -43,7 +43,7 @@ def list_customers(
     rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     region: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name or external_ref")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.CustomerPage:
     """List customers, filtered, oldest first; follow `next_cursor` for more."""
@@ -112,7 +112,7 @@ def customer_history(
     customer_id: s.PathId,
     ctx: ContextDep,
     caller: Reader,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.HistoryPage:
     """Every change of the customer's relationship level, oldest first, with its evidence and trigger."""

@@ -131,7 +131,7 @@ def get_events(
     occurred_from: Annotated[s.Instant | None, Query(alias="from", description="occurred_at ≥ this")] = None,
     occurred_to: Annotated[s.Instant | None, Query(alias="to", description="occurred_at < this")] = None,
     order: Literal["asc", "desc"] = "asc",
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.EventPage:
     """List events (retracted ones included, with their retraction), in recording order."""

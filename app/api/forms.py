@@ -88,7 +88,7 @@ def create_form(body: s.FormIn, ctx: ContextDep, caller: Admin) -> JSONResponse:
 def list_forms(
     ctx: ContextDep,
     caller: Admin,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.FormPage:
     with ctx.db.session(write=False) as session:
@@ -184,7 +184,7 @@ def list_inbox(
     caller: Admin,
     status: Literal["inbox", "processed", "dismissed"] | None = Query(default="inbox", description="default: those waiting in the inbox"),
     form_id: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.SubmissionPage:
     """Form submissions, newest first: by default those that could not be mapped, with why."""

@@ -47,7 +47,7 @@ def list_projects(
     rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     stage: Annotated[s.QueryText | None, Query(max_length=32)] = None,
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.ProjectPage:
     """List projects, filtered, oldest first; follow `next_cursor` for more."""
@@ -117,7 +117,7 @@ def project_history(
     project_id: s.PathId,
     ctx: ContextDep,
     caller: Reader,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.HistoryPage:
     """Every change of the project's deal heat, oldest first, with its evidence and trigger."""

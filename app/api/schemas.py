@@ -46,6 +46,9 @@ PathRef = Annotated[
 MAX_ID = 2**63 - 1
 Id = Annotated[int, Field(gt=0, le=MAX_ID)]
 PathId = Annotated[int, Path(gt=0, le=MAX_ID)]
+MAX_PAGE = 200
+# Every list's page size: one bound, so a caller learns one number.
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page, 1 to {MAX_PAGE}")]
 QueryId = Annotated[int | None, Query(gt=0, le=MAX_ID)]
 
 

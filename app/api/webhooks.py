@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
 from app.api.problems import AUTHENTICATED, problem_responses
+from app.api.schemas import PageLimit
 from app.api.gate import Gated
 from app.api.schemas import PathId
 from app.db import models as m
@@ -26,7 +27,6 @@ from app.settings import Settings
 
 router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"], route_class=Gated, responses=AUTHENTICATED)
 
-Limit = Annotated[int, Query(ge=1, le=200)]
 Cursor = Annotated[str | None, Query(max_length=200)]
 
 
@@ -84,7 +84,7 @@ def list_subscriptions(
     ctx: ContextDep,
     caller: Admin,
     status: Annotated[w.SubscriptionStatus | None, Query(description="default: active and paused (deleted ones only when asked for)")] = None,
-    limit: Limit = 50,
+    limit: PageLimit = 50,
     cursor: Cursor = None,
 ) -> w.SubscriptionPage:
     """List subscriptions, oldest first; follow `next_cursor` for more."""
@@ -126,7 +126,7 @@ def list_deliveries(
     ctx: ContextDep,
     caller: Admin,
     status: w.DeliveryStatus | None = None,
-    limit: Limit = 50,
+    limit: PageLimit = 50,
     cursor: Cursor = None,
 ) -> w.DeliveryPage:
     """The delivery log, newest first: each message sent to this subscription, its status
