@@ -64,16 +64,16 @@ def _rounds(session: Session, table: Table, chunk: int) -> Iterator[list[Row[Any
         last = rows[-1].id
 
 
-def _log(session: Session, by: str, ids: Iterable[int], *where: Any) -> dict[int, list[f.Event]]:
-    """The events whose `by` (customer_id or project_id) is one of `ids` (and that match
-    `where`), grouped by it."""
+def _log(session: Session, by: str, ids: Iterable[int]) -> dict[int, list[f.Event]]:
+    """The events whose `by` (customer_id or project_id) is one of `ids`, grouped by it."""
     out: dict[int, list[f.Event]] = {}
     column = _E.c[by]
     for part in chunked(sorted(set(ids))):
         rows = session.execute(
             select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _R.c.id.is_not(None))
             .outerjoin(_R, _R.c.event_id == _E.c.id)
-            .where(column.in_(part), *where)
+            .where(column.in_(part))
+            .order_by(_E.c.id)
         )
         for id_, type_, at, cid, pid, attrs, retracted in rows:
             event = f.Event(id_, type_, at, cid, pid, attrs or {}, bool(retracted))
@@ -104,10 +104,13 @@ def _projects(session: Session, rulebook: Rulebook, projects: list[Row[Any]], as
     by_project = {pid: tuple(es) for pid, es in _log(session, "project_id", (p.id for p in projects)).items()}
     bidders = {p.id: f.bidder_ids(by_project.get(p.id, ())) for p in projects}
     linked_ids = {p.owner_id for p in projects} | {cid for ids in bidders.values() for cid in ids}
-    own = _log(session, "customer_id", linked_ids, _E.c.project_id.is_(None))
+    # Filtered here, not by `project_id IS NULL` in the query: SQLite then picked the
+    # project_id index and read half the log each round (quadratic: 331 µs per event at a
+    # million events against 156 at 100,000).
+    own = _log(session, "customer_id", linked_ids)
 
     def linked(cid: int) -> f.LinkedCustomer:
-        return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(own.get(cid, ())))
+        return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(e for e in own.get(cid, ()) if e.project_id is None))
 
     for p in projects:
         facts = f.ProjectFacts(p.id, linked(p.owner_id), by_project.get(p.id, ()), {cid: linked(cid) for cid in bidders[p.id]})
