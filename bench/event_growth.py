@@ -19,7 +19,9 @@ size, once the fill has settled (ANALYZE, checkpoint; VACUUM on PostgreSQL):
   (also printed, with its ratio) is the steadier figure on a shared machine;
 - `rapport verify`'s replay of the whole log runs in-process and is timed (it also proves
   the fill consistent: the run stops on any disagreement); it should grow linearly, so
-  its µs per event should stay flat.
+  its µs per event should stay flat. `rapport verify` is then run as the command line
+  runs it, in a process of its own, for its peak memory (maximum resident set size): it
+  reads the log in rounds of subjects, so this should stay near flat too.
 
 Without --url it uses a temporary SQLite file (WAL, synchronous=NORMAL); with a PostgreSQL
 URL it creates and drops `<name>_api` and `<name>_floor` (only the first is used; the name
@@ -30,10 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import resource
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -174,6 +180,35 @@ def verify(db: Database) -> tuple[float, float]:
     return elapsed, cpu
 
 
+# `rapport verify` for its peak memory runs in a process forked from a small fork server
+# started before the fill: a process forked from this one, grown by the fill, would report
+# this process's peak (Linux carries the maximum resident size across fork and exec).
+FORKSERVER = multiprocessing.get_context("forkserver")
+
+
+def _verify_as_operator(url: str) -> tuple[int, float]:
+    """In the child: `rapport verify` as the command line runs it; its exit status and peak MB."""
+    os.environ["RAPPORT_DATABASE_URL"] = url
+    from app.cli import main
+
+    try:
+        main(["verify", "--as-of", NOW.strftime("%Y-%m-%dT%H:%M:%S%z")])
+        status = 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    return status, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
+
+
+def verify_peak_mb(url: str) -> float:
+    """Peak resident memory, in MB, of `rapport verify` in a process of its own. Stops the
+    run if it reports a disagreement."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=FORKSERVER) as pool:
+        status, peak = pool.submit(_verify_as_operator, url).result()
+    if status != 0:
+        raise SystemExit(f"rapport verify exited with {status}")
+    return peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--url", help="a PostgreSQL database to throw away (its name must contain 'bench' or 'test'); default: a SQLite file")
@@ -182,6 +217,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures to this file (for bench/plot_growth.py)")
     args = parser.parse_args()
     check_name(args.url)
+    warm = FORKSERVER.Process(target=int)  # the fork server starts now, while this process is small
+    warm.start()
+    warm.join()
     with tempfile.TemporaryDirectory() as tmp:
         url, _, drop = databases(args.url, Path(tmp))
         try:
@@ -196,7 +234,7 @@ def grow(url: str, sizes: list[int], probes: int) -> list[dict[str, float]]:
     upgrade(Settings(database_url=url))
     db = Database(make_engine(url))
     print(f"database: {db.engine.dialect.name}; {probes} events per size; one transaction per event")
-    print(f"{'events in db':>12} {'fill s':>7} {'median ms':>10} {'p95 ms':>8} {'median / smallest':>18} {'CPU ms':>7} {'CPU / smallest':>15} {'verify s':>9} {'CPU s':>9} {'CPU µs/event':>16}")
+    print(f"{'events in db':>12} {'fill s':>7} {'median ms':>10} {'p95 ms':>8} {'median / smallest':>18} {'CPU ms':>7} {'CPU / smallest':>15} {'verify s':>9} {'CPU s':>9} {'CPU µs/event':>16} {'verify MB':>10}")
     figures = []
     triples = 0
     for size in sizes:
@@ -212,9 +250,11 @@ def grow(url: str, sizes: list[int], probes: int) -> list[dict[str, float]]:
         median, p95 = statistics.median(times) * 1000, times[int(len(times) * 0.95)] * 1000
         cpu_median = statistics.median(cpu for _, cpu in measured) * 1000
         replayed, cpu = verify(db)
-        figures.append({"events": events, "fill_s": filled, "median_ms": median, "p95_ms": p95, "cpu_median_ms": cpu_median, "verify_s": replayed, "verify_cpu_s": cpu})
+        peak = verify_peak_mb(url)
+        figures.append({"events": events, "fill_s": filled, "median_ms": median, "p95_ms": p95, "cpu_median_ms": cpu_median, "verify_s": replayed, "verify_cpu_s": cpu,
+                        "verify_peak_mb": peak})
         print(f"{events:>12} {filled:>7.0f} {median:>10.2f} {p95:>8.2f} {median / figures[0]['median_ms']:>18.2f} {cpu_median:>7.2f} "
-              f"{cpu_median / figures[0]['cpu_median_ms']:>15.2f} {replayed:>9.2f} {cpu:>9.2f} {cpu / events * 1e6:>16.1f}")
+              f"{cpu_median / figures[0]['cpu_median_ms']:>15.2f} {replayed:>9.2f} {cpu:>9.2f} {cpu / events * 1e6:>16.1f} {peak:>10.0f}")
         sys.stdout.flush()
     db.engine.dispose()
     return figures
