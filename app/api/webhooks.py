@@ -16,9 +16,8 @@ from sqlalchemy.orm import Session
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
 from app.api.problems import AUTHENTICATED, problem_responses
-from app.api.schemas import PageLimit
 from app.api.gate import Gated
-from app.api.schemas import PathId
+from app.api.schemas import PageLimit, PathId
 from app.db import models as m
 from app.db.engine import Database
 from app.services import delivery as deliveries
