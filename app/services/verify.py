@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from app.chunks import IN_LIST, chunked
 from app.db import models as m
+from app.db.facts import to_fact
 from app.domain import facts as f
 from app.domain.evaluation import evaluate_heat, evaluate_level
 from app.domain.rulebook import Rulebook
@@ -70,13 +71,13 @@ def _log(session: Session, by: str, ids: Iterable[int]) -> dict[int, list[f.Even
     column = _E.c[by]
     for part in chunked(sorted(set(ids))):
         rows = session.execute(
-            select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _R.c.id.is_not(None))
+            select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _R.c.id.is_not(None).label("retracted"))
             .outerjoin(_R, _R.c.event_id == _E.c.id)
             .where(column.in_(part))
             .order_by(_E.c.id)
         )
-        for id_, type_, at, cid, pid, attrs, retracted in rows:
-            event = f.Event(id_, type_, at, cid, pid, attrs or {}, bool(retracted))
+        for row in rows:
+            event = to_fact(row, retracted=bool(row.retracted))
             out.setdefault(getattr(event, by), []).append(event)
     return out
 
