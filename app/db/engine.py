@@ -7,6 +7,7 @@ failure): `Database.transaction` does so, a few times, before the error reaches 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import sqlite3
@@ -65,6 +66,7 @@ def retrying(run: Callable[[], T], *, attempts: int = ATTEMPTS, pause: Callable[
 SQLITE_NEEDED = (3, 35, 0)
 
 
+@functools.cache  # a SQLite that passed once passes for the process: not re-checked per engine
 def check_sqlite(version: tuple[int, ...] = sqlite3.sqlite_version_info) -> None:
     """Refuse, before serving, a SQLite that would fail requests later: event inserts use
     `INSERT … ON CONFLICT DO NOTHING RETURNING` (3.35) and grading compares grades with
