@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 
 from app.domain.conditions import (
     AllOf,
@@ -90,6 +91,15 @@ class _Scope:
     owned: tuple[tuple[int, tuple[Event, ...]], ...] = ()  # owner: (project id, live events)
     won_projects: frozenset[int] = frozenset()  # installer: projects it won
     project: "_ProjectScope | None" = None
+
+    @cached_property
+    def by_type(self) -> dict[str, list[Event]]:
+        """The events grouped by type, built once per scope: a condition looks only at its
+        own type's events instead of scanning the whole log (it did, once per criterion)."""
+        out: dict[str, list[Event]] = {}
+        for e in self.events:
+            out.setdefault(e.type, []).append(e)
+        return out
 
 
 @dataclass(frozen=True)
@@ -190,25 +200,26 @@ def _gap(step: Step, results: list[CriterionResult]) -> Gap:
     return Gap(target=step.value, missing=missing, need=max(step.at_least - (len(results) - len(missing)), 0))
 
 
-def _window(events: tuple[Event, ...], within_days: int | None, as_of: datetime) -> tuple[Event, ...]:
+def _of_type(scope: _Scope, event_type: str, within_days: int | None) -> list[Event]:
+    """The scope's events of one type, within the last `within_days` before `as_of` if given."""
+    events = scope.by_type.get(event_type, [])
     if within_days is None:
         return events
-    start = as_of - timedelta(days=within_days)
-    return tuple(e for e in events if start <= e.occurred_at <= as_of)
+    start = scope.as_of - timedelta(days=within_days)
+    return [e for e in events if start <= e.occurred_at <= scope.as_of]
 
 
 def _eval(cond: Condition, scope: _Scope) -> _Outcome:
     if isinstance(cond, HasEvent):
         found = [
             e
-            for e in _window(scope.events, cond.within_days, scope.as_of)
-            if e.type == cond.event_type
-            and all(e.attributes.get(k) == v for k, v in cond.where)
+            for e in _of_type(scope, cond.event_type, cond.within_days)
+            if all(e.attributes.get(k) == v for k, v in cond.where)
             and (not cond.on_won_project or e.project_id in scope.won_projects)
         ]
         return _Outcome(len(found) >= cond.min_count, frozenset(e.id for e in found))
     if isinstance(cond, Latest):
-        newest = latest([e for e in _window(scope.events, cond.within_days, scope.as_of) if e.type == cond.event_type])
+        newest = latest(_of_type(scope, cond.event_type, cond.within_days))
         if newest is None:
             return _NO
         inside = newest.attributes.get(cond.attribute) in cond.values
@@ -244,8 +255,8 @@ def _stage_reached(stage: str, scope: _Scope) -> _Outcome:
     needed = order.index(stage)
     found = [
         e
-        for e in scope.events
-        if e.type == "stage_changed" and e.attributes.get("stage") in order and order.index(e.attributes["stage"]) >= needed
+        for e in scope.by_type.get("stage_changed", ())
+        if e.attributes.get("stage") in order and order.index(e.attributes["stage"]) >= needed
     ]
     return _Outcome(bool(found), frozenset(e.id for e in found))
 

@@ -60,10 +60,10 @@ class ProjectFacts:
 
 def bidder_ids(events: tuple[Event, ...]) -> list[int]:
     """Installers that joined the bid or won it, in order of their first such event."""
+    bids = [e for e in live(events) if e.type in ("bid_joined", "bid_won") and e.customer_id is not None]
     seen: dict[int, None] = {}
-    for e in sorted(live(events), key=_order):
-        if e.type in ("bid_joined", "bid_won") and e.customer_id is not None:
-            seen.setdefault(e.customer_id, None)
+    for e in sorted(bids, key=_order):  # only the bids are ordered: the order key encodes attributes
+        seen.setdefault(e.customer_id, None)
     return list(seen)
 
 
