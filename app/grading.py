@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.chunks import chunked
 from app.db import facts as repo
 from app.db import models as m
-from app.db.engine import run
+from app.db.engine import run_many
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
 from app.domain.facts import CustomerFacts, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
@@ -115,31 +115,33 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)
     facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
+    writes = Writes()
     for cid, customer in customers.items():
-        effect = _regrade_customer(session, rulebook, customer, facts[cid], job)
+        effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)
         if effect is not None:
             effects.append(effect)
             level_changes[cid] = effect
         if effect is not None or cid in job.fan_out_from:
             project_ids |= repo.linked_project_ids(session, cid)
+    # Written before the projects' facts are read: a project's heat reads its customers' levels.
+    writes.flush(session)
 
     projects = repo.lock_projects(session, project_ids)
-    # Read after the levels above changed: a project's heat reads its customers' levels.
     project_facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
     for pid, project in projects.items():
-        effect = _regrade_project(session, rulebook, project, project_facts[pid], job, level_changes)
+        effect = _regrade_project(session, rulebook, project, project_facts[pid], job, level_changes, writes)
         if effect is not None:
             effects.append(effect)
+    writes.flush(session)
     return effects
 
 
-def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, facts: CustomerFacts, job: Regrade) -> Effect | None:
+def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, facts: CustomerFacts, job: Regrade, writes: Writes) -> Effect | None:
     grade = evaluate_level(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = customer.level
     changed = grade.level != old
-    if not _store(session, customer, grade=stored, version=customer.version + 1, level=grade.level, level_since=job.now if changed else customer.level_since):
-        return None
+    writes.add(customer, grade=stored, level=grade.level, level_since=job.now if changed else customer.level_since)
     if not changed:
         return None
     _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger_for("customer", customer.id), job)
@@ -147,15 +149,14 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer
 
 
 def _regrade_project(
-    session: Session, rulebook: Rulebook, project: m.Project, facts: ProjectFacts, job: Regrade, level_changes: dict[int, Effect]
+    session: Session, rulebook: Rulebook, project: m.Project, facts: ProjectFacts, job: Regrade, level_changes: dict[int, Effect], writes: Writes
 ) -> Effect | None:
     grade = evaluate_heat(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = project.heat
     changed = grade.percent != old
     heat_since = job.now if changed else project.heat_since
-    if not _store(session, project, grade=stored, version=project.version + 1, stage=grade.stage, closed=grade.closed, heat=grade.percent, heat_since=heat_since):
-        return None
+    writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, heat_since=heat_since)
     if not changed:
         return None
     linked = {facts.owner.customer_id, *facts.linked}
@@ -167,45 +168,68 @@ def _regrade_project(
 
 
 def _update(model: type[m.Customer] | type[m.Project], columns: tuple[str, ...], compared: tuple[str, ...], dialect: str) -> Update:
-    """The UPDATE of a re-graded row, which changes it only where one of the `compared`
-    columns differs from its new value: the database compares the stored grade, so a write
-    never reads and decodes it (the old grades' JSON was 15 % of a batch import). The new
-    grade comes as JSON text, encoded once for the SET and the comparison."""
+    """The UPDATE of a re-graded row, which changes it (and counts a new version) only where
+    one of the `compared` columns differs from its new value: the database compares the
+    stored grade, so a write never reads and decodes it (the old grades' JSON was 15 % of a
+    batch import). The new grade comes as JSON text, encoded once for the SET and the
+    comparison."""
     table = model.__table__
     text = bindparam("new_grade", type_=Text)
-    new = {name: bindparam(f"new_{name}") for name in columns}
+    new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in columns}
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
     pairs = {name: (table.c[name], new[name]) for name in compared}  # jsonb compares by value
     if dialect == "sqlite":
         # SQLite keeps JSON as text: compare it minified by json(), whichever encoder wrote it.
         pairs["grade"] = (func.json(table.c.grade), func.json(text))
     differs = or_(*(stored.is_distinct_from(value) for stored, value in pairs.values()))
-    return update(table).where(table.c.id == bindparam("row_id"), differs).values(new)
+    return update(table).where(table.c.id == bindparam("row_id"), differs).values({**new, "version": table.c.version + 1})
 
 
 _UPDATES = {
     (model, dialect): _update(model, columns, compared, dialect)
     for dialect in ("sqlite", "postgresql")
     for model, columns, compared in [
-        (m.Customer, ("grade", "version", "level", "level_since"), ("grade", "level")),
-        (m.Project, ("grade", "version", "stage", "closed", "heat", "heat_since"), ("grade", "heat", "stage")),
+        (m.Customer, ("grade", "level", "level_since"), ("grade", "level")),
+        (m.Project, ("grade", "stage", "closed", "heat", "heat_since"), ("grade", "heat", "stage")),
     ]
 }
 
 
-def _store(session: Session, row: m.Customer | m.Project, **values: Any) -> bool:
-    """Write a re-graded subject's locked row with one prebuilt UPDATE if its grade, level,
-    heat or stage changed, and give the session's copy the same values as stored; False
-    if nothing changed. The ORM's unit of work would have spent more on finding and
-    writing the change than the UPDATE costs."""
-    # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
-    # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
-    params = {f"new_{name}": orjson.dumps(value).decode() if name == "grade" else value for name, value in values.items()}
-    if run(session, _UPDATES[type(row), session.get_bind().dialect.name], row_id=row.id, **params).rowcount == 0:
-        return False
-    for name, value in values.items():
-        set_committed_value(row, name, value)
-    return True
+class Writes:
+    """The re-graded rows of one grading pass, written together: one prebuilt UPDATE per
+    table, run once with every row's values (executemany), not once per row (a batch
+    import re-grades hundreds of subjects, and a statement's round through SQLAlchemy
+    cost more than the database's own work on the row). The ORM's unit of work would have
+    spent more still on finding and writing the changes."""
+
+    def __init__(self) -> None:
+        self._rows: dict[type, list[tuple[m.Customer | m.Project, dict[str, Any]]]] = {}
+
+    def add(self, row: m.Customer | m.Project, **values: Any) -> None:
+        """Queue `row`'s new values, and give the session's copy them at once (a webhook's
+        payload, built before the flush, reads them). A row whose grade did not change
+        already holds them."""
+        self._rows.setdefault(type(row), []).append((row, values))
+        for name, value in values.items():
+            set_committed_value(row, name, value)
+
+    def flush(self, session: Session) -> None:
+        """Write what was added. A row whose grade did not change is not written (the
+        UPDATE's condition); the version is re-read if asked for, since only the database
+        knows whether the UPDATE counted one."""
+        dialect = session.get_bind().dialect.name
+        for model, rows in self._rows.items():
+            # orjson: a grade is our own dicts of strings, integers and booleans, which it
+            # encodes as json would, several times faster (json.dumps of the grades was 9 %
+            # of a batch).
+            params = [
+                {"row_id": row.id, **{f"new_{name}": orjson.dumps(value).decode() if name == "grade" else value for name, value in values.items()}}
+                for row, values in rows
+            ]
+            run_many(session, _UPDATES[model, dialect], params)
+            for row, _ in rows:
+                session.expire(row, ["version"])
+        self._rows.clear()
 
 
 def _append(
@@ -246,21 +270,24 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
 
     Used when the active rulebook changes and by `rapport regrade` (time-window criteria)."""
     effects: list[Effect] = []
+    writes = Writes()
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
         customers = repo.lock_customers(session, ids)
         facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
         for cid, customer in customers.items():
-            effect = _regrade_customer(session, rulebook, customer, facts[cid], job)
+            effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)
             if effect:
                 effects.append(effect)
+        writes.flush(session)
     level_changes = {e.id: e for e in effects}
     for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
         projects = repo.lock_projects(session, ids)
         facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
         for pid, project in projects.items():
-            effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes)
+            effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes, writes)
             if effect:
                 effects.append(effect)
+        writes.flush(session)
     return effects
 
 

@@ -185,3 +185,10 @@ def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
     prebuilt one as Core costs (docs/performance.md)."""
     session.flush()
     return session.connection().execute(statement, params)
+
+
+def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> None:
+    """`run` once per parameter set, as one executemany (the driver's, for one statement)."""
+    if params:
+        session.flush()
+        session.connection().execute(statement, params)
