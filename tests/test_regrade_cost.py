@@ -101,3 +101,24 @@ def test_writing_an_event_never_reads_a_stored_grade(db: Database) -> None:
     reads = [sql for sql, _ in statements if sql.lstrip().upper().startswith("SELECT") and re.search(r"\b(customers|projects)\.grade\b", sql)]
     assert reads == []
     assert any(sql.lstrip().upper().startswith("UPDATE CUSTOMERS") for sql, _ in statements)
+
+
+def test_an_event_reads_its_customer_row_once(db: Database) -> None:
+    """The customer an event names is found, row-locked and graded from one read (on
+    PostgreSQL it used to be read to validate the event, then again to lock it)."""
+    empty_tables(db.engine)
+    with db.session(write=True) as s:
+        customer_id = create_customer(s, RULEBOOK, {"name": "one read", "kind": "installer"}, now=NOW).id
+    statements: list[str] = []
+
+    def capture(_conn, _cursor, statement, _parameters, _context, _many):  # noqa: ANN001
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        with db.session(write=True) as s:
+            record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=customer_id, attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    reads = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and re.search(r"\bFROM customers\b", sql)]
+    assert len(reads) == 1, reads

@@ -63,8 +63,13 @@ class Checked:
 
 
 def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: str | None, now: datetime) -> Recorded:
+    subjects = Subjects(session)
+    # The customers the event names and its project's owner, read once and row-locked, as a
+    # batch reads its items' (on PostgreSQL, finding the customer and then locking it had
+    # read it twice).
+    locked = subjects.prefetch([new])
     try:
-        checked = check_new_event(session, rulebook, new, now=now)
+        checked = check_new_event(session, rulebook, new, now=now, subjects=subjects)
     except Invalid:
         # A re-sent event that was stored before is answered as stored, even if it would not
         # pass today (a rulebook changed since): looked for only here, not on every POST.
@@ -72,7 +77,7 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
         if existing is None:
             raise
         return Recorded(existing, [], False)
-    job = Regrade(trigger={"kind": "event", "event_type": new.type}, actor=actor, now=now)
+    job = Regrade(trigger={"kind": "event", "event_type": new.type}, actor=actor, now=now, locked=locked)
     add_subjects(job, rulebook, checked.customer, checked.project, new.type)
     # Lock before inserting: whoever holds the subjects' rows grades them next.
     lock_customers(session, job)
