@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.chunks import chunked
 from app.db import models as m
+from app.db.engine import run
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
 from app.grading import Effect, Regrade, lock_customers, regrade
@@ -128,14 +129,25 @@ def _store(session: Session, checked: dict[int, Checked], values: dict[int, dict
     return {index: stored[index] if index in stored else (stored[first[(c.new.source, c.new.external_id)]][0], False) for index, c in checked.items()}
 
 
+# Prebuilt, with the ids as one expanding list: the (source, external_id) pairs as a tuple
+# IN list cost 50 ms of SQLAlchemy's compiling per 500-item batch on PostgreSQL (the
+# database's own work was 4 ms). The unique index on (source, external_id) serves it.
+_STORED = select(m.Event.__table__.c.external_id, m.Event.__table__.c.id).where(
+    m.Event.__table__.c.source == bindparam("source"), m.Event.__table__.c.external_id.in_(bindparam("ids", expanding=True))
+)
+
+
 def _already_stored(session: Session, items: Sequence[Item]) -> dict[tuple[str, str], int]:
     """The ids of events already stored under the items' (source, external_id), in a few
-    queries rather than one per item."""
-    keys = sorted({(i.source, i.external_id) for i in items if isinstance(i, NewEvent) and i.external_id is not None})
+    queries (one per source and 500 ids) rather than one per item."""
+    by_source: dict[str, set[str]] = {}
+    for i in items:
+        if isinstance(i, NewEvent) and i.external_id is not None:
+            by_source.setdefault(i.source, set()).add(i.external_id)
     found: dict[tuple[str, str], int] = {}
-    for chunk in chunked(keys):
-        rows = session.execute(select(m.Event.source, m.Event.external_id, m.Event.id).where(tuple_(m.Event.source, m.Event.external_id).in_(chunk)))
-        found.update({(source, ext): id_ for source, ext, id_ in rows})
+    for source, external_ids in sorted(by_source.items()):
+        for chunk in chunked(sorted(external_ids)):
+            found.update(((source, ext), id_) for ext, id_ in run(session, _STORED, source=source, ids=chunk))
     return found
 
 
