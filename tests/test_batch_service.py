@@ -42,3 +42,25 @@ def test_a_twin_stored_after_the_check_makes_the_batch_go_item_by_item(db: Datab
     with db.session(write=False) as s:
         assert s.scalar(select(func.count()).select_from(m.Event)) == 5
         assert s.scalar(select(m.Customer.level).where(m.Customer.id == owner)) == 0
+
+
+def test_a_resent_batch_finds_each_item_under_its_own_source(db: Database) -> None:
+    """The same external_id from two sources names two events: a re-sent batch answers each
+    item with the event stored under its own source, however many ids a source sends."""
+    empty_tables(db.engine)
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    items = [
+        NewEvent(type="visit", customer_id=owner, occurred_at=NOW, attributes={"reception": "neutral"}, source=source, external_id=f"V{i}")
+        for i in range(600)  # more ids than one look-up takes
+        for source in ("erp", "crm")
+    ]
+    with db.session(write=True) as s:
+        first = batch.record_batch(s, RULEBOOK, items, atomic=False, actor="erp", now=NOW)
+    assert {r.status for r in first.results} == {"created"}
+
+    with db.session(write=True) as s:
+        again = batch.record_batch(s, RULEBOOK, items, atomic=False, actor="erp", now=NOW)
+    assert [(r.status, r.event_id) for r in again.results] == [("duplicate", r.event_id) for r in first.results]
+    with db.session(write=False) as s:
+        assert s.scalar(select(func.count()).select_from(m.Event)) == 1200
