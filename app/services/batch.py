@@ -132,11 +132,11 @@ def _store(session: Session, checked: dict[int, Checked], values: dict[int, dict
 
 # Prebuilt: the (source, external_id) pairs as a tuple IN list cost 50 ms of SQLAlchemy's
 # compiling per 500-item batch on PostgreSQL (the database's own work was 4 ms). On
-# PostgreSQL the ids go as one array: with a list of 500 parameters and the statistics of a
-# table that grew since its last ANALYZE (a first import), the planner used the unique
-# index for `source` only and compared each of its rows with the 500 ids, a cost that grew
-# with the table (100-230 ms per batch at 5,000-20,000 events); `= ANY(array)` is an index
-# condition on both columns.
+# PostgreSQL the ids go as one array (`= ANY`): in one in-process run on a table that had
+# grown since its last ANALYZE, the prepared statement's generic plan compared every row
+# of the source with each of 500 IN-list parameters (100-230 ms per look-up, growing with
+# the table; 79-94 ms with the array). Through the API (bench/batch_import.py) the look-up
+# took 4-5 ms with either form; the plan there was not the slow one.
 _E = m.Event.__table__
 _STORED = {
     "sqlite": select(_E.c.external_id, _E.c.id).where(_E.c.source == bindparam("source"), _E.c.external_id.in_(bindparam("ids", expanding=True))),
