@@ -70,7 +70,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
             results[index] = ItemResult(index, "duplicate", event_id=twin)
             continue
         try:
-            c = check_new_event(session, rulebook, item, now=now, subjects=subjects)
+            c = check_new_event(rulebook, item, now=now, subjects=subjects)
         except Invalid as exc:
             results[index] = ItemResult(index, "rejected", errors=exc.errors)
             continue

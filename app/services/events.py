@@ -69,7 +69,7 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     # read it twice).
     locked = subjects.prefetch([new])
     try:
-        checked = check_new_event(session, rulebook, new, now=now, subjects=subjects)
+        checked = check_new_event(rulebook, new, now=now, subjects=subjects)
     except Invalid:
         # A re-sent event that was stored before is answered as stored, even if it would not
         # pass today (a rulebook changed since): looked for only here, not on every POST.
@@ -89,10 +89,10 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     return Recorded(event, regrade(session, rulebook, job), True)
 
 
-def check_new_event(session: Session, rulebook: Rulebook, new: NewEvent, *, now: datetime, subjects: Subjects | None = None) -> Checked:
-    """Validate an event against the clock, the stored subjects and the rulebook's
-    catalogue; raise Invalid naming every problem."""
-    subjects = subjects or Subjects(session)
+def check_new_event(rulebook: Rulebook, new: NewEvent, *, now: datetime, subjects: Subjects) -> Checked:
+    """Validate an event against the clock, the stored subjects (found through the caller's
+    `subjects`, which a batch and a single POST both prefetch) and the rulebook's catalogue;
+    raise Invalid naming every problem."""
     problems: list[FieldError] = []
     out_of_range = instant_problem(new.occurred_at)
     if out_of_range:
