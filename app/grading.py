@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, Update, bindparam, cast, func, or_, select, update
+from sqlalchemy import Text, Update, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -23,6 +23,7 @@ from app.chunks import chunked
 from app.db import facts as repo
 from app.db import models as m
 from app.db.engine import run_many
+from app.db.logs import WriteLogs
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
 from app.domain.facts import CustomerFacts, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
@@ -66,6 +67,8 @@ class Regrade:
     subscribers: dict[str, list[int]] = field(default_factory=dict)
     # The customers this job has locked (see `lock_customers`): regrade reuses them.
     locked: dict[int, m.Customer] = field(default_factory=dict)
+    # The events this write stored or retracted: the logs they are in changed (app/db/logs.py).
+    changed_events: set[int] = field(default_factory=set)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -110,12 +113,15 @@ def lock_customers(session: Session, job: Regrade) -> dict[int, m.Customer]:
 
 def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     """Re-grade what `job` names (and what their level changes reach); return the changes."""
+    logs = WriteLogs(session, job.changed_events)
+    for subject, id_ in logs.changed():  # every changed log's subject is graded (and stamped)
+        (job.customer_ids if subject == "customer" else job.project_ids).add(id_)
     customers = lock_customers(session, job)
     effects: list[Effect] = []
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)
-    facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
-    writes = Writes()
+    facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs)
+    writes = Writes(logs)
     for cid, customer in customers.items():
         effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)
         if effect is not None:
@@ -127,7 +133,7 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     writes.flush(session)
 
     projects = repo.lock_projects(session, project_ids)
-    project_facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
+    project_facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types, logs)
     for pid, project in projects.items():
         effect = _regrade_project(session, rulebook, project, project_facts[pid], job, level_changes, writes)
         if effect is not None:
@@ -168,21 +174,22 @@ def _regrade_project(
 
 
 def _update(model: type[m.Customer] | type[m.Project], columns: tuple[str, ...], compared: tuple[str, ...], dialect: str) -> Update:
-    """The UPDATE of a re-graded row, which changes it (and counts a new version) only where
-    one of the `compared` columns differs from its new value: the database compares the
-    stored grade, so a write never reads and decodes it (the old grades' JSON was 15 % of a
-    batch import). The new grade comes as JSON text, encoded once for the SET and the
-    comparison."""
+    """The UPDATE of a re-graded row. It counts a new version only where one of the
+    `compared` columns differs from its new value, and writes the row only then or where
+    its log changed (`log_stamp`, app/db/logs.py): the database compares the stored grade, so
+    a write never reads and decodes it (the old grades' JSON was 15 % of a batch import).
+    The new grade comes as JSON text, encoded once for the SET and the comparison."""
     table = model.__table__
     text = bindparam("new_grade", type_=Text)
-    new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in columns}
+    new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "log_stamp")}
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
     pairs = {name: (table.c[name], new[name]) for name in compared}  # jsonb compares by value
     if dialect == "sqlite":
         # SQLite keeps JSON as text: compare it minified by json(), whichever encoder wrote it.
         pairs["grade"] = (func.json(table.c.grade), func.json(text))
     differs = or_(*(stored.is_distinct_from(value) for stored, value in pairs.values()))
-    return update(table).where(table.c.id == bindparam("row_id"), differs).values({**new, "version": table.c.version + 1})
+    version = table.c.version + case((differs, 1), else_=0)
+    return update(table).where(table.c.id == bindparam("row_id"), or_(differs, table.c.log_stamp != new["log_stamp"])).values({**new, "version": version})
 
 
 _UPDATES = {
@@ -193,6 +200,7 @@ _UPDATES = {
         (m.Project, ("grade", "stage", "closed", "heat", "heat_since"), ("grade", "heat", "stage")),
     ]
 }
+_SUBJECT = {m.Customer: "customer", m.Project: "project"}
 
 
 class Writes:
@@ -202,21 +210,23 @@ class Writes:
     cost more than the database's own work on the row). The ORM's unit of work would have
     spent more still on finding and writing the changes."""
 
-    def __init__(self) -> None:
+    def __init__(self, logs: WriteLogs) -> None:
+        self._logs = logs
         self._rows: dict[type, list[tuple[m.Customer | m.Project, dict[str, Any]]]] = {}
 
     def add(self, row: m.Customer | m.Project, **values: Any) -> None:
-        """Queue `row`'s new values, and give the session's copy them at once (a webhook's
-        payload, built before the flush, reads them). A row whose grade did not change
-        already holds them."""
+        """Queue `row`'s new values (and its log's stamp), and give the session's copy them
+        at once (a webhook's payload, built before the flush, reads them). A row whose
+        grade did not change already holds them."""
+        values["log_stamp"] = self._logs.stamp((_SUBJECT[type(row)], row.id), row.log_stamp)
         self._rows.setdefault(type(row), []).append((row, values))
         for name, value in values.items():
             set_committed_value(row, name, value)
 
     def flush(self, session: Session) -> None:
-        """Write what was added. A row whose grade did not change is not written (the
-        UPDATE's condition); the version is re-read if asked for, since only the database
-        knows whether the UPDATE counted one."""
+        """Write what was added. A row whose grade and log did not change is not written
+        (the UPDATE's condition); the version is re-read if asked for, since only the
+        database knows whether the UPDATE counted one."""
         dialect = session.get_bind().dialect.name
         for model, rows in self._rows.items():
             # orjson: a grade is our own dicts of strings, integers and booleans, which it
@@ -270,10 +280,11 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
 
     Used when the active rulebook changes and by `rapport regrade` (time-window criteria)."""
     effects: list[Effect] = []
-    writes = Writes()
+    logs = WriteLogs(session, keep=False)
+    writes = Writes(logs)
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
         customers = repo.lock_customers(session, ids)
-        facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types)
+        facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs)
         for cid, customer in customers.items():
             effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)
             if effect:
@@ -282,7 +293,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     level_changes = {e.id: e for e in effects}
     for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
         projects = repo.lock_projects(session, ids)
-        facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types)
+        facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types, logs)
         for pid, project in projects.items():
             effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes, writes)
             if effect:

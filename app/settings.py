@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     idempotency_ttl_hours: int = Field(default=24, ge=24, description="how long Idempotency-Key answers are kept")
     idempotency_lease_seconds: int = Field(default=60, ge=1, description="after this, an unfinished request's key may be taken over")
     sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    log_cache_events: int = Field(
+        default=100_000,
+        ge=0,
+        description="events of recently graded subjects' logs each process keeps, so the next write to them need not read them back (about 0.5 KiB each); 0 = keep none",
+    )
     db_pool_size: int = Field(default=20, ge=1, le=200, description="database connections each process keeps open (PostgreSQL: mind max_connections across processes)")
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.log_cache import LogCache, keep_logs
 from app.db.types import loads_json
 
 if TYPE_CHECKING:
@@ -120,11 +121,13 @@ class Database:
     """Hands out sessions: read sessions, and write sessions that serialize writers on
     SQLite (BEGIN IMMEDIATE). Row locks do the serializing on PostgreSQL."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, log_cache_events: int = 100_000):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
         self._write = sessionmaker(bind=engine.execution_options(**{WRITE: True}), expire_on_commit=False)
+        self.logs = LogCache(log_cache_events)
+        keep_logs(self._write, self.logs)
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
@@ -134,7 +137,8 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
         """The database the settings name, with their busy timeout and pool size."""
-        return cls(make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size))
+        engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size)
+        return cls(engine, log_cache_events=settings.log_cache_events)
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:

@@ -6,6 +6,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Date,
     ForeignKey,
@@ -52,6 +53,9 @@ class Customer(Base):
     level_since: Mapped[datetime] = mapped_column(UTCDateTime)
     grade: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # Replaced by a new random stamp with every change to the customer's log (an event
+    # naming it, or its retraction), in the transaction of the change: app/db/logs.py.
+    log_stamp: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -74,6 +78,8 @@ class Project(Base):
     closed: Mapped[bool] = mapped_column(default=False)
     grade: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # As Customer.log_stamp, for the events naming the project.
+    log_stamp: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -90,6 +90,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
         results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event_id)
         if created:
             _note_cause(job, checked[index], event_id)
+            job.changed_events.add(event_id)
             created_ids[index] = event_id
     outbox.enqueue_each(
         session,

@@ -85,6 +85,7 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     if not created:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
+    job.changed_events.add(event.id)
     outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.event_payload(event), now)
     return Recorded(event, regrade(session, rulebook, job), True)
 
@@ -247,6 +248,7 @@ def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: s
     existing = _insert_once(session, retraction, lambda: retraction_of(session, event_id))
     if existing is not None:
         return event, existing, []
+    job.changed_events.add(event.id)
     return event, retraction, regrade(session, rulebook, job)
 
 
