@@ -58,13 +58,18 @@ class ProjectFacts:
     linked: Mapping[int, LinkedCustomer] = field(default_factory=dict)  # bidders and winner by id
 
 
-def bidder_ids(events: tuple[Event, ...]) -> list[int]:
+def bidder_ids(events: tuple[Event, ...] | list[Event]) -> list[int]:
     """Installers that joined the bid or won it, in order of their first such event."""
-    bids = [e for e in live(events) if e.type in ("bid_joined", "bid_won") and e.customer_id is not None]
-    seen: dict[int, None] = {}
-    for e in sorted(bids, key=_order):  # only the bids are ordered: the order key encodes attributes
-        seen.setdefault(e.customer_id, None)
-    return list(seen)
+    # "First" is by `occurred_at`, then `_tie_break`. Two bidders' first bids at the same
+    # instant and of the same type are told apart by the customer id, the field that follows
+    # in `_tie_break`, so the attributes (which it JSON-encodes) are never needed here.
+    first: dict[int, tuple[datetime, str]] = {}
+    for e in events:
+        if e.type in ("bid_joined", "bid_won") and e.customer_id is not None and not e.retracted:
+            key = (e.occurred_at, e.type)
+            if e.customer_id not in first or key < first[e.customer_id]:
+                first[e.customer_id] = key
+    return sorted(first, key=lambda customer_id: (*first[customer_id], customer_id))
 
 
 def winner_id(events: tuple[Event, ...]) -> int | None:
@@ -77,10 +82,6 @@ def winner_id(events: tuple[Event, ...]) -> int | None:
 def live(events: tuple[Event, ...] | list[Event]) -> list[Event]:
     """The events that count: retracted ones count for nothing."""
     return [e for e in events if not e.retracted]
-
-
-def _order(e: Event) -> tuple[datetime, str, int, int, str, int]:
-    return (e.occurred_at, *_tie_break(e))
 
 
 def _tie_break(e: Event) -> tuple[str, int, int, str, int]:
