@@ -8,8 +8,8 @@ levels) that it found, so a grade always explains itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 from datetime import datetime, timedelta
-from functools import cached_property
 
 from app.domain.conditions import (
     AllOf,
@@ -21,7 +21,7 @@ from app.domain.conditions import (
     OwnedProject,
     StageReached,
 )
-from app.domain.facts import CustomerFacts, Event, ProjectFacts, bidder_ids, latest, live, winner_id
+from app.domain.facts import CustomerFacts, Event, ProjectFacts, bidder_ids, latest, winner_id
 from app.domain.rulebook import Label, Rulebook, Step
 
 
@@ -71,8 +71,9 @@ class HeatGrade:
     next: Gap | None
 
 
-@dataclass(frozen=True)
-class _Outcome:
+class _Outcome(NamedTuple):
+    # A named tuple, not a frozen dataclass: one is made per condition node evaluated, and
+    # a frozen dataclass costs several times as much to build.
     met: bool
     evidence: frozenset[int] = frozenset()
     related: tuple[Related, ...] = ()
@@ -81,45 +82,44 @@ class _Outcome:
 _NO = _Outcome(False)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Scope:
-    """The facts a condition is evaluated against."""
+    """The facts a condition is evaluated against. Built once per subject (and per owned
+    project or linked customer) and never changed, so not frozen: that is cheaper to build."""
 
-    events: tuple[Event, ...]  # live events only
+    by_type: dict[str, list[Event]]  # live events only, by type: a condition reads one type
     as_of: datetime
     stages: tuple[str, ...]  # the rulebook's ordered stages
-    owned: tuple[tuple[int, tuple[Event, ...]], ...] = ()  # owner: (project id, live events)
+    owned: tuple[tuple[Related, _Scope], ...] = ()  # owner: each owned project and its live events
     won_projects: frozenset[int] = frozenset()  # installer: projects it won
-    project: "_ProjectScope | None" = None
-
-    @cached_property
-    def by_type(self) -> dict[str, list[Event]]:
-        """The events grouped by type, built once per scope: a condition looks only at its
-        own type's events instead of scanning the whole log (it did, once per criterion)."""
-        out: dict[str, list[Event]] = {}
-        for e in self.events:
-            out.setdefault(e.type, []).append(e)
-        return out
+    project: _ProjectScope | None = None
 
 
-@dataclass(frozen=True)
+class _Link(NamedTuple):
+    """A customer linked to the project, and what a `has` reads of it."""
+
+    related: Related  # its id and level
+    scope: _Scope  # its events on this project and its own events on no project
+
+
+@dataclass(slots=True)
 class _ProjectScope:
-    owner: tuple[int, int]  # (customer id, level)
-    bidders: tuple[tuple[int, int], ...]  # (customer id, level)
-    winner: tuple[int, int] | None
-    linked_events: dict[int, tuple[Event, ...]]  # customer id -> its events that a `has` reads
+    owner: _Link
+    bidders: tuple[_Link, ...]
+    winner: _Link | None
 
 
 def evaluate_level(rulebook: Rulebook, facts: CustomerFacts, as_of: datetime) -> LevelGrade:
     """The customer's relationship level: cumulative, level N needs N−1 and its own
     requirement; no level held is 0 (ungraded)."""
-    events = tuple(live(facts.events))
+    stages = rulebook.ordered_stages
+    by_type = _live_by_type(facts.events)
     scope = _Scope(
-        events=events,
+        by_type=by_type,
         as_of=as_of,
-        stages=rulebook.ordered_stages,
-        owned=tuple((p.project_id, tuple(live(p.events))) for p in facts.owned_projects),
-        won_projects=frozenset(e.project_id for e in events if e.type == "bid_won" and e.project_id is not None),
+        stages=stages,
+        owned=tuple((Related("project", p.project_id), _Scope(_live_by_type(p.events), as_of, stages)) for p in facts.owned_projects),
+        won_projects=frozenset(e.project_id for e in by_type.get("bid_won", ()) if e.project_id is not None),
     )
     steps = rulebook.levels[facts.kind]
     results = [_criteria(step, scope) for step in steps]
@@ -140,23 +140,22 @@ def evaluate_level(rulebook: Rulebook, facts: CustomerFacts, as_of: datetime) ->
 def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> HeatGrade:
     """The project's deal heat: the highest tier whose requirement holds (tiers are not
     cumulative); a closed stage (won/lost) decides by itself; none holding is 0 (cold)."""
-    events = tuple(live(facts.events))
-    linked_levels = {cid: lc.level for cid, lc in facts.linked.items()}
-    linked_levels[facts.owner.customer_id] = facts.owner.level
-    win = winner_id(events)
-    bidders = bidder_ids(events)
+    by_type = _live_by_type(facts.events)
+    bids = [*by_type.get("bid_joined", ()), *by_type.get("bid_won", ())]
+    win = winner_id(bids)
+    bidders = bidder_ids(bids)
+    links = _links(facts, bidders, as_of, rulebook.ordered_stages)
     scope = _Scope(
-        events=events,
+        by_type=by_type,
         as_of=as_of,
         stages=rulebook.ordered_stages,
         project=_ProjectScope(
-            owner=(facts.owner.customer_id, facts.owner.level),
-            bidders=tuple((cid, linked_levels.get(cid, 0)) for cid in bidders),
-            winner=(win, linked_levels.get(win, 0)) if win is not None else None,
-            linked_events={cid: _linked_events(cid, events, facts) for cid in {*bidders, facts.owner.customer_id}},
+            owner=links[facts.owner.customer_id],
+            bidders=tuple(links[cid] for cid in bidders),
+            winner=links[win] if win is not None else None,
         ),
     )
-    stage_event = latest([e for e in events if e.type == "stage_changed"])
+    stage_event = latest(by_type.get("stage_changed", []))
     stage = stage_event.attributes.get("stage") if stage_event else None
     results = [_criteria(tier, scope) for tier in rulebook.tiers]
     criteria = tuple(c for crit in results for c in crit)
@@ -179,12 +178,35 @@ def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> H
     return HeatGrade(tier.value, tier.label, False, stage, criteria, gap)
 
 
-def _linked_events(customer_id: int, project_events: tuple[Event, ...], facts: ProjectFacts) -> tuple[Event, ...]:
-    """What a linked customer's `has` reads: its events on this project, and its own
-    events on no project (one on another project is about that project, not this one)."""
-    linked = facts.owner if customer_id == facts.owner.customer_id else facts.linked.get(customer_id)
-    own = tuple(e for e in live(linked.events) if e.project_id is None) if linked else ()
-    return tuple(e for e in project_events if e.customer_id == customer_id) + own
+def _live_by_type(events: tuple[Event, ...] | list[Event]) -> dict[str, list[Event]]:
+    """The events that count (not retracted), grouped by type."""
+    out: dict[str, list[Event]] = {}
+    for e in events:
+        if not e.retracted:
+            if e.type in out:
+                out[e.type].append(e)
+            else:
+                out[e.type] = [e]
+    return out
+
+
+def _links(facts: ProjectFacts, bidders: list[int], as_of: datetime, stages: tuple[str, ...]) -> dict[int, _Link]:
+    """The project's bidders and its owner by customer id, each with its level and the events
+    a linked customer's `has` reads: its events on this project, and its own events on no
+    project (one on another project is about that project, not this one)."""
+    owner_id = facts.owner.customer_id
+    wanted = {*bidders, owner_id}
+    on_project: dict[int, list[Event]] = {cid: [] for cid in wanted}
+    for e in facts.events:
+        if e.customer_id in wanted:
+            on_project[e.customer_id].append(e)
+    links = {}
+    for cid in wanted:
+        linked = facts.owner if cid == owner_id else facts.linked.get(cid)
+        own = [e for e in linked.events if e.project_id is None] if linked else []
+        level = linked.level if linked else 0
+        links[cid] = _Link(Related("customer", cid, level), _Scope(_live_by_type(on_project[cid] + own), as_of, stages))
+    return links
 
 
 def _criteria(step: Step, scope: _Scope) -> list[CriterionResult]:
@@ -230,35 +252,25 @@ def _eval(cond: Condition, scope: _Scope) -> _Outcome:
         parts = [_eval(p, scope) for p in cond.parts]
         return _Outcome(all(p.met for p in parts), _union(parts), _related(parts))
     if isinstance(cond, AnyOf):
-        parts = [_eval(p, scope) for p in cond.parts]
-        met = [p for p in parts if p.met]
-        shown = met or parts
-        return _Outcome(bool(met), _union(shown), _related(shown))
+        return _any([_eval(p, scope) for p in cond.parts])
     if isinstance(cond, OwnedProject):
         parts = []
-        for project_id, events in scope.owned:
-            o = _eval(cond.condition, _Scope(events=events, as_of=scope.as_of, stages=scope.stages))
+        for project, project_scope in scope.owned:
+            o = _eval(cond.condition, project_scope)
             if o.evidence or o.met:
-                parts.append(_Outcome(o.met, o.evidence, (Related("project", project_id),)))
-        met = [p for p in parts if p.met]
-        shown = met or parts
-        return _Outcome(bool(met), _union(shown), _related(shown))
+                parts.append(_Outcome(o.met, o.evidence, (project,)))
+        return _any(parts)
     if isinstance(cond, LinkedCustomer):
         return _linked(cond, scope)
     raise TypeError(f"unknown condition node {cond!r}")
 
 
 def _stage_reached(stage: str, scope: _Scope) -> _Outcome:
-    order = scope.stages
-    if stage not in order:
+    if stage not in scope.stages:
         return _NO
-    needed = order.index(stage)
-    found = [
-        e
-        for e in scope.by_type.get("stage_changed", ())
-        if e.attributes.get("stage") in order and order.index(e.attributes["stage"]) >= needed
-    ]
-    return _Outcome(bool(found), frozenset(e.id for e in found))
+    at_or_after = scope.stages[scope.stages.index(stage) :]
+    found = [e for e in scope.by_type.get("stage_changed", ()) if e.attributes.get("stage") in at_or_after]
+    return _Outcome(bool(found), frozenset([e.id for e in found]))
 
 
 def _linked(cond: LinkedCustomer, scope: _Scope) -> _Outcome:
@@ -266,19 +278,24 @@ def _linked(cond: LinkedCustomer, scope: _Scope) -> _Outcome:
     if ps is None:
         return _NO
     if cond.role == "owner":
-        candidates = [ps.owner]
+        candidates: tuple[_Link, ...] = (ps.owner,)
     elif cond.role == "winner":
-        candidates = [ps.winner] if ps.winner else []
+        candidates = (ps.winner,) if ps.winner else ()
     else:
-        candidates = list(ps.bidders)
+        candidates = ps.bidders
     parts = []
-    for cid, level in candidates:
-        related = (Related("customer", cid, level),)
+    for related, linked_scope in candidates:
+        level_met = related.level >= cond.min_level
         if cond.has is None:
-            parts.append(_Outcome(level >= cond.min_level, frozenset(), related))
+            parts.append(_Outcome(level_met, frozenset(), (related,)))
             continue
-        o = _eval(cond.has, _Scope(events=ps.linked_events.get(cid, ()), as_of=scope.as_of, stages=scope.stages))
-        parts.append(_Outcome(level >= cond.min_level and o.met, o.evidence, related))
+        o = _eval(cond.has, linked_scope)
+        parts.append(_Outcome(level_met and o.met, o.evidence, (related,)))
+    return _any(parts)
+
+
+def _any(parts: list[_Outcome]) -> _Outcome:
+    """Met if one part is; shows the parts that are met, or all of them if none is."""
     met = [p for p in parts if p.met]
     shown = met or parts
     return _Outcome(bool(met), _union(shown), _related(shown))

@@ -72,7 +72,7 @@ def bidder_ids(events: tuple[Event, ...] | list[Event]) -> list[int]:
     return sorted(first, key=lambda customer_id: (*first[customer_id], customer_id))
 
 
-def winner_id(events: tuple[Event, ...]) -> int | None:
+def winner_id(events: tuple[Event, ...] | list[Event]) -> int | None:
     """The customer of the latest non-retracted `bid_won`, if any."""
     won = [e for e in live(events) if e.type == "bid_won" and e.customer_id is not None]
     newest = latest(won)
