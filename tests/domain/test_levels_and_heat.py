@@ -417,3 +417,15 @@ def test_every_criterion_and_event_type_has_a_chinese_and_an_english_label() -> 
 
     for label in labels:
         assert label.zh.strip() and label.en.strip()
+
+
+def test_an_unmet_criterion_shows_the_label_of_the_rulebook_it_was_graded_by() -> None:
+    def rename_inquiry(data: dict[str, Any]) -> None:
+        data["levels"]["installer"][0]["criteria"][2]["label"] = {"zh": "有询价", "en": "Asked for a price"}
+
+    before = criterion(level_of(installer_facts()), "I1.3")
+    renamed = criterion(level_of(installer_facts(), edited_rulebook(rename_inquiry)), "I1.3")
+    after = criterion(level_of(installer_facts()), "I1.3")
+
+    assert (renamed.met, renamed.evidence, renamed.label.en) == (False, (), "Asked for a price")
+    assert before == after and before.label.en == "The customer asked for a quotation"
