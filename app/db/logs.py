@@ -133,6 +133,8 @@ class WriteLogs:
 
 def _merge(kept: Log, changes: list[f.Event]) -> Log:
     """A kept log with this write's new and retracted events in it, in id order."""
+    if not kept or min(e.id for e in changes) > kept[-1].id:  # only new events: the usual case
+        return kept + tuple(sorted(changes, key=lambda e: e.id))
     by_id = {e.id: e for e in kept}
     by_id.update((e.id, e) for e in changes)
     return tuple(by_id[i] for i in sorted(by_id))
