@@ -101,6 +101,25 @@ def test_a_process_that_kept_a_log_sees_another_process_raise_the_level(two: tup
     _agrees_with_a_replay(a)
 
 
+def test_a_bidder_whose_log_another_process_changed_is_read_again(two: tuple[Database, Database]) -> None:
+    """A project's heat reads its bidders' own events (H70.3: an `advocates`), from logs the
+    writer does not hold locked: the one it knows must still carry the stamp of the row."""
+    a, b = two
+    _fresh(a)
+    project = 1
+    with a.session(write=True) as s:  # A grades installer 3 and the project: it knows 3's log
+        new = NewEvent(type="bid_joined", customer_id=INSTALLER, project_id=project, attributes={"with_our_product": False}, occurred_at=NOW)
+        record_event(s, RULEBOOK, new, actor="t", now=NOW)
+    advocates = _log(b, "advocates", {})  # B: 3 advocates our product, on no project
+    with a.session(write=True) as s:  # A re-grades the project: H70.3's evidence names it
+        new = NewEvent(type="stage_changed", project_id=project, attributes={"stage": "bidding"}, occurred_at=NOW)
+        record_event(s, RULEBOOK, new, actor="t", now=NOW)
+    with a.session(write=False) as s:
+        grade = s.scalar(select(m.Project.grade).where(m.Project.id == project))
+    assert advocates in next(c["evidence"] for c in grade["criteria"] if c["id"] == "H70.3")
+    _agrees_with_a_replay(a)
+
+
 def test_a_write_that_rolls_back_leaves_nothing_kept(two: tuple[Database, Database]) -> None:
     a, _ = two
     _fresh(a)

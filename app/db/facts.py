@@ -79,7 +79,7 @@ _TYPES = bindparam("types", expanding=True)
 _OWNED = select(P.c.id).where(P.c.owner_id == bindparam("customer_id"))
 _BID = select(E.c.project_id).where(E.c.customer_id == bindparam("customer_id"), E.c.type.in_(("bid_joined", "bid_won")), E.c.project_id.is_not(None)).distinct()
 _OWNED_BY = select(P.c.id, P.c.owner_id, P.c.log_stamp).where(P.c.owner_id.in_(_IDS)).order_by(P.c.id)
-_LEVELS = select(C.c.id, C.c.level).where(C.c.id.in_(_IDS))
+_LEVELS = select(C.c.id, C.c.level, C.c.log_stamp).where(C.c.id.in_(_IDS))
 _PROJECTLESS_LOG = log_select(E.c.customer_id.in_(_IDS), E.c.project_id.is_(None), E.c.type.in_(_TYPES))
 
 
@@ -138,12 +138,18 @@ def project_facts_many(session: Session, projects: Iterable[m.Project], linked_t
     linked_ids = {p.id: set(f.bidder_ids(events[p.id])) for p in projects}
     customer_ids = {p.owner_id for p in projects} | {cid for ids in linked_ids.values() for cid in ids}
     levels: dict[int, int] = {}
+    stamps: dict[int, int] = {}
     for chunk in chunked(sorted(customer_ids)):
-        levels.update((cid, level) for cid, level in run(session, _LEVELS, ids=chunk))
+        for cid, level, stamp in run(session, _LEVELS, ids=chunk):
+            levels[cid], stamps[cid] = level, stamp
     own_events: dict[int, list[f.Event]] = {}
     if linked_types:
-        # Read, not kept: these customers are not locked by the write (app/db/logs.py).
-        own_events = events_of(session, _PROJECTLESS_LOG, "customer_id", customer_ids, types=sorted(linked_types))
+        # From the logs known to this write where it can; the others are read, and not kept:
+        # these customers are not locked by the write (app/db/logs.py).
+        known = logs.known("customer", stamps)
+        own_events = {cid: [e for e in log if e.project_id is None and e.type in linked_types] for cid, log in known.items()}
+        if missing := customer_ids - known.keys():
+            own_events.update(events_of(session, _PROJECTLESS_LOG, "customer_id", missing, types=sorted(linked_types)))
 
     def linked(cid: int) -> f.LinkedCustomer:
         return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(own_events.get(cid, ())))

@@ -126,6 +126,20 @@ class WriteLogs:
                 self._read[(subject, id_)] = (stamps[id_], out[id_])
         return out
 
+    def known(self, subject: str, stamps: Mapping[int, int]) -> dict[int, Log]:
+        """The logs of those of these subjects ({id: the log_stamp its row carries}) that this
+        write has read, or that the process keeps under that stamp; nothing is read or kept.
+        For subjects the write does not hold locked: a log kept under the stamp a read of the
+        row found is the log committed with that row (app/db/logs.py)."""
+        out: dict[int, Log] = {}
+        for id_, stamp in stamps.items():
+            key = (subject, id_)
+            if key in self._read:
+                out[id_] = self._read[key][1]
+            elif self.cache is not None and (log := self.cache.get(key, stamp)) is not None:
+                out[id_] = log
+        return out
+
     def _publish(self) -> None:
         assert self.cache is not None
         self.cache.put((key, self.stamp(key, stamp), log) for key, (stamp, log) in self._read.items())
