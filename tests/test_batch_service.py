@@ -1,6 +1,6 @@
 """The batch path under a concurrent writer: when another request stores one of the
 batch's events between the batch's duplicate check and its multi-row INSERT, the batch
-falls back to one insert per item and reports that item as the duplicate it now is."""
+stores the others and reports that item as the duplicate it now is."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ RULEBOOK = load_rulebook()
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 
 
-def test_a_twin_stored_after_the_check_makes_the_batch_go_item_by_item(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_twin_stored_after_the_check_is_answered_as_a_duplicate(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     empty_tables(db.engine)
     with db.session(write=True) as s:
         owner = create_customer(s, RULEBOOK, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id

@@ -191,8 +191,11 @@ def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
     return session.connection().execute(statement, params)
 
 
-def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> None:
-    """`run` once per parameter set, as one executemany (the driver's, for one statement)."""
-    if params:
-        session.flush()
-        session.connection().execute(statement, params)
+def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> Result[Any] | None:
+    """`run` once per parameter set, as one executemany (the driver's, for one statement, or
+    SQLAlchemy's multi-row INSERT for one with RETURNING, whose rows it returns); None
+    without parameters."""
+    if not params:
+        return None
+    session.flush()
+    return session.connection().execute(statement, params)

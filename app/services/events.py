@@ -197,14 +197,20 @@ def store_event(session: Session, checked: Checked, *, actor: str | None, now: d
     PostgreSQL): a twin stored first, even by a concurrent writer, makes it return nothing,
     without the look-up before and the savepoint around the insert this used to take."""
     values = event_values(checked, actor=actor, now=now)
-    event_id = run(session, _INSERT_NEW_EVENT[session.get_bind().dialect.name], **values).scalar()
+    event_id = run(session, INSERT_NEW_EVENT[session.get_bind().dialect.name], **values).scalar()
     if event_id is not None:
         # Not added to the session: the row is stored, this only carries its values.
         return m.Event(id=event_id, **values), True
-    twin = _stored_twin(session, checked.new)
+    return twin_of(session, checked.new), False
+
+
+def twin_of(session: Session, new: NewEvent) -> m.Event:
+    """The event stored under `new`'s source + external_id, which made an `INSERT … ON
+    CONFLICT DO NOTHING` of `new` store nothing."""
+    twin = _stored_twin(session, new)
     if twin is None:  # pragma: no cover - DO NOTHING only skips a (source, external_id) twin
         raise RuntimeError("an event insert stored nothing and has no twin")
-    return twin, False
+    return twin
 
 
 def _insert_new_event(dialect_insert: Callable[..., Any]) -> Any:
@@ -214,7 +220,7 @@ def _insert_new_event(dialect_insert: Callable[..., Any]) -> Any:
     return dialect_insert(table).values(values).on_conflict_do_nothing(index_elements=[table.c.source, table.c.external_id]).returning(table.c.id)
 
 
-_INSERT_NEW_EVENT = {"postgresql": _insert_new_event(pg_insert), "sqlite": _insert_new_event(sqlite_insert)}
+INSERT_NEW_EVENT = {"postgresql": _insert_new_event(pg_insert), "sqlite": _insert_new_event(sqlite_insert)}
 
 
 def event_values(checked: Checked, *, actor: str | None, now: datetime) -> dict[str, Any]:
