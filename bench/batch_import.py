@@ -8,8 +8,9 @@ one project per owner). Then the same `--events` events (visits, materials, bids
 with an external_id) go:
 
 - through the API: `POST /v1/events/batch` in `--batch`-event JSON bodies, via httpx's
-  ASGI transport (the whole app: auth, parsing, validation, storage, one re-grade per
-  touched subject, the answer) — no network in between;
+  ASGI transport (the whole app, inside its lifespan as a server runs it: auth, parsing,
+  validation, storage, one re-grade per touched subject, the answer) — no network in
+  between;
 - as the floor: `insert(events)` with SQLAlchemy Core, `--batch` rows per transaction,
   values already validated, no grading.
 
@@ -102,7 +103,12 @@ def through_api(url: str, events: list[dict[str, Any]], batch: int) -> float:
     app = rapport_app(url)
 
     async def run() -> float:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        # Inside the app's lifespan, as a server runs it: it moves the app's start-up objects
+        # out of the garbage collector's reach (app/main.py). Without it, the same 20,000
+        # events took about 30 % more CPU (6.4-7.4 s against 4.9-6.0 s, alternated runs).
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://bench", headers={"Authorization": f"Bearer {KEY}"}, timeout=600
+        ) as client:
             start = time.perf_counter()
             for i in range(0, len(events), batch):
                 r = await client.post("/v1/events/batch", json=events[i : i + batch])
