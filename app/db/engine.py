@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from app.settings import Settings
 
 WRITE = "rapport_write"
+# An execution option of SQLite connections whose statements each run on their own, with
+# no BEGIN around them (see `Database.read`).
+AUTOCOMMIT = "rapport_autocommit"
 # SQLSTATEs with which PostgreSQL rolls a transaction back and asks for it to be run again:
 # serialization_failure, deadlock_detected, and lock_not_available (only if a lock_timeout
 # is configured on the server or role; Rapport sets none).
@@ -108,7 +111,9 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn):  # noqa: ANN001
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
+            options = conn.get_execution_options()
+            if not options.get(AUTOCOMMIT):
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE) else "BEGIN")
 
         return engine
     # No pool_pre_ping: it cost a round trip on every checkout (0.65 ms of CPU per event
@@ -128,6 +133,11 @@ class Database:
         self._write = sessionmaker(bind=engine.execution_options(**{WRITE: True}), expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
+        # `read` runs one statement, which needs no transaction around it: no BEGIN and
+        # ROLLBACK statements on SQLite, and on PostgreSQL no BEGIN and ROLLBACK round trips
+        # (psycopg sends each on its own). Not SQLAlchemy's AUTOCOMMIT level on SQLite: at
+        # check-in it resets pysqlite's isolation_level, which `make_engine` keeps at None.
+        self._autocommit = engine.execution_options(**({AUTOCOMMIT: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
@@ -156,18 +166,19 @@ class Database:
                 raise
 
     def read(self, work: Callable[[Connection], T]) -> T:
-        """`work(connection)`, a read on a pooled connection. A connection the database
-        dropped while it sat in the pool (a restart, an idle timeout) fails its first
-        statement; SQLAlchemy then discards it and every connection pooled before it, and
-        the read runs once more, on a fresh one. A read can safely run twice; a write can
-        not, so this is only for reads."""
+        """`work(connection)`, a read of one statement on a pooled connection, in autocommit
+        mode: each statement is its own transaction, so a read of several would see no one
+        snapshot. A connection the database dropped while it sat in the pool (a restart, an
+        idle timeout) fails its first statement; SQLAlchemy then discards it and every
+        connection pooled before it, and the read runs once more, on a fresh one. A read can
+        safely run twice; a write can not, so this is only for reads."""
         try:
-            with self.engine.connect() as conn:
+            with self._autocommit.connect() as conn:
                 return work(conn)
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-        with self.engine.connect() as conn:
+        with self._autocommit.connect() as conn:
             return work(conn)
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
