@@ -29,7 +29,8 @@ IdempotencyKey = Annotated[
 
 
 def _recorded(event, retraction, effects, status: int) -> Response:  # noqa: ANN001
-    out = s.EventRecordedOut(**present.event(event, retraction).model_dump(), effects=[e.as_dict() for e in effects])
+    # Validated once, as the answer: not as an EventOut first and then again from its dump.
+    out = present.recorded_event(event, retraction, [e.as_dict() for e in effects])
     return present.answer(out, status_code=status, headers={"Location": f"/v1/events/{event.id}"})
 
 

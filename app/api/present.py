@@ -115,20 +115,29 @@ def answer(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] 
 
 
 def event(e: m.Event, retraction: m.Retraction | None) -> s.EventOut:
-    return s.EventOut(
-        id=e.id,
-        type=e.type,
-        customer_id=e.customer_id,
-        project_id=e.project_id,
-        occurred_at=e.occurred_at,
-        recorded_at=e.recorded_at,
-        attributes=e.attributes or {},
-        source=e.source,
-        external_id=e.external_id,
-        actor=e.actor,
-        note=e.note,
-        retraction=s.RetractionOut(reason=retraction.reason, actor=retraction.actor, at=retraction.at) if retraction else None,
-    )
+    return s.EventOut(**_event_fields(e, retraction))
+
+
+def recorded_event(e: m.Event, retraction: m.Retraction | None, effects: list[dict[str, Any]]) -> s.EventRecordedOut:
+    """The answer to a write of an event: the event and the grade changes the write caused."""
+    return s.EventRecordedOut(**_event_fields(e, retraction), effects=effects)
+
+
+def _event_fields(e: m.Event, retraction: m.Retraction | None) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "type": e.type,
+        "customer_id": e.customer_id,
+        "project_id": e.project_id,
+        "occurred_at": e.occurred_at,
+        "recorded_at": e.recorded_at,
+        "attributes": e.attributes or {},
+        "source": e.source,
+        "external_id": e.external_id,
+        "actor": e.actor,
+        "note": e.note,
+        "retraction": s.RetractionOut(reason=retraction.reason, actor=retraction.actor, at=retraction.at) if retraction else None,
+    }
 
 
 def history_page(rows: list[m.GradeChange] | tuple, next_cursor: str | None) -> s.HistoryPage:
