@@ -86,7 +86,10 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
     job.changed_events.add(event.id)
-    outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.event_payload(event), now)
+    # One read of the subscriptions serves this message and the grade changes' (grading
+    # reads them only for a type the job does not know yet).
+    job.subscribers.update(outbox.subscribers_by_type(session))
+    outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.event_payload(event), now, wanted=job.subscribers[outbox.EVENT_CREATED])
     return Recorded(event, regrade(session, rulebook, job), True)
 
 

@@ -7,7 +7,7 @@ Everything here runs in the caller's transaction and never commits."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 from uuid import uuid4
 
 from sqlalchemy import select, update
@@ -55,7 +55,17 @@ _LIVE = select(m.Subscription.__table__.c.id, m.Subscription.__table__.c.event_t
 
 def subscribers(session: Session, type: str) -> list[int]:
     """The subscriptions (active or paused, not deleted) that want messages of `type`."""
-    return [sid for sid, types in run(session, _LIVE) if type in types]
+    return _wanting(run(session, _LIVE), type)
+
+
+def subscribers_by_type(session: Session) -> dict[str, list[int]]:
+    """`subscribers` of every message type a write queues (`EVENT_TYPES`), from one read."""
+    live = run(session, _LIVE).all()
+    return {type: _wanting(live, type) for type in EVENT_TYPES}
+
+
+def _wanting(live: Iterable[Any], type: str) -> list[int]:
+    return [sid for sid, types in live if type in types]
 
 
 def _queue(session: Session, type: str, payload: Payload, now: datetime, subscription_ids: Sequence[int]) -> tuple[m.OutboxMessage | None, list[m.Delivery]]:
