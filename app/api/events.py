@@ -54,7 +54,7 @@ def record_event(body: s.EventIn, ctx: ContextDep, caller: Writer, idempotency_k
         return _recorded(recorded.event, retraction, recorded.effects, 201 if recorded.created else 200)
 
     fp = partial(idempotency.fingerprint, "POST", "/v1/events", body)
-    return idempotency.run(ctx, caller, idempotency_key, fp, lambda: ctx.db.transaction(write))
+    return idempotency.run(ctx, caller, idempotency_key, fp, lambda keep: ctx.db.transaction(lambda session: keep(session, write(session))))
 
 
 BATCH_BODY = {
@@ -89,7 +89,9 @@ async def record_batch(
     body = await request.body()  # at most max_batch_bytes: app/api/limits.py
     content_type = media_type(request)
 
-    def work() -> Response:
+    # The answer (up to 10,000 results) is encoded after the commit, not while holding the
+    # write transaction, so it is not kept in that transaction: run stores it after.
+    def work(_keep: idempotency.Keep) -> Response:
         items = [_new_event(validate_item(s.EventIn, item)) for item in json_items(body, content_type, max_items=batch_svc.MAX_ITEMS)]
         outcome = ctx.db.transaction(lambda session: batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock()))
         out = s.BatchOut(
@@ -168,4 +170,4 @@ def retract_event(event_id: s.PathId, body: s.RetractIn, ctx: ContextDep, caller
         return _recorded(event, retraction, effects, 200)
 
     fp = partial(idempotency.fingerprint, "POST", f"/v1/events/{event_id}/retract", body)
-    return idempotency.run(ctx, caller, idempotency_key, fp, lambda: ctx.db.transaction(write))
+    return idempotency.run(ctx, caller, idempotency_key, fp, lambda keep: ctx.db.transaction(lambda session: keep(session, write(session))))

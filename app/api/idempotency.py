@@ -3,7 +3,8 @@ keyed request is stored and replayed to retries; the same key with another body 
 and 409 while the first request is still in flight.
 
 The key's record is claimed in its own short transaction before the work starts (so a
-concurrent retry sees it), and the answer is stored after the work has committed."""
+concurrent retry sees it). The answer is stored in the work's own write transaction when
+the work hands it over there (`keep`), else in a transaction of its own after the work."""
 
 from __future__ import annotations
 
@@ -42,11 +43,20 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[[], str], work: Callable[[], Response]) -> Response:
+Keep = Callable[[Session, Response], Response]
+
+
+def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[[], str], work: Callable[[Keep], Response]) -> Response:
     """Run `work` at most once per (caller's API key, Idempotency-Key). The request's
-    fingerprint is taken only when there is a key to hold it against."""
+    fingerprint is taken only when there is a key to hold it against.
+
+    `work(keep)` may pass its answer through `keep(session, answer)` as the last step of
+    its write transaction: the answer is then stored in that transaction, which saves the
+    keyed request a write transaction, and a work that committed always has its answer
+    stored. An answer not kept that way (an error, or a work that answers after its
+    commit) is stored afterwards, in a transaction of its own."""
     if key is None:
-        return work()
+        return work(_as_is)
     if not key or len(key) > MAX_KEY_LENGTH:
         raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
     now = ctx.clock()
@@ -54,28 +64,47 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
     stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now))
     if stored is not None:
         return stored
+    kept: list[Response] = []
+
+    def keep(session: Session, response: Response) -> Response:
+        if response.status_code < 500:
+            _store(session, caller.key_id, key, response)
+            kept.append(response)  # a transaction run again keeps it again: `response` is the last
+        return response
+
     try:
-        response = work()
+        response = work(keep)
     except AppError as exc:
         response = app_error_response(exc)
     except BaseException:
         _release(ctx, caller.key_id, key)  # a crash is not an answer: let the retry run
         raise
+    if kept and kept[-1] is response:
+        return response
     if response.status_code >= 500:
         _release(ctx, caller.key_id, key)
         return response
     with ctx.db.session(write=True) as session:
-        session.execute(
-            update(m.IdempotencyRecord)
-            .where(m.IdempotencyRecord.api_key_id == caller.key_id, m.IdempotencyRecord.key == key)
-            .values(
-                status_code=response.status_code,
-                response_body=bytes(response.body),
-                response_type=response.media_type,
-                response_headers={name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
-            )
-        )
+        _store(session, caller.key_id, key, response)
     return response
+
+
+def _as_is(_session: Session, response: Response) -> Response:
+    return response
+
+
+def _store(session: Session, key_id: int, key: str, response: Response) -> None:
+    """Store the answer on the key's claimed record."""
+    session.execute(
+        update(m.IdempotencyRecord)
+        .where(m.IdempotencyRecord.api_key_id == key_id, m.IdempotencyRecord.key == key)
+        .values(
+            status_code=response.status_code,
+            response_body=bytes(response.body),
+            response_type=response.media_type,
+            response_headers={name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
+        )
+    )
 
 
 def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: datetime) -> Response | None:

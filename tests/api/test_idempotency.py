@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from app.api.idempotency import fingerprint
 from app.api.schemas import EventIn
@@ -154,3 +154,21 @@ def test_retraction_with_a_key_is_replayed_too(api) -> None:
     assert first.json()["effects"] == [{"subject": "customer", "id": owner["id"], "metric": "relationship_level", "old": 1, "new": 0}]
     assert (retry.status_code, retry.content) == (200, first.content)
     assert_problem(reused, 422, "Idempotency-Key")
+
+
+def test_a_keyed_event_and_its_answer_are_committed_together(api, app) -> None:  # noqa: ANN001
+    """A keyed POST claims its key, then stores the event and the answer in one transaction:
+    no moment at which the event is committed and a retry would find no answer to replay."""
+    owner = owner_one_visit_short_of_level_one(api)
+    commits: list[object] = []
+    engine = app.state.context.db.engine
+    listener = lambda conn: commits.append(conn)  # noqa: E731
+    event.listen(engine, "commit", listener)
+    try:
+        first = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-one-commit"})
+    finally:
+        event.remove(engine, "commit", listener)
+    assert first.status_code == 201, first.text
+    assert len(commits) == 2  # the claim, then the event with its answer
+    retry = api.post("/v1/events", json=third_visit(owner), headers={"Idempotency-Key": "visit-one-commit"})
+    assert retry.headers.get("idempotent-replayed") == "true" and retry.content == first.content
