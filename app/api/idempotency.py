@@ -15,17 +15,47 @@ from typing import Any, Callable
 
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, Context
 from app.api.problems import app_error_response
 from app.db import models as m
+from app.db.engine import run as run_statement
 from app.errors import AppError, Conflict, FieldError, Invalid
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADERS = ("location", "etag")
+
+# Every keyed request runs these: prebuilt once and run as Core on the session's connection
+# (built anew and run through the ORM, the claim and the answer took ~3 ms of a keyed
+# event POST's ~5.5 ms on SQLite).
+_RECORDS = m.IdempotencyRecord.__table__
+_THIS_KEY = (_RECORDS.c.api_key_id == bindparam("record_key_id")) & (_RECORDS.c.key == bindparam("record_key"))
+_EXPIRED = delete(_RECORDS).where(_RECORDS.c.created_at < bindparam("before"))
+_LOCKED = select(
+    _RECORDS.c.fingerprint, _RECORDS.c.status_code, _RECORDS.c.response_body, _RECORDS.c.response_type, _RECORDS.c.response_headers, _RECORDS.c.locked_until
+).where(_THIS_KEY).with_for_update()
+_LEASE = update(_RECORDS).where(_THIS_KEY).values(locked_until=bindparam("until", type_=_RECORDS.c.locked_until.type))
+_ANSWER = (
+    update(_RECORDS)
+    .where(_THIS_KEY)
+    .values({name: bindparam(f"answer_{name}", type_=_RECORDS.c[name].type) for name in ("status_code", "response_body", "response_type", "response_headers")})
+)
+_UNANSWERED = delete(_RECORDS).where(_THIS_KEY, _RECORDS.c.status_code.is_(None))
+
+
+def _claim_statement(dialect_insert: Callable[..., Any]) -> Any:
+    """INSERT … ON CONFLICT (api_key_id, key) DO NOTHING RETURNING id: nothing returned means a
+    concurrent request claimed the key first."""
+    columns = ("api_key_id", "key", "fingerprint", "created_at", "locked_until")
+    values = {name: bindparam(name, type_=_RECORDS.c[name].type) for name in columns}
+    return dialect_insert(_RECORDS).values(values).on_conflict_do_nothing(index_elements=[_RECORDS.c.api_key_id, _RECORDS.c.key]).returning(_RECORDS.c.id)
+
+
+_CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(sqlite_insert)}
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
@@ -95,15 +125,15 @@ def _as_is(_session: Session, response: Response) -> Response:
 
 def _store(session: Session, key_id: int, key: str, response: Response) -> None:
     """Store the answer on the key's claimed record."""
-    session.execute(
-        update(m.IdempotencyRecord)
-        .where(m.IdempotencyRecord.api_key_id == key_id, m.IdempotencyRecord.key == key)
-        .values(
-            status_code=response.status_code,
-            response_body=bytes(response.body),
-            response_type=response.media_type,
-            response_headers={name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
-        )
+    run_statement(
+        session,
+        _ANSWER,
+        record_key_id=key_id,
+        record_key=key,
+        answer_status_code=response.status_code,
+        answer_response_body=bytes(response.body),
+        answer_response_type=response.media_type,
+        answer_response_headers={name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
     )
 
 
@@ -111,17 +141,13 @@ def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: 
     """Claim the key for this request; or return the stored answer; or raise 409/422."""
     ttl = timedelta(hours=ctx.settings.idempotency_ttl_hours)
     lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
-    session.execute(delete(m.IdempotencyRecord).where(m.IdempotencyRecord.created_at < now - ttl))
-    record = session.scalar(
-        select(m.IdempotencyRecord).where(m.IdempotencyRecord.api_key_id == key_id, m.IdempotencyRecord.key == key).with_for_update()
-    )
+    run_statement(session, _EXPIRED, before=now - ttl)
+    record = run_statement(session, _LOCKED, record_key_id=key_id, record_key=key).first()
     if record is None:
-        try:
-            with session.begin_nested():
-                session.add(m.IdempotencyRecord(api_key_id=key_id, key=key, fingerprint=fp, created_at=now, locked_until=lease))
-            return None
-        except IntegrityError:
-            raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"}) from None
+        claim = _CLAIM[session.get_bind().dialect.name]
+        if run_statement(session, claim, api_key_id=key_id, key=key, fingerprint=fp, created_at=now, locked_until=lease).first() is None:
+            raise _in_flight()
+        return None
     if record.fingerprint != fp:
         raise Invalid(
             "this Idempotency-Key was used for a different request",
@@ -135,17 +161,15 @@ def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: 
             headers={**(record.response_headers or {}), "Idempotent-Replayed": "true"},
         )
     if record.locked_until > now:
-        raise Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
-    record.locked_until = lease  # the first attempt died without an answer: take it over
+        raise _in_flight()
+    run_statement(session, _LEASE, record_key_id=key_id, record_key=key, until=lease)  # the first attempt died without an answer: take it over
     return None
+
+
+def _in_flight() -> Conflict:
+    return Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
 
 
 def _release(ctx: Context, key_id: int, key: str) -> None:
     with ctx.db.session(write=True) as session:
-        session.execute(
-            delete(m.IdempotencyRecord).where(
-                m.IdempotencyRecord.api_key_id == key_id,
-                m.IdempotencyRecord.key == key,
-                m.IdempotencyRecord.status_code.is_(None),
-            )
-        )
+        run_statement(session, _UNANSWERED, record_key_id=key_id, record_key=key)
