@@ -25,7 +25,7 @@ from app.db import models as m
 from app.db.engine import run_many
 from app.db.logs import WriteLogs
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
-from app.domain.facts import CustomerFacts, LinkedCustomer, ProjectFacts
+from app.domain.facts import CustomerFacts, Event, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
 from app.services import outbox
 
@@ -67,8 +67,9 @@ class Regrade:
     subscribers: dict[str, list[int]] = field(default_factory=dict)
     # The customers this job has locked (see `lock_customers`): regrade reuses them.
     locked: dict[int, m.Customer] = field(default_factory=dict)
-    # The events this write stored or retracted: the logs they are in changed (app/db/logs.py).
-    changed_events: set[int] = field(default_factory=set)
+    # The events this write stored or retracted, as they now stand, by id: the logs they are
+    # in changed (app/db/logs.py).
+    changed_events: dict[int, Event] = field(default_factory=dict)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -113,7 +114,7 @@ def lock_customers(session: Session, job: Regrade) -> dict[int, m.Customer]:
 
 def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     """Re-grade what `job` names (and what their level changes reach); return the changes."""
-    logs = WriteLogs(session, job.changed_events)
+    logs = WriteLogs(session, job.changed_events.values())
     for subject, id_ in logs.changed():  # every changed log's subject is graded (and stamped)
         (job.customer_ids if subject == "customer" else job.project_ids).add(id_)
     customers = lock_customers(session, job)

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from app.db import models as m
 from app.db.engine import Database, make_engine
+from app.services import batch
 from app.services.events import NewEvent, record_event, retract_event
 from app.services.verify import replay
 from tests.conftest import empty_tables
@@ -152,8 +153,9 @@ def test_a_process_that_keeps_no_logs_grades_the_same(migrated: str) -> None:
 
 retraction = st.tuples(st.just("retract"), st.integers(0, 1000))
 fail = st.just(("fail",))
+batch_of = st.lists(an_event(), min_size=1, max_size=6).map(lambda events: ("batch", events))
 steps = st.lists(
-    st.tuples(st.sampled_from("ab"), st.one_of(an_event(), a_kit(), retraction, fail)),
+    st.tuples(st.sampled_from("ab"), st.one_of(an_event(), a_kit(), retraction, fail, batch_of)),
     min_size=1,
     max_size=30,
 )
@@ -164,7 +166,8 @@ steps = st.lists(
 @given(steps=steps)
 def test_two_processes_in_any_interleaving_keep_every_grade_equal_to_a_replay(two: tuple[Database, Database], steps: list) -> None:
     """Writes alternate between two processes at random, some retract, some roll back after
-    grading; every stored grade still equals a fresh evaluation of the whole log."""
+    grading, some are batches; every stored grade still equals a fresh evaluation of the
+    whole log."""
     dbs = dict(zip("ab", two))
     _fresh(dbs["a"])
     recorded: list[int] = []
@@ -175,6 +178,12 @@ def test_two_processes_in_any_interleaving_keep_every_grade_equal_to_a_replay(tw
                 with pytest.raises(RuntimeError), db.session(write=True) as s:
                     retract_event(s, RULEBOOK, recorded[-1], "test", actor="t", now=NOW)
                     raise RuntimeError("rolled back after grading")
+            continue
+        if isinstance(step, tuple) and step[0] == "batch":
+            items = [new_event(drawn, NOW, source="erp", external_id=f"{len(steps)}-{id(drawn)}") for drawn in step[1]]
+            with db.session(write=True) as s:
+                outcome = batch.record_batch(s, RULEBOOK, items, atomic=False, actor="t", now=NOW)
+            recorded += [r.event_id for r in outcome.results if r.status == "created"]
             continue
         if isinstance(step, tuple):
             if recorded:

@@ -103,6 +103,19 @@ def to_fact(e: m.Event, *, retracted: bool) -> f.Event:
     )
 
 
+def stored_fact(event_id: int, values: dict[str, Any]) -> f.Event:
+    """The fact of an event this write just stored with these values (`event_values`):
+    what reading it back gives, without the read."""
+    return f.Event(
+        id=event_id,
+        type=values["type"],
+        occurred_at=values["occurred_at"],
+        customer_id=values["customer_id"],
+        project_id=values["project_id"],
+        attributes=values["attributes"],
+    )
+
+
 def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned_project_types: frozenset[str], logs: WriteLogs) -> dict[int, f.CustomerFacts]:
     """What evaluating each of these (locked) customers needs: its events, and for an owner
     the events of its projects that its criteria read."""

@@ -51,7 +51,6 @@ def log_select(*where: Any) -> Select:
 
 
 _LOG_OF = {"customer": log_select(E.c.customer_id.in_(_IDS)), "project": log_select(E.c.project_id.in_(_IDS))}
-_BY_ID = log_select(E.c.id.in_(_IDS))
 
 
 def events(session: Session, statement: Select, **params: Any) -> Log:
@@ -75,19 +74,19 @@ class WriteLogs:
     """The logs one write's grading reads: a kept log where its label still holds (with
     what this write changed in it), the others from the database."""
 
-    def __init__(self, session: Session, changed_event_ids: Iterable[int] = (), *, keep: bool = True):
+    def __init__(self, session: Session, changed: Iterable[f.Event] = (), *, keep: bool = True):
         """`keep=False`: neither use nor fill the process's logs (a pass over every subject
         would only push out the ones that writes use, and hold every log until it commits)."""
         self.session = session
         self.cache: LogCache | None = session.info.get(CACHE) if keep else None
+        # The events this write stored or retracted, as they now stand, by the logs they are
+        # in (known even without a cache: those logs are stamped anew all the same, for the
+        # other processes' caches).
         self._changes: dict[Key, list[f.Event]] = {}
-        # Read even without a cache: the changed logs are stamped anew all the same, for
-        # the other processes' caches.
-        for chunk in chunked(sorted(set(changed_event_ids))):
-            for e in events(session, _BY_ID, ids=chunk):
-                for key in (("customer", e.customer_id), ("project", e.project_id)):
-                    if key[1] is not None:
-                        self._changes.setdefault(key, []).append(e)
+        for e in changed:
+            for key in (("customer", e.customer_id), ("project", e.project_id)):
+                if key[1] is not None:
+                    self._changes.setdefault(key, []).append(e)
         # One new stamp for every log this write changes (never 0, which new rows carry).
         self._stamp = random.getrandbits(62) + 1
         # key -> (the stamp before this write, the log as this write leaves it)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from app.chunks import chunked
 from app.db import models as m
 from app.db.engine import run, run_many
+from app.db.facts import stored_fact
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
 from app.grading import Effect, Regrade, lock_customers, regrade
@@ -100,7 +101,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
         results[index] = ItemResult(index, "created" if created else "duplicate", event_id=event_id)
         if created:
             _note_cause(job, checked[index], event_id)
-            job.changed_events.add(event_id)
+            job.changed_events[event_id] = stored_fact(event_id, values[index])
             created_ids[index] = event_id
     outbox.enqueue_each(
         session,

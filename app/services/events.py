@@ -85,7 +85,7 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     if not created:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
-    job.changed_events.add(event.id)
+    job.changed_events[event.id] = repo.to_fact(event, retracted=False)
     # One read of the subscriptions serves this message and the grade changes' (grading
     # reads them only for a type the job does not know yet).
     job.subscribers.update(outbox.subscribers_by_type(session))
@@ -257,7 +257,7 @@ def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: s
     existing = _insert_once(session, retraction, lambda: retraction_of(session, event_id))
     if existing is not None:
         return event, existing, []
-    job.changed_events.add(event.id)
+    job.changed_events[event.id] = repo.to_fact(event, retracted=True)
     return event, retraction, regrade(session, rulebook, job)
 
 
