@@ -51,7 +51,8 @@ CHUNK = 10_000
 
 
 def _columns(row: m.Customer | m.Project) -> dict[str, Any]:
-    return {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key != "id"}
+    """The row's values to insert; those not set on it (None) are left to the columns' defaults."""
+    return {c.key: value for c in row.__table__.columns if c.key != "id" and (value := getattr(row, c.key)) is not None}
 
 
 def _project(rulebook: Rulebook, n: int, owner_id: int) -> m.Project:
