@@ -71,7 +71,7 @@ def events_of(session: Session, statement: Select, key: str, ids: Iterable[int],
 
 
 class WriteLogs:
-    """The logs one write's grading reads: a kept log where its label still holds (with
+    """The logs one write's grading reads: a kept log where its stamp still holds (with
     what this write changed in it), the others from the database."""
 
     def __init__(self, session: Session, changed: Iterable[f.Event] = (), *, keep: bool = True):
@@ -129,7 +129,7 @@ class WriteLogs:
         """The logs of those of these subjects ({id: the log_stamp its row carries}) that this
         write has read, or that the process keeps under that stamp; nothing is read or kept.
         For subjects the write does not hold locked: a log kept under the stamp a read of the
-        row found is the log committed with that row (app/db/logs.py)."""
+        row found is the log committed with that row (see the module's docstring)."""
         out: dict[int, Log] = {}
         for id_, stamp in stamps.items():
             key = (subject, id_)
