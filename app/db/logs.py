@@ -28,7 +28,7 @@ one write lock: the same, more so.)
 
 from __future__ import annotations
 
-import random
+import secrets
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import Select, bindparam, select
@@ -88,7 +88,9 @@ class WriteLogs:
                 if key[1] is not None:
                     self._changes.setdefault(key, []).append(e)
         # One new stamp for every log this write changes (never 0, which new rows carry).
-        self._stamp = random.getrandbits(62) + 1
+        # From the operating system's generator, not `random`'s: a process may seed that
+        # one (Hypothesis does, per example), and its stamps would then repeat.
+        self._stamp = secrets.randbits(62) + 1
         # key -> (the stamp before this write, the log as this write leaves it)
         self._read: dict[Key, tuple[int, Log]] = {}
         if self.cache is not None:
