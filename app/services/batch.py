@@ -103,11 +103,15 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
             _note_cause(job, checked[index], event_id)
             job.changed_events[event_id] = stored_fact(event_id, values[index])
             created_ids[index] = event_id
+    # One read of the subscriptions serves the events' messages and the grade changes', as
+    # for a single event.
+    job.subscribers.update(outbox.subscribers_by_type(session))
     outbox.enqueue_each(
         session,
         outbox.EVENT_CREATED,
         lambda: [outbox.stored_event_payload(event_id, values[index]) for index, event_id in created_ids.items()],
         now,
+        wanted=job.subscribers[outbox.EVENT_CREATED],
     )
     effects = regrade(session, rulebook, job) if job.causes else []
     return BatchOutcome([r for r in results if r is not None], effects)

@@ -41,10 +41,10 @@ def enqueue(session: Session, type: str, payload: Payload, now: datetime, *, wan
     return _queue(session, type, payload, now, subscribers(session, type) if wanted is None else wanted)[0]
 
 
-def enqueue_each(session: Session, type: str, payloads: Callable[[], list[dict[str, Any]]], now: datetime) -> None:
+def enqueue_each(session: Session, type: str, payloads: Callable[[], list[dict[str, Any]]], now: datetime, *, wanted: list[int] | None = None) -> None:
     """`enqueue` for many messages of one type (a batch's events), reading the
-    subscriptions once."""
-    wanted = subscribers(session, type)
+    subscriptions once, or not at all when the caller read `wanted`."""
+    wanted = subscribers(session, type) if wanted is None else wanted
     if wanted:
         for payload in payloads():
             _queue(session, type, payload, now, wanted)
