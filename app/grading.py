@@ -17,10 +17,10 @@ import orjson
 from sqlalchemy import Text, Update, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from app.chunks import chunked
 from app.db import facts as repo
+from app.db.facts import CustomerState, ProjectState
 from app.db import models as m
 from app.db.engine import run_many
 from app.db.logs import WriteLogs
@@ -66,7 +66,7 @@ class Regrade:
     # once per grade change.
     subscribers: dict[str, list[int]] = field(default_factory=dict)
     # The customers this job has locked (see `lock_customers`): regrade reuses them.
-    locked: dict[int, m.Customer] = field(default_factory=dict)
+    locked: dict[int, CustomerState] = field(default_factory=dict)
     # The events this write stored or retracted, as they now stand, by id: the logs they are
     # in changed (app/db/logs.py).
     changed_events: dict[int, Event] = field(default_factory=dict)
@@ -98,13 +98,13 @@ def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> No
     customer.level, customer.level_since, customer.grade = grade.level, now, snapshot(grade)
 
 
-def initial_heat(rulebook: Rulebook, project: m.Project, owner: m.Customer, now: datetime) -> None:
+def initial_heat(rulebook: Rulebook, project: m.Project, owner: CustomerState, now: datetime) -> None:
     grade = evaluate_heat(rulebook, ProjectFacts(project.id or 0, LinkedCustomer(owner.id, owner.level), ()), now)
     project.heat, project.heat_since, project.stage, project.closed = grade.percent, now, grade.stage, grade.closed
     project.grade = snapshot(grade)
 
 
-def lock_customers(session: Session, job: Regrade) -> dict[int, m.Customer]:
+def lock_customers(session: Session, job: Regrade) -> dict[int, CustomerState]:
     """Lock the customers `job` re-grades, once: a write locks them before it inserts (so
     whoever holds the rows grades them next), and `regrade` reuses those rows."""
     if not job.customer_ids <= job.locked.keys():
@@ -143,44 +143,45 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     return effects
 
 
-def _regrade_customer(session: Session, rulebook: Rulebook, customer: m.Customer, facts: CustomerFacts, job: Regrade, writes: Writes) -> Effect | None:
+def _regrade_customer(session: Session, rulebook: Rulebook, customer: CustomerState, facts: CustomerFacts, job: Regrade, writes: Writes) -> Effect | None:
     grade = evaluate_level(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = customer.level
-    changed = grade.level != old
-    writes.add(customer, grade=stored, level=grade.level, level_since=job.now if changed else customer.level_since)
-    if not changed:
+    writes.add(customer, grade=stored, level=grade.level, since=job.now)
+    customer.level = grade.level
+    if grade.level == old:
         return None
     _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger_for("customer", customer.id), job)
     return Effect("customer", customer.id, LEVEL, old, grade.level)
 
 
 def _regrade_project(
-    session: Session, rulebook: Rulebook, project: m.Project, facts: ProjectFacts, job: Regrade, level_changes: dict[int, Effect], writes: Writes
+    session: Session, rulebook: Rulebook, project: ProjectState, facts: ProjectFacts, job: Regrade, level_changes: dict[int, Effect], writes: Writes
 ) -> Effect | None:
     grade = evaluate_heat(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = project.heat
-    changed = grade.percent != old
-    heat_since = job.now if changed else project.heat_since
-    writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, heat_since=heat_since)
-    if not changed:
+    writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, since=job.now)
+    project.heat = grade.percent
+    if grade.percent == old:
         return None
     linked = {facts.owner.customer_id, *facts.linked}
     via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
     trigger = job.trigger_for("project", project.id)
     trigger = {**trigger, "via": via} if via else trigger
-    _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, stored, trigger, job)
+    _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, stored, trigger, job, heat=grade)
     return Effect("project", project.id, HEAT, old, grade.percent)
 
 
-def _update(model: type[m.Customer] | type[m.Project], columns: tuple[str, ...], compared: tuple[str, ...], dialect: str) -> Update:
+def _update(table: Any, metric: str, since: str, columns: tuple[str, ...], compared: tuple[str, ...], dialect: str) -> Update:
     """The UPDATE of a re-graded row. It counts a new version only where one of the
     `compared` columns differs from its new value, and writes the row only then or where
     its log changed (`log_stamp`, app/db/logs.py): the database compares the stored grade, so
     a write never reads and decodes it (the old grades' JSON was 15 % of a batch import).
-    The new grade comes as JSON text, encoded once for the SET and the comparison."""
-    table = model.__table__
+    The new grade comes as JSON text, encoded once for the SET and the comparison. The
+    `since` column (level_since, heat_since) takes the write's time only where the `metric`
+    (level, heat) changes: a SET reads the row as it was before the UPDATE, on both
+    engines, so a write need not read the old date to keep it."""
     text = bindparam("new_grade", type_=Text)
     new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "log_stamp")}
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
@@ -190,18 +191,19 @@ def _update(model: type[m.Customer] | type[m.Project], columns: tuple[str, ...],
         pairs["grade"] = (func.json(table.c.grade), func.json(text))
     differs = or_(*(stored.is_distinct_from(value) for stored, value in pairs.values()))
     version = table.c.version + case((differs, 1), else_=0)
+    new[since] = case((table.c[metric].is_distinct_from(new[metric]), bindparam("new_since", type_=table.c[since].type)), else_=table.c[since])
     return update(table).where(table.c.id == bindparam("row_id"), or_(differs, table.c.log_stamp != new["log_stamp"])).values({**new, "version": version})
 
 
 _UPDATES = {
-    (model, dialect): _update(model, columns, compared, dialect)
+    (kind, dialect): _update(table, metric, since, columns, compared, dialect)
     for dialect in ("sqlite", "postgresql")
-    for model, columns, compared in [
-        (m.Customer, ("grade", "level", "level_since"), ("grade", "level")),
-        (m.Project, ("grade", "stage", "closed", "heat", "heat_since"), ("grade", "heat", "stage")),
+    for kind, table, metric, since, columns, compared in [
+        (CustomerState, m.Customer.__table__, "level", "level_since", ("grade", "level"), ("grade", "level")),
+        (ProjectState, m.Project.__table__, "heat", "heat_since", ("grade", "stage", "closed", "heat"), ("grade", "heat", "stage")),
     ]
 }
-_SUBJECT = {m.Customer: "customer", m.Project: "project"}
+_SUBJECT = {CustomerState: "customer", ProjectState: "project"}
 
 
 class Writes:
@@ -213,33 +215,24 @@ class Writes:
 
     def __init__(self, logs: WriteLogs) -> None:
         self._logs = logs
-        self._rows: dict[type, list[tuple[m.Customer | m.Project, dict[str, Any]]]] = {}
+        self._rows: dict[type, list[dict[str, Any]]] = {}
 
-    def add(self, row: m.Customer | m.Project, **values: Any) -> None:
-        """Queue `row`'s new values (and its log's stamp), and give the session's copy them
-        at once (a webhook's payload, built before the flush, reads them). A row whose
-        grade did not change already holds them."""
-        values["log_stamp"] = self._logs.stamp((_SUBJECT[type(row)], row.id), row.log_stamp)
-        self._rows.setdefault(type(row), []).append((row, values))
-        for name, value in values.items():
-            set_committed_value(row, name, value)
+    def add(self, state: CustomerState | ProjectState, *, grade: dict[str, Any], since: datetime, **values: Any) -> None:
+        """Queue the new grade of `state`'s row (and its log's stamp), and give `state` its
+        new stamp: a later read in this write knows the row as it will be."""
+        state.log_stamp = self._logs.stamp((_SUBJECT[type(state)], state.id), state.log_stamp)
+        # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
+        # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
+        params = {"row_id": state.id, "new_grade": orjson.dumps(grade).decode(), "new_since": since, "new_log_stamp": state.log_stamp}
+        params.update((f"new_{name}", value) for name, value in values.items())
+        self._rows.setdefault(type(state), []).append(params)
 
     def flush(self, session: Session) -> None:
         """Write what was added. A row whose grade and log did not change is not written
-        (the UPDATE's condition); the version is re-read if asked for, since only the
-        database knows whether the UPDATE counted one."""
+        (the UPDATE's condition)."""
         dialect = session.get_bind().dialect.name
-        for model, rows in self._rows.items():
-            # orjson: a grade is our own dicts of strings, integers and booleans, which it
-            # encodes as json would, several times faster (json.dumps of the grades was 9 %
-            # of a batch).
-            params = [
-                {"row_id": row.id, **{f"new_{name}": orjson.dumps(value).decode() if name == "grade" else value for name, value in values.items()}}
-                for row, values in rows
-            ]
-            run_many(session, _UPDATES[model, dialect], params)
-            for row, _ in rows:
-                session.expire(row, ["version"])
+        for kind, params in self._rows.items():
+            run_many(session, _UPDATES[kind, dialect], params)
         self._rows.clear()
 
 
@@ -254,6 +247,8 @@ def _append(
     evidence: dict[str, Any],
     trigger: dict[str, Any],
     job: Regrade,
+    *,
+    heat: HeatGrade | None = None,
 ) -> None:
     session.add(
         change := m.GradeChange(
@@ -273,7 +268,7 @@ def _append(
     type_ = outbox.GRADE_EVENT[subject]
     if type_ not in job.subscribers:
         job.subscribers[type_] = outbox.subscribers(session, type_)
-    outbox.enqueue(session, type_, lambda: outbox.grade_payload(session, rulebook, change), job.now, wanted=job.subscribers[type_])
+    outbox.enqueue(session, type_, lambda: outbox.grade_payload(session, rulebook, change, heat), job.now, wanted=job.subscribers[type_])
 
 
 def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, batch: int = 500) -> list[Effect]:

@@ -5,11 +5,11 @@ projects, bidders), never by the size of the database."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
 
 from sqlalchemy import Select, bindparam, select
-from sqlalchemy.orm import Session, defer
-from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm import Session
 
 from app.chunks import chunked
 from app.db import models as m
@@ -17,64 +17,110 @@ from app.db.engine import run
 from app.db.logs import WriteLogs, events_of, log_select
 from app.domain import facts as f
 
-Row = TypeVar("Row", m.Customer, m.Project)
 _IDS = bindparam("ids", expanding=True)
 
 
-def _writable(model: type[Row], *where: Any) -> Select[tuple[Row]]:
-    return select(model).options(defer(model.grade)).where(*where)
+@dataclass(slots=True, eq=False)
+class CustomerState:
+    """What a write reads of a customer: the columns it checks an event against and grades
+    by. Plain values from a Core row, not an ORM entity: loading the entity (its JSON and
+    datetime columns decoded, its state tracked) cost ten times the query on SQLite, and a
+    write changes these columns with its own UPDATE (app/grading.py)."""
+
+    id: int
+    kind: str
+    external_ref: str | None
+    level: int
+    log_stamp: int
 
 
-# Customers and projects as writes load them: without their stored grade, which a write
-# never reads (grading's UPDATE compares it in the database, app/grading.py) and whose
-# decoding was most of the cost of loading them. Built once: an ORM statement with options
-# costs a fresh cache key every time it is built.
-SUBJECT_BY_ID = {model: _writable(model, model.id == bindparam("id")) for model in (m.Customer, m.Project)}
-SUBJECT_BY_REF = {model: _writable(model, model.external_ref == bindparam("ref")) for model in (m.Customer, m.Project)}
-SUBJECTS_BY_ID = {model: _writable(model, model.id.in_(_IDS)) for model in (m.Customer, m.Project)}
-SUBJECTS_BY_REF = {model: _writable(model, model.external_ref.in_(bindparam("refs", expanding=True))) for model in (m.Customer, m.Project)}
-_LOCKED = {
-    # Rows already in the session may be stale by the time the lock is granted.
-    model: _writable(model, model.id.in_(_IDS)).order_by(model.id).with_for_update().execution_options(populate_existing=True)
-    for model in (m.Customer, m.Project)
+@dataclass(slots=True, eq=False)
+class ProjectState:
+    """What a write reads of a project (see `CustomerState`)."""
+
+    id: int
+    owner_id: int
+    external_ref: str | None
+    heat: int
+    log_stamp: int
+
+
+State = TypeVar("State", CustomerState, ProjectState)
+C, P = m.Customer.__table__, m.Project.__table__
+_COLUMNS = {
+    CustomerState: (C.c.id, C.c.kind, C.c.external_ref, C.c.level, C.c.log_stamp),
+    ProjectState: (P.c.id, P.c.owner_id, P.c.external_ref, P.c.heat, P.c.log_stamp),
 }
 
 
-def lock_customers(session: Session, ids: Iterable[int]) -> dict[int, m.Customer]:
+def _states(kind: type[State], *where: Any) -> Select[Any]:
+    columns = _COLUMNS[kind]
+    return select(*columns).where(*where).order_by(columns[0])
+
+
+# Built once, run as Core (`run`): an ORM statement costs a fresh cache key every time it is
+# built, and its rows cost far more than the query.
+STATE_BY_ID = {kind: _states(kind, _COLUMNS[kind][0] == bindparam("id")) for kind in (CustomerState, ProjectState)}
+STATE_BY_REF = {kind: _states(kind, _COLUMNS[kind][2] == bindparam("ref")) for kind in (CustomerState, ProjectState)}
+STATES_BY_ID = {kind: _states(kind, _COLUMNS[kind][0].in_(_IDS)) for kind in (CustomerState, ProjectState)}
+STATES_BY_REF = {kind: _states(kind, _COLUMNS[kind][2].in_(bindparam("refs", expanding=True))) for kind in (CustomerState, ProjectState)}
+_LOCKED = {kind: STATES_BY_ID[kind].with_for_update() for kind in (CustomerState, ProjectState)}
+# On SQLite, the states this write transaction has read, by (kind, id): see `read_states`.
+_READ = "rapport.states"
+
+
+def read_states(session: Session, statement: Select[Any], kind: type[State], **params: Any) -> list[State]:
+    """The states `statement` selects (`STATE*`), each known to the session afterwards.
+
+    On SQLite a write transaction holds the database's one write lock from its first
+    statement (BEGIN IMMEDIATE), so a state it has read stays current for the rest of it,
+    as long as grading updates it along with its row (app/grading.py does): a state read
+    again is the same object, and `_lock` reads only those it does not know yet."""
+    states = [kind(*row) for row in run(session, statement, **params)]
+    if session.get_bind().dialect.name != "sqlite":
+        return states
+    known: dict[tuple[type, int], Any] = session.info.setdefault(_READ, {})
+    return [known.setdefault((kind, state.id), state) for state in states]
+
+
+def read_state(session: Session, kind: type[State], *, id: int | None = None, ref: str | None = None) -> State | None:
+    """One customer's or project's state, by id or by external_ref; None if there is none."""
+    statement, params = (STATE_BY_ID[kind], {"id": id}) if ref is None else (STATE_BY_REF[kind], {"ref": ref})
+    found = read_states(session, statement, kind, **params)
+    return found[0] if found else None
+
+
+def lock_customers(session: Session, ids: Iterable[int]) -> dict[int, CustomerState]:
     """Row-lock customers in id order (a fixed order, so concurrent writers cannot deadlock).
     On SQLite the write transaction already holds the database's single write lock."""
-    return _lock(session, m.Customer, ids)
+    return _lock(session, CustomerState, ids)
 
 
-def lock_projects(session: Session, ids: Iterable[int]) -> dict[int, m.Project]:
+def lock_projects(session: Session, ids: Iterable[int]) -> dict[int, ProjectState]:
     """Row-lock projects in id order; always after the customers a write locks."""
-    return _lock(session, m.Project, ids)
+    return _lock(session, ProjectState, ids)
 
 
-def _lock(session: Session, model: type[Row], ids: Iterable[int]) -> dict[int, Row]:
+def _lock(session: Session, kind: type[State], ids: Iterable[int]) -> dict[int, State]:
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    found: dict[int, Row] = {}
+    found: dict[int, State] = {}
     if session.get_bind().dialect.name == "sqlite":
-        # A SQLite write transaction holds the database's one write lock from its first
-        # statement (BEGIN IMMEDIATE), and a write session is one transaction: a row it has
-        # already read is current, so only the others are read.
-        for id_ in wanted:
-            row = session.identity_map.get(identity_key(model, id_))
-            if row is not None:
-                found[id_] = row
+        # Already read by this write transaction: current (`read_states`).
+        known = session.info.get(_READ, {})
+        found = {id_: known[(kind, id_)] for id_ in wanted if (kind, id_) in known}
         wanted = [id_ for id_ in wanted if id_ not in found]
-        if not wanted:
-            return found
-    rows = session.scalars(_LOCKED[model], {"ids": wanted}).all()
-    found.update((row.id, row) for row in rows)
+    for chunk in chunked(wanted):
+        # On PostgreSQL, read again even if read before: the lock may have waited for a
+        # writer that changed the row since.
+        found.update((state.id, state) for state in read_states(session, _LOCKED[kind], kind, ids=chunk))
     return dict(sorted(found.items()))
 
 
 # The statements grading runs for every write, built once, with their lists as expanding
 # parameters, and run as Core (`run`).
-E, P, C = m.Event.__table__, m.Project.__table__, m.Customer.__table__
+E = m.Event.__table__
 _TYPES = bindparam("types", expanding=True)
 _OWNED = select(P.c.id).where(P.c.owner_id == bindparam("customer_id"))
 _BID = select(E.c.project_id).where(E.c.customer_id == bindparam("customer_id"), E.c.type.in_(("bid_joined", "bid_won")), E.c.project_id.is_not(None)).distinct()
@@ -116,7 +162,7 @@ def stored_fact(event_id: int, values: dict[str, Any]) -> f.Event:
     )
 
 
-def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned_project_types: frozenset[str], logs: WriteLogs) -> dict[int, f.CustomerFacts]:
+def customer_facts_many(session: Session, customers: Iterable[CustomerState], owned_project_types: frozenset[str], logs: WriteLogs) -> dict[int, f.CustomerFacts]:
     """What evaluating each of these (locked) customers needs: its events, and for an owner
     the events of its projects that its criteria read."""
     customers = list(customers)
@@ -143,7 +189,7 @@ def customer_facts_many(session: Session, customers: Iterable[m.Customer], owned
     }
 
 
-def project_facts_many(session: Session, projects: Iterable[m.Project], linked_types: frozenset[str], logs: WriteLogs) -> dict[int, f.ProjectFacts]:
+def project_facts_many(session: Session, projects: Iterable[ProjectState], linked_types: frozenset[str], logs: WriteLogs) -> dict[int, f.ProjectFacts]:
     """What evaluating each of these (locked) projects needs: its events, and its owner's
     and bidders' levels and project-less events of the types its criteria read."""
     projects = list(projects)

@@ -16,6 +16,7 @@ from app.chunks import chunked
 from app.db import facts as repo
 from app.db import models as m
 from app.db.engine import run
+from app.db.facts import CustomerState, ProjectState, State
 from app.domain.rulebook import Rulebook
 from app.domain.validation import EventRejected, check_event, instant_problem
 from app.errors import FieldError, Invalid, NotFound
@@ -23,7 +24,6 @@ from app.grading import Effect, Regrade, lock_customers, regrade
 from app.services import outbox
 
 Row = TypeVar("Row", m.Event, m.Retraction)
-Subject = TypeVar("Subject", m.Customer, m.Project)
 
 # An event may be logged a little ahead of the server's clock (a phone's clock is off),
 # never days ahead.
@@ -57,8 +57,8 @@ class Checked:
     """An event that passed validation, with its subjects resolved."""
 
     new: NewEvent
-    customer: m.Customer | None
-    project: m.Project | None
+    customer: CustomerState | None
+    project: ProjectState | None
     attributes: dict[str, Any]
 
 
@@ -103,8 +103,8 @@ def check_new_event(rulebook: Rulebook, new: NewEvent, *, now: datetime, subject
         problems.append(FieldError("occurred_at", out_of_range))
     elif new.occurred_at > now + MAX_FUTURE:
         problems.append(FieldError("occurred_at", "is more than a day in the future"))
-    customer = subjects.find(m.Customer, "customer", new.customer_id, new.customer_ref, problems)
-    project = subjects.find(m.Project, "project", new.project_id, new.project_ref, problems)
+    customer = subjects.find(CustomerState, "customer", new.customer_id, new.customer_ref, problems)
+    project = subjects.find(ProjectState, "project", new.project_id, new.project_ref, problems)
     has_customer = new.customer_id is not None or new.customer_ref is not None
     has_project = new.project_id is not None or new.project_ref is not None
     try:
@@ -134,24 +134,24 @@ class Subjects:
         self._by_id: dict[tuple[type, int], Any] = {}
         self._by_ref: dict[tuple[type, str], Any] = {}
 
-    def prefetch(self, items: Sequence[NewEvent]) -> dict[int, m.Customer]:
+    def prefetch(self, items: Sequence[NewEvent]) -> dict[int, CustomerState]:
         """Load every subject `items` name, in a few queries (remembering those that do not
         exist). The customers named, and the owners of the projects named, are read
         row-locked, in id order as grading locks them; they are returned, for grading."""
         ids, refs = _keys(items, "project_id", "project_ref")
-        self._load(m.Project, ids, refs)
+        self._load(ProjectState, ids, refs)
         ids, refs = _keys(items, "customer_id", "customer_ref")
         for chunk in chunked(refs):
             ids.extend(self.session.scalars(select(m.Customer.id).where(m.Customer.external_ref.in_(chunk))))
-        ids.extend(row.owner_id for (model, _), row in self._by_id.items() if model is m.Project and row is not None)
+        ids.extend(row.owner_id for (kind, _), row in self._by_id.items() if kind is ProjectState and row is not None)
         locked = repo.lock_customers(self.session, ids)
-        self._remember(m.Customer, locked.values(), ids, refs)
+        self._remember(CustomerState, locked.values(), ids, refs)
         return locked
 
-    def _load(self, model: type[Subject], ids: list[int], refs: list[str]) -> None:
-        rows = [row for chunk in chunked(ids) for row in self.session.scalars(repo.SUBJECTS_BY_ID[model], {"ids": chunk})]
-        rows += [row for chunk in chunked(refs) for row in self.session.scalars(repo.SUBJECTS_BY_REF[model], {"refs": chunk})]
-        self._remember(model, rows, ids, refs)
+    def _load(self, kind: type[State], ids: list[int], refs: list[str]) -> None:
+        rows = [row for chunk in chunked(ids) for row in repo.read_states(self.session, repo.STATES_BY_ID[kind], kind, ids=chunk)]
+        rows += [row for chunk in chunked(refs) for row in repo.read_states(self.session, repo.STATES_BY_REF[kind], kind, refs=chunk)]
+        self._remember(kind, rows, ids, refs)
 
     def _remember(self, model: type, rows: Iterable[Any], ids: Iterable[int], refs: Iterable[str]) -> None:
         self._by_id.update(((model, i), None) for i in ids)
@@ -161,7 +161,7 @@ class Subjects:
             if row.external_ref is not None:
                 self._by_ref[(model, row.external_ref)] = row
 
-    def find(self, model: type[Subject], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> Subject | None:
+    def find(self, model: type[State], name: str, id_: int | None, ref: str | None, problems: list[FieldError]) -> State | None:
         """The customer or project an event names; a problem if it names none or both ways."""
         if id_ is not None and ref is not None:
             problems.append(FieldError(f"{name}_ref", f"give {name}_id or {name}_ref, not both"))
@@ -169,7 +169,7 @@ class Subjects:
         if ref is not None:
             key = (model, ref)
             if key not in self._by_ref:
-                self._by_ref[key] = self.session.scalar(repo.SUBJECT_BY_REF[model], {"ref": ref})
+                self._by_ref[key] = repo.read_state(self.session, model, ref=ref)
             row = self._by_ref[key]
             if row is None:
                 problems.append(FieldError(f"{name}_ref", f"no {name} with external_ref {ref!r}"))
@@ -177,7 +177,7 @@ class Subjects:
         if id_ is not None:
             key = (model, id_)
             if key not in self._by_id:
-                self._by_id[key] = self.session.scalar(repo.SUBJECT_BY_ID[model], {"id": id_})
+                self._by_id[key] = repo.read_state(self.session, model, id=id_)
             row = self._by_id[key]
             if row is None:
                 problems.append(FieldError(f"{name}_id", f"no {name} with id {id_}"))
@@ -248,8 +248,8 @@ def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: s
     existing = retraction_of(session, event_id)
     if existing is not None:
         return event, existing, []
-    customer = session.scalar(repo.SUBJECT_BY_ID[m.Customer], {"id": event.customer_id}) if event.customer_id else None
-    project = session.scalar(repo.SUBJECT_BY_ID[m.Project], {"id": event.project_id}) if event.project_id else None
+    customer = repo.read_state(session, CustomerState, id=event.customer_id) if event.customer_id else None
+    project = repo.read_state(session, ProjectState, id=event.project_id) if event.project_id else None
     job = Regrade(trigger={"kind": "retraction", "event_type": event.type, "event_id": event.id}, actor=actor, now=now)
     add_subjects(job, rulebook, customer, project, event.type)
     lock_customers(session, job)
@@ -287,7 +287,7 @@ def _stored_twin(session: Session, new: NewEvent) -> m.Event | None:
     return session.scalar(select(m.Event).where(m.Event.source == new.source, m.Event.external_id == new.external_id))
 
 
-def add_subjects(job: Regrade, rulebook: Rulebook, customer: m.Customer | None, project: m.Project | None, event_type: str) -> None:
+def add_subjects(job: Regrade, rulebook: Rulebook, customer: CustomerState | None, project: ProjectState | None, event_type: str) -> None:
     """Add to `job` what an event of this type for these subjects re-grades."""
     if customer is not None:
         job.customer_ids.add(customer.id)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.db.engine import run
+from app.domain.evaluation import HeatGrade
 from app.domain.rulebook import Label, Rulebook
 from app.domain.signatures import new_secret
 from app.errors import Conflict, NotFound
@@ -83,10 +84,11 @@ def _queue(session: Session, type: str, payload: Payload, now: datetime, subscri
     return message, deliveries
 
 
-def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange) -> dict[str, Any]:
+def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange, heat: HeatGrade | None = None) -> dict[str, Any]:
     """The body of a `customer.level_changed` or `project.heat_changed` message: the change,
     its subject, a summary of the evidence (the full snapshot is in the history), the
-    rulebook version and what triggered it."""
+    rulebook version and what triggered it. A project's tier comes from its new grade
+    (`heat`): the message is built before grading writes the project's row."""
     session.flush()  # the history row's id names it in the message
     if change.subject_type == "customer":
         customer = session.get(m.Customer, change.subject_id)
@@ -95,8 +97,8 @@ def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange) -
         label = rulebook.level_labels[change.new]
     else:
         project = session.get(m.Project, change.subject_id)
-        assert project is not None
-        tier, label = heat_tier(rulebook, project)
+        assert project is not None and heat is not None
+        tier, label = heat_tier(rulebook, heat.percent, heat.stage, heat.closed)
         subject = {
             "project": {"id": project.id, "name": project.name, "external_ref": project.external_ref, "owner_id": project.owner_id},
             "tier": tier,
@@ -116,12 +118,12 @@ def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange) -
     return {"type": GRADE_EVENT[change.subject_type], "timestamp": change.at.isoformat(), "data": data}
 
 
-def heat_tier(rulebook: Rulebook, project: m.Project) -> tuple[str, Label]:
-    """The project's tier name (cold, 30 … 90, won, lost) and its label."""
-    if project.closed and project.stage in rulebook.closed_labels:
-        return project.stage, rulebook.closed_labels[project.stage]
+def heat_tier(rulebook: Rulebook, heat: int, stage: str | None, closed: bool) -> tuple[str, Label]:
+    """A project's tier name (cold, 30 … 90, won, lost) and its label."""
+    if closed and stage in rulebook.closed_labels:
+        return stage, rulebook.closed_labels[stage]
     tiers = {t.value: t.label for t in rulebook.tiers}
-    return (str(project.heat), tiers[project.heat]) if project.heat in tiers else ("cold", rulebook.cold_label)
+    return (str(heat), tiers[heat]) if heat in tiers else ("cold", rulebook.cold_label)
 
 
 def evidence_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
