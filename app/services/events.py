@@ -81,14 +81,14 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     add_subjects(job, rulebook, checked.customer, checked.project, new.type)
     # Lock before inserting: whoever holds the subjects' rows grades them next.
     lock_customers(session, job)
-    event, created = store_event(session, checked, actor=actor, now=now)
-    if not created:
+    event, live = store_event(session, checked, actor=actor, now=now)
+    if live is None:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
     job.changed_events[event.id] = repo.to_fact(event, retracted=False)
-    # One read of the subscriptions serves this message and the grade changes' (grading
-    # reads them only for a type the job does not know yet).
-    job.subscribers.update(outbox.subscribers_by_type(session))
+    # The subscriptions the insert returned serve this message and the grade changes'
+    # (grading reads them only for a type the job does not know yet).
+    job.subscribers.update(outbox.subscribers_by_type(session, live))
     outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.event_payload(event), now, wanted=job.subscribers[outbox.EVENT_CREATED])
     return Recorded(event, regrade(session, rulebook, job), True)
 
@@ -192,19 +192,22 @@ def _keys(items: Sequence[NewEvent], id_attr: str, ref_attr: str) -> tuple[list[
     return ids, refs
 
 
-def store_event(session: Session, checked: Checked, *, actor: str | None, now: datetime) -> tuple[m.Event, bool]:
-    """Insert a checked event; (the event, True), or (its twin, False) if the same source +
-    external_id was stored first. The caller has locked the subjects' customers.
+def store_event(session: Session, checked: Checked, *, actor: str | None, now: datetime) -> tuple[m.Event, list[Any] | None]:
+    """Insert a checked event: (the event, the live webhook subscriptions as [id,
+    event_types] pairs), or (its twin, None) if the same source + external_id was stored
+    first. The caller has locked the subjects' customers.
 
-    One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id` (SQLite ≥ 3.35 and
-    PostgreSQL): a twin stored first, even by a concurrent writer, makes it return nothing,
-    without the look-up before and the savepoint around the insert this used to take."""
+    One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id, <subscriptions>` (SQLite
+    ≥ 3.35 and PostgreSQL): a twin stored first, even by a concurrent writer, makes it
+    return nothing, without the look-up before and the savepoint around the insert this
+    used to take; and the subscriptions the event's messages go to come back with the id,
+    without a read of their own."""
     values = event_values(checked, actor=actor, now=now)
-    event_id = run(session, INSERT_NEW_EVENT[session.get_bind().dialect.name], **values).scalar()
-    if event_id is not None:
+    row = run(session, _INSERT_RETURNING_SUBSCRIBERS[session.get_bind().dialect.name], **values).first()
+    if row is not None:
         # Not added to the session: the row is stored, this only carries its values.
-        return m.Event(id=event_id, **values), True
-    return twin_of(session, checked.new), False
+        return m.Event(id=row[0], **values), row[1] or []
+    return twin_of(session, checked.new), None
 
 
 def twin_of(session: Session, new: NewEvent) -> m.Event:
@@ -224,6 +227,7 @@ def _insert_new_event(dialect_insert: Callable[..., Any]) -> Any:
 
 
 INSERT_NEW_EVENT = {"postgresql": _insert_new_event(pg_insert), "sqlite": _insert_new_event(sqlite_insert)}
+_INSERT_RETURNING_SUBSCRIBERS = {dialect: insert.returning(outbox.live_subscriptions(dialect)) for dialect, insert in INSERT_NEW_EVENT.items()}
 
 
 def event_values(checked: Checked, *, actor: str | None, now: datetime) -> dict[str, Any]:

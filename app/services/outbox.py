@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 from uuid import uuid4
 
-from sqlalchemy import select, update
+from sqlalchemy import JSON, func, literal_column, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -51,7 +51,10 @@ def enqueue_each(session: Session, type: str, payloads: Callable[[], list[dict[s
             _queue(session, type, payload, now, wanted)
 
 
-_LIVE = select(m.Subscription.__table__.c.id, m.Subscription.__table__.c.event_types).where(m.Subscription.__table__.c.status.in_(("active", "paused"))).order_by(m.Subscription.__table__.c.id)
+_S = m.Subscription.__table__
+# Constants in the SQL, not parameters: an IN list of parameters is re-rendered per run.
+_IS_LIVE = _S.c.status.in_([literal_column("'active'"), literal_column("'paused'")])
+_LIVE = select(_S.c.id, _S.c.event_types).where(_IS_LIVE).order_by(_S.c.id)
 
 
 def subscribers(session: Session, type: str) -> list[int]:
@@ -59,10 +62,22 @@ def subscribers(session: Session, type: str) -> list[int]:
     return _wanting(run(session, _LIVE), type)
 
 
-def subscribers_by_type(session: Session) -> dict[str, list[int]]:
-    """`subscribers` of every message type a write queues (`EVENT_TYPES`), from one read."""
-    live = run(session, _LIVE).all()
+def subscribers_by_type(session: Session, live: Iterable[Any] | None = None) -> dict[str, list[int]]:
+    """`subscribers` of every message type a write queues (`EVENT_TYPES`), from one read,
+    or from the `live_subscriptions` a write's statement returned."""
+    live = run(session, _LIVE).all() if live is None else sorted(live)
     return {type: _wanting(live, type) for type in EVENT_TYPES}
+
+
+def live_subscriptions(dialect: str) -> Any:
+    """Every live subscription as one JSON array of [id, event_types] pairs: a scalar
+    subquery for a write's `INSERT … RETURNING`, which then needs no read of its own (on
+    PostgreSQL a read is a round trip, ~150 us of a single event POST's 2.5 ms)."""
+    if dialect == "postgresql":
+        pairs = func.coalesce(func.json_agg(func.json_build_array(_S.c.id, _S.c.event_types)), literal_column("'[]'::json"))
+    else:
+        pairs = func.json_group_array(func.json_array(_S.c.id, func.json(_S.c.event_types)))
+    return select(type_coerce(pairs, JSON)).where(_IS_LIVE).scalar_subquery()
 
 
 def _wanting(live: Iterable[Any], type: str) -> list[int]:
