@@ -55,6 +55,9 @@ class Regrade:
     actor: str | None
     now: datetime
     customer_ids: set[int] = field(default_factory=set)
+    # Customers locked but not re-graded for their own sake: the owners of projects whose
+    # logs the write changes (an owner's lock guards its projects' logs, app/db/logs.py).
+    guards: set[int] = field(default_factory=set)
     project_ids: set[int] = field(default_factory=set)
     # Customers whose own project-less events a project criterion reads (e.g. `advocates`
     # for H70.3): their projects are re-graded even if their level stays.
@@ -105,10 +108,12 @@ def initial_heat(rulebook: Rulebook, project: m.Project, owner: CustomerState, n
 
 
 def lock_customers(session: Session, job: Regrade) -> dict[int, CustomerState]:
-    """Lock the customers `job` re-grades, once: a write locks them before it inserts (so
-    whoever holds the rows grades them next), and `regrade` reuses those rows."""
-    if not job.customer_ids <= job.locked.keys():
-        job.locked = repo.lock_customers(session, job.customer_ids)  # all of them again, in id order
+    """Lock the customers `job` re-grades (and its `guards`), once: a write locks them
+    before it inserts (so whoever holds the rows grades them next), and `regrade` reuses
+    those rows. Returns those it re-grades."""
+    wanted = job.customer_ids | job.guards
+    if not wanted <= job.locked.keys():
+        job.locked = repo.lock_customers(session, wanted)  # all of them again, in id order
     return {cid: job.locked[cid] for cid in sorted(job.customer_ids)}
 
 

@@ -299,7 +299,11 @@ def add_subjects(job: Regrade, rulebook: Rulebook, customer: CustomerState | Non
             job.fan_out_from.add(customer.id)
     if project is not None:
         job.project_ids.add(project.id)
-        job.customer_ids.add(project.owner_id)
+        # The owner's lock guards the project's log (app/db/logs.py); its level reads only
+        # the owned projects' events of some types (`owned_project_event_types`).
+        job.guards.add(project.owner_id)
+        if event_type in rulebook.owned_project_event_types:
+            job.customer_ids.add(project.owner_id)
 
 
 def get_event(session: Session, event_id: int) -> m.Event:
