@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
-from sqlalchemy import Text, Update, bindparam, case, cast, func, or_, select, update
+from sqlalchemy import Text, Update, bindparam, case, cast, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -24,6 +23,7 @@ from app.db.facts import CustomerState, ProjectState
 from app.db import models as m
 from app.db.engine import run_many
 from app.db.logs import WriteLogs
+from app.db.types import encode_grade, grade_digest
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
 from app.domain.facts import CustomerFacts, Event, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
@@ -99,12 +99,14 @@ def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> No
     """Grade a customer that has no events yet (so its criteria and gap show from the start)."""
     grade = evaluate_level(rulebook, CustomerFacts(customer.id or 0, customer.kind, ()), now)
     customer.level, customer.level_since, customer.grade = grade.level, now, snapshot(grade)
+    customer.grade_hash = grade_digest(_head(customer, _HEAD[CustomerState]), encode_grade(customer.grade))
 
 
 def initial_heat(rulebook: Rulebook, project: m.Project, owner: CustomerState, now: datetime) -> None:
     grade = evaluate_heat(rulebook, ProjectFacts(project.id or 0, LinkedCustomer(owner.id, owner.level), ()), now)
     project.heat, project.heat_since, project.stage, project.closed = grade.percent, now, grade.stage, grade.closed
     project.grade = snapshot(grade)
+    project.grade_hash = grade_digest(_head(project, _HEAD[ProjectState]), encode_grade(project.grade))
 
 
 def lock_customers(session: Session, job: Regrade) -> dict[int, CustomerState]:
@@ -178,37 +180,36 @@ def _regrade_project(
     return Effect("project", project.id, HEAT, old, grade.percent)
 
 
-def _update(table: Any, metric: str, since: str, columns: tuple[str, ...], compared: tuple[str, ...], dialect: str) -> Update:
-    """The UPDATE of a re-graded row. It counts a new version only where one of the
-    `compared` columns differs from its new value, and writes the row only then or where
-    its log changed (`log_stamp`, app/db/logs.py): the database compares the stored grade, so
-    a write never reads and decodes it (the old grades' JSON was 15 % of a batch import).
-    The new grade comes as JSON text, encoded once for the SET and the comparison. The
-    `since` column (level_since, heat_since) takes the write's time only where the `metric`
-    (level, heat) changes: a SET reads the row as it was before the UPDATE, on both
-    engines, so a write need not read the old date to keep it."""
+def _update(table: Any, metric: str, since: str, columns: tuple[str, ...], dialect: str) -> Update:
+    """The UPDATE of a re-graded row: its new grade, digest and log stamp, and a new version
+    if its grade differs (`new_bump`, decided by `Writes` from the digests). The `since`
+    column (level_since, heat_since) takes the write's time only where the `metric` (level,
+    heat) changes: a SET reads the row as it was before the UPDATE, on both engines, so a
+    write need not read the old date to keep it. The new grade comes as JSON text, encoded
+    once for its digest and its column."""
+    new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "grade_hash", "log_stamp")}
     text = bindparam("new_grade", type_=Text)
-    new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "log_stamp")}
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
-    pairs = {name: (table.c[name], new[name]) for name in compared}  # jsonb compares by value
-    if dialect == "sqlite":
-        # SQLite keeps JSON as text: compare it minified by json(), whichever encoder wrote it.
-        pairs["grade"] = (func.json(table.c.grade), func.json(text))
-    differs = or_(*(stored.is_distinct_from(value) for stored, value in pairs.values()))
-    version = table.c.version + case((differs, 1), else_=0)
     new[since] = case((table.c[metric].is_distinct_from(new[metric]), bindparam("new_since", type_=table.c[since].type)), else_=table.c[since])
-    return update(table).where(table.c.id == bindparam("row_id"), or_(differs, table.c.log_stamp != new["log_stamp"])).values({**new, "version": version})
+    return update(table).where(table.c.id == bindparam("row_id")).values({**new, "version": table.c.version + bindparam("new_bump")})
 
 
+# What a grade's digest covers besides the grade itself (`grade_digest`): what else the
+# UPDATE sets and a new version counts.
+_HEAD = {CustomerState: ("level",), ProjectState: ("heat", "stage", "closed")}
 _UPDATES = {
-    (kind, dialect): _update(table, metric, since, columns, compared, dialect)
+    (kind, dialect): _update(table, metric, since, _HEAD[kind], dialect)
     for dialect in ("sqlite", "postgresql")
-    for kind, table, metric, since, columns, compared in [
-        (CustomerState, m.Customer.__table__, "level", "level_since", ("grade", "level"), ("grade", "level")),
-        (ProjectState, m.Project.__table__, "heat", "heat_since", ("grade", "stage", "closed", "heat"), ("grade", "heat", "stage")),
+    for kind, table, metric, since in [
+        (CustomerState, m.Customer.__table__, "level", "level_since"),
+        (ProjectState, m.Project.__table__, "heat", "heat_since"),
     ]
 }
 _SUBJECT = {CustomerState: "customer", ProjectState: "project"}
+
+
+def _head(row: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in names)
 
 
 class Writes:
@@ -216,25 +217,37 @@ class Writes:
     table, run once with every row's values (executemany), not once per row (a batch
     import re-grades hundreds of subjects, and a statement's round through SQLAlchemy
     cost more than the database's own work on the row). The ORM's unit of work would have
-    spent more still on finding and writing the changes."""
+    spent more still on finding and writing the changes.
+
+    A row is written only if its grade or its log changed. Whether the grade changed is
+    told by its digest (`grade_hash`), read with the row's state: the database neither
+    returns the stored grade nor compares it (comparing JSON in the UPDATE had the
+    database parse both grades, on PostgreSQL three times per row)."""
 
     def __init__(self, logs: WriteLogs) -> None:
         self._logs = logs
         self._rows: dict[type, list[dict[str, Any]]] = {}
 
     def add(self, state: CustomerState | ProjectState, *, grade: dict[str, Any], since: datetime, **values: Any) -> None:
-        """Queue the new grade of `state`'s row (and its log's stamp), and give `state` its
-        new stamp: a later read in this write knows the row as it will be."""
-        state.log_stamp = self._logs.stamp((_SUBJECT[type(state)], state.id), state.log_stamp)
+        """Queue the new grade of `state`'s row (and its log's stamp) if either changed, and
+        give `state` its new digest and stamp: a later read in this write knows the row as
+        it will be."""
+        kind = type(state)
+        encoded = encode_grade(grade)
+        digest = grade_digest(tuple(values[name] for name in _HEAD[kind]), encoded)
+        stamp = self._logs.stamp((_SUBJECT[kind], state.id), state.log_stamp)
+        if digest == state.grade_hash and stamp == state.log_stamp:
+            return
+        params = {"row_id": state.id, "new_since": since, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(digest != state.grade_hash)}
         # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
         # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
-        params = {"row_id": state.id, "new_grade": orjson.dumps(grade).decode(), "new_since": since, "new_log_stamp": state.log_stamp}
+        params["new_grade"] = encoded.decode()
         params.update((f"new_{name}", value) for name, value in values.items())
-        self._rows.setdefault(type(state), []).append(params)
+        self._rows.setdefault(kind, []).append(params)
+        state.grade_hash, state.log_stamp = digest, stamp
 
     def flush(self, session: Session) -> None:
-        """Write what was added. A row whose grade and log did not change is not written
-        (the UPDATE's condition)."""
+        """Write what was added."""
         dialect = session.get_bind().dialect.name
         for kind, params in self._rows.items():
             run_many(session, _UPDATES[kind, dialect], params)

@@ -32,6 +32,7 @@ class CustomerState:
     external_ref: str | None
     level: int
     log_stamp: int
+    grade_hash: int | None
 
 
 @dataclass(slots=True, eq=False)
@@ -43,13 +44,14 @@ class ProjectState:
     external_ref: str | None
     heat: int
     log_stamp: int
+    grade_hash: int | None
 
 
 State = TypeVar("State", CustomerState, ProjectState)
 C, P = m.Customer.__table__, m.Project.__table__
 _COLUMNS = {
-    CustomerState: (C.c.id, C.c.kind, C.c.external_ref, C.c.level, C.c.log_stamp),
-    ProjectState: (P.c.id, P.c.owner_id, P.c.external_ref, P.c.heat, P.c.log_stamp),
+    CustomerState: (C.c.id, C.c.kind, C.c.external_ref, C.c.level, C.c.log_stamp, C.c.grade_hash),
+    ProjectState: (P.c.id, P.c.owner_id, P.c.external_ref, P.c.heat, P.c.log_stamp, P.c.grade_hash),
 }
 
 

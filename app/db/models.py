@@ -56,6 +56,10 @@ class Customer(Base):
     # Replaced by a new random stamp with every change to the customer's log (an event
     # naming it, or its retraction), in the transaction of the change: app/db/logs.py.
     log_stamp: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The digest of (level, grade) (app/db/types.py `grade_digest`): a write compares its new
+    # grade with this, not with the stored JSON. Set with every grade; NULL only if a row
+    # was written otherwise, and then the next grading writes it.
+    grade_hash: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
@@ -80,6 +84,8 @@ class Project(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     # As Customer.log_stamp, for the events naming the project.
     log_stamp: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # As Customer.grade_hash, of (heat, stage, closed, grade).
+    grade_hash: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import datetime, timezone
@@ -35,6 +36,22 @@ def loads_json(text: str | bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(text)
+
+
+def encode_grade(grade: dict[str, Any]) -> bytes:
+    """A stored grade as JSON, keys sorted: one grade, one encoding, whatever the order its
+    dicts were built or decoded in (PostgreSQL's jsonb keeps keys in an order of its own)."""
+    return orjson.dumps(grade, option=orjson.OPT_SORT_KEYS)
+
+
+def grade_digest(head: tuple[Any, ...], encoded: bytes) -> int:
+    """A signed 64-bit digest of a subject's grade: its `head` (a customer's level; a
+    project's heat, stage and closed) and its `encode_grade` JSON. Stored beside the grade
+    (`grade_hash`), so a write knows whether a new grade differs without reading or
+    comparing the stored one. Changing this function needs a migration that recomputes
+    every stored digest (as 2026_12_05 grade_hash computes the first ones)."""
+    text = json.dumps(list(head)).encode() + b"\n" + encoded
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
