@@ -29,7 +29,7 @@ from sqlalchemy import insert, select
 
 from app.api.schemas import EventIn, PathId
 from app.db import models as m
-from app.db.engine import WRITE, make_engine
+from app.db.engine import WRITE_BEGIN, make_engine, sqlite_begin
 
 EVENTS = m.Event.__table__
 CUSTOMERS = m.Customer.__table__
@@ -37,13 +37,12 @@ CUSTOMERS = m.Customer.__table__
 
 def create_app() -> FastAPI:
     engine = make_engine(os.environ["FLOOR_DATABASE_URL"])
-    writer = engine.execution_options(**{WRITE: True})
     turns = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
     app = FastAPI()
 
     @app.post("/events", status_code=201)
     def record(body: EventIn) -> dict[str, int]:
-        with turns, writer.begin() as conn:
+        with turns, sqlite_begin(WRITE_BEGIN), engine.begin() as conn:
             row = conn.execute(
                 insert(EVENTS).returning(EVENTS.c.id),
                 {**body.model_dump(exclude={"customer_ref", "project_ref"}), "recorded_at": datetime.now(timezone.utc), "actor": "floor"},

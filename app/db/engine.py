@@ -14,6 +14,7 @@ import sqlite3
 import time
 import threading
 from contextlib import closing, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import Connection, Engine, Executable, Result, create_engine, event
@@ -27,10 +28,29 @@ from app.db.types import loads_json
 if TYPE_CHECKING:
     from app.settings import Settings
 
-WRITE = "rapport_write"
-# An execution option of SQLite connections whose statements each run on their own, with
-# no BEGIN around them (see `Database.read`).
-AUTOCOMMIT = "rapport_autocommit"
+# How a SQLite transaction begins in this thread's context: BEGIN (a read: one snapshot
+# from the first statement), BEGIN IMMEDIATE (a write: the write lock from the first
+# statement, so writers queue instead of failing mid-transaction), or None (each statement
+# on its own, see `Database.read`). Set with `sqlite_begin`.
+_SQLITE_BEGIN: ContextVar[str | None] = ContextVar("rapport_sqlite_begin", default="BEGIN")
+WRITE_BEGIN = "BEGIN IMMEDIATE"
+
+
+@contextmanager
+def sqlite_begin(statement: str | None) -> Iterator[None]:
+    """SQLite transactions begun inside this block begin with `statement` (or nothing)."""
+    token = _SQLITE_BEGIN.set(statement)
+    try:
+        yield
+    finally:
+        _SQLITE_BEGIN.reset(token)
+
+
+def _do_begin(dbapi_connection: Any) -> None:
+    """The SQLite dialect's `do_begin`: pysqlite (isolation_level None) begins nothing itself."""
+    statement = _SQLITE_BEGIN.get()
+    if statement is not None:
+        dbapi_connection.execute(statement)
 # SQLSTATEs with which PostgreSQL rolls a transaction back and asks for it to be run again:
 # serialization_failure, deadlock_detected, and lock_not_available (only if a lock_timeout
 # is configured on the server or role; Rapport sets none).
@@ -109,12 +129,10 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # noqa: ANN001
-            options = conn.get_execution_options()
-            if not options.get(AUTOCOMMIT):
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(WRITE) else "BEGIN")
-
+        # The dialect's own begin, not SQLAlchemy's "begin" event: an engine with a listener
+        # for any connection event dispatches every event of every statement, and that was
+        # a fifth of a one-statement read's CPU (docs/performance.md, "The begin round").
+        engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
         return engine
     # No pool_pre_ping: it cost a round trip on every checkout (0.65 ms of CPU per event
     # POST, 12 %). Every request's first use of the database is its key check, a read that
@@ -130,14 +148,15 @@ class Database:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self._read = sessionmaker(bind=engine, expire_on_commit=False)
-        self._write = sessionmaker(bind=engine.execution_options(**{WRITE: True}), expire_on_commit=False)
+        self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
         # `read` runs one statement, which needs no transaction around it: no BEGIN and
-        # ROLLBACK statements on SQLite, and on PostgreSQL no BEGIN and ROLLBACK round trips
-        # (psycopg sends each on its own). Not SQLAlchemy's AUTOCOMMIT level on SQLite: at
-        # check-in it resets pysqlite's isolation_level, which `make_engine` keeps at None.
-        self._autocommit = engine.execution_options(**({AUTOCOMMIT: True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}))
+        # ROLLBACK statements on SQLite (`sqlite_begin(None)`), and on PostgreSQL no BEGIN and
+        # ROLLBACK round trips (psycopg sends each on its own). Not SQLAlchemy's AUTOCOMMIT
+        # level on SQLite: at check-in it resets pysqlite's isolation_level, which
+        # `make_engine` keeps at None.
+        self._autocommit = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
@@ -154,7 +173,7 @@ class Database:
     def session(self, *, write: bool) -> Iterator[Session]:
         """The one place that commits: commit on success, roll back on any error."""
         factory = self._write if write else self._read
-        with self._writer if write else nullcontext(), factory() as session:
+        with self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), factory() as session:
             try:
                 yield session
                 if write:
@@ -172,14 +191,15 @@ class Database:
         idle timeout) fails its first statement; SQLAlchemy then discards it and every
         connection pooled before it, and the read runs once more, on a fresh one. A read can
         safely run twice; a write can not, so this is only for reads."""
-        try:
+        with sqlite_begin(None):
+            try:
+                with self._autocommit.connect() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
             with self._autocommit.connect() as conn:
                 return work(conn)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-        with self._autocommit.connect() as conn:
-            return work(conn)
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run
