@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from app.api import schemas as s
 from app.db import models as m
 from app.domain.rulebook import Label, Rulebook
+from app.services.events import StoredEvent
 
 
 def _labels(rulebook: Rulebook) -> dict[str, Label]:
@@ -118,12 +119,12 @@ def event(e: m.Event, retraction: m.Retraction | None) -> s.EventOut:
     return s.EventOut(**_event_fields(e, retraction))
 
 
-def recorded_event(e: m.Event, retraction: m.Retraction | None, effects: list[dict[str, Any]]) -> s.EventRecordedOut:
+def recorded_event(e: m.Event | StoredEvent, retraction: m.Retraction | None, effects: list[dict[str, Any]]) -> s.EventRecordedOut:
     """The answer to a write of an event: the event and the grade changes the write caused."""
     return s.EventRecordedOut(**_event_fields(e, retraction), effects=effects)
 
 
-def _event_fields(e: m.Event, retraction: m.Retraction | None) -> dict[str, Any]:
+def _event_fields(e: m.Event | StoredEvent, retraction: m.Retraction | None) -> dict[str, Any]:
     return {
         "id": e.id,
         "type": e.type,

@@ -150,13 +150,8 @@ def evidence_summary(snapshot: dict[str, Any]) -> dict[str, Any]:
 EVENT_FIELDS = ("type", "customer_id", "project_id", "occurred_at", "attributes", "source", "external_id", "actor", "recorded_at")
 
 
-def event_payload(event: m.Event) -> dict[str, Any]:
-    """The body of an `event.created` message."""
-    return stored_event_payload(event.id, {name: getattr(event, name) for name in EVENT_FIELDS})
-
-
 def stored_event_payload(event_id: int, values: dict[str, Any]) -> dict[str, Any]:
-    """The same, from the values a batch inserted."""
+    """The body of an `event.created` message, from the values a write inserted."""
     data = {"id": event_id, **{k: values[k] for k in EVENT_FIELDS if k != "recorded_at"}}
     data["occurred_at"] = values["occurred_at"].isoformat()
     return {"type": EVENT_CREATED, "timestamp": values["recorded_at"].isoformat(), "data": {"event": data}}
