@@ -44,9 +44,12 @@ class Gated(APIRoute):
                 authorization = request.headers.get("authorization")
                 if ctx.db.is_sqlite:
                     # On the event loop: reading one row of an embedded database by an index
-                    # costs less than the hand-off to a worker thread and back (~0.1 ms of
-                    # CPU per request, docs/performance.md). A server's database is across
-                    # a network, and a wait there would stall every request: a thread.
+                    # costs less than the hand-off to a worker thread and back (0.15-0.35 ms
+                    # of a served POST's CPU, docs/performance.md "The state round"). The
+                    # loop can wait here only for a pooled connection when every one is
+                    # held, and worker threads return theirs without the loop. A server's
+                    # database is across a network, and a wait there would stall every
+                    # request: a thread.
                     key = api_key(ctx.db, authorization)
                 else:
                     key = await run_in_threadpool(api_key, ctx.db, authorization)

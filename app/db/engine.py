@@ -131,7 +131,7 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
 
         # The dialect's own begin, not SQLAlchemy's "begin" event: an engine with a listener
         # for any connection event dispatches every event of every statement, and that was
-        # a fifth of a one-statement read's CPU (docs/performance.md, "The begin round").
+        # a fifth of a one-statement read's CPU (docs/performance.md, "The state round").
         engine.dialect.do_begin = _do_begin  # type: ignore[method-assign]
         return engine
     # No pool_pre_ping: it cost a round trip on every checkout (0.65 ms of CPU per event
