@@ -11,7 +11,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event
 
+from app import grading
 from app.db.engine import Database
+from app.domain.evaluation import evaluate_heat, evaluate_level
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent, record_event, retract_event
@@ -93,8 +95,8 @@ def test_every_statement_of_an_event_uses_an_index(db: Database) -> None:
 
 
 def test_writing_an_event_never_reads_a_stored_grade(db: Database) -> None:
-    """Grading writes a new grade with an UPDATE that the database applies only if it
-    differs; the old one is never fetched and decoded (it was 15 % of a batch import)."""
+    """Grading tells from the stored grade's digest whether a new grade differs; the old
+    grade is never fetched and decoded (it was 15 % of a batch import)."""
     empty_tables(db.engine)
     _add_unrelated(db, 3)
     statements = _probe(db)  # a level change, the heat it moves, then a retraction
@@ -122,3 +124,24 @@ def test_an_event_reads_its_customer_row_once(db: Database) -> None:
         event.remove(db.engine, "before_cursor_execute", capture)
     reads = [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and re.search(r"\bFROM customers\b", sql)]
     assert len(reads) == 1, reads
+    # The webhook subscriptions come back with the INSERT, not from a read of their own.
+    assert not [sql for sql in statements if sql.lstrip().upper().startswith("SELECT") and "webhook_subscriptions" in sql]
+
+
+def test_a_bid_re_grades_the_bidder_and_the_project_not_the_owner(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An owner's level reads only its projects' events of some types (stage_changed,
+    tender_brand): a bid on its project leaves it alone, a stage change does not."""
+    empty_tables(db.engine)
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "owner", "kind": "owner"}, now=NOW).id
+        installer = create_customer(s, RULEBOOK, {"name": "installer", "kind": "installer"}, now=NOW).id
+        project = create_project(s, RULEBOOK, {"name": "project", "owner_id": owner}, now=NOW).id
+    graded: list[tuple[str, int]] = []
+    monkeypatch.setattr(grading, "evaluate_level", lambda rulebook, facts, now: graded.append(("customer", facts.customer_id)) or evaluate_level(rulebook, facts, now))
+    monkeypatch.setattr(grading, "evaluate_heat", lambda rulebook, facts, now: graded.append(("project", facts.project_id)) or evaluate_heat(rulebook, facts, now))
+    for type_, customer, attrs in [("bid_joined", installer, {"with_our_product": True}), ("stage_changed", None, {"stage": "bidding"})]:
+        graded.clear()
+        with db.session(write=True) as s:
+            record_event(s, RULEBOOK, NewEvent(type=type_, customer_id=customer, project_id=project, attributes=attrs, occurred_at=NOW), actor="t", now=NOW)
+        expected = [("customer", installer), ("project", project)] if type_ == "bid_joined" else [("customer", owner), ("project", project)]
+        assert graded == expected, type_
