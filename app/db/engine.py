@@ -51,6 +51,8 @@ def _do_begin(dbapi_connection: Any) -> None:
     statement = _SQLITE_BEGIN.get()
     if statement is not None:
         dbapi_connection.execute(statement)
+
+
 # SQLSTATEs with which PostgreSQL rolls a transaction back and asks for it to be run again:
 # serialization_failure, deadlock_detected, and lock_not_available (only if a lock_timeout
 # is configured on the server or role; Rapport sets none).

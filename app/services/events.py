@@ -104,11 +104,12 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     if live is None:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
-    job.changed_events[event.id] = repo.stored_fact(event.id, event_values_of(event))
+    values = event_values_of(event)
+    job.changed_events[event.id] = repo.stored_fact(event.id, values)
     # The subscriptions the insert returned serve this message and the grade changes'
     # (grading reads them only for a type the job does not know yet).
     job.subscribers.update(outbox.subscribers_by_type(session, live))
-    outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.stored_event_payload(event.id, event_values_of(event)), now, wanted=job.subscribers[outbox.EVENT_CREATED])
+    outbox.enqueue(session, outbox.EVENT_CREATED, lambda: outbox.stored_event_payload(event.id, values), now, wanted=job.subscribers[outbox.EVENT_CREATED])
     return Recorded(event, regrade(session, rulebook, job), True)
 
 
