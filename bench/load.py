@@ -44,6 +44,15 @@ class Run:
     failed: int = 0
     late: int = 0
     failures: list[str] = field(default_factory=list)
+    # CPU seconds (user, system) the server's processes spent while the run was measured
+    # (closed loop only; None where /proc cannot tell).
+    server_cpu: tuple[float, float] | None = None
+
+    def server_cpu_ms(self) -> tuple[float, float] | None:
+        """Server CPU milliseconds (user, system) per answered request."""
+        if self.server_cpu is None or not self.latencies:
+            return None
+        return self.server_cpu[0] * 1000 / len(self.latencies), self.server_cpu[1] * 1000 / len(self.latencies)
 
     @property
     def throughput(self) -> float:
@@ -134,8 +143,16 @@ def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: floa
                     run.latencies.append(done - sent)
             connection.close()
 
+        async def watch_cpu() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            before = server_cpu(base_url)
+            await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+            after = server_cpu(base_url)
+            if before is not None and after is not None:
+                run.server_cpu = (after[0] - before[0], after[1] - before[1])
+
         connect = _connections(base_url, headers or {})
-        await asyncio.gather(*(one_client() for _ in range(clients)))
+        await asyncio.gather(watch_cpu(), *(one_client() for _ in range(clients)))
         return run
 
     return asyncio.run(go())
@@ -183,6 +200,34 @@ def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, 
     return asyncio.run(go())
 
 
+# The process id of each server `server` runs, by base URL.
+_SERVED: dict[str, int] = {}
+
+
+def server_cpu(base_url: str) -> tuple[float, float] | None:
+    """CPU seconds (user, system) spent so far by the server at `base_url` and every
+    process under it (uvicorn's workers), from /proc; None where there is no /proc."""
+    root = _SERVED.get(base_url)
+    if root is None or not os.path.isdir("/proc"):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float, float]] = {}  # pid -> (parent, user, system)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            stats[int(name)] = (int(fields[1]), int(fields[11]) / tick, int(fields[12]) / tick)
+    tree, grew = {root}, True
+    while grew:
+        children = {pid for pid, (parent, _, _) in stats.items() if parent in tree} - tree
+        tree |= children
+        grew = bool(children)
+    return sum(stats[p][1] for p in tree if p in stats), sum(stats[p][2] for p in tree if p in stats)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -199,6 +244,7 @@ def server(app: str, env: dict[str, str], *, workers: int = 1, ready_path: str =
                "--workers", str(workers), "--no-access-log", "--log-level", "warning", "--app-dir", str(ROOT / "bench")]
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     base = f"http://127.0.0.1:{port}"
+    _SERVED[base] = process.pid
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -214,6 +260,7 @@ def server(app: str, env: dict[str, str], *, workers: int = 1, ready_path: str =
             time.sleep(0.2)
         yield base
     finally:
+        _SERVED.pop(base, None)
         process.terminate()
         try:
             process.wait(timeout=15)

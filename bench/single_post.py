@@ -17,7 +17,8 @@ For each server, in turn:
 
 Every request is a new event (unique source + external_id) from `batch_import.make_events`'s
 mix. Rapport's POSTs go to `/v1/events` with an admin key (per-key rate limit off). It prints throughput and
-p50/p99/p99.9 for both, and the ratios Rapport / floor (targets: throughput ≥ 0.6, p99 ≤ 2×).
+p50/p99/p99.9 for both, and the ratios Rapport / floor (targets: throughput ≥ 0.6, p99 ≤ 2×),
+and, where /proc tells, each server's own CPU per answered request in the closed loop.
 Without --url it uses temporary SQLite files (WAL, synchronous=NORMAL); with a PostgreSQL
 URL it creates and drops `<name>_api` and `<name>_floor` (the name must contain "bench" or
 "test").
@@ -94,6 +95,12 @@ def main() -> None:
         print(figures_row("floor (validate + insert one row)", runs["floor", shape]))
         print(figures_row("Rapport POST /v1/events", runs["rapport", shape]))
         print(ratio_row("Rapport / floor", runs["rapport", shape], runs["floor", shape]))
+    floor_cpu, rapport_cpu = (runs[who, "closed"].server_cpu_ms() for who in ("floor", "rapport"))
+    if floor_cpu and rapport_cpu:
+        # The server processes' own CPU (from /proc): on one core of Python, a request's CPU
+        # is what bounds the closed loop's throughput.
+        print(f" server CPU per answered request, closed loop (user + system): floor {floor_cpu[0]:.3f} + {floor_cpu[1]:.3f} ms, "
+              f"Rapport {rapport_cpu[0]:.3f} + {rapport_cpu[1]:.3f} ms; floor / Rapport {sum(floor_cpu) / sum(rapport_cpu):.3f}")
     for (who, shape), run in runs.items():
         for failure in run.failures:
             print(f"  {who} {shape} failure: {failure}")
