@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
@@ -100,11 +100,11 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     add_subjects(job, rulebook, checked.customer, checked.project, new.type)
     # Lock before inserting: whoever holds the subjects' rows grades them next.
     lock_customers(session, job)
-    event, live = store_event(session, checked, actor=actor, now=now)
+    values = event_values(checked, actor=actor, now=now)
+    event, live = store_event(session, new, values)
     if live is None:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
-    values = event_values_of(event)
     job.changed_events[event.id] = repo.stored_fact(event.id, values)
     # The subscriptions the insert returned serve this message and the grade changes'
     # (grading reads them only for a type the job does not know yet).
@@ -212,21 +212,20 @@ def _keys(items: Sequence[NewEvent], id_attr: str, ref_attr: str) -> tuple[list[
     return ids, refs
 
 
-def store_event(session: Session, checked: Checked, *, actor: str | None, now: datetime) -> tuple[StoredEvent | m.Event, list[Any] | None]:
-    """Insert a checked event: (the event, the live webhook subscriptions as [id,
-    event_types] pairs), or (its twin, None) if the same source + external_id was stored
-    first. The caller has locked the subjects' customers.
+def store_event(session: Session, new: NewEvent, values: dict[str, Any]) -> tuple[StoredEvent | m.Event, list[Any] | None]:
+    """Insert the row of the checked event `new` (its `event_values`): (the event, the live
+    webhook subscriptions as [id, event_types] pairs), or (its twin, None) if the same
+    source + external_id was stored first. The caller has locked the subjects' customers.
 
     One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id, <subscriptions>` (SQLite
     ≥ 3.35 and PostgreSQL): a twin stored first, even by a concurrent writer, makes it
     return nothing, without the look-up before and the savepoint around the insert this
     used to take; and the subscriptions the event's messages go to come back with the id,
     without a read of their own."""
-    values = event_values(checked, actor=actor, now=now)
     row = run(session, _INSERT_RETURNING_SUBSCRIBERS[session.get_bind().dialect.name], **values).first()
     if row is not None:
         return StoredEvent(id=row[0], **values), row[1] or []
-    return twin_of(session, checked.new), None
+    return twin_of(session, new), None
 
 
 def twin_of(session: Session, new: NewEvent) -> m.Event:
@@ -264,11 +263,6 @@ def event_values(checked: Checked, *, actor: str | None, now: datetime) -> dict[
         "actor": actor,
         "note": new.note,
     }
-
-
-def event_values_of(event: StoredEvent) -> dict[str, Any]:
-    """The stored row's values of an event this write stored (as `event_values` gave them)."""
-    return {f.name: getattr(event, f.name) for f in fields(StoredEvent) if f.name != "id"}
 
 
 def retract_event(session: Session, rulebook: Rulebook, event_id: int, reason: str, *, actor: str | None, now: datetime) -> tuple[m.Event, m.Retraction, list[Effect]]:
