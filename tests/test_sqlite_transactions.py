@@ -1,6 +1,6 @@
 """How SQLite transactions begin (app/db/engine.py): a write session holds the database's
 write lock from its first statement, a read session reads one snapshot, and
-`Database.read` runs its statement with no transaction around it."""
+`Database.first` runs its statement with no transaction around it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, column, select, table, text
 
 from app.db.engine import Database, make_engine
 
@@ -51,9 +51,18 @@ def test_a_read_session_reads_one_snapshot(sqlite_db) -> None:  # noqa: ANN001
     other.close()
 
 
-def test_a_one_statement_read_runs_outside_any_transaction(sqlite_db) -> None:  # noqa: ANN001
-    db, _ = sqlite_db
-    assert db.read(lambda conn: (conn.execute(text("SELECT 1")).scalar(), conn.connection.dbapi_connection.in_transaction)) == (1, False)
+def test_a_one_statement_read_leaves_no_transaction_open(sqlite_db) -> None:  # noqa: ANN001
+    db, path = sqlite_db
+    other = _other_writer(path)
+    other.execute("INSERT INTO t VALUES (1), (2), (3)")
+    t = table("t", column("x"))
+    # Rows are left unread: the driver's statement would still be stepping through them.
+    assert db.first(select(t.c.x).order_by(t.c.x)) == (1,)
+    assert db.first(select(t.c.x).where(t.c.x == bindparam("x")), x=4) is None
+    # A reader still inside its snapshot would keep the WAL from being reset (busy = 1).
+    busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    other.close()
     # and a write session that follows still begins as a write
     with db.session(write=True) as session:
         session.execute(text("SELECT 1"))

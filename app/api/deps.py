@@ -58,9 +58,9 @@ def api_key(db: Database, authorization: str | None) -> Key:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("send Authorization: Bearer <api key>", headers=BEARER)
     secret = authorization[7:].strip()
-    # A bare connection, not a Session: this runs before every request. It is also the
-    # request's first use of the database, so `read` replaces a connection that died in the pool.
-    key = db.read(lambda conn: authenticate(conn, secret)) if secret else None
+    # One statement, not a Session: this runs before every request. It is also the
+    # request's first use of the database, so `first` replaces a connection that died in the pool.
+    key = authenticate(db, secret) if secret else None
     if key is None:
         raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
     return key

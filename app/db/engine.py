@@ -15,9 +15,10 @@ import time
 import threading
 from contextlib import closing, contextmanager, nullcontext
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, Result, create_engine, event
+from sqlalchemy import Dialect, Engine, Executable, Result, Select, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,16 +30,15 @@ if TYPE_CHECKING:
     from app.settings import Settings
 
 # How a SQLite transaction begins in this thread's context: BEGIN (a read: one snapshot
-# from the first statement), BEGIN IMMEDIATE (a write: the write lock from the first
-# statement, so writers queue instead of failing mid-transaction), or None (each statement
-# on its own, see `Database.read`). Set with `sqlite_begin`.
-_SQLITE_BEGIN: ContextVar[str | None] = ContextVar("rapport_sqlite_begin", default="BEGIN")
+# from the first statement) or BEGIN IMMEDIATE (a write: the write lock from the first
+# statement, so writers queue instead of failing mid-transaction). Set with `sqlite_begin`.
+_SQLITE_BEGIN: ContextVar[str] = ContextVar("rapport_sqlite_begin", default="BEGIN")
 WRITE_BEGIN = "BEGIN IMMEDIATE"
 
 
 @contextmanager
-def sqlite_begin(statement: str | None) -> Iterator[None]:
-    """SQLite transactions begun inside this block begin with `statement` (or nothing)."""
+def sqlite_begin(statement: str) -> Iterator[None]:
+    """SQLite transactions begun inside this block begin with `statement`."""
     token = _SQLITE_BEGIN.set(statement)
     try:
         yield
@@ -48,9 +48,7 @@ def sqlite_begin(statement: str | None) -> Iterator[None]:
 
 def _do_begin(dbapi_connection: Any) -> None:
     """The SQLite dialect's `do_begin`: pysqlite (isolation_level None) begins nothing itself."""
-    statement = _SQLITE_BEGIN.get()
-    if statement is not None:
-        dbapi_connection.execute(statement)
+    dbapi_connection.execute(_SQLITE_BEGIN.get())
 
 
 # SQLSTATEs with which PostgreSQL rolls a transaction back and asks for it to be run again:
@@ -138,7 +136,7 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
         return engine
     # No pool_pre_ping: it cost a round trip on every checkout (0.65 ms of CPU per event
     # POST, 12 %). Every request's first use of the database is its key check, a read that
-    # `Database.read` runs again when the connection had died in the pool.
+    # `Database.first` runs again when the connection had died in the pool.
     return create_engine(url, echo=echo, json_deserializer=loads_json, pool_size=pool_size, max_overflow=10)
 
 
@@ -153,17 +151,16 @@ class Database:
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
-        # `read` runs one statement, which needs no transaction around it: no BEGIN and
-        # ROLLBACK statements on SQLite (`sqlite_begin(None)`), and on PostgreSQL no BEGIN and
-        # ROLLBACK round trips (psycopg sends each on its own). Not SQLAlchemy's AUTOCOMMIT
-        # level on SQLite: at check-in it resets pysqlite's isolation_level, which
-        # `make_engine` keeps at None.
+        # `first` runs one statement, which needs no transaction around it: on PostgreSQL no
+        # BEGIN and ROLLBACK round trips (psycopg sends each on its own). On SQLite it runs
+        # on the DBAPI connection, which begins nothing itself (isolation_level None).
         self._autocommit = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
         # the busy handler: one process is the SQLite set-up to run.)
         self._writer = threading.RLock() if self.is_sqlite else nullcontext()
+        self._raw_reads: dict[Select[Any], _RawRead] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -186,22 +183,46 @@ class Database:
                 session.rollback()
                 raise
 
-    def read(self, work: Callable[[Connection], T]) -> T:
-        """`work(connection)`, a read of one statement on a pooled connection, in autocommit
-        mode: each statement is its own transaction, so a read of several would see no one
-        snapshot. A connection the database dropped while it sat in the pool (a restart, an
-        idle timeout) fails its first statement; SQLAlchemy then discards it and every
+    def first(self, statement: Select[Any], **params: Any) -> tuple[Any, ...] | None:
+        """The first row of a prebuilt one-statement read (or None), run in autocommit mode:
+        no transaction around it. For the read every request makes, the API-key check.
+
+        On SQLite the statement runs on the pooled connection's DBAPI cursor, compiled once,
+        its values converted by the columns' own types: SQLAlchemy's per-execution work
+        (a `Connection`, its execution context and result) was 45 of the 52 µs of CPU the
+        read cost, and SQLite's own work 5 (docs/performance.md, "The key read").
+
+        On PostgreSQL a connection the server dropped while it sat in the pool (a restart,
+        an idle timeout) fails its first statement; SQLAlchemy then discards it and every
         connection pooled before it, and the read runs once more, on a fresh one. A read can
         safely run twice; a write can not, so this is only for reads."""
-        with sqlite_begin(None):
-            try:
-                with self._autocommit.connect() as conn:
-                    return work(conn)
-            except DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
+        if self.is_sqlite:
+            return self._sqlite_first(statement, params)
+        try:
             with self._autocommit.connect() as conn:
-                return work(conn)
+                row = conn.execute(statement, params).first()
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            with self._autocommit.connect() as conn:
+                row = conn.execute(statement, params).first()
+        return None if row is None else tuple(row)
+
+    def _sqlite_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+        compiled = self._raw_reads.get(statement)
+        if compiled is None:
+            compiled = self._raw_reads[statement] = _RawRead.of(statement, self.engine.dialect)
+        conn = self.engine.raw_connection()
+        try:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(compiled.sql, [params[name] for name in compiled.names])
+                row = cursor.fetchone()
+            finally:
+                cursor.close()  # resets the statement: no read transaction stays open
+        finally:
+            conn.close()  # back to the pool
+        return None if row is None else tuple(value if convert is None else convert(value) for convert, value in zip(compiled.converters, row))
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run
@@ -213,6 +234,22 @@ class Database:
                 return work(session)
 
         return retrying(once)
+
+
+@dataclass(frozen=True)
+class _RawRead:
+    """A select compiled for one dialect: its SQL, its parameters' names in order, and the
+    converters of its columns' values (None where the driver's value is the value)."""
+
+    sql: str
+    names: tuple[str, ...]
+    converters: tuple[Callable[[Any], Any] | None, ...]
+
+    @classmethod
+    def of(cls, statement: Select[Any], dialect: Dialect) -> _RawRead:
+        compiled = statement.compile(dialect=dialect)
+        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in statement.selected_columns)
+        return cls(compiled.string, tuple(compiled.positiontup or ()), converters)
 
 
 def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
@@ -232,3 +269,4 @@ def run_many(session: Session, statement: Executable, params: list[dict[str, Any
         return None
     session.flush()
     return session.connection().execute(statement, params)
+

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
+from app.db.engine import Database
 from app.errors import Conflict, FieldError, Invalid, NotFound
 
 SCOPES = ("read", "write", "admin")
@@ -56,15 +57,18 @@ class Key:
 _BY_HASH = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.secret_hash, m.ApiKey.revoked_at).where(m.ApiKey.secret_hash == bindparam("digest"))
 
 
-def authenticate(conn: Connection, secret: str) -> Key | None:
+def authenticate(db: Database, secret: str) -> Key | None:
     """The live key whose secret this is, or None (unknown or revoked)."""
     digest = hash_secret(secret)
-    row = conn.execute(_BY_HASH, {"digest": digest}).first()
+    row = db.first(_BY_HASH, digest=digest)
+    if row is None:
+        return None
+    key_id, name, scopes, secret_hash, revoked_at = row
     # The lookup is by a hash of a high-entropy secret; the constant-time compare guards
     # against a database collation or index doing anything clever with the string.
-    if row is None or row.revoked_at is not None or not hmac.compare_digest(row.secret_hash, digest):
+    if revoked_at is not None or not hmac.compare_digest(secret_hash, digest):
         return None
-    return Key(row.id, row.name, tuple(row.scopes))
+    return Key(key_id, name, tuple(scopes))
 
 
 def has_scope(scopes: Sequence[str], scope: str) -> bool:
