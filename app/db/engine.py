@@ -16,13 +16,14 @@ import threading
 from contextlib import closing, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import Dialect, Engine, Executable, Result, Select, create_engine, event
+from sqlalchemy import ColumnElement, Dialect, Engine, Executable, Result, Select, bindparam, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.chunks import chunked
 from app.db.log_cache import LogCache, keep_logs
 from app.db.types import loads_json
 
@@ -270,3 +271,29 @@ def run_many(session: Session, statement: Executable, params: list[dict[str, Any
     session.flush()
     return session.connection().execute(statement, params)
 
+
+@dataclass(frozen=True)
+class ByIds:
+    """A prebuilt select of rows by a list of ids (`ids`), run in chunks of a bounded IN
+    list, and its twin for a list of one id (`= :ids`), which a single event's write
+    names for each kind of subject. SQLAlchemy renders an expanding IN list into the SQL
+    on every run: 15 of the 33 µs of CPU a one-row select cost on SQLite."""
+
+    many: Select[Any]
+    one: Select[Any]
+
+    @classmethod
+    def of(cls, build: Callable[[ColumnElement[bool]], Select[Any]], column: ColumnElement[Any]) -> ByIds:
+        """The select `build(condition)` makes of a condition on `column`."""
+        return cls(build(column.in_(bindparam("ids", expanding=True))), build(column == bindparam("ids")))
+
+    def map(self, change: Callable[[Select[Any]], Select[Any]]) -> ByIds:
+        return ByIds(change(self.many), change(self.one))
+
+    def rows(self, session: Session, ids: Iterable[int], **params: Any) -> Iterator[Any]:
+        """The rows of these ids (`run`), chunk after chunk."""
+        for chunk in chunked(ids):
+            if len(chunk) == 1:
+                yield from run(session, self.one, ids=chunk[0], **params)
+            else:
+                yield from run(session, self.many, ids=chunk, **params)

@@ -11,14 +11,10 @@ from typing import Any, Iterable, TypeVar
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
-from app.chunks import chunked
 from app.db import models as m
-from app.db.engine import run
+from app.db.engine import ByIds, run
 from app.db.logs import WriteLogs, events_of, log_select
 from app.domain import facts as f
-
-_IDS = bindparam("ids", expanding=True)
-
 
 @dataclass(slots=True, eq=False)
 class CustomerState:
@@ -60,25 +56,28 @@ def _states(kind: type[State], *where: Any) -> Select[Any]:
     return select(*columns).where(*where).order_by(columns[0])
 
 
+def _states_by_ids(kind: type[State]) -> ByIds:
+    return ByIds.of(lambda where: _states(kind, where), _COLUMNS[kind][0])
+
+
 # Built once, run as Core (`run`): an ORM statement costs a fresh cache key every time it is
 # built, and its rows cost far more than the query.
-STATE_BY_ID = {kind: _states(kind, _COLUMNS[kind][0] == bindparam("id")) for kind in (CustomerState, ProjectState)}
 STATE_BY_REF = {kind: _states(kind, _COLUMNS[kind][2] == bindparam("ref")) for kind in (CustomerState, ProjectState)}
-STATES_BY_ID = {kind: _states(kind, _COLUMNS[kind][0].in_(_IDS)) for kind in (CustomerState, ProjectState)}
+STATES_BY_ID = {kind: _states_by_ids(kind) for kind in (CustomerState, ProjectState)}
 STATES_BY_REF = {kind: _states(kind, _COLUMNS[kind][2].in_(bindparam("refs", expanding=True))) for kind in (CustomerState, ProjectState)}
-_LOCKED = {kind: STATES_BY_ID[kind].with_for_update() for kind in (CustomerState, ProjectState)}
+_LOCKED = {kind: STATES_BY_ID[kind].map(Select.with_for_update) for kind in (CustomerState, ProjectState)}
 # On SQLite, the states this write transaction has read, by (kind, id): see `read_states`.
 _READ = "rapport.states"
 
 
-def read_states(session: Session, statement: Select[Any], kind: type[State], **params: Any) -> list[State]:
-    """The states `statement` selects (`STATE*`), each known to the session afterwards.
+def read_states(session: Session, kind: type[State], rows: Iterable[Any]) -> list[State]:
+    """The states of `rows` (of a `STATE*` select), each known to the session afterwards.
 
     On SQLite a write transaction holds the database's one write lock from its first
     statement (BEGIN IMMEDIATE), so a state it has read stays current for the rest of it,
     as long as grading updates it along with its row (app/grading.py does): a state read
     again is the same object, and `_lock` reads only those it does not know yet."""
-    states = [kind(*row) for row in run(session, statement, **params)]
+    states = [kind(*row) for row in rows]
     if session.get_bind().dialect.name != "sqlite":
         return states
     known: dict[tuple[type, int], Any] = session.info.setdefault(_READ, {})
@@ -87,8 +86,8 @@ def read_states(session: Session, statement: Select[Any], kind: type[State], **p
 
 def read_state(session: Session, kind: type[State], *, id: int | None = None, ref: str | None = None) -> State | None:
     """One customer's or project's state, by id or by external_ref; None if there is none."""
-    statement, params = (STATE_BY_ID[kind], {"id": id}) if ref is None else (STATE_BY_REF[kind], {"ref": ref})
-    found = read_states(session, statement, kind, **params)
+    rows = STATES_BY_ID[kind].rows(session, [id]) if ref is None else run(session, STATE_BY_REF[kind], ref=ref)
+    found = read_states(session, kind, rows)
     return found[0] if found else None
 
 
@@ -113,10 +112,9 @@ def _lock(session: Session, kind: type[State], ids: Iterable[int]) -> dict[int, 
         known = session.info.get(_READ, {})
         found = {id_: known[(kind, id_)] for id_ in wanted if (kind, id_) in known}
         wanted = [id_ for id_ in wanted if id_ not in found]
-    for chunk in chunked(wanted):
-        # On PostgreSQL, read again even if read before: the lock may have waited for a
-        # writer that changed the row since.
-        found.update((state.id, state) for state in read_states(session, _LOCKED[kind], kind, ids=chunk))
+    # On PostgreSQL, read again even if read before: the lock may have waited for a writer
+    # that changed the row since.
+    found.update((state.id, state) for state in read_states(session, kind, _LOCKED[kind].rows(session, wanted)))
     return dict(sorted(found.items()))
 
 
@@ -126,9 +124,9 @@ E = m.Event.__table__
 _TYPES = bindparam("types", expanding=True)
 _OWNED = select(P.c.id).where(P.c.owner_id == bindparam("customer_id"))
 _BID = select(E.c.project_id).where(E.c.customer_id == bindparam("customer_id"), E.c.type.in_(("bid_joined", "bid_won")), E.c.project_id.is_not(None)).distinct()
-_OWNED_BY = select(P.c.id, P.c.owner_id, P.c.log_stamp).where(P.c.owner_id.in_(_IDS)).order_by(P.c.id)
-_LEVELS = select(C.c.id, C.c.level, C.c.log_stamp).where(C.c.id.in_(_IDS))
-_PROJECTLESS_LOG = log_select(E.c.customer_id.in_(_IDS), E.c.project_id.is_(None), E.c.type.in_(_TYPES))
+_OWNED_BY = ByIds.of(lambda where: select(P.c.id, P.c.owner_id, P.c.log_stamp).where(where).order_by(P.c.id), P.c.owner_id)
+_LEVELS = ByIds.of(lambda where: select(C.c.id, C.c.level, C.c.log_stamp).where(where), C.c.id)
+_PROJECTLESS_LOG = ByIds.of(lambda where: log_select(where, E.c.project_id.is_(None), E.c.type.in_(_TYPES)), E.c.customer_id)
 
 
 def linked_project_ids(session: Session, customer_id: int) -> set[int]:
@@ -174,10 +172,9 @@ def customer_facts_many(session: Session, customers: Iterable[CustomerState], ow
     project_events: dict[int, tuple[f.Event, ...]] = {}
     if owners and owned_project_types:
         stamps: dict[int, int] = {}
-        for chunk in chunked(owners):
-            for pid, owner_id, stamp in run(session, _OWNED_BY, ids=chunk):
-                projects.setdefault(owner_id, []).append(pid)
-                stamps[pid] = stamp
+        for pid, owner_id, stamp in _OWNED_BY.rows(session, owners):
+            projects.setdefault(owner_id, []).append(pid)
+            stamps[pid] = stamp
         # The owner's lock guards its projects' logs too (app/db/logs.py).
         project_events = {pid: tuple(e for e in log if e.type in owned_project_types) for pid, log in logs.of("project", stamps).items()}
     return {
@@ -200,9 +197,8 @@ def project_facts_many(session: Session, projects: Iterable[ProjectState], linke
     customer_ids = {p.owner_id for p in projects} | {cid for ids in linked_ids.values() for cid in ids}
     levels: dict[int, int] = {}
     stamps: dict[int, int] = {}
-    for chunk in chunked(sorted(customer_ids)):
-        for cid, level, stamp in run(session, _LEVELS, ids=chunk):
-            levels[cid], stamps[cid] = level, stamp
+    for cid, level, stamp in _LEVELS.rows(session, sorted(customer_ids)):
+        levels[cid], stamps[cid] = level, stamp
     own_events: dict[int, list[f.Event]] = {}
     if linked_types:
         # From the logs known to this write where it can; the others are read, and not kept:

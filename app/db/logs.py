@@ -31,17 +31,15 @@ from __future__ import annotations
 import secrets
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from app.chunks import chunked
 from app.db import models as m
-from app.db.engine import run
+from app.db.engine import ByIds
 from app.db.log_cache import CACHE, ON_COMMIT, Key, Log, LogCache
 from app.domain import facts as f
 
 E, R = m.Event.__table__, m.Retraction.__table__
-_IDS = bindparam("ids", expanding=True)
 
 
 def log_select(*where: Any) -> Select:
@@ -50,23 +48,23 @@ def log_select(*where: Any) -> Select:
     return select(E.c.id, E.c.type, E.c.occurred_at, E.c.customer_id, E.c.project_id, E.c.attributes, R.c.id).outerjoin(R, R.c.event_id == E.c.id).where(*where).order_by(E.c.id)
 
 
-_LOG_OF = {"customer": log_select(E.c.customer_id.in_(_IDS)), "project": log_select(E.c.project_id.in_(_IDS))}
+_LOG_OF = {"customer": ByIds.of(log_select, E.c.customer_id), "project": ByIds.of(log_select, E.c.project_id)}
 
 
-def events(session: Session, statement: Select, **params: Any) -> Log:
+def events(rows: Iterable[Any]) -> Log:
+    """The events of rows of a `log_select`."""
     return tuple(
         f.Event(id=id_, type=type_, occurred_at=at, customer_id=cid, project_id=pid, attributes=attrs or {}, retracted=r is not None)
-        for id_, type_, at, cid, pid, attrs, r in run(session, statement, **params)
+        for id_, type_, at, cid, pid, attrs, r in rows
     )
 
 
-def events_of(session: Session, statement: Select, key: str, ids: Iterable[int], **params: Any) -> dict[int, list[f.Event]]:
+def events_of(session: Session, statement: ByIds, key: str, ids: Iterable[int], **params: Any) -> dict[int, list[f.Event]]:
     """The events `statement` selects for these subjects (its `ids`), grouped by `key`
     (customer_id or project_id), in a few queries however many subjects are asked for."""
     out: dict[int, list[f.Event]] = {}
-    for chunk in chunked(sorted(set(ids))):
-        for e in events(session, statement, ids=chunk, **params):
-            out.setdefault(getattr(e, key), []).append(e)
+    for e in events(statement.rows(session, sorted(set(ids)), **params)):
+        out.setdefault(getattr(e, key), []).append(e)
     return out
 
 

@@ -169,8 +169,8 @@ class Subjects:
         return locked
 
     def _load(self, kind: type[State], ids: list[int], refs: list[str]) -> None:
-        rows = [row for chunk in chunked(ids) for row in repo.read_states(self.session, repo.STATES_BY_ID[kind], kind, ids=chunk)]
-        rows += [row for chunk in chunked(refs) for row in repo.read_states(self.session, repo.STATES_BY_REF[kind], kind, refs=chunk)]
+        rows = repo.read_states(self.session, kind, repo.STATES_BY_ID[kind].rows(self.session, ids))
+        rows += [row for chunk in chunked(refs) for row in repo.read_states(self.session, kind, run(self.session, repo.STATES_BY_REF[kind], refs=chunk))]
         self._remember(kind, rows, ids, refs)
 
     def _remember(self, model: type, rows: Iterable[Any], ids: Iterable[int], refs: Iterable[str]) -> None:
