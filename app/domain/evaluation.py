@@ -8,7 +8,7 @@ levels) that it found, so a grade always explains itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 from datetime import datetime, timedelta
 
 from app.domain.conditions import (
@@ -211,27 +211,13 @@ def _links(facts: ProjectFacts, bidders: list[int], as_of: datetime, stages: tup
 
 def _criteria(step: Step, scope: _Scope) -> list[CriterionResult]:
     out = []
-    for c in step.criteria:
-        o = _eval(c.when, scope)
+    for c, check, unmet in _checks(step):
+        o = check(scope)
         if o == _NO:
-            out.append(_unmet(c, step.value))
+            out.append(unmet)
         else:
             out.append(CriterionResult(c.id, c.label, step.value, o.met, tuple(sorted(o.evidence)), o.related))
     return out
-
-
-# Most criteria of most subjects are unmet with nothing found, and that result is the same
-# value every time: it is built once (a frozen dataclass costs ~0.7 µs to build; sharing
-# one is safe). Keyed by value, so a rulebook's edits can never be served a stale result.
-_UNMET: dict[tuple[str, str, str, int], CriterionResult] = {}
-
-
-def _unmet(c: Criterion, step_value: int) -> CriterionResult:
-    key = (c.id, c.label.zh, c.label.en, step_value)
-    result = _UNMET.get(key)
-    if result is None:
-        result = _UNMET[key] = CriterionResult(c.id, c.label, step_value, False, ())
-    return result
 
 
 def _gap(step: Step, results: list[CriterionResult]) -> Gap:
@@ -239,48 +225,97 @@ def _gap(step: Step, results: list[CriterionResult]) -> Gap:
     return Gap(target=step.value, missing=missing, need=max(step.at_least - (len(results) - len(missing)), 0))
 
 
-def _of_type(scope: _Scope, event_type: str, within_days: int | None) -> list[Event]:
-    """The scope's events of one type, within the last `within_days` before `as_of` if given."""
-    events = scope.by_type.get(event_type, [])
-    if within_days is None:
-        return events
-    start = scope.as_of - timedelta(days=within_days)
-    return [e for e in events if start <= e.occurred_at <= scope.as_of]
+# A condition is turned into a function of the scope once per rulebook step, not walked
+# node by node on every evaluation: the walk's type dispatch was most of a criterion's
+# cost (`bench/evaluation.py`, docs/performance.md "Compiled conditions").
+Check = Callable[[_Scope], _Outcome]
+_CompiledStep = tuple[tuple[Criterion, Check, CriterionResult], ...]
+# By the step's id, with the step kept beside its checks, so an id reused by a later step
+# is never served another step's checks. Cleared when full: a process holds one rulebook,
+# its tests a few hundred.
+_COMPILED: dict[int, tuple[Step, _CompiledStep]] = {}
+_COMPILED_MAX = 256
 
 
-def _eval(cond: Condition, scope: _Scope) -> _Outcome:
+def _checks(step: Step) -> _CompiledStep:
+    """Each criterion of `step`, its check, and its result when unmet with nothing found
+    (most criteria of most subjects: one shared value, as a frozen dataclass costs ~0.7 µs
+    to build)."""
+    kept = _COMPILED.get(id(step))
+    if kept is not None and kept[0] is step:
+        return kept[1]
+    compiled = tuple((c, _compile(c.when), CriterionResult(c.id, c.label, step.value, False, ())) for c in step.criteria)
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.clear()
+    _COMPILED[id(step)] = (step, compiled)
+    return compiled
+
+
+def _compile(cond: Condition) -> Check:
     if isinstance(cond, HasEvent):
-        found = _of_type(scope, cond.event_type, cond.within_days)
-        for key, value in cond.where:  # one pass per pair: cheaper than all() over the pairs per event
-            found = [e for e in found if e.attributes.get(key) == value]
-        if cond.on_won_project:
-            found = [e for e in found if e.project_id in scope.won_projects]
-        if not found:  # the common case, without building an empty set
-            return _NO if cond.min_count > 0 else _Outcome(True)
-        return _Outcome(len(found) >= cond.min_count, frozenset([e.id for e in found]))
+        return _has_event(cond)
     if isinstance(cond, Latest):
-        newest = latest(_of_type(scope, cond.event_type, cond.within_days))
+        return _latest(cond)
+    if isinstance(cond, StageReached):
+        stage = cond.stage
+        return lambda scope: _stage_reached(stage, scope)
+    if isinstance(cond, AllOf):
+        all_parts = tuple(_compile(p) for p in cond.parts)
+
+        def all_of(scope: _Scope) -> _Outcome:
+            parts = [check(scope) for check in all_parts]
+            return _Outcome(all(p.met for p in parts), _union(parts), _related(parts))
+
+        return all_of
+    if isinstance(cond, AnyOf):
+        any_parts = tuple(_compile(p) for p in cond.parts)
+        return lambda scope: _any([check(scope) for check in any_parts])
+    if isinstance(cond, OwnedProject):
+        return _owned_project(_compile(cond.condition))
+    if isinstance(cond, LinkedCustomer):
+        return _linked(cond, None if cond.has is None else _compile(cond.has))
+    raise TypeError(f"unknown condition node {cond!r}")
+
+
+def _has_event(cond: HasEvent) -> Check:
+    event_type, where, min_count, days, on_won = cond.event_type, cond.where, cond.min_count, cond.within_days, cond.on_won_project
+    none_found = _NO if min_count > 0 else _Outcome(True)
+
+    def has_event(scope: _Scope) -> _Outcome:
+        found = scope.by_type.get(event_type)
+        if not found:  # the common case: no event of the type at all
+            return none_found
+        if days is not None:
+            found = _within(found, scope.as_of, days)
+        for key, value in where:  # one pass per pair: cheaper than all() over the pairs per event
+            found = [e for e in found if e.attributes.get(key) == value]
+        if on_won:
+            found = [e for e in found if e.project_id in scope.won_projects]
+        if not found:
+            return none_found
+        return _Outcome(len(found) >= min_count, frozenset([e.id for e in found]))
+
+    return has_event
+
+
+def _latest(cond: Latest) -> Check:
+    event_type, attribute, values, negate, days = cond.event_type, cond.attribute, cond.values, cond.negate, cond.within_days
+
+    def latest_in(scope: _Scope) -> _Outcome:
+        found = scope.by_type.get(event_type)
+        newest = latest(found if days is None or not found else _within(found, scope.as_of, days)) if found else None
         if newest is None:
             return _NO
-        inside = newest.attributes.get(cond.attribute) in cond.values
-        return _Outcome(inside != cond.negate, frozenset({newest.id}))
-    if isinstance(cond, StageReached):
-        return _stage_reached(cond.stage, scope)
-    if isinstance(cond, AllOf):
-        parts = [_eval(p, scope) for p in cond.parts]
-        return _Outcome(all(p.met for p in parts), _union(parts), _related(parts))
-    if isinstance(cond, AnyOf):
-        return _any([_eval(p, scope) for p in cond.parts])
-    if isinstance(cond, OwnedProject):
-        parts = []
-        for project, project_scope in scope.owned:
-            o = _eval(cond.condition, project_scope)
-            if o.evidence or o.met:
-                parts.append(_Outcome(o.met, o.evidence, (project,)))
-        return _any(parts)
-    if isinstance(cond, LinkedCustomer):
-        return _linked(cond, scope)
-    raise TypeError(f"unknown condition node {cond!r}")
+        inside = newest.attributes.get(attribute) in values
+        return _Outcome(inside != negate, frozenset({newest.id}))
+
+    return latest_in
+
+
+def _within(events: list[Event], as_of: datetime, days: int) -> list[Event]:
+    """The events in the last `days` before `as_of`."""
+    start = as_of - timedelta(days=days)
+    return [e for e in events if start <= e.occurred_at <= as_of]
 
 
 def _stage_reached(stage: str, scope: _Scope) -> _Outcome:
@@ -291,25 +326,42 @@ def _stage_reached(stage: str, scope: _Scope) -> _Outcome:
     return _Outcome(bool(found), frozenset([e.id for e in found]))
 
 
-def _linked(cond: LinkedCustomer, scope: _Scope) -> _Outcome:
-    ps = scope.project
-    if ps is None:
-        return _NO
-    if cond.role == "owner":
-        candidates: tuple[_Link, ...] = (ps.owner,)
-    elif cond.role == "winner":
-        candidates = (ps.winner,) if ps.winner else ()
-    else:
-        candidates = ps.bidders
-    parts = []
-    for related, linked_scope in candidates:
-        level_met = related.level >= cond.min_level
-        if cond.has is None:
-            parts.append(_Outcome(level_met, frozenset(), (related,)))
-            continue
-        o = _eval(cond.has, linked_scope)
-        parts.append(_Outcome(level_met and o.met, o.evidence, (related,)))
-    return _any(parts)
+def _owned_project(inner: Check) -> Check:
+    def owned_project(scope: _Scope) -> _Outcome:
+        parts = []
+        for project, project_scope in scope.owned:
+            o = inner(project_scope)
+            if o.evidence or o.met:
+                parts.append(_Outcome(o.met, o.evidence, (project,)))
+        return _any(parts)
+
+    return owned_project
+
+
+def _linked(cond: LinkedCustomer, has: Check | None) -> Check:
+    role, min_level = cond.role, cond.min_level
+
+    def linked(scope: _Scope) -> _Outcome:
+        ps = scope.project
+        if ps is None:
+            return _NO
+        if role == "owner":
+            candidates: tuple[_Link, ...] = (ps.owner,)
+        elif role == "winner":
+            candidates = (ps.winner,) if ps.winner else ()
+        else:
+            candidates = ps.bidders
+        parts = []
+        for related, linked_scope in candidates:
+            level_met = related.level >= min_level
+            if has is None:
+                parts.append(_Outcome(level_met, frozenset(), (related,)))
+                continue
+            o = has(linked_scope)
+            parts.append(_Outcome(level_met and o.met, o.evidence, (related,)))
+        return _any(parts)
+
+    return linked
 
 
 def _any(parts: list[_Outcome]) -> _Outcome:
