@@ -4,12 +4,14 @@ process holds more events than it may."""
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.db.log_cache import LogCache
+from app.db.logs import WriteLogs
 from app.domain.facts import Event
 
 AT = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
@@ -63,3 +65,19 @@ def test_a_cache_of_no_events_keeps_nothing() -> None:
     cache = LogCache(0)
     cache.put([(("customer", 1), 1, ())])
     assert len(cache) == 0
+
+
+def test_stamps_do_not_repeat_when_the_process_reseeds_random() -> None:
+    """A write's new stamp must differ from every earlier one even if whoever runs the
+    process seeds `random` (Hypothesis does, per example): a repeated stamp would let a
+    process take a stale kept log for the current one."""
+
+    class NoSession:
+        info: dict = {}
+
+    stamps = set()
+    for _ in range(3):
+        random.seed(7)
+        logs = WriteLogs(NoSession(), [Event(id=1, type="visit", occurred_at=AT, customer_id=1)], keep=False)  # type: ignore[arg-type]
+        stamps.add(logs.stamp(("customer", 1), 0))
+    assert len(stamps) == 3 and 0 not in stamps
