@@ -14,9 +14,10 @@ import sqlite3
 import time
 import threading
 from contextlib import closing, contextmanager, nullcontext
+from collections import namedtuple
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from sqlalchemy import ColumnElement, Dialect, Engine, Executable, Result, Select, bindparam, create_engine, event
 from sqlalchemy.engine import make_url
@@ -161,7 +162,6 @@ class Database:
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
         # the busy handler: one process is the SQLite set-up to run.)
         self._writer = threading.RLock() if self.is_sqlite else nullcontext()
-        self._raw_reads: dict[Select[Any], _RawRead] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -188,10 +188,9 @@ class Database:
         """The first row of a prebuilt one-statement read (or None), run in autocommit mode:
         no transaction around it. For the read every request makes, the API-key check.
 
-        On SQLite the statement runs on the pooled connection's DBAPI cursor, compiled once,
-        its values converted by the columns' own types: SQLAlchemy's per-execution work
-        (a `Connection`, its execution context and result) was 45 of the 52 µs of CPU the
-        read cost, and SQLite's own work 5 (docs/performance.md, "The key read").
+        On SQLite the statement runs on the pooled connection's DBAPI cursor (`_CursorSelect`):
+        SQLAlchemy's per-execution work (a `Connection`, its execution context and result)
+        was 45 of the 52 µs of CPU the read cost, and SQLite's own work 5.
 
         On PostgreSQL a connection the server dropped while it sat in the pool (a restart,
         an idle timeout) fails its first statement; SQLAlchemy then discards it and every
@@ -210,20 +209,13 @@ class Database:
         return None if row is None else tuple(row)
 
     def _sqlite_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
-        compiled = self._raw_reads.get(statement)
-        if compiled is None:
-            compiled = self._raw_reads[statement] = _RawRead.of(statement, self.engine.dialect)
+        select_ = _cursor_select(statement, self.engine.dialect)
+        assert select_ is not None, "a read by `first` has no expanding parameters"
         conn = self.engine.raw_connection()
         try:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(compiled.sql, [params[name] for name in compiled.names])
-                row = cursor.fetchone()
-            finally:
-                cursor.close()  # resets the statement: no read transaction stays open
+            return select_.rows(conn.dbapi_connection, params).first()
         finally:
             conn.close()  # back to the pool
-        return None if row is None else tuple(value if convert is None else convert(value) for convert, value in zip(compiled.converters, row))
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run
@@ -237,29 +229,105 @@ class Database:
         return retrying(once)
 
 
+class Rows(list[Any]):
+    """The rows of a statement `run` ran, fetched: a list with the ways of SQLAlchemy's
+    `Result` its callers use."""
+
+    @classmethod
+    def of(cls, result: Result[Any]) -> Rows:
+        return cls(result.all() if result.returns_rows else ())
+
+    def first(self) -> Any:
+        return self[0] if self else None
+
+    def all(self) -> Rows:
+        return self
+
+    def scalars(self) -> list[Any]:
+        return [row[0] for row in self]
+
+
 @dataclass(frozen=True)
-class _RawRead:
-    """A select compiled for one dialect: its SQL, its parameters' names in order, and the
-    converters of its columns' values (None where the driver's value is the value)."""
+class _CursorSelect:
+    """A prebuilt select, compiled once for SQLite and run on the DBAPI cursor of the
+    connection SQLAlchemy holds: the SQL, its parameters in order (with the values the
+    statement itself binds), their bind processors, and its columns' result processors,
+    so values go in and come out as SQLAlchemy's own execution converts them. Only for
+    selects without an expanding parameter, whose SQL SQLAlchemy renders anew per run.
+
+    SQLAlchemy's per-execution work (execution context, parameter processing, result
+    object) was 14 of the 16 µs of CPU a one-row select of a state cost; a write runs
+    five or six such selects. Errors are raised as SQLAlchemy's, as from `execute`.
+    `run` takes this path only while nobody watches the engine's statements (`echo`, a
+    `before_cursor_execute` listener, as the tests that count statements use), since
+    it sends them past SQLAlchemy."""
 
     sql: str
     names: tuple[str, ...]
+    fixed: dict[str, Any]
+    binds: tuple[Callable[[Any], Any] | None, ...]
     converters: tuple[Callable[[Any], Any] | None, ...]
+    row: Callable[..., Any]
 
     @classmethod
-    def of(cls, statement: Select[Any], dialect: Dialect) -> _RawRead:
+    def of(cls, statement: Select[Any], dialect: Dialect) -> _CursorSelect | None:
         compiled = statement.compile(dialect=dialect)
-        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in statement.selected_columns)
-        return cls(compiled.string, tuple(compiled.positiontup or ()), converters)
+        if any(b.expanding for b in compiled.binds.values()):
+            return None
+        names = tuple(compiled.positiontup or ())
+        fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
+        binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+        columns = list(statement.selected_columns)
+        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+        row = namedtuple("Row", list(statement.selected_columns.keys()), rename=True)  # type: ignore[misc]
+        return cls(compiled.string, names, fixed, binds, converters, row)
+
+    def rows(self, dbapi_connection: Any, params: Mapping[str, Any]) -> Rows:
+        values = [(params[name] if name in params else self.fixed[name]) for name in self.names]
+        values = [value if bind is None else bind(value) for bind, value in zip(self.binds, values)]
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(self.sql, values)
+            fetched = cursor.fetchall()
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
+        finally:
+            cursor.close()  # resets the statement: no read snapshot stays open
+        converters, row = self.converters, self.row
+        return Rows(row(*[value if convert is None else convert(value) for convert, value in zip(converters, r)]) for r in fetched)
 
 
-def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
+# By the statement's id, with the statement and the dialect it was compiled for (so a
+# reused id, or another engine's dialect, compiles anew). The statements are prebuilt
+# module constants; the bound only keeps a caller building them per call from growing it.
+_CURSOR_SELECTS: dict[int, tuple[Any, Dialect, _CursorSelect | None]] = {}
+_CURSOR_SELECTS_MAX = 1024
+
+
+def _cursor_select(statement: Executable, dialect: Dialect) -> _CursorSelect | None:
+    kept = _CURSOR_SELECTS.get(id(statement))
+    if kept is not None and kept[0] is statement and kept[1] is dialect:
+        return kept[2]
+    select_ = _CursorSelect.of(statement, dialect) if isinstance(statement, Select) else None
+    if len(_CURSOR_SELECTS) >= _CURSOR_SELECTS_MAX:
+        _CURSOR_SELECTS.clear()
+    _CURSOR_SELECTS[id(statement)] = (statement, dialect, select_)
+    return select_
+
+
+def run(session: Session, statement: Executable, **params: Any) -> Rows:
     """Run a prebuilt Core `statement` on the session's connection, after flushing what the
-    session holds (as the ORM's autoflush would). For the statements every write runs:
-    building a statement and running it through the ORM cost three times what running a
-    prebuilt one as Core costs (docs/performance.md)."""
+    session holds (as the ORM's autoflush would), and fetch its rows. For the statements
+    every write runs: building a statement and running it through the ORM cost three
+    times what running a prebuilt one as Core costs (docs/performance.md). On SQLite a
+    select runs on the DBAPI cursor (`_CursorSelect`), unless the statements are watched."""
     session.flush()
-    return session.connection().execute(statement, params)
+    conn = session.connection()
+    if conn.dialect.name == "sqlite" and not (conn.engine.echo or conn.dispatch.before_cursor_execute):
+        select_ = _cursor_select(statement, conn.dialect)
+        if select_ is not None:
+            return select_.rows(conn.connection.dbapi_connection, params)
+    return Rows.of(conn.execute(statement, params))
 
 
 def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> Result[Any] | None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Result, String, any_, bindparam, func, select, text
+from sqlalchemy import String, any_, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
@@ -144,7 +144,7 @@ def _store(session: Session, checked: dict[int, Checked], values: dict[int, dict
     return stored
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> Result[Any]:
+def _insert(session: Session, rows: list[dict[str, Any]]) -> Iterable[Any]:
     """INSERT the rows, ON CONFLICT (source, external_id) DO NOTHING, RETURNING the id,
     source and external_id of each row inserted."""
     if session.get_bind().dialect.name == "postgresql":

@@ -1,0 +1,71 @@
+"""`run` (app/db/engine.py) gives the rows SQLAlchemy's own execution gives, on each engine:
+on SQLite a prebuilt select runs on the DBAPI cursor and converts its values itself, so
+every kind of column a write reads is compared here (integers, text, JSON, timestamps,
+a retraction's missing id), with parameters from the caller and from the statement."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import column, select, table
+from sqlalchemy.exc import DBAPIError
+
+from app.db import models as m
+from app.db.engine import Database, run
+from app.db.facts import STATES_BY_ID, CustomerState, ProjectState
+from app.db.logs import _LOG_OF
+from app.domain.rulebook import load_rulebook
+from app.services.customers import create_customer
+from app.services.events import NewEvent, record_event, retract_event
+from app.services.projects import create_project
+from app.services.records import _READS
+
+RULEBOOK = load_rulebook()
+NOW = datetime(2026, 12, 5, 5, 0, tzinfo=timezone.utc)
+C = m.Customer.__table__
+
+
+@pytest.fixture(scope="module")
+def subjects(db: Database) -> dict[str, int]:
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "上海建工", "kind": "owner", "external_ref": "CRM-cursor-1"}, now=NOW)
+        project = create_project(s, RULEBOOK, {"name": "浦东医院", "owner_id": owner.id}, now=NOW)
+        visit = record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=owner.id, attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
+        record_event(s, RULEBOOK, NewEvent(type="stage_changed", project_id=project.id, attributes={"stage": "bidding"}, occurred_at=NOW), actor="t", now=NOW)
+        s.flush()
+        retract_event(s, RULEBOOK, visit.event.id, "logged twice", actor="t", now=NOW)
+    return {"owner": owner.id, "project": project.id}
+
+
+CASES = {
+    "a customer's state": (STATES_BY_ID[CustomerState].one, "owner", "ids"),
+    "a project's state": (STATES_BY_ID[ProjectState].one, "project", "ids"),
+    "a customer's whole row (JSON grade, timestamps)": (_READS[(m.Customer, "id")], "owner", "value"),
+    "a customer's log (a retracted event, JSON attributes)": (_LOG_OF["customer"].one, "owner", "ids"),
+    "a project's log": (_LOG_OF["project"].one, "project", "ids"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_run_gives_what_a_session_gives(db: Database, subjects: dict[str, int], case: str) -> None:
+    statement, subject, name = CASES[case]
+    with db.session(write=True) as s:
+        expected = s.execute(statement, {name: subjects[subject]}).all()
+        got = run(s, statement, **{name: subjects[subject]})
+    assert got == expected and got
+    assert [tuple(r._fields) for r in got] == [tuple(r._fields) for r in expected]  # by name, as callers read them
+    assert got.first() == expected[0] and got.scalars() == [r[0] for r in expected]
+
+
+def test_run_binds_the_values_the_statement_carries(db: Database, subjects: dict[str, int]) -> None:
+    statement = select(C.c.id, C.c.kind, C.c.created_at).where(C.c.kind == "owner", C.c.external_ref == "CRM-cursor-1")
+    with db.session(write=False) as s:
+        rows = run(s, statement)
+    assert [(r.id, r.kind) for r in rows] == [(subjects["owner"], "owner")]
+    assert rows[0].created_at == NOW  # an aware datetime, not SQLite's text
+
+
+def test_a_failing_select_raises_sqlalchemys_error(db: Database) -> None:
+    with db.session(write=False) as s, pytest.raises(DBAPIError):
+        run(s, select(table("no_such_table", column("x"))))
