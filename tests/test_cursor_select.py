@@ -1,15 +1,16 @@
 """`run` (app/db/engine.py) gives the rows SQLAlchemy's own execution gives, on each engine:
-on SQLite a prebuilt select runs on the DBAPI cursor and converts its values itself, so
+on SQLite a prebuilt statement runs on the DBAPI cursor and converts its values itself, so
 every kind of column a write reads is compared here (integers, text, JSON, timestamps,
-a retraction's missing id), with parameters from the caller and from the statement."""
+a retraction's missing id), with parameters from the caller and from the statement, and
+an INSERT … RETURNING, and the errors the database raises, are SQLAlchemy's."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import column, select, table
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import bindparam, column, insert, select, table
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.db import models as m
 from app.db.engine import Database, run
@@ -69,3 +70,17 @@ def test_run_binds_the_values_the_statement_carries(db: Database, subjects: dict
 def test_a_failing_select_raises_sqlalchemys_error(db: Database) -> None:
     with db.session(write=False) as s, pytest.raises(DBAPIError):
         run(s, select(table("no_such_table", column("x"))))
+
+
+def test_a_returning_insert_and_a_refused_one(db: Database) -> None:
+    keys = m.ApiKey.__table__
+    values = {"name": "cursor-insert", "secret_hash": "h" * 64, "scopes": ["read"], "created_at": NOW, "revoked_at": None}
+    statement = insert(keys).values({name: bindparam(name, type_=keys.c[name].type) for name in values}).returning(keys.c.id, keys.c.scopes, keys.c.created_at)
+    with db.session(write=True) as s:
+        (row,) = run(s, statement, **values)
+        assert row.scopes == ["read"] and row.created_at == NOW
+        stored = s.execute(select(keys.c.name, keys.c.scopes, keys.c.created_at).where(keys.c.id == row.id)).one()
+        assert tuple(stored) == ("cursor-insert", ["read"], NOW)
+        with pytest.raises(IntegrityError):  # the same name and secret again: refused by the database
+            run(s, statement, **values)
+        s.rollback()

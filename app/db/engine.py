@@ -23,6 +23,7 @@ from sqlalchemy import ColumnElement, Dialect, Engine, Executable, Result, Selec
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
 
 from app.chunks import chunked
 from app.db.log_cache import LogCache, keep_logs
@@ -188,7 +189,7 @@ class Database:
         """The first row of a prebuilt one-statement read (or None), run in autocommit mode:
         no transaction around it. For the read every request makes, the API-key check.
 
-        On SQLite the statement runs on the pooled connection's DBAPI cursor (`_CursorSelect`):
+        On SQLite the statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
         SQLAlchemy's per-execution work (a `Connection`, its execution context and result)
         was 45 of the 52 µs of CPU the read cost, and SQLite's own work 5.
 
@@ -209,11 +210,11 @@ class Database:
         return None if row is None else tuple(row)
 
     def _sqlite_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
-        select_ = _cursor_select(statement, self.engine.dialect)
-        assert select_ is not None, "a read by `first` has no expanding parameters"
+        compiled = _cursor_statement(statement, self.engine.dialect)
+        assert compiled is not None, "a read by `first` has no expanding parameters"
         conn = self.engine.raw_connection()
         try:
-            return select_.rows(conn.dbapi_connection, params).first()
+            return compiled.rows(conn.dbapi_connection, params).first()
         finally:
             conn.close()  # back to the pool
 
@@ -248,16 +249,19 @@ class Rows(list[Any]):
 
 
 @dataclass(frozen=True)
-class _CursorSelect:
-    """A prebuilt select, compiled once for SQLite and run on the DBAPI cursor of the
-    connection SQLAlchemy holds: the SQL, its parameters in order (with the values the
-    statement itself binds), their bind processors, and its columns' result processors,
-    so values go in and come out as SQLAlchemy's own execution converts them. Only for
-    selects without an expanding parameter, whose SQL SQLAlchemy renders anew per run.
+class _CursorStatement:
+    """A prebuilt select, INSERT, UPDATE or DELETE, compiled once for SQLite and run on
+    the DBAPI cursor of the connection SQLAlchemy holds: the SQL, its parameters in order
+    (with the values the statement itself binds), their bind processors, and the result
+    processors of the columns it selects or returns, so values go in and come out as
+    SQLAlchemy's own execution converts them. Not for a statement with an expanding
+    parameter, whose SQL SQLAlchemy renders anew per run, nor one that sets a column
+    from a Python-side default.
 
     SQLAlchemy's per-execution work (execution context, parameter processing, result
-    object) was 14 of the 16 µs of CPU a one-row select of a state cost; a write runs
-    five or six such selects. Errors are raised as SQLAlchemy's, as from `execute`.
+    object) was 14 of the 16 µs of CPU a one-row select of a state cost; a single event's
+    write runs eight or nine statements. Errors are raised as SQLAlchemy's, as from
+    `execute` (an IntegrityError as its IntegrityError).
     `run` takes this path only while nobody watches the engine's statements (`echo`, a
     `before_cursor_execute` listener, as the tests that count statements use), since
     it sends them past SQLAlchemy."""
@@ -270,16 +274,16 @@ class _CursorSelect:
     row: Callable[..., Any]
 
     @classmethod
-    def of(cls, statement: Select[Any], dialect: Dialect) -> _CursorSelect | None:
+    def of(cls, statement: Select[Any] | UpdateBase, dialect: Dialect) -> _CursorStatement | None:
         compiled = statement.compile(dialect=dialect)
-        if any(b.expanding for b in compiled.binds.values()):
-            return None
+        if any(b.expanding for b in compiled.binds.values()) or compiled.insert_prefetch or compiled.update_prefetch:
+            return None  # rendered per run, or a column default SQLAlchemy computes per run
         names = tuple(compiled.positiontup or ())
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
-        columns = list(statement.selected_columns)
+        columns = statement.selected_columns if isinstance(statement, Select) else statement.exported_columns  # what it returns
         converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
-        row = namedtuple("Row", list(statement.selected_columns.keys()), rename=True)  # type: ignore[misc]
+        row = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]
         return cls(compiled.string, names, fixed, binds, converters, row)
 
     def rows(self, dbapi_connection: Any, params: Mapping[str, Any]) -> Rows:
@@ -300,19 +304,19 @@ class _CursorSelect:
 # By the statement's id, with the statement and the dialect it was compiled for (so a
 # reused id, or another engine's dialect, compiles anew). The statements are prebuilt
 # module constants; the bound only keeps a caller building them per call from growing it.
-_CURSOR_SELECTS: dict[int, tuple[Any, Dialect, _CursorSelect | None]] = {}
-_CURSOR_SELECTS_MAX = 1024
+_CURSOR_STATEMENTS: dict[int, tuple[Any, Dialect, _CursorStatement | None]] = {}
+_CURSOR_STATEMENTS_MAX = 1024
 
 
-def _cursor_select(statement: Executable, dialect: Dialect) -> _CursorSelect | None:
-    kept = _CURSOR_SELECTS.get(id(statement))
+def _cursor_statement(statement: Executable, dialect: Dialect) -> _CursorStatement | None:
+    kept = _CURSOR_STATEMENTS.get(id(statement))
     if kept is not None and kept[0] is statement and kept[1] is dialect:
         return kept[2]
-    select_ = _CursorSelect.of(statement, dialect) if isinstance(statement, Select) else None
-    if len(_CURSOR_SELECTS) >= _CURSOR_SELECTS_MAX:
-        _CURSOR_SELECTS.clear()
-    _CURSOR_SELECTS[id(statement)] = (statement, dialect, select_)
-    return select_
+    compiled = _CursorStatement.of(statement, dialect) if isinstance(statement, (Select, UpdateBase)) else None
+    if len(_CURSOR_STATEMENTS) >= _CURSOR_STATEMENTS_MAX:
+        _CURSOR_STATEMENTS.clear()
+    _CURSOR_STATEMENTS[id(statement)] = (statement, dialect, compiled)
+    return compiled
 
 
 def run(session: Session, statement: Executable, **params: Any) -> Rows:
@@ -320,22 +324,24 @@ def run(session: Session, statement: Executable, **params: Any) -> Rows:
     session holds (as the ORM's autoflush would), and fetch its rows. For the statements
     every write runs: building a statement and running it through the ORM cost three
     times what running a prebuilt one as Core costs (docs/performance.md). On SQLite a
-    select runs on the DBAPI cursor (`_CursorSelect`), unless the statements are watched."""
+    statement runs on the DBAPI cursor (`_CursorStatement`), unless statements are watched."""
     session.flush()
     conn = session.connection()
     if conn.dialect.name == "sqlite" and not (conn.engine.echo or conn.dispatch.before_cursor_execute):
-        select_ = _cursor_select(statement, conn.dialect)
-        if select_ is not None:
-            return select_.rows(conn.connection.dbapi_connection, params)
+        compiled = _cursor_statement(statement, conn.dialect)
+        if compiled is not None:
+            return compiled.rows(conn.connection.dbapi_connection, params)
     return Rows.of(conn.execute(statement, params))
 
 
-def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> Result[Any] | None:
+def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> Iterable[Any] | None:
     """`run` once per parameter set, as one executemany (the driver's, for one statement, or
     SQLAlchemy's multi-row INSERT for one with RETURNING, whose rows it returns); None
     without parameters."""
     if not params:
         return None
+    if len(params) == 1:  # a single event's write: one row per table
+        return run(session, statement, **params[0])
     session.flush()
     return session.connection().execute(statement, params)
 
