@@ -16,6 +16,7 @@ from app.db.engine import ByIds, run
 from app.db.logs import WriteLogs, events_of, log_select
 from app.domain import facts as f
 
+
 @dataclass(slots=True, eq=False)
 class CustomerState:
     """What a write reads of a customer: the columns it checks an event against and grades
