@@ -1,8 +1,8 @@
 """`run` (app/db/engine.py) gives the rows SQLAlchemy's own execution gives, on each engine:
-on SQLite a prebuilt statement runs on the DBAPI cursor and converts its values itself, so
-every kind of column a write reads is compared here (integers, text, JSON, timestamps,
-a retraction's missing id), with parameters from the caller and from the statement, and
-an INSERT … RETURNING, and the errors the database raises, are SQLAlchemy's."""
+a prebuilt statement runs on the DBAPI cursor and converts its values itself, so every
+kind of column a write reads is compared here (integers, text, JSON, timestamps, a
+numeric amount, a retraction's missing id), with parameters from the caller and from the
+statement, and an INSERT … RETURNING, and the errors the database raises, are SQLAlchemy's."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ C = m.Customer.__table__
 def subjects(db: Database) -> dict[str, int]:
     with db.session(write=True) as s:
         owner = create_customer(s, RULEBOOK, {"name": "上海建工", "kind": "owner", "external_ref": "CRM-cursor-1"}, now=NOW)
-        project = create_project(s, RULEBOOK, {"name": "浦东医院", "owner_id": owner.id}, now=NOW)
+        project = create_project(s, RULEBOOK, {"name": "浦东医院", "owner_id": owner.id, "amount": 1234567.89}, now=NOW)
         visit = record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=owner.id, attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
         record_event(s, RULEBOOK, NewEvent(type="stage_changed", project_id=project.id, attributes={"stage": "bidding"}, occurred_at=NOW), actor="t", now=NOW)
         s.flush()
@@ -43,6 +43,7 @@ CASES = {
     "a customer's state": (STATES_BY_ID[CustomerState].one, "owner", "ids"),
     "a project's state": (STATES_BY_ID[ProjectState].one, "project", "ids"),
     "a customer's whole row (JSON grade, timestamps)": (_READS[(m.Customer, "id")], "owner", "value"),
+    "a project's whole row (a numeric amount)": (_READS[(m.Project, "id")], "project", "value"),
     "a customer's log (a retracted event, JSON attributes)": (_LOG_OF["customer"].one, "owner", "ids"),
     "a project's log": (_LOG_OF["project"].one, "project", "ids"),
 }

@@ -1,17 +1,22 @@
 """The API-key read every request makes (`Database.first`, `keys.authenticate`): on each
 engine it gives the values SQLAlchemy's own execution gives, and tells a live key from a
-revoked or unknown one."""
+revoked or unknown one; on PostgreSQL, where it runs in autocommit mode, it never pools a
+connection left in that mode."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Iterator
 from uuid import uuid4
 
-from sqlalchemy import bindparam, select
+import pytest
+from sqlalchemy import bindparam, column, select, table
+from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
-from app.db.engine import Database
+from app.db.engine import Database, _CursorStatement, make_engine
 from app.services.keys import Key, authenticate, create_key, revoke_key
+from tests.conftest import is_postgres
 
 NOW = datetime(2026, 12, 5, 4, 30, tzinfo=timezone.utc)
 ROW = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.created_at, m.ApiKey.revoked_at).where(m.ApiKey.name == bindparam("name"))
@@ -50,3 +55,49 @@ def test_authenticate_knows_live_revoked_and_unknown_keys(db: Database) -> None:
     assert isinstance(key, Key) and key.name == live_name and key.scopes == ("read",)
     assert authenticate(db, revoked) is None
     assert authenticate(db, "rk_" + uuid4().hex) is None
+
+
+def _pooled_autocommit(db: Database) -> bool:
+    conn = db.engine.raw_connection()
+    try:
+        return bool(conn.dbapi_connection.autocommit)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def one_connection(migrated: str) -> Iterator[Database]:
+    """A Database whose pool keeps one connection: the one `first` used is the next handed out."""
+    if not is_postgres(migrated):
+        pytest.skip("the read runs in autocommit mode on PostgreSQL only")
+    database = Database(make_engine(migrated, pool_size=1))
+    yield database
+    database.engine.dispose()
+
+
+def test_the_read_hands_its_connection_back_ready_for_transactions(one_connection: Database) -> None:
+    # PostgreSQL: the read turns autocommit on for itself. A connection pooled with it still
+    # on would make the next write commit statement by statement.
+    assert one_connection.first(ROW, name="no such key") is None
+    assert _pooled_autocommit(one_connection) is False
+
+
+def test_a_read_that_fails_discards_its_connection(one_connection: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = _CursorStatement.rows
+
+    def rows_then_fail(self, dbapi_connection, arguments):  # noqa: ANN001, ANN202
+        real(self, dbapi_connection, arguments)
+        raise KeyboardInterrupt  # anything, between the statement and autocommit's reset
+
+    monkeypatch.setattr(_CursorStatement, "rows", rows_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        one_connection.first(ROW, name="no such key")
+    monkeypatch.undo()
+    assert _pooled_autocommit(one_connection) is False  # a fresh connection, not the one left in autocommit
+
+
+def test_a_driver_error_is_raised_as_sqlalchemys(one_connection: Database) -> None:
+    # The cursor's error sends the read through SQLAlchemy, which raises its own.
+    with pytest.raises(DBAPIError):
+        one_connection.first(select(table("no_such_table", column("x"))))
+    assert _pooled_autocommit(one_connection) is False

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
-from sqlalchemy import ColumnElement, Dialect, Engine, Executable, Result, Select, bindparam, create_engine, event
+from sqlalchemy import ColumnElement, Dialect, Engine, Executable, Numeric, Result, Select, bindparam, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -154,10 +154,9 @@ class Database:
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
-        # `first` runs one statement, which needs no transaction around it: on PostgreSQL no
-        # BEGIN and ROLLBACK round trips (psycopg sends each on its own). On SQLite it runs
-        # on the DBAPI connection, which begins nothing itself (isolation_level None).
-        self._autocommit = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Where `first` takes SQLAlchemy's path on PostgreSQL: one statement needs no
+        # transaction around it (no BEGIN and ROLLBACK round trips).
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
@@ -189,16 +188,53 @@ class Database:
         """The first row of a prebuilt one-statement read (or None), run in autocommit mode:
         no transaction around it. For the read every request makes, the API-key check.
 
-        On SQLite the statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
+        The statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
         SQLAlchemy's per-execution work (a `Connection`, its execution context and result)
-        was 45 of the 52 µs of CPU the read cost, and SQLite's own work 5.
+        was 45 of the 52 µs of CPU the read cost on SQLite, where SQLite's own work was 5;
+        on PostgreSQL the read took 187 µs through SQLAlchemy and 101 µs on the cursor.
 
         On PostgreSQL a connection the server dropped while it sat in the pool (a restart,
-        an idle timeout) fails its first statement; SQLAlchemy then discards it and every
-        connection pooled before it, and the read runs once more, on a fresh one. A read can
-        safely run twice; a write can not, so this is only for reads."""
+        an idle timeout) fails its first statement. That connection is then discarded and
+        the read runs again through SQLAlchemy, which does what it does with any connection
+        that died: it discards every connection pooled before it, runs the read once more
+        on a fresh one, and raises its own error (which the API answers with a 503) if the
+        database is gone. A read can safely run twice; a write can not, so this is only for
+        reads."""
+        compiled = _cursor_statement(statement, self.engine.dialect)
+        assert compiled is not None, "a read by `first` has no expanding parameters"
+        arguments = compiled.arguments(params)
         if self.is_sqlite:
-            return self._sqlite_first(statement, params)
+            return self._sqlite_first(compiled, arguments)
+        conn = self.engine.raw_connection()
+        rows: Rows | None = None
+        try:
+            dbapi_connection = conn.dbapi_connection
+            # No BEGIN before the read, nor a ROLLBACK after it: psycopg sends each on its own.
+            dbapi_connection.autocommit = True
+            rows = compiled.rows(dbapi_connection, arguments)
+            dbapi_connection.autocommit = False
+        except BaseException as exc:
+            # Whatever state it was left in (in autocommit mode, say), it is not pooled again.
+            conn.invalidate(exc)
+            if not isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
+                raise
+        finally:
+            conn.close()  # back to the pool, or closed if invalidated
+        if rows is None:
+            return self._sqlalchemy_first(statement, params)
+        return tuple(rows[0]) if rows else None
+
+    def _sqlite_first(self, compiled: _CursorStatement, arguments: Any) -> tuple[Any, ...] | None:
+        conn = self.engine.raw_connection()
+        try:
+            return compiled.rows(conn.dbapi_connection, arguments).first()
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(compiled.sql, arguments, exc, sqlite3.Error) from exc
+        finally:
+            conn.close()  # back to the pool
+
+    def _sqlalchemy_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+        """`first` through SQLAlchemy, once more if the connection it took had died."""
         try:
             with self._autocommit.connect() as conn:
                 row = conn.execute(statement, params).first()
@@ -208,15 +244,6 @@ class Database:
             with self._autocommit.connect() as conn:
                 row = conn.execute(statement, params).first()
         return None if row is None else tuple(row)
-
-    def _sqlite_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
-        compiled = _cursor_statement(statement, self.engine.dialect)
-        assert compiled is not None, "a read by `first` has no expanding parameters"
-        conn = self.engine.raw_connection()
-        try:
-            return compiled.rows(conn.dbapi_connection, params).first()
-        finally:
-            conn.close()  # back to the pool
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run
@@ -250,24 +277,27 @@ class Rows(list[Any]):
 
 @dataclass(frozen=True)
 class _CursorStatement:
-    """A prebuilt select, INSERT, UPDATE or DELETE, compiled once for SQLite and run on
-    the DBAPI cursor of the connection SQLAlchemy holds: the SQL, its parameters in order
-    (with the values the statement itself binds), their bind processors, and the result
+    """A prebuilt select, INSERT, UPDATE or DELETE, compiled once for its dialect and run
+    on the DBAPI cursor of the connection SQLAlchemy holds: the SQL, its parameters (with
+    the values the statement itself binds), their bind processors, and the result
     processors of the columns it selects or returns, so values go in and come out as
     SQLAlchemy's own execution converts them. Not for a statement with an expanding
     parameter, whose SQL SQLAlchemy renders anew per run, nor one that sets a column
     from a Python-side default.
 
     SQLAlchemy's per-execution work (execution context, parameter processing, result
-    object) was 14 of the 16 µs of CPU a one-row select of a state cost; a single event's
-    write runs eight or nine statements. Errors are raised as SQLAlchemy's, as from
-    `execute` (an IntegrityError as its IntegrityError).
+    object) was 14 of the 16 µs of CPU a one-row select of a state cost on SQLite, and
+    about 40 µs a statement on PostgreSQL; a single event's write runs six to nine.
     `run` takes this path only while nobody watches the engine's statements (`echo`, a
     `before_cursor_execute` listener, as the tests that count statements use), since
-    it sends them past SQLAlchemy."""
+    it sends them past SQLAlchemy, and hands a driver's error to SQLAlchemy's own
+    handling."""
 
     sql: str
     names: tuple[str, ...]
+    # The names of the parameters in the SQL, for a driver that takes them by name
+    # (psycopg's %(name)s); None for one that takes them in order (sqlite3's ?).
+    keys: tuple[str, ...] | None
     fixed: dict[str, Any]
     binds: tuple[Callable[[Any], Any] | None, ...]
     converters: tuple[Callable[[Any], Any] | None, ...]
@@ -278,25 +308,35 @@ class _CursorStatement:
         compiled = statement.compile(dialect=dialect)
         if any(b.expanding for b in compiled.binds.values()) or compiled.insert_prefetch or compiled.update_prefetch:
             return None  # rendered per run, or a column default SQLAlchemy computes per run
-        names = tuple(compiled.positiontup or ())
+        names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+        keys = None if compiled.positional else tuple((compiled.escaped_bind_names or {}).get(name, name) for name in names)
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
         columns = statement.selected_columns if isinstance(statement, Select) else statement.exported_columns  # what it returns
+        if dialect.name == "postgresql" and any(isinstance(c.type, Numeric) for c in columns):
+            # psycopg's conversion of a numeric column depends on the type the server says
+            # it sends (numeric or double precision), which only a result tells.
+            return None
         converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
         row = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]
-        return cls(compiled.string, names, fixed, binds, converters, row)
+        return cls(compiled.string, names, keys, fixed, binds, converters, row)
 
-    def rows(self, dbapi_connection: Any, params: Mapping[str, Any]) -> Rows:
+    def arguments(self, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+        """The driver's parameters for `params` (and the statement's own values)."""
         values = [(params[name] if name in params else self.fixed[name]) for name in self.names]
         values = [value if bind is None else bind(value) for bind, value in zip(self.binds, values)]
+        return values if self.keys is None else dict(zip(self.keys, values))
+
+    def rows(self, dbapi_connection: Any, arguments: list[Any] | dict[str, Any]) -> Rows:
+        """Run the statement with `arguments` and fetch what it returns. Raises the driver's
+        error, which the caller hands to SQLAlchemy."""
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(self.sql, values)
-            fetched = cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(self.sql, values, exc, sqlite3.Error) from exc
+            cursor.execute(self.sql, arguments)
+            # psycopg refuses to fetch from a statement that returns no rows.
+            fetched = cursor.fetchall() if self.converters else ()
         finally:
-            cursor.close()  # resets the statement: no read snapshot stays open
+            cursor.close()  # on SQLite it resets the statement: no read snapshot stays open
         converters, row = self.converters, self.row
         return Rows(row(*[value if convert is None else convert(value) for convert, value in zip(converters, r)]) for r in fetched)
 
@@ -323,14 +363,22 @@ def run(session: Session, statement: Executable, **params: Any) -> Rows:
     """Run a prebuilt Core `statement` on the session's connection, after flushing what the
     session holds (as the ORM's autoflush would), and fetch its rows. For the statements
     every write runs: building a statement and running it through the ORM cost three
-    times what running a prebuilt one as Core costs (docs/performance.md). On SQLite a
-    statement runs on the DBAPI cursor (`_CursorStatement`), unless statements are watched."""
+    times what running a prebuilt one as Core costs (docs/performance.md). A statement
+    runs on the DBAPI cursor (`_CursorStatement`), unless statements are watched."""
     session.flush()
     conn = session.connection()
-    if conn.dialect.name == "sqlite" and not (conn.engine.echo or conn.dispatch.before_cursor_execute):
+    if not (conn.engine.echo or conn.dispatch.before_cursor_execute):
         compiled = _cursor_statement(statement, conn.dialect)
         if compiled is not None:
-            return compiled.rows(conn.connection.dbapi_connection, params)
+            arguments = compiled.arguments(params)
+            try:
+                return compiled.rows(conn.connection.dbapi_connection, arguments)
+            except conn.dialect.loaded_dbapi.Error as exc:
+                # What SQLAlchemy does with an error of its own execution: raise it as its
+                # own (an IntegrityError as its IntegrityError), and if the connection is
+                # gone, invalidate it and every connection pooled before it, so the session
+                # rolls back without it and later requests get fresh ones.
+                conn._handle_dbapi_exception(exc, compiled.sql, arguments, None, None)
     return Rows.of(conn.execute(statement, params))
 
 
