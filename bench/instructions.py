@@ -5,9 +5,11 @@ noisy machine (a script that prints figures, not a test).
 
 On these shared virtual machines CPU time per request swings by ±20 % from one minute to
 the next (the floor's own figure moves as much), which hides a 5 % change. The number of
-instructions the process executes does not move: this runs the workload under valgrind's
+instructions the process executes hardly moves: this runs the workload under valgrind's
 callgrind twice, with nothing measured and with `--count` more of it, and prints the
-difference per event. Both runs set up the same data (`batch_import.set_up`, 400
+difference per event. The set-up's own count still varies a little from run to run, and
+that is divided by `--count`: the same tree gave 4.84 M per POST with `--count 100` and
+4.93 M with 400, so compare at 400 for a change of a few per cent. Both runs set up the same data (`batch_import.set_up`, 400
 customers, then 200 warm-up events), with PYTHONHASHSEED=0, on temporary SQLite files, or
 with --url on a scratch PostgreSQL database named after it (`<name>_api`, created and
 dropped; the name must contain "bench" or "test"). On PostgreSQL only this process is

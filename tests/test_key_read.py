@@ -85,8 +85,8 @@ def test_the_read_hands_its_connection_back_ready_for_transactions(one_connectio
 def test_a_read_that_fails_discards_its_connection(one_connection: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     real = _CursorStatement.rows
 
-    def rows_then_fail(self, dbapi_connection, arguments):  # noqa: ANN001, ANN202
-        real(self, dbapi_connection, arguments)
+    def rows_then_fail(self, pooled, arguments):  # noqa: ANN001, ANN202
+        real(self, pooled, arguments)
         raise KeyboardInterrupt  # anything, between the statement and autocommit's reset
 
     monkeypatch.setattr(_CursorStatement, "rows", rows_then_fail)

@@ -155,9 +155,6 @@ class Database:
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
-        # Where `first` takes SQLAlchemy's path on PostgreSQL: one statement needs no
-        # transaction around it (no BEGIN and ROLLBACK round trips).
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
@@ -235,14 +232,16 @@ class Database:
             conn.close()  # back to the pool
 
     def _sqlalchemy_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
-        """`first` through SQLAlchemy, once more if the connection it took had died."""
+        """`first` through SQLAlchemy, once more if the connection it took had died. Only
+        after the cursor's read failed, so in a transaction (BEGIN, the read, ROLLBACK):
+        three round trips where one would do, but no engine kept for autocommit."""
         try:
-            with self._autocommit.connect() as conn:
+            with self.engine.connect() as conn:
                 row = conn.execute(statement, params).first()
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            with self._autocommit.connect() as conn:
+            with self.engine.connect() as conn:
                 row = conn.execute(statement, params).first()
         return None if row is None else tuple(row)
 
