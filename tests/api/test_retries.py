@@ -62,12 +62,9 @@ def test_a_write_that_keeps_colliding_answers_503_with_retry_after_and_stores_no
     assert retried.status_code == 201, retried.text
 
 
-def test_a_connection_the_database_dropped_in_the_pool_costs_no_request(app, api, migrated: str) -> None:  # noqa: ANN001
-    """Without pool_pre_ping, a pooled connection the server has closed (a restart, an idle
-    timeout) is found by the request's key check, which runs again on a fresh connection."""
-    if not is_postgres(migrated):
-        pytest.skip("SQLite has no server to drop a connection")
-    customer = api.create_customer()
+def _end_the_pooled_connection(app, migrated: str) -> None:  # noqa: ANN001
+    """Leave the app's pool holding one connection, which the server then ends (as a
+    restart or an idle timeout would)."""
     engine = app.state.context.db.engine
     engine.dispose()  # the pool now holds exactly the connection opened below
     with engine.connect() as conn:
@@ -79,6 +76,25 @@ def test_a_connection_the_database_dropped_in_the_pool_costs_no_request(app, api
         assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
     admin.dispose()
 
+
+def test_a_connection_the_database_dropped_in_the_pool_costs_no_request(app, api, migrated: str) -> None:  # noqa: ANN001
+    """Without pool_pre_ping, a pooled connection the server has closed (a restart, an idle
+    timeout) is found when it is checked out, and a fresh one serves the request."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite has no server to drop a connection")
+    customer = api.create_customer()
+    _end_the_pooled_connection(app, migrated)
+
     r = api.post("/v1/events", json={"type": "visit", "customer_id": customer["id"], "occurred_at": AT, "attributes": {"reception": "welcoming"}})
     assert r.status_code == 201, r.text
     assert api.get(f"/v1/customers/{customer['id']}").status_code == 200
+
+
+def test_readiness_is_not_fooled_by_a_connection_the_database_dropped_in_the_pool(app, api, migrated: str) -> None:  # noqa: ANN001
+    # /readyz sends no key, so no key check meets the dead connection first: the pool
+    # itself finds it, and the database, which is up, is reported ready.
+    if not is_postgres(migrated):
+        pytest.skip("SQLite has no server to drop a connection")
+    _end_the_pooled_connection(app, migrated)
+
+    assert api.get("/readyz").status_code == 200
