@@ -33,6 +33,8 @@ class Settings(BaseSettings):
         min_length=1,
         description="seconds to wait before each retry of a failed webhook delivery (JSON list); when they run out the subscription is paused",
     )
+    webhook_allow_loopback: bool = Field(default=False, description="let outbound webhooks go to this machine (loopback addresses); off, a subscription cannot reach the server's own services")
+    webhook_allow_private: bool = Field(default=True, description="let outbound webhooks go to private-network addresses (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10), where an on-premises receiver usually is")
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=60, description="how long one webhook delivery may take")
     webhook_poll_seconds: float = Field(default=1, gt=0, description="how often the webhook worker looks for due deliveries")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest request body of any other endpoint (413 above)")

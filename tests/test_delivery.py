@@ -483,7 +483,7 @@ def test_the_worker_command_finishes_the_attempt_under_way_on_sigterm(tmp_path: 
             release.wait(10)
 
         receiver.on_request = hold
-        env = {**os.environ, "RAPPORT_DATABASE_URL": url, "RAPPORT_WEBHOOK_POLL_SECONDS": "0.05"}
+        env = {**os.environ, "RAPPORT_DATABASE_URL": url, "RAPPORT_WEBHOOK_POLL_SECONDS": "0.05", "RAPPORT_WEBHOOK_ALLOW_LOOPBACK": "true"}
         worker = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker"], cwd=Path(__file__).parents[1], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

@@ -20,8 +20,10 @@ from app.api.gate import Gated
 from app.api.schemas import PageLimit, PathId
 from app.db import models as m
 from app.db.engine import Database
+from app.errors import FieldError, Invalid
 from app.services import delivery as deliveries
 from app.services import outbox as svc
+from app.services.egress import Egress
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"], route_class=Gated, responses=AUTHENTICATED)
@@ -65,10 +67,19 @@ def _delivery(entry: deliveries.Logged) -> w.DeliveryOut:
     )
 
 
+def _check_target(settings: Settings, url: str) -> None:
+    """422 for a URL whose host is an address webhooks may not go to (app/services/egress.py)."""
+    problem = Egress.from_settings(settings).url_problem(url)
+    if problem is not None:
+        raise Invalid("webhooks cannot be sent there", errors=[FieldError("url", problem)])
+
+
 @router.post("", status_code=201, response_model=w.SubscriptionCreatedOut, responses=problem_responses(400, 413))
 def create_subscription(body: w.SubscriptionIn, ctx: ContextDep, caller: Admin, response: Response) -> w.SubscriptionCreatedOut:
     """Subscribe a URL to grade changes. The answer holds the signing secret — the only
     time it is shown: keep it where the receiver can read it."""
+
+    _check_target(ctx.settings, body.url)
 
     def write(session: Session) -> w.SubscriptionCreatedOut:
         sub = svc.create_subscription(session, body.model_dump(exclude_none=True), now=ctx.clock())
@@ -103,6 +114,9 @@ def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) ->
 def update_subscription(subscription_id: PathId, body: w.SubscriptionPatch, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
     """Change the URL, description or event types; pause or resume. Resuming makes every
     waiting delivery due at once (409 for a deleted subscription)."""
+
+    if body.url is not None:
+        _check_target(ctx.settings, body.url)
 
     def write(session: Session) -> w.SubscriptionOut:
         changes = body.model_dump(exclude_unset=True)

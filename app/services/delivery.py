@@ -26,6 +26,7 @@ from app.db import models as m
 from app.db.engine import Database
 from app.domain.signatures import sign_standard_webhooks
 from app.services import outbox
+from app.services.egress import Egress
 from app.services.paging import page
 from app.settings import Settings
 
@@ -247,7 +248,7 @@ def logged(session: Session, deliveries: Sequence[m.Delivery]) -> list[Logged]:
 
 def run_worker(db: Database, settings: Settings, stop: threading.Event, *, clock: Callable[[], datetime]) -> None:
     """Deliver until `stop` is set; an attempt under way is finished first."""
-    with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
+    with Egress.from_settings(settings).client(settings.webhook_timeout_seconds) as client:
         while not stop.is_set():
             try:
                 sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule)

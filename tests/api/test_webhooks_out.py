@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any, Iterator, get_args
@@ -35,8 +36,9 @@ LEASE = timedelta(minutes=5)
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    """The tests deliver by calling the worker themselves, on the test clock."""
-    return Settings(database_url=db_url, bootstrap_key=ADMIN, deliver_in_process=False, webhook_retry_schedule=SCHEDULE)
+    """The tests deliver by calling the worker themselves, on the test clock, to receivers
+    on this machine."""
+    return Settings(database_url=db_url, bootstrap_key=ADMIN, deliver_in_process=False, webhook_retry_schedule=SCHEDULE, webhook_allow_loopback=True)
 
 
 @pytest.fixture
@@ -399,9 +401,10 @@ def test_webhook_endpoints_need_a_key(anonymous) -> None:  # noqa: ANN001
 # --- in process ---------------------------------------------------------------------------------
 
 
-def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: str, clock: Clock, portal, receiver: Receiver) -> None:  # noqa: ANN001
-    settings = Settings(database_url=db_url, bootstrap_key=ADMIN, webhook_poll_seconds=0.05)
-    assert settings.deliver_in_process
+@contextmanager
+def serving(settings: Settings, clock: Clock, portal) -> Iterator[Api]:  # noqa: ANN001
+    """An admin client of an app built with `settings`, inside its lifespan (as a server
+    runs it: with its delivery thread if `deliver_in_process`)."""
     application = create_app(settings, clock=clock)
     ctx = application.state.context
     empty_tables(ctx.db.engine)
@@ -409,14 +412,62 @@ def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: st
     try:
         with portal.wrap_async_context_manager(application.router.lifespan_context(application)):
             client = Client(portal, application, {"Authorization": f"Bearer {ADMIN}"})
-            served = Api(client)
-            subscribe(served, receiver, [LEVEL])
-            owner_level_one_events(served, served.create_customer("仁济医院基建处", "owner")["id"])
-            deadline = time.monotonic() + 10
-            while not receiver.effects and time.monotonic() < deadline:
-                time.sleep(0.05)
-            client.close()
-        assert receiver.effects == [LEVEL]
-        assert not any(t.name == "rapport-webhooks" for t in threading.enumerate())  # stopped with the app
+            try:
+                yield Api(client)
+            finally:
+                client.close()
     finally:
         ctx.db.engine.dispose()
+
+
+def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: str, clock: Clock, portal, receiver: Receiver) -> None:  # noqa: ANN001
+    settings = Settings(database_url=db_url, bootstrap_key=ADMIN, webhook_poll_seconds=0.05, webhook_allow_loopback=True)
+    assert settings.deliver_in_process
+    with serving(settings, clock, portal) as served:
+        subscribe(served, receiver, [LEVEL])
+        owner_level_one_events(served, served.create_customer("仁济医院基建处", "owner")["id"])
+        deadline = time.monotonic() + 10
+        while not receiver.effects and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert receiver.effects == [LEVEL]
+    assert not any(t.name == "rapport-webhooks" for t in threading.enumerate())  # stopped with the app
+
+
+# --- where webhooks may go (app/services/egress.py) ---------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/iam/", "http://100.100.100.200/latest/meta-data/", "http://[fe80::1]/hooks", "http://0.0.0.0:8080/"])
+def test_a_url_naming_a_metadata_or_non_address_is_refused_and_nothing_changes(api, receiver: Receiver, url: str) -> None:  # noqa: ANN001
+    refused = api.post(BASE, json={"url": url, "event_types": [LEVEL]})
+    assert_problem(refused, 422)
+    assert [e["field"] for e in refused.json()["errors"]] == ["url"]
+    assert api.get(BASE).json()["items"] == []
+
+    sub = subscribe(api, receiver, [LEVEL])
+    changed = api.patch(f"{BASE}/{sub['id']}", json={"url": url})
+    assert_problem(changed, 422)
+    assert api.get(f"{BASE}/{sub['id']}").json()["url"] == receiver.url
+
+
+def test_by_default_nothing_is_sent_to_this_machine(migrated: str, db_url: str, clock: Clock, portal, receiver: Receiver) -> None:  # noqa: ANN001
+    settings = Settings(database_url=db_url, bootstrap_key=ADMIN, webhook_poll_seconds=0.05)
+    assert not settings.webhook_allow_loopback
+    with serving(settings, clock, portal) as served:
+        # The address itself: refused when the subscription is made.
+        refused = served.post(BASE, json={"url": receiver.url, "event_types": ["event.created"]})
+        assert_problem(refused, 422)
+        assert "loopback" in refused.json()["errors"][0]["reason"]
+        # A name for it: refused by the worker, which logs why.
+        by_name = receiver.url.replace("127.0.0.1", "localhost")
+        sub = served.post(BASE, json={"url": by_name, "event_types": ["event.created"]}).json()
+        served.event("visit", customer_id=served.create_customer()["id"], attributes={"reception": "welcoming"})
+        deadline = time.monotonic() + 10
+        while True:
+            deliveries = served.get(f"{BASE}/{sub['id']}/deliveries").json()["items"]
+            if deliveries and deliveries[0]["attempts"]:
+                break
+            assert time.monotonic() < deadline, "no attempt was made"
+            time.sleep(0.05)
+    error = deliveries[0]["attempts"][0]["error"]
+    assert "refused: localhost resolves to" in error and "loopback" in error, error
+    assert receiver.requests == []

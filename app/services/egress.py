@@ -1,0 +1,122 @@
+"""Where outbound webhooks may go: not to the machine's own services or the cloud's
+metadata endpoint (server-side request forgery).
+
+A subscription's URL is chosen by whoever holds an admin key, and the worker POSTs to it
+and logs an excerpt of each answer, which the deliveries API shows. Without a guard, that
+key could make the worker call what only the server can reach — a database's or an
+admin console's port on loopback, `169.254.169.254` (the instance metadata and its
+credentials on most clouds) — and read the answers back.
+
+The guard is applied where the worker connects, to every address the host name resolves
+to at that moment (a name that resolved to a public address when the subscription was
+made may resolve to loopback later: DNS rebinding), and the connection is made to an
+address it checked, never to a second resolution of the name. TLS still checks the
+certificate against the host name. A URL naming a refused address outright is refused
+when the subscription is created or changed (422), so the mistake shows at once.
+
+Always refused: loopback unless `webhook_allow_loopback` (a receiver on the same machine);
+link-local addresses and the clouds' other metadata addresses (Alibaba Cloud's
+100.100.100.200, AWS's fd00:ec2::254); unspecified, multicast and reserved addresses.
+Private networks (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10) are allowed unless
+`webhook_allow_private` is off: an on-premises ERP or app back end usually lives there.
+With an HTTP(S)_PROXY in the environment the proxy connects, and its own policy applies.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from app.settings import Settings
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Egress:
+    allow_loopback: bool = False
+    allow_private: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Egress:
+        return cls(allow_loopback=settings.webhook_allow_loopback, allow_private=settings.webhook_allow_private)
+
+    def refusal(self, address: Address) -> str | None:
+        """Why a webhook may not be sent to `address`, or None if it may."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if address.is_loopback:
+            return None if self.allow_loopback else "is a loopback address (this machine); set RAPPORT_WEBHOOK_ALLOW_LOOPBACK=true to allow it"
+        if address.is_link_local or address in _METADATA:
+            return "is where clouds serve instance metadata (a link-local or metadata address)"
+        if address.is_unspecified or address.is_multicast or address.is_reserved:
+            return "is not an address a webhook can be sent to"
+        if address in _SHARED or address.is_private:
+            return None if self.allow_private else "is a private-network address; set RAPPORT_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+        return None
+
+    def url_problem(self, url: str) -> str | None:
+        """Why a subscription may not use `url`, if its host is an address that is refused."""
+        host = urlsplit(url).hostname or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return None  # a name: checked when the worker connects
+        reason = self.refusal(address)
+        return None if reason is None else f"{host} {reason}"
+
+    def client(self, timeout: float) -> httpx.Client:
+        """An HTTP client whose direct connections go only to addresses this allows."""
+        transport = httpx.HTTPTransport()
+        pool = transport._pool  # httpx makes it; its network backend is the one place every connection is opened
+        if not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):  # pragma: no cover - httpcore changed
+            raise RuntimeError("cannot guard webhook connections with this httpcore")
+        pool._network_backend = _Guarded(pool._network_backend, self)
+        return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+
+
+# 100.64.0.0/10, carrier-grade NAT: shared, not public, though not in is_private.
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+# Instance-metadata services outside link-local space: Alibaba Cloud's (in the shared
+# range) and AWS's IPv6 one (in fc00::/7). The others answer on 169.254.169.254 or
+# another link-local address.
+_METADATA = frozenset(ipaddress.ip_address(a) for a in ("100.100.100.200", "fd00:ec2::254"))
+
+
+class _Guarded(httpcore.NetworkBackend):
+    """A network backend that resolves the host itself, refuses it if any of its addresses
+    is refused, and connects to the checked addresses (in the order resolved)."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, egress: Egress):
+        self._inner = inner
+        self._egress = egress
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None, socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"{host}: {exc}") from exc
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        for address in addresses:
+            reason = self._egress.refusal(address)
+            if reason is not None:
+                raise httpcore.ConnectError(f"refused: {host} resolves to {address}, which {reason}")
+        error: Exception | None = None
+        for address in addresses:
+            try:
+                return self._inner.connect_tcp(str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+        raise error or httpcore.ConnectError(f"{host}: no address")
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:  # pragma: no cover
+        raise httpcore.ConnectError("webhooks are not sent to unix sockets")
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore's retries, unused
+        self._inner.sleep(seconds)
