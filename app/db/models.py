@@ -281,6 +281,10 @@ class Delivery(Base):
         CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_subscription_id_id", "subscription_id", "id"),
+        # For keeping the log bounded (app/services/delivery.py `prune`): the deliveries
+        # that ended longest ago, and whether a message has deliveries left.
+        Index("ix_webhook_deliveries_finished_at", "finished_at"),
+        Index("ix_webhook_deliveries_message_id", "message_id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)

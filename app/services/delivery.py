@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -243,13 +243,66 @@ def logged(session: Session, deliveries: Sequence[m.Delivery]) -> list[Logged]:
     return [Logged(d, messages[d.message_id], attempts[d.id]) for d in deliveries]
 
 
+# --- keeping the log bounded -------------------------------------------------------------
+
+PRUNE_BATCH = 500
+PRUNE_EVERY_SECONDS = 600
+# What one round of the worker prunes at most, so a long log does not hold deliveries up.
+PRUNE_AT_ONCE = 20 * PRUNE_BATCH
+
+
+def prune(db: Database, *, before: datetime, batch: int = PRUNE_BATCH, at_most: int | None = None) -> int:
+    """Delete the deliveries that ended (succeeded or failed) before `before`, with their
+    attempts, and the outbox messages no delivery refers to any more; return how many
+    deliveries went (at most about `at_most`, if given). A pending delivery stays, however
+    old, and so does its message.
+
+    In transactions of at most `batch` deliveries, so that the first prune of a long log
+    holds no lock for long. The deliveries are locked before anything is deleted (and
+    checked again once locked): one an admin re-queues meanwhile is pending again, and stays."""
+    gone = 0
+    while at_most is None or gone < at_most:
+        with db.session(write=True) as session:
+            rows = session.execute(
+                select(m.Delivery.id, m.Delivery.message_id)
+                .where(m.Delivery.finished_at < before)  # set when it ends; a pending (or re-queued) one has none
+                .order_by(m.Delivery.finished_at, m.Delivery.id)
+                .limit(batch)
+                .with_for_update()
+            ).all()
+            ids = [row.id for row in rows]
+            if ids:
+                session.execute(delete(m.DeliveryAttempt).where(m.DeliveryAttempt.delivery_id.in_(ids)))
+                session.execute(delete(m.Delivery).where(m.Delivery.id.in_(ids)))
+                left = select(m.Delivery.id).where(m.Delivery.message_id == m.OutboxMessage.id).exists()
+                session.execute(delete(m.OutboxMessage).where(m.OutboxMessage.id.in_(sorted({row.message_id for row in rows})), ~left))
+        gone += len(ids)
+        if len(ids) < batch:
+            break
+    return gone
+
+
 # --- running -----------------------------------------------------------------------------
 
 
 def run_worker(db: Database, settings: Settings, stop: threading.Event, *, clock: Callable[[], datetime]) -> None:
-    """Deliver until `stop` is set; an attempt under way is finished first."""
+    """Deliver until `stop` is set; an attempt under way is finished first. Every
+    PRUNE_EVERY_SECONDS (and at the start) the delivery log is pruned of what ended more
+    than `webhook_log_days` ago, PRUNE_AT_ONCE deliveries at a time between deliveries."""
+    keep = timedelta(days=settings.webhook_log_days)
+    next_prune = time.monotonic()
     with Egress.from_settings(settings).client(settings.webhook_timeout_seconds) as client:
         while not stop.is_set():
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                try:
+                    pruned = prune(db, before=clock() - keep, at_most=PRUNE_AT_ONCE)
+                    if pruned:
+                        log.info("webhook log: %d finished deliveries older than %d days deleted", pruned, settings.webhook_log_days)
+                    if pruned >= PRUNE_AT_ONCE:  # more to go: again after this round of deliveries
+                        next_prune = time.monotonic()
+                except Exception:  # noqa: BLE001 - the next round tries again; delivering goes on
+                    log.exception("pruning the webhook log failed")
             try:
                 sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule)
             except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going

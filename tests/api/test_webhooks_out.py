@@ -14,10 +14,13 @@ from typing import Any, Iterator, get_args
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from app.api.webhook_schemas import EventType
+from app.db import models as m
 from app.main import create_app
 from app.services import outbox
+from app.services import delivery as deliveries
 from app.services.delivery import deliver_due
 from app.settings import Settings
 from app.startup import initialize
@@ -471,3 +474,73 @@ def test_by_default_nothing_is_sent_to_this_machine(migrated: str, db_url: str, 
     error = deliveries[0]["attempts"][0]["error"]
     assert "refused: localhost resolves to" in error and "loopback" in error, error
     assert receiver.requests == []
+
+
+# --- keeping the log bounded (app/services/delivery.py `prune`) ---------------------------------
+
+
+def _log_rows(app) -> dict[str, int]:  # noqa: ANN001
+    with app.state.context.db.session(write=False) as session:
+        return {name: session.scalar(select(func.count()).select_from(model)) for name, model in (("messages", m.OutboxMessage), ("deliveries", m.Delivery), ("attempts", m.DeliveryAttempt))}
+
+
+def _two_receivers_one_failing(api, receiver: Receiver, clock: Clock, deliver) -> Receiver:  # noqa: ANN001
+    """Two subscriptions to event.created, two events: three deliveries succeed, and the
+    first event's delivery to the second receiver fails once (pending, with one attempt).
+    Returns the second receiver (the caller closes it)."""
+    failing = Receiver(now=lambda: clock().timestamp())
+    subscribe(api, receiver, ["event.created"])
+    subscribe(api, failing, ["event.created"])
+    failing.answers = [500]
+    customer = api.create_customer()["id"]
+    for _ in range(2):
+        api.event("visit", customer_id=customer, attributes={"reception": "welcoming"})
+    assert deliver() == 4
+    return failing
+
+
+def test_pruning_drops_what_ended_long_ago_and_keeps_what_is_pending(app, api, receiver: Receiver, clock: Clock, deliver) -> None:  # noqa: ANN001
+    failing = _two_receivers_one_failing(api, receiver, clock, deliver)
+    assert _log_rows(app) == {"messages": 2, "deliveries": 4, "attempts": 4}
+    try:
+        db = app.state.context.db
+        assert deliveries.prune(db, before=clock()) == 0  # nothing ended before now
+        clock.advance(days=31)
+
+        assert deliveries.prune(db, before=clock() - timedelta(days=30)) == 3
+
+        # The pending delivery stays with its attempt, and its message with it; the second
+        # event's message, delivered to both, goes.
+        assert _log_rows(app) == {"messages": 1, "deliveries": 1, "attempts": 1}
+        (sub_ok, sub_failing) = api.get(BASE).json()["items"]
+        assert log(api, sub_ok) == []
+        (pending,) = log(api, sub_failing)
+        assert pending["status"] == "pending" and len(pending["attempts"]) == 1
+        # and it is still delivered
+        assert deliver() == 1 and failing.times_seen(pending["msg_id"]) == 2
+    finally:
+        failing.close()
+
+
+def test_pruning_in_small_transactions_drops_the_same(app, api, receiver: Receiver, clock: Clock, deliver) -> None:  # noqa: ANN001
+    failing = _two_receivers_one_failing(api, receiver, clock, deliver)
+    failing.close()
+    clock.advance(days=2)
+    assert deliveries.prune(app.state.context.db, before=clock(), batch=1) == 3
+    assert _log_rows(app) == {"messages": 1, "deliveries": 1, "attempts": 1}
+
+
+def test_the_worker_prunes_the_log(app, api, receiver: Receiver, clock: Clock, deliver, settings: Settings) -> None:  # noqa: ANN001
+    subscribe(api, receiver, ["event.created"])
+    api.event("visit", customer_id=api.create_customer()["id"], attributes={"reception": "welcoming"})
+    assert deliver() == 1
+    clock.advance(days=8)
+    halt = deliveries.start_thread(app.state.context.db, settings.model_copy(update={"webhook_log_days": 7, "webhook_poll_seconds": 0.05}), clock=clock)
+    try:
+        deadline = time.monotonic() + 10
+        while _log_rows(app)["deliveries"]:
+            assert time.monotonic() < deadline, "the worker did not prune"
+            time.sleep(0.05)
+    finally:
+        halt()
+    assert _log_rows(app) == {"messages": 0, "deliveries": 0, "attempts": 0}
