@@ -66,10 +66,17 @@ class SubscriptionOut(BaseModel):
     version: int
     created_at: datetime
     updated_at: datetime
+    previous_secret_until: datetime | None = Field(
+        default=None, description="after a secret rotation: until when deliveries are also signed with the secret before it"
+    )
 
 
 class SubscriptionCreatedOut(SubscriptionOut):
     secret: str = Field(description="whsec_…: verifies the webhook-signature header. Shown only now")
+
+
+class SubscriptionRotateSecretIn(Strict):
+    grace_hours: int = Field(default=24, ge=0, le=168, description="how long deliveries are also signed with the old secret, so the receiver can switch (0: not at all)")
 
 
 class SubscriptionPage(BaseModel):

@@ -7,7 +7,7 @@ schedule of about 27 hours; a subscription whose delivery exhausts it is paused.
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, AsyncIterator, Callable
 
 from fastapi import APIRouter, FastAPI, Query, Response
@@ -44,6 +44,7 @@ def _subscription(sub: m.Subscription) -> w.SubscriptionOut:
         version=sub.version,
         created_at=sub.created_at,
         updated_at=sub.updated_at,
+        previous_secret_until=sub.previous_secret_until,
     )
 
 
@@ -121,6 +122,20 @@ def update_subscription(subscription_id: PathId, body: w.SubscriptionPatch, ctx:
     def write(session: Session) -> w.SubscriptionOut:
         changes = body.model_dump(exclude_unset=True)
         return _subscription(svc.update_subscription(session, subscription_id, changes, actor=caller.actor, now=ctx.clock()))
+
+    return ctx.db.transaction(write)
+
+
+@router.post("/{subscription_id}/rotate-secret", response_model=w.SubscriptionCreatedOut, responses=problem_responses(404, 409, 413))
+def rotate_secret(subscription_id: PathId, ctx: ContextDep, caller: Admin, body: w.SubscriptionRotateSecretIn | None = None) -> w.SubscriptionCreatedOut:
+    """Replace the signing secret (shown only in this answer). For `grace_hours` (24 by
+    default) deliveries carry a second signature, with the old secret, so the receiver can
+    switch to the new one without refusing a delivery; 409 for a deleted subscription."""
+    grace = timedelta(hours=(body or w.SubscriptionRotateSecretIn()).grace_hours)
+
+    def write(session: Session) -> w.SubscriptionCreatedOut:
+        sub = svc.rotate_secret(session, subscription_id, grace=grace, now=ctx.clock())
+        return w.SubscriptionCreatedOut(**_subscription(sub).model_dump(), secret=sub.secret)
 
     return ctx.db.transaction(write)
 

@@ -249,6 +249,10 @@ class Subscription(Base):
     description: Mapped[str | None] = mapped_column(String(200))
     event_types: Mapped[list[str]] = mapped_column(Json)
     secret: Mapped[str] = mapped_column(String(100))  # whsec_…, needed to sign
+    # After a rotation, the secret before it, with which deliveries are also signed until
+    # `previous_secret_until` (so a receiver can switch to the new one in its own time).
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Indexed: every grade change reads the subscriptions that are not deleted.
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     paused_reason: Mapped[str | None] = mapped_column(Text)

@@ -24,6 +24,7 @@ import binascii
 import hashlib
 import hmac
 import secrets as random_source
+from datetime import datetime
 from typing import Mapping, Sequence
 
 SCHEMES = ("standard_webhooks", "typeform", "x_signature", "jiandaoyun", "url_token")
@@ -33,6 +34,14 @@ _STANDARD_PREFIX = "whsec_"
 
 class SignatureError(Exception):
     """The delivery is not proven to come from the holder of a secret; `str()` says why."""
+
+
+def live_secrets(current: str, previous: str | None, previous_until: datetime | None, now: datetime) -> list[str]:
+    """The secrets in force at `now`: the current one, and the one a rotation replaced while
+    its grace period lasts."""
+    if previous is not None and previous_until is not None and now < previous_until:
+        return [current, previous]
+    return [current]
 
 
 def sign_standard_webhooks(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:

@@ -48,7 +48,7 @@ class Claim:
     attempts: int
     until: datetime
     url: str
-    secret: str
+    secrets: tuple[str, ...]  # signed with each: the subscription's, and the one before it during a rotation
     msg_id: str
     body: bytes
 
@@ -115,7 +115,8 @@ def _claim(db: Database, now: datetime, lease: timedelta) -> Claim | None:
         subscription = session.get(m.Subscription, delivery.subscription_id)
         message = session.get(m.OutboxMessage, delivery.message_id)
         assert subscription is not None and message is not None
-        return Claim(delivery.id, subscription.id, delivery.attempts, delivery.locked_until, subscription.url, subscription.secret, message.msg_id, body_of(message))
+        secrets = outbox.signing_secrets(subscription, now)
+        return Claim(delivery.id, subscription.id, delivery.attempts, delivery.locked_until, subscription.url, secrets, message.msg_id, body_of(message))
 
 
 def _post(client: httpx.Client, claim: Claim, now: Callable[[], datetime]) -> Outcome:
@@ -124,7 +125,8 @@ def _post(client: httpx.Client, claim: Claim, now: Callable[[], datetime]) -> Ou
     headers = {
         "webhook-id": claim.msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign_standard_webhooks(claim.secret, claim.msg_id, timestamp, claim.body),
+        # Standard Webhooks: space-separated signatures; a receiver accepts any it can verify.
+        "webhook-signature": " ".join(sign_standard_webhooks(secret, claim.msg_id, timestamp, claim.body) for secret in claim.secrets),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }

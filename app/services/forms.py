@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import models as m
 from app.domain import forms as domain
 from app.domain.rulebook import Rulebook
-from app.domain.signatures import SignatureError, new_secret, secret_problem, verify
+from app.domain.signatures import SignatureError, live_secrets, new_secret, secret_problem, verify
 from app.errors import AppError, Conflict, FieldError, Invalid, NotFound
 from app.grading import Effect
 from app.services.batch import record_batch
@@ -152,9 +152,7 @@ def authenticate(session: Session, form_id: str, *, headers: Mapping[str, str], 
     form = session.scalar(select(m.FormMapping).where(m.FormMapping.form_id == form_id))
     if form is None:
         raise NotAuthentic("the delivery is not authentic (no form with this id, or a bad signature or token); nothing was stored")
-    secrets = [form.secret]
-    if form.previous_secret and form.previous_secret_until and form.previous_secret_until > now:
-        secrets.append(form.previous_secret)
+    secrets = live_secrets(form.secret, form.previous_secret, form.previous_secret_until, now)
     try:
         verify(form.auth_scheme, secrets, headers=headers, query=query, body=body, now=now.timestamp())
     except SignatureError as exc:

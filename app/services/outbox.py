@@ -6,7 +6,7 @@ Everything here runs in the caller's transaction and never commits."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 from uuid import uuid4
 
@@ -17,7 +17,7 @@ from app.db import models as m
 from app.db.engine import run
 from app.domain.evaluation import HeatGrade
 from app.domain.rulebook import Label, Rulebook
-from app.domain.signatures import new_secret
+from app.domain.signatures import live_secrets, new_secret
 from app.errors import Conflict, NotFound
 from app.services.paging import page
 
@@ -185,6 +185,24 @@ def _live_subscription(session: Session, subscription_id: int) -> m.Subscription
     if is_deleted(subscription):
         raise Conflict(f"webhook subscription {subscription_id} was deleted; create a new one")
     return subscription
+
+
+def rotate_secret(session: Session, subscription_id: int, *, grace: timedelta, now: datetime) -> m.Subscription:
+    """Give the subscription a new secret; deliveries are signed with the old one too for
+    `grace` (0: not at all). A rotation during another's grace period ends that one: only
+    the secret just replaced is kept."""
+    subscription = _live_subscription(session, subscription_id)
+    subscription.previous_secret, subscription.previous_secret_until = (subscription.secret, now + grace) if grace > timedelta(0) else (None, None)
+    subscription.secret = new_secret("standard_webhooks")
+    subscription.version += 1
+    subscription.updated_at = now
+    return subscription
+
+
+def signing_secrets(subscription: m.Subscription, now: datetime) -> tuple[str, ...]:
+    """The secrets a delivery made at `now` is signed with: the subscription's, and the one
+    before it while its grace period lasts."""
+    return tuple(live_secrets(subscription.secret, subscription.previous_secret, subscription.previous_secret_until, now))
 
 
 def list_subscriptions(session: Session, *, status: str | None, limit: int, cursor: str | None) -> tuple[Sequence[m.Subscription], str | None]:

@@ -10,7 +10,7 @@ import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from itertools import pairwise
-from typing import Any, Iterator, get_args
+from typing import Any, Callable, Iterator, get_args
 
 import httpx
 import pytest
@@ -28,7 +28,7 @@ from tests.api.conftest import ADMIN, Api, Client
 from tests.api.expectations import all_pages, assert_problem
 from tests.api.scenarios import at, issue_key, owner_level_one_events
 from tests.conftest import Clock, empty_tables
-from tests.test_delivery import Receiver
+from tests.test_delivery import Receiver, verify
 
 BASE = "/v1/webhooks/subscriptions"
 LEVEL = "customer.level_changed"
@@ -382,6 +382,7 @@ ENDPOINTS = [
     ("GET", f"{BASE}/1/deliveries"),
     ("POST", f"{BASE}/1/deliveries/1/redeliver"),
     ("POST", f"{BASE}/1/test"),
+    ("POST", f"{BASE}/1/rotate-secret"),
 ]
 
 
@@ -544,3 +545,76 @@ def test_the_worker_prunes_the_log(app, api, receiver: Receiver, clock: Clock, d
     finally:
         halt()
     assert _log_rows(app) == {"messages": 0, "deliveries": 0, "attempts": 0}
+
+
+# --- rotating the signing secret ----------------------------------------------------------------
+
+
+def _signed_with(receiver: Receiver, clock: Clock, request: int) -> Callable[[str], bool]:
+    """Whether the receiver's `request`-th delivery verifies with a secret."""
+    headers, body = receiver.requests[request]["headers"], receiver.requests[request]["body"]
+
+    def verifies(secret: str) -> bool:
+        try:
+            verify(secret, headers, body, now=clock().timestamp())
+        except ValueError:
+            return False
+        return True
+
+    return verifies
+
+
+def test_rotating_the_secret_signs_with_both_during_the_grace_then_with_the_new_one(api, receiver: Receiver, clock: Clock, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, ["event.created"])
+    old = sub["secret"]
+    customer = api.create_customer()["id"]
+
+    r = api.post(f"{BASE}/{sub['id']}/rotate-secret", json={})
+
+    assert r.status_code == 200, r.text
+    new = r.json()["secret"]
+    assert new.startswith("whsec_") and new != old
+    assert parse(r.json()["previous_secret_until"]) == clock() + timedelta(hours=24)
+    shown = api.get(f"{BASE}/{sub['id']}").json()
+    assert "secret" not in shown and shown["version"] == 2 and shown["previous_secret_until"] == r.json()["previous_secret_until"]
+
+    # During the grace period: two signatures, one per secret; a receiver with either verifies.
+    receiver.secret = new
+    api.event("visit", customer_id=customer, attributes={"reception": "welcoming"})
+    assert deliver() == 1
+    assert len(receiver.requests[0]["headers"]["webhook-signature"].split()) == 2
+    verifies = _signed_with(receiver, clock, 0)
+    assert verifies(old) and verifies(new)
+
+    # After it: the new secret's signature only.
+    clock.advance(hours=24, seconds=1)
+    api.event("visit", customer_id=customer, attributes={"reception": "neutral"})
+    assert deliver() == 1
+    assert len(receiver.requests[1]["headers"]["webhook-signature"].split()) == 1
+    verifies = _signed_with(receiver, clock, 1)
+    assert verifies(new) and not verifies(old)
+
+
+def test_a_rotation_with_no_grace_drops_the_old_secret_at_once(api, receiver: Receiver, clock: Clock, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, ["event.created"])
+    old = sub["secret"]
+    first = api.post(f"{BASE}/{sub['id']}/rotate-secret", json={"grace_hours": 24}).json()["secret"]
+
+    r = api.post(f"{BASE}/{sub['id']}/rotate-secret", json={"grace_hours": 0})
+
+    assert r.status_code == 200 and r.json()["previous_secret_until"] is None
+    receiver.secret = r.json()["secret"]
+    api.event("visit", customer_id=api.create_customer()["id"], attributes={"reception": "welcoming"})
+    assert deliver() == 1
+    verifies = _signed_with(receiver, clock, 0)
+    assert verifies(r.json()["secret"]) and not verifies(first) and not verifies(old)
+
+
+def test_rotating_checks_its_input_and_the_subscription(api, receiver: Receiver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    for body in ({"grace_hours": 169}, {"grace_hours": -1}, {"grace": 2}):
+        assert_problem(api.post(f"{BASE}/{sub['id']}/rotate-secret", json=body), 422)
+    assert_problem(api.post(f"{BASE}/999/rotate-secret", json={}), 404)
+    assert api.get(f"{BASE}/{sub['id']}").json()["version"] == 1  # nothing changed
+    assert api.delete(f"{BASE}/{sub['id']}").status_code == 204
+    assert_problem(api.post(f"{BASE}/{sub['id']}/rotate-secret", json={}), 409)
