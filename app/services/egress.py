@@ -14,9 +14,9 @@ address it checked, never to a second resolution of the name. TLS still checks t
 certificate against the host name. A URL naming a refused address outright is refused
 when the subscription is created or changed (422), so the mistake shows at once.
 
-Always refused: loopback unless `webhook_allow_loopback` (a receiver on the same machine);
-link-local addresses and the clouds' other metadata addresses (Alibaba Cloud's
-100.100.100.200, AWS's fd00:ec2::254); unspecified, multicast and reserved addresses.
+Refused: loopback, unless `webhook_allow_loopback` (a receiver on the same machine); and
+always link-local addresses and the clouds' other metadata addresses (Alibaba Cloud's
+100.100.100.200, AWS's fd00:ec2::254), unspecified, multicast and reserved addresses.
 Private networks (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10) are allowed unless
 `webhook_allow_private` is off: an on-premises ERP or app back end usually lives there.
 With an HTTP(S)_PROXY in the environment the proxy connects, and its own policy applies.

@@ -569,7 +569,7 @@ def test_rotating_the_secret_signs_with_both_during_the_grace_then_with_the_new_
     old = sub["secret"]
     customer = api.create_customer()["id"]
 
-    r = api.post(f"{BASE}/{sub['id']}/rotate-secret", json={})
+    r = api.post(f"{BASE}/{sub['id']}/rotate-secret")  # no body: the defaults
 
     assert r.status_code == 200, r.text
     new = r.json()["secret"]
