@@ -33,6 +33,7 @@ class Settings(BaseSettings):
         min_length=1,
         description="seconds to wait before each retry of a failed webhook delivery (JSON list); when they run out the subscription is paused",
     )
+    webhook_concurrency: int = Field(default=4, ge=1, le=32, description="webhook deliveries each worker (or API process) sends at once, so that a few slow receivers do not hold up the others")
     webhook_log_days: int = Field(default=30, ge=1, description="days a finished webhook delivery (with its attempts) stays in the delivery log; then the worker deletes it")
     webhook_allow_loopback: bool = Field(default=False, description="let outbound webhooks go to this machine (loopback addresses); off, a subscription cannot reach the server's own services")
     webhook_allow_private: bool = Field(default=True, description="let outbound webhooks go to private-network addresses (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10), where an on-premises receiver usually is")

@@ -288,30 +288,49 @@ def prune(db: Database, *, before: datetime, batch: int = PRUNE_BATCH, at_most: 
 
 
 def run_worker(db: Database, settings: Settings, stop: threading.Event, *, clock: Callable[[], datetime]) -> None:
-    """Deliver until `stop` is set; an attempt under way is finished first. Every
-    PRUNE_EVERY_SECONDS (and at the start) the delivery log is pruned of what ended more
-    than `webhook_log_days` ago, PRUNE_AT_ONCE deliveries at a time between deliveries."""
+    """Deliver until `stop` is set, `webhook_concurrency` deliveries at a time (each sender a
+    thread: a receiver that answers slowly, or not at all until the timeout, holds up one
+    sender, not every other subscription's deliveries). An attempt under way is finished
+    first. Every PRUNE_EVERY_SECONDS (and at the start) the delivery log is pruned of what
+    ended more than `webhook_log_days` ago, PRUNE_AT_ONCE deliveries at a time between
+    deliveries."""
+    with Egress.from_settings(settings).client(settings.webhook_timeout_seconds) as client:  # thread-safe: shared
+        senders = [
+            threading.Thread(target=_send, args=(db, settings, stop, clock, client), name=f"rapport-webhooks-{i}", daemon=True)
+            for i in range(1, settings.webhook_concurrency)
+        ]
+        for sender in senders:
+            sender.start()
+        try:
+            _send(db, settings, stop, clock, client, prune_every=PRUNE_EVERY_SECONDS)
+        finally:
+            for sender in senders:
+                sender.join()
+
+
+def _send(db: Database, settings: Settings, stop: threading.Event, clock: Callable[[], datetime], client: httpx.Client, *, prune_every: float | None = None) -> None:
+    """One sender: claim a due delivery, send it, record it, until `stop`; and, given
+    `prune_every`, prune the log that often."""
     keep = timedelta(days=settings.webhook_log_days)
     next_prune = time.monotonic()
-    with Egress.from_settings(settings).client(settings.webhook_timeout_seconds) as client:
-        while not stop.is_set():
-            if time.monotonic() >= next_prune:
-                next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                try:
-                    pruned = prune(db, before=clock() - keep, at_most=PRUNE_AT_ONCE)
-                    if pruned:
-                        log.info("webhook log: %d finished deliveries older than %d days deleted", pruned, settings.webhook_log_days)
-                    if pruned >= PRUNE_AT_ONCE:  # more to go: again after this round of deliveries
-                        next_prune = time.monotonic()
-                except Exception:  # noqa: BLE001 - the next round tries again; delivering goes on
-                    log.exception("pruning the webhook log failed")
+    while not stop.is_set():
+        if prune_every is not None and time.monotonic() >= next_prune:
+            next_prune = time.monotonic() + prune_every
             try:
-                sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule)
-            except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going
-                log.exception("webhook delivery round failed; trying again")
-                sent = 0
-            if not sent:
-                stop.wait(settings.webhook_poll_seconds)
+                pruned = prune(db, before=clock() - keep, at_most=PRUNE_AT_ONCE)
+                if pruned:
+                    log.info("webhook log: %d finished deliveries older than %d days deleted", pruned, settings.webhook_log_days)
+                if pruned >= PRUNE_AT_ONCE:  # more to go: again after this round of deliveries
+                    next_prune = time.monotonic()
+            except Exception:  # noqa: BLE001 - the next round tries again; delivering goes on
+                log.exception("pruning the webhook log failed")
+        try:
+            sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule)
+        except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going
+            log.exception("webhook delivery round failed; trying again")
+            sent = 0
+        if not sent:
+            stop.wait(settings.webhook_poll_seconds)
 
 
 def start_thread(db: Database, settings: Settings, *, clock: Callable[[], datetime]) -> Callable[[], None]:

@@ -434,7 +434,7 @@ def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: st
         while not receiver.effects and time.monotonic() < deadline:
             time.sleep(0.05)
     assert receiver.effects == [LEVEL]
-    assert not any(t.name == "rapport-webhooks" for t in threading.enumerate())  # stopped with the app
+    assert not any(t.name.startswith("rapport-webhooks") for t in threading.enumerate())  # every sender stopped with the app
 
 
 # --- where webhooks may go (app/services/egress.py) ---------------------------------------------
@@ -618,3 +618,30 @@ def test_rotating_checks_its_input_and_the_subscription(api, receiver: Receiver)
     assert api.get(f"{BASE}/{sub['id']}").json()["version"] == 1  # nothing changed
     assert api.delete(f"{BASE}/{sub['id']}").status_code == 204
     assert_problem(api.post(f"{BASE}/{sub['id']}/rotate-secret", json={}), 409)
+
+
+# --- sending several at once ----------------------------------------------------------------------
+
+
+def test_a_slow_receiver_does_not_hold_up_the_others(app, api, receiver: Receiver, clock: Clock, settings: Settings) -> None:  # noqa: ANN001
+    slow = Receiver(now=lambda: clock().timestamp())
+    slow.delay = 3.0  # answers after 3 s (the timeout is 10 s)
+    try:
+        subscribe(api, slow, ["event.created"])  # its delivery is the older one: claimed first
+        subscribe(api, receiver, ["event.created"])
+        api.event("visit", customer_id=api.create_customer()["id"], attributes={"reception": "welcoming"})
+        started = time.monotonic()
+        halt = deliveries.start_thread(app.state.context.db, settings.model_copy(update={"webhook_concurrency": 2, "webhook_poll_seconds": 0.05}), clock=clock)
+        try:
+            while not receiver.effects:
+                assert time.monotonic() - started < 10, "the fast receiver got nothing"
+                time.sleep(0.02)
+            fast_after = time.monotonic() - started
+            while not slow.effects:
+                assert time.monotonic() - started < 10, "the slow receiver got nothing"
+                time.sleep(0.02)
+        finally:
+            halt()
+        assert fast_after < 2.0, fast_after  # delivered while the slow receiver was still answering
+    finally:
+        slow.close()
