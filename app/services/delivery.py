@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.db.engine import Database
-from app.domain.signatures import sign_standard_webhooks
+from app.domain.signatures import live_secrets, sign_standard_webhooks
 from app.services import outbox
 from app.services.egress import Egress
 from app.services.paging import page
@@ -115,7 +115,8 @@ def _claim(db: Database, now: datetime, lease: timedelta) -> Claim | None:
         subscription = session.get(m.Subscription, delivery.subscription_id)
         message = session.get(m.OutboxMessage, delivery.message_id)
         assert subscription is not None and message is not None
-        secrets = outbox.signing_secrets(subscription, now)
+        # The subscription's secret, and the one a rotation replaced while its grace lasts.
+        secrets = tuple(live_secrets(subscription.secret, subscription.previous_secret, subscription.previous_secret_until, now))
         return Claim(delivery.id, subscription.id, delivery.attempts, delivery.locked_until, subscription.url, secrets, message.msg_id, body_of(message))
 
 

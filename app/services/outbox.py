@@ -17,7 +17,7 @@ from app.db import models as m
 from app.db.engine import run
 from app.domain.evaluation import HeatGrade
 from app.domain.rulebook import Label, Rulebook
-from app.domain.signatures import live_secrets, new_secret
+from app.domain.signatures import new_secret
 from app.errors import Conflict, NotFound
 from app.services.paging import page
 
@@ -197,12 +197,6 @@ def rotate_secret(session: Session, subscription_id: int, *, grace: timedelta, n
     subscription.version += 1
     subscription.updated_at = now
     return subscription
-
-
-def signing_secrets(subscription: m.Subscription, now: datetime) -> tuple[str, ...]:
-    """The secrets a delivery made at `now` is signed with: the subscription's, and the one
-    before it while its grace period lasts."""
-    return tuple(live_secrets(subscription.secret, subscription.previous_secret, subscription.previous_secret_until, now))
 
 
 def list_subscriptions(session: Session, *, status: str | None, limit: int, cursor: str | None) -> tuple[Sequence[m.Subscription], str | None]:
