@@ -19,8 +19,8 @@ from sqlalchemy import func, select
 from app.api.webhook_schemas import EventType
 from app.db import models as m
 from app.main import create_app
-from app.services import outbox
 from app.services import delivery as deliveries
+from app.services import outbox
 from app.services.delivery import deliver_due
 from app.settings import Settings
 from app.startup import initialize
@@ -467,12 +467,12 @@ def test_by_default_nothing_is_sent_to_this_machine(migrated: str, db_url: str, 
         served.event("visit", customer_id=served.create_customer()["id"], attributes={"reception": "welcoming"})
         deadline = time.monotonic() + 10
         while True:
-            deliveries = served.get(f"{BASE}/{sub['id']}/deliveries").json()["items"]
-            if deliveries and deliveries[0]["attempts"]:
+            logged = served.get(f"{BASE}/{sub['id']}/deliveries").json()["items"]
+            if logged and logged[0]["attempts"]:
                 break
             assert time.monotonic() < deadline, "no attempt was made"
             time.sleep(0.05)
-    error = deliveries[0]["attempts"][0]["error"]
+    error = logged[0]["attempts"][0]["error"]
     assert "refused: localhost resolves to" in error and "loopback" in error, error
     assert receiver.requests == []
 
