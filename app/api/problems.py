@@ -100,6 +100,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, UnicodeDecodeError):
+            # FastAPI answers a JSON body that is not UTF-8 with a bare 400 ("There was an
+            # error parsing the body"); it is malformed JSON (RFC 8259 §8.1), said as such.
+            errors = [{"field": "body", "in": "body", "reason": f"malformed JSON: not UTF-8 ({exc.__cause__.reason} at byte {exc.__cause__.start})"}]
+            return problem(422, "validation", "The request is not valid", "1 field(s) failed validation; nothing was stored", errors)
         title = TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
         return problem(exc.status_code, title.lower().replace(" ", "-"), title, detail, headers=getattr(exc, "headers", None))

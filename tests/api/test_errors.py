@@ -139,6 +139,17 @@ def test_malformed_json_is_a_422_problem_naming_the_body(api, world: World) -> N
     assert unchanged(api, world) == before
 
 
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/customers", "/v1/webhooks/subscriptions/1/rotate-secret"])
+def test_a_body_that_is_not_utf8_is_a_422_problem_naming_the_body(api, world: World, path: str) -> None:
+    before = unchanged(api, world)
+
+    r = api.post(path, content=b'{"name": "\xc3("}', headers={"Content-Type": "application/json"})
+
+    body = assert_problem(r, 422, "body")
+    assert body["errors"][0]["reason"].startswith("malformed JSON: not UTF-8")
+    assert unchanged(api, world) == before
+
+
 def test_a_json_array_instead_of_an_object_is_422(api, world: World) -> None:
     assert_problem(api.post("/v1/events", json=[{"type": "visit"}]), 422)
 
