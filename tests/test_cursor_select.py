@@ -13,7 +13,7 @@ from sqlalchemy import bindparam, column, insert, select, table
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.db import models as m
-from app.db.engine import Database, run
+from app.db.engine import Database, _cursor_statement, run
 from app.db.facts import STATES_BY_ID, CustomerState, ProjectState
 from app.db.logs import _LOG_OF
 from app.domain.rulebook import load_rulebook
@@ -58,6 +58,22 @@ def test_run_gives_what_a_session_gives(db: Database, subjects: dict[str, int], 
     assert got == expected and got
     assert [tuple(r._fields) for r in got] == [tuple(r._fields) for r in expected]  # by name, as callers read them
     assert got.first() == expected[0] and got.scalars() == [r[0] for r in expected]
+
+
+def test_rows_by_several_ids_are_those_read_one_by_one(db: Database, subjects: dict[str, int]) -> None:
+    by_ids = STATES_BY_ID[CustomerState]
+    with db.session(write=True) as s:
+        other = create_customer(s, RULEBOOK, {"name": "中建安装", "kind": "installer"}, now=NOW)
+    ids = [subjects["owner"], other.id, other.id + 10_000]  # the last one is not there
+    with db.session(write=False) as s:
+        together = list(by_ids.rows(s, ids))
+        alone = [row for id_ in ids for row in by_ids.rows(s, [id_])]
+    assert together == sorted(alone) and len(together) == 2
+    if db.engine.dialect.name == "postgresql":
+        # One array parameter: compiled once, run on the cursor (an expanding IN list is
+        # rendered by SQLAlchemy on every run).
+        assert _cursor_statement(by_ids.array, db.engine.dialect) is not None
+        assert _cursor_statement(by_ids.many, db.engine.dialect) is None
 
 
 def test_run_binds_the_values_the_statement_carries(db: Database, subjects: dict[str, int]) -> None:
