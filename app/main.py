@@ -18,6 +18,7 @@ from app.api.limits import BodyLimit, RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import load_rulebook
+from app.services.known_keys import KnownKeys
 from app.settings import Settings, get_settings
 
 DESCRIPTION = """Rapport keeps a B2B sales team's customers (project owners 项目甲方 and
@@ -49,14 +50,38 @@ def _serving(inner: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> C
     return run
 
 
+def _listening(known: KnownKeys | None, inner: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """`inner`'s lifespan, while `known` listens for changes to the API keys (if there is one)."""
+
+    @asynccontextmanager
+    async def run(app: FastAPI) -> AsyncIterator[None]:
+        stop = known.start() if known is not None else None
+        try:
+            async with inner(app):
+                yield
+        finally:
+            if stop is not None:
+                stop()
+
+    return run
+
+
 def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime] = utc_now) -> FastAPIOffline:
     """Build the app. The rulebook is loaded and validated here: a broken one refuses to start."""
     settings = settings or get_settings()
     rulebook = load_rulebook(settings.rulebook_path)
     db = Database.from_settings(settings)
-    app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=_serving(webhooks.lifespan(settings, db, clock)))
+    known = KnownKeys.of(db.engine) if settings.remember_keys else None
+    lifespan = _serving(_listening(known, webhooks.lifespan(settings, db, clock)))
+    app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = Context(
-        settings=settings, db=db, rulebook=rulebook, presenter=Presenter(rulebook), clock=clock, limiter=RateLimiter.from_settings(settings)
+        settings=settings,
+        db=db,
+        rulebook=rulebook,
+        presenter=Presenter(rulebook),
+        clock=clock,
+        limiter=RateLimiter.from_settings(settings),
+        known_keys=known,
     )
     problems.install(app)
     app.add_middleware(BodyLimit, settings=settings)

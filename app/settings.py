@@ -24,6 +24,10 @@ class Settings(BaseSettings):
         ge=0,
         description="events of recently graded subjects' logs each process keeps, so the next write to them need not read them back (about 0.5 KiB each); 0 = keep none",
     )
+    remember_keys: bool = Field(
+        default=True,
+        description="PostgreSQL: each process remembers the API keys it authenticated while the database notifies it of every change to the keys (one more connection per process); off: every request reads its key",
+    )
     db_pool_size: int = Field(default=20, ge=1, le=200, description="database connections each process keeps open (PostgreSQL: mind max_connections across processes)")
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")

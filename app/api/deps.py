@@ -14,7 +14,8 @@ from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
 from app.errors import Forbidden, Unauthorized
-from app.services.keys import Key, authenticate, has_scope
+from app.services.keys import Key, authenticate, has_scope, hash_secret
+from app.services.known_keys import KnownKeys
 from app.settings import Settings
 
 
@@ -32,6 +33,7 @@ class Context:
     presenter: Presenter
     clock: Callable[[], datetime] = utc_now
     limiter: RateLimiter | None = None  # None: no rate limit
+    known_keys: KnownKeys | None = None  # None: every request reads its key (SQLite, or switched off)
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,28 @@ ContextDep = Annotated[Context, Depends(get_context)]
 BEARER = {"WWW-Authenticate": 'Bearer realm="rapport"'}
 
 
-def api_key(db: Database, authorization: str | None) -> Key:
-    """The key an Authorization header names, or Unauthorized."""
+def _secret(authorization: str | None) -> str:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("send Authorization: Bearer <api key>", headers=BEARER)
-    secret = authorization[7:].strip()
-    # One statement, not a Session: this runs before every request. It is also the
-    # request's first use of the database, so `first` replaces a connection that died in the pool.
-    key = authenticate(db, secret) if secret else None
+    return authorization[7:].strip()
+
+
+def api_key(db: Database, authorization: str | None, known: KnownKeys | None = None) -> Key:
+    """The key an Authorization header names, or Unauthorized."""
+    secret = _secret(authorization)
+    # One statement, not a Session: this runs before every request that `known` does not
+    # answer. It is also the request's first use of the database.
+    key = authenticate(db, secret, known) if secret else None
     if key is None:
         raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
     return key
+
+
+def known_api_key(known: KnownKeys, authorization: str | None) -> Key | None:
+    """The key an Authorization header names if this process remembers it (no database: the
+    event loop may ask), else None; Unauthorized for a header that names no key."""
+    secret = _secret(authorization)
+    return known.get(hash_secret(secret)) if secret else None
 
 
 def check_scope(key: Key, scope: str) -> None:

@@ -12,7 +12,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CallerWith, api_key, check_scope
+from app.api.deps import CallerWith, api_key, check_scope, known_api_key
 from app.api.limits import HOOKS_PREFIX, RateLimiter
 
 
@@ -42,7 +42,10 @@ class Gated(APIRoute):
             ctx = request.app.state.context
             if authenticated:
                 authorization = request.headers.get("authorization")
-                if ctx.db.is_sqlite:
+                known = ctx.known_keys
+                # Remembered, and nothing changed since: no database (app/services/known_keys.py).
+                key = None if known is None else known_api_key(known, authorization)
+                if key is None and ctx.db.is_sqlite:
                     # On the event loop: reading one row of an embedded database by an index
                     # costs less than the hand-off to a worker thread and back (0.15-0.35 ms
                     # of a served POST's CPU, docs/performance.md "The state round"). The
@@ -51,8 +54,8 @@ class Gated(APIRoute):
                     # database is across a network, and a wait there would stall every
                     # request: a thread.
                     key = api_key(ctx.db, authorization)
-                else:
-                    key = await run_in_threadpool(api_key, ctx.db, authorization)
+                elif key is None:
+                    key = await run_in_threadpool(api_key, ctx.db, authorization, known)
                 _spend(ctx.limiter, ("key", key.id))
                 for scope in scopes:
                     check_scope(key, scope)

@@ -7,7 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session
 from app.db import models as m
 from app.db.engine import Database
 from app.errors import Conflict, FieldError, Invalid, NotFound
+
+if TYPE_CHECKING:
+    from app.services.known_keys import KnownKeys
 
 SCOPES = ("read", "write", "admin")
 BOOTSTRAP_NAME = "bootstrap"
@@ -57,9 +60,15 @@ class Key:
 _BY_HASH = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.secret_hash, m.ApiKey.revoked_at).where(m.ApiKey.secret_hash == bindparam("digest"))
 
 
-def authenticate(db: Database, secret: str) -> Key | None:
-    """The live key whose secret this is, or None (unknown or revoked)."""
+def authenticate(db: Database, secret: str, known: KnownKeys | None = None) -> Key | None:
+    """The live key whose secret this is, or None (unknown or revoked); from `known` if it
+    remembers the key, else read (and then remembered)."""
     digest = hash_secret(secret)
+    if known is not None:
+        remembered = known.get(digest)
+        if remembered is not None:
+            return remembered
+        generation = known.generation
     row = db.first(_BY_HASH, digest=digest)
     if row is None:
         return None
@@ -68,7 +77,10 @@ def authenticate(db: Database, secret: str) -> Key | None:
     # against a database collation or index doing anything clever with the string.
     if revoked_at is not None or not hmac.compare_digest(secret_hash, digest):
         return None
-    return Key(key_id, name, tuple(scopes))
+    key = Key(key_id, name, tuple(scopes))
+    if known is not None:
+        known.remember(digest, key, generation)
+    return key
 
 
 def has_scope(scopes: Sequence[str], scope: str) -> bool:

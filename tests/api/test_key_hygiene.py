@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import pytest
 from click.testing import CliRunner, Result
@@ -79,6 +80,34 @@ def test_a_revoked_key_is_refused_at_once(cli, client_for) -> None:  # noqa: ANN
     cli("keys", "revoke", "--name", "leaver")
     assert_problem(client.get("/v1/customers"), 401)
     assert "leaver\tread\trevoked" in cli("keys", "list").output
+
+
+def test_a_serving_process_that_remembers_a_key_refuses_it_at_once_when_revoked(cli, app, client_for, portal) -> None:  # noqa: ANN001
+    """While it serves (its lifespan running), a process on PostgreSQL answers a key it has
+    read from memory (app/services/known_keys.py); a revocation by another process, here the
+    CLI, still holds from the next request on."""
+    with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        known = app.state.context.known_keys
+        if known is not None:
+            _within(lambda: known.listening)
+            heard = known.generation
+        secret = _secret(cli("keys", "create", "--name", "leaver", "--scopes", "read"))
+        client = client_for(secret)
+        if known is not None:
+            _within(lambda: known.generation > heard)  # the creation's notice is in
+        assert client.get("/v1/customers").status_code == 200
+        if known is not None:
+            assert known.get(hash_secret(secret)) is not None  # from now on, not read
+            assert client.get("/v1/customers").status_code == 200
+        cli("keys", "revoke", "--name", "leaver")
+        assert_problem(client.get("/v1/customers"), 401)
+
+
+def _within(condition, seconds: float = 5.0) -> None:  # noqa: ANN001
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "not within the time allowed"
+        time.sleep(0.005)
 
 
 def _read_routes() -> list[str]:

@@ -1,0 +1,176 @@
+"""The keys a process remembers (app/services/known_keys.py): on PostgreSQL a remembered key
+answers without the database, and any change to the keys, by whoever makes it, is heard
+and forgets them all; while the listening connection is away nothing is remembered. On
+SQLite nothing is remembered at all."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Callable, Iterator
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import text
+
+from app.db import models as m
+from app.db.engine import Database
+from app.services import known_keys
+from app.services.keys import Key, authenticate, create_key, hash_secret, revoke_key
+from tests.conftest import is_postgres
+
+NOW = datetime(2026, 12, 5, 10, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def pg(db: Database) -> Database:
+    if not is_postgres(str(db.engine.url)):
+        pytest.skip("the database notifies listeners on PostgreSQL only")
+    return db
+
+
+@pytest.fixture
+def known(pg: Database) -> Iterator[known_keys.KnownKeys]:
+    keys = known_keys.KnownKeys.of(pg.engine)
+    assert keys is not None
+    stop = keys.start()
+    _until(lambda: keys.listening)
+    yield keys
+    stop()
+
+
+def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "not within the time allowed"
+        time.sleep(0.005)
+
+
+def _new_key(db: Database, known: known_keys.KnownKeys) -> tuple[str, str]:
+    """A new key, once `known` has heard of its creation (which, like any change, forgets
+    what it remembered)."""
+    name = f"k-{uuid4().hex[:8]}"
+    heard = known.generation
+    with db.session(write=True) as session:
+        _, secret = create_key(session, name, ["read"], now=NOW)
+    _until(lambda: known.generation > heard)
+    return name, secret
+
+
+def _reads(db: Database) -> list[str]:
+    """Count the key reads `authenticate` sends (they run past SQLAlchemy's events, so watch
+    `Database.first`)."""
+    seen: list[str] = []
+    first = db.first
+
+    def counted(statement, **params):  # noqa: ANN001, ANN202
+        seen.append(params["digest"])
+        return first(statement, **params)
+
+    db.first = counted  # type: ignore[method-assign]
+    return seen
+
+
+def test_sqlite_processes_remember_no_keys(db: Database) -> None:
+    if is_postgres(str(db.engine.url)):
+        pytest.skip("SQLite only")
+    assert known_keys.KnownKeys.of(db.engine) is None
+
+
+def test_a_remembered_key_is_not_read_again(known: known_keys.KnownKeys, pg: Database) -> None:
+    name, secret = _new_key(pg, known)
+    reads = _reads(pg)
+    try:
+        first, again = authenticate(pg, secret, known), authenticate(pg, secret, known)
+    finally:
+        del pg.first
+    assert isinstance(first, Key) and first.name == name and again == first
+    assert reads == [hash_secret(secret)]  # read once; the digest, never the secret, is kept
+
+
+def test_a_revoked_key_is_forgotten_when_the_database_says_so(known: known_keys.KnownKeys, pg: Database) -> None:
+    name, secret = _new_key(pg, known)
+    assert authenticate(pg, secret, known) is not None
+    assert known.get(hash_secret(secret)) is not None
+
+    with pg.session(write=True) as session:  # another process, as far as `known` can tell
+        revoke_key(session, name, now=NOW)
+
+    _until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
+    assert authenticate(pg, secret, known) is None
+
+
+def test_any_change_to_the_keys_by_sql_is_heard(known: known_keys.KnownKeys, pg: Database) -> None:
+    _, secret = _new_key(pg, known)
+    assert authenticate(pg, secret, known) is not None
+    with pg.engine.begin() as conn:  # an operator's SQL, not the service
+        conn.execute(text("UPDATE api_keys SET scopes = :s WHERE secret_hash = :h"), {"s": '["admin"]', "h": hash_secret(secret)})
+    _until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
+    assert authenticate(pg, secret, known).scopes == ("admin",)
+
+
+def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownKeys, pg: Database) -> None:
+    name, secret = _new_key(pg, known)
+    with pg.session(write=True) as session:
+        revoke_key(session, name, now=NOW)
+    _until(lambda: known.generation > 1)  # the revocation's notice was heard
+    reads = _reads(pg)
+    try:
+        for _ in range(2):
+            assert authenticate(pg, secret, known) is None
+            assert authenticate(pg, "rk_" + uuid4().hex, known) is None
+    finally:
+        del pg.first
+    assert len(reads) == 4
+
+
+def test_a_key_read_while_a_change_was_heard_is_not_remembered() -> None:
+    keys = known_keys.KnownKeys(lambda: None)
+    keys._listening = object()  # as if listening, without a connection  # noqa: SLF001
+    key = Key(1, "k", ("read",))
+    generation = keys.generation
+    keys.forget()  # a notice came between the read's start and its end
+    keys.remember("digest", key, generation)
+    assert keys._keys == {}  # noqa: SLF001
+    keys.remember("digest", key, keys.generation)
+    assert keys._keys["digest"][0] == key  # noqa: SLF001
+
+
+def test_nothing_is_remembered_while_the_listener_is_away(known: known_keys.KnownKeys, pg: Database) -> None:
+    _, secret = _new_key(pg, known)
+    assert authenticate(pg, secret, known) is not None
+    before = known.generation
+    with pg.engine.connect() as conn:
+        ended = conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = :q AND pid <> pg_backend_pid()"), {"q": f"LISTEN {known_keys.CHANNEL}"}
+        ).scalars().all()
+    assert ended and all(ended)
+    _until(lambda: known.get(hash_secret(secret)) is None, seconds=3)  # forgotten: the notices may be lost
+    # It stops listening, listens again on its own (each forgets), and remembers again from then on.
+    _until(lambda: known.generation >= before + 2 and known.listening, seconds=5)
+    assert authenticate(pg, secret, known) is not None
+    assert known.get(hash_secret(secret)) is not None
+
+
+def test_a_key_is_forgotten_after_max_age_whatever_happens() -> None:
+    now = [100.0]
+    keys = known_keys.KnownKeys(lambda: None, max_age=60, clock=lambda: now[0])
+    keys._listening = _Quiet()  # noqa: SLF001
+    key = Key(1, "k", ("read",))
+    keys.remember("digest", key, keys.generation)
+    now[0] += 59.9
+    assert keys.get("digest") == key
+    now[0] += 0.2
+    assert keys.get("digest") is None
+
+
+class _Quiet:
+    def poll(self, _timeout: int) -> list[tuple[int, int]]:
+        return []
+
+
+def test_the_channel_is_the_one_the_migration_notifies(pg: Database) -> None:
+    with pg.engine.connect() as conn:
+        body = conn.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'notify_api_keys_changed'")).scalar_one()
+    assert f"pg_notify('{known_keys.CHANNEL}'" in body
+    assert m.ApiKey.__tablename__ == "api_keys"
