@@ -5,6 +5,8 @@ SQLite nothing is remembered at all."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable, Iterator
@@ -124,9 +126,31 @@ def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownK
     assert len(reads) == 4
 
 
+def test_many_threads_ask_at_once(known: known_keys.KnownKeys, pg: Database) -> None:
+    """Requests ask from the event loop and from every worker thread at the same time."""
+    _, secret = _new_key(pg, known)
+    key = authenticate(pg, secret, known)
+    digest = hash_secret(secret)
+    failures: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            for _ in range(5_000):
+                assert known.get(digest) == key
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
 def test_a_key_read_while_a_change_was_heard_is_not_remembered() -> None:
     keys = known_keys.KnownKeys(lambda: None)
-    keys._listening = object()  # as if listening, without a connection  # noqa: SLF001
+    keys._listening = -1  # as if listening, without a connection  # noqa: SLF001
     key = Key(1, "k", ("read",))
     generation = keys.generation
     keys.forget()  # a notice came between the read's start and its end
@@ -155,18 +179,15 @@ def test_nothing_is_remembered_while_the_listener_is_away(known: known_keys.Know
 def test_a_key_is_forgotten_after_max_age_whatever_happens() -> None:
     now = [100.0]
     keys = known_keys.KnownKeys(lambda: None, max_age=60, clock=lambda: now[0])
-    keys._listening = _Quiet()  # noqa: SLF001
-    key = Key(1, "k", ("read",))
-    keys.remember("digest", key, keys.generation)
-    now[0] += 59.9
-    assert keys.get("digest") == key
-    now[0] += 0.2
-    assert keys.get("digest") is None
-
-
-class _Quiet:
-    def poll(self, _timeout: int) -> list[tuple[int, int]]:
-        return []
+    quiet, peer = socket.socketpair()  # nothing is ever sent on it: no notice waits
+    with quiet, peer:
+        keys._listening = quiet.fileno()  # noqa: SLF001
+        key = Key(1, "k", ("read",))
+        keys.remember("digest", key, keys.generation)
+        now[0] += 59.9
+        assert keys.get("digest") == key
+        now[0] += 0.2
+        assert keys.get("digest") is None
 
 
 def test_the_channel_is_the_one_the_migration_notifies(pg: Database) -> None:

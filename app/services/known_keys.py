@@ -45,7 +45,7 @@ class KnownKeys:
         self._lock = threading.Lock()
         # Counts what was forgotten: a key read before a notice is not remembered after it.
         self._generation = 0
-        self._listening: Any = None  # the listening connection's poll object, while it listens
+        self._listening: int | None = None  # the listening connection's socket, while it listens
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,8 +78,12 @@ class KnownKeys:
         if listening is None:
             return None
         # A notice may be waiting on the socket for the listener: trust nothing until it
-        # has read it (one poll(2) with no wait, ~1 µs).
-        if listening.poll(0):
+        # has read it. One poll(2) with no wait, with a poll object of its own (~1 µs): the
+        # event loop and every worker thread ask at once, and one object may not be polled
+        # by two threads at a time.
+        waiting = select.poll()
+        waiting.register(listening, select.POLLIN)
+        if waiting.poll(0):
             return None
         found = self._keys.get(digest)
         if found is None or found[1] <= self._clock():
@@ -138,12 +142,10 @@ class KnownKeys:
 
     def _hear(self, conn: Any) -> None:
         conn.execute(f"LISTEN {CHANNEL}")
-        poll = select.poll()
-        poll.register(conn.fileno(), select.POLLIN)
         with self._lock:  # from nothing: whatever changed while not listening is unknown
             self._generation += 1
             self._keys.clear()
-            self._listening = poll
+            self._listening = conn.fileno()
         checked = self._clock()
         while not self._stop.is_set():
             for _ in conn.notifies(timeout=0.5, stop_after=1):
