@@ -42,7 +42,7 @@ class KnownKeys:
         self._connect = connect  # a new autocommit DBAPI (psycopg) connection
         self._max_keys, self._max_age, self._health_every, self._clock = max_keys, max_age, health_every, clock
         self._keys: dict[str, tuple[Key, float]] = {}  # digest -> (key, when it is forgotten)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         # Counts what was forgotten: a key read before a notice is not remembered after it.
         self._generation = 0
         self._listening: int | None = None  # the listening connection's socket, while it listens
@@ -100,9 +100,17 @@ class KnownKeys:
             self._keys[digest] = (key, self._clock() + self._max_age)
 
     def forget(self) -> None:
+        """Forget every key (a notice came: some key changed)."""
         with self._lock:
             self._generation += 1
             self._keys.clear()
+
+    def _listen_on(self, socket: int | None) -> None:
+        """Start (a socket) or stop (None) trusting what is remembered; from nothing either
+        way: what changed while nobody listened is unknown."""
+        with self._lock:
+            self._listening = socket
+            self.forget()
 
     @property
     def listening(self) -> bool:
@@ -131,34 +139,25 @@ class KnownKeys:
             else:
                 try:
                     self._hear(conn)
-                    pause = 0.5
                 except Exception as exc:
                     log.warning("stopped listening for API key changes (%s); every request reads its key until it listens again", type(exc).__name__)
                 finally:
-                    self._deafen()
+                    if self._listening is not None:
+                        pause = 0.5  # it did listen: try again soon
+                    self._listen_on(None)
                     conn.close()
             self._stop.wait(pause)
             pause = min(pause * 2, 30.0)
 
     def _hear(self, conn: Any) -> None:
         conn.execute(f"LISTEN {CHANNEL}")
-        with self._lock:  # from nothing: whatever changed while not listening is unknown
-            self._generation += 1
-            self._keys.clear()
-            self._listening = conn.fileno()
+        self._listen_on(conn.fileno())
         checked = self._clock()
         while not self._stop.is_set():
             for _ in conn.notifies(timeout=0.5, stop_after=1):
                 self.forget()
             if self._clock() - checked >= self._health_every:
                 # A connection whose server vanished without a word (a network cut) stays
-                # silent: a query finds out, and the keys are not trusted meanwhile for longer
-                # than this interval.
+                # silent: a query finds out (if it hangs, the TCP timeouts set in `of` end it).
                 conn.execute("SELECT 1")
                 checked = self._clock()
-
-    def _deafen(self) -> None:
-        with self._lock:
-            self._listening = None
-            self._generation += 1
-            self._keys.clear()
