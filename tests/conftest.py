@@ -8,9 +8,10 @@ migrated with `alembic upgrade head` at the start of the run). Domain tests need
 from __future__ import annotations
 
 import os
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -66,6 +67,14 @@ TABLES = (
     "api_keys",
     "service_state",
 )
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Return once `condition()` holds; fail the test if it does not within `seconds`."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "not within the time allowed"
+        time.sleep(0.005)
 
 
 def empty_tables(engine) -> None:  # noqa: ANN001

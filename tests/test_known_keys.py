@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Iterator
 from uuid import uuid4
 
 import pytest
@@ -19,7 +18,7 @@ from app.db import models as m
 from app.db.engine import Database
 from app.services import known_keys
 from app.services.keys import Key, authenticate, create_key, hash_secret, revoke_key
-from tests.conftest import is_postgres
+from tests.conftest import is_postgres, wait_until
 
 NOW = datetime(2026, 12, 5, 10, 30, tzinfo=timezone.utc)
 
@@ -36,16 +35,9 @@ def known(pg: Database) -> Iterator[known_keys.KnownKeys]:
     keys = known_keys.KnownKeys.of(pg.engine)
     assert keys is not None
     stop = keys.start()
-    _until(lambda: keys.listening)
+    wait_until(lambda: keys.listening)
     yield keys
     stop()
-
-
-def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "not within the time allowed"
-        time.sleep(0.005)
 
 
 def _new_key(db: Database, known: known_keys.KnownKeys) -> tuple[str, str]:
@@ -55,7 +47,7 @@ def _new_key(db: Database, known: known_keys.KnownKeys) -> tuple[str, str]:
     heard = known.generation
     with db.session(write=True) as session:
         _, secret = create_key(session, name, ["read"], now=NOW)
-    _until(lambda: known.generation > heard)
+    wait_until(lambda: known.generation > heard)
     return name, secret
 
 
@@ -98,7 +90,7 @@ def test_a_revoked_key_is_forgotten_when_the_database_says_so(known: known_keys.
     with pg.session(write=True) as session:  # another process, as far as `known` can tell
         revoke_key(session, name, now=NOW)
 
-    _until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
+    wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
     assert authenticate(pg, secret, known) is None
 
 
@@ -107,7 +99,7 @@ def test_any_change_to_the_keys_by_sql_is_heard(known: known_keys.KnownKeys, pg:
     assert authenticate(pg, secret, known) is not None
     with pg.engine.begin() as conn:  # an operator's SQL, not the service
         conn.execute(text("UPDATE api_keys SET scopes = :s WHERE secret_hash = :h"), {"s": '["admin"]', "h": hash_secret(secret)})
-    _until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
+    wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
     assert authenticate(pg, secret, known).scopes == ("admin",)
 
 
@@ -115,7 +107,7 @@ def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownK
     name, secret = _new_key(pg, known)
     with pg.session(write=True) as session:
         revoke_key(session, name, now=NOW)
-    _until(lambda: known.generation > 1)  # the revocation's notice was heard
+    wait_until(lambda: known.generation > 1)  # the revocation's notice was heard
     reads = _reads(pg)
     try:
         for _ in range(2):
@@ -169,9 +161,9 @@ def test_nothing_is_remembered_while_the_listener_is_away(known: known_keys.Know
             text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = :q AND pid <> pg_backend_pid()"), {"q": f"LISTEN {known_keys.CHANNEL}"}
         ).scalars().all()
     assert ended and all(ended)
-    _until(lambda: known.get(hash_secret(secret)) is None, seconds=3)  # forgotten: the notices may be lost
+    wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=3)  # forgotten: the notices may be lost
     # It stops listening, listens again on its own (each forgets), and remembers again from then on.
-    _until(lambda: known.generation >= before + 2 and known.listening, seconds=5)
+    wait_until(lambda: known.generation >= before + 2 and known.listening, seconds=5)
     assert authenticate(pg, secret, known) is not None
     assert known.get(hash_secret(secret)) is not None
 

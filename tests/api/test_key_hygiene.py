@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
 import pytest
 from click.testing import CliRunner, Result
@@ -23,6 +22,7 @@ from app.settings import Settings, get_settings
 from tests.api.expectations import assert_problem
 from tests.api.scenarios import issue_key
 from tests.api.test_forms import set_up
+from tests.conftest import wait_until
 
 WRONG = "rk_" + "x" * 43
 
@@ -89,25 +89,18 @@ def test_a_serving_process_that_remembers_a_key_refuses_it_at_once_when_revoked(
     with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
         known = app.state.context.known_keys
         if known is not None:
-            _within(lambda: known.listening)
+            wait_until(lambda: known.listening)
             heard = known.generation
         secret = _secret(cli("keys", "create", "--name", "leaver", "--scopes", "read"))
         client = client_for(secret)
         if known is not None:
-            _within(lambda: known.generation > heard)  # the creation's notice is in
+            wait_until(lambda: known.generation > heard)  # the creation's notice is in
         assert client.get("/v1/customers").status_code == 200
         if known is not None:
             assert known.get(hash_secret(secret)) is not None  # from now on, not read
             assert client.get("/v1/customers").status_code == 200
         cli("keys", "revoke", "--name", "leaver")
         assert_problem(client.get("/v1/customers"), 401)
-
-
-def _within(condition, seconds: float = 5.0) -> None:  # noqa: ANN001
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "not within the time allowed"
-        time.sleep(0.005)
 
 
 def _read_routes() -> list[str]:
