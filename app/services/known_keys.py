@@ -22,13 +22,13 @@ request reads its key, a read without a thread hand-off that costs ~50 µs.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 import time
 from typing import Any, Callable
 
 from sqlalchemy import Engine
 
+from app.db.engine import has_input
 from app.services.keys import Key
 
 CHANNEL = "rapport_api_keys"
@@ -78,12 +78,8 @@ class KnownKeys:
         if listening is None:
             return None
         # A notice may be waiting on the socket for the listener: trust nothing until it
-        # has read it. One poll(2) with no wait, with a poll object of its own (~1 µs): the
-        # event loop and every worker thread ask at once, and one object may not be polled
-        # by two threads at a time.
-        waiting = select.poll()
-        waiting.register(listening, select.POLLIN)
-        if waiting.poll(0):
+        # has read it. The event loop and every worker thread ask at once.
+        if has_input(listening):
             return None
         found = self._keys.get(digest)
         if found is None or found[1] <= self._clock():
