@@ -24,7 +24,7 @@ import binascii
 import hashlib
 import hmac
 import secrets as random_source
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Mapping, Sequence
 
 SCHEMES = ("standard_webhooks", "typeform", "x_signature", "jiandaoyun", "url_token")
@@ -34,6 +34,13 @@ _STANDARD_PREFIX = "whsec_"
 
 class SignatureError(Exception):
     """The delivery is not proven to come from the holder of a secret; `str()` says why."""
+
+
+def replaced_secret(current: str, grace: timedelta, now: datetime) -> tuple[str | None, datetime | None]:
+    """What a rotation keeps of the secret it replaces: the secret and until when it stays
+    in force (`live_secrets`), or nothing for no grace. Only the secret just replaced is
+    kept: a rotation during another's grace period ends that one."""
+    return (current, now + grace) if grace > timedelta(0) else (None, None)
 
 
 def live_secrets(current: str, previous: str | None, previous_until: datetime | None, now: datetime) -> list[str]:

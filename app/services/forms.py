@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import models as m
 from app.domain import forms as domain
 from app.domain.rulebook import Rulebook
-from app.domain.signatures import SignatureError, live_secrets, new_secret, secret_problem, verify
+from app.domain.signatures import SignatureError, live_secrets, new_secret, replaced_secret, secret_problem, verify
 from app.errors import AppError, Conflict, FieldError, Invalid, NotFound
 from app.grading import Effect
 from app.services.batch import record_batch
@@ -110,10 +110,8 @@ def rotate_secret(
     form = get_form(session, form_id, lock=True)
     scheme = scheme or form.auth_scheme
     new = _secret(scheme, secret)
-    if scheme == form.auth_scheme and grace > timedelta(0):
-        form.previous_secret, form.previous_secret_until = form.secret, now + grace
-    else:
-        form.previous_secret, form.previous_secret_until = None, None
+    # A secret of another scheme cannot verify this one's deliveries: no grace across schemes.
+    form.previous_secret, form.previous_secret_until = replaced_secret(form.secret, grace if scheme == form.auth_scheme else timedelta(0), now)
     form.secret, form.auth_scheme = new, scheme
     form.version += 1
     form.updated_at = now

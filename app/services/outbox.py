@@ -17,7 +17,7 @@ from app.db import models as m
 from app.db.engine import run
 from app.domain.evaluation import HeatGrade
 from app.domain.rulebook import Label, Rulebook
-from app.domain.signatures import new_secret
+from app.domain.signatures import new_secret, replaced_secret
 from app.errors import Conflict, NotFound
 from app.services.paging import page
 
@@ -189,10 +189,9 @@ def _live_subscription(session: Session, subscription_id: int) -> m.Subscription
 
 def rotate_secret(session: Session, subscription_id: int, *, grace: timedelta, now: datetime) -> m.Subscription:
     """Give the subscription a new secret; deliveries are signed with the old one too for
-    `grace` (0: not at all). A rotation during another's grace period ends that one: only
-    the secret just replaced is kept."""
+    `grace` (0: not at all)."""
     subscription = _live_subscription(session, subscription_id)
-    subscription.previous_secret, subscription.previous_secret_until = (subscription.secret, now + grace) if grace > timedelta(0) else (None, None)
+    subscription.previous_secret, subscription.previous_secret_until = replaced_secret(subscription.secret, grace, now)
     subscription.secret = new_secret("standard_webhooks")
     subscription.version += 1
     subscription.updated_at = now
