@@ -12,7 +12,7 @@ from datetime import datetime
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api import customers, events, forms, meta, problems, projects, webhooks
+from app.api import customers, events, forms, meta, problems, projects, threads, webhooks
 from app.api.deps import Context, utc_now
 from app.api.limits import BodyLimit, RateLimiter
 from app.api.present import Presenter
@@ -30,19 +30,20 @@ change kept for audit.
 Authenticate with `Authorization: Bearer <api key>`. Errors are RFC 9457 problem+json."""
 
 
-def _serving(inner: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """The server's lifespan: `inner`'s, after moving everything built so far (routes, the
-    rulebook, SQLAlchemy's mappers and statement caches: ~140,000 objects) out of the
-    garbage collector's reach with gc.freeze(). Otherwise its occasional full collection
-    walks all of them, a 90 ms pause felt by every request in flight (a gen-2 pass
-    measured every ~2,000 event POSTs on this machine)."""
+def _serving(settings: Settings, inner: Callable[[FastAPI], AbstractAsyncContextManager[None]]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The server's lifespan: `inner`'s, with the worker threads `settings` asks for
+    (app/api/threads.py), after moving everything built so far (routes, the rulebook,
+    SQLAlchemy's mappers and statement caches: ~140,000 objects) out of the garbage
+    collector's reach with gc.freeze(). Otherwise its occasional full collection walks all
+    of them, a 90 ms pause felt by every request in flight (a gen-2 pass measured every
+    ~2,000 event POSTs on this machine)."""
 
     @asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         gc.collect()
         gc.freeze()
         try:
-            async with inner(app):
+            async with threads.serving(settings), inner(app):
                 yield
         finally:
             gc.unfreeze()  # collectable again once the server stops (one process may build many apps)
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     rulebook = load_rulebook(settings.rulebook_path)
     db = Database.from_settings(settings)
     known = KnownKeys.of(db.engine) if settings.remember_keys else None
-    lifespan = _serving(_listening(known, webhooks.lifespan(settings, db, clock)))
+    lifespan = _serving(settings, _listening(known, webhooks.lifespan(settings, db, clock)))
     app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.context = Context(
         settings=settings,

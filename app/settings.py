@@ -28,6 +28,18 @@ class Settings(BaseSettings):
         default=True,
         description="PostgreSQL: each process remembers the API keys it authenticated while the database notifies it of every change to the keys (one more connection per process); off: every request reads its key",
     )
+    worker_threads: int = Field(
+        default=4,
+        ge=1,
+        le=200,
+        description="requests each process runs at once on its worker threads (their database work; more wait their turn); raise it when each request waits long on the database (a remote server)",
+    )
+    batch_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="POST /v1/events/batch requests each process runs at once, on threads of their own: long batches never hold the threads single requests need",
+    )
     db_pool_size: int = Field(default=20, ge=1, le=200, description="database connections each process keeps open (PostgreSQL: mind max_connections across processes)")
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")

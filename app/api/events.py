@@ -7,9 +7,8 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
-from app.api import idempotency, present
+from app.api import idempotency, present, threads
 from app.api import schemas as s
 from app.api.bodies import json_items, media_type, validate_item
 from app.api.deps import ContextDep, Reader, Writer
@@ -104,7 +103,7 @@ async def record_batch(
         return present.answer(out, exclude_none=True)  # pydantic encodes it: up to 10,000 results
 
     fp = partial(idempotency.fingerprint, "POST", f"/v1/events/batch?atomic={atomic}", [content_type, body])
-    return await run_in_threadpool(idempotency.run, ctx, caller, idempotency_key, fp, work)
+    return await threads.run_batch(ctx.settings, idempotency.run, ctx, caller, idempotency_key, fp, work)
 
 
 def _new_event(item: s.EventIn | list[FieldError]) -> batch_svc.Item:

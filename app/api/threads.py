@@ -1,0 +1,55 @@
+"""The worker threads requests run their database work on, and how many run at once.
+
+FastAPI runs a sync route (and `run_in_threadpool`) on anyio's worker threads, up to the
+default limiter's tokens: 40 unless set. One process executes Python on one core at a
+time (the GIL), so on a nearby database more threads than it takes to keep that core busy
+only take turns at the GIL: every hand-over is a futex wake-up and a context switch, and
+the requests' answers come out interleaved instead of in turn. Measured on PostgreSQL
+(docs/performance.md, "The threads round"): 4 threads served 6-13 % more event POSTs
+than 40 at a lower p99; on SQLite the same throughput at a lower p99.
+
+A batch can hold its thread for seconds (10,000 events), so batches run on a limiter of
+their own (`batch_threads`): a few ERP imports at once never take the threads the app's
+single requests need.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import AsyncIterator, Callable, TypeVar
+
+from anyio import CapacityLimiter, to_thread
+from anyio.lowlevel import RunVar
+
+from app.settings import Settings
+
+T = TypeVar("T")
+
+# One per event loop, as anyio keeps its default limiter: a limiter belongs to the loop
+# it was made in, and a process (its tests) may run several loops.
+_BATCHES: RunVar[CapacityLimiter] = RunVar("rapport_batch_limiter")
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[None]:
+    """While the server runs: sync routes on at most `settings.worker_threads` threads."""
+    limiter = to_thread.current_default_thread_limiter()
+    before = limiter.total_tokens
+    limiter.total_tokens = settings.worker_threads
+    try:
+        yield
+    finally:
+        limiter.total_tokens = before
+
+
+async def run_batch(settings: Settings, work: Callable[..., T], *args: object) -> T:
+    """Run `work(*args)` on a batch thread: at most `settings.batch_threads` at once."""
+    try:
+        limiter = _BATCHES.get()
+    except LookupError:
+        limiter = CapacityLimiter(settings.batch_threads)
+        _BATCHES.set(limiter)
+    if limiter.total_tokens != settings.batch_threads:  # another app's, in the same loop (tests)
+        limiter.total_tokens = settings.batch_threads
+    return await to_thread.run_sync(partial(work, *args), limiter=limiter)

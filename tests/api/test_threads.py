@@ -1,0 +1,87 @@
+"""While the server runs, requests run their database work on `worker_threads` threads at
+most, and batches on `batch_threads` threads of their own (app/api/threads.py)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from typing import Any
+
+import pytest
+from anyio import to_thread
+
+from app.api import events as events_api
+from app.services import events as event_svc
+from app.settings import Settings
+from tests.api.conftest import ADMIN
+
+AT = "2026-11-19T10:00:00+08:00"
+
+
+@pytest.fixture
+def settings(db_url: str) -> Settings:
+    return Settings(database_url=db_url, bootstrap_key=ADMIN, worker_threads=1, batch_threads=1)
+
+
+def _held(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> tuple[threading.Event, threading.Event]:
+    """Make `module.name` wait, once entered, until released: (entered, release)."""
+    entered, release = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        assert release.wait(10), "never released"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, held)
+    return entered, release
+
+
+def _send(portal, client, method: str, url: str, **kwargs: Any) -> Future:  # noqa: ANN001
+    return portal.start_task_soon(lambda: client._client.request(method, url, **kwargs))
+
+
+def _visit(customer_id: int, external_id: str) -> dict[str, Any]:
+    return {"type": "visit", "customer_id": customer_id, "occurred_at": AT, "attributes": {"reception": "welcoming"}, "source": "erp", "external_id": external_id}
+
+
+def test_a_batch_in_progress_leaves_single_requests_their_thread(app, api, client, portal, monkeypatch) -> None:  # noqa: ANN001
+    customer = api.create_customer()["id"]
+    # Held while it reads its items, before its transaction: on SQLite a write transaction
+    # would hold the process's one writer's turn, which a single event must wait for.
+    entered, release = _held(monkeypatch, events_api, "json_items")
+    with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        batch = _send(portal, client, "POST", "/v1/events/batch", json=[_visit(customer, "B1")])
+        try:
+            assert entered.wait(5)
+            # The process's one worker thread is free while the batch holds its own.
+            single = _send(portal, client, "POST", "/v1/events", json=_visit(customer, "S1"))
+            answer = single.result(timeout=5)
+            assert answer.status_code == 201, answer.text
+        finally:
+            release.set()
+        assert batch.result(timeout=10).status_code == 200
+    assert [e["external_id"] for e in api.get("/v1/events").json()["items"]] == ["S1", "B1"]
+
+
+def test_requests_beyond_the_worker_threads_wait_their_turn(app, api, client, portal, monkeypatch) -> None:  # noqa: ANN001
+    customer = api.create_customer()["id"]
+    entered, release = _held(monkeypatch, event_svc, "record_event")
+    with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        assert portal.call(_tokens) == 1
+        first = _send(portal, client, "POST", "/v1/events", json=_visit(customer, "S1"))
+        try:
+            assert entered.wait(5)
+            read = _send(portal, client, "GET", f"/v1/customers/{customer}")
+            with pytest.raises(FutureTimeout):
+                read.result(timeout=0.3)  # the one thread is taken
+        finally:
+            release.set()
+        assert first.result(timeout=10).status_code == 201
+        assert read.result(timeout=10).status_code == 200
+    assert portal.call(_tokens) == 40  # anyio's default again once the server stops
+
+
+def _tokens() -> float:
+    return to_thread.current_default_thread_limiter().total_tokens
+
