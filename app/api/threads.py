@@ -5,8 +5,8 @@ default limiter's tokens: 40 unless set. One process executes Python on one core
 time (the GIL), so on a nearby database more threads than it takes to keep that core busy
 only take turns at the GIL: every hand-over is a futex wake-up and a context switch, and
 the requests' answers come out interleaved instead of in turn. Measured on PostgreSQL
-(docs/performance.md, "The threads round"): 4 threads served 6-13 % more event POSTs
-than 40 at a lower p99; on SQLite the same throughput at a lower p99.
+(docs/performance.md, "The threads round"): 4 threads served 3-10 % more event POSTs
+than 40, at a lower p99; on SQLite as many within the noise (-3 % to +3 %), at a lower p99.
 
 A batch can hold its thread for seconds (10,000 events), so batches run on a limiter of
 their own (`batch_threads`): a few ERP imports at once never take the threads the app's

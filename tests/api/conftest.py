@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any, Callable, Iterator
 
 import httpx
@@ -64,6 +65,10 @@ class Client:
 
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         return self._portal.call(lambda: self._client.request(method, url, **kwargs))
+
+    def send_soon(self, method: str, url: str, **kwargs: Any) -> Future[httpx.Response]:
+        """Send without waiting for the answer: several requests in flight at once."""
+        return self._portal.start_task_soon(lambda: self._client.request(method, url, **kwargs))
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)

@@ -4,7 +4,7 @@ most, and batches on `batch_threads` threads of their own (app/api/threads.py)."
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, TimeoutError as FutureTimeout
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import pytest
@@ -37,10 +37,6 @@ def _held(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> tuple[thre
     return entered, release
 
 
-def _send(portal, client, method: str, url: str, **kwargs: Any) -> Future:  # noqa: ANN001
-    return portal.start_task_soon(lambda: client._client.request(method, url, **kwargs))
-
-
 def _visit(customer_id: int, external_id: str) -> dict[str, Any]:
     return {"type": "visit", "customer_id": customer_id, "occurred_at": AT, "attributes": {"reception": "welcoming"}, "source": "erp", "external_id": external_id}
 
@@ -51,11 +47,11 @@ def test_a_batch_in_progress_leaves_single_requests_their_thread(app, api, clien
     # would hold the process's one writer's turn, which a single event must wait for.
     entered, release = _held(monkeypatch, events_api, "json_items")
     with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
-        batch = _send(portal, client, "POST", "/v1/events/batch", json=[_visit(customer, "B1")])
+        batch = client.send_soon("POST", "/v1/events/batch", json=[_visit(customer, "B1")])
         try:
             assert entered.wait(5)
             # The process's one worker thread is free while the batch holds its own.
-            single = _send(portal, client, "POST", "/v1/events", json=_visit(customer, "S1"))
+            single = client.send_soon("POST", "/v1/events", json=_visit(customer, "S1"))
             answer = single.result(timeout=5)
             assert answer.status_code == 201, answer.text
         finally:
@@ -69,10 +65,10 @@ def test_requests_beyond_the_worker_threads_wait_their_turn(app, api, client, po
     entered, release = _held(monkeypatch, event_svc, "record_event")
     with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
         assert portal.call(_tokens) == 1
-        first = _send(portal, client, "POST", "/v1/events", json=_visit(customer, "S1"))
+        first = client.send_soon("POST", "/v1/events", json=_visit(customer, "S1"))
         try:
             assert entered.wait(5)
-            read = _send(portal, client, "GET", f"/v1/customers/{customer}")
+            read = client.send_soon("GET", f"/v1/customers/{customer}")
             with pytest.raises(FutureTimeout):
                 read.result(timeout=0.3)  # the one thread is taken
         finally:
@@ -84,4 +80,3 @@ def test_requests_beyond_the_worker_threads_wait_their_turn(app, api, client, po
 
 def _tokens() -> float:
     return to_thread.current_default_thread_limiter().total_tokens
-
