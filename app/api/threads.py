@@ -4,9 +4,10 @@ FastAPI runs a sync route (and `run_in_threadpool`) on anyio's worker threads, u
 default limiter's tokens: 40 unless set. One process executes Python on one core at a
 time (the GIL), so on a nearby database more threads than it takes to keep that core busy
 only take turns at the GIL: every hand-over is a futex wake-up and a context switch, and
-the requests' answers come out interleaved instead of in turn. Measured (docs/
-performance.md, "The threads round"): 4 threads served as many event POSTs as 40 within
-the noise, on PostgreSQL and on SQLite, with less system CPU and a p99 a quarter lower.
+the requests' answers come out interleaved instead of in turn. Measured in
+docs/performance.md, "The threads round": 4 threads served as many event POSTs as 40,
+within the noise, on PostgreSQL and on SQLite, with a p99 a quarter lower on both (and
+less system CPU on PostgreSQL).
 
 A batch can hold its thread for seconds (10,000 events), so batches run on a limiter of
 their own (`batch_threads`): a few ERP imports at once never take the threads the app's
