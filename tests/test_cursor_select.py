@@ -6,17 +6,18 @@ statement, and an INSERT … RETURNING, and the errors the database raises, are 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import bindparam, column, insert, select, table
+from sqlalchemy import bindparam, column, insert, select, table, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from app.db import models as m
-from app.db.engine import Database, _cursor_statement, run
+from app.db.engine import Database, _CursorStatement, _cursor_statement, run, run_many
 from app.db.facts import STATES_BY_ID, CustomerState, ProjectState
 from app.db.logs import _LOG_OF
 from app.domain.rulebook import load_rulebook
+from app.grading import _UPDATES
 from app.services.customers import create_customer
 from app.services.events import NewEvent, record_event, retract_event
 from app.services.projects import create_project
@@ -101,3 +102,41 @@ def test_a_returning_insert_and_a_refused_one(db: Database) -> None:
         with pytest.raises(IntegrityError):  # the same name and secret again: refused by the database
             run(s, statement, **values)
         s.rollback()
+
+
+def test_run_many_updates_as_sqlalchemys_executemany_does(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An UPDATE run for many rows goes to the driver's executemany, with each parameter
+    bound as SQLAlchemy binds it (an aware datetime in a UTC column, JSON text cast on
+    PostgreSQL): the rows end as SQLAlchemy's own executemany leaves them."""
+    sent: list[int] = []
+    run_many_on_cursor = _CursorStatement.run_many
+    monkeypatch.setattr(_CursorStatement, "run_many", lambda self, pooled, arguments: sent.append(len(arguments)) or run_many_on_cursor(self, pooled, arguments))
+    statement = _UPDATES[CustomerState, db.engine.dialect.name]
+    later = datetime(2026, 12, 6, 8, 30, tzinfo=timezone(timedelta(hours=8)))
+    with db.session(write=True) as s:
+        ids = [create_customer(s, RULEBOOK, {"name": f"批量 {i}", "kind": "owner"}, now=NOW).id for i in range(3)]
+    params = [
+        {"row_id": id_, "new_level": i + 1, "new_since": later, "new_grade_hash": 1000 + i, "new_log_stamp": 7 + i, "new_bump": i % 2, "new_grade": f'{{"n": {i}, "名": "批"}}'}
+        for i, id_ in enumerate(ids)
+    ]
+    columns = select(C.c.id, C.c.level, C.c.level_since, C.c.grade, C.c.grade_hash, C.c.log_stamp, C.c.version).where(C.c.id.in_(ids)).order_by(C.c.id)
+    with db.session(write=True) as s:
+        assert run_many(s, statement, params) is None
+        on_cursor = s.execute(columns).all()
+        s.rollback()
+    assert sent == [3]
+    with db.session(write=True) as s:
+        s.connection().execute(statement, params)
+        by_sqlalchemy = s.execute(columns).all()
+    assert on_cursor == by_sqlalchemy
+    assert [(r.level, r.level_since, r.grade, r.version) for r in on_cursor] == [(i + 1, later, {"n": i, "名": "批"}, 1 + i % 2) for i in range(3)]
+
+
+def test_a_refused_executemany_raises_sqlalchemys_error(db: Database) -> None:
+    statement = update(C).where(C.c.id == bindparam("row_id")).values(kind=bindparam("new_kind"))
+    with db.session(write=True) as s:
+        ids = [create_customer(s, RULEBOOK, {"name": f"拒绝 {i}", "kind": "owner"}, now=NOW).id for i in range(2)]
+    with db.session(write=True) as s, pytest.raises(IntegrityError):
+        run_many(s, statement, [{"row_id": ids[0], "new_kind": "owner"}, {"row_id": ids[1], "new_kind": None}])  # kind is NOT NULL
+    with db.session(write=False) as s:
+        assert s.execute(select(C.c.kind).where(C.c.id.in_(ids))).scalars().all() == ["owner", "owner"]
