@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import bindparam, column, insert, select, table, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from app.db import engine
 from app.db import models as m
 from app.db.engine import Database, _CursorStatement, _cursor_statement, run, run_many
 from app.db.facts import STATES_BY_ID, CustomerState, ProjectState
@@ -19,13 +20,14 @@ from app.db.logs import _LOG_OF
 from app.domain.rulebook import load_rulebook
 from app.grading import _UPDATES
 from app.services.customers import create_customer
-from app.services.events import NewEvent, record_event, retract_event
+from app.services.events import INSERT_NEW_EVENT, NewEvent, record_event, retract_event
 from app.services.projects import create_project
 from app.services.records import _READS
 
 RULEBOOK = load_rulebook()
 NOW = datetime(2026, 12, 5, 5, 0, tzinfo=timezone.utc)
 C = m.Customer.__table__
+E = m.Event.__table__
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +142,31 @@ def test_a_refused_executemany_raises_sqlalchemys_error(db: Database) -> None:
         run_many(s, statement, [{"row_id": ids[0], "new_kind": "owner"}, {"row_id": ids[1], "new_kind": None}])  # kind is NOT NULL
     with db.session(write=False) as s:
         assert s.execute(select(C.c.kind).where(C.c.id.in_(ids))).scalars().all() == ["owner", "owner"]
+
+
+def test_run_many_inserts_in_chunks_and_returns_every_inserted_row(db: Database, subjects: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An INSERT … ON CONFLICT DO NOTHING RETURNING for many rows (a batch's events): every
+    row inserted comes back once, with its values as stored, however the rows are cut
+    into statements; a row whose key is taken is skipped, not an error."""
+    monkeypatch.setattr(engine, "_VALUES_ROWS", 2)  # 5 rows: statements of 2, 2 and 1 row
+    statement = INSERT_NEW_EVENT[db.engine.dialect.name].returning(E.c.source, E.c.external_id, E.c.occurred_at, E.c.attributes)
+    at = datetime(2026, 12, 5, 16, 30, tzinfo=timezone(timedelta(hours=8)))
+
+    def row(i: int) -> dict[str, object]:
+        return {
+            "type": "visit", "customer_id": subjects["owner"], "project_id": None, "occurred_at": at + timedelta(minutes=i), "recorded_at": NOW,
+            "attributes": {"reception": "welcoming", "备注": f"第{i}次", "big": 2**70}, "source": "erp", "external_id": f"chunk-{i}", "actor": "t", "note": None,
+        }
+
+    with db.session(write=True) as s:
+        run(s, INSERT_NEW_EVENT[db.engine.dialect.name], **row(3))  # taken before
+        returned = run_many(s, statement, [row(i) for i in range(5)])
+    assert returned is not None
+    got = sorted(returned, key=lambda r: r.external_id)
+    assert [r.external_id for r in got] == ["chunk-0", "chunk-1", "chunk-2", "chunk-4"]
+    assert all(r.source == "erp" and r.occurred_at == at + timedelta(minutes=int(r.external_id[-1])) for r in got)
+    assert got[2].attributes == {"reception": "welcoming", "备注": "第2次", "big": 2**70}
+    with db.session(write=False) as s:
+        stored = s.execute(select(E.c.id, E.c.external_id).where(E.c.external_id.like("chunk-%")).order_by(E.c.external_id)).all()
+    assert [r.external_id for r in stored] == [f"chunk-{i}" for i in range(5)]
+    assert {r.id for r in got} == {r.id for r in stored if r.external_id != "chunk-3"}

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
-from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.dml import Insert, UpdateBase
 
 from app.chunks import chunked
 from app.db.log_cache import LogCache, keep_logs
@@ -374,19 +374,20 @@ class _CursorStatement:
             cursor = pooled.info[_KEPT_CURSOR] = pooled.dbapi_connection.cursor()
         return cursor
 
-    def rows(self, pooled: PoolProxiedConnection, arguments: list[Any] | dict[str, Any]) -> Rows:
-        """Run the statement on the pooled connection with `arguments` and fetch what it
-        returns. Raises the driver's error, which the caller hands to SQLAlchemy."""
+    def rows(self, pooled: PoolProxiedConnection, arguments: list[Any] | dict[str, Any], *, sql: str | None = None) -> Rows:
+        """Run the statement (or `sql`, its many-rows form: `run_many`) on the pooled
+        connection with `arguments` and fetch what it returns. Raises the driver's error,
+        which the caller hands to SQLAlchemy."""
         if self.keys is None:  # sqlite3
             cursor = pooled.dbapi_connection.cursor()
             try:
-                cursor.execute(self.sql, arguments)
+                cursor.execute(sql or self.sql, arguments)
                 fetched = cursor.fetchall()
             finally:
                 cursor.close()  # it resets the statement: no read snapshot stays open
         else:
             cursor = self._kept_cursor(pooled)
-            cursor.execute(self.sql, arguments)
+            cursor.execute(sql or self.sql, arguments)
             # psycopg refuses to fetch from a statement that returns no rows.
             fetched = cursor.fetchall() if self.converters else ()
         converters, row = self.converters, self.row
@@ -450,9 +451,9 @@ def _raise_as_sqlalchemy(conn: Connection, exc: Exception, compiled: _CursorStat
 
 
 def run_many(session: Session, statement: Executable, params: list[dict[str, Any]]) -> Iterable[Any] | None:
-    """`run` once per parameter set, as one executemany (the driver's, for one statement, or
-    SQLAlchemy's multi-row INSERT for one with RETURNING, whose rows it returns); None
-    without parameters."""
+    """`run` once per parameter set: the driver's executemany for a statement that returns
+    nothing (None), or for an INSERT … RETURNING its rows, from one multi-row INSERT per
+    chunk; None without parameters."""
     if not params:
         return None
     if len(params) == 1:  # a single event's write: one row per table
@@ -460,17 +461,43 @@ def run_many(session: Session, statement: Executable, params: list[dict[str, Any
     session.flush()
     conn = session.connection()
     compiled = _unwatched(conn, statement)
+    # Through SQLAlchemy, each set of parameters went through its execution context: a
+    # grading pass's UPDATE of ~450 rows took 10 % of a 500-event batch, the batch's INSERT
+    # of its 500 events 14 % (docs/performance.md, "The cursor round").
     if compiled is not None and not compiled.converters:  # it returns nothing: the driver's executemany
-        # SQLAlchemy's executemany processed each set of parameters through its execution
-        # context: a grading pass's UPDATE of ~450 rows took 10 % of a 500-event batch there
-        # (docs/performance.md, "The cursor-executemany round").
         arguments = [compiled.arguments(p) for p in params]
         try:
             compiled.run_many(conn.connection, arguments)
         except conn.dialect.loaded_dbapi.Error as exc:
             _raise_as_sqlalchemy(conn, exc, compiled, arguments)
         return None
+    if compiled is not None and compiled.keys is None and isinstance(statement, Insert):
+        # sqlite3, an INSERT … RETURNING: one statement of many VALUES rows per chunk, as
+        # SQLAlchemy's own "insertmanyvalues" sends it.
+        rows = Rows()
+        for chunk in chunked(params, _VALUES_ROWS):
+            arguments = [value for p in chunk for value in compiled.arguments(p)]
+            try:
+                rows += compiled.rows(conn.connection, arguments, sql=_values_sql(compiled.sql, len(compiled.names), len(chunk)))
+            except conn.dialect.loaded_dbapi.Error as exc:
+                _raise_as_sqlalchemy(conn, exc, compiled, arguments)
+        return rows
     return conn.execute(statement, params)
+
+
+# Rows per multi-row INSERT on SQLite: 500 rows of the events' 10 columns are 5,000
+# parameters, under SQLite's bound of 32,766 (3.32 and later; Rapport needs 3.35).
+_VALUES_ROWS = 500
+
+
+@functools.lru_cache(maxsize=32)
+def _values_sql(sql: str, width: int, rows: int) -> str:
+    """A one-row `INSERT … VALUES (?, …)` (sqlite3's parameters) with `rows` rows of values."""
+    group = "(" + ", ".join("?" * width) + ")"
+    head, found, tail = sql.partition(f" VALUES {group}")
+    if not found:
+        raise ValueError(f"not a one-row INSERT of {width} values: {sql}")
+    return f"{head} VALUES {', '.join([group] * rows)}{tail}"
 
 
 @dataclass(frozen=True)

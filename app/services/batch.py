@@ -156,8 +156,7 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> Iterable[Any]:
 
 _E = m.Event.__table__
 _COLUMNS = [c for c in _E.c if c.name != "id"]
-# SQLite: SQLAlchemy sends one multi-row VALUES list (as many statements as its bound of
-# parameters per statement asks for).
+# SQLite: one multi-row VALUES list per 500 rows, on the cursor (`run_many`).
 _INSERT_ROWS = INSERT_NEW_EVENT["sqlite"].returning(_E.c.source, _E.c.external_id)
 # PostgreSQL: one array per column, `INSERT … SELECT * FROM unnest(…)`. A VALUES list of
 # 500 rows is 5,000 parameters: psycopg re-parsed the long statement on every batch (it
