@@ -428,7 +428,7 @@ def run(session: Session, statement: Executable, **params: Any) -> Rows:
         try:
             return compiled.rows(conn.connection, arguments)
         except conn.dialect.loaded_dbapi.Error as exc:
-            _raise_as_sqlalchemy(conn, exc, compiled, arguments)
+            _raise_as_sqlalchemy(conn, exc, compiled.sql, arguments)
     return Rows.of(conn.execute(statement, params))
 
 
@@ -441,12 +441,12 @@ def _unwatched(conn: Connection, statement: Executable) -> _CursorStatement | No
     return _cursor_statement(statement, conn.dialect)
 
 
-def _raise_as_sqlalchemy(conn: Connection, exc: Exception, compiled: _CursorStatement, arguments: Any) -> NoReturn:
+def _raise_as_sqlalchemy(conn: Connection, exc: Exception, sql: str, arguments: Any) -> NoReturn:
     """What SQLAlchemy does with an error of its own execution: raise it as its own (an
     IntegrityError as its IntegrityError), and if the connection is gone, invalidate it and
     every connection pooled before it, so the session rolls back without it and later
     requests get fresh ones."""
-    conn._handle_dbapi_exception(exc, compiled.sql, arguments, None, None)
+    conn._handle_dbapi_exception(exc, sql, arguments, None, None)
     raise AssertionError("SQLAlchemy raises every error it handles")  # pragma: no cover
 
 
@@ -461,33 +461,37 @@ def run_many(session: Session, statement: Executable, params: list[dict[str, Any
     session.flush()
     conn = session.connection()
     compiled = _unwatched(conn, statement)
-    # Through SQLAlchemy, each set of parameters went through its execution context: a
-    # grading pass's UPDATE of ~450 rows took 10 % of a 500-event batch, the batch's INSERT
-    # of its 500 events 14 % (docs/performance.md, "The cursor round").
+    # Through SQLAlchemy, each set of parameters went through its execution context: 12 % of
+    # a 500-event batch, for grading's UPDATE of ~450 rows and the INSERT of the batch's
+    # events (py-spy; docs/performance.md, "The cursor round").
     if compiled is not None and not compiled.converters:  # it returns nothing: the driver's executemany
         arguments = [compiled.arguments(p) for p in params]
         try:
             compiled.run_many(conn.connection, arguments)
         except conn.dialect.loaded_dbapi.Error as exc:
-            _raise_as_sqlalchemy(conn, exc, compiled, arguments)
+            _raise_as_sqlalchemy(conn, exc, compiled.sql, arguments)
         return None
     if compiled is not None and compiled.keys is None and isinstance(statement, Insert):
         # sqlite3, an INSERT … RETURNING: one statement of many VALUES rows per chunk, as
         # SQLAlchemy's own "insertmanyvalues" sends it.
+        width = len(compiled.names)
         rows = Rows()
-        for chunk in chunked(params, _VALUES_ROWS):
+        for chunk in chunked(params, max(1, min(_VALUES_ROWS, _SQLITE_PARAMETERS // width))):
             arguments = [value for p in chunk for value in compiled.arguments(p)]
+            sql = _values_sql(compiled.sql, width, len(chunk))
             try:
-                rows += compiled.rows(conn.connection, arguments, sql=_values_sql(compiled.sql, len(compiled.names), len(chunk)))
+                rows += compiled.rows(conn.connection, arguments, sql=sql)
             except conn.dialect.loaded_dbapi.Error as exc:
-                _raise_as_sqlalchemy(conn, exc, compiled, arguments)
+                _raise_as_sqlalchemy(conn, exc, sql, arguments)
         return rows
     return conn.execute(statement, params)
 
 
-# Rows per multi-row INSERT on SQLite: 500 rows of the events' 10 columns are 5,000
-# parameters, under SQLite's bound of 32,766 (3.32 and later; Rapport needs 3.35).
+# Rows per multi-row INSERT on SQLite, at most: 500 of the events' 10 columns are 5,000
+# parameters; a wider row gets fewer, under SQLite's bound on a statement's parameters
+# (32,766 since 3.32; Rapport needs 3.35).
 _VALUES_ROWS = 500
+_SQLITE_PARAMETERS = 32_766
 
 
 @functools.lru_cache(maxsize=32)
