@@ -53,7 +53,8 @@ def list_projects(
     """List projects, filtered, oldest first; follow `next_cursor` for more."""
     with ctx.db.session(write=False) as session:
         rows, next_cursor = svc.list_projects(session, owner_id=owner_id, heat=heat, rep=rep, stage=stage, q=q, limit=limit, cursor=cursor)
-        items = [_out(ctx, session, p) for p in rows]
+        participants = svc.participants_of(session, [p.id for p in rows])
+        items = [ctx.presenter.project(p, *participants[p.id]) for p in rows]
         return s.ProjectPage(items=items, next_cursor=next_cursor)
 
 

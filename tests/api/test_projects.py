@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import event
+
 from tests.api.expectations import all_pages, assert_problem
 from tests.api.scenarios import at, heat, installer_at_level_one
 
@@ -156,6 +158,45 @@ def test_list_pages_through_every_project_once_in_order(api) -> None:
     created = [api.create_project(owner["id"], f"项目{i}")["id"] for i in range(7)]
 
     assert [p["id"] for p in all_pages(api, "/v1/projects", limit=3)] == created
+
+
+def test_a_listed_project_shows_the_bidders_and_winner_its_own_read_shows(api, app) -> None:
+    """A page of projects reads the bids of all of them at once: as many statements for 6
+    projects as for 2 (it was one more read per project), each project with its own."""
+    owner = api.create_customer("仁济医院基建处", "owner")
+    installers = [api.create_customer(f"安装公司{i}", "installer") for i in range(3)]
+    projects = [api.create_project(owner["id"], f"项目{i}") for i in range(6)]
+    for i, project in enumerate(projects):
+        for j, installer in enumerate(installers[: i % 4]):
+            api.event("bid_joined", customer_id=installer["id"], project_id=project["id"], at=at(10 + j), attributes={"with_our_product": j == i % 2})
+        if i % 3 == 2:
+            api.event("bid_won", customer_id=installers[i % 2]["id"], project_id=project["id"], at=at(15))
+
+    statements: list[str] = []
+    engine = app.state.context.db.engine
+
+    def capture(_conn, _cursor, statement, _parameters, _context, _many) -> None:  # noqa: ANN001
+        statements.append(statement)
+
+    def page(limit: int) -> list[dict]:
+        statements.clear()
+        event.listen(engine, "before_cursor_execute", capture)
+        try:
+            r = api.get("/v1/projects", params={"owner_id": owner["id"], "limit": limit})
+        finally:
+            event.remove(engine, "before_cursor_execute", capture)
+        assert r.status_code == 200, r.text
+        return r.json()["items"]
+
+    assert len(page(2)) == 2
+    two = len(statements)
+    listed = page(6)
+    assert len(statements) == two
+    assert [p["id"] for p in listed] == [p["id"] for p in projects]
+    assert [(p["bidders"], p["winner"]) for p in listed] == [(r["bidders"], r["winner"]) for r in (api.get(f"/v1/projects/{p['id']}").json() for p in projects)]
+    # A bid_won makes a bidder too: the 6th project's winner never joined its bidding.
+    assert [len(p["bidders"]) for p in listed] == [0, 1, 2, 3, 0, 2]
+    assert [p["winner"] and p["winner"]["id"] for p in listed] == [None, None, installers[0]["id"], None, None, installers[1]["id"]]
 
 
 def test_list_refuses_a_bad_cursor(api) -> None:
