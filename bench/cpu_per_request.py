@@ -33,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 
-from batch_import import KEY, databases, make_events, rapport_app, set_up
+from batch_import import KEY, databases, in_process_client, make_events, rapport_app, set_up
 from single_post import check_name
 
 
@@ -44,7 +43,7 @@ def cpu_ms(app: Any, requests: list[tuple[str, str, bytes | None]], headers: dic
 
     async def run() -> float:
         # Inside each app's lifespan, as a server runs it (Rapport's sets up the garbage collector).
-        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers=headers) as client:
+        async with app.router.lifespan_context(app), in_process_client(app, headers) as client:
             start = time.process_time()
             for method, path, body in requests:
                 r = await client.request(method, path, content=body, headers={"content-type": "application/json"} if body else None)

@@ -56,9 +56,8 @@ def work(workload: str, count: int, server: str | None) -> None:
 
 
 def _work(workload: str, count: int, url: str) -> None:
-    import httpx
 
-    from batch_import import KEY, make_events, rapport_app, set_up
+    from batch_import import KEY, in_process_client, make_events, rapport_app, set_up
 
     owners, installers, projects = set_up(url, 400)
     size = BATCH if workload == "batch" else 1
@@ -72,7 +71,7 @@ def _work(workload: str, count: int, url: str) -> None:
         app, path = rapport_app(url), "/v1/events"
 
     async def run() -> None:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench", headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        async with in_process_client(app, {"Authorization": f"Bearer {KEY}"}) as client:
             for i, e in enumerate(events[:WARM_UP]):
                 r = await client.post(path, json={**e, "external_id": f"warm-{i}"})
                 assert r.status_code == 201, r.text[:300]
