@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from app.db import engine
 from app.db import models as m
 from app.db.engine import Database, _CursorStatement, _cursor_statement, run, run_many
-from app.db.facts import STATES_BY_ID, CustomerState, ProjectState
+from app.db.facts import _BID, _PROJECTLESS_LOG, STATES_BY_ID, CustomerState, ProjectState
 from app.db.logs import _LOG_OF
 from app.domain.rulebook import load_rulebook
 from app.grading import _UPDATES
@@ -77,6 +77,35 @@ def test_rows_by_several_ids_are_those_read_one_by_one(db: Database, subjects: d
         # rendered by SQLAlchemy on every run).
         assert _cursor_statement(by_ids.array, db.engine.dialect) is not None
         assert _cursor_statement(by_ids.many, db.engine.dialect) is None
+
+
+@pytest.mark.parametrize("lengths", [(1, 1), (2, 2), (3, 1), (0, 1), (2, 0)])
+def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: dict[str, int], lengths: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lists (IN) run on the cursor on SQLite, rendered for their lengths, with the rows
+    SQLAlchemy's execution gives; an empty list is SQLAlchemy's to render. One list is the
+    caller's, one the statement's own (`_BID`'s event types)."""
+    by_lists = _PROJECTLESS_LOG.many  # customer ids, and the event types it reads
+    ids = [subjects["owner"], subjects["owner"] + 10_000, subjects["owner"] + 20_000][: lengths[0]]
+    types = ["visit", "order_placed"][: lengths[1]]
+    on_cursor: list[str] = []
+    rows = _CursorStatement.rows
+
+    def counted(self: _CursorStatement, *args: object, **kwargs: object) -> object:
+        on_cursor.append(str(kwargs.get("sql")))
+        return rows(self, *args, **kwargs)
+
+    monkeypatch.setattr(_CursorStatement, "rows", counted)
+    with db.session(write=False) as s:
+        expected = s.execute(by_lists, {"ids": ids, "types": types}).all()
+        got = run(s, by_lists, ids=ids, types=types)
+        bid = run(s, _BID, customer_id=subjects["owner"])
+    assert got == expected and [tuple(r._fields) for r in got] == [tuple(r._fields) for r in expected]
+    assert (len(got) == 1) == (lengths[0] > 0 and lengths[1] > 0)  # the owner's retracted visit
+    assert bid == []
+    sqlite = db.engine.dialect.name == "sqlite"
+    assert len(on_cursor) == int(sqlite) * (1 + (0 not in lengths))
+    if sqlite and 0 not in lengths:
+        assert on_cursor[0].count("?") == sum(lengths)
 
 
 def test_run_binds_the_values_the_statement_carries(db: Database, subjects: dict[str, int]) -> None:

@@ -224,7 +224,7 @@ class Database:
         database is gone. A read can safely run twice; a write can not, so this is only for
         reads."""
         compiled = _cursor_statement(statement, self.engine.dialect)
-        assert compiled is not None, "a read by `first` has no expanding parameters"
+        assert compiled is not None and not compiled.expanding, "a read by `first` has no expanding parameters"
         arguments = compiled.arguments(params)
         if self.is_sqlite:
             return self._sqlite_first(compiled, arguments)
@@ -306,9 +306,10 @@ class _CursorStatement:
     on the DBAPI cursor of the connection SQLAlchemy holds: the SQL, its parameters (with
     the values the statement itself binds), their bind processors, and the result
     processors of the columns it selects or returns, so values go in and come out as
-    SQLAlchemy's own execution converts them. Not for a statement with an expanding
-    parameter, whose SQL SQLAlchemy renders anew per run, nor one that sets a column
-    from a Python-side default.
+    SQLAlchemy's own execution converts them. Not for a statement that sets a column from
+    a Python-side default. A statement with an expanding parameter (an IN list) runs here
+    on sqlite3 only, with its SQL rendered per list length (`sql_for`), as SQLAlchemy
+    renders it; on PostgreSQL a list goes as one array (`ByIds`).
 
     SQLAlchemy's per-execution work (execution context, parameter processing, result
     object) was 14 of the 16 µs of CPU a one-row select of a state cost on SQLite, and
@@ -327,13 +328,17 @@ class _CursorStatement:
     binds: tuple[Callable[[Any], Any] | None, ...]
     converters: tuple[Callable[[Any], Any] | None, ...]
     row: Callable[..., Any]
+    # The parameters that take a list (`IN`): each of their values is bound in turn.
+    expanding: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, statement: Select[Any] | UpdateBase, dialect: Dialect) -> _CursorStatement | None:
         compiled = statement.compile(dialect=dialect)
-        if any(b.expanding for b in compiled.binds.values()) or compiled.insert_prefetch or compiled.update_prefetch:
-            return None  # rendered per run, or a column default SQLAlchemy computes per run
+        lists = any(b.expanding for b in compiled.binds.values())
+        if (lists and not compiled.positional) or compiled.insert_prefetch or compiled.update_prefetch:
+            return None  # a list in named parameters, or a column default SQLAlchemy computes per run
         names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
+        expanding = frozenset(name for name in names if compiled.binds[name].expanding)
         keys = None if compiled.positional else tuple((compiled.escaped_bind_names or {}).get(name, name) for name in names)
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
@@ -344,13 +349,23 @@ class _CursorStatement:
             return None
         converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
         row = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]
-        return cls(compiled.string, names, keys, fixed, binds, converters, row)
+        return cls(compiled.string, names, keys, fixed, binds, converters, row, expanding)
 
     def arguments(self, params: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
         """The driver's parameters for `params` (and the statement's own values)."""
         values = [(params[name] if name in params else self.fixed[name]) for name in self.names]
+        if self.expanding:
+            return [value if bind is None else bind(value) for bind, name, given in zip(self.binds, self.names, values) for value in (given if name in self.expanding else (given,))]
         values = [value if bind is None else bind(value) for bind, value in zip(self.binds, values)]
         return values if self.keys is None else dict(zip(self.keys, values))
+
+    def sql_for(self, params: Mapping[str, Any]) -> str | None:
+        """The SQL for `params`: its lists' placeholders rendered for their lengths; None if a
+        list is empty (SQLAlchemy renders an empty IN as an expression of its own)."""
+        if not self.expanding:
+            return self.sql
+        lengths = tuple(len(params[name] if name in params else self.fixed[name]) for name in sorted(self.expanding))
+        return None if 0 in lengths else _expanded_sql(self.sql, tuple(sorted(self.expanding)), lengths)
 
     def run_many(self, pooled: PoolProxiedConnection, arguments: list[list[Any]] | list[dict[str, Any]]) -> None:
         """Run the statement, which returns nothing, once per argument set: the driver's
@@ -375,7 +390,8 @@ class _CursorStatement:
         return cursor
 
     def rows(self, pooled: PoolProxiedConnection, arguments: list[Any] | dict[str, Any], *, sql: str | None = None) -> Rows:
-        """Run the statement (or `sql`, its many-rows form: `run_many`) on the pooled
+        """Run the statement (or `sql`: its form for the lengths of its lists, `sql_for`, or
+        its many-rows form, `run_many`) on the pooled
         connection with `arguments` and fetch what it returns. Raises the driver's error,
         which the caller hands to SQLAlchemy."""
         if self.keys is None:  # sqlite3
@@ -395,6 +411,15 @@ class _CursorStatement:
 
 
 _KEPT_CURSOR = "rapport_cursor"
+
+
+@functools.lru_cache(maxsize=256)
+def _expanded_sql(sql: str, names: tuple[str, ...], lengths: tuple[int, ...]) -> str:
+    """`sql` (sqlite3's parameters) with each list's placeholder as SQLAlchemy renders it for
+    a list of that length. Cached: a grading pass asks for the same few lengths."""
+    for name, length in zip(names, lengths):
+        sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * length))
+    return sql
 
 # By the statement's id, with the statement and the dialect it was compiled for (so a
 # reused id, or another engine's dialect, compiles anew). The statements are prebuilt
@@ -423,12 +448,13 @@ def run(session: Session, statement: Executable, **params: Any) -> Rows:
     session.flush()
     conn = session.connection()
     compiled = _unwatched(conn, statement)
-    if compiled is not None:
+    sql = None if compiled is None else compiled.sql_for(params)
+    if compiled is not None and sql is not None:
         arguments = compiled.arguments(params)
         try:
-            return compiled.rows(conn.connection, arguments)
+            return compiled.rows(conn.connection, arguments, sql=sql)
         except conn.dialect.loaded_dbapi.Error as exc:
-            _raise_as_sqlalchemy(conn, exc, compiled.sql, arguments)
+            _raise_as_sqlalchemy(conn, exc, sql, arguments)
     return Rows.of(conn.execute(statement, params))
 
 
@@ -461,6 +487,8 @@ def run_many(session: Session, statement: Executable, params: list[dict[str, Any
     session.flush()
     conn = session.connection()
     compiled = _unwatched(conn, statement)
+    if compiled is not None and compiled.expanding:
+        compiled = None  # a list per parameter set: SQLAlchemy's executemany renders each
     # Through SQLAlchemy, each set of parameters went through its execution context: 12 % of
     # a 500-event batch, for grading's UPDATE of ~450 rows and the INSERT of the batch's
     # events (py-spy; docs/performance.md, "The cursor round").
@@ -511,10 +539,11 @@ class ByIds:
     names for each kind of subject. SQLAlchemy renders an expanding IN list into the SQL
     on every run: 15 of the 33 µs of CPU a one-row select cost on SQLite.
 
-    On PostgreSQL a list goes as one array parameter (`= ANY(:ids)`): the statement is
-    compiled once and runs on the cursor (`run`), where the IN list took SQLAlchemy's whole
-    execution path on every run (an event on a project locks its owner and its customer
-    together: 3 % of a served POST's CPU, docs/performance.md "The known-keys round")."""
+    Both run on the cursor (`run`), where the IN list took SQLAlchemy's whole execution
+    path on every run (an event on a project locks its owner and its customer together:
+    3 % of a served POST's CPU on PostgreSQL, docs/performance.md "The known-keys round").
+    On SQLite the list's SQL is rendered once per length (`_CursorStatement.sql_for`); on
+    PostgreSQL a list goes as one array parameter (`= ANY(:ids)`), compiled once."""
 
     many: Select[Any]
     one: Select[Any]
