@@ -12,7 +12,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CallerWith, api_key, check_scope, known_api_key
+from app.api.deps import ACTOR_PARAMETER, CallerWith, api_key, check_scope, known_api_key
 from app.api.limits import HOOKS_PREFIX, RateLimiter
 
 
@@ -30,7 +30,14 @@ def _spend(limiter: RateLimiter | None, caller: Hashable) -> None:
 class Gated(APIRoute):
     """A route under /v1 authenticates its API key (once: `request.state.api_key`), checks
     the scope its `Caller` needs and spends a token of the key's rate limit. A form hook
-    (which authenticates its own signature, on the body) spends a token of its form's."""
+    (which authenticates its own signature, on the body) spends a token of its form's.
+    A route with a `Caller` reads `X-Actor` (app/api/deps.py), which its schema shows."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if _scopes(self.dependant):
+            extra = self.openapi_extra or {}
+            self.openapi_extra = {**extra, "parameters": [*extra.get("parameters", []), ACTOR_PARAMETER]}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

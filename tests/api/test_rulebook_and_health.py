@@ -60,6 +60,27 @@ def test_openapi_schema_describes_every_v1_endpoint(anonymous) -> None:
         assert path in paths, path
 
 
+def test_every_route_that_takes_a_key_documents_x_actor_once_and_the_hooks_do_not(anonymous) -> None:
+    paths = anonymous.get("/openapi.json").json()["paths"]
+
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            actors = [p for p in operation.get("parameters", []) if p["name"].lower() == "x-actor"]
+            keyed = path.startswith("/v1/") and not path.startswith("/v1/hooks/")
+            assert len(actors) == int(keyed), (method, path)
+            if actors:
+                assert actors[0]["in"] == "header" and actors[0]["schema"]["anyOf"][0]["maxLength"] == 100
+
+
+def test_an_x_actor_over_its_limit_is_422_naming_the_header_and_stores_nothing(api, app) -> None:
+    customer = api.post("/v1/customers", json={"name": "长沙地铁", "kind": "owner"}, headers={"X-Actor": "rep:li"}).json()
+    refused = api.post("/v1/events", json={"type": "visit", "customer_id": customer["id"], "occurred_at": "2026-11-01T10:00:00+00:00", "attributes": {"reception": "neutral"}}, headers={"X-Actor": "x" * 101})
+
+    problem = assert_problem(refused, 422)
+    assert problem["errors"] == [{"field": "x-actor", "in": "header", "reason": "String should have at most 100 characters"}]
+    assert api.get("/v1/events", params={"customer_id": customer["id"]}).json()["items"] == []
+
+
 def test_rulebook_needs_a_key(anonymous) -> None:
     assert_problem(anonymous.get("/v1/rulebook"), 401)
 
