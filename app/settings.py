@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     )
     remember_keys: bool = Field(
         default=True,
-        description="PostgreSQL: each process remembers the API keys it authenticated while the database notifies it of every change to the keys (one more connection per process); off: every request reads its key",
+        description="each process remembers the API keys it authenticated while the database tells it of every change to the keys (PostgreSQL: notices, on one more connection per process; SQLite: a stamp the keys' triggers renew, read on one more connection); off: every request reads its key",
     )
     worker_threads: int = Field(
         default=4,

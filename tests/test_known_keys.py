@@ -1,11 +1,12 @@
-"""The keys a process remembers (app/services/known_keys.py): on PostgreSQL a remembered key
-answers without the database, and any change to the keys, by whoever makes it, is heard
-and forgets them all; while the listening connection is away nothing is remembered. On
-SQLite nothing is remembered at all."""
+"""The keys a process remembers (app/services/known_keys.py): a remembered key answers without
+being read again, and any change to the keys, by whoever makes it, makes the process forget
+them all — on PostgreSQL when its listener hears the notice (while it is away nothing is
+remembered), on SQLite at the next request, which reads the stamp the keys' triggers renew."""
 
 from __future__ import annotations
 
 import socket
+import sqlite3
 import threading
 from datetime import datetime, timezone
 from typing import Iterator
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from app.db import models as m
-from app.db.engine import Database
+from app.db.engine import Database, make_engine
 from app.services import known_keys
 from app.services.keys import Key, authenticate, create_key, hash_secret, revoke_key
 from tests.conftest import is_postgres, wait_until
@@ -31,11 +32,18 @@ def pg(db: Database) -> Database:
 
 
 @pytest.fixture
-def known(pg: Database) -> Iterator[known_keys.KnownKeys]:
-    keys = known_keys.KnownKeys.of(pg.engine)
+def lite(db: Database) -> Database:
+    if is_postgres(str(db.engine.url)):
+        pytest.skip("SQLite only")
+    return db
+
+
+@pytest.fixture
+def known(db: Database) -> Iterator[known_keys.KnownKeys]:
+    keys = known_keys.KnownKeys.of(db.engine)
     assert keys is not None
     stop = keys.start()
-    wait_until(lambda: keys.listening)
+    wait_until(keys.trusted)  # PostgreSQL: once it listens
     yield keys
     stop()
 
@@ -47,7 +55,7 @@ def _new_key(db: Database, known: known_keys.KnownKeys) -> tuple[str, str]:
     heard = known.generation
     with db.session(write=True) as session:
         _, secret = create_key(session, name, ["read"], now=NOW)
-    wait_until(lambda: known.generation > heard)
+    wait_until(lambda: known.trusted() and known.generation > heard)
     return name, secret
 
 
@@ -65,63 +73,64 @@ def _reads(db: Database) -> list[str]:
     return seen
 
 
-def test_sqlite_processes_remember_no_keys(db: Database) -> None:
-    if is_postgres(str(db.engine.url)):
-        pytest.skip("SQLite only")
-    assert known_keys.KnownKeys.of(db.engine) is None
+def test_each_engine_remembers_keys_its_own_way(db: Database) -> None:
+    keys = known_keys.KnownKeys.of(db.engine)
+    assert isinstance(keys, known_keys.ListenedKeys if is_postgres(str(db.engine.url)) else known_keys.StampedKeys)
+    assert known_keys.KnownKeys.of(make_engine("sqlite://")) is None  # in memory: no other connection sees it
 
 
-def test_a_remembered_key_is_not_read_again(known: known_keys.KnownKeys, pg: Database) -> None:
-    name, secret = _new_key(pg, known)
-    reads = _reads(pg)
+def test_a_remembered_key_is_not_read_again(known: known_keys.KnownKeys, db: Database) -> None:
+    name, secret = _new_key(db, known)
+    reads = _reads(db)
     try:
-        first, again = authenticate(pg, secret, known), authenticate(pg, secret, known)
+        first, again = authenticate(db, secret, known), authenticate(db, secret, known)
     finally:
-        del pg.first
+        del db.first
     assert isinstance(first, Key) and first.name == name and again == first
     assert reads == [hash_secret(secret)]  # read once; the digest, never the secret, is kept
 
 
-def test_a_revoked_key_is_forgotten_when_the_database_says_so(known: known_keys.KnownKeys, pg: Database) -> None:
-    name, secret = _new_key(pg, known)
-    assert authenticate(pg, secret, known) is not None
+def test_a_revoked_key_is_forgotten_when_the_database_says_so(known: known_keys.KnownKeys, db: Database) -> None:
+    name, secret = _new_key(db, known)
+    assert authenticate(db, secret, known) is not None
     assert known.get(hash_secret(secret)) is not None
 
-    with pg.session(write=True) as session:  # another process, as far as `known` can tell
+    with db.session(write=True) as session:  # another process, as far as `known` can tell
         revoke_key(session, name, now=NOW)
 
     wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
-    assert authenticate(pg, secret, known) is None
+    assert authenticate(db, secret, known) is None
 
 
-def test_any_change_to_the_keys_by_sql_is_heard(known: known_keys.KnownKeys, pg: Database) -> None:
-    _, secret = _new_key(pg, known)
-    assert authenticate(pg, secret, known) is not None
-    with pg.engine.begin() as conn:  # an operator's SQL, not the service
+def test_any_change_to_the_keys_by_sql_is_heard(known: known_keys.KnownKeys, db: Database) -> None:
+    _, secret = _new_key(db, known)
+    assert authenticate(db, secret, known) is not None
+    with db.engine.begin() as conn:  # an operator's SQL, not the service
         conn.execute(text("UPDATE api_keys SET scopes = :s WHERE secret_hash = :h"), {"s": '["admin"]', "h": hash_secret(secret)})
     wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
-    assert authenticate(pg, secret, known).scopes == ("admin",)
+    assert authenticate(db, secret, known).scopes == ("admin",)
 
 
-def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownKeys, pg: Database) -> None:
-    name, secret = _new_key(pg, known)
-    with pg.session(write=True) as session:
+def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownKeys, db: Database) -> None:
+    name, secret = _new_key(db, known)
+    before = known.generation
+    with db.session(write=True) as session:
         revoke_key(session, name, now=NOW)
-    wait_until(lambda: known.generation > 1)  # the revocation's notice was heard
-    reads = _reads(pg)
+    wait_until(lambda: known.trusted() and known.generation > before)  # the revocation was heard
+    reads = _reads(db)
     try:
         for _ in range(2):
-            assert authenticate(pg, secret, known) is None
-            assert authenticate(pg, "rk_" + uuid4().hex, known) is None
+            assert authenticate(db, secret, known) is None
+            assert authenticate(db, "rk_" + uuid4().hex, known) is None
     finally:
-        del pg.first
+        del db.first
     assert len(reads) == 4
 
 
-def test_many_threads_ask_at_once(known: known_keys.KnownKeys, pg: Database) -> None:
+def test_many_threads_ask_at_once(known: known_keys.KnownKeys, db: Database) -> None:
     """Requests ask from the event loop and from every worker thread at the same time."""
-    _, secret = _new_key(pg, known)
-    key = authenticate(pg, secret, known)
+    _, secret = _new_key(db, known)
+    key = authenticate(db, secret, known)
     digest = hash_secret(secret)
     failures: list[BaseException] = []
 
@@ -141,7 +150,7 @@ def test_many_threads_ask_at_once(known: known_keys.KnownKeys, pg: Database) -> 
 
 
 def test_a_key_read_while_a_change_was_heard_is_not_remembered() -> None:
-    keys = known_keys.KnownKeys(lambda: None)
+    keys = known_keys.ListenedKeys(lambda: None)
     keys._listening = -1  # as if listening, without a connection  # noqa: SLF001
     key = Key(1, "k", ("read",))
     generation = keys.generation
@@ -170,7 +179,7 @@ def test_nothing_is_remembered_while_the_listener_is_away(known: known_keys.Know
 
 def test_a_key_is_forgotten_after_max_age_whatever_happens() -> None:
     now = [100.0]
-    keys = known_keys.KnownKeys(lambda: None, max_age=60, clock=lambda: now[0])
+    keys = known_keys.ListenedKeys(lambda: None, max_age=60, clock=lambda: now[0])
     quiet, peer = socket.socketpair()  # nothing is ever sent on it: no notice waits
     with quiet, peer:
         keys._listening = quiet.fileno()  # noqa: SLF001
@@ -187,3 +196,55 @@ def test_the_channel_is_the_one_the_migration_notifies(pg: Database) -> None:
         body = conn.execute(text("SELECT prosrc FROM pg_proc WHERE proname = 'notify_api_keys_changed'")).scalar_one()
     assert f"pg_notify('{known_keys.CHANNEL}'" in body
     assert m.ApiKey.__tablename__ == "api_keys"
+
+
+def test_sqlite_a_revocation_by_another_process_is_refused_at_the_next_request(known: known_keys.KnownKeys, lite: Database) -> None:
+    name, secret = _new_key(lite, known)
+    assert authenticate(lite, secret, known) is not None
+    assert known.get(hash_secret(secret)) is not None
+    other = Database(make_engine(str(lite.engine.url)))  # `rapport keys revoke`, say
+    try:
+        with other.session(write=True) as session:
+            revoke_key(session, name, now=NOW)
+    finally:
+        other.engine.dispose()
+
+    assert known.get(hash_secret(secret)) is None  # no waiting: the next request reads the stamp
+    assert authenticate(lite, secret, known) is None
+
+
+def test_sqlite_without_a_stamp_nothing_is_remembered(known: known_keys.KnownKeys, lite: Database) -> None:
+    _, secret = _new_key(lite, known)
+    with lite.engine.begin() as conn:  # a database not migrated that far, or the row deleted
+        conn.execute(text("DELETE FROM service_state WHERE key = :k"), {"k": known_keys.STAMP})
+    reads = _reads(lite)
+    try:
+        assert authenticate(lite, secret, known) is not None and authenticate(lite, secret, known) is not None
+        assert len(reads) == 2 and known.get(hash_secret(secret)) is None
+        _new_key(lite, known)  # any change to the keys stamps them again
+        assert authenticate(lite, secret, known) is not None and authenticate(lite, secret, known) is not None
+        assert len(reads) == 3
+    finally:
+        del lite.first
+
+
+def test_sqlite_a_stamp_that_cannot_be_read_is_tried_again_later() -> None:
+    now = [100.0]
+    attempts: list[int] = []
+
+    def connect() -> sqlite3.Connection:
+        attempts.append(1)
+        raise sqlite3.OperationalError("unable to open database file")
+
+    keys = known_keys.StampedKeys(connect, clock=lambda: now[0])
+    assert not keys.trusted() and not keys.trusted()
+    assert len(attempts) == 1  # not once per request while it fails
+    now[0] += known_keys.StampedKeys.RETRY_AFTER
+    assert not keys.trusted() and len(attempts) == 2
+
+
+def test_sqlite_the_stamp_is_the_one_the_migration_renews(lite: Database) -> None:
+    with lite.engine.connect() as conn:
+        triggers = dict(conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'api_keys'")).all())
+    assert sorted(triggers) == ["api_keys_stamp_delete", "api_keys_stamp_insert", "api_keys_stamp_update"]
+    assert all(f"'{known_keys.STAMP}'" in sql for sql in triggers.values())

@@ -33,7 +33,7 @@ class Context:
     presenter: Presenter
     clock: Callable[[], datetime] = utc_now
     limiter: RateLimiter | None = None  # None: no rate limit
-    known_keys: KnownKeys | None = None  # None: every request reads its key (SQLite, or switched off)
+    known_keys: KnownKeys | None = None  # None: every request reads its key (switched off, or in-memory SQLite)
 
 
 @dataclass(frozen=True)

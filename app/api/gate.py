@@ -50,7 +50,8 @@ class Gated(APIRoute):
             if authenticated:
                 authorization = request.headers.get("authorization")
                 known = ctx.known_keys
-                # Remembered, and nothing changed since: no database (app/services/known_keys.py).
+                # Remembered, and nothing changed since: the key is not read (PostgreSQL: no
+                # database at all; SQLite: one read of the keys' stamp; app/services/known_keys.py).
                 key = None if known is None else known_api_key(known, authorization)
                 if key is None and ctx.db.is_sqlite:
                     # On the event loop: reading one row of an embedded database by an index
@@ -60,7 +61,7 @@ class Gated(APIRoute):
                     # held, and worker threads return theirs without the loop. A server's
                     # database is across a network, and a wait there would stall every
                     # request: a thread.
-                    key = api_key(ctx.db, authorization)
+                    key = api_key(ctx.db, authorization, known)
                 elif key is None:
                     key = await run_in_threadpool(api_key, ctx.db, authorization, known)
                 _spend(ctx.limiter, ("key", key.id))

@@ -1,27 +1,37 @@
-"""The API keys a process has authenticated, remembered while PostgreSQL tells it of every
+"""The API keys a process has authenticated, remembered while the database tells it of every
 change to the keys, so most requests need not read their key.
 
-Reading the key was a database round trip on every request, and on PostgreSQL a hand-off to
-a worker thread and back besides (the event loop must not wait on the network): 10-20 % of
-a served event POST's CPU (docs/performance.md, "The known-keys round").
+Reading the key was a database read on every request: on PostgreSQL a round trip and a
+hand-off to a worker thread and back besides (the event loop must not wait on the network),
+10-20 % of a served event POST's CPU (docs/performance.md, "The known-keys round"); on
+SQLite a checkout of a pooled connection and a statement, 4-6 % of a POST's instructions
+("The stamp round").
 
-A key stays good only as long as the database can say otherwise at once. A statement
-trigger on `api_keys` sends NOTIFY on this channel when any transaction that changed the
-table commits (the migration `api_key_notices`), whoever changed it: `rapport keys
-revoke`, another process, an operator's SQL. Each process keeps one connection LISTENing
-on a thread of its own, and forgets every key it remembered when it hears a notice. While
-that connection is not listening (not yet connected, lost, being re-opened), nothing is
-remembered and every request reads its key, as before. A key is also forgotten after
-`max_age` seconds whatever happens, a bound on the harm of a notice that never came.
+A key stays good only as long as the database can say otherwise at once, whoever changed
+the keys: `rapport keys revoke`, another process, an operator's SQL.
 
-Only live keys are remembered (an unknown or revoked secret is read every time), by the
-SHA-256 of their secret, never the secret itself. SQLite has no notices; there every
-request reads its key, a read without a thread hand-off that costs ~50 µs.
+- PostgreSQL (`ListenedKeys`): a statement trigger on `api_keys` sends NOTIFY on a channel
+  when any transaction that changed the table commits (the migration `api_key_notices`).
+  Each process keeps one connection LISTENing on a thread of its own, and forgets every
+  key it remembered when it hears a notice. While that connection is not listening (not
+  yet connected, lost, being re-opened), nothing is remembered and every request reads its
+  key, as before.
+- SQLite (`StampedKeys`), which has no notices: row triggers on `api_keys` put a new
+  random stamp in `service_state` with every change, in the changing transaction (the
+  migration `api_key_stamp`). A process reads the stamp before it trusts a remembered key
+  (one indexed read on a connection of its own, no pool), and forgets every key when the
+  stamp is not the one it last saw. No stamp (a database not migrated, the row deleted):
+  nothing is remembered.
+
+Either way a key is also forgotten after `max_age` seconds whatever happens, a bound on the
+harm of a change that went unheard. Only live keys are remembered (an unknown or revoked
+secret is read every time), by the SHA-256 of their secret, never the secret itself.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any, Callable
@@ -32,28 +42,90 @@ from app.db.engine import has_input
 from app.services.keys import Key
 
 CHANNEL = "rapport_api_keys"
+STAMP = "api_keys_stamp"
 log = logging.getLogger("rapport.keys")
 
 
 class KnownKeys:
-    """Live keys by the digest of their secret, while the listener hears the database."""
+    """Live keys by the digest of their secret, while the database can tell of every change
+    (`trusted`: each engine's way, in a subclass). `of` makes the one for an engine."""
 
-    def __init__(self, connect: Callable[[], Any], *, max_keys: int = 10_000, max_age: float = 60.0, health_every: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self._connect = connect  # a new autocommit DBAPI (psycopg) connection
-        self._max_keys, self._max_age, self._health_every, self._clock = max_keys, max_age, health_every, clock
+    def __init__(self, *, max_keys: int = 10_000, max_age: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self._max_keys, self._max_age, self._clock = max_keys, max_age, clock
         self._keys: dict[str, tuple[Key, float]] = {}  # digest -> (key, when it is forgotten)
         self._lock = threading.RLock()
-        # Counts what was forgotten: a key read before a notice is not remembered after it.
+        # Counts what was forgotten: a key read before a change is not remembered after it.
         self._generation = 0
+
+    @staticmethod
+    def of(engine: Engine) -> KnownKeys | None:
+        """The keys a process on `engine` remembers; None where nothing can be (an in-memory
+        SQLite database, which another connection cannot see)."""
+        if engine.dialect.name == "postgresql":
+            return ListenedKeys.on(engine)
+        if engine.url.database in (None, "", ":memory:"):
+            return None
+        return StampedKeys.on(engine)
+
+    @property
+    def generation(self) -> int:
+        """Read before reading a key from the database; pass to `remember`."""
+        return self._generation
+
+    def trusted(self) -> bool:
+        """Whether what is remembered may be used now: nothing changed that was not heard."""
+        raise NotImplementedError
+
+    def get(self, digest: str) -> Key | None:
+        """The live key with this secret digest, if remembered and nothing may have changed."""
+        if not self.trusted():
+            return None
+        found = self._keys.get(digest)
+        if found is None or found[1] <= self._clock():
+            return None
+        return found[0]
+
+    def remember(self, digest: str, key: Key, generation: int) -> None:
+        """Remember a live key read from the database after `generation` was read."""
+        with self._lock:
+            if not self._can_remember() or generation != self._generation:
+                return  # nothing is heard, or something changed since the read began
+            if len(self._keys) >= self._max_keys:
+                self._keys.clear()
+            self._keys[digest] = (key, self._clock() + self._max_age)
+
+    def forget(self) -> None:
+        """Forget every key (some key changed)."""
+        with self._lock:
+            self._generation += 1
+            self._keys.clear()
+
+    def _can_remember(self) -> bool:
+        return True
+
+    def start(self) -> Callable[[], None]:
+        """Start hearing of changes; returns the function that stops it."""
+        return self.stop
+
+    def stop(self) -> None:
+        pass
+
+
+class ListenedKeys(KnownKeys):
+    """PostgreSQL: keys remembered while a connection of their own LISTENs for the notices of
+    the api_keys trigger, on a thread of its own."""
+
+    def __init__(self, connect: Callable[[], Any], *, health_every: float = 10.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._connect = connect  # a new autocommit DBAPI (psycopg) connection
+        self._health_every = health_every
         self._listening: int | None = None  # the listening connection's socket, while it listens
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def of(cls, engine: Engine) -> KnownKeys | None:
-        """For PostgreSQL: the listener opens its connection as the engine opens its own."""
-        if engine.dialect.name != "postgresql":
-            return None
+    def on(cls, engine: Engine) -> ListenedKeys:
+        """The listener opens its connection as the engine opens its own."""
         args, params = engine.dialect.create_connect_args(engine.url)
         # A connection whose peer vanished without a word (a network cut) would leave the
         # listener waiting for ever: TCP keepalives and a send timeout end it within ~30 s,
@@ -67,39 +139,14 @@ class KnownKeys:
 
         return cls(connect)
 
-    @property
-    def generation(self) -> int:
-        """Read before reading a key from the database; pass to `remember`."""
-        return self._generation
-
-    def get(self, digest: str) -> Key | None:
-        """The live key with this secret digest, if remembered and nothing may have changed."""
+    def trusted(self) -> bool:
         listening = self._listening
-        if listening is None:
-            return None
         # A notice may be waiting on the socket for the listener: trust nothing until it
         # has read it. The event loop and every worker thread ask at once.
-        if has_input(listening):
-            return None
-        found = self._keys.get(digest)
-        if found is None or found[1] <= self._clock():
-            return None
-        return found[0]
+        return listening is not None and not has_input(listening)
 
-    def remember(self, digest: str, key: Key, generation: int) -> None:
-        """Remember a live key read from the database after `generation` was read."""
-        with self._lock:
-            if self._listening is None or generation != self._generation:
-                return  # not listening, or something changed since the read began
-            if len(self._keys) >= self._max_keys:
-                self._keys.clear()
-            self._keys[digest] = (key, self._clock() + self._max_age)
-
-    def forget(self) -> None:
-        """Forget every key (a notice came: some key changed)."""
-        with self._lock:
-            self._generation += 1
-            self._keys.clear()
+    def _can_remember(self) -> bool:
+        return self._listening is not None
 
     def _listen_on(self, socket: int | None) -> None:
         """Start (a socket) or stop (None) trusting what is remembered; from nothing either
@@ -157,3 +204,69 @@ class KnownKeys:
                 # silent: a query finds out (if it hangs, the TCP timeouts set in `of` end it).
                 conn.execute("SELECT 1")
                 checked = self._clock()
+
+
+class StampedKeys(KnownKeys):
+    """SQLite: keys remembered while the stamp the api_keys triggers renew with every change
+    stays the one last read. The stamp is read on a connection of its own (sqlite3's, in
+    autocommit: each read sees what was committed before it), under the lock, so the stamps
+    this process sees come in the order they were written."""
+
+    # After a failed read of the stamp (a database not migrated, say), how long every request
+    # just reads its key before the stamp is tried again.
+    RETRY_AFTER = 1.0
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], **kwargs: Any):
+        super().__init__(**kwargs)
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._stamp: str | None = None  # the stamp the remembered keys were read under
+        self._failed_at: float | None = None
+
+    @classmethod
+    def on(cls, engine: Engine) -> StampedKeys:
+        """Its connection opens the engine's database as the engine does."""
+        args, params = engine.dialect.create_connect_args(engine.url)
+        # A read in WAL mode does not wait for writers; should it be kept waiting anyway (a
+        # recovery), it gives up soon and the request reads its key as it would have.
+        params = {**params, "check_same_thread": False, "isolation_level": None, "timeout": 0.1}
+        return cls(lambda: sqlite3.connect(*args, **params))
+
+    def trusted(self) -> bool:
+        with self._lock:
+            stamp = self._read_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self.forget()
+            return stamp is not None
+
+    def _can_remember(self) -> bool:
+        return self._stamp is not None
+
+    def _read_stamp(self) -> str | None:
+        if self._failed_at is not None and self._clock() - self._failed_at < self.RETRY_AFTER:
+            return None
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            cursor = self._conn.execute(_READ_STAMP)
+            try:
+                rows = cursor.fetchall()  # to the end: the read's snapshot ends with it
+            finally:
+                cursor.close()
+        except sqlite3.Error as exc:
+            log.warning("cannot read the API keys' stamp (%s); every request reads its key", exc)
+            self._failed_at = self._clock()
+            self.stop()
+            return None
+        self._failed_at = None
+        return rows[0][0] if rows else None
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+_READ_STAMP = f"SELECT value FROM service_state WHERE key = '{STAMP}'"
