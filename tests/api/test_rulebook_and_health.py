@@ -72,6 +72,14 @@ def test_every_route_that_takes_a_key_documents_x_actor_once_and_the_hooks_do_no
                 assert actors[0]["in"] == "header" and actors[0]["schema"]["anyOf"][0]["maxLength"] == 100
 
 
+def test_the_routes_that_take_an_idempotency_key_document_it(anonymous) -> None:
+    paths = anonymous.get("/openapi.json").json()["paths"]
+
+    keyed = {(method, path) for path, operations in paths.items() for method, operation in operations.items() if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))}
+
+    assert keyed == {("post", "/v1/events"), ("post", "/v1/events/batch"), ("post", "/v1/events/{event_id}/retract")}
+
+
 def test_an_x_actor_over_its_limit_is_422_naming_the_header_and_stores_nothing(api, app) -> None:
     customer = api.post("/v1/customers", json={"name": "长沙地铁", "kind": "owner"}, headers={"X-Actor": "rep:li"}).json()
     refused = api.post("/v1/events", json={"type": "visit", "customer_id": customer["id"], "occurred_at": "2026-11-01T10:00:00+00:00", "attributes": {"reception": "neutral"}}, headers={"X-Actor": "x" * 101})
