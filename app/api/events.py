@@ -31,7 +31,7 @@ def _recorded(event, retraction, effects, status: int) -> Response:  # noqa: ANN
 
 # The routes that take an Idempotency-Key read it from the request (`idempotency.key_of`),
 # and the single event POST its context too: the busiest route, where FastAPI's resolving of
-# a header parameter and of the context dependency was ~4 % of its instructions.
+# a header parameter and of the context dependency was 3.2 % of its instructions.
 KEYED = {"parameters": [idempotency.HEADER_PARAMETER]}
 
 

@@ -44,8 +44,8 @@ HEADER_PARAMETER = {
 def key_of(request: Request) -> str | None:
     """The request's Idempotency-Key (checked by `run`). Read from the request, not bound as a
     FastAPI `Header` parameter: FastAPI validated that through pydantic on every request,
-    with or without the header (with the route's context dependency, ~160,000 of an event
-    POST's 4.4 M instructions, bench/instructions.py)."""
+    with or without the header (with the route's context dependency, 142,000 of an event
+    POST's 4.39 M instructions, bench/instructions.py)."""
     return request.headers.get("idempotency-key")
 
 # Every keyed request runs these: prebuilt once and run as Core on the session's connection.
