@@ -22,7 +22,6 @@ from app.services.event_queries import list_events
 router = APIRouter(prefix="/v1/events", tags=["events"], route_class=Gated, responses=AUTHENTICATED)
 
 
-
 def _recorded(event, retraction, effects, status: int) -> Response:  # noqa: ANN001
     # Validated once, as the answer: not as an EventOut first and then again from its dump.
     out = present.recorded_event(event, retraction, [e.as_dict() for e in effects])
