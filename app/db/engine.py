@@ -418,8 +418,9 @@ def _expanded_sql(sql: str, names: tuple[str, ...], lengths: tuple[int, ...]) ->
     """`sql` (sqlite3's parameters) with each list's placeholder as SQLAlchemy renders it for
     a list of that length. Cached: a grading pass asks for the same few lengths."""
     for name, length in zip(names, lengths):
-        sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * length))
+        sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join(["?"] * length))
     return sql
+
 
 # By the statement's id, with the statement and the dialect it was compiled for (so a
 # reused id, or another engine's dialect, compiles anew). The statements are prebuilt

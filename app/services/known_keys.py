@@ -201,7 +201,7 @@ class ListenedKeys(KnownKeys):
                 self.forget()
             if self._clock() - checked >= self._health_every:
                 # A connection whose server vanished without a word (a network cut) stays
-                # silent: a query finds out (if it hangs, the TCP timeouts set in `of` end it).
+                # silent: a query finds out (if it hangs, the TCP timeouts set in `on` end it).
                 conn.execute("SELECT 1")
                 checked = self._clock()
 
