@@ -4,8 +4,8 @@ change to the keys, so most requests need not read their key.
 Reading the key was a database read on every request: on PostgreSQL a round trip and a
 hand-off to a worker thread and back besides (the event loop must not wait on the network),
 10-20 % of a served event POST's CPU (docs/performance.md, "The known-keys round"); on
-SQLite a checkout of a pooled connection and a statement, 4-6 % of a POST's instructions
-("The stamp round").
+SQLite a checkout of a pooled connection and a statement, 2.4 % of a POST's instructions
+("The key-stamp round").
 
 A key stays good only as long as the database can say otherwise at once, whoever changed
 the keys: `rapport keys revoke`, another process, an operator's SQL.
