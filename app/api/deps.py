@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Annotated, Callable
+from typing import Annotated, Any, Callable
 
 from fastapi import Depends, Request
 
@@ -84,18 +84,17 @@ def check_scope(key: Key, scope: str) -> None:
         raise Forbidden(f"this key has scopes {', '.join(key.scopes)}; this needs {scope}")
 
 
+def header_parameter(name: str, title: str, description: str, *, max_length: int | None = None) -> dict[str, Any]:
+    """An optional text header as the OpenAPI schema shows it, for a header a route reads from
+    the request itself: what FastAPI writes for a `Header` parameter of that name."""
+    text: dict[str, Any] = {"type": "string"} if max_length is None else {"type": "string", "maxLength": max_length}
+    schema = {"anyOf": [text, {"type": "null"}], "description": description, "title": title}
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
 MAX_ACTOR = 100
-_ACTOR = "the user acting through this key (e.g. the rep's id)"
-# The `X-Actor` header, as the OpenAPI schema describes it on every route with a `Caller`
-# (added by the route's gate, app/api/gate.py): what FastAPI wrote for it when it was a
-# `Header` parameter of `CallerWith`.
-ACTOR_PARAMETER = {
-    "name": "x-actor",
-    "in": "header",
-    "required": False,
-    "schema": {"anyOf": [{"type": "string", "maxLength": MAX_ACTOR}, {"type": "null"}], "description": _ACTOR, "title": "X-Actor"},
-    "description": _ACTOR,
-}
+# `X-Actor` on every route with a `Caller` (added by the route's gate, app/api/gate.py).
+ACTOR_PARAMETER = header_parameter("x-actor", "X-Actor", "the user acting through this key (e.g. the rep's id)", max_length=MAX_ACTOR)
 
 
 class CallerWith:

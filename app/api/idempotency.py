@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.api.deps import Caller, Context
+from app.api.deps import Caller, Context, header_parameter
 from app.api.problems import app_error_response
 from app.db import models as m
 from app.db.engine import run as run_statement
@@ -29,16 +29,8 @@ from app.errors import AppError, Conflict, FieldError, Invalid
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADERS = ("location", "etag")
-_HEADER = "retry-safe: the same key and body get the first answer again (kept ≥ 24 h)"
-# The `Idempotency-Key` header of a route that reads it (`key_of`), as its OpenAPI schema
-# shows it (the route's `openapi_extra`): what FastAPI wrote for it as a `Header` parameter.
-HEADER_PARAMETER = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "schema": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": _HEADER, "title": "Idempotency-Key"},
-    "description": _HEADER,
-}
+# The header on a route that reads it (`key_of`), given as the route's `openapi_extra`.
+HEADER_PARAMETER = header_parameter("Idempotency-Key", "Idempotency-Key", "retry-safe: the same key and body get the first answer again (kept ≥ 24 h)")
 
 
 def key_of(request: Request) -> str | None:
@@ -47,6 +39,7 @@ def key_of(request: Request) -> str | None:
     with or without the header (with the route's context dependency, 142,000 of an event
     POST's 4.39 M instructions, bench/instructions.py)."""
     return request.headers.get("idempotency-key")
+
 
 # Every keyed request runs these: prebuilt once and run as Core on the session's connection.
 # Built anew and run through the ORM, they cost a keyed event POST ~2 ms more CPU on SQLite
