@@ -328,8 +328,8 @@ class _CursorStatement:
     binds: tuple[Callable[[Any], Any] | None, ...]
     converters: tuple[Callable[[Any], Any] | None, ...]
     row: Callable[..., Any]
-    # The parameters that take a list (`IN`): each of their values is bound in turn.
-    expanding: frozenset[str] = frozenset()
+    # The parameters that take a list (`IN`), by name: each of their values is bound in turn.
+    expanding: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, statement: Select[Any] | UpdateBase, dialect: Dialect) -> _CursorStatement | None:
@@ -338,7 +338,7 @@ class _CursorStatement:
         if (lists and not compiled.positional) or compiled.insert_prefetch or compiled.update_prefetch:
             return None  # a list in named parameters, or a column default SQLAlchemy computes per run
         names = tuple(compiled.positiontup or ()) if compiled.positional else tuple(compiled.binds)
-        expanding = frozenset(name for name in names if compiled.binds[name].expanding)
+        expanding = tuple(sorted({name for name in names if compiled.binds[name].expanding}))
         keys = None if compiled.positional else tuple((compiled.escaped_bind_names or {}).get(name, name) for name in names)
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
@@ -364,8 +364,8 @@ class _CursorStatement:
         list is empty (SQLAlchemy renders an empty IN as an expression of its own)."""
         if not self.expanding:
             return self.sql
-        lengths = tuple(len(params[name] if name in params else self.fixed[name]) for name in sorted(self.expanding))
-        return None if 0 in lengths else _expanded_sql(self.sql, tuple(sorted(self.expanding)), lengths)
+        lengths = tuple(len(params[name] if name in params else self.fixed[name]) for name in self.expanding)
+        return None if 0 in lengths else _expanded_sql(self.sql, self.expanding, lengths)
 
     def run_many(self, pooled: PoolProxiedConnection, arguments: list[list[Any]] | list[dict[str, Any]]) -> None:
         """Run the statement, which returns nothing, once per argument set: the driver's
@@ -391,9 +391,8 @@ class _CursorStatement:
 
     def rows(self, pooled: PoolProxiedConnection, arguments: list[Any] | dict[str, Any], *, sql: str | None = None) -> Rows:
         """Run the statement (or `sql`: its form for the lengths of its lists, `sql_for`, or
-        its many-rows form, `run_many`) on the pooled
-        connection with `arguments` and fetch what it returns. Raises the driver's error,
-        which the caller hands to SQLAlchemy."""
+        its many-rows form, `run_many`) on the pooled connection with `arguments` and fetch
+        what it returns. Raises the driver's error, which the caller hands to SQLAlchemy."""
         if self.keys is None:  # sqlite3
             cursor = pooled.dbapi_connection.cursor()
             try:
@@ -418,7 +417,7 @@ def _expanded_sql(sql: str, names: tuple[str, ...], lengths: tuple[int, ...]) ->
     """`sql` (sqlite3's parameters) with each list's placeholder as SQLAlchemy renders it for
     a list of that length. Cached: a grading pass asks for the same few lengths."""
     for name, length in zip(names, lengths):
-        sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join(["?"] * length))
+        sql = sql.replace(f"__[POSTCOMPILE_{name}]", _placeholders(length))
     return sql
 
 
@@ -523,10 +522,15 @@ _VALUES_ROWS = 500
 _SQLITE_PARAMETERS = 32_766
 
 
+def _placeholders(count: int) -> str:
+    """sqlite3's placeholders for `count` values: `?, ?, ?`."""
+    return ", ".join(["?"] * count)
+
+
 @functools.lru_cache(maxsize=32)
 def _values_sql(sql: str, width: int, rows: int) -> str:
     """A one-row `INSERT … VALUES (?, …)` (sqlite3's parameters) with `rows` rows of values."""
-    group = "(" + ", ".join("?" * width) + ")"
+    group = f"({_placeholders(width)})"
     head, found, tail = sql.partition(f" VALUES {group}")
     if not found:
         raise ValueError(f"not a one-row INSERT of {width} values: {sql}")
