@@ -100,7 +100,7 @@ def _load_demo(settings: Settings, host: str, port: int) -> None:
     with db.session(write=True) as session:
         loaded = load_demo(session, rulebook, now=_now())
         _, secret = create_key(session, f"demo-{_now():%Y%m%d%H%M%S%f}", ["read", "write"], now=_now())
-    db.engine.dispose()
+    db.dispose()
     click.echo("demo data loaded" if loaded else "the database already has customers: demo data not loaded")
     base = f"http://{host}:{port}"
     click.echo(f"a read/write key for the demo (shown once): {secret}")
@@ -204,7 +204,7 @@ def verify(as_of: datetime | None) -> None:
                 click.echo(f"{d.subject} {d.id}: {d.what}: {d.detail}")
                 found += 1
     finally:
-        db.engine.dispose()
+        db.dispose()
     click.echo(
         f"{found} disagreement(s) in {counts[0]} customers, {counts[1]} projects, {counts[2]} events "
         f"under rulebook {rulebook.version}, as of {when.isoformat()} ({time.monotonic() - started:.1f} s)"
@@ -233,7 +233,7 @@ def worker() -> None:
     try:
         run_worker(db, settings, stop, clock=_now)
     finally:
-        db.engine.dispose()
+        db.dispose()
     click.echo("worker stopped")
 
 
@@ -328,7 +328,7 @@ def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encodin
     except UnusableInput as exc:
         raise _Unusable(f"{file.name}: {exc}. Nothing was stored.") from exc
     finally:
-        db.engine.dispose()
+        db.dispose()
     elapsed = time.monotonic() - started
     click.echo(f"{report.summary()} — {report.rows} row{'' if report.rows == 1 else 's'} in {elapsed:.1f} s ({report.rows / max(elapsed, 1e-6):,.0f} rows/s)")
     if report.rejected_file is not None:

@@ -21,7 +21,7 @@ def prepare(settings: Settings, *, now: datetime | None = None) -> tuple[Ruleboo
     try:
         effects = initialize(db, settings, rulebook, now=now or datetime.now(timezone.utc))
     finally:
-        db.engine.dispose()
+        db.dispose()
     return rulebook, effects
 
 

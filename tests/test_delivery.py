@@ -502,7 +502,7 @@ def test_the_worker_command_finishes_the_attempt_under_way_on_sigterm(tmp_path: 
         assert [(d.status, d.attempts) for d in deliveries(db)] == [("succeeded", 1)]
     finally:
         receiver.close()
-        db.engine.dispose()
+        db.dispose()
 
 
 def test_a_batch_queues_one_event_created_message_per_created_event(db: Database, receiver: Receiver, clock: Clock) -> None:

@@ -354,7 +354,7 @@ def test_the_import_grades_alike_on_the_test_database(migrated: str, tmp_path: P
         with db.session(write=False) as session:
             levels = session.execute(text("SELECT external_ref, level FROM customers ORDER BY external_ref")).all()
     finally:
-        db.engine.dispose()
+        db.dispose()
 
     assert [r.summary() for r in reports] == [
         "created 2, updated 0, unchanged 0, rejected 1",

@@ -41,8 +41,8 @@ LEVEL_ONE = [
 def two(migrated: str) -> Iterator[tuple[Database, Database]]:
     a, b = Database(make_engine(migrated)), Database(make_engine(migrated))
     yield a, b
-    a.engine.dispose()
-    b.engine.dispose()
+    a.dispose()
+    b.dispose()
 
 
 def _fresh(db: Database) -> None:
@@ -148,7 +148,7 @@ def test_a_process_that_keeps_no_logs_grades_the_same(migrated: str) -> None:
             stamp = s.scalar(select(m.Customer.log_stamp).where(m.Customer.id == INSTALLER))
         assert stamp != 0  # stamped all the same, for the processes that do keep logs
     finally:
-        db.engine.dispose()
+        db.dispose()
 
 
 retraction = st.tuples(st.just("retract"), st.integers(0, 1000))

@@ -207,7 +207,7 @@ def test_sqlite_a_revocation_by_another_process_is_refused_at_the_next_request(k
         with other.session(write=True) as session:
             revoke_key(session, name, now=NOW)
     finally:
-        other.engine.dispose()
+        other.dispose()
 
     assert known.get(hash_secret(secret)) is None  # no waiting: the next request reads the stamp
     assert authenticate(lite, secret, known) is None

@@ -67,6 +67,12 @@ def _probe(db: Database) -> list[tuple[str, object]]:
     return statements
 
 
+def _shapes(statements: list[tuple[str, object]]) -> list[str]:
+    """The statements' SQL, savepoints unnamed: a savepoint's name counts the savepoints of
+    its connection, which the writes of a SQLite process share (`_writing_connection`)."""
+    return [re.sub(r"sa_savepoint_\d+", "sa_savepoint", sql) for sql, _ in statements]
+
+
 def test_one_event_costs_the_same_in_a_small_and_a_large_database(db: Database) -> None:
     empty_tables(db.engine)
     _add_unrelated(db, 10)
@@ -74,7 +80,7 @@ def test_one_event_costs_the_same_in_a_small_and_a_large_database(db: Database) 
     empty_tables(db.engine)
     _add_unrelated(db, 200)
     large = _probe(db)
-    assert [sql for sql, _ in small] == [sql for sql, _ in large]
+    assert _shapes(small) == _shapes(large)
     assert len(small) < 60, f"{len(small)} statements for one event and one retraction"
 
 

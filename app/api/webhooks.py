@@ -199,6 +199,6 @@ def lifespan(settings: Settings, db: Database, clock: Callable[[], datetime]) ->
         finally:
             if halt is not None:
                 halt()  # the attempt under way ends first; undelivered messages stay queued
-            db.engine.dispose()  # close pooled connections instead of leaving them to die with the process
+            db.dispose()  # close pooled connections instead of leaving them to die with the process
 
     return run

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql.dml import Insert, UpdateBase
 
 from app.chunks import chunked
@@ -185,6 +185,11 @@ class Database:
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
         # the busy handler: one process is the SQLite set-up to run.)
         self._writer = threading.RLock() if self.is_sqlite else nullcontext()
+        # SQLite: the connection the writes of this process take in turn, while they hold
+        # `_writer` (`_writing_connection`). Not with an in-memory database, whose pool gives
+        # each thread a connection (and a database) of its own.
+        self._holds = self.is_sqlite and isinstance(engine.pool, QueuePool)
+        self._held: Connection | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -195,8 +200,7 @@ class Database:
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
         """The one place that commits: commit on success, roll back on any error."""
-        factory = self._write if write else self._read
-        with self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), factory() as session:
+        with self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), self._new_session(write) as session:
             try:
                 yield session
                 if write:
@@ -206,6 +210,41 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def _new_session(self, write: bool) -> Session:
+        if not write:
+            return self._read()
+        held = self._writing_connection()
+        return self._write() if held is None else self._write(bind=held)
+
+    def _writing_connection(self) -> Connection | None:
+        """SQLite: the connection this process's writes use, one after another (the caller
+        holds `_writer`), kept open between them; None elsewhere, or for a write begun
+        inside another in this thread, which takes a pooled connection as every write did.
+
+        Borrowing a pooled connection for every write and giving it back (the pool's
+        checkout and checkin, its reset, its listeners) was 2.3 % of a single event POST's
+        instructions (docs/performance.md, "The held-writer round"). A connection an error
+        left unusable (invalidated) is closed and replaced here, before the next write."""
+        if not self._holds:
+            return None
+        held = self._held
+        if held is not None and held.in_transaction():
+            return None
+        if held is None or held.closed or held.invalidated:
+            if held is not None:
+                held.close()
+            held = self._held = self.engine.connect()
+        return held
+
+    def dispose(self) -> None:
+        """Close every connection of this database: the held writer's (after the write that
+        has it, if any) and the engine's pooled ones."""
+        with self._writer:
+            if self._held is not None:
+                self._held.close()
+                self._held = None
+        self.engine.dispose()
 
     def first(self, statement: Select[Any], **params: Any) -> tuple[Any, ...] | None:
         """The first row of a prebuilt one-statement read (or None), run in autocommit mode:

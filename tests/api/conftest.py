@@ -26,7 +26,7 @@ def app(migrated: str, settings: Settings, clock: Clock):  # noqa: ANN201
     ctx = application.state.context
     initialize(ctx.db, settings, ctx.rulebook, now=clock())
     yield application
-    engine.dispose()
+    ctx.db.dispose()
 
 
 class Api:

@@ -47,7 +47,7 @@ def app_with(migrated: str, settings: Settings, clock: Clock, portal: BlockingPo
     yield make
     for application, client in made:
         client.close()
-        application.state.context.db.engine.dispose()
+        application.state.context.db.dispose()
 
 
 def padded_customer(size: int) -> bytes:

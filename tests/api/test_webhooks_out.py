@@ -421,7 +421,7 @@ def serving(settings: Settings, clock: Clock, portal) -> Iterator[Api]:  # noqa:
             finally:
                 client.close()
     finally:
-        ctx.db.engine.dispose()
+        ctx.db.dispose()
 
 
 def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: str, clock: Clock, portal, receiver: Receiver) -> None:  # noqa: ANN001

@@ -64,4 +64,4 @@ def test_the_migration_computes_the_digests_the_service_writes(empty_url: str) -
             assert regrade_for_time(s, RULEBOOK, now=NOW) == []
         assert _stored(db) == written
     finally:
-        db.engine.dispose()
+        db.dispose()
