@@ -27,10 +27,11 @@ from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql.dml import Insert, UpdateBase
+from sqlalchemy.types import TypeEngine
 
 from app.chunks import chunked
 from app.db.log_cache import LogCache, keep_logs
-from app.db.types import loads_json
+from app.db.types import UTCDateTime, loads_json, sqlite_instant
 
 if TYPE_CHECKING:
     from app.settings import Settings
@@ -380,7 +381,7 @@ class _CursorStatement:
         expanding = tuple(sorted({name for name in names if compiled.binds[name].expanding}))
         keys = None if compiled.positional else tuple((compiled.escaped_bind_names or {}).get(name, name) for name in names)
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
-        binds = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+        binds = tuple(_bind_processor(compiled.binds[name].type, dialect) for name in names)
         columns = statement.selected_columns if isinstance(statement, Select) else statement.exported_columns  # what it returns
         if dialect.name == "postgresql" and any(isinstance(c.type, Numeric) for c in columns):
             # psycopg's conversion of a numeric column depends on the type the server says
@@ -449,6 +450,15 @@ class _CursorStatement:
 
 
 _KEPT_CURSOR = "rapport_cursor"
+
+
+def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
+    """How a value of `type_` goes to the driver: as SQLAlchemy binds it, and an instant on
+    SQLite by `sqlite_instant`, which gives the same text in one step (a single event's write
+    binds four)."""
+    if dialect.name == "sqlite" and isinstance(type_, UTCDateTime):
+        return sqlite_instant
+    return type_.dialect_impl(dialect).bind_processor(dialect)
 
 
 @functools.lru_cache(maxsize=256)
