@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
+import pytest
 
 from app.db.engine import Database
 from app.domain.rulebook import load_rulebook
@@ -21,7 +22,18 @@ LEVEL_ONE = [("materials_sent", {"items": ["samples"]}), ("company_introduced", 
              ("visit", {"reception": "neutral"}), ("visit", {"reception": "welcoming"}), ("visit", {"reception": "welcoming"})]
 
 
-def test_concurrent_events_and_retractions_on_one_subject_keep_the_invariant(db: Database) -> None:
+def _in_session(db: Database, work):  # noqa: ANN001, ANN202
+    with db.session(write=True) as s:
+        return work(s)
+
+
+# Each write in a session of its own, or through `Database.transaction`, where on SQLite the
+# writes that wait for the writer lock together share one transaction.
+WAYS = {"session": _in_session, "transaction": lambda db, work: db.transaction(work)}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_concurrent_events_and_retractions_on_one_subject_keep_the_invariant(db: Database, way: str) -> None:
     empty_tables(db.engine)
     with db.session(write=True) as s:
         owner = create_customer(s, RULEBOOK, {"name": "owner", "kind": "owner"}, now=NOW).id
@@ -35,13 +47,12 @@ def test_concurrent_events_and_retractions_on_one_subject_keep_the_invariant(db:
     def writer(round_: int) -> None:
         # Each writer lifts the installer to level I with its own events, then retracts one
         # of them again, so levels and the project's bidder criterion flip many times.
+        write = WAYS[way]
         ids = []
         for i, (type_, attrs) in enumerate(LEVEL_ONE):
-            with db.session(write=True) as s:
-                at = NOW - timedelta(hours=round_ * 10 + i)
-                ids.append(record_event(s, RULEBOOK, NewEvent(type=type_, customer_id=installer, attributes=attrs, occurred_at=at), actor=f"w{round_}", now=NOW).event.id)
-        with db.session(write=True) as s:
-            retract_event(s, RULEBOOK, ids[round_ % len(ids)], "concurrency test", actor=f"w{round_}", now=NOW)
+            new = NewEvent(type=type_, customer_id=installer, attributes=attrs, occurred_at=NOW - timedelta(hours=round_ * 10 + i))
+            ids.append(write(db, lambda s: record_event(s, RULEBOOK, new, actor=f"w{round_}", now=NOW).event.id))
+        write(db, lambda s: retract_event(s, RULEBOOK, ids[round_ % len(ids)], "concurrency test", actor=f"w{round_}", now=NOW))
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(writer, range(16)))

@@ -1,12 +1,14 @@
 """How SQLite transactions begin (app/db/engine.py): a write session holds the database's
 write lock from its first statement, a read session reads one snapshot, and
 `Database.first` runs its statement with no transaction around it; the writes of a process
-take one held connection in turn."""
+take one held connection in turn, and writes that wait for it together share one commit."""
 
 from __future__ import annotations
 
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,115 @@ def test_dispose_closes_the_held_connection(sqlite_db) -> None:  # noqa: ANN001
     db.dispose()
     # SQLite checkpoints and removes the WAL when the last connection to the file closes.
     assert not wal.exists()
+
+
+def _commits(db: Database) -> list[None]:
+    counted: list[None] = []
+    event.listen(db.engine, "commit", lambda _conn: counted.append(None))
+    return counted
+
+
+def _queued_behind_a_write(db: Database, works: list) -> list[Future]:  # noqa: ANN001
+    """Submit `works` (each to `db.transaction`, from threads of their own) while another
+    write holds the writer lock, wait until all of them wait for it, then let it commit."""
+    holding, release = threading.Event(), threading.Event()
+
+    def first(session):  # noqa: ANN001, ANN202
+        session.execute(text("INSERT INTO t VALUES (0)"))
+        holding.set()
+        release.wait(5)
+        return "first"
+
+    pool = ThreadPoolExecutor(len(works) + 1)
+    futures = [pool.submit(db.transaction, first)]
+    assert holding.wait(5)
+    futures += [pool.submit(db.transaction, work) for work in works]
+    deadline = time.monotonic() + 5
+    while len(db._waiting) < len(works) and time.monotonic() < deadline:  # white box: the queue
+        time.sleep(0.005)
+    release.set()
+    pool.shutdown(wait=True)
+    return futures
+
+
+def _insert(x: int):  # noqa: ANN202
+    def work(session):  # noqa: ANN001, ANN202
+        session.execute(text("INSERT INTO t VALUES (:x)"), {"x": x})
+        return x * 10
+
+    return work
+
+
+def _stored(db: Database) -> list[int]:
+    with db.session(write=False) as session:
+        return session.execute(text("SELECT x FROM t ORDER BY x")).scalars().all()
+
+
+def test_writes_that_wait_together_commit_together_and_each_gets_its_own_answer(sqlite_db) -> None:  # noqa: ANN001
+    db, _ = sqlite_db
+    commits = _commits(db)
+    futures = _queued_behind_a_write(db, [_insert(1), _insert(2), _insert(3)])
+    assert [f.result() for f in futures] == ["first", 10, 20, 30]
+    assert _stored(db) == [0, 1, 2, 3]
+    assert len(commits) == 2  # the first write's, then one for the three that waited
+
+
+def test_each_write_of_a_group_sees_what_the_ones_before_it_wrote(sqlite_db) -> None:  # noqa: ANN001
+    db, _ = sqlite_db
+
+    def count(session):  # noqa: ANN001, ANN202
+        seen = session.execute(text("SELECT count(*) FROM t")).scalar()
+        session.execute(text("INSERT INTO t VALUES (:x)"), {"x": 100 + seen})
+        return seen
+
+    futures = _queued_behind_a_write(db, [count, count, count])
+    assert [f.result() for f in futures] == ["first", 1, 2, 3]
+
+
+def test_a_write_that_fails_in_a_group_fails_alone_and_the_others_are_stored_once(sqlite_db) -> None:  # noqa: ANN001
+    db, _ = sqlite_db
+
+    def failing(session):  # noqa: ANN001, ANN202
+        session.execute(text("INSERT INTO t VALUES (2)"))
+        raise ValueError("the second write fails after writing")
+
+    commits = _commits(db)
+    futures = _queued_behind_a_write(db, [_insert(1), failing, _insert(3)])
+    assert futures[1].result() == 10 and futures[3].result() == 30
+    with pytest.raises(ValueError, match="the second write fails"):
+        futures[2].result()
+    assert _stored(db) == [0, 1, 3]
+    # The group was rolled back and its writes run again one by one: two of them commit.
+    assert len(commits) == 3
+
+
+def test_a_write_inside_a_grouped_write_is_not_queued_behind_it(sqlite_db) -> None:  # noqa: ANN001
+    db, _ = sqlite_db
+
+    def nesting(session):  # noqa: ANN001, ANN202
+        session.execute(text("INSERT INTO t VALUES (1)"))
+        # Its own transaction, which queues for the lock the outer write holds in SQLite's
+        # busy handler and gives up after the busy timeout: it is not joined, nor queued
+        # behind the write it runs in (which would wait for ever).
+        db.transaction(lambda inner: inner.execute(text("INSERT INTO t VALUES (2)")))
+
+    futures = _queued_behind_a_write(db, [nesting, _insert(3)])
+    with pytest.raises(OperationalError, match="locked"):
+        futures[1].result()
+    assert futures[2].result() == 30
+    assert _stored(db) == [0, 3]
+
+
+def test_a_write_inside_a_session_s_write_is_not_queued_behind_the_writes_waiting_for_it(sqlite_db) -> None:  # noqa: ANN001
+    db, _ = sqlite_db
+    with ThreadPoolExecutor(1) as pool:
+        with db.session(write=True) as session:
+            session.execute(text("INSERT INTO t VALUES (1)"))
+            waiting = pool.submit(db.transaction, _insert(3))  # queues: this thread holds the lock
+            deadline = time.monotonic() + 5
+            while not db._running and time.monotonic() < deadline:  # white box: it runs next
+                time.sleep(0.005)
+            with pytest.raises(OperationalError, match="locked"):  # not a wait for ever
+                db.transaction(_insert(2))
+        assert waiting.result(timeout=5) == 30
+    assert _stored(db) == [1, 3]
