@@ -336,9 +336,10 @@ class Database:
         write that finds no group running runs every write waiting then, in the order they
         came, in one transaction with one commit; the threads whose writes it ran
         take their outcomes, and of those that came meanwhile one runs the next group. A
-        write alone cost a BEGIN IMMEDIATE, a COMMIT and a session of its own: with 16
-        clients, writes ran 2.5 to a group and an event POST took 7 % less CPU
-        (docs/performance.md, "The held-writer round").
+        write alone cost a BEGIN IMMEDIATE, a COMMIT and a session of its own, and the
+        writes queued on the lock handed it (and the GIL) from thread to thread: with 16
+        clients and 4 worker threads, writes ran 1.75 to a group and an event POST took
+        1.39-1.66 ms of CPU against 1.87-2.09 (docs/performance.md, "The held-writer round").
 
         Each write sees what the ones before it wrote, as it would have after their commits.
         If any of them fails, or the commit does, the group is rolled back and each write
