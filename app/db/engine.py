@@ -558,7 +558,7 @@ _KEPT_CURSOR = "rapport_cursor"
 def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:
     """How a value of `type_` goes to the driver: as SQLAlchemy binds it, and an instant on
     SQLite by `sqlite_instant`, which gives the same text in one step (a single event's write
-    binds four)."""
+    binds several: its times, and the dates of the grades it changes)."""
     if dialect.name == "sqlite" and isinstance(type_, UTCDateTime):
         return sqlite_instant
     return type_.dialect_impl(dialect).bind_processor(dialect)
