@@ -325,7 +325,7 @@ class Database:
         run after those before it had committed."""
         if write and self._holds and not self._writer.held():  # not a write inside a write
             return self._in_turn(work)
-        return retrying(lambda: self._once(work, write=write))
+        return retrying(functools.partial(self._once, work, write=write))
 
     def _once(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         with self.session(write=write) as session:
