@@ -1,14 +1,15 @@
 """CPU milliseconds per request, in-process, for Rapport and the floor (a script that prints
 figures, not a test).
 
-    python bench/cpu_per_request.py [--url URL] [--requests 600] [--rounds 3]
+    python bench/cpu_per_request.py [--url URL] [--requests 600] [--rounds 3] [--clients 1]
 
 The steady figure to compare code changes by on a shared machine: no sockets, no server
 processes, and CPU time (`time.process_time`) rather than wall time, so other jobs on the
 machine move it far less than they move the HTTP benchmarks. Each app is driven through
 httpx's ASGITransport in this process (client, app and database driver all counted: the
-client's share is the same for both), sequentially, on the same customers and projects
-(`batch_import.set_up`, 400 customers):
+client's share is the same for both), inside the app's lifespan as a server runs it, by
+`--clients` concurrent clients (1: one request after another), on the same customers and
+projects (`batch_import.set_up`, 400 customers):
 
 - `POST /v1/events` (Rapport, admin key, rate limit off) and `POST /events` (the floor:
   validate the same `EventIn` and insert one row), every event new, in
@@ -38,16 +39,23 @@ from batch_import import KEY, databases, in_process_client, make_events, rapport
 from single_post import check_name
 
 
-def cpu_ms(app: Any, requests: list[tuple[str, str, bytes | None]], headers: dict[str, str]) -> float:
-    """CPU milliseconds per request for `requests`, sent one after another."""
+def cpu_ms(app: Any, requests: list[tuple[str, str, bytes | None]], headers: dict[str, str], clients: int = 1) -> float:
+    """CPU milliseconds per request for `requests`, sent by `clients` concurrent clients
+    (with 16, Rapport's SQLite writes that wait together share a commit)."""
 
     async def run() -> float:
-        # Inside each app's lifespan, as a server runs it (Rapport's sets up the garbage collector).
+        # Inside each app's lifespan, as a server runs it (Rapport's sets up the garbage
+        # collector and its worker threads).
         async with app.router.lifespan_context(app), in_process_client(app, headers) as client:
+            left = iter(requests)
+
+            async def one_client() -> None:
+                for method, path, body in left:
+                    r = await client.request(method, path, content=body, headers={"content-type": "application/json"} if body else None)
+                    assert r.status_code in (200, 201), (path, r.status_code, r.text[:300])
+
             start = time.process_time()
-            for method, path, body in requests:
-                r = await client.request(method, path, content=body, headers={"content-type": "application/json"} if body else None)
-                assert r.status_code in (200, 201), (path, r.status_code, r.text[:300])
+            await asyncio.gather(*(one_client() for _ in range(clients)))
             return (time.process_time() - start) / len(requests) * 1000
 
     return asyncio.run(run())
@@ -58,6 +66,7 @@ def main() -> None:
     parser.add_argument("--url", help="a PostgreSQL URL whose database name prefixes the scratch databases; default: SQLite files")
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=1, help="concurrent clients (default 1: one request after another)")
     args = parser.parse_args()
     check_name(args.url)
     n = args.requests
@@ -84,21 +93,22 @@ def main() -> None:
             auth = {"Authorization": f"Bearer {KEY}"}
             figures: dict[str, list[float]] = {}
             for round_ in range(args.rounds + 1):  # round 0 warms up
+                c = args.clients
                 measured = {
-                    "floor POST /events": cpu_ms(floor, posts("/events", round_), {}),
-                    "Rapport POST /v1/events": cpu_ms(rapport, posts("/v1/events", round_), auth),
-                    "floor GET /customers/{id}": cpu_ms(floor, gets("/customers/{}"), {}),
-                    "Rapport GET /v1/customers/{id}": cpu_ms(rapport, gets("/v1/customers/{}"), auth),
-                    "Rapport GET /readyz": cpu_ms(rapport, gets("/readyz"), {}),
+                    "floor POST /events": cpu_ms(floor, posts("/events", round_), {}, c),
+                    "Rapport POST /v1/events": cpu_ms(rapport, posts("/v1/events", round_), auth, c),
+                    "floor GET /customers/{id}": cpu_ms(floor, gets("/customers/{}"), {}, c),
+                    "Rapport GET /v1/customers/{id}": cpu_ms(rapport, gets("/v1/customers/{}"), auth, c),
+                    "Rapport GET /readyz": cpu_ms(rapport, gets("/readyz"), {}, c),
                 }
                 if round_:
                     for name, ms in measured.items():
                         figures.setdefault(name, []).append(ms)
-            rapport.state.context.db.engine.dispose()
+            rapport.state.context.db.dispose()
         finally:
             drop()
     best = {name: min(values) for name, values in figures.items()}
-    print(f"{'SQLite' if args.url is None else 'PostgreSQL'}; CPU ms per request, lowest of {args.rounds} rounds of {n}")
+    print(f"{'SQLite' if args.url is None else 'PostgreSQL'}; CPU ms per request, lowest of {args.rounds} rounds of {n}, {args.clients} client(s)")
     for name, ms in best.items():
         print(f"  {name:34s} {ms:7.3f}")
     print(f"  floor / Rapport, POST               {best['floor POST /events'] / best['Rapport POST /v1/events']:7.3f}")
