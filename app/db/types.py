@@ -54,14 +54,19 @@ def grade_digest(head: tuple[Any, ...], encoded: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
+def _in_utc(value: datetime) -> datetime:
+    """An aware instant in UTC; a naive one is refused (its offset is unknown)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(timezone.utc)
+
+
 def sqlite_instant(value: datetime | None) -> str | None:
     """What `UTCDateTime` binds on SQLite (its `process_bind_param`, then SQLite's DATETIME
     text) in one step: half the CPU of the two (app/db/engine.py binds with it)."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        raise ValueError("naive datetime given to a UTC column")
-    v = value.astimezone(timezone.utc)
+    v = _in_utc(value)
     return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
 
 
@@ -76,9 +81,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect):  # type: ignore[override]
         if value is None:
             return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        value = value.astimezone(timezone.utc)
+        value = _in_utc(value)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect):  # type: ignore[override]
