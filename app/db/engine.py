@@ -356,8 +356,7 @@ class Database:
                 group, self._waiting = self._waiting, []
         if runs:
             try:
-                with self._writer:
-                    self._run_group(group)
+                self._run_group(group)  # each of its sessions holds the writer lock
             finally:
                 with self._turns:  # the threads served take their outcomes; one of the others runs next
                     self._running = False
