@@ -216,21 +216,53 @@ def test_each_write_of_a_group_sees_what_the_ones_before_it_wrote(sqlite_db) -> 
     assert [f.result() for f in futures] == ["first", 1, 2, 3]
 
 
+def _counted(work, runs: list[int]):  # noqa: ANN001, ANN202
+    def counting(session):  # noqa: ANN001, ANN202
+        runs.append(1)
+        return work(session)
+
+    return counting
+
+
 def test_a_write_that_fails_in_a_group_fails_alone_and_the_others_are_stored_once(sqlite_db) -> None:  # noqa: ANN001
     db, _ = sqlite_db
+    runs: dict[str, list[int]] = {"first": [], "failing": [], "last": []}
 
     def failing(session):  # noqa: ANN001, ANN202
         session.execute(text("INSERT INTO t VALUES (2)"))
         raise ValueError("the second write fails after writing")
 
     commits = _commits(db)
-    futures = _queued_behind_a_write(db, [_insert(1), failing, _insert(3)])
+    futures = _queued_behind_a_write(db, [_counted(_insert(1), runs["first"]), _counted(failing, runs["failing"]), _counted(_insert(3), runs["last"])])
     assert futures[1].result() == 10 and futures[3].result() == 30
     with pytest.raises(ValueError, match="the second write fails"):
         futures[2].result()
     assert _stored(db) == [0, 1, 3]
-    # The group was rolled back and its writes run again one by one: two of them commit.
-    assert len(commits) == 3
+    # The failing write's error is its outcome, as it would be alone after the write before
+    # it: it is not run again. The group was rolled back (the write after it had not run)
+    # and the other two run together: one commit for them.
+    assert {name: len(r) for name, r in runs.items()} == {"first": 2, "failing": 1, "last": 1}
+    assert len(commits) == 2
+
+
+def test_a_write_that_fails_in_the_database_in_a_group_makes_each_write_run_alone(sqlite_db) -> None:  # noqa: ANN001
+    db, _ = sqlite_db
+    runs: dict[str, list[int]] = {"first": [], "failing": [], "last": []}
+
+    def failing(session):  # noqa: ANN001, ANN202
+        # Not the write's own failure: the database's (here a table that is not there).
+        # Alone, it might have gone through: it runs again in a transaction of its own.
+        session.execute(text("INSERT INTO t VALUES (2)"))
+        if len(runs["failing"]) == 1:
+            session.execute(text("INSERT INTO missing VALUES (1)"))
+        return 20
+
+    commits = _commits(db)
+    futures = _queued_behind_a_write(db, [_counted(_insert(1), runs["first"]), _counted(failing, runs["failing"]), _counted(_insert(3), runs["last"])])
+    assert [f.result() for f in futures] == ["first", 10, 20, 30]
+    assert _stored(db) == [0, 1, 2, 3]
+    assert {name: len(r) for name, r in runs.items()} == {"first": 2, "failing": 2, "last": 1}
+    assert len(commits) == 4  # the first write's, then each of the three alone
 
 
 def test_a_write_inside_a_grouped_write_is_not_queued_behind_it(sqlite_db) -> None:  # noqa: ANN001
