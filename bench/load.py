@@ -59,6 +59,20 @@ class Run:
     def throughput(self) -> float:
         return len(self.latencies) / self.seconds
 
+    @classmethod
+    def merged(cls, slices: list[Run]) -> Run:
+        """One run made of several slices of the same load, measured at different times
+        (`single_post.py --slices`): their measured seconds, answers and failures added."""
+        cpu = [s.server_cpu for s in slices]
+        return cls(
+            seconds=sum(s.seconds for s in slices),
+            latencies=[x for s in slices for x in s.latencies],
+            failed=sum(s.failed for s in slices),
+            late=sum(s.late for s in slices),
+            failures=[f for s in slices for f in s.failures][:3],
+            server_cpu=None if None in cpu else (sum(c[0] for c in cpu), sum(c[1] for c in cpu)),  # type: ignore[index]
+        )
+
     def percentile(self, q: float) -> float:
         """Nearest-rank percentile in milliseconds (q in 0..100)."""
         ordered = sorted(self.latencies)

@@ -1,19 +1,26 @@
 """Single event POSTs against real servers, next to a floor measured in the same run
 (a script that prints figures, not a test).
 
-    python bench/single_post.py [--url URL] [--seconds 20] [--warmup 3] [--clients 16] [--rate 250] [--workers 1]
+    python bench/single_post.py [--url URL] [--seconds 20] [--warmup 3] [--clients 16] [--rate 250] [--workers 1] [--slices 4]
 
 Two databases get the same customers and projects (`batch_import.set_up`). Rapport
 (`uvicorn app.main:create_app --factory`, configured by RAPPORT_* variables, outbound
 webhooks off) serves one, the floor (`bench/floor_app.py`: validate the same `EventIn`,
 insert one row with SQLAlchemy Core) the other, each as a uvicorn subprocess with
-`--workers` processes on loopback. This process is the client (asyncio + httpx,
-keep-alive); its own ceiling is measured first against the floor's empty `GET /ping`.
+`--workers` processes on loopback, both running for the whole script. This process is the
+client (asyncio streams, keep-alive); its own ceiling is measured first against the floor's
+empty `GET /ping`.
 
-For each server, in turn:
-- closed loop: `--clients` concurrent clients for `--seconds` after `--warmup`;
-- open loop: `--rate` requests per second for `--seconds` after `--warmup`, latencies from
-  the scheduled send time; `late` counts sends the client started over 10 ms behind schedule.
+- closed loop: `--clients` concurrent clients for `--seconds` per server, after `--warmup`,
+  in `--slices` slices that the servers take in turns (floor, Rapport, Rapport, floor, …;
+  0.5 s of warm-up before each later slice). This machine's speed drifts by a third within
+  minutes; one server measured after the other took whatever stretch it fell in, and the
+  ratio of one run moved by as much (docs/performance.md, "The sliced-bench round").
+  `--slices 1` measures one server after the other;
+- open loop, then, for each server in turn: `--rate` requests per second for `--seconds`
+  after `--warmup`, latencies from the scheduled send time; `late` counts sends the client
+  started over 10 ms behind schedule. Not sliced: a server that falls behind the rate must
+  show the backlog it builds.
 
 Every request is a new event (unique source + external_id) from `batch_import.make_events`'s
 mix. Rapport's POSTs go to `/v1/events` with an admin key (per-key rate limit off). It prints throughput and
@@ -39,6 +46,7 @@ from load import FIGURES_HEADER, MakeRequest, Request, Run, closed_loop, figures
 # capacity, so one key must be able to use all of it.
 UNLIMITED = {"RAPPORT_RATE_LIMIT_PER_SECOND": "0"}
 MIX = 20_000  # distinct event shapes; request i uses shape i % MIX with its own external_id
+SLICE_WARMUP = 0.5  # seconds of warm-up before each later slice: the server is warm already
 
 
 def posts(path: str, events: list[dict[str, Any]], prefix: str) -> MakeRequest:
@@ -62,6 +70,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=250)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--customers", type=int, default=400)
+    parser.add_argument("--slices", type=int, default=4, help="closed-loop slices per server, taken in turns (default 4; 1: one after the other)")
     args = parser.parse_args()
     check_name(args.url)
     runs: dict[tuple[str, str], Run] = {}
@@ -71,23 +80,30 @@ def main() -> None:
             owners, installers, projects = set_up(api_url, args.customers)
             assert (owners, installers, projects) == set_up(floor_url, args.customers)
             events = make_events(MIX, owners, installers, projects)
-            loads = {
-                "closed": lambda base, make, headers: closed_loop(base, make, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers),
-                "open": lambda base, make, headers: open_loop(base, make, rate=args.rate, seconds=args.seconds, warmup=args.warmup, headers=headers),
-            }
-            with server("floor_app:create_app", {"FLOOR_DATABASE_URL": floor_url}, workers=args.workers, ready_path="/ping") as base:
-                runs["client", "closed"] = loads["closed"](base, lambda i: ("GET", "/ping", None), {})
-                for shape, load in loads.items():
-                    runs["floor", shape] = load(base, posts("/events", events, f"floor-{shape}-"), {})
             env = {"RAPPORT_DATABASE_URL": api_url, "RAPPORT_BOOTSTRAP_KEY": KEY, "RAPPORT_DELIVER_IN_PROCESS": "false", **UNLIMITED}
-            with server("app.main:create_app", env, workers=args.workers) as base:
-                for shape, load in loads.items():
-                    runs["rapport", shape] = load(base, posts("/v1/events", events, f"api-{shape}-"), {"Authorization": f"Bearer {KEY}"})
+            with (
+                server("floor_app:create_app", {"FLOOR_DATABASE_URL": floor_url}, workers=args.workers, ready_path="/ping") as floor_base,
+                server("app.main:create_app", env, workers=args.workers) as rapport_base,
+            ):
+                served = {"floor": (floor_base, "/events", {}), "rapport": (rapport_base, "/v1/events", {"Authorization": f"Bearer {KEY}"})}
+                runs["client", "closed"] = closed_loop(floor_base, lambda i: ("GET", "/ping", None), clients=args.clients, seconds=args.seconds, warmup=args.warmup)
+                # The closed loop in slices, the servers taking turns (floor, Rapport, Rapport,
+                # floor, …): a stretch of the run when the machine is slow or fast falls on both.
+                slices: dict[str, list[Run]] = {"floor": [], "rapport": []}
+                for k in range(args.slices):
+                    for who in ("floor", "rapport") if k % 2 == 0 else ("rapport", "floor"):
+                        base, path, headers = served[who]
+                        warmup = args.warmup if k == 0 else min(args.warmup, SLICE_WARMUP)
+                        slices[who].append(closed_loop(base, posts(path, events, f"{who}-closed-{k}-"), clients=args.clients, seconds=args.seconds / args.slices, warmup=warmup, headers=headers))
+                for who, measured in slices.items():
+                    runs[who, "closed"] = Run.merged(measured)
+                for who, (base, path, headers) in served.items():
+                    runs[who, "open"] = open_loop(base, posts(path, events, f"{who}-open-"), rate=args.rate, seconds=args.seconds, warmup=args.warmup, headers=headers)
         finally:
             drop()
     engine = "PostgreSQL" if args.url else "SQLite"
     print(f"{engine}, uvicorn --workers {args.workers}; {args.customers} customers, {len(projects)} projects; "
-          f"{args.seconds:g} s measured after {args.warmup:g} s warm-up")
+          f"{args.seconds:g} s measured after {args.warmup:g} s warm-up; closed loop in {args.slices} slices per server, in turns")
     print(FIGURES_HEADER)
     print(figures_row(f"client ceiling (GET /ping, {args.clients} clients)", runs["client", "closed"]))
     for shape, label in (("closed", f"closed loop, {args.clients} clients"), ("open", f"open loop, {args.rate:g}/s")):
@@ -95,6 +111,9 @@ def main() -> None:
         print(figures_row("floor (validate + insert one row)", runs["floor", shape]))
         print(figures_row("Rapport POST /v1/events", runs["rapport", shape]))
         print(ratio_row("Rapport / floor", runs["rapport", shape], runs["floor", shape]))
+        if shape == "closed" and args.slices > 1:
+            # Each slice's ratio, in the order run: how far the machine moved within the run.
+            print(f"  {'Rapport / floor, each slice':<34} throughput " + ", ".join(f"{r.throughput / f.throughput:.3f}" for f, r in zip(slices["floor"], slices["rapport"])))
     floor_cpu, rapport_cpu = (runs[who, "closed"].server_cpu_ms() for who in ("floor", "rapport"))
     if floor_cpu and rapport_cpu:
         # The server processes' own CPU (from /proc): on one core of Python, a request's CPU
