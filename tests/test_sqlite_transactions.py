@@ -159,13 +159,16 @@ def _commits(db: Database) -> list[None]:
     return counted
 
 
-def _queued_behind_a_write(db: Database, works: list) -> list[Future]:  # noqa: ANN001
+def _queued_behind_a_write(db: Database, works: list, *, writes: bool = True) -> list[Future]:  # noqa: ANN001
     """Submit `works` (each to `db.transaction`, from threads of their own) while another
-    write holds the writer lock, wait until all of them wait for it, then let it commit."""
+    write holds the writer lock, wait until all of them wait for it, then let it commit.
+    `writes=False`: that write holds the lock of this process but writes nothing, so it
+    never begins SQLite's transaction."""
     holding, release = threading.Event(), threading.Event()
 
     def first(session):  # noqa: ANN001, ANN202
-        session.execute(text("INSERT INTO t VALUES (0)"))
+        if writes:
+            session.execute(text("INSERT INTO t VALUES (0)"))
         holding.set()
         release.wait(5)
         return "first"
@@ -295,3 +298,23 @@ def test_a_write_inside_a_session_s_write_is_not_queued_behind_the_writes_waitin
                 db.transaction(_insert(2))
         assert waiting.result(timeout=5) == 30
     assert _stored(db) == [1, 3]
+
+
+def test_a_group_that_cannot_have_the_write_lock_fails_together_without_running_its_writes(sqlite_db) -> None:  # noqa: ANN001
+    db, path = sqlite_db
+    other = _other_writer(path)
+    runs: list[int] = []
+    # Another process takes SQLite's write lock while the writes queue in this one.
+    other.execute("BEGIN IMMEDIATE")
+    commits = _commits(db)
+    futures = _queued_behind_a_write(db, [_counted(_insert(x), runs) for x in (1, 2, 3)], writes=False)
+    assert futures[0].result() == "first"  # it wrote nothing: it never needed SQLite's lock
+    for future in futures[1:]:
+        with pytest.raises(OperationalError, match="locked"):
+            future.result()
+    # The group waited for the lock once (the busy timeout) and its writes never ran; alone,
+    # one after another, each would have waited as long again.
+    assert runs == []
+    other.execute("ROLLBACK")
+    other.close()
+    assert _stored(db) == [] and commits == []

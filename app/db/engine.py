@@ -73,6 +73,12 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether SQLite gave up waiting for a lock another connection held (SQLITE_BUSY, after
+    the busy timeout)."""
+    return isinstance(exc, DBAPIError) and str(getattr(exc.orig, "sqlite_errorname", "")).startswith("SQLITE_BUSY")
+
+
 def backoff(attempt: int) -> float:
     """Seconds to wait before running a transaction again: short, growing, and jittered so
     the transactions that collided do not collide again in step."""
@@ -369,12 +375,15 @@ class Database:
         alone, after the writes before it had committed, it would have seen what it saw
         here and failed the same way. The group is rolled back and runs again without it.
         If the database fails (or the commit does), each write runs again alone, with the
-        retry `transaction` gives a write."""
+        retry `transaction` gives a write; unless the group never had the write lock."""
         try:
             while len(group) > 1:
                 failed: _Turn | None = None
+                locked = False
                 try:
                     with self.session(write=True) as session:
+                        session.connection()  # BEGIN IMMEDIATE: SQLite's write lock, before any write runs
+                        locked = True
                         for failed in group:
                             failed.value = failed.work(session)
                         failed = None
@@ -384,6 +393,14 @@ class Database:
                 except Exception as exc:
                     for turn in group:
                         turn.value = None  # rolled back: none of them counted
+                    if not locked and is_busy(exc):
+                        # Another process held the write lock for the whole busy timeout. Run
+                        # alone, one after another, each write would wait as long again: a
+                        # group of n took n + 1 timeouts to answer. They fail together, with
+                        # the error a write that waits too long gets (a 503 with Retry-After).
+                        for turn in group:
+                            turn.error, turn.done = exc, True
+                        return
                     if failed is None or isinstance(exc, SQLAlchemyError):
                         break
                     failed.error, failed.done = exc, True
