@@ -6,13 +6,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.api import schemas as s
 from app.api.deps import Admin, ContextDep
+from app.api.etags import etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_response, problem_responses
 from app.api.gate import Gated
 from app.db import models as m
@@ -79,7 +80,8 @@ def create_form(body: s.FormIn, ctx: ContextDep, caller: Admin) -> JSONResponse:
 
     def write(session: Session) -> JSONResponse:
         form = svc.create_form(session, ctx.rulebook, body.model_dump(exclude_none=True), now=ctx.clock())
-        return JSONResponse(_with_secret(form).model_dump(mode="json"), status_code=201, headers={"Location": f"/v1/forms/{form.form_id}"})
+        headers = {"Location": f"/v1/forms/{form.form_id}", "ETag": etag("form", form.form_id, form.version)}
+        return JSONResponse(_with_secret(form).model_dump(mode="json"), status_code=201, headers=headers)
 
     return ctx.db.transaction(write)
 
@@ -97,18 +99,30 @@ def list_forms(
 
 
 @router.get("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(404))
-def get_form(form_id: FormIdPath, ctx: ContextDep, caller: Admin) -> s.FormOut:
+def get_form(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Response) -> s.FormOut:
+    """One form (never its secret), with its ETag for a later PATCH's If-Match."""
     with ctx.db.session(write=False) as session:
-        return _form(svc.get_form(session, form_id))
+        form = svc.get_form(session, form_id)
+        response.headers["ETag"] = etag("form", form.form_id, form.version)
+        return _form(form)
 
 
-@router.patch("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(400, 404, 413))
-def update_form(form_id: FormIdPath, body: s.FormPatch, ctx: ContextDep, caller: Admin) -> s.FormOut:
+@router.patch("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(400, 404, 412, 413))
+def update_form(
+    form_id: FormIdPath,
+    body: s.FormPatch,
+    ctx: ContextDep,
+    caller: Admin,
+    response: Response,
+    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the form changed since")] = None,
+) -> s.FormOut:
     """Change the name, the mapping or whether the hook is enabled. Submissions waiting in the
     inbox can then be replayed with the new mapping."""
+    version = parse_if_match(if_match, "form", form_id)
 
     def write(session: Session) -> s.FormOut:
-        form = svc.update_form(session, ctx.rulebook, form_id, body.model_dump(exclude_unset=True), now=ctx.clock())
+        form = svc.update_form(session, ctx.rulebook, form_id, body.model_dump(exclude_unset=True), if_match=version, now=ctx.clock())
+        response.headers["ETag"] = etag("form", form.form_id, form.version)
         return _form(form)
 
     return ctx.db.transaction(write)

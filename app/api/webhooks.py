@@ -10,11 +10,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, AsyncIterator, Callable
 
-from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Response
 from sqlalchemy.orm import Session
 
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
+from app.api.etags import etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_responses
 from app.api.gate import Gated
 from app.api.schemas import PageLimit, PathId
@@ -85,6 +86,7 @@ def create_subscription(body: w.SubscriptionIn, ctx: ContextDep, caller: Admin, 
     def write(session: Session) -> w.SubscriptionCreatedOut:
         sub = svc.create_subscription(session, body.model_dump(exclude_none=True), now=ctx.clock())
         response.headers["Location"] = f"{router.prefix}/{sub.id}"
+        response.headers["ETag"] = etag("subscription", sub.id, sub.version)
         return w.SubscriptionCreatedOut(**_subscription(sub).model_dump(), secret=sub.secret)
 
     return ctx.db.transaction(write)
@@ -105,23 +107,36 @@ def list_subscriptions(
 
 
 @router.get("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(404))
-def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
-    """One subscription (never its secret); `paused_reason` says why it is paused."""
+def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin, response: Response) -> w.SubscriptionOut:
+    """One subscription (never its secret); `paused_reason` says why it is paused. Its ETag
+    serves a later PATCH's If-Match."""
     with ctx.db.session(write=False) as session:
-        return _subscription(svc.get_subscription(session, subscription_id))
+        sub = svc.get_subscription(session, subscription_id)
+        response.headers["ETag"] = etag("subscription", sub.id, sub.version)
+        return _subscription(sub)
 
 
-@router.patch("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(400, 404, 409, 413))
-def update_subscription(subscription_id: PathId, body: w.SubscriptionPatch, ctx: ContextDep, caller: Admin) -> w.SubscriptionOut:
+@router.patch("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(400, 404, 409, 412, 413))
+def update_subscription(
+    subscription_id: PathId,
+    body: w.SubscriptionPatch,
+    ctx: ContextDep,
+    caller: Admin,
+    response: Response,
+    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the subscription changed since (a pause by the sender included)")] = None,
+) -> w.SubscriptionOut:
     """Change the URL, description or event types; pause or resume. Resuming makes every
     waiting delivery due at once (409 for a deleted subscription)."""
 
     if body.url is not None:
         _check_target(ctx.settings, body.url)
+    version = parse_if_match(if_match, "subscription", subscription_id)
 
     def write(session: Session) -> w.SubscriptionOut:
         changes = body.model_dump(exclude_unset=True)
-        return _subscription(svc.update_subscription(session, subscription_id, changes, actor=caller.actor, now=ctx.clock()))
+        sub = svc.update_subscription(session, subscription_id, changes, actor=caller.actor, if_match=version, now=ctx.clock())
+        response.headers["ETag"] = etag("subscription", sub.id, sub.version)
+        return _subscription(sub)
 
     return ctx.db.transaction(write)
 

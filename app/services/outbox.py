@@ -20,6 +20,7 @@ from app.domain.rulebook import Label, Rulebook
 from app.domain.signatures import new_secret, replaced_secret
 from app.errors import Conflict, NotFound
 from app.services.paging import page
+from app.services.records import check_version
 
 LEVEL_CHANGED = "customer.level_changed"
 HEAT_CHANGED = "project.heat_changed"
@@ -205,10 +206,14 @@ def list_subscriptions(session: Session, *, status: str | None, limit: int, curs
     return page(session, select(s).where(condition), s.id, limit=limit, cursor=cursor)
 
 
-def update_subscription(session: Session, subscription_id: int, changes: dict[str, Any], *, actor: str, now: datetime) -> m.Subscription:
+def update_subscription(
+    session: Session, subscription_id: int, changes: dict[str, Any], *, actor: str, if_match: int | None = None, now: datetime
+) -> m.Subscription:
     """Change url, description or event types; pause (`status: paused`) or resume
-    (`status: active`: every pending delivery becomes due now)."""
+    (`status: active`: every pending delivery becomes due now). `if_match`: the version the
+    caller read (412 if the subscription changed since, a pause by the sender included)."""
     subscription = _live_subscription(session, subscription_id)
+    check_version(subscription, if_match)
     changes = dict(changes)
     status = changes.pop("status", None)
     changed = {k: v for k, v in changes.items() if getattr(subscription, k) != v}

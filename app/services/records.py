@@ -28,13 +28,19 @@ def save_unique(session: Session, row: Any, value: Any | None, *, field: str = "
         raise
 
 
+def check_version(row: Any, if_match: int | None) -> None:
+    """412 unless the caller read the row at its current version (or sent no If-Match).
+    The caller holds the row locked, so the version cannot move before the write."""
+    if if_match is not None and if_match != row.version:
+        raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
+
+
 def update_record(session: Session, model: type[Record], record_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> Record:
     """Apply descriptive changes under a row lock, checking If-Match against the version."""
     row = session.scalar(select(model).where(model.id == record_id).with_for_update())
     if row is None:
         raise NotFound(f"no {model.__tablename__[:-1]} with id {record_id}")
-    if if_match is not None and if_match != row.version:
-        raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
+    check_version(row, if_match)
     for key, value in changes.items():
         setattr(row, key, value)
     if changes:
@@ -70,8 +76,7 @@ def upsert_by_ref(
             row = _by_ref(session, model, ref)  # a concurrent request created it first
             if row is None:
                 raise
-    if if_match is not None and if_match != row.version:
-        raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
+    check_version(row, if_match)
     named = named or {}
     wrong = []
     for name, value in fixed.items():

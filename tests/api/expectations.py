@@ -71,3 +71,27 @@ def stored_state(client: Any, *, customers: tuple[int, ...] = (), projects: tupl
         customers={c: subject("customers", c) for c in customers},
         projects={p: subject("projects", p) for p in projects},
     )
+
+
+def assert_if_match_guards_patch(api: Any, path: str, created: httpx.Response, change: dict[str, Any], *, other_path: str) -> None:  # noqa: ANN401
+    """The resource at `path` carries an ETag (from its creation, its GET and each PATCH),
+    and a PATCH with If-Match applies only at the version read: a stale ETag, or one of
+    another resource (`other_path`), is a 412, a malformed one a 422, and neither changes
+    anything."""
+    read = api.get(path)
+    assert created.headers["etag"] == read.headers["etag"]
+    field, value = next(iter(change.items()))
+    before = read.json()[field]
+
+    assert_problem(api.patch(path, json=change, headers={"If-Match": api.get(other_path).headers["etag"]}), 412)
+    assert_problem(api.patch(path, json=change, headers={"If-Match": "version 1"}), 422, "If-Match")
+    assert api.get(path).json()[field] == before
+
+    applied = api.patch(path, json=change, headers={"If-Match": read.headers["etag"]})
+    assert applied.status_code == 200, applied.text
+    assert applied.json()[field] == value and applied.headers["etag"] != read.headers["etag"]
+    assert api.get(path).headers["etag"] == applied.headers["etag"]
+
+    assert_problem(api.patch(path, json={field: before}, headers={"If-Match": read.headers["etag"]}), 412)  # read before the change
+    assert api.get(path).json()[field] == value
+    assert api.patch(path, json={field: before}).status_code == 200  # no If-Match: applies, as for customers

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from app.domain.signatures import sign_standard_webhooks
-from tests.api.expectations import all_pages, assert_problem
+from tests.api.expectations import all_pages, assert_if_match_guards_patch, assert_problem
 from tests.api.scenarios import issue_key
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -387,3 +387,11 @@ def test_the_access_log_does_not_show_a_url_token(app) -> None:  # noqa: ANN001
         f.filter(record)
     assert "s3cr3t" not in record.getMessage()
     assert "token=***&x=1" in record.getMessage()
+
+
+def test_a_form_patch_with_if_match_applies_only_to_the_version_read(api) -> None:  # noqa: ANN001
+    created = api.post("/v1/forms", json=example("typeform-visit-report"))
+    assert created.status_code == 201, created.text
+    other = set_up(api, "typeform-visit-report", form_id="other-form")
+    form_id = created.json()["form_id"]
+    assert_if_match_guards_patch(api, f"/v1/forms/{form_id}", created, {"name": "现场拜访 (v2)"}, other_path=f"/v1/forms/{other['form_id']}")

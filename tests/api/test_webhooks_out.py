@@ -25,7 +25,7 @@ from app.services.delivery import deliver_due
 from app.settings import Settings
 from app.startup import initialize
 from tests.api.conftest import ADMIN, Api, Client
-from tests.api.expectations import all_pages, assert_problem
+from tests.api.expectations import all_pages, assert_if_match_guards_patch, assert_problem
 from tests.api.scenarios import at, issue_key, owner_level_one_events
 from tests.conftest import Clock, empty_tables
 from tests.test_delivery import Receiver, verify
@@ -645,3 +645,11 @@ def test_a_slow_receiver_does_not_hold_up_the_others(app, api, receiver: Receive
         assert fast_after < 2.0, fast_after  # delivered while the slow receiver was still answering
     finally:
         slow.close()
+
+
+def test_a_subscription_patch_with_if_match_applies_only_to_the_version_read(api, receiver: Receiver) -> None:  # noqa: ANN001
+    created = api.post(BASE, json={"url": receiver.url, "event_types": ["customer.level_changed"], "description": "CRM"})
+    assert created.status_code == 201, created.text
+    other = subscribe(api, receiver, ["project.heat_changed"])
+    path = f"{BASE}/{created.json()['id']}"
+    assert_if_match_guards_patch(api, path, created, {"description": "CRM (staging)"}, other_path=f"{BASE}/{other['id']}")
