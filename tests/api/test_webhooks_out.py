@@ -165,6 +165,7 @@ def test_only_the_subscribed_types_are_sent(api, receiver: Receiver, deliver) ->
 
 def test_a_receiver_that_keeps_failing_pauses_its_subscription_and_nothing_is_lost(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
     sub = subscribe(api, receiver, [LEVEL])
+    read_while_active = api.get(f"{BASE}/{sub['id']}").headers["etag"]
     receiver.answers = [500] * (len(SCHEDULE) + 1)
     first = api.create_customer("仁济医院基建处", "owner")
     owner_level_one_events(api, first["id"])
@@ -174,6 +175,9 @@ def test_a_receiver_that_keeps_failing_pauses_its_subscription_and_nothing_is_lo
     assert failed["status"] == "failed" and len(failed["attempts"]) == len(SCHEDULE) + 1
     paused = api.get(f"{BASE}/{sub['id']}").json()
     assert paused["status"] == "paused" and f"delivery {failed['id']} failed 6 times" in paused["paused_reason"]
+    # An admin who read it before the sender paused it does not undo the pause unawares.
+    assert_problem(api.patch(f"{BASE}/{sub['id']}", json={"status": "active"}, headers={"If-Match": read_while_active}), 412)
+    assert api.get(f"{BASE}/{sub['id']}").json()["status"] == "paused"
 
     second = api.create_customer("万科华东区域", "owner")
     owner_level_one_events(api, second["id"])  # queued while paused …
