@@ -150,7 +150,8 @@ def keys_list() -> None:
 @keys.command("revoke")
 @click.option("--name", required=True)
 def keys_revoke(name: str) -> None:
-    """Revoke a key: it stops working at once."""
+    """Revoke a key: every serving process refuses it from its next request (PostgreSQL:
+    once the change's notice reaches that process, normally within a millisecond)."""
     from app.services.keys import revoke_key
 
     settings = get_settings()

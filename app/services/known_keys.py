@@ -8,7 +8,10 @@ SQLite a checkout of a pooled connection and a statement, 2.4 % of a POST's inst
 ("The key-stamp round").
 
 A key stays good only as long as the database can say otherwise at once, whoever changed
-the keys: `rapport keys revoke`, another process, an operator's SQL.
+the keys: `rapport keys revoke`, another process, an operator's SQL. (On PostgreSQL "at
+once" is when the notice arrives, a moment after the changing commit has returned: 145 µs
+at p99 on an idle machine, 12 ms on an overloaded one; docs/performance.md, "Revocation on
+PostgreSQL", measured with bench/revocation.py.)
 
 - PostgreSQL (`ListenedKeys`): a statement trigger on `api_keys` sends NOTIFY on a channel
   when any transaction that changed the table commits (the migration `api_key_notices`).
