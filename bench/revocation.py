@@ -11,11 +11,14 @@ sends the notice when it next runs. Until then a request in that process may sti
 answered from memory.
 
 Each round creates a key and waits until the change is heard, then revokes the key on
-another connection and spins, from the moment the commit returns, until the process no
-longer trusts what it remembers (a notice is waiting on its socket) or has forgotten it.
+another connection and spins, from the moment that write session has returned (its
+commit, and the connection's return to the pool), until the process no longer trusts what it remembers (a notice is waiting on its socket) or has forgotten it.
 It prints how many rounds had a window at all, and the window's percentiles over every
-round (0 where the process had heard the change before the commit returned). PostgreSQL only (SQLite reads the keys' stamp on every request: no window). It
-creates and drops `<name>_api` (the name must contain "bench" or "test").
+round (0 where the process had heard the change before the commit returned).
+
+PostgreSQL only: SQLite reads the keys' stamp on every request, so it has no window. Like
+the other scripts it creates and drops `<name>_api` and `<name>_floor` (only the first is
+used; the name must contain "bench" or "test").
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ def main() -> None:
 
     print(f"{args.rounds} revocations; the process still trusted its memory when the commit returned in {still_open}")
     print(f"window after the commit returned (0 where none), µs: p50 {at(0.5):.0f}  p99 {at(0.99):.0f}  p99.9 {at(0.999):.0f}  max {at(1.0):.0f}")
+
 
 if __name__ == "__main__":
     main()
