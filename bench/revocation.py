@@ -44,7 +44,7 @@ def window(db: Database, known: ListenedKeys, name: str) -> float | None:
     before = known.generation
     with db.session(write=True) as session:
         create_key(session, name, ["read"], now=now)
-    while not (known.trusted() and known.generation > before):  # the creation is heard
+    while not known.heard_since(before):  # the creation is heard
         time.sleep(0.0005)
     heard = known.generation  # nothing else changes the keys meanwhile
     with db.session(write=True) as session:

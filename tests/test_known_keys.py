@@ -55,7 +55,7 @@ def _new_key(db: Database, known: known_keys.KnownKeys) -> tuple[str, str]:
     heard = known.generation
     with db.session(write=True) as session:
         _, secret = create_key(session, name, ["read"], now=NOW)
-    wait_until(lambda: known.trusted() and known.generation > heard)
+    wait_until(lambda: known.heard_since(heard))
     return name, secret
 
 
@@ -116,7 +116,7 @@ def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownK
     before = known.generation
     with db.session(write=True) as session:
         revoke_key(session, name, now=NOW)
-    wait_until(lambda: known.trusted() and known.generation > before)  # the revocation was heard
+    wait_until(lambda: known.heard_since(before))  # the revocation was heard
     reads = _reads(db)
     try:
         for _ in range(2):

@@ -75,6 +75,11 @@ class KnownKeys:
         """Read before reading a key from the database; pass to `remember`."""
         return self._generation
 
+    def heard_since(self, generation: int) -> bool:
+        """Whether a change made after `generation` was read has been heard (what was
+        remembered then is forgotten) and what is remembered may be used again."""
+        return self.trusted() and self._generation > generation
+
     def trusted(self) -> bool:
         """Whether what is remembered may be used now: nothing changed that was not heard."""
         raise NotImplementedError
