@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import datetime, timezone
+from typing import Callable
 
 from batch_import import databases
 from single_post import check_name
@@ -37,6 +38,20 @@ from app.settings import Settings
 from app.startup import prepare
 
 
+# How long any wait may take before the script gives up: the listener lost its connection,
+# or the notices stopped coming. Far beyond any window measured (docs/performance.md).
+PATIENCE = 10.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, *, pause: float = 0.0005) -> None:
+    """Return once `condition()` holds; exit with `what` in the message after PATIENCE."""
+    deadline = time.monotonic() + PATIENCE
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up after {PATIENCE:.0f} s waiting until {what}")
+        time.sleep(pause)
+
+
 def window(db: Database, known: ListenedKeys, name: str) -> float | None:
     """Seconds from the revocation's commit until `known` no longer answers from memory;
     None if it had already heard it when the commit returned."""
@@ -44,16 +59,17 @@ def window(db: Database, known: ListenedKeys, name: str) -> float | None:
     before = known.generation
     with db.session(write=True) as session:
         create_key(session, name, ["read"], now=now)
-    while not known.heard_since(before):  # the creation is heard
-        time.sleep(0.0005)
+    wait_for(lambda: known.heard_since(before), "the process heard a key's creation")
     heard = known.generation  # nothing else changes the keys meanwhile
     with db.session(write=True) as session:
         revoke_key(session, name, now=now)
     start = time.perf_counter()
     if not known.trusted() or known.generation > heard:
         return None
-    while known.trusted() and known.generation == heard:
-        pass
+    deadline = start + PATIENCE
+    while known.trusted() and known.generation == heard:  # a spin: the window is microseconds
+        if time.perf_counter() > deadline:
+            raise SystemExit(f"gave up after {PATIENCE:.0f} s waiting until the process heard a revocation")
     return time.perf_counter() - start
 
 
@@ -71,8 +87,7 @@ def main() -> None:
         known = ListenedKeys.on(db.engine)
         stop = known.start()
         try:
-            while not known.trusted():
-                time.sleep(0.01)
+            wait_for(known.trusted, "the process listened for key changes", pause=0.01)
             windows = [window(db, known, f"key {i}") for i in range(args.rounds)]
         finally:
             stop()
