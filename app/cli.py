@@ -196,9 +196,7 @@ def verify(as_of: datetime | None) -> None:
     db = Database.from_settings(settings)
     started = time.monotonic()
     try:
-        with db.session(write=False) as session:
-            if not db.is_sqlite:
-                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        with db.snapshot() as session:
             counts = [session.scalar(select(func.count()).select_from(model)) for model in (m.Customer, m.Project, m.Event)]
             found = 0
             for d in disagreements(session, rulebook, as_of=when):  # printed as found: a long replay shows progress

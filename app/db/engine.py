@@ -183,7 +183,14 @@ class Database:
     def __init__(self, engine: Engine, *, log_cache_events: int = 100_000):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._read = sessionmaker(bind=engine, expire_on_commit=False)
+        # PostgreSQL: a read session runs outside any transaction (autocommit). Under READ
+        # COMMITTED each statement sees what was committed before it, with or without a
+        # transaction around it, so the BEGIN and ROLLBACK psycopg sent around every read
+        # bought nothing but two of its round trips (docs/performance.md, "The serving
+        # round"). A read that needs one snapshot asks for it (`rapport verify`: REPEATABLE
+        # READ). SQLite keeps its deferred BEGIN: calls in process, no round trips.
+        reads = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._read = sessionmaker(bind=reads, expire_on_commit=False)
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
@@ -222,6 +229,17 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read session that sees one snapshot of the database from its first statement to
+        its end, for a read of many statements that must agree (`rapport verify`). SQLite's
+        read transaction is one already; PostgreSQL's read sessions run each statement on
+        its own (autocommit), so this one runs in a REPEATABLE READ transaction."""
+        with self.session(write=False) as session:
+            if not self.is_sqlite:
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
 
     def _new_session(self, write: bool) -> Session:
         if not write:
