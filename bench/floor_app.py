@@ -5,7 +5,8 @@
 - `POST /events` validates the body with Rapport's own request model (`EventIn`) and
   inserts one row into the `events` table with SQLAlchemy Core, in a sync route (run in the
   thread pool, as Rapport's are), one write transaction per request;
-- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON;
+- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON (on
+  PostgreSQL with no transaction around the read, as Rapport reads);
 - `GET /ping` does nothing: what the load generator can drive at most.
 
 The database is one Rapport has migrated (same tables, indexes and engine settings: SQLite
@@ -31,7 +32,7 @@ from sqlalchemy import insert, select
 
 from app.api.schemas import EventIn, PathId
 from app.db import models as m
-from app.db.engine import WRITE_BEGIN, make_engine, sqlite_begin
+from app.db.engine import WRITE_BEGIN, for_reads, make_engine, sqlite_begin
 
 EVENTS = m.Event.__table__
 CUSTOMERS = m.Customer.__table__
@@ -55,6 +56,7 @@ async def serving(app: FastAPI) -> AsyncIterator[None]:
 def create_app() -> FastAPI:
     engine = make_engine(os.environ["FLOOR_DATABASE_URL"])
     turns = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+    reader = for_reads(engine)  # on PostgreSQL no transaction around its one read, as Rapport's
     app = FastAPI(lifespan=serving)
 
     @app.post("/events", status_code=201)
@@ -68,7 +70,7 @@ def create_app() -> FastAPI:
 
     @app.get("/customers/{customer_id}")
     def read(customer_id: PathId) -> dict[str, Any]:
-        with engine.connect() as conn:
+        with reader.connect() as conn:
             row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.id == customer_id)).one_or_none()
         if row is None:
             raise HTTPException(404)

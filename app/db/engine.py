@@ -176,6 +176,16 @@ def has_input(fileno: int) -> bool:
     return bool(waiting.poll(0))
 
 
+def for_reads(engine: Engine) -> Engine:
+    """`engine` as reads use it. On PostgreSQL in autocommit, outside any transaction: under
+    READ COMMITTED each statement sees what was committed before it, with or without a
+    transaction around it, so the BEGIN and ROLLBACK psycopg sends around a read buy
+    nothing but two round trips (docs/performance.md, "The serving round"). A read that
+    needs one snapshot asks for it (`Database.snapshot`). SQLite keeps its deferred BEGIN:
+    calls in process, no round trips."""
+    return engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 class Database:
     """Hands out sessions: read sessions, and write sessions that serialize writers on
     SQLite (BEGIN IMMEDIATE). Row locks do the serializing on PostgreSQL."""
@@ -183,14 +193,7 @@ class Database:
     def __init__(self, engine: Engine, *, log_cache_events: int = 100_000):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        # PostgreSQL: a read session runs outside any transaction (autocommit). Under READ
-        # COMMITTED each statement sees what was committed before it, with or without a
-        # transaction around it, so the BEGIN and ROLLBACK psycopg sent around every read
-        # bought nothing but two of its round trips (docs/performance.md, "The serving
-        # round"). A read that needs one snapshot asks for it (`rapport verify`: REPEATABLE
-        # READ). SQLite keeps its deferred BEGIN: calls in process, no round trips.
-        reads = engine if self.is_sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._read = sessionmaker(bind=reads, expire_on_commit=False)
+        self._read = sessionmaker(bind=for_reads(engine), expire_on_commit=False)
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
