@@ -120,7 +120,7 @@ def main() -> None:
             filled = time.perf_counter() - started
             if args.verify:
                 db = Database(make_engine(url))
-                with db.session(write=False) as session:
+                with db.snapshot() as session:  # one snapshot, as `rapport verify` reads
                     disagreements = replay(session, load_rulebook(), as_of=NOW)
                 db.engine.dispose()
                 if disagreements:
