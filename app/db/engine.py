@@ -193,7 +193,8 @@ class Database:
     def __init__(self, engine: Engine, *, log_cache_events: int = 100_000):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
-        self._read = sessionmaker(bind=for_reads(engine), expire_on_commit=False)
+        self._reads = for_reads(engine)
+        self._read = sessionmaker(bind=self._reads, expire_on_commit=False)
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
@@ -330,15 +331,14 @@ class Database:
 
     def _sqlalchemy_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
         """`first` through SQLAlchemy, once more if the connection it took had died. Only
-        after the cursor's read failed, so in a transaction (BEGIN, the read, ROLLBACK):
-        three round trips where one would do, but no engine kept for autocommit."""
+        after the cursor's read failed; outside a transaction, as every read (`for_reads`)."""
         try:
-            with self.engine.connect() as conn:
+            with self._reads.connect() as conn:
                 row = conn.execute(statement, params).first()
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
-            with self.engine.connect() as conn:
+            with self._reads.connect() as conn:
                 row = conn.execute(statement, params).first()
         return None if row is None else tuple(row)
 
