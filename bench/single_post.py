@@ -1,7 +1,7 @@
 """Single event POSTs against real servers, next to a floor measured in the same run
 (a script that prints figures, not a test).
 
-    python bench/single_post.py [--url URL] [--seconds 20] [--warmup 3] [--clients 16] [--rate 250] [--workers 1] [--slices 4]
+    python bench/single_post.py [--url URL] [--seconds 20] [--warmup 3] [--clients 16] [--rate 250[,RATE…]] [--workers 1] [--slices 4]
 
 Two databases get the same customers and projects (`batch_import.set_up`). Rapport
 (`uvicorn app.main:create_app --factory`, configured by RAPPORT_* variables, outbound
@@ -18,7 +18,8 @@ empty `GET /ping`.
   ratio of one run moved by as much (docs/performance.md, "The sliced-bench round").
   `--slices 1` measures one server after the other;
 - open loop, then, for each server in turn: `--rate` requests per second for `--seconds`
-  after `--warmup`, latencies from the scheduled send time; `late` counts sends the client
+  after `--warmup` (with several rates, e.g. `--rate 150,200,250`, each in turn: where
+  each server's tail starts to climb as the rate nears what it can serve), latencies from the scheduled send time; `late` counts sends the client
   started over 10 ms behind schedule. Not sliced: a server that falls behind the rate must
   show the backlog it builds.
 
@@ -56,6 +57,17 @@ def posts(path: str, events: list[dict[str, Any]], prefix: str) -> MakeRequest:
     return make
 
 
+def _rates(text: str) -> list[float]:
+    """`--rate`: one rate or several, comma-separated."""
+    try:
+        rates = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or a comma-separated list of numbers: {text!r}") from None
+    if not all(rate > 0 for rate in rates):
+        raise argparse.ArgumentTypeError("every rate must be above 0")
+    return rates
+
+
 def check_name(url: str | None) -> None:
     if url and not any(word in url.rsplit("/", 1)[-1] for word in ("bench", "test")):
         raise SystemExit("the PostgreSQL database name must contain 'bench' or 'test': its scratch databases are dropped")
@@ -67,7 +79,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rate", type=float, default=250)
+    parser.add_argument("--rate", type=_rates, default=[250.0], help="open-loop requests per second; several, comma-separated, are run in turn (default 250)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--slices", type=int, default=4, help="closed-loop slices per server, taken in turns (default 4; 1: one after the other)")
@@ -97,8 +109,9 @@ def main() -> None:
                         slices[who].append(closed_loop(base, posts(path, events, f"{who}-closed-{k}-"), clients=args.clients, seconds=args.seconds / args.slices, warmup=warmup, headers=headers))
                 for who, measured in slices.items():
                     runs[who, "closed"] = Run.merged(measured)
-                for who, (base, path, headers) in served.items():
-                    runs[who, "open"] = open_loop(base, posts(path, events, f"{who}-open-"), rate=args.rate, seconds=args.seconds, warmup=args.warmup, headers=headers)
+                for rate in args.rate:
+                    for who, (base, path, headers) in served.items():
+                        runs[who, f"open {rate:g}"] = open_loop(base, posts(path, events, f"{who}-open-{rate:g}-"), rate=rate, seconds=args.seconds, warmup=args.warmup, headers=headers)
         finally:
             drop()
     engine = "PostgreSQL" if args.url else "SQLite"
@@ -106,7 +119,7 @@ def main() -> None:
           f"{args.seconds:g} s measured after {args.warmup:g} s warm-up; closed loop in {args.slices} slices per server, in turns")
     print(FIGURES_HEADER)
     print(figures_row(f"client ceiling (GET /ping, {args.clients} clients)", runs["client", "closed"]))
-    for shape, label in (("closed", f"closed loop, {args.clients} clients"), ("open", f"open loop, {args.rate:g}/s")):
+    for shape, label in (("closed", f"closed loop, {args.clients} clients"), *((f"open {rate:g}", f"open loop, {rate:g}/s") for rate in args.rate)):
         print(f" {label}")
         print(figures_row("floor (validate + insert one row)", runs["floor", shape]))
         print(figures_row("Rapport POST /v1/events", runs["rapport", shape]))
