@@ -7,7 +7,9 @@ only take turns at the GIL: every hand-over is a futex wake-up and a context swi
 the requests' answers come out interleaved instead of in turn. Measured in
 docs/performance.md, "The threads round": 4 threads served as many event POSTs as 40,
 within the noise, on PostgreSQL and on SQLite, with a p99 a quarter lower on both (and
-less system CPU on PostgreSQL).
+less system CPU on PostgreSQL). On PostgreSQL 2 served more than 4 ("The thread-count
+round"); on SQLite fewer threads make smaller groups of writes sharing a commit, and 4 did
+better than 2. So the default depends on the engine (`Settings.request_threads`).
 
 A batch can hold its thread for seconds (10,000 events), so batches run on a limiter of
 their own (`batch_threads`): a few ERP imports at once never take the threads the app's
@@ -34,10 +36,10 @@ _BATCHES: RunVar[CapacityLimiter] = RunVar("rapport_batch_limiter")
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[None]:
-    """While the server runs: sync routes on at most `settings.worker_threads` threads."""
+    """While the server runs: sync routes on at most `settings.request_threads()` threads."""
     limiter = to_thread.current_default_thread_limiter()
     before = limiter.total_tokens
-    limiter.total_tokens = settings.worker_threads
+    limiter.total_tokens = settings.request_threads()
     try:
         yield
     finally:

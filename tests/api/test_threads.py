@@ -11,6 +11,7 @@ import pytest
 from anyio import to_thread
 
 from app.api import events as events_api
+from app.main import create_app
 from app.services import events as event_svc
 from app.settings import Settings
 from tests.api.conftest import ADMIN
@@ -76,6 +77,27 @@ def test_requests_beyond_the_worker_threads_wait_their_turn(app, api, client, po
         assert first.result(timeout=10).status_code == 201
         assert read.result(timeout=10).status_code == 200
     assert portal.call(_tokens) == 40  # anyio's default again once the server stops
+
+
+@pytest.mark.parametrize(
+    ("url", "threads"),
+    [("sqlite:///rapport.db", 4), ("sqlite://", 4), ("postgresql+psycopg://postgres@127.0.0.1:5432/rapport", 2), ("postgresql://db.internal/rapport", 2)],
+)
+def test_worker_threads_default_to_what_suits_the_engine(url: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAPPORT_WORKER_THREADS", raising=False)
+    assert Settings(database_url=url).request_threads() == threads
+    # Set, it is what it says on either engine.
+    assert Settings(database_url=url, worker_threads=7).request_threads() == 7
+
+
+def test_a_server_runs_the_engines_default_when_worker_threads_is_not_set(migrated: str, db_url: str, clock: Any, portal: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAPPORT_WORKER_THREADS", raising=False)
+    served = create_app(Settings(database_url=db_url, bootstrap_key=ADMIN), clock=clock)
+    try:
+        with portal.wrap_async_context_manager(served.router.lifespan_context(served)):
+            assert portal.call(_tokens) == (4 if db_url.startswith("sqlite") else 2)
+    finally:
+        served.state.context.db.dispose()
 
 
 def _tokens() -> float:
