@@ -127,7 +127,9 @@ def test_the_database_going_away_answers_503_stores_nothing_and_the_server_recov
     target = make_url(migrated)
     proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
     try:
-        server = servers.start(target.set(port=proxy.port).render_as_string(hide_password=False))
+        # Four worker threads (PostgreSQL's default is 2), so that all four writes below are in
+        # their transactions at once when the database goes away.
+        server = servers.start(target.set(port=proxy.port).render_as_string(hide_password=False), worker_threads=4)
         with server.client() as c:
             customer = c.post("/v1/customers", json={"name": "上海建工安装", "kind": "installer"}).json()["id"]
         visits = [{"type": "visit", "customer_id": customer, "occurred_at": ago(days=1), "attributes": {"reception": "welcoming"}, "source": "erp", "external_id": f"v{i}"}
