@@ -67,8 +67,8 @@ class Settings(BaseSettings):
         writes that wait together share one commit (the more wait, the more share it), and 2
         on PostgreSQL, where every write has its own transaction and more threads only take
         turns at the one core a process computes on: event POSTs served 0.53 of the floor's
-        throughput with 2 threads against 0.49 with 4, in 5 and 6 runs (docs/performance.md, "The
-        thread-count round")."""
+        throughput with 2 threads against 0.49 with 4, in 5 and 6 runs (docs/performance.md,
+        "The thread-count round")."""
         if self.worker_threads is not None:
             return self.worker_threads
         return 4 if make_url(self.database_url).get_backend_name() == "sqlite" else 2

@@ -19,8 +19,9 @@ empty `GET /ping`.
   `--slices 1` measures one server after the other;
 - open loop, then, for each server in turn: `--rate` requests per second for `--seconds`
   after `--warmup` (with several rates, e.g. `--rate 150,200,250`, each in turn: where
-  each server's tail starts to climb as the rate nears what it can serve), latencies from the scheduled send time; `late` counts sends the client
-  started over 10 ms behind schedule. Not sliced: a server that falls behind the rate must
+  each server's tail starts to climb as the rate nears what it can serve), latencies from
+  the scheduled send time; `late` counts sends the client started over 10 ms behind
+  schedule. Not sliced: a server that falls behind the rate must
   show the backlog it builds.
 
 Every request is a new event (unique source + external_id) from `batch_import.make_events`'s
