@@ -205,11 +205,17 @@ def send_in_background(server: Server, path: str, body: Any) -> tuple[threading.
 
 
 def cpu_cost(server: Server, path: str, items: list[dict[str, Any]]) -> float:
-    """The CPU seconds the server spends answering `items` at `path`: sent once to learn how
-    far into a batch of the same shape a signal lands, whatever the code's speed."""
-    start = server.cpu_seconds()
-    assert _post(server, path, items).status_code == 200
-    return server.cpu_seconds() - start
+    """The CPU seconds the server spends answering `items` at `path`: to learn how far into
+    a batch of the same shape a signal lands, whatever the code's speed. Sent twice (the
+    second time under other external_ids), and the lower figure counts: a reading of the
+    server's CPU can take in work that was not the batch's, and a cost read too high put
+    "halfway" after the end (in one CI run on PostgreSQL the batch was answered first)."""
+    costs = []
+    for send in ("first", "second"):
+        start = server.cpu_seconds()
+        assert _post(server, path, [{**item, "external_id": f"{item['external_id']}-{send}"} for item in items]).status_code == 200
+        costs.append(server.cpu_seconds() - start)
+    return min(costs)
 
 
 def wait_until_working(server: Server, cpu_seconds: float, start: float) -> None:
