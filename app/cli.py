@@ -61,7 +61,7 @@ def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool)
     import uvicorn
 
     settings = get_settings()
-    if workers > 1 and make_url(settings.database_url).get_backend_name() == "sqlite":
+    if workers > 1 and settings.is_sqlite:
         raise click.BadParameter("SQLite has a single writer: more than one worker process only queues on its lock. Use PostgreSQL for several workers.", param_hint="--workers")
     _prepare(settings)
     if demo:

@@ -62,6 +62,11 @@ class Settings(BaseSettings):
     )
     rate_limit_burst: int = Field(default=200, ge=1, description="how many requests a key may send at once before the per-second rate applies")
 
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether `database_url` names a SQLite database (one writer at a time)."""
+        return make_url(self.database_url).get_backend_name() == "sqlite"
+
     def request_threads(self) -> int:
         """`worker_threads`, or its default for the database: 4 threads on SQLite, where the
         writes that wait together share one commit (the more wait, the more share it), and 2
@@ -71,7 +76,7 @@ class Settings(BaseSettings):
         "The thread-count round")."""
         if self.worker_threads is not None:
             return self.worker_threads
-        return 4 if make_url(self.database_url).get_backend_name() == "sqlite" else 2
+        return 4 if self.is_sqlite else 2
 
 
 @lru_cache

@@ -84,3 +84,10 @@ def test_verify_finds_nothing_after_normal_work_and_names_a_tampered_grade(run, 
     assert tampered.exit_code == 1
     assert "customer 4: grade: stored level 4, replay gives 3" in tampered.output
     assert "customer 4: history: history ends at 3, the stored value is 4" in tampered.output
+
+
+def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run, tmp_path: Path) -> None:  # noqa: ANN001
+    result = run("serve", "--workers", "2")
+    assert result.exit_code == 2, result.output
+    assert "SQLite has a single writer" in result.output and "--workers" in result.output
+    assert not (tmp_path / "rapport.db").exists()  # refused before migrating
