@@ -21,8 +21,8 @@ empty `GET /ping`.
   after `--warmup` (with several rates, e.g. `--rate 150,200,250`, each in turn: where
   each server's tail starts to climb as the rate nears what it can serve), latencies from
   the scheduled send time; `late` counts sends the client started over 10 ms behind
-  schedule. Not sliced: a server that falls behind the rate must
-  show the backlog it builds.
+  schedule. Not sliced: a server that falls behind the rate must show the backlog it
+  builds.
 
 Every request is a new event (unique source + external_id) from `batch_import.make_events`'s
 mix. Rapport's POSTs go to `/v1/events` with an admin key (per-key rate limit off). It prints throughput and
