@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from app.cli import main
 from app.db.engine import Database, make_engine
-from app.settings import Settings
+from app.settings import Settings, get_settings
 
 TEST_URL_ENV = "RAPPORT_DATABASE_URL"
 
@@ -149,3 +151,22 @@ def database(migrated: str) -> Iterator[Database]:
 @pytest.fixture(scope="module")
 def db(database: Database) -> Database:
     return database
+
+
+@pytest.fixture
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """The `rapport` command as an operator runs it: in a temporary working folder, with
+    none of RAPPORT_DATABASE_URL and RAPPORT_BOOTSTRAP_KEY set (so SQLite, `rapport.db`
+    there), in process. `run("migrate")` returns click's result."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAPPORT_DATABASE_URL", raising=False)
+    monkeypatch.delenv("RAPPORT_BOOTSTRAP_KEY", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict[str, str] | None = None):  # noqa: ANN202
+        get_settings.cache_clear()
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+    yield invoke
+    get_settings.cache_clear()

@@ -6,28 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+import uvicorn
 from sqlalchemy import create_engine, text
 
-from app.cli import main
 from app.domain.rulebook import load_rulebook
-from app.settings import get_settings
-
-
-@pytest.fixture
-def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("RAPPORT_DATABASE_URL", raising=False)
-    monkeypatch.delenv("RAPPORT_BOOTSTRAP_KEY", raising=False)
-    get_settings.cache_clear()
-    runner = CliRunner()
-
-    def invoke(*args: str, env: dict[str, str] | None = None):  # noqa: ANN202
-        get_settings.cache_clear()
-        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
-
-    yield invoke
-    get_settings.cache_clear()
 
 
 def test_migrate_creates_the_sqlite_file_in_the_working_directory(run, tmp_path: Path) -> None:  # noqa: ANN001
@@ -86,7 +68,9 @@ def test_verify_finds_nothing_after_normal_work_and_names_a_tampered_grade(run, 
     assert "customer 4: history: history ends at 3, the stored value is 4" in tampered.output
 
 
-def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run, tmp_path: Path) -> None:  # noqa: ANN001
+def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    # Had it not refused, the test fails here at once instead of serving until CI's time runs out.
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("`rapport serve --workers 2` started a server on SQLite"))
     result = run("serve", "--workers", "2")
     assert result.exit_code == 2, result.output
     assert "SQLite has a single writer" in result.output and "--workers" in result.output

@@ -17,7 +17,6 @@ from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
 from app.imports import Options, convert_attribute, open_table, run_import
 from tests.conftest import empty_tables
-from tests.test_cli import run  # noqa: F401 — the operator's set-up: a temporary folder, SQLite
 
 Rows = list[list[str]]
 
