@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -48,12 +48,22 @@ class Run:
     # CPU seconds (user, system) the server's processes spent while the run was measured
     # (closed loop only; None where /proc cannot tell).
     server_cpu: tuple[float, float] | None = None
+    # CPU seconds (user + system) the PostgreSQL backends serving the server's database spent
+    # meanwhile (closed loop, with `database` given; None for SQLite, whose work is in the
+    # server's own process, or where /proc cannot tell).
+    database_cpu: float | None = None
 
     def server_cpu_ms(self) -> tuple[float, float] | None:
         """Server CPU milliseconds (user, system) per answered request."""
         if self.server_cpu is None or not self.latencies:
             return None
         return self.server_cpu[0] * 1000 / len(self.latencies), self.server_cpu[1] * 1000 / len(self.latencies)
+
+    def database_cpu_ms(self) -> float | None:
+        """The database's CPU milliseconds per answered request (`database_cpu`)."""
+        if self.database_cpu is None or not self.latencies:
+            return None
+        return self.database_cpu * 1000 / len(self.latencies)
 
     @property
     def throughput(self) -> float:
@@ -64,6 +74,7 @@ class Run:
         """One run made of several slices of the same load, measured at different times
         (`single_post.py --slices`): their measured seconds, answers and failures added."""
         cpu = [s.server_cpu for s in slices]
+        database = [s.database_cpu for s in slices]
         return cls(
             seconds=sum(s.seconds for s in slices),
             latencies=[x for s in slices for x in s.latencies],
@@ -71,6 +82,7 @@ class Run:
             late=sum(s.late for s in slices),
             failures=[f for s in slices for f in s.failures][:3],
             server_cpu=None if None in cpu else (sum(c[0] for c in cpu), sum(c[1] for c in cpu)),  # type: ignore[index]
+            database_cpu=None if None in database else sum(d for d in database if d is not None),
         )
 
     def percentile(self, q: float) -> float:
@@ -150,8 +162,11 @@ def _settled() -> None:
     gc.freeze()
 
 
-def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: float, warmup: float, headers: dict[str, str] | None = None) -> Run:
+def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: float, warmup: float, headers: dict[str, str] | None = None, database: str | None = None) -> Run:
+    """`database`: the SQLAlchemy URL of the database the server uses; on a PostgreSQL on
+    this machine the run also counts its backends' CPU (`Run.database_cpu`)."""
     _settled()
+    backends = Backends.of(database)
 
     async def go() -> Run:
         run = Run(seconds=seconds)
@@ -173,17 +188,24 @@ def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: floa
 
         async def watch_cpu() -> None:
             await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
-            before = server_cpu(base_url)
+            before, database_before = server_cpu(base_url), backends.cpu() if backends is not None else None
             await asyncio.sleep(max(0.0, stop - time.perf_counter()))
-            after = server_cpu(base_url)
+            after, database_after = server_cpu(base_url), backends.cpu() if backends is not None else None
             if before is not None and after is not None:
                 run.server_cpu = (after[0] - before[0], after[1] - before[1])
+            if database_before is not None and database_after is not None:
+                # A backend that started during the run counts from 0; one that ended is lost.
+                run.database_cpu = sum(spent - database_before.get(pid, 0.0) for pid, spent in database_after.items())
 
         connect = _connections(base_url, headers or {})
         await asyncio.gather(watch_cpu(), *(one_client() for _ in range(clients)))
         return run
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    finally:
+        if backends is not None:
+            backends.close()
 
 
 def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, warmup: float, headers: dict[str, str] | None = None) -> Run:
@@ -240,22 +262,71 @@ def server_cpu(base_url: str) -> tuple[float, float] | None:
     root = _SERVED.get(base_url)
     if root is None or not os.path.isdir("/proc"):
         return None
-    tick = os.sysconf("SC_CLK_TCK")
     stats: dict[int, tuple[int, float, float]] = {}  # pid -> (parent, user, system)
     for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            stats[int(name)] = (int(fields[1]), int(fields[11]) / tick, int(fields[12]) / tick)
+        if name.isdigit() and (found := _process_cpu(int(name))) is not None:  # None: gone meanwhile
+            stats[int(name)] = (found[0], found[2], found[3])
     tree, grew = {root}, True
     while grew:
         children = {pid for pid, (parent, _, _) in stats.items() if parent in tree} - tree
         tree |= children
         grew = bool(children)
     return sum(stats[p][1] for p in tree if p in stats), sum(stats[p][2] for p in tree if p in stats)
+
+
+def _process_cpu(pid: int) -> tuple[int, str, float, float] | None:
+    """(parent pid, name, user seconds, system seconds) of a process, from /proc; None if it
+    is gone (or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), name, int(fields[11]) / tick, int(fields[12]) / tick
+
+
+class Backends:
+    """The PostgreSQL backends serving one database, found in `pg_stat_activity` through a
+    connection of the client's own (itself left out), and their CPU from /proc: only for a
+    server on this machine. Read at the start and the end of a measured run, like
+    `server_cpu`: a backend runs on the same cores as the server and the client, and what a
+    request costs the database is part of what it costs."""
+
+    def __init__(self, connection: Any):  # a psycopg connection
+        self.connection = connection
+
+    @classmethod
+    def of(cls, url: str | None) -> Backends | None:
+        """None for SQLite, or where /proc cannot tell."""
+        if url is None or not url.startswith("postgresql") or not os.path.isdir("/proc"):
+            return None
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        return cls(psycopg.connect(conninfo, autocommit=True))
+
+    def cpu(self) -> dict[int, float] | None:
+        """CPU seconds (user + system) spent so far by each backend of the database, by pid;
+        None if the server is not on this machine (its backends are not our processes)."""
+        found = self.connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        pids = [row[0] for row in found]
+        spent: dict[int, float] = {}
+        for pid in pids:
+            found = _process_cpu(pid)
+            if found is None:
+                continue  # ended meanwhile
+            if not found[1].startswith("postgres"):
+                return None  # another machine's pid
+            spent[pid] = found[2] + found[3]
+        return spent
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def free_port() -> int:

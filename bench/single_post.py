@@ -27,7 +27,9 @@ empty `GET /ping`.
 Every request is a new event (unique source + external_id) from `batch_import.make_events`'s
 mix. Rapport's POSTs go to `/v1/events` with an admin key (per-key rate limit off). It prints throughput and
 p50/p99/p99.9 for both, and the ratios Rapport / floor (targets: throughput ≥ 0.6, p99 ≤ 2×),
-and, where /proc tells, each server's own CPU per answered request in the closed loop.
+and, where /proc tells, each server's own CPU per answered request in the closed loop (and on
+a PostgreSQL on this machine, its backends' CPU per answered request, for each server's
+database).
 Without --url it uses temporary SQLite files (WAL, synchronous=NORMAL); with a PostgreSQL
 URL it creates and drops `<name>_api` and `<name>_floor` (the name must contain "bench" or
 "test").
@@ -98,20 +100,22 @@ def main() -> None:
                 server("floor_app:create_app", {"FLOOR_DATABASE_URL": floor_url}, workers=args.workers, ready_path="/ping") as floor_base,
                 server("app.main:create_app", env, workers=args.workers) as rapport_base,
             ):
-                served = {"floor": (floor_base, "/events", {}), "rapport": (rapport_base, "/v1/events", {"Authorization": f"Bearer {KEY}"})}
+                served = {"floor": (floor_base, "/events", {}, floor_url), "rapport": (rapport_base, "/v1/events", {"Authorization": f"Bearer {KEY}"}, api_url)}
                 runs["client", "closed"] = closed_loop(floor_base, lambda i: ("GET", "/ping", None), clients=args.clients, seconds=args.seconds, warmup=args.warmup)
                 # The closed loop in slices, the servers taking turns (floor, Rapport, Rapport,
                 # floor, …): a stretch of the run when the machine is slow or fast falls on both.
                 slices: dict[str, list[Run]] = {"floor": [], "rapport": []}
                 for k in range(args.slices):
                     for who in ("floor", "rapport") if k % 2 == 0 else ("rapport", "floor"):
-                        base, path, headers = served[who]
+                        base, path, headers, database = served[who]
                         warmup = args.warmup if k == 0 else min(args.warmup, SLICE_WARMUP)
-                        slices[who].append(closed_loop(base, posts(path, events, f"{who}-closed-{k}-"), clients=args.clients, seconds=args.seconds / args.slices, warmup=warmup, headers=headers))
+                        slices[who].append(
+                            closed_loop(base, posts(path, events, f"{who}-closed-{k}-"), clients=args.clients, seconds=args.seconds / args.slices, warmup=warmup, headers=headers, database=database)
+                        )
                 for who, measured in slices.items():
                     runs[who, "closed"] = Run.merged(measured)
                 for rate in args.rate:
-                    for who, (base, path, headers) in served.items():
+                    for who, (base, path, headers, _) in served.items():
                         runs[who, f"open {rate:g}"] = open_loop(base, posts(path, events, f"{who}-open-{rate:g}-"), rate=rate, seconds=args.seconds, warmup=args.warmup, headers=headers)
         finally:
             drop()
@@ -134,6 +138,10 @@ def main() -> None:
         # is what bounds the closed loop's throughput.
         print(f" server CPU per answered request, closed loop (user + system): floor {floor_cpu[0]:.3f} + {floor_cpu[1]:.3f} ms, "
               f"Rapport {rapport_cpu[0]:.3f} + {rapport_cpu[1]:.3f} ms; floor / Rapport {sum(floor_cpu) / sum(rapport_cpu):.3f}")
+    floor_db, rapport_db = (runs[who, "closed"].database_cpu_ms() for who in ("floor", "rapport"))
+    if floor_db is not None and rapport_db is not None:
+        # PostgreSQL's backends run on the same cores as the servers and the client.
+        print(f" database CPU per answered request, closed loop (PostgreSQL backends, user + system): floor {floor_db:.3f} ms, Rapport {rapport_db:.3f} ms")
     for (who, shape), run in runs.items():
         for failure in run.failures:
             print(f"  {who} {shape} failure: {failure}")
