@@ -21,7 +21,7 @@ from app.domain.rulebook import load_rulebook
 from app.grading import _UPDATES
 from app.services.customers import create_customer
 from app.services.events import INSERT_NEW_EVENT, NewEvent, record_event, retract_event
-from app.services.projects import create_project
+from app.services.projects import _BIDS, create_project
 from app.services.records import _READS
 
 RULEBOOK = load_rulebook()
@@ -37,6 +37,9 @@ def subjects(db: Database) -> dict[str, int]:
         project = create_project(s, RULEBOOK, {"name": "浦东医院", "owner_id": owner.id, "amount": 1234567.89}, now=NOW)
         visit = record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=owner.id, attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
         record_event(s, RULEBOOK, NewEvent(type="stage_changed", project_id=project.id, attributes={"stage": "bidding"}, occurred_at=NOW), actor="t", now=NOW)
+        installer = create_customer(s, RULEBOOK, {"name": "中建安装", "kind": "installer"}, now=NOW)
+        bid = NewEvent(type="bid_joined", customer_id=installer.id, project_id=project.id, attributes={"with_our_product": True}, occurred_at=NOW)
+        record_event(s, RULEBOOK, bid, actor="t", now=NOW)
         s.flush()
         retract_event(s, RULEBOOK, visit.event.id, "logged twice", actor="t", now=NOW)
     return {"owner": owner.id, "project": project.id}
@@ -49,6 +52,7 @@ CASES = {
     "a project's whole row (a numeric amount)": (_READS[(m.Project, "id")], "project", "value"),
     "a customer's log (a retracted event, JSON attributes)": (_LOG_OF["customer"].one, "owner", "ids"),
     "a project's log": (_LOG_OF["project"].one, "project", "ids"),
+    "a project's bids, with their customers' names and levels": (_BIDS.one, "project", "ids"),
 }
 
 
@@ -61,6 +65,30 @@ def test_run_gives_what_a_session_gives(db: Database, subjects: dict[str, int], 
     assert got == expected and got
     assert [tuple(r._fields) for r in got] == [tuple(r._fields) for r in expected]  # by name, as callers read them
     assert got.first() == expected[0] and got.scalars() == [r[0] for r in expected]
+
+
+def test_a_project_read_runs_its_statements_on_the_cursor(db: Database) -> None:
+    """Every GET of a project reads its row (with a NUMERIC `amount`) and its bids (a list
+    of event types the statement carries): neither leaves the cursor for SQLAlchemy's
+    execution, on either engine (a project read cost 1.1 ms of CPU on PostgreSQL, a
+    customer read 0.6)."""
+    dialect = db.engine.dialect
+    by_ids = _BIDS.array if dialect.name == "postgresql" else _BIDS.many
+    for statement in (_READS[(m.Project, "id")], _READS[(m.Project, "external_ref")], _BIDS.one, by_ids, _BID):
+        assert _cursor_statement(statement, dialect) is not None, statement
+
+
+def test_a_numeric_expression_is_left_to_sqlalchemy_on_postgresql(db: Database, subjects: dict[str, int]) -> None:
+    """What the server sends for a numeric expression (numeric, or double precision) decides
+    how SQLAlchemy converts it, and only a result tells: such a select keeps SQLAlchemy's
+    path on PostgreSQL, and gives its rows either way."""
+    P = m.Project.__table__
+    statement = select(P.c.id, (P.c.amount * 2).label("twice")).where(P.c.id == bindparam("value"))
+    assert (_cursor_statement(statement, db.engine.dialect) is None) == (db.engine.dialect.name == "postgresql")
+    with db.session(write=False) as s:
+        expected = s.execute(statement, {"value": subjects["project"]}).all()
+        got = run(s, statement, value=subjects["project"])
+    assert got == expected and got[0].twice == 2469135.78
 
 
 def test_rows_by_several_ids_are_those_read_one_by_one(db: Database, subjects: dict[str, int]) -> None:
@@ -82,8 +110,9 @@ def test_rows_by_several_ids_are_those_read_one_by_one(db: Database, subjects: d
 @pytest.mark.parametrize("lengths", [(1, 1), (2, 2), (3, 1), (0, 1), (2, 0)])
 def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: dict[str, int], lengths: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
     """Lists (IN) run on the cursor on SQLite, rendered for their lengths, with the rows
-    SQLAlchemy's execution gives; an empty list is SQLAlchemy's to render. One list is the
-    caller's, one the statement's own (`_BID`'s event types)."""
+    SQLAlchemy's execution gives; an empty list is SQLAlchemy's to render. `_BID` (a
+    customer's bids: its event types are comparisons, not a list) runs on the cursor on
+    both engines."""
     by_lists = _PROJECTLESS_LOG.many  # customer ids, and the event types it reads
     ids = [subjects["owner"], subjects["owner"] + 10_000, subjects["owner"] + 20_000][: lengths[0]]
     types = ["visit", "order_placed"][: lengths[1]]
@@ -103,7 +132,7 @@ def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: di
     assert (len(got) == 1) == (lengths[0] > 0 and lengths[1] > 0)  # the owner's retracted visit
     assert bid == []
     sqlite = db.engine.dialect.name == "sqlite"
-    assert len(on_cursor) == int(sqlite) * (1 + (0 not in lengths))
+    assert len(on_cursor) == 1 + int(sqlite and 0 not in lengths)
     if sqlite and 0 not in lengths:
         assert on_cursor[0].count("?") == sum(lengths)
 

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NoReturn, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Dialect, Engine, Executable, Numeric, Result, Select, any_, bindparam, create_engine, event
+from sqlalchemy import Column, ColumnElement, Connection, Dialect, Engine, Executable, Float, Numeric, Result, Select, any_, bindparam, create_engine, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError, SQLAlchemyError
@@ -535,11 +535,9 @@ class _CursorStatement:
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(_bind_processor(compiled.binds[name].type, dialect) for name in names)
         columns = statement.selected_columns if isinstance(statement, Select) else statement.exported_columns  # what it returns
-        if dialect.name == "postgresql" and any(isinstance(c.type, Numeric) for c in columns):
-            # psycopg's conversion of a numeric column depends on the type the server says
-            # it sends (numeric or double precision), which only a result tells.
+        if any(_server_type(c, dialect) is _UNTOLD for c in columns):
             return None
-        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns)
+        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, _server_type(c, dialect)) for c in columns)
         row = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]
         return cls(compiled.string, names, keys, fixed, binds, converters, row, expanding)
 
@@ -602,6 +600,24 @@ class _CursorStatement:
 
 
 _KEPT_CURSOR = "rapport_cursor"
+# PostgreSQL's type oid of NUMERIC: what the server sends for a column declared NUMERIC.
+_PG_NUMERIC = 1700
+_UNTOLD = object()
+
+
+def _server_type(column: ColumnElement[Any], dialect: Dialect) -> object:
+    """The type the server will say a selected column has, where SQLAlchemy's conversion of
+    its values depends on it (a result's description tells it; this statement runs before
+    there is one): on PostgreSQL, a NUMERIC comes back as psycopg's Decimal, which
+    SQLAlchemy turns into a float where the column asks for one, while a float column comes
+    back as a float. A table's own NUMERIC column is sent as numeric (a project's
+    `amount`, on every project read); of another numeric expression it cannot be told
+    (`_UNTOLD`). None elsewhere: the conversion does not depend on it."""
+    if dialect.name != "postgresql" or not isinstance(column.type, Numeric):
+        return None
+    if isinstance(column, Column) and column.table is not None and not isinstance(column.type, Float):
+        return _PG_NUMERIC
+    return _UNTOLD
 
 
 def _bind_processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any] | None:

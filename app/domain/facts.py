@@ -58,6 +58,10 @@ class ProjectFacts:
     linked: Mapping[int, LinkedCustomer] = field(default_factory=dict)  # bidders and winner by id
 
 
+# The event types that make a customer a project's bidder.
+BID_TYPES = ("bid_joined", "bid_won")
+
+
 def bidder_ids(events: tuple[Event, ...] | list[Event]) -> list[int]:
     """Installers that joined the bid or won it, in order of their first such event."""
     # "First" is by `occurred_at`, then `_tie_break`. Two bidders' first bids at the same
@@ -65,7 +69,7 @@ def bidder_ids(events: tuple[Event, ...] | list[Event]) -> list[int]:
     # in `_tie_break`, so the attributes (which it JSON-encodes) are never needed here.
     first: dict[int, tuple[datetime, str]] = {}
     for e in events:
-        if e.type in ("bid_joined", "bid_won") and e.customer_id is not None and not e.retracted:
+        if e.type in BID_TYPES and e.customer_id is not None and not e.retracted:
             key = (e.occurred_at, e.type)
             if e.customer_id not in first or key < first[e.customer_id]:
                 first[e.customer_id] = key

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.db.engine import ByIds
-from app.db.facts import lock_customers, to_fact
+from app.db.facts import is_bid, lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
@@ -94,7 +94,7 @@ _BIDS = ByIds.of(
     lambda where: select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _C.c.name, _C.c.level)
     .join(_C, _C.c.id == _E.c.customer_id)
     .outerjoin(_R, _R.c.event_id == _E.c.id)
-    .where(where, _E.c.type.in_(("bid_joined", "bid_won")), _R.c.id.is_(None))
+    .where(where, is_bid(_E.c.type), _R.c.id.is_(None))
     .order_by(_E.c.project_id, _E.c.occurred_at, _E.c.id),
     _E.c.project_id,
 )
