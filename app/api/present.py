@@ -25,15 +25,25 @@ def _labels(rulebook: Rulebook) -> dict[str, Label]:
 class Presenter:
     def __init__(self, rulebook: Rulebook):
         self.rulebook = rulebook
-        self.labels = _labels(rulebook)
+        self._label_out: dict[Label, s.LabelOut] = {}
+        self.labels = {cid: self.label(label) for cid, label in _labels(rulebook).items()}
+        self.unknown = self.label(Label("?", "?"))
         self.steps = {c.id: step.value for steps in (*rulebook.levels.values(), rulebook.tiers) for step in steps for c in step.criteria}
 
+    def label(self, label: Label) -> s.LabelOut:
+        """A rulebook's label as its answer: one model per label (a rulebook has a few dozen),
+        shared by every answer that shows it (a grade shows twenty-odd criteria, each with its
+        label; an answer is only encoded, never changed)."""
+        out = self._label_out.get(label)
+        if out is None:
+            out = self._label_out[label] = s.LabelOut(**label.as_dict())
+        return out
+
     def _criteria(self, snapshot: dict[str, Any]) -> list[s.CriterionOut]:
-        unknown = Label("?", "?")
         return [
             s.CriterionOut(
                 id=c["id"],
-                label=s.LabelOut(**self.labels.get(c["id"], unknown).as_dict()),
+                label=self.labels.get(c["id"], self.unknown),
                 step=self.steps.get(c["id"], 0),
                 met=c["met"],
                 evidence=c["evidence"],
@@ -46,7 +56,7 @@ class Presenter:
         gap = c.grade.get("next")
         relationship = s.RelationshipOut(
             level=c.level,
-            label=s.LabelOut(**self.rulebook.level_labels[c.level].as_dict()),
+            label=self.label(self.rulebook.level_labels[c.level]),
             criteria=self._criteria(c.grade),
             next=s.LevelGapOut(level=gap["target"], missing=gap["missing"], need=gap["need"]) if gap else None,
             since=c.level_since,
@@ -79,7 +89,7 @@ class Presenter:
         return s.HeatOut(
             percent=p.heat,
             tier=tier,
-            label=s.LabelOut(**label.as_dict()),
+            label=self.label(label),
             closed=p.closed,
             stage=p.stage,
             criteria=self._criteria(p.grade),
