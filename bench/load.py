@@ -282,9 +282,13 @@ def _process_cpu(pid: int) -> tuple[int, str, float, float] | None:
             stat = f.read()
     except OSError:
         return None
-    tick = os.sysconf("SC_CLK_TCK")
     name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), name, int(fields[11]) / tick, int(fields[12]) / tick
+    return int(fields[1]), name, int(fields[11]) / _TICK, int(fields[12]) / _TICK
+
+
+# Clock ticks per second, the unit of /proc's CPU times (read once: `server_cpu` reads every
+# process's times).
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class Backends:

@@ -535,9 +535,10 @@ class _CursorStatement:
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(_bind_processor(compiled.binds[name].type, dialect) for name in names)
         columns = statement.selected_columns if isinstance(statement, Select) else statement.exported_columns  # what it returns
-        if any(_server_type(c, dialect) is _UNTOLD for c in columns):
+        server_types = [_server_type(c, dialect) for c in columns]
+        if _UNTOLD in server_types:
             return None
-        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, _server_type(c, dialect)) for c in columns)
+        converters = tuple(c.type.dialect_impl(dialect).result_processor(dialect, t) for c, t in zip(columns, server_types))
         row = namedtuple("Row", list(columns.keys()), rename=True)  # type: ignore[misc]
         return cls(compiled.string, names, keys, fixed, binds, converters, row, expanding)
 

@@ -15,6 +15,7 @@ from app.main import create_app
 from app.services import events as event_svc
 from app.settings import Settings
 from tests.api.conftest import ADMIN
+from tests.conftest import is_postgres
 
 AT = "2026-11-19T10:00:00+08:00"
 
@@ -95,7 +96,7 @@ def test_a_server_runs_the_engines_default_when_worker_threads_is_not_set(migrat
     served = create_app(Settings(database_url=db_url, bootstrap_key=ADMIN), clock=clock)
     try:
         with portal.wrap_async_context_manager(served.router.lifespan_context(served)):
-            assert portal.call(_tokens) == (4 if db_url.startswith("sqlite") else 2)
+            assert portal.call(_tokens) == (2 if is_postgres(db_url) else 4)
     finally:
         served.state.context.db.dispose()
 
