@@ -113,7 +113,7 @@ def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: di
     SQLAlchemy's execution gives; an empty list is SQLAlchemy's to render. `_BID` (a
     customer's bids: its event types are comparisons, not a list) runs on the cursor on
     both engines."""
-    by_lists = _PROJECTLESS_LOG.many  # customer ids, and the event types it reads
+    by_lists = _PROJECTLESS_LOG["sqlite"].many  # customer ids, and the event types as an IN list
     ids = [subjects["owner"], subjects["owner"] + 10_000, subjects["owner"] + 20_000][: lengths[0]]
     types = ["visit", "order_placed"][: lengths[1]]
     on_cursor: list[str] = []

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NoReturn, TypeVar
 
-from sqlalchemy import Column, ColumnElement, Connection, Dialect, Engine, Executable, Float, Numeric, Result, Select, any_, bindparam, create_engine, event
+from sqlalchemy import Column, ColumnElement, Connection, Dialect, Engine, Executable, Float, Numeric, Result, Select, String, any_, bindparam, create_engine, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError, SQLAlchemyError
@@ -753,6 +753,17 @@ def _values_sql(sql: str, width: int, rows: int) -> str:
     if not found:
         raise ValueError(f"not a one-row INSERT of {width} values: {sql}")
     return f"{head} VALUES {', '.join([group] * rows)}{tail}"
+
+
+def one_of(column: ColumnElement[Any], name: str) -> dict[str, ColumnElement[bool]]:
+    """SQL, by dialect name: `column` is one of the list given at run time as parameter
+    `name`. An IN list on SQLite, which `run` renders on the cursor for the list's length;
+    one array on PostgreSQL (`= ANY`), since a list keeps a statement off the cursor there
+    (`_CursorStatement.of`: SQLAlchemy would render the list on every run). An array of
+    VARCHAR without a length: a cast to VARCHAR(n) would cut a longer value where the
+    comparison should find nothing."""
+    element = String() if isinstance(column.type, String) else column.type
+    return {"sqlite": column.in_(bindparam(name, expanding=True)), "postgresql": column == any_(bindparam(name, type_=ARRAY(element)))}
 
 
 @dataclass(frozen=True)

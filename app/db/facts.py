@@ -12,7 +12,7 @@ from sqlalchemy import Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.db.engine import ByIds, run
+from app.db.engine import ByIds, one_of, run
 from app.db.logs import WriteLogs, events_of, log_select
 from app.domain import facts as f
 
@@ -119,10 +119,9 @@ def _lock(session: Session, kind: type[State], ids: Iterable[int]) -> dict[int, 
     return dict(sorted(found.items()))
 
 
-# The statements grading runs for every write, built once, with their lists as expanding
-# parameters, and run as Core (`run`).
+# The statements grading runs for every write, built once, with their lists as parameters
+# (`ByIds`, `one_of`), and run as Core (`run`).
 E = m.Event.__table__
-_TYPES = bindparam("types", expanding=True)
 _OWNED = select(P.c.id).where(P.c.owner_id == bindparam("customer_id"))
 
 
@@ -137,7 +136,9 @@ def is_bid(type_: Any) -> Any:
 _BID = select(E.c.project_id).where(E.c.customer_id == bindparam("customer_id"), is_bid(E.c.type), E.c.project_id.is_not(None)).distinct()
 _OWNED_BY = ByIds.of(lambda where: select(P.c.id, P.c.owner_id, P.c.log_stamp).where(where).order_by(P.c.id), P.c.owner_id)
 _LEVELS = ByIds.of(lambda where: select(C.c.id, C.c.level, C.c.log_stamp).where(where), C.c.id)
-_PROJECTLESS_LOG = ByIds.of(lambda where: log_select(where, E.c.project_id.is_(None), E.c.type.in_(_TYPES)), E.c.customer_id)
+# By dialect name: the event types a project's criteria read of its customers' own events
+# are the caller's list (`one_of`), so the statement stays on the cursor on PostgreSQL too.
+_PROJECTLESS_LOG = {dialect: ByIds.of(lambda where, types=types: log_select(where, E.c.project_id.is_(None), types), E.c.customer_id) for dialect, types in one_of(E.c.type, "types").items()}
 
 
 def linked_project_ids(session: Session, customer_id: int) -> set[int]:
@@ -217,7 +218,7 @@ def project_facts_many(session: Session, projects: Iterable[ProjectState], linke
         known = logs.known("customer", stamps)
         own_events = {cid: [e for e in log if e.project_id is None and e.type in linked_types] for cid, log in known.items()}
         if missing := customer_ids - known.keys():
-            own_events.update(events_of(session, _PROJECTLESS_LOG, "customer_id", missing, types=sorted(linked_types)))
+            own_events.update(events_of(session, _PROJECTLESS_LOG[session.get_bind().dialect.name], "customer_id", missing, types=sorted(linked_types)))
 
     def linked(cid: int) -> f.LinkedCustomer:
         return f.LinkedCustomer(cid, levels.get(cid, 0), tuple(own_events.get(cid, ())))

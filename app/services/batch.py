@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import String, any_, bindparam, func, select, text
+from sqlalchemy import String, bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app.chunks import chunked
 from app.db import models as m
-from app.db.engine import run, run_many
+from app.db.engine import one_of, run, run_many
 from app.db.facts import stored_fact
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
@@ -182,10 +182,7 @@ _INSERT_COLUMNS = (
 # the table; 79-94 ms with the array). Through the API the same happened on 2026-12-04
 # (41 ms growing to 153 ms by 20,000 events): a cached generic plan, which `record_batch`
 # now declines on PostgreSQL (plan_cache_mode); then 1-6 ms.
-_STORED = {
-    "sqlite": select(_E.c.external_id, _E.c.id).where(_E.c.source == bindparam("source"), _E.c.external_id.in_(bindparam("ids", expanding=True))),
-    "postgresql": select(_E.c.external_id, _E.c.id).where(_E.c.source == bindparam("source"), _E.c.external_id == any_(bindparam("ids", type_=ARRAY(String)))),
-}
+_STORED = {dialect: select(_E.c.external_id, _E.c.id).where(_E.c.source == bindparam("source"), ids) for dialect, ids in one_of(_E.c.external_id, "ids").items()}
 
 
 def _already_stored(session: Session, items: Sequence[Item]) -> dict[tuple[str, str], int]:

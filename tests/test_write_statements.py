@@ -1,0 +1,98 @@
+"""Every statement an event's write runs of its own goes to the DBAPI cursor (`run`,
+app/db/engine.py), on each engine. SQLAlchemy's execution path cost about 40 µs of CPU
+per statement on PostgreSQL (docs/performance.md, "The cursor round"), and a statement
+leaves the cursor without a sign: a list it carries, or a column SQLAlchemy converts by
+the server's type (`_CursorStatement.of`). Only the ORM's unit of work, which writes a
+grade's history row and the webhooks' messages, runs through SQLAlchemy."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from app.db import engine
+from app.db.engine import Database, _CursorStatement
+from app.domain.rulebook import load_rulebook
+from app.services.customers import create_customer
+from app.services.events import NewEvent, record_event
+from app.services.projects import create_project
+
+RULEBOOK = load_rulebook()
+NOW = datetime(2026, 12, 6, 9, 0, tzinfo=timezone.utc)
+# The ORM's unit of work: history rows and outbox messages, added to the session.
+UNIT_OF_WORK = ("INSERT INTO grade_history", "INSERT INTO outbox_messages")
+
+EVENTS = {
+    "a visit to an owner": ("owner", None, "visit", {"reception": "welcoming"}),
+    "materials to an installer": ("installer", None, "materials_sent", {"items": ["samples"]}),
+    "an order": ("owner", None, "order_placed", {"amount": 120000}),
+    "a project's stage": (None, "project", "stage_changed", {"stage": "bidding"}),
+    # The project has a bidder already: its heat reads that bidder's level and own events.
+    "a second installer's bid": ("rival", "project", "bid_joined", {"with_our_product": True}),
+    "a win": ("installer", "project", "bid_won", {}),
+}
+
+
+@pytest.fixture
+def through_sqlalchemy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement that goes through SQLAlchemy's execution, as it runs."""
+    seen: list[str] = []
+    original = Connection._execute_context
+
+    def counted(self: Connection, dialect: Any, constructor: Any, statement: Any, *args: Any, **kw: Any) -> Any:
+        seen.append(" ".join(str(statement).split()))
+        return original(self, dialect, constructor, statement, *args, **kw)
+
+    monkeypatch.setattr(Connection, "_execute_context", counted)
+    return seen
+
+
+def _subjects(db: Database) -> dict[str | None, int | None]:
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "业主", "kind": "owner"}, now=NOW)
+        installer = create_customer(s, RULEBOOK, {"name": "安装公司", "kind": "installer"}, now=NOW)
+        rival = create_customer(s, RULEBOOK, {"name": "另一家安装公司", "kind": "installer"}, now=NOW)
+        project = create_project(s, RULEBOOK, {"name": "医院", "owner_id": owner.id}, now=NOW)
+        record_event(s, RULEBOOK, NewEvent(type="bid_joined", customer_id=installer.id, project_id=project.id, attributes={"with_our_product": False}, occurred_at=NOW), actor="t", now=NOW)
+    return {"owner": owner.id, "installer": installer.id, "rival": rival.id, "project": project.id, None: None}
+
+
+def _own(seen: list[str]) -> list[str]:
+    return [sql for sql in seen if not sql.startswith(UNIT_OF_WORK)]
+
+
+@pytest.mark.parametrize("case", EVENTS)
+def test_an_event_write_runs_its_own_statements_on_the_cursor(db: Database, through_sqlalchemy: list[str], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    ids = _subjects(db)
+    customer, project, type_, attributes = EVENTS[case]
+    new = NewEvent(type=type_, customer_id=ids[customer], project_id=ids[project], attributes=attributes, occurred_at=NOW)
+    on_cursor: list[str] = []
+    rows = _CursorStatement.rows
+
+    def counted(self: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
+        on_cursor.append(kwargs.get("sql") or self.sql)
+        return rows(self, *args, **kwargs)
+
+    monkeypatch.setattr(_CursorStatement, "rows", counted)
+    through_sqlalchemy.clear()
+    with db.session(write=True) as s:
+        assert record_event(s, RULEBOOK, new, actor="t", now=NOW).created
+    assert _own(through_sqlalchemy) == []
+    # Stored and graded: its row and the grades' UPDATEs went by the cursor.
+    assert [sql.split()[:3] for sql in on_cursor if not sql.startswith("SELECT")][0] == ["INSERT", "INTO", "events"]
+    assert any(sql.startswith(("UPDATE customers", "UPDATE projects")) for sql in on_cursor)
+
+
+def test_a_statement_off_the_cursor_is_seen(db: Database, through_sqlalchemy: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: with the cursor path closed, the same write's statements
+    all show."""
+    monkeypatch.setattr(engine, "_cursor_statement", lambda statement, dialect: None)
+    ids = _subjects(db)
+    through_sqlalchemy.clear()
+    with db.session(write=True) as s:
+        record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=ids["owner"], attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
+    own = _own(through_sqlalchemy)
+    assert any(sql.startswith("INSERT INTO events") for sql in own) and any(sql.startswith("UPDATE customers") for sql in own)
