@@ -73,6 +73,9 @@ class Regrade:
     # The events this write stored or retracted, as they now stand, by id: the logs they are
     # in changed (app/db/logs.py).
     changed_events: dict[int, Event] = field(default_factory=dict)
+    # The projects of owners this write re-grades, where it read them already (a single
+    # event's INSERT returns them: `repo.owned_projects`).
+    owned: repo.Owned = field(default_factory=dict)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -128,7 +131,7 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     effects: list[Effect] = []
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)
-    facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs)
+    facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs, job.owned)
     writes = Writes(logs)
     for cid, customer in customers.items():
         effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)

@@ -17,7 +17,8 @@ from app.db import engine
 from app.db.engine import Database, _CursorStatement
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
-from app.services.events import NewEvent, record_event
+from app.db.facts import _OWNED_BY, lock_customers
+from app.services.events import NewEvent, Subjects, check_new_event, event_values, record_event, store_event
 from app.services.projects import create_project
 
 RULEBOOK = load_rulebook()
@@ -50,6 +51,20 @@ def through_sqlalchemy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
+@pytest.fixture
+def on_cursor(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement `run` sends by the DBAPI cursor, as it runs."""
+    sent: list[str] = []
+    rows = _CursorStatement.rows
+
+    def counted(self: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
+        sent.append(kwargs.get("sql") or self.sql)
+        return rows(self, *args, **kwargs)
+
+    monkeypatch.setattr(_CursorStatement, "rows", counted)
+    return sent
+
+
 def _subjects(db: Database) -> dict[str | None, int | None]:
     with db.session(write=True) as s:
         owner = create_customer(s, RULEBOOK, {"name": "业主", "kind": "owner"}, now=NOW)
@@ -65,19 +80,12 @@ def _own(seen: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("case", EVENTS)
-def test_an_event_write_runs_its_own_statements_on_the_cursor(db: Database, through_sqlalchemy: list[str], monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+def test_an_event_write_runs_its_own_statements_on_the_cursor(db: Database, through_sqlalchemy: list[str], on_cursor: list[str], case: str) -> None:
     ids = _subjects(db)
     customer, project, type_, attributes = EVENTS[case]
     new = NewEvent(type=type_, customer_id=ids[customer], project_id=ids[project], attributes=attributes, occurred_at=NOW)
-    on_cursor: list[str] = []
-    rows = _CursorStatement.rows
-
-    def counted(self: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
-        on_cursor.append(kwargs.get("sql") or self.sql)
-        return rows(self, *args, **kwargs)
-
-    monkeypatch.setattr(_CursorStatement, "rows", counted)
     through_sqlalchemy.clear()
+    on_cursor.clear()
     with db.session(write=True) as s:
         assert record_event(s, RULEBOOK, new, actor="t", now=NOW).created
     assert _own(through_sqlalchemy) == []
@@ -96,3 +104,39 @@ def test_a_statement_off_the_cursor_is_seen(db: Database, through_sqlalchemy: li
         record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=ids["owner"], attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
     own = _own(through_sqlalchemy)
     assert any(sql.startswith("INSERT INTO events") for sql in own) and any(sql.startswith("UPDATE customers") for sql in own)
+
+
+def test_the_insert_returns_the_owners_projects_as_grading_would_read_them(db: Database) -> None:
+    """An event's INSERT returns the projects of the owners it re-grades (`owned_projects`):
+    the same projects and log stamps that grading's own read (`_OWNED_BY`) gives, for an
+    owner with projects whose logs have changed, and for one with none."""
+    with db.session(write=True) as s:
+        busy = create_customer(s, RULEBOOK, {"name": "业主甲", "kind": "owner"}, now=NOW)
+        idle = create_customer(s, RULEBOOK, {"name": "业主乙", "kind": "owner"}, now=NOW)
+        projects = [create_project(s, RULEBOOK, {"name": f"项目{i}", "owner_id": busy.id}, now=NOW) for i in range(3)]
+        for project in projects[:2]:
+            record_event(s, RULEBOOK, NewEvent(type="stage_changed", project_id=project.id, attributes={"stage": "bidding"}, occurred_at=NOW), actor="t", now=NOW)
+    owners = [busy.id, idle.id]
+    with db.session(write=True) as s:
+        lock_customers(s, owners)
+        new = NewEvent(type="visit", customer_id=busy.id, attributes={"reception": "welcoming"}, occurred_at=NOW)
+        checked = check_new_event(RULEBOOK, new, now=NOW, subjects=Subjects(s))
+        _, live, owned = store_event(s, new, event_values(checked, actor="t", now=NOW), owners=owners)
+        read = [tuple(row) for row in _OWNED_BY.rows(s, owners)]
+    assert live is not None
+    assert owned == {busy.id: [(pid, stamp) for pid, _, stamp in read], idle.id: []}
+    assert [pid for pid, _ in owned[busy.id]] == sorted(p.id for p in projects)
+    assert len({stamp for _, stamp in owned[busy.id]}) > 1  # two logs changed, one did not
+
+
+def test_an_owners_event_reads_no_projects_of_its_own(db: Database, on_cursor: list[str]) -> None:
+    """An owner's event re-grades the owner, whose criteria read its projects' events: their
+    ids and stamps come back with the INSERT, so the write runs no read of them (a round
+    trip on PostgreSQL)."""
+    ids = _subjects(db)
+    on_cursor.clear()
+    with db.session(write=True) as s:
+        record_event(s, RULEBOOK, NewEvent(type="visit", customer_id=ids["owner"], attributes={"reception": "welcoming"}, occurred_at=NOW), actor="t", now=NOW)
+    reads = [sql for sql in on_cursor if sql.startswith("SELECT")]
+    assert reads and not [sql for sql in reads if "FROM projects" in sql]  # its lock, and maybe its log: no projects
+    assert len([sql for sql in on_cursor if sql.startswith("INSERT INTO events") and "FROM projects" in sql]) == 1

@@ -101,7 +101,9 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     # Lock before inserting: whoever holds the subjects' rows grades them next.
     lock_customers(session, job)
     values = event_values(checked, actor=actor, now=now)
-    event, live = store_event(session, new, values)
+    # The owners it re-grades, whose projects grading reads: returned by the INSERT.
+    owners = sorted(cid for cid in job.customer_ids if job.locked[cid].kind == "owner") if rulebook.owned_project_event_types else []
+    event, live, job.owned = store_event(session, new, values, owners=owners)
     if live is None:
         return Recorded(event, [], False)
     job.trigger["event_id"] = event.id
@@ -212,20 +214,26 @@ def _keys(items: Sequence[NewEvent], id_attr: str, ref_attr: str) -> tuple[list[
     return ids, refs
 
 
-def store_event(session: Session, new: NewEvent, values: dict[str, Any]) -> tuple[StoredEvent | m.Event, list[Any] | None]:
+def store_event(session: Session, new: NewEvent, values: dict[str, Any], *, owners: Sequence[int] = ()) -> tuple[StoredEvent | m.Event, list[Any] | None, repo.Owned]:
     """Insert the row of the checked event `new` (its `event_values`): (the event, the live
-    webhook subscriptions as [id, event_types] pairs), or (its twin, None) if the same
-    source + external_id was stored first. The caller has locked the subjects' customers.
+    webhook subscriptions as [id, event_types] pairs, the projects of `owners`), or (its
+    twin, None, {}) if the same source + external_id was stored first. The caller has locked
+    the subjects' customers, `owners` among them.
 
-    One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id, <subscriptions>` (SQLite
-    ≥ 3.35 and PostgreSQL): a twin stored first, even by a concurrent writer, makes it
-    return nothing, without the look-up before and the savepoint around the insert this
-    used to take; and the subscriptions the event's messages go to come back with the id,
-    without a read of their own."""
-    row = run(session, _INSERT_RETURNING_SUBSCRIBERS[session.get_bind().dialect.name], **values).first()
-    if row is not None:
-        return StoredEvent(id=row[0], **values), row[1] or []
-    return twin_of(session, new), None
+    One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id, <subscriptions>[, <owned
+    projects>]` (SQLite ≥ 3.35 and PostgreSQL): a twin stored first, even by a concurrent
+    writer, makes it return nothing, without the look-up before and the savepoint around
+    the insert this used to take; and the subscriptions the event's messages go to, and the
+    owners' projects grading reads (`repo.owned_projects`), come back with the id, without
+    reads of their own."""
+    dialect = session.get_bind().dialect.name
+    if owners:
+        row = run(session, _INSERT_RETURNING_OWNED[dialect], **values, owners=list(owners)).first()
+    else:
+        row = run(session, _INSERT_RETURNING_SUBSCRIBERS[dialect], **values).first()
+    if row is None:
+        return twin_of(session, new), None, {}
+    return StoredEvent(id=row[0], **values), row[1] or [], repo.read_owned(row[2], owners) if owners else {}
 
 
 def twin_of(session: Session, new: NewEvent) -> m.Event:
@@ -246,6 +254,7 @@ def _insert_new_event(dialect_insert: Callable[..., Any]) -> Any:
 
 INSERT_NEW_EVENT = {"postgresql": _insert_new_event(pg_insert), "sqlite": _insert_new_event(sqlite_insert)}
 _INSERT_RETURNING_SUBSCRIBERS = {dialect: insert.returning(outbox.live_subscriptions(dialect)) for dialect, insert in INSERT_NEW_EVENT.items()}
+_INSERT_RETURNING_OWNED = {dialect: insert.returning(outbox.live_subscriptions(dialect), repo.owned_projects(dialect)) for dialect, insert in INSERT_NEW_EVENT.items()}
 
 
 def event_values(checked: Checked, *, actor: str | None, now: datetime) -> dict[str, Any]:
