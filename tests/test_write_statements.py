@@ -17,7 +17,7 @@ from app.db import engine
 from app.db.engine import Database, _CursorStatement
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
-from app.db.facts import _OWNED_BY, lock_customers
+from app.db.facts import _OWNED_BY, lock_customers, lock_with_project
 from app.services.events import NewEvent, Subjects, check_new_event, event_values, record_event, store_event
 from app.services.projects import create_project
 
@@ -140,3 +140,38 @@ def test_an_owners_event_reads_no_projects_of_its_own(db: Database, on_cursor: l
     reads = [sql for sql in on_cursor if sql.startswith("SELECT")]
     assert reads and not [sql for sql in reads if "FROM projects" in sql]  # its lock, and maybe its log: no projects
     assert len([sql for sql in on_cursor if sql.startswith("INSERT INTO events") and "FROM projects" in sql]) == 1
+
+
+def test_an_event_on_a_project_locks_its_owner_and_reads_the_project_in_one_statement(db: Database, on_cursor: list[str]) -> None:
+    """The project an event names is read in the statement that locks its owner (and the
+    customer the event names): an event on a project sent two statements before its
+    INSERT, a round trip each on PostgreSQL."""
+    ids = _subjects(db)
+    on_cursor.clear()
+    bid = NewEvent(type="bid_joined", customer_id=ids["rival"], project_id=ids["project"], attributes={"with_our_product": True}, occurred_at=NOW)
+    with db.session(write=True) as s:
+        assert record_event(s, RULEBOOK, bid, actor="t", now=NOW).created
+    before_insert = on_cursor[: next(i for i, sql in enumerate(on_cursor) if sql.startswith("INSERT INTO events"))]
+    assert len(before_insert) == 1 and "JOIN projects" in before_insert[0]
+
+
+@pytest.mark.parametrize(
+    "customer, project, locked, found",
+    [
+        ("rival", "project", ["owner", "rival"], True),  # an installer's event on another's project
+        ("owner", "project", ["owner"], True),  # the owner's own
+        (None, "project", ["owner"], True),  # a project event
+        ("rival", None, ["rival"], False),  # a project that does not exist
+        (None, None, [], False),
+    ],
+)
+def test_lock_with_project_locks_the_customer_and_the_owner_and_reads_the_project(db: Database, customer: str | None, project: str | None, locked: list[str], found: bool) -> None:
+    ids = _subjects(db)
+    project_id = ids[project] if project else 10**9
+    with db.session(write=True) as s:
+        states, state = lock_with_project(s, ids[customer], project_id)
+    assert list(states) == sorted(ids[name] for name in locked)
+    assert all(c.id == ids[name] and c.kind == ("owner" if name == "owner" else "installer") for c, name in zip(states.values(), sorted(locked, key=lambda n: ids[n])))
+    assert (state is not None) == found
+    if state is not None:
+        assert (state.id, state.owner_id) == (ids["project"], ids["owner"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, TypeVar
 
-from sqlalchemy import JSON, Select, bindparam, func, literal_column, or_, select, type_coerce
+from sqlalchemy import JSON, Select, and_, bindparam, func, literal_column, or_, select, type_coerce
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -96,6 +96,36 @@ def lock_customers(session: Session, ids: Iterable[int]) -> dict[int, CustomerSt
     """Row-lock customers in id order (a fixed order, so concurrent writers cannot deadlock).
     On SQLite the write transaction already holds the database's single write lock."""
     return _lock(session, CustomerState, ids)
+
+
+# One event's subjects named by id, in one statement: the customer it names and the owner of
+# the project it names, row-locked in id order, each row with the project beside its owner's.
+_NAMED = P.alias("named")
+_LOCK_WITH_PROJECT = (
+    select(*_COLUMNS[CustomerState], *_COLUMNS[ProjectState])
+    .select_from(C.outerjoin(P, and_(P.c.owner_id == C.c.id, P.c.id == bindparam("project_id"))))
+    .where(or_(C.c.id == bindparam("customer_id"), C.c.id == select(_NAMED.c.owner_id).where(_NAMED.c.id == bindparam("project_id")).scalar_subquery()))
+    .order_by(C.c.id)
+    .with_for_update(of=C)
+)
+
+
+def lock_with_project(session: Session, customer_id: int | None, project_id: int) -> tuple[dict[int, CustomerState], ProjectState | None]:
+    """Row-lock the customer `customer_id` (if any) and the owner of the project
+    `project_id`, in id order, and read that project (None if there is none): what an
+    event on a project first reads, in one statement where it took two (a round trip each on
+    PostgreSQL).
+
+    The project's row comes from the statement's snapshot, taken before a lock that waits
+    is granted; that is enough, since what a write takes from it before locking the project
+    itself does not change: its id and its owner (which never changes). Its grade and stamp
+    are read again under the project's own lock (`lock_projects`, which on PostgreSQL reads
+    every row it locks)."""
+    width = len(_COLUMNS[CustomerState])
+    rows = run(session, _LOCK_WITH_PROJECT, customer_id=customer_id, project_id=project_id)
+    customers = read_states(session, CustomerState, [row[:width] for row in rows])
+    project = read_states(session, ProjectState, [row[width:] for row in rows if row[width] is not None])
+    return {c.id: c for c in customers}, (project[0] if project else None)
 
 
 def lock_projects(session: Session, ids: Iterable[int]) -> dict[int, ProjectState]:

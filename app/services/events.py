@@ -160,6 +160,8 @@ class Subjects:
         """Load every subject `items` name, in a few queries (remembering those that do not
         exist). The customers named, and the owners of the projects named, are read
         row-locked, in id order as grading locks them; they are returned, for grading."""
+        if len(items) == 1 and items[0].project_id is not None and items[0].project_ref is None and items[0].customer_ref is None:
+            return self._prefetch_on_project(items[0])
         ids, refs = _keys(items, "project_id", "project_ref")
         self._load(ProjectState, ids, refs)
         ids, refs = _keys(items, "customer_id", "customer_ref")
@@ -168,6 +170,16 @@ class Subjects:
         ids.extend(row.owner_id for (kind, _), row in self._by_id.items() if kind is ProjectState and row is not None)
         locked = repo.lock_customers(self.session, ids)
         self._remember(CustomerState, locked.values(), ids, refs)
+        return locked
+
+    def _prefetch_on_project(self, item: NewEvent) -> dict[int, CustomerState]:
+        """`prefetch` of one event on a project named by id (and a customer named by id, if
+        any): one statement (`repo.lock_with_project`)."""
+        assert item.project_id is not None
+        locked, project = repo.lock_with_project(self.session, item.customer_id, item.project_id)
+        self._remember(ProjectState, [project] if project else [], [item.project_id], [])
+        named = [cid for cid in (item.customer_id, project.owner_id if project else None) if cid is not None]
+        self._remember(CustomerState, locked.values(), named, [])
         return locked
 
     def _load(self, kind: type[State], ids: list[int], refs: list[str]) -> None:
