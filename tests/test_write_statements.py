@@ -1,9 +1,15 @@
-"""Every statement an event's write runs of its own goes to the DBAPI cursor (`run`,
-app/db/engine.py), on each engine. SQLAlchemy's execution path cost about 40 µs of CPU
-per statement on PostgreSQL (docs/performance.md, "The cursor round"), and a statement
-leaves the cursor without a sign: a list it carries, or a column SQLAlchemy converts by
-the server's type (`_CursorStatement.of`). Only the ORM's unit of work, which writes a
-grade's history row and the webhooks' messages, runs through SQLAlchemy."""
+"""The statements an event's write sends, on each engine.
+
+Every statement it runs of its own goes to the DBAPI cursor (`run`, app/db/engine.py):
+SQLAlchemy's execution path cost about 40 µs of CPU per statement on PostgreSQL
+(docs/performance.md, "The cursor round"), and a statement leaves the cursor without a
+sign: a list it carries, or a column SQLAlchemy converts by the server's type
+(`_CursorStatement.of`). Only the ORM's unit of work, which writes a grade's history row
+and the webhooks' messages, runs through SQLAlchemy.
+
+And it sends no statement it can do without, each a round trip on PostgreSQL: an owner's
+projects come back with the INSERT, and a project with its owner's lock
+(docs/performance.md, "The round-trip round")."""
 
 from __future__ import annotations
 
@@ -15,9 +21,9 @@ from sqlalchemy.engine import Connection
 
 from app.db import engine
 from app.db.engine import Database, _CursorStatement
+from app.db.facts import _OWNED_BY, lock_customers, lock_with_project
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
-from app.db.facts import _OWNED_BY, lock_customers, lock_with_project
 from app.services.events import NewEvent, Subjects, check_new_event, event_values, record_event, store_event
 from app.services.projects import create_project
 
