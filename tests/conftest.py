@@ -11,7 +11,7 @@ import os
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.cli import main
-from app.db.engine import Database, make_engine
+from app.db.engine import Database, _CursorStatement, make_engine
 from app.settings import Settings, get_settings
 
 TEST_URL_ENV = "RAPPORT_DATABASE_URL"
@@ -170,3 +170,18 @@ def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
 
     yield invoke
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def on_cursor(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL of every statement `run` sends by the DBAPI cursor (app/db/engine.py), as it
+    runs: for tests that count a request's statements or read what was sent."""
+    sent: list[str] = []
+    rows = _CursorStatement.rows
+
+    def counted(self: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
+        sent.append(kwargs.get("sql") or self.sql)
+        return rows(self, *args, **kwargs)
+
+    monkeypatch.setattr(_CursorStatement, "rows", counted)
+    return sent

@@ -108,7 +108,7 @@ def test_rows_by_several_ids_are_those_read_one_by_one(db: Database, subjects: d
 
 
 @pytest.mark.parametrize("lengths", [(1, 1), (2, 2), (3, 1), (0, 1), (2, 0)])
-def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: dict[str, int], lengths: tuple[int, int], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: dict[str, int], lengths: tuple[int, int], on_cursor: list[str]) -> None:
     """Lists (IN) run on the cursor on SQLite, rendered for their lengths, with the rows
     SQLAlchemy's execution gives; an empty list is SQLAlchemy's to render. `_BID` (a
     customer's bids: its event types are comparisons, not a list) runs on the cursor on
@@ -116,14 +116,7 @@ def test_a_select_by_lists_gives_what_a_session_gives(db: Database, subjects: di
     by_lists = _PROJECTLESS_LOG["sqlite"].many  # customer ids, and the event types as an IN list
     ids = [subjects["owner"], subjects["owner"] + 10_000, subjects["owner"] + 20_000][: lengths[0]]
     types = ["visit", "order_placed"][: lengths[1]]
-    on_cursor: list[str] = []
-    rows = _CursorStatement.rows
-
-    def counted(self: _CursorStatement, *args: object, **kwargs: object) -> object:
-        on_cursor.append(str(kwargs.get("sql")))
-        return rows(self, *args, **kwargs)
-
-    monkeypatch.setattr(_CursorStatement, "rows", counted)
+    on_cursor.clear()
     with db.session(write=False) as s:
         expected = s.execute(by_lists, {"ids": ids, "types": types}).all()
         got = run(s, by_lists, ids=ids, types=types)

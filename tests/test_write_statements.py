@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from app.db import engine
-from app.db.engine import Database, _CursorStatement
+from app.db.engine import Database
 from app.db.facts import _OWNED_BY, lock_customers, lock_with_project
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
@@ -55,20 +55,6 @@ def through_sqlalchemy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(Connection, "_execute_context", counted)
     return seen
-
-
-@pytest.fixture
-def on_cursor(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The SQL of every statement `run` sends by the DBAPI cursor, as it runs."""
-    sent: list[str] = []
-    rows = _CursorStatement.rows
-
-    def counted(self: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
-        sent.append(kwargs.get("sql") or self.sql)
-        return rows(self, *args, **kwargs)
-
-    monkeypatch.setattr(_CursorStatement, "rows", counted)
-    return sent
 
 
 def _subjects(db: Database) -> dict[str | None, int | None]:
@@ -130,7 +116,7 @@ def test_the_insert_returns_the_owners_projects_as_grading_would_read_them(db: D
         _, live, owned = store_event(s, new, event_values(checked, actor="t", now=NOW), owners=owners)
         read = [tuple(row) for row in _OWNED_BY.rows(s, owners)]
     assert live is not None
-    assert owned == {busy.id: [(pid, stamp) for pid, _, stamp in read], idle.id: []}
+    assert owned == {busy.id: [(pid, stamp) for _, pid, stamp in read], idle.id: []}
     assert [pid for pid, _ in owned[busy.id]] == sorted(p.id for p in projects)
     assert len({stamp for _, stamp in owned[busy.id]}) > 1  # two logs changed, one did not
 

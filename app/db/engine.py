@@ -786,8 +786,8 @@ class ByIds:
     @classmethod
     def of(cls, build: Callable[[ColumnElement[bool]], Select[Any]], column: ColumnElement[Any]) -> ByIds:
         """The select `build(condition)` makes of a condition on `column`."""
-        array = bindparam("ids", type_=ARRAY(column.type))
-        return cls(build(column.in_(bindparam("ids", expanding=True))), build(column == bindparam("ids")), build(column == any_(array)))
+        lists = one_of(column, "ids")
+        return cls(build(lists["sqlite"]), build(column == bindparam("ids")), build(lists["postgresql"]))
 
     def map(self, change: Callable[[Select[Any]], Select[Any]]) -> ByIds:
         return ByIds(change(self.many), change(self.one), change(self.array))

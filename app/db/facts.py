@@ -164,7 +164,8 @@ def is_bid(type_: Any) -> Any:
 
 
 _BID = select(E.c.project_id).where(E.c.customer_id == bindparam("customer_id"), is_bid(E.c.type), E.c.project_id.is_not(None)).distinct()
-_OWNED_BY = ByIds.of(lambda where: select(P.c.id, P.c.owner_id, P.c.log_stamp).where(where).order_by(P.c.id), P.c.owner_id)
+# (owner id, project id, log stamp): as `owned_projects` gives them.
+_OWNED_BY = ByIds.of(lambda where: select(P.c.owner_id, P.c.id, P.c.log_stamp).where(where).order_by(P.c.id), P.c.owner_id)
 _LEVELS = ByIds.of(lambda where: select(C.c.id, C.c.level, C.c.log_stamp).where(where), C.c.id)
 # By dialect name: the event types a project's criteria read of its customers' own events
 # are the caller's list (`one_of`), so the statement stays on the cursor on PostgreSQL too.
@@ -215,9 +216,8 @@ def owned_projects(dialect: str) -> Any:
     on PostgreSQL. Read by the INSERT, after the write has locked those owners: a project's
     log and stamp change only under its owner's lock (app/db/logs.py), and a project is
     created only under it (app/services/projects.py), so what the INSERT sees holds for the
-    rest of the write. Not in the
-    lock's own SELECT: its subqueries see the snapshot taken before the lock was granted,
-    which misses what a writer it waited for committed."""
+    rest of the write. Not in the lock's own SELECT: its subqueries see the snapshot taken
+    before the lock was granted, which misses what a writer it waited for committed."""
     triple = (P.c.owner_id, P.c.id, P.c.log_stamp)
     if dialect == "postgresql":
         triples = func.coalesce(func.json_agg(func.json_build_array(*triple)), literal_column("'[]'::json"))
@@ -244,13 +244,11 @@ def customer_facts_many(session: Session, customers: Iterable[CustomerState], ow
     projects: dict[int, list[int]] = {}
     project_events: dict[int, tuple[f.Event, ...]] = {}
     if owners and owned_project_types:
-        known = owned or {}
-        stamps: dict[int, int] = {}
+        known = dict(owned or {})
         unknown = [owner_id for owner_id in owners if owner_id not in known]
-        rows = [(pid, owner_id, stamp) for owner_id in owners if owner_id in known for pid, stamp in known[owner_id]]
-        for pid, owner_id, stamp in [*rows, *_OWNED_BY.rows(session, unknown)]:
-            projects.setdefault(owner_id, []).append(pid)
-            stamps[pid] = stamp
+        known.update(read_owned(_OWNED_BY.rows(session, unknown), unknown))
+        projects = {owner_id: [pid for pid, _ in known[owner_id]] for owner_id in owners}
+        stamps = {pid: stamp for owner_id in owners for pid, stamp in known[owner_id]}
         # The owner's lock guards its projects' logs too (app/db/logs.py).
         project_events = {pid: tuple(e for e in log if e.type in owned_project_types) for pid, log in logs.of("project", stamps).items()}
     return {
