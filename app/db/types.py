@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -17,9 +16,21 @@ from sqlalchemy.types import TypeDecorator
 Id = BigInteger().with_variant(Integer(), "sqlite")
 Json = JSON().with_variant(JSONB(), "postgresql")
 
-# An integer of 19 digits or more may lie beyond 64 bits.
-_LONG_NUMBER = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+# An integer of 19 digits or more may lie beyond 64 bits. Looked for as a run of 19 zero
+# bytes in the text with every ASCII digit turned into a zero byte and every other byte into
+# a one: a table look-up per byte and one substring search, both in C. The regular
+# expression `\d{19}` did the same at 8 ns a byte, slower than json.loads reading the text
+# (a 500-event batch of 87 KB: 0.76 ms, against 0.39 for json.loads and 0.05 for this).
+_DIGITS_TO_ZERO = bytes(0 if 0x30 <= b <= 0x39 else 1 for b in range(256))
+_LONG_RUN = bytes(19)
+
+
+def _has_long_number(text: str | bytes) -> bool:
+    # UTF-8 writes every character beyond ASCII with bytes of 0x80 and above, so encoding
+    # neither makes nor breaks a run of ASCII digits ("surrogatepass": json reads lone
+    # surrogates, and so must this).
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    return _LONG_RUN in raw.translate(_DIGITS_TO_ZERO)
 
 
 def loads_json(text: str | bytes) -> Any:
@@ -29,8 +40,7 @@ def loads_json(text: str | bytes) -> Any:
     reads back several times faster than json, which was a fifth of a batch import's time.
     Where it would differ, json answers: orjson reads an integer beyond 64 bits as a float
     and refuses NaN, Infinity and lone surrogates, which json reads (and json.dumps writes)."""
-    long_number = (_LONG_NUMBER if isinstance(text, str) else _LONG_NUMBER_BYTES).search(text)
-    if long_number is None:
+    if not _has_long_number(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:
