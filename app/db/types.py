@@ -87,10 +87,24 @@ def _in_utc(value: datetime) -> datetime:
 def sqlite_instant(value: datetime | None) -> str | None:
     """What `UTCDateTime` binds on SQLite (its `process_bind_param`, then SQLite's DATETIME
     text) in one step: half the CPU of the two (app/db/engine.py binds with it)."""
+    global _LAST_INSTANT
     if value is None:
         return None
+    last = _LAST_INSTANT
+    if value is last[0]:
+        return last[1]
     v = _in_utc(value)
-    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+    text = "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond)
+    _LAST_INSTANT = (value, text)
+    return text
+
+
+# The last instant `sqlite_instant` bound, and its text: a write binds the same one over and
+# over (its `now` as every stored event's recorded_at and every changed grade's date), and
+# a datetime never changes. Held by identity, not equality (an equal instant at another
+# offset is another object), and referenced, so its id is not reused. One tuple, replaced
+# whole: threads see the old pair or the new one.
+_LAST_INSTANT: tuple[datetime | None, str | None] = (None, None)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

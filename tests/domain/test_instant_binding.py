@@ -33,3 +33,11 @@ def test_nothing_binds_as_null_and_a_naive_time_is_refused_as_sqlalchemy_refuses
     for bind in (sqlite_instant, SQLALCHEMY):
         with pytest.raises(ValueError, match="naive"):
             bind(datetime(2026, 12, 5))
+
+
+@given(st.lists(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(2100, 1, 1), timezones=OFFSETS), min_size=1, max_size=4), st.lists(st.integers(0, 3), max_size=12))
+def test_an_instant_bound_again_or_after_another_keeps_its_own_text(values: list[datetime], picks: list[int]) -> None:
+    # The last instant's text is kept (the same object is bound over and over in a write).
+    for i in picks:
+        value = values[i % len(values)]
+        assert sqlite_instant(value) == SQLALCHEMY(value)
