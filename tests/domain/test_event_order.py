@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domain.facts import Event, _tie_break, bidder_ids, latest, winner_id
+from app.domain.facts import Event, _tie_break, bidder_ids, bidder_set, latest, winner_id
 
 from .builders import at
 
@@ -33,6 +33,7 @@ def test_bidders_come_in_the_order_of_their_first_bid(events: list[Event]) -> No
     bids = [e for e in events if e.type in ("bid_joined", "bid_won") and e.customer_id is not None and not e.retracted]
     first_seen = list(dict.fromkeys(e.customer_id for e in by_full_order(bids)))
     assert bidder_ids(tuple(events)) == first_seen
+    assert bidder_set(events) == set(first_seen)  # who they are, for callers that need no order
 
 
 @settings(max_examples=300, deadline=None)
