@@ -21,8 +21,9 @@ def media_type(request: Request) -> str:
 
 
 def _json(text: bytes) -> Any:
-    """What json.loads reads (`loads_json`: orjson where it reads the same, twice as fast on a
-    500-event batch); nesting deeper than the parser goes is malformed input, not a crash."""
+    """What json.loads reads (`loads_json`: orjson where it reads the same; a 500-event batch
+    in 0.25 ms against 0.39); nesting deeper than the parser goes is malformed input, not a
+    crash."""
     try:
         return loads_json(text)
     except RecursionError:

@@ -101,9 +101,9 @@ def sqlite_instant(value: datetime | None) -> str | None:
 
 # The last instant `sqlite_instant` bound, and its text: a write binds the same one over and
 # over (its `now` as every stored event's recorded_at and every changed grade's date), and
-# a datetime never changes. Held by identity, not equality (an equal instant at another
-# offset is another object), and referenced, so its id is not reused. One tuple, replaced
-# whole: threads see the old pair or the new one.
+# a datetime never changes. Held by identity (a write binds the one object; comparing
+# instants costs more), and referenced, so its id is not reused. One tuple, replaced whole:
+# threads see the old pair or the new one.
 _LAST_INSTANT: tuple[datetime | None, str | None] = (None, None)
 
 
