@@ -21,7 +21,8 @@ from sqlalchemy.engine import Connection
 
 from app.db import engine
 from app.db.engine import Database
-from app.db.facts import _OWNED_BY, lock_customers, lock_with_project
+from app.db.facts import _OWNED_BY, INSERT_OWNERS, customer_facts_many, lock_customers, lock_with_project
+from app.db.logs import WriteLogs
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent, Subjects, check_new_event, event_values, record_event, store_event
@@ -121,6 +122,27 @@ def test_the_insert_returns_the_owners_projects_as_grading_would_read_them(db: D
     assert len({stamp for _, stamp in owned[busy.id]}) > 1  # two logs changed, one did not
 
 
+def test_owners_beyond_what_the_insert_takes_are_read_by_grading(db: Database) -> None:
+    """The INSERT reads the projects of at most `INSERT_OWNERS` owners (one parameter each);
+    grading reads those of any others itself, and gets the same as for all of them."""
+    with db.session(write=True) as s:
+        owners = [create_customer(s, RULEBOOK, {"name": f"业主{i}", "kind": "owner"}, now=NOW) for i in range(INSERT_OWNERS + 1)]
+        for owner in owners:
+            create_project(s, RULEBOOK, {"name": f"项目{owner.id}", "owner_id": owner.id}, now=NOW)
+    ids = [o.id for o in owners]
+    with db.session(write=True) as s:
+        locked = lock_customers(s, ids)
+        new = NewEvent(type="visit", customer_id=ids[0], attributes={"reception": "welcoming"}, occurred_at=NOW)
+        checked = check_new_event(RULEBOOK, new, now=NOW, subjects=Subjects(s))
+        _, _, owned = store_event(s, new, event_values(checked, actor="t", now=NOW), owners=ids)
+        assert sorted(owned) == ids[:INSERT_OWNERS]
+        types = RULEBOOK.owned_project_event_types
+        given = customer_facts_many(s, locked.values(), types, WriteLogs(s, keep=False), owned)
+        read = customer_facts_many(s, locked.values(), types, WriteLogs(s, keep=False))
+    assert given == read
+    assert all(len(given[cid].owned_projects) == 1 for cid in ids)
+
+
 def test_an_owners_event_reads_no_projects_of_its_own(db: Database, on_cursor: list[str]) -> None:
     """An owner's event re-grades the owner, whose criteria read its projects' events: their
     ids and stamps come back with the INSERT, so the write runs no read of them (a round
@@ -167,3 +189,35 @@ def test_lock_with_project_locks_the_customer_and_the_owner_and_reads_the_projec
     assert (state is not None) == found
     if state is not None:
         assert (state.id, state.owner_id) == (ids["project"], ids["owner"])
+
+
+def test_the_event_insert_is_planned_once_on_postgresql(db: Database) -> None:
+    """PostgreSQL keeps one (generic) plan for a prepared statement when it costs no more than
+    the plans it makes for each run's values; otherwise it plans the statement anew on every
+    run. With the owners as one array (`= ANY`) the INSERT's generic plan was costed for ten
+    owners and never chosen: every event's INSERT was planned again, about 100 µs of the
+    server's CPU (docs/performance.md, "The plan-cache round")."""
+    if db.is_sqlite:
+        pytest.skip("PostgreSQL's plan cache")
+    with db.session(write=True) as s:
+        owners = [create_customer(s, RULEBOOK, {"name": f"业主{i}", "kind": "owner"}, now=NOW) for i in range(40)]
+        for i in range(200):
+            create_project(s, RULEBOOK, {"name": f"项目{i}", "owner_id": owners[i % 40].id}, now=NOW)
+    owner = owners[0]
+    with db.session(write=True) as s:  # statistics, as autovacuum keeps them: the plans' costs come from them
+        s.connection().exec_driver_sql("ANALYZE projects")
+    # One session, so one connection: psycopg prepares a statement on its 5th run there, and
+    # PostgreSQL weighs a generic plan after 5 custom ones.
+    with db.session(write=True) as s:
+        lock_customers(s, [owner.id])
+        for i in range(16):
+            new = NewEvent(type="visit", customer_id=owner.id, attributes={"reception": "welcoming"}, occurred_at=NOW, source="t", external_id=f"plan-{i}")
+            checked = check_new_event(RULEBOOK, new, now=NOW, subjects=Subjects(s))
+            _, _, owned = store_event(s, new, event_values(checked, actor="t", now=NOW), owners=[owner.id])
+            assert list(owned) == [owner.id]
+        plans = s.connection().exec_driver_sql(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'INSERT INTO events%%' AND statement LIKE '%%FROM projects%%'"
+        ).all()
+    assert len(plans) == 1
+    generic, custom = plans[0]
+    assert generic > 0 and custom <= 5, plans

@@ -6,7 +6,7 @@ projects, bidders), never by the size of the database."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
 
 from sqlalchemy import JSON, Select, and_, bindparam, func, literal_column, or_, select, type_coerce
 from sqlalchemy.orm import Session
@@ -209,21 +209,43 @@ def stored_fact(event_id: int, values: dict[str, Any]) -> f.Event:
 Owned = dict[int, list[tuple[int, int]]]
 
 
+# The owners a single event's write re-grades, at most: the customer it names, and its
+# project's owner.
+INSERT_OWNERS = 2
+
+
 def owned_projects(dialect: str) -> Any:
-    """The projects of the owners given as `owners`, as one JSON array of [owner id, project
-    id, log stamp] triples: a scalar subquery for a single event's `INSERT … RETURNING`,
-    which then spares grading the read of an owner's projects (`_OWNED_BY`), a round trip
-    on PostgreSQL. Read by the INSERT, after the write has locked those owners: a project's
-    log and stamp change only under its owner's lock (app/db/logs.py), and a project is
-    created only under it (app/services/projects.py), so what the INSERT sees holds for the
-    rest of the write. Not in the lock's own SELECT: its subqueries see the snapshot taken
-    before the lock was granted, which misses what a writer it waited for committed."""
+    """The projects of the owners given as `owner_params`, as one JSON array of [owner id,
+    project id, log stamp] triples: a scalar subquery for a single event's `INSERT …
+    RETURNING`, which then spares grading the read of an owner's projects (`_OWNED_BY`), a
+    round trip on PostgreSQL. Read by the INSERT, after the write has locked those owners:
+    a project's log and stamp change only under its owner's lock (app/db/logs.py), and a
+    project is created only under it (app/services/projects.py), so what the INSERT sees
+    holds for the rest of the write. Not in the lock's own SELECT: its subqueries see the
+    snapshot taken before the lock was granted, which misses what a writer it waited for
+    committed.
+
+    The owners are `INSERT_OWNERS` parameters of one id each (None where there are fewer),
+    not one list. As an array (`= ANY`) the INSERT was planned anew on every run on
+    PostgreSQL: its generic plan, made for an array of unknown length, is costed for ten
+    owners, so the server never chose it over a plan for the one owner it was given: each
+    such INSERT was planned again, about 100 µs of the server's CPU (320 against 220 µs for
+    the INSERT and its commit; docs/performance.md, "The plan-cache round")."""
     triple = (P.c.owner_id, P.c.id, P.c.log_stamp)
     if dialect == "postgresql":
         triples = func.coalesce(func.json_agg(func.json_build_array(*triple)), literal_column("'[]'::json"))
     else:
         triples = func.json_group_array(func.json_array(*triple))
-    return select(type_coerce(triples, JSON)).where(one_of(P.c.owner_id, "owners")[dialect]).scalar_subquery()
+    owners = [bindparam(name, type_=P.c.owner_id.type) for name in _OWNER_PARAMS]
+    return select(type_coerce(triples, JSON)).where(P.c.owner_id.in_(owners)).scalar_subquery()
+
+
+_OWNER_PARAMS = tuple(f"owner_{i}" for i in range(1, INSERT_OWNERS + 1))
+
+
+def owner_params(owners: Sequence[int]) -> dict[str, int | None]:
+    """`owned_projects`'s parameters for the first `INSERT_OWNERS` of `owners`."""
+    return {name: (owners[i] if i < len(owners) else None) for i, name in enumerate(_OWNER_PARAMS)}
 
 
 def read_owned(triples: Iterable[Any], owners: Iterable[int]) -> Owned:

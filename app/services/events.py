@@ -228,9 +228,10 @@ def _keys(items: Sequence[NewEvent], id_attr: str, ref_attr: str) -> tuple[list[
 
 def store_event(session: Session, new: NewEvent, values: dict[str, Any], *, owners: Sequence[int] = ()) -> tuple[StoredEvent | m.Event, list[Any] | None, repo.Owned]:
     """Insert the row of the checked event `new` (its `event_values`): (the event, the live
-    webhook subscriptions as [id, event_types] pairs, the projects of `owners`), or (its
-    twin, None, {}) if the same source + external_id was stored first. The caller has locked
-    the subjects' customers, `owners` among them.
+    webhook subscriptions as [id, event_types] pairs, the projects of `owners` — of the
+    first `repo.INSERT_OWNERS` of them), or (its twin, None, {}) if the same source +
+    external_id was stored first. The caller has locked the subjects' customers, `owners`
+    among them.
 
     One statement, `INSERT … ON CONFLICT DO NOTHING RETURNING id, <subscriptions>[, <owned
     projects>]` (SQLite ≥ 3.35 and PostgreSQL): a twin stored first, even by a concurrent
@@ -239,13 +240,15 @@ def store_event(session: Session, new: NewEvent, values: dict[str, Any], *, owne
     owners' projects grading reads (`repo.owned_projects`), come back with the id, without
     reads of their own."""
     dialect = session.get_bind().dialect.name
-    if owners:
-        row = run(session, _INSERT_RETURNING_OWNED[dialect], **values, owners=list(owners)).first()
+    # An event re-grades at most two owners; any beyond are left to grading's own read.
+    given = list(owners)[: repo.INSERT_OWNERS]
+    if given:
+        row = run(session, _INSERT_RETURNING_OWNED[dialect], **values, **repo.owner_params(given)).first()
     else:
         row = run(session, _INSERT_RETURNING_SUBSCRIBERS[dialect], **values).first()
     if row is None:
         return twin_of(session, new), None, {}
-    return StoredEvent(id=row[0], **values), row[1] or [], repo.read_owned(row[2], owners) if owners else {}
+    return StoredEvent(id=row[0], **values), row[1] or [], repo.read_owned(row[2], given) if given else {}
 
 
 def twin_of(session: Session, new: NewEvent) -> m.Event:
