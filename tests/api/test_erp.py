@@ -257,6 +257,30 @@ def test_duplicates_inside_one_batch_count_once(api) -> None:
     assert len(all_pages(api, "/v1/events")) == 7
 
 
+@pytest.mark.parametrize("atomic", [False, True], ids=["non-atomic", "atomic"])
+def test_a_repeated_pair_in_one_batch_is_a_duplicate_of_its_first_item_and_not_checked(api, atomic: bool) -> None:
+    # The doc: a second item with the same source + external_id in the same batch is a
+    # duplicate, not compared; so an atomic batch is not refused for what the repeat says.
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    first = {"type": "contact_obtained", "customer_ref": "C-0001", "occurred_at": at(1), "source": "erp", "external_id": "DUP-1"}
+    repeat = {**first, "type": "visit", "attributes": {"reception": "no such reception"}}  # invalid on its own
+    r = api.post("/v1/events/batch", params={"atomic": str(atomic).lower()}, json=[first, repeat])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == ["created", "duplicate"]
+    assert results[1]["id"] == results[0]["id"]
+    assert [e["type"] for e in all_pages(api, "/v1/events")] == ["contact_obtained"]
+
+
+def test_a_repeat_of_a_rejected_item_is_checked_on_its_own(api) -> None:
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    bad = {"type": "visit", "customer_ref": "C-0001", "occurred_at": at(1), "attributes": {"reception": "no such reception"}, "source": "erp", "external_id": "DUP-2"}
+    good = {**bad, "type": "contact_obtained", "attributes": {}}
+    results = api.post("/v1/events/batch", json=[bad, good]).json()["results"]
+    assert [x["status"] for x in results] == ["rejected", "created"]
+    assert [e["type"] for e in all_pages(api, "/v1/events")] == ["contact_obtained"]
+
+
 def test_ndjson_batches_report_a_malformed_line_in_its_place(api) -> None:
     api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
     lines = [json.dumps(i, ensure_ascii=False) for i in _owner_level_one_batch()]
