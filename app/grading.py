@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.chunks import chunked
 from app.db import facts as repo
-from app.db.facts import CustomerState, ProjectState
+from app.db.facts import CustomerState, ProjectState, State
 from app.db import models as m
 from app.db.engine import run_many
 from app.db.logs import WriteLogs
@@ -209,6 +209,7 @@ _UPDATES = {
     ]
 }
 _SUBJECT = {CustomerState: "customer", ProjectState: "project"}
+_METRIC = {CustomerState: "level", ProjectState: "heat"}
 
 
 def _head(row: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
@@ -239,9 +240,12 @@ class Writes:
         encoded = encode_grade(grade)
         digest = grade_digest(tuple(values[name] for name in _HEAD[kind]), encoded)
         stamp = self._logs.stamp((_SUBJECT[kind], state.id), state.log_stamp)
-        if digest == state.grade_hash and stamp == state.log_stamp:
+        # The metric is read with the row: a row whose level or heat was changed behind
+        # Rapport's back (SQL) still carries the digest of its old grade, and is written back.
+        changed = digest != state.grade_hash or getattr(state, _METRIC[kind]) != values[_METRIC[kind]]
+        if not changed and stamp == state.log_stamp:
             return
-        params = {"row_id": state.id, "new_since": since, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(digest != state.grade_hash)}
+        params = {"row_id": state.id, "new_since": since, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(changed)}
         # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
         # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
         params["new_grade"] = encoded.decode()
@@ -300,7 +304,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     logs = WriteLogs(session, keep=False)
     writes = Writes(logs)
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
-        customers = repo.lock_customers(session, ids)
+        customers = _with_stored_digests(session, repo.lock_customers(session, ids))
         facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs)
         for cid, customer in customers.items():
             effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)
@@ -309,7 +313,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
         writes.flush(session)
     level_changes = {e.id: e for e in effects}
     for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
-        projects = repo.lock_projects(session, ids)
+        projects = _with_stored_digests(session, repo.lock_projects(session, ids))
         facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types, logs)
         for pid, project in projects.items():
             effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes, writes)
@@ -317,5 +321,21 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
                 effects.append(effect)
         writes.flush(session)
     return effects
+
+
+def _with_stored_digests(session: Session, states: dict[int, State]) -> dict[int, State]:
+    """`states` with the digests of their rows as stored now, computed from the rows, not
+    read from `grade_hash`: re-grading everything is also the repair after an incident, and
+    a grade changed by hand (SQL, a restored backup of one table) kept its old digest, so a
+    pass trusting it would leave that grade as it found it. One more read per round, on
+    the rare path."""
+    if not states:
+        return states
+    kind = type(next(iter(states.values())))
+    model = m.Customer if kind is CustomerState else m.Project
+    head = [getattr(model, name) for name in _HEAD[kind]]
+    for row in session.execute(select(model.id, model.grade, *head).where(model.id.in_(states))):
+        states[row[0]].grade_hash = grade_digest(tuple(row[2:]), encode_grade(row[1]))
+    return states
 
 

@@ -1,0 +1,111 @@
+"""A grade changed behind Rapport's back (SQL on the customers or projects table, which
+are not append-only) is put back by the next re-grade: `rapport regrade` whatever was
+changed, and any re-grade of the subject for a changed level or heat. The repair is one
+history row, not one per run, and `verify` then finds nothing but the history's own break
+(the change by hand is not in it)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select, update
+
+from app.db import models as m
+from app.db.engine import Database
+from app.db.facts import CustomerState
+from app.db.logs import WriteLogs
+from app.db.types import encode_grade, grade_digest
+from app.domain.rulebook import load_rulebook
+from app.services.customers import create_customer
+from app.services.events import NewEvent, record_event
+from app.services.projects import create_project
+from app.grading import Writes
+from app.services.state import regrade_for_time
+from app.services.verify import replay
+from tests.conftest import empty_tables
+
+RULEBOOK = load_rulebook()
+NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+
+
+def _owner_at_level_one(db: Database) -> tuple[int, int]:
+    """An owner at level I (the rulebook's worked example 1) and a project it owns."""
+    empty_tables(db.engine)
+    with db.session(write=True) as s:
+        owner = create_customer(s, RULEBOOK, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+        project = create_project(s, RULEBOOK, {"name": "门诊楼空调", "owner_id": owner}, now=NOW).id
+    level_one = [("materials_sent", {"items": ["samples"]}), ("company_introduced", {}), ("contact_obtained", {}), ("impression_confirmed", {})]
+    level_one += [("visit", {"reception": "neutral"})] * 3
+    with db.session(write=True) as s:
+        for i, (type_, attributes) in enumerate(level_one):
+            record_event(s, RULEBOOK, NewEvent(type=type_, customer_id=owner, occurred_at=NOW - timedelta(days=10 - i), attributes=attributes), actor="rep", now=NOW)
+        new = NewEvent(type="stage_changed", project_id=project, occurred_at=NOW - timedelta(days=2), attributes={"stage": "tender_drafting"})
+        record_event(s, RULEBOOK, new, actor="rep", now=NOW)
+    with db.session(write=False) as s:
+        assert s.scalar(select(m.Customer.level).where(m.Customer.id == owner)) == 1
+    return owner, project
+
+
+def _stored(db: Database, owner: int) -> tuple[int, int, dict, int]:
+    with db.session(write=False) as s:
+        row = s.execute(select(m.Customer.level, m.Customer.version, m.Customer.grade).where(m.Customer.id == owner)).one()
+        history = s.scalars(select(m.GradeChange.id).where(m.GradeChange.subject_type == "customer", m.GradeChange.subject_id == owner)).all()
+    return row.level, row.version, row.grade, len(history)
+
+
+def _regrade(db: Database) -> None:
+    with db.session(write=True) as s:
+        regrade_for_time(s, RULEBOOK, now=NOW)
+
+
+def test_a_level_changed_by_sql_is_put_back_by_one_regrade_with_one_history_row(db: Database) -> None:
+    owner, _ = _owner_at_level_one(db)
+    level, _, grade, rows = _stored(db, owner)
+    with db.session(write=True) as s:
+        s.execute(update(m.Customer).where(m.Customer.id == owner).values(level=4))
+
+    _regrade(db)
+    _regrade(db)  # a second run finds nothing more to do
+
+    repaired, _, repaired_grade, repaired_rows = _stored(db, owner)
+    assert (repaired, repaired_grade) == (level, grade)
+    assert repaired_rows == rows + 1  # 4 → the true level, once
+    with db.session(write=False) as s:
+        last = s.scalars(select(m.GradeChange).where(m.GradeChange.subject_id == owner).order_by(m.GradeChange.id.desc())).first()
+        assert (last.old, last.new) == (4, level)
+        found = replay(s, RULEBOOK, as_of=NOW)
+    # What is left is the history's break at the change by hand, which only SQL could make.
+    assert [(d.subject, d.id, d.what) for d in found] == [("customer", owner, "history")], found
+
+
+def test_a_grade_changed_by_sql_is_put_back_by_regrade_without_a_history_row(db: Database) -> None:
+    owner, project = _owner_at_level_one(db)
+    level, version, grade, rows = _stored(db, owner)
+    with db.session(write=True) as s:
+        s.execute(update(m.Customer).where(m.Customer.id == owner).values(grade={"criteria": [], "next": None}))
+        s.execute(update(m.Project).where(m.Project.id == project).values(grade={"criteria": [], "next": None}))
+    with db.session(write=False) as s:
+        assert {d.id for d in replay(s, RULEBOOK, as_of=NOW)} == {owner, project}
+
+    _regrade(db)
+
+    assert _stored(db, owner) == (level, version + 1, grade, rows)  # a new version: its representation changed back
+    with db.session(write=False) as s:
+        assert replay(s, RULEBOOK, as_of=NOW) == []
+
+
+@pytest.mark.parametrize("stored_level, written", [(1, False), (4, True)])
+def test_a_row_whose_level_differs_from_its_new_grade_is_written_even_with_the_same_digest(stored_level: int, written: bool) -> None:
+    # A re-grade that does not change the subject's log (a project re-graded for a linked
+    # customer's sake) trusts the stored digest for the grade, but not for the level read
+    # with the row: a history row says the level changed, so the row must change too.
+    grade = {"criteria": [], "next": None}
+    digest = grade_digest((1,), encode_grade(grade))
+    state = CustomerState(id=7, kind="owner", external_ref=None, level=stored_level, log_stamp=5, grade_hash=digest)
+    writes = Writes(WriteLogs(None, keep=False))  # type: ignore[arg-type]  # no log changed: no session needed
+
+    writes.add(state, grade=grade, since=NOW, level=1)
+
+    queued = writes._rows.get(CustomerState, [])
+    assert [(p["row_id"], p["new_level"], p["new_bump"]) for p in queued] == ([(7, 1, 1)] if written else [])
