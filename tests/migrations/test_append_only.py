@@ -1,6 +1,7 @@
 """The event log, its retractions and the grade history are append-only in the database
-itself: UPDATE, DELETE (and TRUNCATE on PostgreSQL) are refused whoever connects, INSERT
-goes on, and downgrading the migration lifts the refusal."""
+itself: UPDATE, DELETE (and TRUNCATE on PostgreSQL; REPLACE of a stored row on SQLite) are
+refused whoever connects, INSERT goes on, and downgrading the migration lifts the
+refusal."""
 
 from __future__ import annotations
 
@@ -82,6 +83,44 @@ def test_the_database_refuses_to_change_or_delete_the_log(log: Engine, statement
     if log.dialect.name == "postgresql":
         assert refused.value.orig.sqlstate == _migration().SQLSTATE
     assert _count(log, table) == 1
+
+
+# SQLite resolves a REPLACE by deleting the stored row without its DELETE trigger: each
+# statement gives a stored row's key with other values.
+REPLACES = {
+    "events": "INSERT OR REPLACE INTO events (id, type, occurred_at, recorded_at, attributes, source, note) "
+    "SELECT id, 'visit', occurred_at, recorded_at, attributes, source, 'edited' FROM events",
+    "event_retractions": "REPLACE INTO event_retractions (event_id, reason, at) SELECT event_id, 'never mind', at FROM event_retractions",
+    "grade_history": "INSERT OR REPLACE INTO grade_history (id, subject_type, subject_id, metric, old, new, rulebook_version, evidence, \"trigger\", at) "
+    "SELECT id, subject_type, subject_id, metric, old, 4, rulebook_version, evidence, \"trigger\", at FROM grade_history",
+}
+
+
+@pytest.mark.parametrize("table", PROTECTED)
+def test_sqlite_refuses_to_replace_a_row_of_the_log(log: Engine, table: str) -> None:
+    if log.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no REPLACE; its ON CONFLICT DO UPDATE fires the UPDATE trigger")
+    with log.connect() as conn:
+        before = conn.execute(text(f"SELECT * FROM {table} ORDER BY id")).all()
+    with log.connect() as conn, pytest.raises(DBAPIError) as refused:
+        conn.execute(text(REPLACES[table]))
+    assert f"{table} is append-only" in str(refused.value.orig)
+    with log.connect() as conn:
+        assert conn.execute(text(f"SELECT * FROM {table} ORDER BY id")).all() == before
+
+
+def test_sqlite_keeps_a_stored_event_that_a_replace_names_by_source_and_external_id(log: Engine) -> None:
+    if log.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL has no REPLACE")
+    insert = "{} INTO events (type, note, occurred_at, recorded_at, attributes, source, external_id) VALUES ('visit', :note, :at, :at, '{{}}', 'erp', 'SO-1')"
+    at = "2026-11-20 09:00:00.000000"
+    with log.begin() as conn:
+        conn.execute(text(insert.format("INSERT")), {"note": "first", "at": at})
+        stored = conn.execute(text("SELECT * FROM events WHERE external_id = 'SO-1'")).one()
+        # Skipped, as Rapport's own ON CONFLICT DO NOTHING would: the stored event stays.
+        conn.execute(text(insert.format("REPLACE")), {"note": "second", "at": at})
+    with log.connect() as conn:
+        assert conn.execute(text("SELECT * FROM events WHERE external_id = 'SO-1'")).all() == [stored]
 
 
 @pytest.mark.parametrize("table", PROTECTED)
