@@ -131,7 +131,7 @@ def test_bad_rows_go_to_the_rejected_file_with_their_line_and_reason_and_the_res
     assert rejected.read_bytes().startswith(b"\xef\xbb\xbf")  # a BOM, for Excel
     assert read_csv(rejected) == [
         {**dict(zip(EVENT_COLUMNS, bad_visit)), "line": "4", "reason": "customer_ref: no customer with external_ref 'C-9'; attributes.reception: must be one of welcoming, neutral, rejecting"},
-        {**dict(zip(EVENT_COLUMNS, bad_time)), "line": "8", "reason": "occurred_at: Input should be a valid datetime or date, input is too short"},
+        {**dict(zip(EVENT_COLUMNS, bad_time)), "line": "8", "reason": "occurred_at: must be an ISO 8601 date and time with an offset, such as 2026-11-20T14:30:00+08:00"},
     ]
     assert level_of(tmp_path, "C-1") == 1
 

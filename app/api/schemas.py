@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from app.domain.validation import instant_problem
@@ -41,10 +42,19 @@ PathRef = Annotated[
 ]
 
 
+def _no_bool(value: Any) -> Any:
+    # pydantic takes JSON's true as the number 1: `"customer_id": true` named customer 1.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "must be a number, not true or false")
+    return value
+
+
+NotBool = BeforeValidator(_no_bool)
+
 # Ids are signed 64-bit integers in both databases: a larger number names nothing, and
 # must be refused here rather than overflow in the driver (a 500 for bad input).
 MAX_ID = 2**63 - 1
-Id = Annotated[int, Field(gt=0, le=MAX_ID)]
+Id = Annotated[int, NotBool, Field(gt=0, le=MAX_ID)]
 PathId = Annotated[int, Path(gt=0, le=MAX_ID)]
 MAX_PAGE = 200
 # Every list's page size: one bound, so a caller learns one number.
@@ -57,7 +67,27 @@ def _cents(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
-Amount = Annotated[float, Field(ge=0, le=1e13), AfterValidator(_cents)]
+Amount = Annotated[float, NotBool, Field(ge=0, le=1e13), AfterValidator(_cents)]
+
+# What a date or an instant must look like as text: pydantic also reads a number (or a
+# string of digits) as Unix time, and a date from a date-time at midnight.
+_DAY_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
+_INSTANT_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _day_text(value: Any) -> Any:
+    if isinstance(value, date) or (isinstance(value, str) and _DAY_TEXT.match(value)):
+        return value
+    raise PydanticCustomError("day_text", "must be a date as YYYY-MM-DD, such as 2026-11-20")
+
+
+def _instant_text(value: Any) -> Any:
+    if isinstance(value, datetime) or (isinstance(value, str) and _INSTANT_TEXT.match(value)):
+        return value
+    raise PydanticCustomError("instant_text", "must be an ISO 8601 date and time with an offset, such as 2026-11-20T14:30:00+08:00")
+
+
+Day = Annotated[date, BeforeValidator(_day_text)]
 
 
 def _accepted_instant(value: datetime) -> datetime:
@@ -68,7 +98,7 @@ def _accepted_instant(value: datetime) -> datetime:
 
 
 # An aware instant from 1970 up to 2100 (the bounds of every instant a request carries).
-Instant = Annotated[AwareDatetime, AfterValidator(_accepted_instant)]
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant_text), AfterValidator(_accepted_instant)]
 
 
 class Strict(BaseModel):
@@ -132,7 +162,7 @@ class ProjectIn(Strict):
     external_ref: Ref | None = None
     region: Short | None = None
     amount: Amount | None = Field(default=None, description="expected order value (rounded to cents)")
-    expected_close: date | None = None
+    expected_close: Day | None = None
     rep: Short | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
@@ -146,7 +176,7 @@ class ProjectPut(Strict):
     owner_ref: Ref | None = None
     region: Short | None = None
     amount: Amount | None = None
-    expected_close: date | None = None
+    expected_close: Day | None = None
     rep: Short | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=20)
 
@@ -164,7 +194,7 @@ class ProjectPatch(Patch):
     external_ref: Ref | None = None
     region: Short | None = None
     amount: Amount | None = None
-    expected_close: date | None = None
+    expected_close: Day | None = None
     rep: Short | None = None
     tags: list[Tag] | None = Field(default=None, max_length=20)
 

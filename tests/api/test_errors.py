@@ -90,6 +90,11 @@ REFUSED: list[Any] = [
         id="unknown-project",
     ),
     pytest.param(lambda w: {**visit(w, reception="neutral"), "customer_id": "仁济"}, "customer_id", id="customer-id-not-a-number"),
+    # pydantic reads true as 1, and a number (or a string of digits) as Unix time.
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "customer_id": True}, "customer_id", id="customer-id-true"),
+    pytest.param(lambda w: {"type": "spec_agreed", "project_id": True, "occurred_at": at(15)}, "project_id", id="project-id-true"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": 1763700000}, "occurred_at", id="timestamp-as-unix-time"),
+    pytest.param(lambda w: {**visit(w, reception="neutral"), "occurred_at": "1763700000"}, "occurred_at", id="timestamp-as-unix-time-text"),
     pytest.param(lambda w: {**visit(w, reception="neutral"), "customer_id": 2**63}, "customer_id", id="customer-id-beyond-64-bits"),
     pytest.param(
         lambda w: {"type": "spec_agreed", "project_id": 2**64, "occurred_at": at(15)},
@@ -189,6 +194,28 @@ def test_an_id_no_database_can_hold_is_refused_not_a_server_error(api, method: s
 
 def test_a_project_whose_owner_id_no_database_can_hold_is_422(api) -> None:
     assert_problem(api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": 2**63}), 422, "owner_id")
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"owner_id": True}, "owner_id"),
+        ({"amount": True}, "amount"),
+        ({"expected_close": "2026-11-21T00:00:00Z"}, "expected_close"),
+        ({"expected_close": 1763700000}, "expected_close"),
+    ],
+    ids=["owner-id-true", "amount-true", "date-as-a-date-time", "date-as-unix-time"],
+)
+def test_a_project_value_of_another_type_is_refused_not_converted(api, world: World, values: dict, field: str) -> None:
+    before = unchanged(api, world), api.get("/v1/projects").json()["items"]
+
+    assert_problem(api.post("/v1/projects", json={"name": "新门诊楼", "owner_id": world.owner, **values}), 422, field)
+
+    assert (unchanged(api, world), api.get("/v1/projects").json()["items"]) == before
+
+
+def test_a_time_range_bound_given_as_unix_time_is_422(api) -> None:
+    assert_problem(api.get("/v1/events", params={"from": "1763700000"}), 422, "from")
 
 
 def test_a_time_range_bound_that_cannot_be_expressed_in_utc_is_422(api) -> None:
