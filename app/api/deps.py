@@ -118,9 +118,11 @@ class CallerWith:
 
 
 def _actor(value: str | None) -> str | None:
-    if value is not None and len(value) > MAX_ACTOR:
+    # Counted as the caller's characters, not as the header's bytes: 王 is three.
+    actor = _header_text(value)
+    if actor is not None and len(actor) > MAX_ACTOR:
         raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", f"String should have at most {MAX_ACTOR} characters", "header")])
-    return _header_text(value)
+    return actor
 
 
 def _header_text(value: str | None) -> str | None:
