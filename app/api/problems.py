@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from app.api.schemas import ProblemOut
 from app.db.engine import is_retryable
@@ -99,7 +100,7 @@ def install(app: FastAPI) -> None:
         return problem(422, "validation", "The request is not valid", f"{len(errors)} field(s) failed validation; nothing was stored", errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc.__cause__, UnicodeDecodeError):
             # FastAPI answers a JSON body that is not UTF-8 with a bare 400 ("There was an
             # error parsing the body"); it is malformed JSON (RFC 8259 §8.1), said as such.
@@ -107,7 +108,10 @@ def install(app: FastAPI) -> None:
             return problem(422, "validation", "The request is not valid", "1 field(s) failed validation; nothing was stored", errors)
         title = TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
-        return problem(exc.status_code, title.lower().replace(" ", "-"), title, detail, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return problem(exc.status_code, title.lower().replace(" ", "-"), title, detail, headers=headers)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
@@ -123,3 +127,16 @@ def install(app: FastAPI) -> None:
             return problem(503, "unavailable", "Service unavailable", "the database connection was lost; retry later", headers={"Retry-After": "5"})
         log.exception("unhandled error")
         return problem(500, "internal", "Internal error", "an unexpected error occurred; nothing was stored")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette answers a 405 with
+    the methods of the first route whose path matched (GET for a customer, though PATCH is
+    served there too): RFC 9110 §15.5.6 wants the resource's whole set in `Allow`. Asked of
+    the router itself, one method at a time (a 405 is rare; FastAPI's included routers
+    keep their routes to themselves)."""
+    routes = request.app.router.routes
+    return [method for method in _METHODS if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -243,8 +243,22 @@ def test_an_unknown_path_is_a_404_problem(api) -> None:
     assert_problem(api.get("/v1/widgets"), 404)
 
 
-def test_a_wrong_method_is_a_405_problem(api) -> None:
-    assert_problem(api.delete("/v1/events"), 405)
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/v1/events", "GET, POST"),
+        ("/v1/customers", "GET, POST"),
+        ("/v1/customers/{owner}", "GET, PATCH"),
+        ("/v1/customers/by-ref/C-1", "GET, PUT"),
+        ("/v1/events/{event}", "GET"),
+    ],
+)
+def test_a_wrong_method_is_a_405_problem_whose_allow_names_every_method_served_there(api, world: World, path: str, allowed: str) -> None:
+    # RFC 9110 §15.5.6: Allow lists the resource's methods, not those of one of its routes.
+    r = api.delete(path.format(owner=world.owner, event=api.get("/v1/events").json()["items"][0]["id"]))
+
+    assert_problem(r, 405)
+    assert r.headers["allow"] == allowed
 
 
 def test_events_cannot_be_deleted_or_edited(api, world: World) -> None:
