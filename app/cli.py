@@ -6,38 +6,114 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
 from app.db.engine import Database
-from app.domain.rulebook import RulebookError, load_rulebook
+from app.domain.rulebook import Rulebook, RulebookError, load_rulebook
 from app.errors import AppError
 from app.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from app.services.state import RulebookMismatch
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _prepare(settings: Settings) -> None:
+class _Unusable(click.ClickException):
+    """Input or configuration that cannot be used at all, so nothing was done: exit status
+    2, as for a usage error."""
+
+    exit_code = 2
+
+
+class _DatabaseFailed(click.ClickException):
+    """The database could not be reached or failed during the command: exit status 3, apart
+    from every command's own statuses (import's and verify's 1 among them)."""
+
+    exit_code = 3
+
+
+def _load_rulebook(settings: Settings) -> Rulebook:
+    try:
+        return load_rulebook(settings.rulebook_path)
+    except RulebookError as exc:
+        raise _Unusable(str(exc)) from exc
+
+
+def _prepare(settings: Settings) -> Rulebook:
+    """Where a rulebook is deployed (`serve`, `migrate`): migrate, the bootstrap key, and
+    re-grade everything if the rulebook is another than the active one."""
     from app.startup import prepare  # keeps `rapport --help` fast
 
     try:
-        _, effects = prepare(settings)
+        rulebook, effects = prepare(settings)
     except RulebookError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise _Unusable(str(exc)) from exc
     if effects:
         click.echo(f"rulebook changed: {len(effects)} grade(s) re-computed")
+    return rulebook
 
 
-@click.group()
+def _ready(settings: Settings) -> None:
+    """For a command that grades nothing (keys, worker): migrate and the bootstrap key; the
+    rulebook is not looked at, so a shell configured with another one changes nothing."""
+    from app.startup import prepare_command
+
+    prepare_command(settings, None)
+
+
+def _ready_to_grade(settings: Settings) -> Rulebook:
+    """For a command that grades (import, regrade, demo): migrate and the bootstrap key, and
+    refuse (exit 2, nothing written) a rulebook other than the active one."""
+    from app.services.state import RulebookMismatch
+    from app.startup import prepare_command
+
+    rulebook = _load_rulebook(settings)
+    try:
+        prepare_command(settings, rulebook)
+    except RulebookMismatch as exc:
+        raise _Unusable(_mismatch(settings, exc)) from None
+    return rulebook
+
+
+def _mismatch(settings: Settings, exc: RulebookMismatch) -> str:
+    where = f"RAPPORT_RULEBOOK_PATH={settings.rulebook_path}" if settings.rulebook_path else "the packaged default: RAPPORT_RULEBOOK_PATH is not set"
+    return (
+        f"this command's rulebook is {exc.configured!r} ({where}) but the database's active rulebook is {exc.active!r}; no grade was changed. "
+        "Run `rapport migrate` with the rulebook the servers use, or set RAPPORT_RULEBOOK_PATH to it."
+    )
+
+
+class _Rapport(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            # One line, not SQLAlchemy's text: that carries the statement and its parameters.
+            raise _DatabaseFailed(_database_failure(exc)) from None
+
+
+def _database_failure(exc: DBAPIError) -> str:
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines() or [type(exc).__name__]
+    return f"the database failed: {_safe(get_settings().database_url)}: {lines[0]}"
+
+
+@click.group(cls=_Rapport)
 def main() -> None:
-    """Rapport: relationship levels and deal heat from logged sales events."""
+    """Rapport: relationship levels and deal heat from logged sales events.
+
+    \b
+    Exit status 3, for every command: the database could not be reached or failed.
+    """
 
 
 @main.command()
@@ -63,9 +139,9 @@ def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool)
     settings = get_settings()
     if workers > 1 and settings.is_sqlite:
         raise click.BadParameter("SQLite has a single writer: more than one worker process only queues on its lock. Use PostgreSQL for several workers.", param_hint="--workers")
-    _prepare(settings)
+    rulebook = _prepare(settings)
     if demo:
-        _load_demo(settings, host, port)
+        _load_demo(settings, rulebook, host, port)
     click.echo(f"Rapport on http://{host}:{port} — API docs at http://{host}:{port}/docs — database {_safe(settings.database_url)}")
     # uvicorn raises the SIGTERM it stopped on again once the shutdown is done: by then the
     # shutdown was graceful, so say so with exit status 0 rather than dying of the signal.
@@ -87,15 +163,13 @@ def migrate() -> None:
 def demo(host: str, port: int) -> None:
     """Load the demo data set into an empty database and print a key to read it with."""
     settings = get_settings()
-    _prepare(settings)
-    _load_demo(settings, host, port)
+    _load_demo(settings, _ready_to_grade(settings), host, port)
 
 
-def _load_demo(settings: Settings, host: str, port: int) -> None:
+def _load_demo(settings: Settings, rulebook: Rulebook, host: str, port: int) -> None:
     from app.demo import load_demo
     from app.services.keys import create_key
 
-    rulebook = load_rulebook(settings.rulebook_path)
     db = Database.from_settings(settings)
     with db.session(write=True) as session:
         loaded = load_demo(session, rulebook, now=_now())
@@ -115,15 +189,21 @@ def keys() -> None:
     """Manage API keys."""
 
 
+def _key_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("must not be empty")
+    return value
+
+
 @keys.command("create")
-@click.option("--name", required=True)
+@click.option("--name", required=True, callback=_key_name)
 @click.option("--scopes", required=True, help="comma-separated: read, write, admin")
 def keys_create(name: str, scopes: str) -> None:
     """Create a key and print its secret (shown once; stored hashed)."""
     from app.services.keys import create_key, parse_scopes
 
     settings = get_settings()
-    _prepare(settings)
+    _ready(settings)
     db = Database.from_settings(settings)
     try:
         with db.session(write=True) as session:
@@ -140,7 +220,7 @@ def keys_list() -> None:
     from app.services.keys import list_keys
 
     settings = get_settings()
-    _prepare(settings)
+    _ready(settings)
     with Database.from_settings(settings).session(write=False) as session:
         for key in list_keys(session):
             state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
@@ -152,28 +232,39 @@ def keys_list() -> None:
 def keys_revoke(name: str) -> None:
     """Revoke a key: every serving process refuses it from its next request (PostgreSQL:
     once the change's notice reaches that process, normally within a millisecond)."""
-    from app.services.keys import revoke_key
+    from app.services.keys import BOOTSTRAP_NAME, hash_secret, revoke_key
 
     settings = get_settings()
-    _prepare(settings)
+    _ready(settings)
     try:
         with Database.from_settings(settings).session(write=True) as session:
-            revoke_key(session, name, now=_now())
+            key = revoke_key(session, name, now=_now())
+            bootstrap = settings.bootstrap_key is not None and (key.name == BOOTSTRAP_NAME or key.secret_hash == hash_secret(settings.bootstrap_key))
     except AppError as exc:
         raise click.ClickException(exc.detail) from exc
     click.echo(f"revoked {name!r}")
+    if bootstrap:
+        # Start-up re-creates the bootstrap key (documented): say so, or the revocation looks final.
+        click.echo(
+            "warning: this is the bootstrap key RAPPORT_BOOTSTRAP_KEY names: the next start with that variable set "
+            "(a server, or any rapport command but verify) re-creates it; unset or change RAPPORT_BOOTSTRAP_KEY wherever it is set",
+            err=True,
+        )
 
 
 @main.command()
 def regrade() -> None:
     """Re-grade every customer and project as of now (for criteria with time windows)."""
-    from app.services.state import regrade_for_time
+    from app.services.state import RulebookMismatch, expect_rulebook, regrade_for_time
 
     settings = get_settings()
-    _prepare(settings)
-    rulebook = load_rulebook(settings.rulebook_path)
-    with Database.from_settings(settings).session(write=True) as session:
-        effects = regrade_for_time(session, rulebook, now=_now())
+    rulebook = _ready_to_grade(settings)
+    try:
+        with Database.from_settings(settings).session(write=True) as session:
+            expect_rulebook(session, rulebook, record=False)  # a server may have switched it since
+            effects = regrade_for_time(session, rulebook, now=_now())
+    except RulebookMismatch as exc:
+        raise _Unusable(_mismatch(settings, exc)) from None
     click.echo(f"{len(effects)} grade(s) changed")
 
 
@@ -182,14 +273,23 @@ def regrade() -> None:
 def verify(as_of: datetime | None) -> None:
     """Replay the whole event log under the active rulebook and report every customer and
     project whose stored grade, evidence or history disagrees (exit status 1 if any): the
-    check to run after an incident. Reads only; a consistent snapshot on either database.
-    Grades with time windows move with time alone: run `rapport regrade` first, or pass
-    the --as-of of the last re-grade."""
+    check to run after an incident. Reads only, a consistent snapshot on either database,
+    and writes nothing: a database behind the newest schema, or a RAPPORT_RULEBOOK_PATH
+    other than the active rulebook, is refused (exit status 2). Grades with time windows
+    move with time alone: run `rapport regrade` first, or pass the --as-of of the last
+    re-grade."""
+    from app.services.state import RulebookMismatch
     from app.services.verify import disagreements
+    from app.startup import SchemaBehind, check_without_writing
 
     settings = get_settings()
-    _prepare(settings)
-    rulebook = load_rulebook(settings.rulebook_path)
+    rulebook = _load_rulebook(settings)
+    try:
+        check_without_writing(settings, rulebook)
+    except SchemaBehind as exc:
+        raise _Unusable(f"{_safe(settings.database_url)}: {exc}: run `rapport migrate` first (verify writes nothing, migrations included)") from None
+    except RulebookMismatch as exc:
+        raise _Unusable(_mismatch(settings, exc)) from None
     when = as_of or _now()
     if when.tzinfo is None:  # a bare date: midnight UTC
         when = when.replace(tzinfo=timezone.utc)
@@ -223,7 +323,7 @@ def worker() -> None:
     from app.services.delivery import run_worker
 
     settings = get_settings()
-    _prepare(settings)
+    _ready(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -236,19 +336,15 @@ def worker() -> None:
     click.echo("worker stopped")
 
 
-class _Unusable(click.ClickException):
-    """Input that cannot be imported at all: exit status 2, as for a usage error."""
-
-    exit_code = 2
-
-
 @main.group(name="import")
 def import_group() -> None:
     """Import events, customers or projects from a CSV file.
 
     \b
     Exit status: 0 every row stored (or already there); 1 some rows rejected (they are in
-    the rejected file, with the reason); 2 the file cannot be imported at all (nothing stored).
+    the rejected file, with the reason); 2 the file cannot be imported at all, or the
+    rulebook is not the database's active one (nothing stored); 3 the database failed (the
+    chunks stored before stay stored: run the command again).
     """
 
 
@@ -312,8 +408,7 @@ def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encodin
     from app.imports import Options, UnusableInput, open_table, run_import
 
     settings = get_settings()
-    _prepare(settings)
-    rulebook = load_rulebook(settings.rulebook_path)
+    rulebook = _ready_to_grade(settings)
     rejected = rejected or file.with_name(f"{file.stem}.rejected.csv")
     if rejected.resolve() == file.resolve():
         raise _Unusable("--rejected names the file being imported")

@@ -14,6 +14,7 @@ import codecs
 import csv
 import hashlib
 import json
+import os
 from collections import Counter
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -54,7 +55,9 @@ REF = TypeAdapter(Ref)
 
 class UnusableInput(Exception):
     """The file cannot be imported at all, so nothing of it is stored: a missing or unknown
-    column, text that is not in the encoding, malformed CSV, a bad option."""
+    column, text that is not in the encoding, malformed CSV (a cell over the csv module's
+    limit of 131,072 characters too), a bad option (a rejected file's folder that is missing
+    or not writable too)."""
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,13 @@ class _RejectedFile:
         return self._file is not None
 
     def __enter__(self) -> "_RejectedFile":
+        # Checked before any row is stored: rows stored and then a crash for want of a
+        # place to report the others would leave the rejected rows unreported.
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise UnusableInput(f"the rejected file's folder {str(folder)!r} does not exist (--rejected names where the rejected rows go)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UnusableInput(f"the rejected file's folder {str(folder)!r} is not writable (--rejected names where the rejected rows go)")
         if self.path.exists():
             self.path.unlink()
             self.removed_stale = True

@@ -1,16 +1,31 @@
-"""What runs before the service answers: migrations, the bootstrap key, the rulebook check."""
+"""What runs before the service answers or a command works: migrations, the bootstrap key,
+the rulebook check.
+
+Only where a rulebook is deployed (`rapport serve`, `rapport migrate`: `prepare`) may the
+active rulebook change; every other command that grades or reads grades works under the
+active one or not at all (`prepare_command`, `check_without_writing`)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
+
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
 
 from app.db.engine import Database
-from app.db.migrate import upgrade
+from app.db.migrate import alembic_config, upgrade
 from app.domain.rulebook import Rulebook, load_rulebook
 from app.grading import Effect
 from app.services.keys import ensure_bootstrap_key
-from app.services.state import sync_rulebook
+from app.services.state import expect_rulebook, sync_rulebook
 from app.settings import Settings
+
+
+class SchemaBehind(Exception):
+    """The database is not at the newest migration (or has no schema at all), and the
+    command may not migrate it."""
 
 
 def prepare(settings: Settings, *, now: datetime | None = None) -> tuple[Rulebook, list[Effect]]:
@@ -31,3 +46,47 @@ def initialize(db: Database, settings: Settings, rulebook: Rulebook, *, now: dat
         if settings.bootstrap_key:
             ensure_bootstrap_key(session, settings.bootstrap_key, now=now)
         return sync_rulebook(session, rulebook, now=now)
+
+
+def prepare_command(settings: Settings, rulebook: Rulebook | None, *, now: datetime | None = None) -> None:
+    """Migrate and ensure the bootstrap key, as `prepare` does, but never switch the
+    rulebook: a command that grades passes its `rulebook`, and if that is not the active
+    one nothing is written (RulebookMismatch). Commands that grade nothing pass None."""
+    upgrade(settings)
+    db = Database.from_settings(settings)
+    try:
+        with db.session(write=True) as session:
+            if settings.bootstrap_key:
+                ensure_bootstrap_key(session, settings.bootstrap_key, now=now or datetime.now(timezone.utc))
+            if rulebook is not None:
+                expect_rulebook(session, rulebook, record=True)
+    finally:
+        db.dispose()
+
+
+def check_without_writing(settings: Settings, rulebook: Rulebook) -> None:
+    """What a command that writes nothing (`rapport verify`) checks instead of preparing:
+    the schema is at the newest revision (SchemaBehind) and `rulebook` is the active one
+    (RulebookMismatch). No migration, no bootstrap key, and no SQLite file is created."""
+    if _sqlite_file_missing(settings.database_url):
+        raise SchemaBehind("there is no database file")
+    newest = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
+    db = Database.from_settings(settings)
+    try:
+        with db.session(write=False) as session:
+            current = set(MigrationContext.configure(session.connection()).get_current_heads())
+            if current != newest:
+                found = ", ".join(sorted(current)) or "none"
+                raise SchemaBehind(f"the schema is at revision {found}, the newest is {', '.join(sorted(newest))}")
+            expect_rulebook(session, rulebook, record=False)
+    finally:
+        db.dispose()
+
+
+def _sqlite_file_missing(url: str) -> bool:
+    """Whether `url` names a SQLite file that does not exist (connecting would create it)."""
+    parsed = make_url(url)
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return False
+    return not Path(name).exists()

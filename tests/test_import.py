@@ -338,6 +338,28 @@ def test_a_bad_source_is_refused_before_anything_is_stored(run, tmp_path: Path, 
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
 
 
+def test_a_rejected_file_in_a_folder_that_does_not_exist_is_refused_before_anything_is_stored(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    bad = ["visit", "2025-09-15T10:00:00+08:00", "C-9", "", "", "neutral", "", ""]
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE, bad])
+
+    result = run("import", "events", str(events), "--rejected", str(tmp_path / "no-such-folder" / "x.csv"))
+
+    assert result.exit_code == 2, result.output
+    assert "no-such-folder' does not exist" in result.stderr and "Nothing was stored." in result.stderr
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_a_cell_longer_than_the_csv_field_limit_refuses_the_whole_file(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    long_note = [*EXAMPLE_ONE[1][:-1], "备" * 131_073]
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, EXAMPLE_ONE[0], long_note])
+
+    result = run("import", "events", str(events))
+
+    assert result.exit_code == 2, result.output
+    assert "field larger than field limit (131072)" in result.stderr and "Nothing was stored." in result.stderr
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
 def test_the_import_grades_alike_on_the_test_database(migrated: str, tmp_path: Path) -> None:
     """The import's transactions, savepoints and locks on the configured database."""
     db = Database(make_engine(migrated))

@@ -88,20 +88,22 @@ def has_scope(scopes: Sequence[str], scope: str) -> bool:
 
 
 def ensure_bootstrap_key(session: Session, secret: str, *, now: datetime) -> m.ApiKey:
-    """Make sure an admin key with exactly this secret exists (RAPPORT_BOOTSTRAP_KEY)."""
+    """Make sure the key named bootstrap is a live admin key with exactly this secret
+    (RAPPORT_BOOTSTRAP_KEY), and that no earlier bootstrap secret works: the key it
+    replaces is revoked and renamed, also when this secret is an earlier one come back."""
     digest = hash_secret(secret)
     key = session.scalar(select(m.ApiKey).where(m.ApiKey.secret_hash == digest))
-    if key is not None:
-        if key.revoked_at is not None or "admin" not in key.scopes:
-            key.revoked_at, key.scopes = None, ["admin"]
-        return key
-    old = session.scalar(select(m.ApiKey).where(m.ApiKey.name == BOOTSTRAP_NAME))
-    if old is not None:
+    current = session.scalar(select(m.ApiKey).where(m.ApiKey.name == BOOTSTRAP_NAME))
+    if current is not None and current is not key:
         # The bootstrap secret was changed: the old one stops working.
-        old.name = f"{BOOTSTRAP_NAME}-replaced-{old.id}"
-        old.revoked_at = old.revoked_at or now
-        session.flush()
-    key, _ = create_key(session, BOOTSTRAP_NAME, ["admin"], now=now, secret=secret)
+        current.name = f"{BOOTSTRAP_NAME}-replaced-{current.id}"
+        current.revoked_at = current.revoked_at or now
+        session.flush()  # frees the name before another key takes it
+    if key is None:
+        key, _ = create_key(session, BOOTSTRAP_NAME, ["admin"], now=now, secret=secret)
+        return key
+    if key.name != BOOTSTRAP_NAME or key.revoked_at is not None or key.scopes != ["admin"]:
+        key.name, key.revoked_at, key.scopes = BOOTSTRAP_NAME, None, ["admin"]
     return key
 
 

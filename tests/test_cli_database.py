@@ -1,0 +1,100 @@
+"""A database that fails under a `rapport` command: one short line on stderr, naming the
+database (no password) and the driver's error, and exit status 3 from every command, apart
+from import's and verify's 1 ("rows rejected", "disagreements found")."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import uvicorn
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+import app.imports
+from tests.conftest import is_postgres
+
+PASSWORD = "not-the-password-7f3a"
+COMMANDS = [
+    ("migrate",),
+    ("serve",),
+    ("demo",),
+    ("regrade",),
+    ("verify",),
+    ("worker",),
+    ("keys", "list"),
+    ("keys", "create", "--name", "erp", "--scopes", "write"),
+    ("keys", "revoke", "--name", "erp"),
+    ("import", "customers", "customers.csv"),
+]
+
+
+@pytest.fixture
+def customers_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "customers.csv"
+    path.write_text("external_ref,name,kind\nC-1,上海市第一人民医院,owner\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("`rapport serve` started serving without a database"))
+
+
+def assert_database_failure(result, url_text: str) -> str:  # noqa: ANN001
+    """The failure's one line (import's progress bar may stand before it, on stderr too)."""
+    assert result.exit_code == 3, result.output
+    assert result.stdout == ""
+    *progress, message = result.stderr.strip().splitlines()
+    assert all(line.startswith("importing ") for line in progress), result.stderr
+    assert message.startswith("Error: the database failed: ") and url_text in message
+    assert "Traceback" not in result.stderr and "[SQL" not in message and "parameters" not in message
+    assert len(message) < 400, message
+    return message
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != ("verify",)], ids=" ".join)
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_fails_every_command_with_status_3(run, tmp_path: Path, customers_csv: Path, no_server: None, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    url = f"sqlite:///{tmp_path / 'no-such-folder' / 'rapport.db'}"
+
+    message = assert_database_failure(run(*command, env={"RAPPORT_DATABASE_URL": url}), url)
+
+    assert message.endswith("unable to open database file")
+
+
+def test_verify_of_a_file_that_is_not_a_database_fails_with_status_3_and_leaves_it_alone(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # (A SQLite file that is not there is "not migrated", status 2: verify creates nothing.)
+    (tmp_path / "rapport.db").write_bytes(b"a spreadsheet, saved under the wrong name\n" * 200)
+
+    message = assert_database_failure(run("verify"), "sqlite:///rapport.db")
+
+    assert message.endswith("file is not a database")
+    assert (tmp_path / "rapport.db").read_bytes() == b"a spreadsheet, saved under the wrong name\n" * 200
+
+
+def test_a_database_failure_during_an_import_shows_no_statement_or_parameters(run, tmp_path: Path, customers_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    assert run("migrate").exit_code == 0
+
+    def connection_lost(*args: object, **kwargs: object) -> None:
+        driver = ConnectionError("server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally")
+        raise OperationalError("INSERT INTO customers (name, contact) VALUES (?, ?)", ("上海市第一人民医院", '{"phone": "13800000000"}'), driver)
+
+    monkeypatch.setattr(app.imports, "_put_record", connection_lost)
+
+    message = assert_database_failure(run("import", "customers", str(customers_csv)), "sqlite:///rapport.db")
+
+    assert message.endswith("server closed the connection unexpectedly")
+    assert "13800000000" not in message and "INSERT" not in message
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_postgresql_database_that_does_not_exist_fails_every_command_with_status_3(run, db_url: str, customers_csv: Path, no_server: None, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    if not is_postgres(db_url):
+        pytest.skip("needs a PostgreSQL server: run the suite with RAPPORT_DATABASE_URL naming one")
+    absent = make_url(db_url).set(database=f"rapport_absent_{uuid.uuid4().hex[:12]}_test", password=PASSWORD)
+    url = absent.render_as_string(hide_password=False)
+
+    message = assert_database_failure(run(*command, env={"RAPPORT_DATABASE_URL": url}), absent.database or "")
+
+    assert PASSWORD not in message

@@ -1,0 +1,87 @@
+"""The bootstrap key and `rapport keys` as an operator uses them (SQLite in a temporary folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from app.db.engine import Database, make_engine
+from app.services.keys import authenticate
+from tests.conftest import empty_tables
+
+A, B, X = "bootstrap-secret-a", "bootstrap-secret-b", "bootstrap-secret-x"
+
+
+def live(url: str, secret: str) -> str | None:
+    """The name and scopes of the live key with this secret, or None if it is refused."""
+    db = Database(make_engine(url))
+    try:
+        key = authenticate(db, secret)
+    finally:
+        db.dispose()
+    return key and f"{key.name}:{','.join(key.scopes)}"
+
+
+@pytest.fixture(params=["sqlite-folder", "test-database"])
+def keys_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The operator's SQLite file, and the test database (PostgreSQL when configured),
+    emptied before and after: the keys made here are no other test's business."""
+    if request.param == "sqlite-folder":
+        yield f"sqlite:///{tmp_path / 'rapport.db'}"
+        return
+    url = request.getfixturevalue("migrated")
+    engine = make_engine(url)
+    empty_tables(engine)
+    yield url
+    empty_tables(engine)
+    engine.dispose()
+
+
+def test_only_the_current_bootstrap_secret_works_after_it_went_a_b_a_x(run, keys_url: str) -> None:  # noqa: ANN001
+    given: list[str] = []
+    for secret in (A, B, A, X):
+        assert run("keys", "list", env={"RAPPORT_DATABASE_URL": keys_url, "RAPPORT_BOOTSTRAP_KEY": secret}).exit_code == 0
+        given.append(secret)
+
+        assert live(keys_url, secret) == "bootstrap:admin", given
+        assert [s for s in set(given) - {secret} if live(keys_url, s) is not None] == [], given
+
+    listed = run("keys", "list", env={"RAPPORT_DATABASE_URL": keys_url}).stdout.splitlines()
+    assert [line for line in listed if line.endswith("\tactive")] == ["bootstrap\tadmin\tactive"]
+
+
+def test_revoking_the_bootstrap_key_while_the_variable_is_set_warns_that_start_up_brings_it_back(run, tmp_path: Path) -> None:  # noqa: ANN001
+    env = {"RAPPORT_BOOTSTRAP_KEY": A}
+    assert run("keys", "list", env=env).exit_code == 0
+
+    revoked = run("keys", "revoke", "--name", "bootstrap", env=env)
+
+    assert revoked.exit_code == 0, revoked.output
+    assert "revoked 'bootstrap'" in revoked.stdout
+    warning = revoked.stderr.strip()
+    assert "RAPPORT_BOOTSTRAP_KEY" in warning and "re-creates it" in warning and "unset or change" in warning
+    assert live(f"sqlite:///{tmp_path / 'rapport.db'}", A) is None
+    assert run("keys", "list", env=env).exit_code == 0
+    assert live(f"sqlite:///{tmp_path / 'rapport.db'}", A) == "bootstrap:admin"  # as documented: it exists after start-up
+
+
+@pytest.mark.parametrize(("name", "env"), [("erp", {"RAPPORT_BOOTSTRAP_KEY": A}), ("bootstrap", {})], ids=["another key", "variable unset"])
+def test_revoking_a_key_start_up_does_not_bring_back_warns_nothing(run, tmp_path: Path, name: str, env: dict[str, str]) -> None:  # noqa: ANN001
+    assert run("keys", "list", env={"RAPPORT_BOOTSTRAP_KEY": A}).exit_code == 0
+    assert run("keys", "create", "--name", "erp", "--scopes", "read").exit_code == 0
+
+    revoked = run("keys", "revoke", "--name", name, env=env)
+
+    assert revoked.exit_code == 0, revoked.output
+    assert revoked.stderr == ""
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t"])
+def test_a_key_needs_a_name(run, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+    result = run("keys", "create", "--name", name, "--scopes", "read")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--name'" in result.stderr and "must not be empty" in result.stderr
+    assert "\t" not in run("keys", "list").stdout

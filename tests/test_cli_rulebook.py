@@ -1,0 +1,193 @@
+"""Which `rapport` commands may switch the active rulebook: only `serve` and `migrate`, where
+an operator deploys one. The others work under the active rulebook or refuse (exit 2), and
+`verify` writes nothing at all (SQLite in a temporary folder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from app.db.engine import make_engine
+from app.db.migrate import upgrade
+from app.domain.rulebook import load_rulebook
+from app.settings import Settings
+from tests.conftest import empty_tables
+
+DEFAULT = load_rulebook().version
+STRICTER = "stricter-1"
+FIRST_REVISION = "af432ed6e8a9"  # migrations/versions/2026_11_22_1219-af432ed6e8a9_initial_schema.py
+
+
+def stricter_rulebook(folder: Path) -> Path:
+    """The default rulebook, but level I also needs ten visits: the demo's graded customers
+    fall to 0 under it."""
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["version"] = STRICTER
+    for kind, levels in book["levels"].items():
+        levels[0]["criteria"].append({"id": f"X.{kind}", "label": {"zh": "十次拜访", "en": "Ten visits"}, "when": {"event": "visit", "min_count": 10}})
+    path = folder / "stricter.json"
+    path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def query(folder: Path, sql: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(f"sqlite:///{folder / 'rapport.db'}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
+
+
+def state(folder: Path) -> tuple[Any, ...]:
+    """What a rulebook switch changes: the active version, the grades, the history, the outbox."""
+    return (
+        query(folder, "SELECT value FROM service_state WHERE key = 'rulebook_version'"),
+        query(folder, "SELECT id, level, version FROM customers ORDER BY id"),
+        query(folder, "SELECT id, heat FROM projects ORDER BY id"),
+        query(folder, "SELECT count(*) FROM grade_history"),
+        query(folder, "SELECT count(*) FROM outbox_messages"),
+    )
+
+
+def rulebook_regrades(folder: Path) -> int:
+    return query(folder, """SELECT count(*) FROM grade_history WHERE "trigger" LIKE '%"kind": "rulebook"%'""")[0][0]
+
+
+def customers_csv(folder: Path) -> Path:
+    path = folder / "customers.csv"
+    path.write_text("external_ref,name,kind\nC-100,苏州工业园区管委会,owner\n", encoding="utf-8")
+    return path
+
+
+def test_migrate_switches_the_rulebook_and_reports_the_grades_it_re_computed(run, tmp_path: Path) -> None:  # noqa: ANN001
+    assert run("demo").exit_code == 0
+
+    switched = run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))})
+
+    assert switched.exit_code == 0, switched.output
+    assert "rulebook changed: 5 grade(s) re-computed" in switched.output
+    assert query(tmp_path, "SELECT value FROM service_state WHERE key = 'rulebook_version'") == [(STRICTER,)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("verify",), ("regrade",), ("demo",), ("import", "customers", "customers.csv"), ("import", "customers", "customers.csv", "--dry-run")],
+    ids=lambda c: " ".join(c),
+)
+def test_a_command_run_with_another_rulebook_than_the_servers_refuses_and_changes_no_grade(run, tmp_path: Path, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    assert run("demo").exit_code == 0
+    customers_csv(tmp_path)
+    before = state(tmp_path)
+
+    result = run(*command, env={"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))})
+
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1
+    assert f"'{STRICTER}'" in message and f"'{DEFAULT}'" in message
+    assert "rapport migrate" in message and "RAPPORT_RULEBOOK_PATH" in message
+    assert "rulebook changed" not in result.output
+    assert state(tmp_path) == before
+
+
+def test_after_a_switch_by_migrate_a_shell_without_the_variable_does_not_switch_it_back(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # The QA report: `RAPPORT_RULEBOOK_PATH=custom.json rapport migrate`, then `rapport verify`
+    # in a shell without the variable printed "rulebook changed: N grade(s) re-computed".
+    assert run("demo").exit_code == 0
+    assert run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))}).exit_code == 0
+    switched = state(tmp_path), rulebook_regrades(tmp_path)
+
+    for command in (("verify",), ("regrade",), ("import", "customers", str(customers_csv(tmp_path)))):
+        result = run(*command)
+        assert result.exit_code == 2, result.output
+        assert f"active rulebook is '{STRICTER}'" in result.stderr and f"'{DEFAULT}'" in result.stderr
+
+    assert (state(tmp_path), rulebook_regrades(tmp_path)) == switched
+
+
+def test_commands_that_grade_nothing_neither_look_at_the_rulebook_nor_switch_it(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import app.services.delivery
+
+    monkeypatch.setattr(app.services.delivery, "run_worker", lambda *args, **kwargs: None)
+    assert run("demo").exit_code == 0
+    before = state(tmp_path)
+    other = {"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))}
+
+    assert run("keys", "create", "--name", "erp", "--scopes", "write", env=other).exit_code == 0
+    assert run("keys", "list", env=other).exit_code == 0
+    assert run("keys", "revoke", "--name", "erp", env=other).exit_code == 0
+    assert run("worker", env=other).exit_code == 0
+
+    assert state(tmp_path) == before
+
+
+def test_the_same_rulebook_works_and_a_fresh_database_takes_the_first_one_it_is_given(run, tmp_path: Path) -> None:  # noqa: ANN001
+    stricter = {"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))}
+
+    assert run("import", "customers", str(customers_csv(tmp_path)), env=stricter).exit_code == 0
+    assert run("regrade", env=stricter).exit_code == 0
+    assert run("verify", env=stricter).exit_code == 0
+
+    assert query(tmp_path, "SELECT value FROM service_state WHERE key = 'rulebook_version'") == [(STRICTER,)]
+    assert run("regrade").exit_code == 2
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_verify_writes_nothing_not_even_the_bootstrap_key(run, tmp_path: Path) -> None:  # noqa: ANN001
+    assert run("demo").exit_code == 0
+    database = tmp_path / "rapport.db"
+    before = file_digest(database), query(tmp_path, "SELECT name FROM api_keys")
+
+    result = run("verify", env={"RAPPORT_BOOTSTRAP_KEY": "a-bootstrap-secret-for-verify"})
+
+    assert result.exit_code == 0, result.output
+    assert (file_digest(database), query(tmp_path, "SELECT name FROM api_keys")) == before
+
+
+def test_verify_does_not_migrate_a_database_behind_the_newest_schema(run, tmp_path: Path) -> None:  # noqa: ANN001
+    upgrade(Settings(database_url=f"sqlite:///{tmp_path / 'rapport.db'}"), FIRST_REVISION)
+
+    result = run("verify")
+
+    assert result.exit_code == 2, result.output
+    assert f"revision {FIRST_REVISION}" in result.stderr and "rapport migrate" in result.stderr
+    assert query(tmp_path, "SELECT version_num FROM alembic_version") == [(FIRST_REVISION,)]
+
+
+def test_verify_does_not_create_a_database_that_is_not_there(run, tmp_path: Path) -> None:  # noqa: ANN001
+    result = run("verify")
+
+    assert result.exit_code == 2, result.output
+    assert "rapport migrate" in result.stderr
+    assert not (tmp_path / "rapport.db").exists()
+
+
+def test_on_the_test_database_verify_reads_the_schema_and_rulebook_and_others_refuse_another(run, migrated: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """The same checks on the configured database (PostgreSQL when RAPPORT_DATABASE_URL names one)."""
+    engine = make_engine(migrated)
+    empty_tables(engine)
+    on_test_database = {"RAPPORT_DATABASE_URL": migrated}
+    stricter = {**on_test_database, "RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))}
+    try:
+        assert run("migrate", env=on_test_database).exit_code == 0
+        assert run("verify", env=on_test_database).exit_code == 0
+        refused = [run(*command, env=stricter) for command in (("verify",), ("regrade",), ("import", "customers", str(customers_csv(tmp_path))))]
+        with engine.connect() as conn:
+            active = conn.execute(text("SELECT value FROM service_state WHERE key = 'rulebook_version'")).all()
+            customers = conn.execute(text("SELECT count(*) FROM customers")).scalar()
+    finally:
+        empty_tables(engine)
+        engine.dispose()
+
+    assert [r.exit_code for r in refused] == [2, 2, 2], [r.output for r in refused]
+    assert all(f"'{STRICTER}'" in r.stderr and f"'{DEFAULT}'" in r.stderr for r in refused)
+    assert [tuple(r) for r in active] == [(DEFAULT,)] and customers == 0
