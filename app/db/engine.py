@@ -141,6 +141,10 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
             cur.execute(f"PRAGMA busy_timeout={int(sqlite_busy_timeout_ms)}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+            # lower() as Python folds case: SQLite's own folds only ASCII, and the text filter
+            # `q` must find "ÄBC" and full-width "ＡＢＣ" (app/services/paging.py, `containing`).
+            # Deterministic, so SQLite folds a constant argument (the pattern) once.
+            dbapi_connection.create_function("unicode_lower", 1, lambda text: text.lower() if isinstance(text, str) else text, deterministic=True)
 
         # The dialect's own begin, not SQLAlchemy's "begin" event: an engine with a listener
         # for any connection event dispatches every event of every statement, and that was

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook
 from app.grading import initial_level
-from app.services.paging import page
+from app.services.paging import containing, page
 from app.services.records import save_unique, update_record, upsert_by_ref
 
 DESCRIPTIVE = ("name", "external_ref", "region", "rep", "contact", "tags")
@@ -71,6 +71,5 @@ def list_customers(
     if region:
         query = query.where(m.Customer.region == region)
     if q:
-        like = f"%{q.lower()}%"
-        query = query.where(or_(func.lower(m.Customer.name).like(like), func.lower(m.Customer.external_ref).like(like)))
+        query = query.where(containing(session, (m.Customer.name, m.Customer.external_ref), q))
     return page(session, query, m.Customer.id, limit=limit, cursor=cursor)

@@ -1,4 +1,5 @@
-"""Cursor pagination by id: stable under inserts, opaque to callers."""
+"""What the list endpoints share: cursor pagination by id (stable under inserts, opaque to
+callers) and the text filter `q`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import binascii
 import json
 from typing import Any, Sequence, TypeVar
 
-from sqlalchemy import Select
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_
 from sqlalchemy.orm import Session
 
 from app.errors import FieldError, Invalid
@@ -44,3 +45,44 @@ def page(session: Session, query: Select, id_column: Any, *, limit: int, cursor:
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, (encode_cursor(rows[-1].id, descending) if more and rows else None)
+
+
+# What `q` may hold that LIKE would read as a wildcard: escaped, so q is matched as text.
+_LIKE_ESCAPE = "\\"
+_LIKE_SPECIAL = str.maketrans({ch: _LIKE_ESCAPE + ch for ch in ("\\", "%", "_")})
+
+
+def containing(session: Session, columns: Sequence[Any], text: str) -> ColumnElement[bool]:
+    """Rows where one of `columns` holds `text`, ignoring case, with `%`, `_` and `\\` in
+    `text` matched as themselves. Both sides are lower-cased by one function: PostgreSQL's
+    lower(), which folds as the database's LC_CTYPE says (a UTF-8 one: Ä→ä, Ａ→ａ; `C`: ASCII
+    only), and on SQLite `unicode_lower`, Python's `str.lower` (app/db/engine.py), since
+    SQLite's own lower() folds only ASCII and `ÄBC` or full-width `ＡＢＣ` would never match."""
+    pattern = f"%{text.translate(_LIKE_SPECIAL)}%"
+    if session.get_bind().dialect.name != "sqlite":
+        return _folded_like(func.lower, columns, pattern)
+    if not _ascii_or_caseless(text):
+        return _folded_like(func.unicode_lower, columns, pattern)
+    # SQLite's LIKE ignores the case of ASCII letters. For such a text it finds what
+    # unicode_lower on both sides finds, without a call into Python per row (a list with q
+    # that scans 10,000 customers: 8.6 ms, and 16.4 ms through unicode_lower), except in a
+    # value holding one of the two non-ASCII letters Python lower-cases into ASCII: İ
+    # (U+0130, into "i" and U+0307) and the Kelvin sign (U+212A, into "k").
+    found = [column.like(pattern, escape=_LIKE_ESCAPE) for column in columns]
+    if {"i", "k"} & set(text.lower()):
+        folded = func.unicode_lower(literal(pattern))
+        found += [and_(func.instr(column, "\u0130") + func.instr(column, "\u212a") > 0, func.unicode_lower(column).like(folded, escape=_LIKE_ESCAPE)) for column in columns]
+    return or_(*found)
+
+
+def _folded_like(lower: Any, columns: Sequence[Any], pattern: str) -> ColumnElement[bool]:
+    folded = lower(literal(pattern))
+    return or_(*(lower(column).like(folded, escape=_LIKE_ESCAPE) for column in columns))
+
+
+def _ascii_or_caseless(text: str) -> bool:
+    """Whether every character of `text` is ASCII or has no case (digits, CJK), and none is
+    U+0307, the dot above that Python adds when it lower-cases İ: then lower-casing a value
+    can change only ASCII letters of an occurrence of `text` in it, or make one only of
+    İ and K (see `containing`)."""
+    return all(ch.isascii() or ch.lower() == ch == ch.upper() for ch in text) and "\u0307" not in text

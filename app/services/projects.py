@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -16,7 +16,7 @@ from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import initial_heat
 from app.services.records import get_by_ref, save_unique, update_record, upsert_by_ref
-from app.services.paging import page
+from app.services.paging import containing, page
 
 
 def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any], *, now: datetime) -> m.Project:
@@ -83,7 +83,7 @@ def list_projects(
     if stage:
         query = query.where(m.Project.stage == stage)
     if q:
-        query = query.where(func.lower(m.Project.name).like(f"%{q.lower()}%"))
+        query = query.where(containing(session, (m.Project.name,), q))
     return page(session, query, m.Project.id, limit=limit, cursor=cursor)
 
 
