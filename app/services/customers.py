@@ -45,8 +45,10 @@ def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[st
 def update_customer(
     session: Session, customer_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime
 ) -> m.Customer:
-    if "contact" in changes and changes["contact"] is None:
-        changes = {**changes, "contact": {}}
+    if "contact" in changes:
+        # As on PUT: a member sent as null is no member, and a null contact is an empty one
+        # (so a PATCH that sends the stored contact again changes nothing).
+        changes = {**changes, "contact": {k: v for k, v in (changes["contact"] or {}).items() if v is not None}}
     return update_record(session, m.Customer, customer_id, changes, if_match=if_match, now=now)
 
 

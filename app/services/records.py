@@ -41,12 +41,8 @@ def update_record(session: Session, model: type[Record], record_id: int, changes
     if row is None:
         raise NotFound(f"no {model.__tablename__[:-1]} with id {record_id}")
     check_version(row, if_match)
-    for key, value in changes.items():
-        setattr(row, key, value)
-    if changes:
-        row.version += 1
-        row.updated_at = now
-    save_unique(session, row, changes.get("external_ref"))
+    if changed := _apply(row, changes, now):
+        save_unique(session, row, changed.get("external_ref"))
     return row
 
 
@@ -85,14 +81,22 @@ def upsert_by_ref(
             wrong.append(FieldError(named.get(name, name), f"{subject} {getattr(row, name)!r} on the stored record and cannot change"))
     if wrong:
         raise Invalid(f"the record with external_ref {ref!r} cannot be changed that way", errors=wrong)
+    if _apply(row, fields, now):
+        session.flush()
+    return row, False
+
+
+def _apply(row: Record, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """Set the `fields` whose values differ from the row's, and return them. A write that
+    changes nothing (a re-run sync, a PATCH of the values held) keeps the version, so the
+    ETags others hold stay valid, and `updated_at`."""
     changes = {name: value for name, value in fields.items() if getattr(row, name) != value}
     for name, value in changes.items():
         setattr(row, name, value)
     if changes:
         row.version += 1
         row.updated_at = now
-        session.flush()
-    return row, False
+    return changes
 
 
 def _by_ref(session: Session, model: type[Record], ref: str) -> Record | None:
