@@ -67,6 +67,53 @@ def urlhost(url: str) -> str:
     return httpx.URL(url).host
 
 
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0x7F.1", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("[0:0:0:0:0:0:0:1]", "::1"),
+        ("0", "0.0.0.0"),
+        ("2852039166", "169.254.169.254"),
+        ("0xa9fea9fe", "169.254.169.254"),
+        ("0251.0376.0251.0376", "169.254.169.254"),
+    ],
+)
+def test_an_address_written_as_the_resolver_reads_it_is_refused_at_once(host: str, address: str) -> None:
+    # What the worker's resolver (inet_aton) turns into a refused address is refused when
+    # the subscription is made, as the address itself is: not only at delivery.
+    problem = DEFAULT.url_problem(f"http://{host}:8080/hooks")
+    assert problem is not None
+    assert address in problem
+    assert DEFAULT.refusal(ipaddress.ip_address(address)) in problem
+
+
+@pytest.mark.parametrize("host", ["10.1", "167772161", "0x08080808", "8.8.8.8"])
+def test_an_allowed_address_written_as_a_number_is_allowed(host: str) -> None:
+    assert DEFAULT.url_problem(f"http://{host}/hooks") is None
+
+
+def test_names_are_not_looked_up_when_a_subscription_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, int]] = []
+    real = socket.getaddrinfo
+
+    def recording(host: Any, *args: Any, flags: int = 0, **kwargs: Any) -> Any:
+        asked.append((host, flags))
+        return real(host, *args, flags=flags, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+
+    for url in ("http://localhost:8080/", "https://hooks.example.com/rapport", "http://127.1/"):
+        DEFAULT.url_problem(url)
+
+    assert all(flags & socket.AI_NUMERICHOST for _, flags in asked)
+
+
 class Receiver:
     """Answers 200 to any POST on loopback, and records the Host header of each."""
 

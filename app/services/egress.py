@@ -12,7 +12,9 @@ to at that moment (a name that resolved to a public address when the subscriptio
 made may resolve to loopback later: DNS rebinding), and the connection is made to an
 address it checked, never to a second resolution of the name. TLS still checks the
 certificate against the host name. A URL naming a refused address outright is refused
-when the subscription is created or changed (422), so the mistake shows at once.
+when the subscription is created or changed (422), so the mistake shows at once: in any
+form the resolver reads as an address (`127.1`, `2130706433`, `0x7f000001`), and with
+no DNS lookup (a name, `localhost` included, waits for the worker's check).
 
 Refused: loopback, unless `webhook_allow_loopback` (a receiver on the same machine); and
 always link-local addresses and the clouds' other metadata addresses (Alibaba Cloud's
@@ -64,12 +66,13 @@ class Egress:
     def url_problem(self, url: str) -> str | None:
         """Why a subscription may not use `url`, if its host is an address that is refused."""
         host = urlsplit(url).hostname or ""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
+        address = literal_address(host)
+        if address is None:
             return None  # a name: checked when the worker connects
         reason = self.refusal(address)
-        return None if reason is None else f"{host} {reason}"
+        if reason is None:
+            return None
+        return f"{host} {reason}" if str(address) == host else f"{host} is {address}, which {reason}"
 
     def client(self, timeout: float) -> httpx.Client:
         """An HTTP client whose direct connections go only to addresses this allows."""
@@ -79,6 +82,22 @@ class Egress:
             raise RuntimeError("cannot guard webhook connections with this httpcore")
         pool._network_backend = _Guarded(pool._network_backend, self)
         return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+
+
+def literal_address(host: str) -> Address | None:
+    """The address `host` writes out, as the resolver reads it without a lookup, or None for a
+    name. Not only `127.0.0.1` and `::1`: the resolver (inet_aton) also reads `127.1`,
+    `2130706433`, `0x7f000001` and `0177.0.0.1` as 127.0.0.1, and the worker's connection
+    would go there."""
+    try:
+        return ipaddress.ip_address(host)  # also an IPv6 address with a zone (fe80::1%eth0)
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)  # never a DNS lookup
+    except (OSError, UnicodeError, ValueError):
+        return None
+    return ipaddress.ip_address(infos[0][4][0]) if infos else None
 
 
 # 100.64.0.0/10, carrier-grade NAT: shared, not public, though not in is_private.

@@ -444,7 +444,19 @@ def test_the_api_process_delivers_by_itself_by_default(migrated: str, db_url: st
 # --- where webhooks may go (app/services/egress.py) ---------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/iam/", "http://100.100.100.200/latest/meta-data/", "http://[fe80::1]/hooks", "http://0.0.0.0:8080/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[fe80::1]/hooks",
+        "http://0.0.0.0:8080/",
+        # The same addresses as the resolver also reads them: refused at once too.
+        "http://2852039166/latest/meta-data/iam/",
+        "http://0xa9fea9fe/latest/meta-data/",
+        "http://0:8080/",
+    ],
+)
 def test_a_url_naming_a_metadata_or_non_address_is_refused_and_nothing_changes(api, receiver: Receiver, url: str) -> None:  # noqa: ANN001
     refused = api.post(BASE, json={"url": url, "event_types": [LEVEL]})
     assert_problem(refused, 422)
@@ -465,6 +477,11 @@ def test_by_default_nothing_is_sent_to_this_machine(migrated: str, db_url: str, 
         refused = served.post(BASE, json={"url": receiver.url, "event_types": ["event.created"]})
         assert_problem(refused, 422)
         assert "loopback" in refused.json()["errors"][0]["reason"]
+        # So is the address as the resolver also reads it, written as one number or in part.
+        for host in ("127.1", "2130706433", "0x7f000001"):
+            numeric = served.post(BASE, json={"url": receiver.url.replace("127.0.0.1", host), "event_types": ["event.created"]})
+            assert_problem(numeric, 422, "url")
+            assert "is 127.0.0.1, which is a loopback address" in numeric.json()["errors"][0]["reason"]
         # A name for it: refused by the worker, which logs why.
         by_name = receiver.url.replace("127.0.0.1", "localhost")
         sub = served.post(BASE, json={"url": by_name, "event_types": ["event.created"]}).json()
