@@ -88,6 +88,37 @@ def test_bidders_and_winner_come_from_bid_events(api) -> None:
     assert api.get(f"/v1/projects/{project['id']}").json()["winner"] is None
 
 
+def test_a_renamed_bidder_shows_at_once_and_leaves_the_project_version(api) -> None:
+    # Bidder names are read live (openapi.md, "ETag and If-Match"): no write to the project.
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    bidder = api.create_customer("上海建工安装", "installer")
+    api.event("bid_won", customer_id=bidder["id"], project_id=project["id"], at=at(14))
+    before = api.get(f"/v1/projects/{project['id']}")
+
+    assert api.patch(f"/v1/customers/{bidder['id']}", json={"name": "上海建工集团安装"}).status_code == 200
+
+    after = api.get(f"/v1/projects/{project['id']}")
+    assert [b["name"] for b in after.json()["bidders"]] == ["上海建工集团安装"]
+    assert after.json()["winner"]["name"] == "上海建工集团安装"
+    assert after.headers["etag"] == before.headers["etag"]
+    assert (after.json()["version"], after.json()["updated_at"]) == (before.json()["version"], before.json()["updated_at"])
+
+
+def test_put_naming_another_owner_by_ref_is_refused_on_owner_ref(api) -> None:
+    # openapi.md's example: the error names the field the caller sent.
+    stored = api.create_customer("浦东新区教育局后勤中心", "owner", external_ref="ERP-C-1003")
+    api.create_customer("上海市第六人民医院基建处", "owner", external_ref="ERP-C-1001")
+    body = {"name": "浦东新区第二实验小学空调改造", "owner_ref": "ERP-C-1003"}
+    assert api.put("/v1/projects/by-ref/SH%2F2026%2F118", json=body).status_code == 201
+
+    by_ref = api.put("/v1/projects/by-ref/SH%2F2026%2F118", json={**body, "owner_ref": "ERP-C-1001"})
+    by_id = api.put("/v1/projects/by-ref/SH%2F2026%2F118", json={"name": body["name"], "owner_id": stored["id"] + 1})
+
+    assert assert_problem(by_ref, 422)["errors"] == [{"field": "owner_ref", "in": "body", "reason": f"owner_id is {stored['id']} on the stored record and cannot change"}]
+    assert assert_problem(by_id, 422)["errors"] == [{"field": "owner_id", "in": "body", "reason": f"is {stored['id']} on the stored record and cannot change"}]
+
+
 def test_the_winner_of_two_awards_at_the_same_instant_does_not_depend_on_arrival(api) -> None:
     owner = api.create_customer("仁济医院基建处", "owner")
     a = api.create_customer("上海建工安装", "installer")
