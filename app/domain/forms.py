@@ -254,7 +254,11 @@ class _Mapper:
         if raw is _MISSING:
             self.fail(source.answer, f"answer {source.answer!r} is missing")
             return None
-        instant = _read_time(raw, source.format, source.zone)
+        try:
+            instant = _read_time(raw, source.format, source.zone)
+        except _SkippedTime:
+            self.fail(source.answer, f"answer {source.answer!r} is {raw!r}, a local time that {source.zone} skips (the clocks went forward)")
+            return None
         if instant is None:
             self.fail(source.answer, f"answer {source.answer!r} is {raw!r}, which is not a {_FORMAT_NAMES[source.format]}")
         return instant
@@ -270,8 +274,13 @@ _FORMAT_NAMES = {
 }
 
 
+class _SkippedTime(ValueError):
+    """A local time that does not exist in the mapping's zone (a daylight-saving gap)."""
+
+
 def _read_time(raw: Any, fmt: str, zone: tzinfo | None) -> datetime | None:
-    """The instant an answer names, in UTC; None if it is not in `fmt`."""
+    """The instant an answer names, in UTC; None if it is not in `fmt`. _SkippedTime for a
+    local time the zone skips: zoneinfo would quietly take it for an hour later or earlier."""
     try:
         if fmt in ("unix_s", "unix_ms"):
             if isinstance(raw, str) and re.fullmatch(r"\d{1,16}(\.\d+)?", raw):
@@ -287,14 +296,18 @@ def _read_time(raw: Any, fmt: str, zone: tzinfo | None) -> datetime | None:
             parsed = datetime.strptime(raw, LOCAL_TIME_FORMATS[fmt])
     except (ValueError, OverflowError, OSError):
         return None
-    if parsed.tzinfo is None:
+    local = parsed.tzinfo is None
+    if local:
         if zone is None:
             return None
         parsed = parsed.replace(tzinfo=zone)
     try:
-        return parsed.astimezone(timezone.utc)
+        instant = parsed.astimezone(timezone.utc)
     except OverflowError:
         return None
+    if local and instant.astimezone(zone).replace(tzinfo=None) != parsed.replace(tzinfo=None):
+        raise _SkippedTime(raw)
+    return instant
 
 
 def _coerce(spec: AttributeSpec, value: Any) -> Any:

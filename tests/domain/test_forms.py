@@ -485,6 +485,27 @@ def test_an_answer_not_in_the_time_format_is_a_problem(occurred_at: dict[str, An
         apply_typeform(typeform_answers(visit_date=answer), spec)
 
 
+@pytest.mark.parametrize(
+    "zone, answer, expected",
+    [
+        ("America/New_York", "2026-03-08 01:59", datetime(2026, 3, 8, 6, 59, tzinfo=timezone.utc)),
+        ("America/New_York", "2026-03-08 03:00", datetime(2026, 3, 8, 7, 0, tzinfo=timezone.utc)),
+        ("America/New_York", "2026-11-01 01:30", datetime(2026, 11, 1, 5, 30, tzinfo=timezone.utc)),  # twice that night: the first
+        ("Asia/Shanghai", "2026-03-08 02:30", datetime(2026, 3, 7, 18, 30, tzinfo=timezone.utc)),
+    ],
+)
+def test_a_local_time_is_read_in_the_mappings_zone(zone: str, answer: str, expected: datetime) -> None:
+    spec = edited(_set("occurred_at", {"answer": "visit_date", "format": "iso", "timezone": zone}))
+    assert apply_typeform(typeform_answers(visit_date=answer), spec)[0].occurred_at == expected
+
+
+def test_a_local_time_the_zone_skips_is_a_problem_not_an_hour_off() -> None:
+    # 2026-03-08 02:30 does not exist in New York: the clocks went from 02:00 to 03:00.
+    spec = edited(_set("occurred_at", {"answer": "visit_date", "format": "iso", "timezone": "America/New_York"}))
+    with pytest.raises(MappingError, match="'2026-03-08 02:30', a local time that America/New_York skips"):
+        apply_typeform(typeform_answers(visit_date="2026-03-08 02:30"), spec)
+
+
 def test_submitted_and_received_times() -> None:
     assert apply_typeform(typeform_answers(), edited(_set("occurred_at", "received")))[0].occurred_at == RECEIVED
     with pytest.raises(MappingError, match="the payload carries no submission time"):
