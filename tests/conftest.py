@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app.cli import main
@@ -77,6 +77,16 @@ def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < end, "not within the time allowed"
         time.sleep(0.005)
+
+
+def query(folder: Path, sql: str, db: str = "rapport.db") -> list[tuple[Any, ...]]:
+    """The rows `sql` reads from the SQLite file `db` in `folder` (a CLI test's database)."""
+    engine = create_engine(f"sqlite:///{folder / db}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
 
 
 def empty_tables(engine) -> None:  # noqa: ANN001

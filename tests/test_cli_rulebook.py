@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from app.db.engine import make_engine
 from app.db.migrate import upgrade
 from app.domain.rulebook import load_rulebook
 from app.settings import Settings
-from tests.conftest import empty_tables
+from tests.conftest import empty_tables, query
 
 DEFAULT = load_rulebook().version
 STRICTER = "stricter-1"
@@ -33,15 +33,6 @@ def stricter_rulebook(folder: Path) -> Path:
     path = folder / "stricter.json"
     path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
     return path
-
-
-def query(folder: Path, sql: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(f"sqlite:///{folder / 'rapport.db'}")
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql))]
-    finally:
-        engine.dispose()
 
 
 def state(folder: Path) -> tuple[Any, ...]:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
 from app.imports import Options, convert_attribute, open_table, run_import
-from tests.conftest import empty_tables
+from tests.conftest import empty_tables, query
 
 Rows = list[list[str]]
 
@@ -51,15 +51,6 @@ def write_csv(path: Path, rows: Rows, encoding: str = "utf-8-sig") -> Path:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8-sig", newline="") as f:
         return list(csv.DictReader(f))
-
-
-def query(folder: Path, sql: str, db: str = "rapport.db") -> list[tuple[Any, ...]]:
-    engine = create_engine(f"sqlite:///{folder / db}")
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql))]
-    finally:
-        engine.dispose()
 
 
 def level_of(folder: Path, ref: str) -> int:
