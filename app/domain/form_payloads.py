@@ -125,10 +125,7 @@ def _jotform(content_type: str, body: bytes, headers: Mapping[str, str]) -> Subm
     raw = fields.get("rawRequest")
     if raw is None:
         raise PayloadError("no rawRequest field")
-    try:
-        request = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"rawRequest is not valid JSON: {exc.msg} at character {exc.pos}") from exc
+    request = _json_text(raw, "rawRequest", lambda exc: f"at character {exc.pos}")
     if not isinstance(request, dict):
         raise PayloadError("rawRequest is not a JSON object")
     answers: dict[str, Any] = {}
@@ -274,12 +271,27 @@ def _json_object(content_type: str, body: bytes) -> dict[str, Any]:
     media = _media_type(content_type)
     if media != "application/json" and not media.endswith("+json"):
         raise PayloadError(f"expected Content-Type application/json, got {content_type or 'none'!r}")
-    try:
-        data = json.loads(_text(body))
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    data = _json_text(_text(body), "the body", lambda exc: f"at line {exc.lineno} column {exc.colno}")
     if not isinstance(data, dict):
         raise PayloadError("the body is not a JSON object")
+    return data
+
+
+def _json_text(text: str, what: str, where: Callable[[json.JSONDecodeError], str]) -> Any:
+    """`text` read as JSON, or PayloadError naming what is wrong with `what`: also for what
+    json reads but no text column can keep (a lone surrogate escape such as \\ud800, which
+    a text box that cut an emoji in half sends) and for an integer over Python's 4,300
+    digits. Both were a 500 that lost the delivery; a PayloadError keeps it in the inbox."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"{what} is not valid JSON: {exc.msg} {where(exc)}") from exc
+    except ValueError as exc:  # an integer beyond the interpreter's digit limit
+        raise PayloadError(f"{what} holds a number of more than 4,300 digits") from exc
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PayloadError(f"{what} holds a lone surrogate escape (\\u{ord(exc.object[exc.start]):04x}): text that is not Unicode") from exc
     return data
 
 

@@ -321,6 +321,26 @@ def test_a_signed_body_that_is_not_the_tools_payload_is_kept_in_the_inbox(api, c
     assert r.json()["submission"]["delivery_id"] == "sha256:" + hashlib.sha256(body).hexdigest()
 
 
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"event_id": "x\\ud800", "form_response": {}}', "lone surrogate"),  # an emoji cut in half
+        (b'{"event_id": "big", "form_response": {"n": ' + b"1" * 4301 + b"}}", "more than 4,300 digits"),
+    ],
+    ids=["lone-surrogate", "huge-integer"],
+)
+def test_a_signed_body_json_reads_but_no_column_keeps_is_kept_in_the_inbox_not_a_500(api, clock, body: bytes, reason: str) -> None:
+    form = set_up(api, "typeform-visit-report")
+    request = signed(form, body, "application/json", now=clock.now)
+
+    r = api.post(form["hook_path"], content=body, headers=request["headers"])
+
+    assert r.status_code == 202, r.text
+    [problem] = r.json()["submission"]["problems"]
+    assert problem["field"] == "body" and reason in problem["reason"]
+    assert counts(api) == (0, 1)
+
+
 def test_a_dismissed_submission_leaves_the_inbox_with_its_reason(api, clock) -> None:
     form = set_up(api, "typeform-visit-report")
     waiting = deliver(api, form, CASES[0].fixture, "application/json", clock).json()["submission"]
