@@ -15,7 +15,7 @@ from app.api import schemas as s
 from app.api.deps import Admin, ContextDep
 from app.api.etags import etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_response, problem_responses
-from app.api.gate import Gated
+from app.api.gate import Gated, spend_hook
 from app.db import models as m
 from app.services import forms as svc
 
@@ -175,8 +175,15 @@ async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSO
 
     def work() -> JSONResponse:
         now = ctx.clock()
-        with ctx.db.session(write=False) as session:
-            svc.authenticate(session, form_id, headers=headers, query=query, body=body, now=now)
+        refused = False
+        try:
+            with ctx.db.session(write=False) as session:
+                svc.authenticate(session, form_id, headers=headers, query=query, body=body, now=now)
+        except svc.NotAuthentic:
+            refused = True
+            raise
+        finally:  # a 429 here answers instead, once the bucket is used up
+            spend_hook(ctx.limiter, form_id, refused=refused)
 
         def write(session: Session) -> JSONResponse:
             form = svc.get_form(session, form_id)

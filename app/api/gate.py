@@ -27,10 +27,20 @@ def _spend(limiter: RateLimiter | None, caller: Hashable) -> None:
         limiter.take(caller)
 
 
+def spend_hook(limiter: RateLimiter | None, form_id: str, *, refused: bool) -> None:
+    """Spend a token of a form hook's bucket (429 if none is left): that of its authentic
+    deliveries, or (`refused`) that of the deliveries that failed its check, apart, so that
+    strangers sending forgeries cannot use up the tool's. Spent after the check, which is
+    what tells them apart. The id may name no form: cut to a form id's longest, so a
+    bucket's name stays small."""
+    _spend(limiter, ("form-refused" if refused else "form", form_id[:64]))
+
+
 class Gated(APIRoute):
     """A route under /v1 authenticates its API key (once: `request.state.api_key`), checks
     the scope its `Caller` needs and spends a token of the key's rate limit. A form hook
-    (which authenticates its own signature, on the body) spends a token of its form's.
+    authenticates its own signature, on the body, and then spends a token of its form's
+    bucket for authentic or for refused deliveries (`spend_hook`, app/api/forms.py).
     A route with a `Caller` reads `X-Actor` (app/api/deps.py), which its schema shows."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
@@ -68,9 +78,6 @@ class Gated(APIRoute):
                 for scope in scopes:
                     check_scope(key, scope)
                 request.state.api_key = key
-            elif hook:
-                # Not yet validated: cut to a form id's longest, so a bucket's name stays small.
-                _spend(ctx.limiter, ("form", str(request.path_params.get("form_id", ""))[:64]))
             return await handler(request)
 
         return gated

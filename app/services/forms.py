@@ -12,6 +12,7 @@ external id under the source `form:<form_id>`, so nothing is counted twice.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -33,6 +34,8 @@ from app.services.paging import page
 from app.services.records import check_version, save_unique
 
 DEFAULT_GRACE = timedelta(hours=24)  # how long a rotated-out secret keeps working
+
+log = logging.getLogger("rapport")
 
 
 class FormDisabled(AppError):
@@ -137,6 +140,9 @@ def hook_path(form: m.FormMapping) -> str:
 # --- receiving --------------------------------------------------------------------------------
 
 
+_NOT_AUTHENTIC = "the delivery is not authentic (no form with this id, or a bad signature or token); nothing was stored"
+
+
 @dataclass
 class Received:
     submission: m.FormSubmission
@@ -151,12 +157,15 @@ def authenticate(session: Session, form_id: str, *, headers: Mapping[str, str], 
     caller that proved it holds the secret."""
     form = session.scalar(select(m.FormMapping).where(m.FormMapping.form_id == form_id))
     if form is None:
-        raise NotAuthentic("the delivery is not authentic (no form with this id, or a bad signature or token); nothing was stored")
+        raise NotAuthentic(_NOT_AUTHENTIC)
     secrets = live_secrets(form.secret, form.previous_secret, form.previous_secret_until, now)
     try:
         verify(form.auth_scheme, secrets, headers=headers, query=query, body=body, now=now.timestamp())
     except SignatureError as exc:
-        raise NotAuthentic(f"the delivery is not authentic ({exc}); nothing was stored") from None
+        # The reason ("no typeform-signature header") would tell a stranger that the form
+        # exists and how it is signed: it goes to the log, for the admin setting a tool up.
+        log.info("form %s: a delivery was refused: %s", form.form_id, exc)
+        raise NotAuthentic(_NOT_AUTHENTIC) from None
     if not form.enabled:
         raise FormDisabled(f"the form {form.form_id!r} is disabled; nothing was stored")
 

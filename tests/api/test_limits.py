@@ -19,7 +19,7 @@ from app.startup import initialize
 from tests.api.conftest import ADMIN, Client
 from tests.api.expectations import assert_problem
 from tests.api.scenarios import at, issue_key
-from tests.api.test_forms import example
+from tests.api.test_forms import example, signed
 from tests.conftest import TABLES, Clock, empty_tables
 
 MiB = 1024 * 1024
@@ -362,6 +362,35 @@ def test_bad_keys_get_no_bucket_and_hooks_are_limited_per_form(app_with, portal)
     assert [r.status_code for r in hook] == [401, 401, 429]
     assert_problem(stranger.post("/v1/hooks/forms/signup", json={}), 401)
     stranger.close()
+
+
+def test_forgeries_use_up_their_own_bucket_not_the_authentic_deliveries_of_the_form(app_with, portal, clock) -> None:  # noqa: ANN001
+    app, admin = app_with(rate_limit_per_second=0.01, rate_limit_burst=2)
+    form = admin.post("/v1/forms", json=form_body()).json()
+    stranger = Client(portal, app, {})
+    forged = signed(form, b"{}", "application/json", now=clock.now, secret="not-the-secret-but-long-enough")
+
+    flood = [stranger.post(form["hook_path"], content=b"{}", headers=forged["headers"]) for _ in range(3)]
+    body = b'{"not": "a typeform delivery"}'
+    genuine = [stranger.post(form["hook_path"], content=body, headers=signed(form, body, "application/json", now=clock.now)["headers"]) for _ in range(3)]
+
+    assert [r.status_code for r in flood] == [401, 401, 429]
+    assert [r.status_code for r in genuine] == [202, 200, 429]  # its own burst of 2, then its own limit
+    stranger.close()
+
+
+def test_a_refused_delivery_says_the_same_whatever_failed(api, clock) -> None:  # noqa: ANN001
+    # A stranger learns neither that a form exists nor how it is signed.
+    form = api.post("/v1/forms", json=form_body()).json()
+    wrong = signed(form, b"{}", "application/json", now=clock.now, secret="not-the-secret-but-long-enough")
+    answers = [
+        api.post("/v1/hooks/forms/no-such-form", content=b"{}", headers={"Content-Type": "application/json"}),
+        api.post(form["hook_path"], content=b"{}", headers={"Content-Type": "application/json"}),  # no signature header
+        api.post(form["hook_path"], content=b"{}", headers=wrong["headers"]),
+    ]
+
+    problems = [assert_problem(r, 401) for r in answers]
+    assert all(p == problems[0] for p in problems), problems
 
 
 def test_a_rate_of_zero_switches_the_limit_off(app_with) -> None:  # noqa: ANN001
