@@ -91,22 +91,32 @@ async def record_batch(
     body = await request.body()  # at most max_batch_bytes: app/api/limits.py
     content_type = media_type(request)
 
-    # The answer (up to 10,000 results) is encoded after the commit, not while holding the
-    # write transaction, so it is not kept in that transaction: run stores it after.
-    def work(_keep: idempotency.Keep) -> Response:
-        items = [_new_event(validate_item(s.EventIn, item)) for item in json_items(body, content_type, max_items=batch_svc.MAX_ITEMS)]
-        outcome = ctx.db.transaction(lambda session: batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock()))
-        out = s.BatchOut(
-            created=outcome.count("created"),
-            duplicate=outcome.count("duplicate"),
-            rejected=outcome.count("rejected"),
-            results=[_item_out(r) for r in outcome.results],
-            effects=[e.as_dict() for e in outcome.effects],
-        )
-        return present.answer(out, exclude_none=True)  # pydantic encodes it: up to 10,000 results
-
     fp = partial(idempotency.fingerprint, "POST", f"/v1/events/batch?atomic={atomic}", [content_type, body])
-    return await threads.run_batch(ctx.settings, idempotency.run, ctx, caller, idempotency.key_of(request), fp, work)
+
+    def read_then_record() -> Response:
+        # The body is read before the Idempotency-Key is taken: one the server cannot read (a
+        # media type it does not take, malformed JSON, no items, too many) is refused as
+        # POST /v1/events refuses a body that fails validation, leaving the key free for the
+        # corrected request.
+        found = json_items(body, content_type, max_items=batch_svc.MAX_ITEMS)
+
+        # The answer (up to 10,000 results) is encoded after the commit, not while holding
+        # the write transaction, so it is not kept in that transaction: run stores it after.
+        def work(_keep: idempotency.Keep) -> Response:
+            items = [_new_event(validate_item(s.EventIn, item)) for item in found]
+            outcome = ctx.db.transaction(lambda session: batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock()))
+            out = s.BatchOut(
+                created=outcome.count("created"),
+                duplicate=outcome.count("duplicate"),
+                rejected=outcome.count("rejected"),
+                results=[_item_out(r) for r in outcome.results],
+                effects=[e.as_dict() for e in outcome.effects],
+            )
+            return present.answer(out, exclude_none=True)  # pydantic encodes it: up to 10,000 results
+
+        return idempotency.run(ctx, caller, idempotency.key_of(request), fp, work)
+
+    return await threads.run_batch(ctx.settings, read_then_record)
 
 
 def _new_event(item: s.EventIn | list[FieldError]) -> batch_svc.Item:

@@ -340,6 +340,30 @@ def test_batch_with_idempotency_key_replays_the_first_answer(api) -> None:
     assert_problem(other, 422, "Idempotency-Key")
 
 
+@pytest.mark.parametrize(
+    ("content", "content_type", "status"),
+    [
+        (None, "text/csv", 415),  # the right items under a media type the batch does not take
+        (b'[{"type": "visit"', "application/json", 422),  # malformed
+        (b"", "application/json", 422),  # no items
+    ],
+    ids=["media-type", "malformed", "empty"],
+)
+def test_a_batch_body_the_server_cannot_read_leaves_its_idempotency_key_free(api, content: bytes | None, content_type: str, status: int) -> None:
+    # As POST /v1/events, whose body fails validation before the key is taken: the ERP
+    # corrects the request and retries under the same key (openapi.md).
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    good = json.dumps(_owner_level_one_batch()).encode()
+    key = {"Idempotency-Key": "erp-orders-2026-11-21"}
+
+    bad = api.post("/v1/events/batch", content=content if content is not None else good, headers={**key, "Content-Type": content_type})
+    fixed = api.post("/v1/events/batch", content=good, headers={**key, "Content-Type": "application/json"})
+
+    assert_problem(bad, status)
+    assert fixed.status_code == 200, fixed.text
+    assert fixed.json()["created"] == 7
+
+
 def test_an_amount_with_more_decimals_than_cents_is_stored_rounded_and_a_resync_is_a_no_op(api) -> None:
     api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
     body = {"name": "新门诊楼", "owner_ref": "C-0001", "amount": 1234.567}
