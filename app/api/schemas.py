@@ -38,7 +38,10 @@ Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
 QueryText = Annotated[str, NoNul]  # a text filter in a query string
 PathRef = Annotated[
-    str, Path(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$", description="the ERP's code, without surrounding spaces (percent-encode a `/` in it)"), NoNul
+    str,
+    Path(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$", description="the ERP's code, without surrounding spaces (percent-encode a `/` in it)"),
+    NoNul,
+    AfterValidator(_no_control),  # as a body's Ref: a code stored here must be one an event can name
 ]
 
 

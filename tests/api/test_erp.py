@@ -49,6 +49,13 @@ def test_a_ref_with_a_control_character_is_refused_and_nothing_is_stored(api, re
     assert api.get("/v1/customers").json()["items"] == []
 
 
+@pytest.mark.parametrize("path", ["/v1/customers/by-ref/CTL%01X", "/v1/customers/by-ref/a%09b", "/v1/customers/by-ref/C%7F1"])
+def test_a_ref_with_a_control_character_is_refused_in_the_path_too(api, path: str) -> None:
+    # Stored, it could never be named by an event's customer_ref, which refuses it.
+    assert_problem(api.put(path, json={"name": "x", "kind": "owner"}), 422, "external_ref")
+    assert api.get("/v1/customers").json()["items"] == []
+
+
 def test_get_customer_by_ref_and_refs_with_a_slash(api) -> None:
     r = api.put("/v1/customers/by-ref/SH%2F2026%2F17", json={"name": "上海建工安装有限公司", "kind": "installer"})
     assert r.status_code == 201, r.text
