@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.errors import FieldError, Invalid
 
 T = TypeVar("T")
+_MAX_ID = 2**63 - 1
 
 
 def encode_cursor(last_id: int, descending: bool = False) -> str:
@@ -26,7 +27,9 @@ def decode_cursor(cursor: str) -> tuple[int, bool]:
         padded = cursor + "=" * (-len(cursor) % 4)
         data: Any = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after, desc = data["after"], data.get("desc", False)
-        if isinstance(after, bool) or not isinstance(after, int) or not isinstance(desc, bool):
+        # Ids are positive signed 64-bit integers: a larger `after` was not issued here, and
+        # would overflow in the driver (a 500) rather than find nothing.
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_ID or not isinstance(desc, bool):
             raise ValueError
         return after, desc
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):

@@ -3,6 +3,8 @@ nothing: no event, no grade change, no history row."""
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -166,6 +168,13 @@ def test_a_bad_cursor_is_422_naming_the_cursor_on_every_list(api) -> None:
 
     for path in lists:
         assert_problem(api.get(path, params={"cursor": "bm90IGEgY3Vyc29y"}), 422, "cursor")
+
+
+@pytest.mark.parametrize("after", [2**63, 2**70, -(2**70)])
+@pytest.mark.parametrize("path", ["/v1/events", "/v1/customers", "/v1/projects", "/v1/forms", "/v1/webhooks/subscriptions"])
+def test_a_forged_cursor_past_any_id_is_422_not_a_500(api, path: str, after: int) -> None:
+    forged = base64.urlsafe_b64encode(json.dumps({"after": after}).encode()).decode().rstrip("=")
+    assert_problem(api.get(path, params={"cursor": forged}), 422, "cursor")
 
 
 @pytest.mark.parametrize(
