@@ -207,10 +207,30 @@ MAX_ATTRIBUTE_NAME = 64
 
 
 def _attribute_names(value: dict[str, Any]) -> dict[str, Any]:
-    # Checked on the whole object, so that the error does not echo a name of any length.
+    # Checked on the whole object, so that the error does not echo a name of any length,
+    # nor one that cannot be written as UTF-8.
     if any(len(name) > MAX_ATTRIBUTE_NAME for name in value):
         raise ValueError(f"attribute names are at most {MAX_ATTRIBUTE_NAME} characters")
+    if not _unicode(value):
+        raise ValueError("attribute names and texts must be Unicode: one holds a lone surrogate escape such as \\ud800")
     return value
+
+
+def _unicode(value: Any) -> bool:
+    """Whether every text in `value` (keys, strings, list items) can be written as UTF-8: JSON
+    reads a lone surrogate escape (\\ud800, half an emoji) into a string no column or answer
+    can hold, which was a 500 (pydantic checks the strings of typed fields, not these)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_unicode(k) and _unicode(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_unicode(v) for v in value)
+    return True
 
 
 Attributes = Annotated[dict[str, Any], Field(max_length=MAX_ATTRIBUTES), AfterValidator(_attribute_names)]

@@ -128,6 +128,25 @@ def test_refused_event_names_the_field_and_stores_nothing(api, world: World, bod
     assert unchanged(api, world) == before
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        lambda w: {"type": "order_placed", "customer_id": w.installer, "occurred_at": at(15), "attributes": {"amount": 5, "order_ref": "SO-\ud800"}},
+        lambda w: {**visit(w, reception="neutral"), "attributes": {"reception": "neutral", "\ud800": 1}},
+        lambda w: {"type": "materials_sent", "customer_id": w.owner, "occurred_at": at(15), "attributes": {"items": ["samples", "\udc00"]}},
+    ],
+    ids=["in-a-text", "in-a-name", "in-a-list"],
+)
+def test_a_lone_surrogate_in_the_attributes_is_422_not_a_500(api, world: World, body: Body) -> None:
+    # Half an emoji: JSON reads the escape \ud800 into a string no column can hold.
+    before = unchanged(api, world)
+
+    r = api.post("/v1/events", content=json.dumps(body(world)).encode(), headers={"Content-Type": "application/json"})
+
+    assert_problem(r, 422, "attributes")
+    assert unchanged(api, world) == before
+
+
 def test_all_problems_of_one_event_are_reported_together(api, world: World) -> None:
     body = {"type": "visit", "customer_id": 999999, "occurred_at": "2030-01-01T00:00:00Z", "attributes": {"reception": "happy", "mood": "good"}}
 
