@@ -78,7 +78,13 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
             results[index] = ItemResult(index, "rejected", errors=item)
             continue
         if item.external_id is None:
-            results[index] = ItemResult(index, "rejected", errors=[FieldError("external_id", "is required in a batch: it is what makes a re-sent batch change nothing")])
+            # Its other problems too: an atomic batch's answer lists every problem of every item.
+            problems = [FieldError("external_id", "is required in a batch: it is what makes a re-sent batch change nothing")]
+            try:
+                check_new_event(rulebook, item, now=now, subjects=subjects)
+            except Invalid as exc:
+                problems += exc.errors
+            results[index] = ItemResult(index, "rejected", errors=problems)
             continue
         key = (item.source, item.external_id)
         twin = stored.get(key)

@@ -279,6 +279,14 @@ def test_a_repeated_pair_in_one_batch_is_a_duplicate_of_its_first_item_and_not_c
     assert [e["type"] for e in all_pages(api, "/v1/events")] == ["contact_obtained"]
 
 
+def test_an_item_without_external_id_is_reported_with_its_other_problems(api) -> None:
+    # openapi.md: an atomic batch's 422 lists every problem of every item, so the ERP fixes
+    # them in one round.
+    item = {"type": "visit", "customer_ref": "NOPE", "occurred_at": at(1), "attributes": {"reception": "bad"}, "source": "erp"}
+    r = api.post("/v1/events/batch", params={"atomic": "true"}, json=[item])
+    assert {e["field"] for e in assert_problem(r, 422)["errors"]} == {"[0].external_id", "[0].customer_ref", "[0].attributes.reception"}
+
+
 def test_a_repeat_of_a_rejected_item_is_checked_on_its_own(api) -> None:
     api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
     bad = {"type": "visit", "customer_ref": "C-0001", "occurred_at": at(1), "attributes": {"reception": "no such reception"}, "source": "erp", "external_id": "DUP-2"}
