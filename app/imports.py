@@ -241,11 +241,14 @@ def run_import(
     With `dry_run`, everything runs in one transaction that is rolled back."""
     store = _store_events if table.kind == "events" else _store_records
     report = Report(LAYOUTS[table.kind].statuses)
+    first_lines: dict[str, int] = {}  # customers, projects: the line of each code's first row
     with _RejectedFile(rejected_path, table.header) as rejected, _transactions(db, options.dry_run) as transaction:
         report.removed_stale = rejected.removed_stale
         for chunk in chunked(table, options.chunk):
+            chunk, repeats = (chunk, []) if table.kind == "events" else _repeated_codes(chunk, first_lines)
             with transaction() as session:
                 outcomes = list(store(session, rulebook, table, chunk, options, clock()))
+            outcomes = sorted(outcomes + repeats, key=lambda outcome: outcome[0].line)
             for row, status, errors in outcomes:
                 report.counts[status] += 1
                 if errors:
@@ -253,6 +256,23 @@ def run_import(
             progress(len(chunk))
         report.rejected_file = rejected.path if rejected.written else None
     return report
+
+
+def _repeated_codes(rows: Sequence[Row], first_lines: dict[str, int]) -> tuple[list[Row], list[Outcome]]:
+    """The rows whose code no earlier row of the file had, and the others, rejected. Two rows
+    of one code would both be applied, the second over the first, on every run: the record's
+    version moved each night though the file never changed (an ERP export that lists a
+    customer twice). (Events are told apart by their own ids: `record_batch`.)"""
+    fresh: list[Row] = []
+    repeats: list[Outcome] = []
+    for row in rows:
+        code = row.cells.get("external_ref")
+        first = first_lines.setdefault(code, row.line) if code else row.line
+        if first == row.line:
+            fresh.append(row)
+        else:
+            repeats.append((row, "rejected", [FieldError("external_ref", f"line {first} has this code already: one row per code")]))
+    return fresh, repeats
 
 
 def _store_events(session: Session, rulebook: Rulebook, table: Table, rows: Sequence[Row], options: Options, now: datetime) -> Iterator[Outcome]:

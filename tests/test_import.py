@@ -277,6 +277,21 @@ def test_customers_are_updated_by_external_ref_and_columns_the_file_lacks_are_ke
     ]
 
 
+def test_a_code_on_two_rows_is_stored_from_the_first_and_a_rerun_changes_nothing(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # An ERP export that lists a customer twice: applying both rows moved the version on
+    # every run, though the file never changed (import.md: a second import changes nothing).
+    twice = write_csv(tmp_path / "twice.csv", [["external_ref", "name", "kind", "rep"], ["DUP-1", "甲公司", "owner", "张三"], ["DUP-1", "甲公司", "owner", "李四"]])
+
+    first = run("import", "customers", "--chunk", "1", str(twice))
+    again = run("import", "customers", str(twice))
+
+    assert first.exit_code == again.exit_code == 1
+    assert "created 1, updated 0, unchanged 0, rejected 1" in first.stdout
+    assert "created 0, updated 0, unchanged 1, rejected 1" in again.stdout
+    assert [(r["line"], r["reason"]) for r in read_csv(tmp_path / "twice.rejected.csv")] == [("3", "external_ref: line 2 has this code already: one row per code")]
+    assert query(tmp_path, "SELECT rep, version FROM customers WHERE external_ref = 'DUP-1'") == [("张三", 1)]
+
+
 def test_project_rows_name_an_owner_that_exists_and_is_an_owner(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
     rows = [
         ["external_ref", "name", "owner_ref", "owner_id", "amount"],
@@ -374,4 +389,4 @@ def test_the_import_grades_alike_on_the_test_database(migrated: str, tmp_path: P
         "created 7, duplicate 0, rejected 0",
     ]
     assert [tuple(r) for r in levels] == [("C-1", 1), ("C-2", 0)]
-    assert read_csv(tmp_path / "customers.rejected.csv")[0]["reason"] == "kind: is 'installer' on the stored record and cannot change"
+    assert read_csv(tmp_path / "customers.rejected.csv")[0]["reason"] == "external_ref: line 3 has this code already: one row per code"
