@@ -81,6 +81,8 @@ def parse_payload(tool: str, content_type: str, body: bytes, *, headers: Mapping
         raise PayloadError("the delivery id is empty")
     if len(submission.delivery_id) > MAX_DELIVERY_ID:
         raise PayloadError(f"the delivery id is longer than {MAX_DELIVERY_ID} characters")
+    if "\x00" in submission.delivery_id:  # it is stored, and PostgreSQL keeps no U+0000 in text
+        raise PayloadError("the delivery id must not contain the NUL character (U+0000)")
     return submission
 
 

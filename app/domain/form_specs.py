@@ -31,6 +31,10 @@ The spec::
   A missing answer is a problem unless `optional` is true. An event whose type forbids a
   subject is drafted without it.
 - `actor`, `note` (optional): an answer or a constant text. A missing answer gives none.
+  An event's actor holds 100 characters and its note 2,000: a longer answer is a problem
+  with the submission, a longer constant one with the spec.
+- No text in a spec, and no answer a submission maps, may hold the NUL character (U+0000),
+  which PostgreSQL cannot store; nor may a spec's text hold a lone surrogate (`\ud800`).
 - `occurred_at`: `"received"` (when Rapport received the delivery), `"submitted"` (the
   submission time the payload carries), or an answer read in one of `TIME_FORMATS`:
   `iso` (ISO 8601; an instant, or a local time read in `timezone`), `date` (`YYYY-MM-DD`),
@@ -59,7 +63,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from datetime import timedelta, timezone, tzinfo
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.domain.form_payloads import TOOLS
@@ -70,6 +74,10 @@ TIME_FORMATS = ("iso", "date", "us_date", "us_datetime", "unix_s", "unix_ms")
 # The formats without an offset of their own, read in the spec's timezone.
 LOCAL_TIME_FORMATS = {"date": "%Y-%m-%d", "us_date": "%m/%d/%Y", "us_datetime": "%m/%d/%Y %H:%M:%S"}
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+# The events table's limits, as POST /v1/events applies them.
+MAX_ACTOR = 100
+MAX_NOTE = 2000
+NUL_REASON = "must not contain the NUL character (U+0000)"
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,9 @@ class FormSpecError(ValueError):
 
 def parse_form_spec(data: Any, rulebook: Rulebook) -> FormSpec:
     """Validate a mapping spec (decoded JSON) against the rulebook's catalogue."""
+    unstorable = list(_unstorable_places(data))
+    if unstorable:  # alone: the other problems' places could name a key that cannot be written
+        raise FormSpecError(unstorable)
     r = Reader()
     top = r.obj(
         data,
@@ -147,8 +158,8 @@ def parse_form_spec(data: Any, rulebook: Rulebook) -> FormSpec:
         r.fail("tool", f"unknown tool {tool!r}; known: {', '.join(TOOLS)}")
     customer = _subject(r, top["customer"], "customer") if "customer" in top else None
     project = _subject(r, top["project"], "project") if "project" in top else None
-    actor = _text_source(r, top["actor"], "actor") if "actor" in top else None
-    note = _text_source(r, top["note"], "note") if "note" in top else None
+    actor = _text_source(r, top["actor"], "actor", MAX_ACTOR) if "actor" in top else None
+    note = _text_source(r, top["note"], "note", MAX_NOTE) if "note" in top else None
     occurred_at = _time_source(r, top.get("occurred_at"), "occurred_at")
 
     events: list[EventSpec] = []
@@ -181,6 +192,40 @@ def parse_form_spec(data: Any, rulebook: Rulebook) -> FormSpec:
     )
 
 
+def _unstorable_places(data: Any) -> Iterator[tuple[str, str]]:
+    """Each place in the spec whose text (a key or a value) no JSON column keeps: the spec is
+    stored, and PostgreSQL refuses a NUL or a lone surrogate there (a 500 on save, where SQLite
+    kept it). A key's problem is reported at the object holding it."""
+    pending: list[tuple[str, Any]] = [("", data)]
+    while pending:  # not recursive: a spec may be nested as deep as json reads
+        place, value = pending.pop()
+        if isinstance(value, str):
+            reason = _text_problem(value)
+            if reason:
+                yield place, reason
+        elif isinstance(value, dict):
+            inner = []
+            for key, item in value.items():
+                reason = _text_problem(key) if isinstance(key, str) else None
+                if reason:
+                    yield place, f"the key {key!r} {reason}"
+                else:
+                    inner.append((join_path(place, key), item))
+            pending.extend(reversed(inner))
+        elif isinstance(value, list):
+            pending.extend(reversed([(join_path(place, i), v) for i, v in enumerate(value)]))
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return NUL_REASON
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be Unicode: it holds a lone surrogate escape such as \\ud800 (half an emoji)"
+    return None
+
+
 def _subject(r: Reader, raw: Any, place: str) -> SubjectSource | None:
     d = r.obj(raw, place, allowed={"by", "answer", "optional"}, required={"by", "answer"})
     if d is None:
@@ -194,7 +239,7 @@ def _subject(r: Reader, raw: Any, place: str) -> SubjectSource | None:
     return SubjectSource(str(d.get("by")), answer or "?", optional is True)
 
 
-def _text_source(r: Reader, raw: Any, place: str) -> Source | None:
+def _text_source(r: Reader, raw: Any, place: str, limit: int) -> Source | None:
     d = r.obj(raw, place, allowed={"answer", "value"}, required=set())
     if d is None:
         return None
@@ -202,7 +247,10 @@ def _text_source(r: Reader, raw: Any, place: str) -> Source | None:
         r.fail(place, "needs exactly one of answer / value")
         return None
     if "value" in d:
-        return Source(None, r.text(d["value"], f"{place}.value"))
+        value = r.text(d["value"], f"{place}.value")
+        if value is not None and len(value) > limit:
+            r.fail(f"{place}.value", f"at most {limit} characters")
+        return Source(None, value)
     return Source(r.text(d["answer"], f"{place}.answer"))
 
 

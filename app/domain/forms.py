@@ -22,6 +22,9 @@ from typing import Any, Mapping
 from app.domain.form_payloads import TOOLS, PayloadError, Submission, parse_payload
 from app.domain.form_specs import (
     LOCAL_TIME_FORMATS,
+    MAX_ACTOR,
+    MAX_NOTE,
+    NUL_REASON,
     SUBJECT_KEYS,
     TIME_FORMATS,
     FormSpec,
@@ -50,7 +53,10 @@ __all__ = [
     "apply_mapping",
 ]
 
-MAX_ACTOR = 100  # the events table's actor column
+# The longest subject reference a lookup takes, as the subject's own field holds it
+# (POST /v1/events takes a customer_ref of 100 characters, a customer's name has 200).
+MAX_SUBJECT_REF = {"external_ref": 100, "name": 200, "phone": 200}
+_QUOTED = 60  # how much of an answer a problem quotes
 
 
 @dataclass(frozen=True)
@@ -92,10 +98,8 @@ def apply_mapping(spec: FormSpec, submission: Submission, *, received_at: dateti
     m = _Mapper(submission.answers)
     occurred_at = m.time(spec.occurred_at, submission, received_at)
     subjects = {"customer": m.subject(spec.customer, "customer"), "project": m.subject(spec.project, "project")}
-    actor = m.text(spec.actor, "actor")
-    if actor is not None and len(actor) > MAX_ACTOR:
-        m.fail("actor", f"the actor {actor[:20]!r}… is longer than {MAX_ACTOR} characters")
-    note = m.text(spec.note, "note")
+    actor = m.text(spec.actor, "actor", limit=MAX_ACTOR, what="an event's actor")
+    note = m.text(spec.note, "note", limit=MAX_NOTE, what="an event's note")
 
     drafts = []
     for index, event in enumerate(spec.events):
@@ -141,6 +145,16 @@ class _Missing:
 _MISSING: Any = _Missing()
 
 
+class _Refused:
+    def __repr__(self) -> str:
+        return "<refused>"
+
+
+# An answer that holds what no column keeps, already reported: it is no value, and not
+# missing either (that would be a second, wrong problem).
+_REFUSED: Any = _Refused()
+
+
 class _Mapper:
     """Reads answers for one submission, collecting problems instead of stopping."""
 
@@ -153,7 +167,13 @@ class _Mapper:
         self.problems.append((place, reason))
 
     def answer(self, key: str) -> Any:
+        """The answer under `key`: `_MISSING` if empty, `_REFUSED` (and a problem) if it holds
+        a NUL. Every answer is read here, so a NUL reaches no draft whatever the answer maps to:
+        PostgreSQL keeps no U+0000 in a text or JSON column (a 500 that lost the delivery)."""
         value = self.answers.get(key)
+        if _has_nul(value):
+            self.fail(key, f"answer {key!r} {NUL_REASON}")
+            return _REFUSED
         if isinstance(value, str):
             value = value.strip()
         if value is None or value == "" or value == [] or value == {}:
@@ -166,6 +186,8 @@ class _Mapper:
         if source.answer is None:
             return source.value
         raw = self.answer(source.answer)
+        if raw is _REFUSED:
+            return _MISSING
         if raw is _MISSING:
             return source.default if source.default is not None else _MISSING
         if source.map is None:
@@ -182,7 +204,7 @@ class _Mapper:
         if key in source.map:
             return source.map[key]
         known = ", ".join(source.map)
-        self.fail(source.answer, f"answer {source.answer!r} is {key!r}, which the value map does not know (known: {known})")
+        self.fail(source.answer, f"answer {source.answer!r} is {_quoted(key)}, which the value map does not know (known: {known})")
         return _MISSING
 
     def attribute(self, source: Source, et: EventType, spec: AttributeSpec, place: str) -> Any:
@@ -195,7 +217,7 @@ class _Mapper:
         reason = attribute_problem(spec, value)
         if reason:
             where = source.answer or place
-            self.fail(where, f"answer {source.answer!r} is {value!r}, and {et.name}.{spec.name} {reason}" if source.answer else f"{spec.name} {reason}")
+            self.fail(where, f"answer {source.answer!r} is {_quoted(value)}, and {et.name}.{spec.name} {reason}" if source.answer else f"{spec.name} {reason}")
             return _MISSING
         return value
 
@@ -214,6 +236,8 @@ class _Mapper:
         if source is None:
             return None
         raw = self.answer(source.answer)
+        if raw is _REFUSED:
+            return None
         if raw is _MISSING:
             if source.optional:
                 self.optional_missing.add(name)
@@ -223,9 +247,11 @@ class _Mapper:
         if isinstance(raw, bool) or not isinstance(raw, (str, int)):
             self.fail(source.answer, f"answer {source.answer!r} is not a text")
             return None
-        return SubjectRef(source.by, str(raw))
+        limit = MAX_SUBJECT_REF.get(source.by, 200)
+        return SubjectRef(source.by, str(raw)) if self.fits(str(raw), source.answer, limit, f"a {name}'s {source.by}") else None
 
-    def text(self, source: Source | None, place: str) -> str | None:
+    def text(self, source: Source | None, place: str, *, limit: int, what: str) -> str | None:
+        """A note or actor: a text (a number is written as one) of at most `limit` characters."""
         if source is None:
             return None
         value = self.value(source)
@@ -234,7 +260,14 @@ class _Mapper:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             self.fail(source.answer or place, f"answer {source.answer!r} is not a text")
             return None
-        return str(value)
+        return str(value) if self.fits(str(value), source.answer or place, limit, what) else None
+
+    def fits(self, text: str, place: str, limit: int, what: str) -> bool:
+        """Whether `text` is within the limit POST /v1/events applies to `what`; a problem if not."""
+        if len(text) <= limit:
+            return True
+        self.fail(place, f"{_quoted(text)} is longer than {limit} characters, the most {what} can have")
+        return False
 
     def holds(self, when: When) -> bool:
         raw = self.answer(when.answer)
@@ -251,16 +284,18 @@ class _Mapper:
             return submission.submitted_at.astimezone(timezone.utc)
         assert source.answer is not None and source.format is not None
         raw = self.answer(source.answer)
+        if raw is _REFUSED:
+            return None
         if raw is _MISSING:
             self.fail(source.answer, f"answer {source.answer!r} is missing")
             return None
         try:
             instant = _read_time(raw, source.format, source.zone)
         except _SkippedTime:
-            self.fail(source.answer, f"answer {source.answer!r} is {raw!r}, a local time that {source.zone} skips (the clocks went forward)")
+            self.fail(source.answer, f"answer {source.answer!r} is {_quoted(raw)}, a local time that {source.zone} skips (the clocks went forward)")
             return None
         if instant is None:
-            self.fail(source.answer, f"answer {source.answer!r} is {raw!r}, which is not a {_FORMAT_NAMES[source.format]}")
+            self.fail(source.answer, f"answer {source.answer!r} is {_quoted(raw)}, which is not a {_FORMAT_NAMES[source.format]}")
         return instant
 
 
@@ -323,6 +358,29 @@ def _coerce(spec: AttributeSpec, value: Any) -> Any:
     if spec.type == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is in the answer, or in any text of a list or object answer."""
+    pending = [value]
+    while pending:  # not recursive: an answer may be nested as deep as json reads
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+    return False
+
+
+def _quoted(value: Any) -> str:
+    """An answer as a problem quotes it: its start, for a problem is kept with the submission
+    and an answer may be a megabyte."""
+    text = repr(value)
+    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}…"
 
 
 def _same(answer: Any, expected: Any) -> bool:

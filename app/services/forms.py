@@ -12,6 +12,7 @@ external id under the source `form:<form_id>`, so nothing is counted twice.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ from app.grading import Effect
 from app.services.batch import record_batch
 from app.services.events import NewEvent
 from app.services.paging import page
-from app.services.records import check_version, save_unique
+from app.services.records import apply_changes, check_version, save_unique
 
 DEFAULT_GRACE = timedelta(hours=24)  # how long a rotated-out secret keeps working
 
@@ -100,12 +101,17 @@ def update_form(session: Session, rulebook: Rulebook, form_id: str, changes: dic
     check_version(form, if_match)
     if "spec" in changes:
         form.tool = check_spec(rulebook, changes["spec"]).tool
-    for name, value in changes.items():
-        setattr(form, name, value)
-    if changes:
-        form.version += 1
-        form.updated_at = now
+    apply_changes(form, changes, now, same=_same_value)
     return form
+
+
+def _same_value(stored: Any, given: Any) -> bool:
+    """Whether a PATCH value is what the form holds. A spec is compared as JSON, keys sorted:
+    PostgreSQL gives its keys back in its own order, and Python takes 1 == 1.0 == true, which a
+    mapping (`"in": [1]` against `"in": [true]`) tells apart."""
+    if isinstance(stored, dict) or isinstance(given, dict):
+        return json.dumps(stored, sort_keys=True) == json.dumps(given, sort_keys=True)
+    return bool(stored == given)
 
 
 def rotate_secret(

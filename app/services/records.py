@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
@@ -41,7 +42,7 @@ def update_record(session: Session, model: type[Record], record_id: int, changes
     if row is None:
         raise NotFound(f"no {model.__tablename__[:-1]} with id {record_id}")
     check_version(row, if_match)
-    if changed := _apply(row, changes, now):
+    if changed := apply_changes(row, changes, now):
         save_unique(session, row, changed.get("external_ref"))
     return row
 
@@ -81,16 +82,16 @@ def upsert_by_ref(
             wrong.append(FieldError(named.get(name, name), f"{subject} {getattr(row, name)!r} on the stored record and cannot change"))
     if wrong:
         raise Invalid(f"the record with external_ref {ref!r} cannot be changed that way", errors=wrong)
-    if _apply(row, fields, now):
+    if apply_changes(row, fields, now):
         session.flush()
     return row, False
 
 
-def _apply(row: Record, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """Set the `fields` whose values differ from the row's, and return them. A write that
-    changes nothing (a re-run sync, a PATCH of the values held) keeps the version, so the
-    ETags others hold stay valid, and `updated_at`."""
-    changes = {name: value for name, value in fields.items() if getattr(row, name) != value}
+def apply_changes(row: Any, fields: dict[str, Any], now: datetime, *, same: Callable[[Any, Any], bool] = operator.eq) -> dict[str, Any]:
+    """Set the `fields` whose values differ from the row's (by `same`), and return them. A
+    write that changes nothing (a re-run sync, a PATCH of the values held) keeps the
+    version, so the ETags others hold stay valid, and `updated_at`."""
+    changes = {name: value for name, value in fields.items() if not same(getattr(row, name), value)}
     for name, value in changes.items():
         setattr(row, name, value)
     if changes:

@@ -418,3 +418,33 @@ def test_a_form_patch_with_if_match_applies_only_to_the_version_read(api) -> Non
     other = set_up(api, "typeform-visit-report", form_id="other-form")
     form_id = created.json()["form_id"]
     assert_if_match_guards_patch(api, f"/v1/forms/{form_id}", created, {"name": "现场拜访 (v2)"}, other_path=f"/v1/forms/{other['form_id']}")
+
+
+def test_a_form_patch_that_changes_nothing_keeps_the_version_etag_and_updated_at(api, clock) -> None:  # noqa: ANN001
+    created = set_up(api, "typeform-visit-report")
+    path = f"/v1/forms/{created['form_id']}"
+    read = api.get(path)
+    clock.advance(minutes=5)
+
+    for body in ({"spec": read.json()["spec"]}, {"name": read.json()["name"]}, {"enabled": True}, {"description": read.json()["description"]}, {}):
+        r = api.patch(path, json=body, headers={"If-Match": read.headers["etag"]})
+        assert r.status_code == 200, r.text
+        assert r.headers["etag"] == read.headers["etag"], body
+        assert r.json() == read.json(), body
+
+
+def test_a_form_patch_that_changes_the_spec_moves_the_version_once(api, clock) -> None:  # noqa: ANN001
+    created = set_up(api, "typeform-visit-report")
+    path = f"/v1/forms/{created['form_id']}"
+    spec = json.loads(json.dumps(created["spec"]))
+    spec["events"][0]["when"] = {"answer": "with_manager", "in": [1]}
+    clock.advance(minutes=5)
+    first = api.patch(path, json={"spec": spec, "name": created["name"]})
+    assert first.json()["version"] == created["version"] + 1 and first.json()["updated_at"] != created["updated_at"]
+
+    spec["events"][0]["when"]["in"] = [True]  # equal to 1 in Python, another answer to the mapping
+    second = api.patch(path, json={"spec": spec})
+
+    assert second.status_code == 200, second.text
+    assert second.json()["version"] == created["version"] + 2
+    assert second.json()["spec"]["events"][0]["when"]["in"] == [True]
