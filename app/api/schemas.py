@@ -10,7 +10,7 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from app.domain.validation import instant_problem
+from app.domain.validation import instant_problem, unstorable_texts
 
 
 def _no_nul(value: str) -> str:
@@ -211,26 +211,12 @@ def _attribute_names(value: dict[str, Any]) -> dict[str, Any]:
     # nor one that cannot be written as UTF-8.
     if any(len(name) > MAX_ATTRIBUTE_NAME for name in value):
         raise ValueError(f"attribute names are at most {MAX_ATTRIBUTE_NAME} characters")
-    if not _unicode(value):
+    # JSON reads a lone surrogate escape (\\ud800, half an emoji) into a string no column or
+    # answer can hold, which was a 500: pydantic checks the strings of typed fields, not
+    # these. (A NUL in an attribute's text is named by the catalogue's check, with its name.)
+    if next(unstorable_texts(value, nul=False), None) is not None:
         raise ValueError("attribute names and texts must be Unicode: one holds a lone surrogate escape such as \\ud800")
     return value
-
-
-def _unicode(value: Any) -> bool:
-    """Whether every text in `value` (keys, strings, list items) can be written as UTF-8: JSON
-    reads a lone surrogate escape (\\ud800, half an emoji) into a string no column or answer
-    can hold, which was a 500 (pydantic checks the strings of typed fields, not these)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return False
-        return True
-    if isinstance(value, dict):
-        return all(_unicode(k) and _unicode(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_unicode(v) for v in value)
-    return True
 
 
 Attributes = Annotated[dict[str, Any], Field(max_length=MAX_ATTRIBUTES), AfterValidator(_attribute_names)]

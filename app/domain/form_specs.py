@@ -63,11 +63,12 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from datetime import timedelta, timezone, tzinfo
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.domain.form_payloads import TOOLS
 from app.domain.rulebook import AttributeSpec, EventType, Rulebook, join_path, Reader, attribute_problem
+from app.domain.validation import unstorable_texts
 
 SUBJECT_KEYS = ("external_ref", "phone", "name")
 TIME_FORMATS = ("iso", "date", "us_date", "us_datetime", "unix_s", "unix_ms")
@@ -77,7 +78,6 @@ _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 # The events table's limits, as POST /v1/events applies them.
 MAX_ACTOR = 100
 MAX_NOTE = 2000
-NUL_REASON = "must not contain the NUL character (U+0000)"
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class FormSpecError(ValueError):
 
 def parse_form_spec(data: Any, rulebook: Rulebook) -> FormSpec:
     """Validate a mapping spec (decoded JSON) against the rulebook's catalogue."""
-    unstorable = list(_unstorable_places(data))
+    unstorable = list(unstorable_texts(data))
     if unstorable:  # alone: the other problems' places could name a key that cannot be written
         raise FormSpecError(unstorable)
     r = Reader()
@@ -190,40 +190,6 @@ def parse_form_spec(data: Any, rulebook: Rulebook) -> FormSpec:
         events=tuple(events),
         event_types=used,
     )
-
-
-def _unstorable_places(data: Any) -> Iterator[tuple[str, str]]:
-    """Each place in the spec whose text (a key or a value) no JSON column keeps: the spec is
-    stored, and PostgreSQL refuses a NUL or a lone surrogate there (a 500 on save, where SQLite
-    kept it). A key's problem is reported at the object holding it."""
-    pending: list[tuple[str, Any]] = [("", data)]
-    while pending:  # not recursive: a spec may be nested as deep as json reads
-        place, value = pending.pop()
-        if isinstance(value, str):
-            reason = _text_problem(value)
-            if reason:
-                yield place, reason
-        elif isinstance(value, dict):
-            inner = []
-            for key, item in value.items():
-                reason = _text_problem(key) if isinstance(key, str) else None
-                if reason:
-                    yield place, f"the key {key!r} {reason}"
-                else:
-                    inner.append((join_path(place, key), item))
-            pending.extend(reversed(inner))
-        elif isinstance(value, list):
-            pending.extend(reversed([(join_path(place, i), v) for i, v in enumerate(value)]))
-
-
-def _text_problem(text: str) -> str | None:
-    if "\x00" in text:
-        return NUL_REASON
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be Unicode: it holds a lone surrogate escape such as \\ud800 (half an emoji)"
-    return None
 
 
 def _subject(r: Reader, raw: Any, place: str) -> SubjectSource | None:

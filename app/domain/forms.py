@@ -24,7 +24,6 @@ from app.domain.form_specs import (
     LOCAL_TIME_FORMATS,
     MAX_ACTOR,
     MAX_NOTE,
-    NUL_REASON,
     SUBJECT_KEYS,
     TIME_FORMATS,
     FormSpec,
@@ -36,6 +35,7 @@ from app.domain.form_specs import (
     parse_form_spec,
 )
 from app.domain.rulebook import AttributeSpec, EventType, attribute_problem
+from app.domain.validation import unstorable_texts
 
 __all__ = [
     "TOOLS",
@@ -168,11 +168,13 @@ class _Mapper:
 
     def answer(self, key: str) -> Any:
         """The answer under `key`: `_MISSING` if empty, `_REFUSED` (and a problem) if it holds
-        a NUL. Every answer is read here, so a NUL reaches no draft whatever the answer maps to:
-        PostgreSQL keeps no U+0000 in a text or JSON column (a 500 that lost the delivery)."""
+        a text no column keeps (a NUL). Every answer is read here, so such a text reaches no
+        draft whatever the answer maps to: PostgreSQL keeps no U+0000 in a text or JSON column
+        (a 500 that lost the delivery)."""
         value = self.answers.get(key)
-        if _has_nul(value):
-            self.fail(key, f"answer {key!r} {NUL_REASON}")
+        unstorable = next(unstorable_texts(value), None)
+        if unstorable is not None:
+            self.fail(key, f"answer {key!r} {unstorable[1]}")
             return _REFUSED
         if isinstance(value, str):
             value = value.strip()
@@ -358,22 +360,6 @@ def _coerce(spec: AttributeSpec, value: Any) -> Any:
     if spec.type == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
-
-
-def _has_nul(value: Any) -> bool:
-    """Whether a NUL is in the answer, or in any text of a list or object answer."""
-    pending = [value]
-    while pending:  # not recursive: an answer may be nested as deep as json reads
-        item = pending.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item)
-            pending.extend(item.values())
-    return False
 
 
 def _quoted(value: Any) -> str:
