@@ -114,6 +114,19 @@ def main() -> None:
     \b
     Exit status 3, for every command: the database could not be reached or failed.
     """
+    _check_database_url(get_settings().database_url)
+
+
+def _check_database_url(url: str) -> None:
+    """Exit status 2, one line, for a RAPPORT_DATABASE_URL that names no database SQLAlchemy
+    can open (it is not a URL, or names a driver that is not installed): a usage error,
+    where the first command to use it printed a traceback."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url).get_dialect()
+    except ArgumentError as exc:
+        raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: {exc}") from None
 
 
 @main.command()

@@ -98,3 +98,14 @@ def test_a_postgresql_database_that_does_not_exist_fails_every_command_with_stat
     message = assert_database_failure(run(*command, env={"RAPPORT_DATABASE_URL": url}), absent.database or "")
 
     assert PASSWORD not in message
+
+
+@pytest.mark.parametrize("url", ["not a url", "nosuchdriver://host/db"], ids=["not-a-url", "unknown-driver"])
+@pytest.mark.parametrize("command", [("migrate",), ("keys", "list"), ("verify",)], ids=" ".join)
+def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url: str, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    result = run(*command, env={"RAPPORT_DATABASE_URL": url})
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith("Error: RAPPORT_DATABASE_URL is not a database URL Rapport can use: ")
+    assert "Traceback" not in result.output
