@@ -10,6 +10,7 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from app.db.types import MAX_ID
 from app.domain.validation import instant_problem, unstorable_texts
 
 
@@ -54,9 +55,7 @@ def _no_bool(value: Any) -> Any:
 
 NotBool = BeforeValidator(_no_bool)
 
-# Ids are signed 64-bit integers in both databases: a larger number names nothing, and
-# must be refused here rather than overflow in the driver (a 500 for bad input).
-MAX_ID = 2**63 - 1
+# Ids are signed 64-bit integers in both databases (`MAX_ID`): a larger one is refused here.
 Id = Annotated[int, NotBool, Field(gt=0, le=MAX_ID)]
 PathId = Annotated[int, Path(gt=0, le=MAX_ID)]
 MAX_PAGE = 200

@@ -14,6 +14,9 @@ from sqlalchemy.types import TypeDecorator
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+# The largest id both databases hold (signed 64 bits): a larger number names nothing, and
+# reaching the driver it overflows (a 500 for bad input).
+MAX_ID = 2**63 - 1
 Json = JSON().with_variant(JSONB(), "postgresql")
 
 # An integer of 19 digits or more may lie beyond 64 bits. Looked for as a run of 19 zero

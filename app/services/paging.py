@@ -11,10 +11,10 @@ from typing import Any, Sequence, TypeVar
 from sqlalchemy import ColumnElement, Select, and_, func, literal, or_
 from sqlalchemy.orm import Session
 
+from app.db.types import MAX_ID
 from app.errors import FieldError, Invalid
 
 T = TypeVar("T")
-_MAX_ID = 2**63 - 1
 
 
 def encode_cursor(last_id: int, descending: bool = False) -> str:
@@ -29,7 +29,7 @@ def decode_cursor(cursor: str) -> tuple[int, bool]:
         after, desc = data["after"], data.get("desc", False)
         # Ids are positive signed 64-bit integers: a larger `after` was not issued here, and
         # would overflow in the driver (a 500) rather than find nothing.
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= _MAX_ID or not isinstance(desc, bool):
+        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_ID or not isinstance(desc, bool):
             raise ValueError
         return after, desc
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
