@@ -29,7 +29,7 @@ def create_customer(session: Session, rulebook: Rulebook, fields: dict[str, Any]
 def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime) -> tuple[m.Customer, bool]:
     """Create or update the customer with this external_ref (the ERP's nightly sync)."""
     kind = fields.pop("kind")
-    fields = {**fields, "contact": {k: v for k, v in (fields.get("contact") or {}).items() if v is not None}, "tags": fields.get("tags") or []}
+    fields = {**fields, "contact": _stored_contact(fields.get("contact")), "tags": fields.get("tags") or []}
     return upsert_by_ref(
         session,
         m.Customer,
@@ -45,11 +45,14 @@ def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[st
 def update_customer(
     session: Session, customer_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime
 ) -> m.Customer:
-    if "contact" in changes:
-        # As on PUT: a member sent as null is no member, and a null contact is an empty one
-        # (so a PATCH that sends the stored contact again changes nothing).
-        changes = {**changes, "contact": {k: v for k, v in (changes["contact"] or {}).items() if v is not None}}
+    if "contact" in changes:  # as on PUT, so a PATCH that sends the stored contact again changes nothing
+        changes = {**changes, "contact": _stored_contact(changes["contact"])}
     return update_record(session, m.Customer, customer_id, changes, if_match=if_match, now=now)
+
+
+def _stored_contact(contact: dict[str, Any] | None) -> dict[str, Any]:
+    """A contact as stored: a member sent as null is no member, and a null contact is an empty one."""
+    return {k: v for k, v in (contact or {}).items() if v is not None}
 
 
 def list_customers(
