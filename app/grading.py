@@ -200,16 +200,14 @@ def _update(table: Any, metric: str, since: str, columns: tuple[str, ...], diale
 # What a grade's digest covers besides the grade itself (`grade_digest`): what else the
 # UPDATE sets and a new version counts.
 _HEAD = {CustomerState: ("level",), ProjectState: ("heat", "stage", "closed")}
+# Each kind's metric (and the column dating its last change); `Writes.add` also compares it.
+_METRIC = {CustomerState: "level", ProjectState: "heat"}
 _UPDATES = {
-    (kind, dialect): _update(table, metric, since, _HEAD[kind], dialect)
+    (kind, dialect): _update(table, _METRIC[kind], f"{_METRIC[kind]}_since", _HEAD[kind], dialect)
     for dialect in ("sqlite", "postgresql")
-    for kind, table, metric, since in [
-        (CustomerState, m.Customer.__table__, "level", "level_since"),
-        (ProjectState, m.Project.__table__, "heat", "heat_since"),
-    ]
+    for kind, table in [(CustomerState, m.Customer.__table__), (ProjectState, m.Project.__table__)]
 }
 _SUBJECT = {CustomerState: "customer", ProjectState: "project"}
-_METRIC = {CustomerState: "level", ProjectState: "heat"}
 
 
 def _head(row: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
