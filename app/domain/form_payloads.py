@@ -39,6 +39,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
+from app.domain.validation import unstorable_texts
+
 TOOLS = (
     "typeform",
     "jotform",
@@ -290,10 +292,10 @@ def _json_text(text: str, what: str, where: Callable[[json.JSONDecodeError], str
         raise PayloadError(f"{what} is not valid JSON: {exc.msg} {where(exc)}") from exc
     except ValueError as exc:  # an integer beyond the interpreter's digit limit
         raise PayloadError(f"{what} holds a number of more than 4,300 digits") from exc
-    try:
-        json.dumps(data, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PayloadError(f"{what} holds a lone surrogate escape (\\u{ord(exc.object[exc.start]):04x}): text that is not Unicode") from exc
+    unstorable = next(unstorable_texts(data, nul=False), None)  # a NUL is the answer's problem, if it is mapped
+    if unstorable is not None:
+        place, reason = unstorable
+        raise PayloadError(f"{what}{f' at {place}' if place else ''}: {reason}")
     return data
 
 
