@@ -6,7 +6,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import click
 
@@ -16,12 +16,10 @@ from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
 from app.db.engine import Database
-from app.domain.rulebook import Rulebook, RulebookError, load_rulebook
+from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
 from app.errors import AppError
 from app.settings import Settings, get_settings
 
-if TYPE_CHECKING:
-    from app.services.state import RulebookMismatch
 
 
 def _now() -> datetime:
@@ -42,22 +40,12 @@ class _DatabaseFailed(click.ClickException):
     exit_code = 3
 
 
-def _load_rulebook(settings: Settings) -> Rulebook:
-    try:
-        return load_rulebook(settings.rulebook_path)
-    except RulebookError as exc:
-        raise _Unusable(str(exc)) from exc
-
-
 def _prepare(settings: Settings) -> Rulebook:
     """Where a rulebook is deployed (`serve`, `migrate`): migrate, the bootstrap key, and
     re-grade everything if the rulebook is another than the active one."""
     from app.startup import prepare  # keeps `rapport --help` fast
 
-    try:
-        rulebook, effects = prepare(settings)
-    except RulebookError as exc:
-        raise _Unusable(str(exc)) from exc
+    rulebook, effects = prepare(settings)
     if effects:
         click.echo(f"rulebook changed: {len(effects)} grade(s) re-computed")
     return rulebook
@@ -73,15 +61,11 @@ def _ready(settings: Settings) -> None:
 
 def _ready_to_grade(settings: Settings) -> Rulebook:
     """For a command that grades (import, regrade, demo): migrate and the bootstrap key, and
-    refuse (exit 2, nothing written) a rulebook other than the active one."""
-    from app.services.state import RulebookMismatch
+    refuse (RulebookMismatch: exit 2, nothing written) a rulebook other than the active one."""
     from app.startup import prepare_command
 
-    rulebook = _load_rulebook(settings)
-    try:
-        prepare_command(settings, rulebook)
-    except RulebookMismatch as exc:
-        raise _Unusable(_mismatch(settings, exc)) from None
+    rulebook = load_rulebook(settings.rulebook_path)
+    prepare_command(settings, rulebook)
     return rulebook
 
 
@@ -94,9 +78,16 @@ def _mismatch(settings: Settings, exc: RulebookMismatch) -> str:
 
 
 class _Rapport(click.Group):
+    """Every command's failures that are not its own, each as one line and a status: a
+    rulebook that cannot be used or is not the active one (2), the database (3)."""
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except RulebookError as exc:
+            raise _Unusable(str(exc)) from exc
+        except RulebookMismatch as exc:
+            raise _Unusable(_mismatch(get_settings(), exc)) from None
         except DBAPIError as exc:
             # One line, not SQLAlchemy's text: that carries the statement and its parameters.
             raise _DatabaseFailed(_database_failure(exc)) from None
@@ -268,16 +259,13 @@ def keys_revoke(name: str) -> None:
 @main.command()
 def regrade() -> None:
     """Re-grade every customer and project as of now (for criteria with time windows)."""
-    from app.services.state import RulebookMismatch, expect_rulebook, regrade_for_time
+    from app.services.state import expect_rulebook, regrade_for_time
 
     settings = get_settings()
     rulebook = _ready_to_grade(settings)
-    try:
-        with Database.from_settings(settings).session(write=True) as session:
-            expect_rulebook(session, rulebook, record=False)  # a server may have switched it since
-            effects = regrade_for_time(session, rulebook, now=_now())
-    except RulebookMismatch as exc:
-        raise _Unusable(_mismatch(settings, exc)) from None
+    with Database.from_settings(settings).session(write=True) as session:
+        expect_rulebook(session, rulebook, record=False)  # a server may have switched it since
+        effects = regrade_for_time(session, rulebook, now=_now())
     click.echo(f"{len(effects)} grade(s) changed")
 
 
@@ -291,18 +279,15 @@ def verify(as_of: datetime | None) -> None:
     other than the active rulebook, is refused (exit status 2). Grades with time windows
     move with time alone: run `rapport regrade` first, or pass the --as-of of the last
     re-grade."""
-    from app.services.state import RulebookMismatch
     from app.services.verify import disagreements
     from app.startup import SchemaBehind, check_without_writing
 
     settings = get_settings()
-    rulebook = _load_rulebook(settings)
+    rulebook = load_rulebook(settings.rulebook_path)
     try:
         check_without_writing(settings, rulebook)
     except SchemaBehind as exc:
         raise _Unusable(f"{_safe(settings.database_url)}: {exc}: run `rapport migrate` first (verify writes nothing, migrations included)") from None
-    except RulebookMismatch as exc:
-        raise _Unusable(_mismatch(settings, exc)) from None
     when = as_of or _now()
     if when.tzinfo is None:  # a bare date: midnight UTC
         when = when.replace(tzinfo=timezone.utc)

@@ -139,6 +139,16 @@ class RulebookError(ValueError):
         super().__init__(f"invalid rulebook ({len(problems)} problem(s)):\n{lines}")
 
 
+class RulebookMismatch(Exception):
+    """The configured rulebook is not the database's active one, and this command may not
+    switch it (only `rapport serve` and `rapport migrate` do: app/services/state.py)."""
+
+    def __init__(self, configured: str, active: str):
+        super().__init__(f"the configured rulebook is {configured!r}, the database's active one {active!r}")
+        self.configured = configured
+        self.active = active
+
+
 class Reader:
     """Collects problems instead of stopping at the first one."""
 

@@ -7,20 +7,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.domain.rulebook import Rulebook
+from app.domain.rulebook import Rulebook, RulebookMismatch
 from app.grading import Effect, Regrade, regrade_everything
 
 RULEBOOK_VERSION = "rulebook_version"
-
-
-class RulebookMismatch(Exception):
-    """The configured rulebook is not the database's active one, and this command may not
-    switch it (only `rapport serve` and `rapport migrate` do, by `sync_rulebook`)."""
-
-    def __init__(self, configured: str, active: str):
-        super().__init__(f"the configured rulebook is {configured!r}, the database's active one {active!r}")
-        self.configured = configured
-        self.active = active
 
 
 def active_rulebook_version(session: Session) -> str | None:
