@@ -29,39 +29,41 @@ class SchemaBehind(Exception):
 
 
 def prepare(settings: Settings, *, now: datetime | None = None) -> tuple[Rulebook, list[Effect]]:
-    """Validate the rulebook (a broken one stops here), migrate, then initialize."""
+    """Validate the rulebook (a broken one stops here), migrate, then initialize: where a
+    rulebook is deployed, so a rulebook other than the active one becomes it."""
     rulebook = load_rulebook(settings.rulebook_path)
-    upgrade(settings)
-    db = Database.from_settings(settings)
-    try:
-        effects = initialize(db, settings, rulebook, now=now or datetime.now(timezone.utc))
-    finally:
-        db.dispose()
-    return rulebook, effects
-
-
-def initialize(db: Database, settings: Settings, rulebook: Rulebook, *, now: datetime) -> list[Effect]:
-    """Ensure the bootstrap key, and re-grade everything if the rulebook version changed."""
-    with db.session(write=True) as session:
-        if settings.bootstrap_key:
-            ensure_bootstrap_key(session, settings.bootstrap_key, now=now)
-        return sync_rulebook(session, rulebook, now=now)
+    return rulebook, _migrated_and_initialized(settings, rulebook, now, switch=True)
 
 
 def prepare_command(settings: Settings, rulebook: Rulebook | None, *, now: datetime | None = None) -> None:
     """Migrate and ensure the bootstrap key, as `prepare` does, but never switch the
     rulebook: a command that grades passes its `rulebook`, and if that is not the active
     one nothing is written (RulebookMismatch). Commands that grade nothing pass None."""
+    _migrated_and_initialized(settings, rulebook, now, switch=False)
+
+
+def _migrated_and_initialized(settings: Settings, rulebook: Rulebook | None, now: datetime | None, *, switch: bool) -> list[Effect]:
     upgrade(settings)
     db = Database.from_settings(settings)
     try:
-        with db.session(write=True) as session:
-            if settings.bootstrap_key:
-                ensure_bootstrap_key(session, settings.bootstrap_key, now=now or datetime.now(timezone.utc))
-            if rulebook is not None:
-                expect_rulebook(session, rulebook, record=True)
+        return initialize(db, settings, rulebook, now=now or datetime.now(timezone.utc), switch=switch)
     finally:
         db.dispose()
+
+
+def initialize(db: Database, settings: Settings, rulebook: Rulebook | None, *, now: datetime, switch: bool = True) -> list[Effect]:
+    """Ensure the bootstrap key; then, with `switch`, re-grade everything if the rulebook
+    version changed, and without it refuse a rulebook other than the active one
+    (RulebookMismatch; a database that records none takes this one)."""
+    with db.session(write=True) as session:
+        if settings.bootstrap_key:
+            ensure_bootstrap_key(session, settings.bootstrap_key, now=now)
+        if rulebook is None:
+            return []
+        if switch:
+            return sync_rulebook(session, rulebook, now=now)
+        expect_rulebook(session, rulebook, record=True)
+        return []
 
 
 def check_without_writing(settings: Settings, rulebook: Rulebook) -> None:
