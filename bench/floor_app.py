@@ -5,8 +5,9 @@
 - `POST /events` validates the body with Rapport's own request model (`EventIn`) and
   inserts one row into the `events` table with SQLAlchemy Core, in a sync route (run in the
   thread pool, as Rapport's are), one write transaction per request;
-- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON (on
-  PostgreSQL with no transaction around the read, as Rapport reads);
+- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON, as
+  Rapport reads a row by its key: on SQLite on the event loop, on PostgreSQL on a worker
+  thread with no transaction around the read;
 - `GET /ping` does nothing: what the load generator can drive at most.
 
 The database is one Rapport has migrated (same tables, indexes and engine settings: SQLite
@@ -55,7 +56,8 @@ async def serving(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     engine = make_engine(os.environ["FLOOR_DATABASE_URL"])
-    turns = threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+    sqlite = engine.dialect.name == "sqlite"
+    turns = threading.Lock() if sqlite else nullcontext()
     reader = for_reads(engine)  # on PostgreSQL no transaction around its one read, as Rapport's
     app = FastAPI(lifespan=serving)
 
@@ -68,13 +70,20 @@ def create_app() -> FastAPI:
             ).one()
         return {"id": row.id}
 
-    @app.get("/customers/{customer_id}")
-    def read(customer_id: PathId) -> dict[str, Any]:
+    def read_row(customer_id: int) -> dict[str, Any]:
         with reader.connect() as conn:
             row = conn.execute(select(CUSTOMERS).where(CUSTOMERS.c.id == customer_id)).one_or_none()
         if row is None:
             raise HTTPException(404)
         return dict(row._mapping)
+
+    @app.get("/customers/{customer_id}")
+    async def read(customer_id: PathId) -> dict[str, Any]:
+        # Where Rapport reads a row by its key (app/api/threads.py, `indexed_read`): on
+        # SQLite on the event loop, on PostgreSQL on a worker thread.
+        if sqlite:
+            return read_row(customer_id)
+        return await to_thread.run_sync(read_row, customer_id)
 
     @app.get("/ping")
     async def ping() -> dict[str, str]:

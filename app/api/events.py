@@ -166,10 +166,13 @@ def get_events(
 
 
 @router.get("/{event_id}", response_model=s.EventOut, responses=problem_responses(404))
-def get_event(event_id: s.PathId, ctx: ContextDep, caller: Reader) -> s.EventOut:
-    with ctx.db.session(write=False) as session:
-        event = svc.get_event(session, event_id)
-        return present.event(event, svc.retraction_of(session, event_id))
+async def get_event(event_id: s.PathId, ctx: ContextDep, caller: Reader) -> s.EventOut:
+    def read() -> s.EventOut:
+        with ctx.db.session(write=False) as session:
+            event = svc.get_event(session, event_id)
+            return present.event(event, svc.retraction_of(session, event_id))
+
+    return await threads.indexed_read(ctx.db, read)
 
 
 @router.post("/{event_id}/retract", response_model=s.EventRecordedOut, responses=problem_responses(400, 404, 409, 413), openapi_extra=KEYED)

@@ -10,10 +10,10 @@ from typing import Any, Callable, Coroutine, Hashable
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ACTOR_PARAMETER, CallerWith, api_key, check_scope, known_api_key
 from app.api.limits import HOOKS_PREFIX, RateLimiter
+from app.api.threads import indexed_read
 
 
 def _scopes(dependant: Dependant) -> list[str]:
@@ -63,17 +63,10 @@ class Gated(APIRoute):
                 # Remembered, and nothing changed since: the key is not read (PostgreSQL: no
                 # database at all; SQLite: one read of the keys' stamp; app/services/known_keys.py).
                 key = None if known is None else known_api_key(known, authorization)
-                if key is None and ctx.db.is_sqlite:
-                    # On the event loop: reading one row of an embedded database by an index
-                    # costs less than the hand-off to a worker thread and back (0.15-0.35 ms
-                    # of a served POST's CPU, docs/performance.md "The state round"). The
-                    # loop can wait here only for a pooled connection when every one is
-                    # held, and worker threads return theirs without the loop. A server's
-                    # database is across a network, and a wait there would stall every
-                    # request: a thread.
-                    key = api_key(ctx.db, authorization, known)
-                elif key is None:
-                    key = await run_in_threadpool(api_key, ctx.db, authorization, known)
+                if key is None:
+                    # On SQLite on the event loop: 0.15-0.35 ms of a served POST's CPU less
+                    # than the hand-off (docs/performance.md, "The state round").
+                    key = await indexed_read(ctx.db, api_key, ctx.db, authorization, known)
                 _spend(ctx.limiter, ("key", key.id))
                 for scope in scopes:
                     check_scope(key, scope)

@@ -16,8 +16,9 @@ router = APIRouter(tags=["meta"], route_class=Gated)
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers. No auth, no database."""
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers. No auth, no database, and no worker thread: a
+    process whose threads are all busy is alive, and must not be restarted for it."""
     return {"status": "ok"}
 
 
@@ -33,7 +34,7 @@ def readyz(ctx: ContextDep) -> Any:
 
 
 @router.get("/v1/rulebook", responses=AUTHENTICATED)
-def rulebook(ctx: ContextDep, caller: Reader) -> dict[str, Any]:
+async def rulebook(ctx: ContextDep, caller: Reader) -> dict[str, Any]:
     """The active rulebook: its version, the event catalogue with each type's attributes,
     the levels of each customer kind and the heat tiers, with their criteria and labels."""
     return dict(ctx.rulebook.source)

@@ -59,9 +59,9 @@ def list_projects(
 
 
 @router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses=problem_responses(404))
-def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
+async def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The project with this external_ref (the ERP's code)."""
-    return subjects.read(ctx, m.Project, "external_ref", external_ref, lambda session, row: _out(ctx, session, row))
+    return await subjects.read(ctx, m.Project, "external_ref", external_ref, lambda session, row: _out(ctx, session, row))
 
 
 @router.put(
@@ -87,9 +87,9 @@ def put_project(
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(404))
-def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
+async def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
-    return subjects.read(ctx, m.Project, "id", project_id, lambda session, row: _out(ctx, session, row))
+    return await subjects.read(ctx, m.Project, "id", project_id, lambda session, row: _out(ctx, session, row))
 
 
 @router.patch("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(400, 404, 409, 412, 413))

@@ -13,15 +13,20 @@ from sqlalchemy.orm import Session
 from app.api.deps import Context
 from app.api.etags import etag, parse_if_match
 from app.api.present import answer
+from app.api.threads import indexed_read
 from app.services.records import Record, read_only
 
 Present = Callable[[Session, Any], BaseModel]
 Put = Callable[..., tuple[Any, bool]]
 
 
-def read(ctx: Context, model: type[Record], column: str, value: int | str, present: Present) -> Response:
+async def read(ctx: Context, model: type[Record], column: str, value: int | str, present: Present) -> Response:
     """The record whose `column` (id or external_ref) is `value`, presented in the same
-    session, with its ETag."""
+    session, with its ETag. A read by an index: on SQLite on the event loop (`indexed_read`)."""
+    return await indexed_read(ctx.db, _read, ctx, model, column, value, present)
+
+
+def _read(ctx: Context, model: type[Record], column: str, value: int | str, present: Present) -> Response:
     kind = model.__tablename__[:-1]
     with ctx.db.session(write=False) as session:
         row = read_only(session, model, column, value)

@@ -70,7 +70,7 @@ def test_requests_beyond_the_worker_threads_wait_their_turn(app, api, client, po
         first = client.send_soon("POST", "/v1/events", json=_visit(customer, "S1"))
         try:
             assert entered.wait(5)
-            read = client.send_soon("GET", f"/v1/customers/{customer}")
+            read = client.send_soon("GET", f"/v1/customers/{customer}/history")
             with pytest.raises(FutureTimeout):
                 read.result(timeout=0.3)  # the one thread is taken
         finally:
@@ -78,6 +78,51 @@ def test_requests_beyond_the_worker_threads_wait_their_turn(app, api, client, po
         assert first.result(timeout=10).status_code == 201
         assert read.result(timeout=10).status_code == 200
     assert portal.call(_tokens) == 40  # anyio's default again once the server stops
+
+
+def test_a_read_by_key_waits_for_no_worker_thread_on_sqlite(app, api, client, portal, monkeypatch, db_url) -> None:  # noqa: ANN001
+    """On SQLite a customer, project or event read by its id or code runs on the event
+    loop (`indexed_read`), so writes holding every worker thread do not hold it up; on
+    PostgreSQL it runs on a worker thread and waits for one."""
+    customer = api.create_customer(kind="owner", external_ref="C-LOOP")["id"]
+    project = api.create_project(customer, external_ref="P-LOOP")["id"]
+    event = client.post("/v1/events", json=_visit(customer, "S0")).json()["id"]
+    before = client.get(f"/v1/customers/{customer}").json()
+    entered, release = _held(monkeypatch, event_svc, "record_event")
+    reads = [f"/v1/customers/{customer}", "/v1/customers/by-ref/C-LOOP", f"/v1/projects/{project}", "/v1/projects/by-ref/P-LOOP", f"/v1/events/{event}"]
+    with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        first = client.send_soon("POST", "/v1/events", json=_visit(customer, "S1"))
+        try:
+            assert entered.wait(5)
+            pending = [client.send_soon("GET", path) for path in reads]
+            if is_postgres(db_url):
+                with pytest.raises(FutureTimeout):
+                    pending[0].result(timeout=0.3)  # the one thread is taken
+            else:
+                answers = [read.result(timeout=5) for read in pending]
+                assert [a.status_code for a in answers] == [200] * 5
+                # Read while the event is being recorded: the customer as it was before it.
+                assert answers[0].json() == before
+        finally:
+            release.set()
+        assert first.result(timeout=10).status_code == 201
+        assert [read.result(timeout=10).status_code for read in pending] == [200] * 5
+
+
+def test_liveness_waits_for_no_worker_thread(app, api, client, portal, monkeypatch) -> None:  # noqa: ANN001
+    """`/healthz` answers while every worker thread is taken, on either engine: a busy
+    process is alive, and an orchestrator must not restart it for being busy."""
+    customer = api.create_customer()["id"]
+    entered, release = _held(monkeypatch, event_svc, "record_event")
+    with portal.wrap_async_context_manager(app.router.lifespan_context(app)):
+        first = client.send_soon("POST", "/v1/events", json=_visit(customer, "S1"))
+        try:
+            assert entered.wait(5)
+            health = client.send_soon("GET", "/healthz").result(timeout=5)
+            assert health.status_code == 200 and health.json() == {"status": "ok"}
+        finally:
+            release.set()
+        assert first.result(timeout=10).status_code == 201
 
 
 @pytest.mark.parametrize(
