@@ -105,7 +105,21 @@ def main() -> None:
     \b
     Exit status 3, for every command: the database could not be reached or failed.
     """
-    _check_database_url(get_settings().database_url)
+    _check_database_url(_usable_settings().database_url)
+
+
+def _usable_settings() -> Settings:
+    """The settings, or exit status 2 with one line per RAPPORT_* variable that cannot be
+    used and why (a number out of its range, not a number...): a configuration error, where
+    every command printed pydantic's traceback. The values are not echoed: one may be a
+    secret."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        reasons = "; ".join(f"RAPPORT_{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors())
+        raise _Unusable(f"the configuration cannot be used: {reasons}") from None
 
 
 def _check_database_url(url: str) -> None:
@@ -115,9 +129,12 @@ def _check_database_url(url: str) -> None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url).get_dialect()
+        make_url(url).get_dialect().import_dbapi()
     except ArgumentError as exc:
         raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: {exc}") from None
+    except ImportError as exc:
+        hint = ' (Rapport\'s PostgreSQL driver is psycopg: pip install ".[postgres]", and a URL postgresql+psycopg://...)' if make_url(url).get_backend_name() == "postgresql" else ""
+        raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: its driver is not installed: {exc}{hint}") from None
 
 
 @main.command()
@@ -131,7 +148,7 @@ def _check_database_url(url: str) -> None:
     type=click.IntRange(1, 3600),
     help="seconds requests in flight get to finish after SIGTERM (keep it below your orchestrator's grace period)",
 )
-@click.option("--demo", is_flag=True, help="load a small demo data set (if the database is empty) and print a read key")
+@click.option("--demo", is_flag=True, help="load a small demo data set (if the database is empty) and print a read/write key")
 def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool) -> None:
     """Migrate the database, then serve the API. SIGTERM stops it gracefully: no new
     connections, requests in flight finish, the webhook thread ends its attempt under way

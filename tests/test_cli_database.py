@@ -100,7 +100,11 @@ def test_a_postgresql_database_that_does_not_exist_fails_every_command_with_stat
     assert PASSWORD not in message
 
 
-@pytest.mark.parametrize("url", ["not a url", "nosuchdriver://host/db"], ids=["not-a-url", "unknown-driver"])
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "nosuchdriver://host/db", "postgresql+pg8000://postgres@127.0.0.1/rapport", "mssql+pymssql://sa@127.0.0.1/rapport"],
+    ids=["not-a-url", "unknown-driver", "driver-not-installed", "other-engine-not-installed"],
+)
 @pytest.mark.parametrize("command", [("migrate",), ("keys", "list"), ("verify",)], ids=" ".join)
 def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url: str, command: tuple[str, ...]) -> None:  # noqa: ANN001
     result = run(*command, env={"RAPPORT_DATABASE_URL": url})
@@ -109,3 +113,25 @@ def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
     assert result.stderr.startswith("Error: RAPPORT_DATABASE_URL is not a database URL Rapport can use: ")
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"RAPPORT_IDEMPOTENCY_TTL_HOURS": "1"}, ["RAPPORT_IDEMPOTENCY_TTL_HOURS: Input should be greater than or equal to 24"]),
+        ({"RAPPORT_WEBHOOK_TIMEOUT_SECONDS": "61"}, ["RAPPORT_WEBHOOK_TIMEOUT_SECONDS: Input should be less than or equal to 60"]),
+        ({"RAPPORT_RATE_LIMIT_PER_SECOND": "abc", "RAPPORT_WORKER_THREADS": "0"}, ["RAPPORT_RATE_LIMIT_PER_SECOND: Input should be a valid number", "RAPPORT_WORKER_THREADS: "]),
+    ],
+    ids=["below-its-least", "above-its-most", "two-at-once"],
+)
+@pytest.mark.parametrize("command", [("migrate",), ("keys", "list"), ("verify",)], ids=" ".join)
+def test_a_setting_rapport_cannot_use_is_a_configuration_error_in_one_line(run, env: dict[str, str], named: list[str], command: tuple[str, ...]) -> None:  # noqa: ANN001
+    result = run(*command, env=env)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith("Error: the configuration cannot be used: ")
+    for reason in named:
+        assert reason in result.stderr
+    assert "Traceback" not in result.output
+    assert not Path("rapport.db").exists()  # nothing was done
