@@ -1,4 +1,4 @@
-"""The five worked examples of rulebook.md ("these must hold"), end to end through the API:
+"""The five worked examples of docs/rulebook.md ("these must hold"), end to end through the API:
 events logged over HTTP, grades and history read back over HTTP."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every criterion of the default rulebook, once met and once not, read as rulebook.md says.
+"""Every criterion of the default rulebook, once met and once not, read as docs/rulebook.md says.
 
 Each case builds only the facts the criterion looks at; the assertion is what a user sees
 on the grade: whether the criterion is met and which logged events it names as evidence.

@@ -1,4 +1,4 @@
-"""The five worked examples of rulebook.md ("these must hold"), at the domain level.
+"""The five worked examples of docs/rulebook.md ("these must hold"), at the domain level.
 
 The parts about history rows (examples 1 and 3: "the history has both changes", "the
 project's history names the trigger") are written by the application layer, not by
