@@ -129,12 +129,14 @@ def update_form(
 
 
 @router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses=problem_responses(400, 404, 413))
-def rotate_secret(form_id: FormIdPath, body: s.RotateSecretIn, ctx: ContextDep, caller: Admin) -> s.FormSecretOut:
+def rotate_secret(form_id: FormIdPath, ctx: ContextDep, caller: Admin, body: s.RotateSecretIn | None = None) -> s.FormSecretOut:
     """Issue a new secret (or set the one given). The old one keeps working for
-    `grace_hours`, so the tool can be re-configured without losing deliveries."""
+    `grace_hours` (24 by default), so the tool can be re-configured without losing
+    deliveries. With no body: a generated secret, the same scheme, 24 hours' grace."""
+    asked = body or s.RotateSecretIn()
 
     def write(session: Session) -> s.FormSecretOut:
-        form = svc.rotate_secret(session, form_id, scheme=body.auth_scheme, secret=body.secret, grace=timedelta(hours=body.grace_hours), now=ctx.clock())
+        form = svc.rotate_secret(session, form_id, scheme=asked.auth_scheme, secret=asked.secret, grace=timedelta(hours=asked.grace_hours), now=ctx.clock())
         return _with_secret(form)
 
     return ctx.db.transaction(write)

@@ -230,6 +230,19 @@ def test_a_rotated_secret_keeps_working_for_its_grace_period(api, clock) -> None
     assert api.post(form["hook_path"], content=body, headers=by_new["headers"]).status_code == 200  # a redelivery by now
 
 
+def test_a_rotation_with_no_body_generates_a_secret_with_a_days_grace(api, clock) -> None:
+    from datetime import timedelta
+
+    form = set_up(api, "typeform-visit-report")
+
+    rotated = api.post(f"/v1/forms/{form['form_id']}/rotate-secret")
+
+    assert rotated.status_code == 200, rotated.text
+    out = rotated.json()
+    assert out["secret"] != form["secret"] and out["auth_scheme"] == form["auth_scheme"]
+    assert datetime.fromisoformat(out["previous_secret_until"]) == clock.now + timedelta(hours=24)
+
+
 def test_a_url_token_is_rotated_at_once_with_no_grace(api, clock) -> None:
     api.create_customer(CUSTOMER, "installer")
     form = set_up(api, "jotform-visit-report")
