@@ -113,13 +113,20 @@ def _usable_settings() -> Settings:
     used and why (a number out of its range, not a number...): a configuration error, where
     every command printed pydantic's traceback. The values are not echoed: one may be a
     secret."""
+    import re
+
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         return get_settings()
     except ValidationError as exc:
         reasons = "; ".join(f"RAPPORT_{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors())
         raise _Unusable(f"the configuration cannot be used: {reasons}") from None
+    except SettingsError as exc:  # a list or object setting that is not JSON
+        named = re.search(r'field "(\w+)"', str(exc))
+        variable = f"RAPPORT_{named.group(1).upper()}" if named else "a RAPPORT_ variable"
+        raise _Unusable(f"the configuration cannot be used: {variable} is not JSON: {exc.__cause__ or exc}") from None
 
 
 def _check_database_url(url: str) -> None:

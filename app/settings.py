@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, NonNegativeFloat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+# The longest wait before a webhook retry: 30 days. Longer, a retry's time would be past any
+# date the database keeps (1e400 is infinity), and the attempt could not be recorded.
+MAX_RETRY_WAIT = 30 * 24 * 3600
 
 
 class Settings(BaseSettings):
@@ -45,10 +50,10 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")
     deliver_in_process: bool = Field(default=True, description="deliver outbound webhooks from a thread of the API process (off: run `rapport worker`)")
-    webhook_retry_schedule: list[NonNegativeFloat] = Field(
+    webhook_retry_schedule: list[Annotated[float, Field(ge=0, le=MAX_RETRY_WAIT, allow_inf_nan=False)]] = Field(
         default=[5, 300, 1800, 7200, 18000, 36000, 36000],
         min_length=1,
-        description="seconds to wait before each retry of a failed webhook delivery (JSON list); when they run out the subscription is paused",
+        description="seconds to wait before each retry of a failed webhook delivery (JSON list, each at most 30 days); when they run out the subscription is paused",
     )
     webhook_concurrency: int = Field(default=4, ge=1, le=32, description="webhook deliveries each worker (or API process) sends at once, so that a few slow receivers do not hold up the others")
     webhook_log_days: int = Field(default=30, ge=1, description="days a finished webhook delivery (with its attempts) stays in the delivery log; then the worker deletes it")

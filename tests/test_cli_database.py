@@ -121,8 +121,11 @@ def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url
         ({"RAPPORT_IDEMPOTENCY_TTL_HOURS": "1"}, ["RAPPORT_IDEMPOTENCY_TTL_HOURS: Input should be greater than or equal to 24"]),
         ({"RAPPORT_WEBHOOK_TIMEOUT_SECONDS": "61"}, ["RAPPORT_WEBHOOK_TIMEOUT_SECONDS: Input should be less than or equal to 60"]),
         ({"RAPPORT_RATE_LIMIT_PER_SECOND": "abc", "RAPPORT_WORKER_THREADS": "0"}, ["RAPPORT_RATE_LIMIT_PER_SECOND: Input should be a valid number", "RAPPORT_WORKER_THREADS: "]),
+        ({"RAPPORT_WEBHOOK_RETRY_SCHEDULE": "[1e400]"}, ["RAPPORT_WEBHOOK_RETRY_SCHEDULE.0: Input should be a finite number"]),
+        ({"RAPPORT_WEBHOOK_RETRY_SCHEDULE": "[5, 1e12]"}, ["RAPPORT_WEBHOOK_RETRY_SCHEDULE.1: Input should be less than or equal to 2592000"]),
+        ({"RAPPORT_WEBHOOK_RETRY_SCHEDULE": "abc"}, ["RAPPORT_WEBHOOK_RETRY_SCHEDULE is not JSON: Expecting value"]),
     ],
-    ids=["below-its-least", "above-its-most", "two-at-once"],
+    ids=["below-its-least", "above-its-most", "two-at-once", "infinite-wait", "wait-past-any-date", "not-json"],
 )
 @pytest.mark.parametrize("command", [("migrate",), ("keys", "list"), ("verify",)], ids=" ".join)
 def test_a_setting_rapport_cannot_use_is_a_configuration_error_in_one_line(run, env: dict[str, str], named: list[str], command: tuple[str, ...]) -> None:  # noqa: ANN001
