@@ -10,6 +10,7 @@ import hmac
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from app.services import outbox
 from app.services.batch import record_batch
 from app.services.customers import create_customer
 from app.services.delivery import USER_AGENT, deliver_due
+from app.services.egress import Egress
 from app.services.events import NewEvent, record_event
 from app.settings import Settings
 from app.startup import prepare
@@ -413,6 +415,97 @@ def test_an_unreachable_receiver_is_logged_as_an_error_and_retried(db: Database,
     (delivery,) = deliveries(db)
     assert delivery.status == "pending" and delivery.next_attempt_at > clock()
     assert subscription(db, sid).status == "active"
+
+
+class Dripper:
+    """A receiver that answers a byte at a time, `gap` seconds apart, each byte well within
+    a read timeout: its status line and headers at once and then its 2,000-byte body, or
+    (`drip_headers`) its status line and headers too. Sent in full, an answer would take
+    minutes."""
+
+    def __init__(self, *, drip_headers: bool, gap: float = 0.2):
+        self.drip_headers, self.gap = drip_headers, gap
+        self.requests = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/hooks/rapport"
+
+    def close(self) -> None:
+        self._done.set()
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._done.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += conn.recv(65536)
+            self.requests += 1
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2000\r\n\r\n"
+            if not self.drip_headers:
+                conn.sendall(head)
+            for byte in (head if self.drip_headers else b"") + b"x" * 2000:
+                if self._done.wait(self.gap):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return  # the worker hung up: what the test wants
+
+
+@pytest.mark.parametrize("drip_headers", [False, True], ids=["body-dripped", "headers-dripped"])
+def test_an_attempt_ends_when_its_time_is_up_however_slowly_the_receiver_answers(db: Database, clock: Clock, drip_headers: bool) -> None:
+    """The timeout bounds the whole attempt, not each read: otherwise a receiver dripping
+    its answer held a sender past the claim's lease, and a second sender sent the same
+    delivery at the same time. An answer whose status came in time counts by its status."""
+    dripper = Dripper(drip_headers=drip_headers)
+    with db.session(write=True) as s:
+        outbox.create_subscription(s, {"url": dripper.url, "event_types": ["webhook.test"]}, now=clock())
+    queue(db, clock)
+    try:
+        with Egress(allow_loopback=True).client(1.0) as client:
+            started = time.monotonic()
+            deliver(db, clock, client)
+            took = time.monotonic() - started
+    finally:
+        dripper.close()
+
+    assert dripper.requests == 1
+    assert took < 3, took  # in full, the answer takes over 400 s
+    (attempt,) = attempts(db)
+    (delivery,) = deliveries(db)
+    if drip_headers:
+        assert attempt.status_code is None and "ReadTimeout" in (attempt.error or "")
+        assert delivery.status == "pending" and delivery.next_attempt_at > clock()
+    else:
+        assert attempt.status_code == 200 and attempt.error is None
+        assert attempt.response_excerpt and set(attempt.response_excerpt) == {"x"}  # what came in time
+        assert delivery.status == "succeeded"
+
+
+def test_a_url_the_http_client_cannot_send_to_is_a_failed_attempt_not_a_stuck_delivery(db: Database, clock: Clock, http: httpx.Client) -> None:
+    """A subscription stored before the API refused such URLs: its deliveries are logged as
+    failed attempts and retried on the schedule, not claimed again for ever unlogged."""
+    with db.session(write=True) as s:
+        sid = outbox.create_subscription(s, {"url": "http://\u24db\u24de\u24d2\u24d0\u24db.example/h", "event_types": ["webhook.test"]}, now=clock()).id
+    queue(db, clock)
+
+    run_out_the_clock(db, clock, http, schedule=(1.0, 2.0))
+
+    assert len(attempts(db)) == 3 and all("InvalidURL" in (a.error or "") for a in attempts(db))
+    (delivery,) = deliveries(db)
+    assert delivery.status == "failed" and subscription(db, sid).status == "paused"
 
 
 # --- several workers -----------------------------------------------------------------------

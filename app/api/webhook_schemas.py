@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from app.api.schemas import NoNul, Patch, Strict
@@ -26,6 +27,10 @@ def _absolute_http(value: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL")
     if any(c.isspace() for c in value):
         raise ValueError("must not contain white space")
+    try:
+        httpx.URL(value)  # what the worker will send to: a host name IDNA cannot encode fails there
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"cannot be sent to: {exc}") from None
     return value
 
 

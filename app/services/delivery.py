@@ -138,15 +138,26 @@ def _post(client: httpx.Client, claim: Claim, now: Callable[[], datetime]) -> Ou
             return Outcome(at, response.status_code, None, _ms_since(started), excerpt)
     except httpx.HTTPError as exc:
         return Outcome(at, None, f"{type(exc).__name__}: {exc}"[:500], _ms_since(started), None)
+    except Exception as exc:  # noqa: BLE001 - e.g. httpx.InvalidURL, which is no HTTPError
+        # A failed attempt like any other: logged, retried on the schedule, and pausing the
+        # subscription in the end. Escaping, it left the delivery pending with nothing
+        # logged, claimed again each time its lease ran out, for ever.
+        log.exception("webhook delivery %s: the attempt failed", claim.delivery_id)
+        return Outcome(at, None, f"{type(exc).__name__}: {exc}"[:500], _ms_since(started), None)
 
 
 def _excerpt(response: httpx.Response) -> str | None:
-    """At most EXCERPT_BYTES of the body: a receiver cannot make the worker read more."""
+    """At most EXCERPT_BYTES of the body: a receiver cannot make the worker read more. The
+    status is the answer: a body that stalls or breaks off after it (the attempt's time up)
+    leaves what was read, and the attempt counts by its status, not as a failure."""
     data = bytearray()
-    for chunk in response.iter_bytes():
-        data += chunk
-        if len(data) >= EXCERPT_BYTES:
-            break
+    try:
+        for chunk in response.iter_bytes():
+            data += chunk
+            if len(data) >= EXCERPT_BYTES:
+                break
+    except httpx.HTTPError:
+        pass
     # PostgreSQL text cannot hold NUL.
     return bytes(data[:EXCERPT_BYTES]).decode("utf-8", "replace").replace("\x00", "\ufffd") or None
 

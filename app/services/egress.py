@@ -21,13 +21,22 @@ always link-local addresses and the clouds' other metadata addresses (Alibaba Cl
 100.100.100.200, AWS's fd00:ec2::254), unspecified, multicast and reserved addresses.
 Private networks (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10) are allowed unless
 `webhook_allow_private` is off: an on-premises ERP or app back end usually lives there.
-With an HTTP(S)_PROXY in the environment the proxy connects, and its own policy applies.
+The worker connects itself, always: HTTP_PROXY / HTTPS_PROXY in the environment are not
+used (httpx leaves them out for a client given its own transport, as this one is), so an
+egress proxy must be transparent to it.
+
+An attempt's timeout bounds the whole attempt, not each read: a receiver that sends its
+answer a byte at a time, each within the read timeout, is cut off when the attempt's time
+is up (`_Deadlined`). Otherwise it could hold a sender past its claim's lease, and another
+sender would send the same delivery at the same time.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -75,13 +84,19 @@ class Egress:
         return f"{host} {reason}" if str(address) == host else f"{host} is {address}, which {reason}"
 
     def client(self, timeout: float) -> httpx.Client:
-        """An HTTP client whose direct connections go only to addresses this allows."""
+        """An HTTP client whose direct connections go only to addresses this allows, and
+        whose every request, from its start to its answer's last byte read, takes at most
+        `timeout` seconds (a request hook starts the clock in the thread sending it)."""
         transport = httpx.HTTPTransport()
         pool = transport._pool  # httpx makes it; its network backend is the one place every connection is opened
         if not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):  # pragma: no cover - httpcore changed
             raise RuntimeError("cannot guard webhook connections with this httpcore")
         pool._network_backend = _Guarded(pool._network_backend, self)
-        return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False)
+
+        def start_the_clock(_request: httpx.Request) -> None:
+            _attempt.deadline = time.monotonic() + timeout
+
+        return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, event_hooks={"request": [start_the_clock]})
 
 
 def literal_address(host: str) -> Address | None:
@@ -129,7 +144,8 @@ class _Guarded(httpcore.NetworkBackend):
         error: Exception | None = None
         for address in addresses:
             try:
-                return self._inner.connect_tcp(str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options)
+                left = _time_left(timeout, httpcore.ConnectTimeout)
+                return _Deadlined(self._inner.connect_tcp(str(address), port, timeout=left, local_address=local_address, socket_options=socket_options))
             except httpcore.ConnectError as exc:
                 error = exc
         raise error or httpcore.ConnectError(f"{host}: no address")
@@ -139,3 +155,42 @@ class _Guarded(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore's retries, unused
         self._inner.sleep(seconds)
+
+
+# The deadline of the request the current thread is sending (set by `Egress.client`'s
+# request hook): httpcore runs a sync request in the thread that sends it.
+_attempt = threading.local()
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """The timeout of one network operation: `timeout`, or less if the request's deadline
+    comes first; `expired` is raised once it has passed."""
+    deadline: float | None = getattr(_attempt, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise expired("the attempt took longer than its timeout")
+    return left if timeout is None else min(timeout, left)
+
+
+class _Deadlined(httpcore.NetworkStream):
+    """A connection whose reads and writes end by the request's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream):
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> httpcore.NetworkStream:
+        return _Deadlined(self._inner.start_tls(ssl_context, server_hostname, _time_left(timeout, httpcore.ConnectTimeout)))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)

@@ -256,6 +256,10 @@ BAD_BODIES = [
     ({"url": "https://", "event_types": [LEVEL]}, "url"),
     ({"url": "https://example.com:99999/hooks", "event_types": [LEVEL]}, "url"),
     ({"url": "https://example.com/a b", "event_types": [LEVEL]}, "url"),
+    # Host names IDNA cannot encode: stored, their deliveries could never be sent.
+    ({"url": "http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3:8801/h", "event_types": [LEVEL]}, "url"),
+    ({"url": "http://\u2603.net/", "event_types": [LEVEL]}, "url"),
+    ({"url": "http://a\u00adb.example/", "event_types": [LEVEL]}, "url"),
     ({"event_types": [LEVEL]}, "url"),
     ({"url": "https://example.com/hooks"}, "event_types"),
     ({"url": "https://example.com/hooks", "event_types": []}, "event_types"),
@@ -274,7 +278,7 @@ def test_an_invalid_subscription_is_422_naming_the_field_and_nothing_is_stored(a
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"url": None}, "url"), ({"event_types": None}, "event_types"), ({"event_types": []}, "event_types"), ({"status": "deleted"}, "status"), ({"secret": "x"}, "secret")],
+    [({"url": None}, "url"), ({"url": "http://\U0001f4a9.la/"}, "url"), ({"event_types": None}, "event_types"), ({"event_types": []}, "event_types"), ({"status": "deleted"}, "status"), ({"secret": "x"}, "secret")],
 )
 def test_an_invalid_patch_is_422_naming_the_field(api, receiver: Receiver, body: dict[str, Any], field: str) -> None:  # noqa: ANN001
     sub = subscribe(api, receiver, [LEVEL])
