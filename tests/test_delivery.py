@@ -31,7 +31,7 @@ from app.domain.rulebook import load_rulebook
 from app.services import outbox
 from app.services.batch import record_batch
 from app.services.customers import create_customer
-from app.services.delivery import USER_AGENT, deliver_due
+from app.services.delivery import USER_AGENT, Failing, deliver_due
 from app.services.egress import Egress
 from app.services.events import NewEvent, record_event
 from app.settings import Settings
@@ -81,7 +81,9 @@ class Receiver:
         self.applied: dict[str, dict[str, Any]] = {}  # webhook-id -> payload, first time only
         self.effects: list[str] = []  # what applying did: one entry per message applied
         self.in_flight: dict[str, int] = {}
-        self.most_in_flight = 0
+        self.most_in_flight = 0  # of one message
+        self.at_once = 0
+        self.most_at_once = 0  # of all messages
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -103,6 +105,8 @@ class Receiver:
         with self._lock:
             self.in_flight[msg_id] = self.in_flight.get(msg_id, 0) + 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight[msg_id])
+            self.at_once += 1
+            self.most_at_once = max(self.most_at_once, self.at_once)
             status = self.answers.pop(0) if self.answers else 200
         try:
             payload = verify(self.secret, headers, body, now=self.now())
@@ -118,6 +122,7 @@ class Receiver:
         finally:
             with self._lock:
                 self.in_flight[msg_id] -= 1
+                self.at_once -= 1
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -532,6 +537,40 @@ def test_two_workers_never_send_one_delivery_at_the_same_time(db: Database, rece
     assert all(receiver.times_seen(msg_id) == 1 for msg_id in msg_ids)
     assert {d.status for d in deliveries(db)} == {"succeeded"}
     assert len(attempts(db)) == 30
+
+
+def test_a_failing_receiver_gets_one_sender_and_the_others_are_not_held_up(db: Database, clock: Clock) -> None:
+    """Once a subscription's attempt has failed, this process sends it one delivery at a
+    time, so the other senders serve the other subscriptions instead of all waiting on a
+    receiver that times out (docs/webhooks-out.md)."""
+    slow, healthy = Receiver(now=lambda: clock().timestamp()), Receiver(now=lambda: clock().timestamp())
+    try:
+        subscribe(db, slow, clock)
+        healthy_id = subscribe(db, healthy, clock)
+        slow.answers, slow.delay = [500] * 100, 0.1
+        failing = Failing()
+        queue(db, clock)
+        with httpx.Client(timeout=5) as client:
+            assert deliver_due(db, now=clock, client=client, limit=2, lease=LEASE, schedule=SCHEDULE, failing=failing) == 2
+        msg_ids = queue(db, clock, 12)
+
+        def sender(_: int) -> int:
+            with httpx.Client(timeout=5) as client:
+                sent = 0
+                while n := deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=SCHEDULE, failing=failing):
+                    sent += n
+                return sent
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            sent = sum(pool.map(sender, range(4)))
+    finally:
+        slow.close()
+        healthy.close()
+
+    assert sent == 24  # every due delivery of both was attempted once (the retries are not due yet)
+    assert slow.most_at_once == 1
+    assert set(msg_ids) <= set(healthy.applied)
+    assert [d.status for d in deliveries(db) if d.subscription_id == healthy_id] == ["succeeded"] * 13
 
 
 def test_a_worker_whose_lease_ran_out_does_not_overwrite_the_new_holder(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:

@@ -66,6 +66,47 @@ class Outcome:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+class Failing:
+    """The subscriptions whose last attempt from this process failed, and the deliveries of
+    each that this process's senders have in flight.
+
+    A failing subscription gets one sender at a time: its other due deliveries wait while
+    one is attempted. Without this, claims taken in `next_attempt_at` order gave every
+    sender to a receiver that timed out (each attempt the whole timeout), and every other
+    subscription's deliveries waited behind it: 8 messages to a healthy receiver took 21 s
+    beside a hanging one. Its first attempts may still take several senders at once, until
+    one fails; a success lifts the limit. Kept per process, like the senders."""
+
+    def __init__(self) -> None:
+        self._claiming = threading.Lock()
+        self._lock = threading.Lock()
+        self._failing: set[int] = set()
+        self._in_flight: dict[int, int] = {}
+
+    def claim(self, db: Database, now: datetime, lease: timedelta) -> Claim | None:
+        """`_claim`, passing over the failing subscriptions that have a delivery in flight.
+        One claim at a time in this process, so that two senders cannot both take one."""
+        with self._claiming:
+            with self._lock:
+                busy = sorted(sid for sid in self._failing if self._in_flight.get(sid))
+            claim = _claim(db, now, lease, passing_over=busy)
+            if claim is not None:
+                with self._lock:
+                    self._in_flight[claim.subscription_id] = self._in_flight.get(claim.subscription_id, 0) + 1
+            return claim
+
+    def ended(self, claim: Claim, *, ok: bool) -> None:
+        with self._lock:
+            sid = claim.subscription_id
+            self._in_flight[sid] -= 1
+            if not self._in_flight[sid]:
+                del self._in_flight[sid]
+            if ok:
+                self._failing.discard(sid)
+            else:
+                self._failing.add(sid)
+
+
 def deliver_due(
     db: Database,
     *,
@@ -74,17 +115,24 @@ def deliver_due(
     limit: int,
     lease: timedelta,
     schedule: Sequence[float],
+    failing: Failing | None = None,
 ) -> int:
     """Attempt up to `limit` due deliveries, one claim at a time; return how many were
     attempted. `schedule` holds the seconds to wait before each retry; after the last
-    retry fails the delivery is `failed` and its subscription paused."""
+    retry fails the delivery is `failed` and its subscription paused. Senders running at
+    once share one `failing`."""
+    failing = failing or Failing()
     attempted = 0
     while attempted < limit:
-        claim = _claim(db, now(), lease)
+        claim = failing.claim(db, now(), lease)
         if claim is None:
             break
-        outcome = _post(client, claim, now)
-        _record(db, claim, outcome, now(), schedule)
+        outcome = None
+        try:
+            outcome = _post(client, claim, now)
+            _record(db, claim, outcome, now(), schedule)
+        finally:
+            failing.ended(claim, ok=outcome is not None and outcome.ok)
         attempted += 1
     return attempted
 
@@ -94,21 +142,25 @@ def body_of(message: m.OutboxMessage) -> bytes:
     return json.dumps(message.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
-def _claim(db: Database, now: datetime, lease: timedelta) -> Claim | None:
-    with db.session(write=True) as session:
-        delivery = session.scalar(
-            select(m.Delivery)
-            .join(m.Subscription, m.Subscription.id == m.Delivery.subscription_id)
-            .where(
-                m.Delivery.status == "pending",
-                m.Delivery.next_attempt_at <= now,
-                (m.Delivery.locked_until.is_(None)) | (m.Delivery.locked_until < now),
-                m.Subscription.status == "active",
-            )
-            .order_by(m.Delivery.next_attempt_at, m.Delivery.id)
-            .limit(1)
-            .with_for_update(of=m.Delivery, skip_locked=True)
+def _claim(db: Database, now: datetime, lease: timedelta, *, passing_over: Sequence[int] = ()) -> Claim | None:
+    """Lease the next due delivery, but none of the subscriptions `passing_over`."""
+    query = (
+        select(m.Delivery)
+        .join(m.Subscription, m.Subscription.id == m.Delivery.subscription_id)
+        .where(
+            m.Delivery.status == "pending",
+            m.Delivery.next_attempt_at <= now,
+            (m.Delivery.locked_until.is_(None)) | (m.Delivery.locked_until < now),
+            m.Subscription.status == "active",
         )
+        .order_by(m.Delivery.next_attempt_at, m.Delivery.id)
+        .limit(1)
+        .with_for_update(of=m.Delivery, skip_locked=True)
+    )
+    if passing_over:
+        query = query.where(m.Delivery.subscription_id.not_in(passing_over))
+    with db.session(write=True) as session:
+        delivery = session.scalar(query)
         if delivery is None:
             return None
         delivery.locked_until = now + lease
@@ -301,26 +353,30 @@ def prune(db: Database, *, before: datetime, batch: int = PRUNE_BATCH, at_most: 
 
 def run_worker(db: Database, settings: Settings, stop: threading.Event, *, clock: Callable[[], datetime]) -> None:
     """Deliver until `stop` is set, `webhook_concurrency` deliveries at a time (each sender a
-    thread: a receiver that answers slowly, or not at all until the timeout, holds up one
-    sender, not every other subscription's deliveries). An attempt under way is finished
+    thread; a subscription that is failing gets one sender at a time, `Failing`, so a
+    receiver that answers slowly, or not at all until the timeout, holds up one sender, not
+    every other subscription's deliveries). An attempt under way is finished
     first. Every PRUNE_EVERY_SECONDS (and at the start) the delivery log is pruned of what
     ended more than `webhook_log_days` ago, PRUNE_AT_ONCE deliveries at a time between
     deliveries."""
+    failing = Failing()  # shared by the senders, as the client is
     with Egress.from_settings(settings).client(settings.webhook_timeout_seconds) as client:  # thread-safe: shared
         senders = [
-            threading.Thread(target=_send, args=(db, settings, stop, clock, client), name=f"rapport-webhooks-{i}", daemon=True)
+            threading.Thread(target=_send, args=(db, settings, stop, clock, client, failing), name=f"rapport-webhooks-{i}", daemon=True)
             for i in range(1, settings.webhook_concurrency)
         ]
         for sender in senders:
             sender.start()
         try:
-            _send(db, settings, stop, clock, client, prune_every=PRUNE_EVERY_SECONDS)
+            _send(db, settings, stop, clock, client, failing, prune_every=PRUNE_EVERY_SECONDS)
         finally:
             for sender in senders:
                 sender.join()
 
 
-def _send(db: Database, settings: Settings, stop: threading.Event, clock: Callable[[], datetime], client: httpx.Client, *, prune_every: float | None = None) -> None:
+def _send(
+    db: Database, settings: Settings, stop: threading.Event, clock: Callable[[], datetime], client: httpx.Client, failing: Failing, *, prune_every: float | None = None
+) -> None:
     """One sender: claim a due delivery, send it, record it, until `stop`; and, given
     `prune_every`, prune the log that often."""
     keep = timedelta(days=settings.webhook_log_days)
@@ -337,7 +393,7 @@ def _send(db: Database, settings: Settings, stop: threading.Event, clock: Callab
             except Exception:  # noqa: BLE001 - the next round tries again; delivering goes on
                 log.exception("pruning the webhook log failed")
         try:
-            sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule)
+            sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule, failing=failing)
         except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going
             log.exception("webhook delivery round failed; trying again")
             sent = 0
