@@ -142,14 +142,18 @@ def update_subscription(
 
 
 @router.post("/{subscription_id}/rotate-secret", response_model=w.SubscriptionCreatedOut, responses=problem_responses(404, 409, 413))
-def rotate_secret(subscription_id: PathId, ctx: ContextDep, caller: Admin, body: w.SubscriptionRotateSecretIn | None = None) -> w.SubscriptionCreatedOut:
+def rotate_secret(
+    subscription_id: PathId, ctx: ContextDep, caller: Admin, response: Response, body: w.SubscriptionRotateSecretIn | None = None
+) -> w.SubscriptionCreatedOut:
     """Replace the signing secret (shown only in this answer). For `grace_hours` (24 by
     default) deliveries carry a second signature, with the old secret, so the receiver can
-    switch to the new one without refusing a delivery; 409 for a deleted subscription."""
+    switch to the new one without refusing a delivery; 409 for a deleted subscription. The
+    version moves: the answer's ETag serves a later PATCH's If-Match."""
     grace = timedelta(hours=(body or w.SubscriptionRotateSecretIn()).grace_hours)
 
     def write(session: Session) -> w.SubscriptionCreatedOut:
         sub = svc.rotate_secret(session, subscription_id, grace=grace, now=ctx.clock())
+        response.headers["ETag"] = etag("subscription", sub.id, sub.version)
         return w.SubscriptionCreatedOut(**_subscription(sub).model_dump(), secret=sub.secret)
 
     return ctx.db.transaction(write)

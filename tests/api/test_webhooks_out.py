@@ -602,6 +602,9 @@ def test_rotating_the_secret_signs_with_both_during_the_grace_then_with_the_new_
     assert parse(r.json()["previous_secret_until"]) == clock() + timedelta(hours=24)
     shown = api.get(f"{BASE}/{sub['id']}").json()
     assert "secret" not in shown and shown["version"] == 2 and shown["previous_secret_until"] == r.json()["previous_secret_until"]
+    # The answer's ETag is the new version's: a PATCH with it is accepted.
+    assert r.headers["ETag"] == api.get(f"{BASE}/{sub['id']}").headers["ETag"]
+    assert api.patch(f"{BASE}/{sub['id']}", json={"description": "rotated"}, headers={"If-Match": r.headers["ETag"]}).status_code == 200
 
     # During the grace period: two signatures, one per secret; a receiver with either verifies.
     receiver.secret = new
