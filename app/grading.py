@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, Update, bindparam, case, cast, select, update
+from sqlalchemy import Text, Update, bindparam, case, cast, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -76,6 +76,10 @@ class Regrade:
     # The projects of owners this write re-grades, where it read them already (a single
     # event's INSERT returns them: `repo.owned_projects`).
     owned: repo.Owned = field(default_factory=dict)
+    # `regrade_everything` only: the subjects whose level or heat was found other than
+    # their history last recorded (changed outside Rapport: SQL, a restored backup of one
+    # table), with that recorded value and the grade as found (`_as_stored`).
+    outside: dict[tuple[str, int], tuple[int, Any]] = field(default_factory=dict)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -157,6 +161,7 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: CustomerSt
     grade = evaluate_level(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = customer.level
+    _record_outside(session, rulebook, "customer", customer.id, LEVEL, old, job)
     writes.add(customer, grade=stored, level=grade.level, since=job.now)
     customer.level = grade.level
     if grade.level == old:
@@ -171,6 +176,7 @@ def _regrade_project(
     grade = evaluate_heat(rulebook, facts, job.now)
     stored = snapshot(grade)
     old = project.heat
+    _record_outside(session, rulebook, "project", project.id, HEAT, old, job)
     writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, since=job.now)
     project.heat = grade.percent
     if grade.percent == old:
@@ -294,15 +300,28 @@ def _append(
     outbox.enqueue(session, type_, lambda: outbox.grade_payload(session, rulebook, change, heat), job.now, wanted=job.subscribers[type_])
 
 
+def _record_outside(session: Session, rulebook: Rulebook, subject: str, subject_id: int, metric: str, found: int, job: Regrade) -> None:
+    """A level or heat found other than its history last recorded was changed outside
+    Rapport: the history gets the move it missed, from what it recorded to what was found
+    (trigger `outside`, with the grade as found), before the re-grade's own row. So the
+    history stays one chain, `rapport verify` finds nothing once the grade is right again,
+    and the change by hand is on record, found at this re-grade's time."""
+    outside = job.outside.pop((subject, subject_id), None)
+    if outside is not None:
+        recorded, found_grade = outside
+        _append(session, rulebook, subject, subject_id, metric, recorded, found, found_grade, {"kind": "outside"}, job)
+
+
 def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, batch: int = 500) -> list[Effect]:
     """Re-grade every customer, then every project (levels first: heat reads levels).
 
-    Used when the active rulebook changes and by `rapport regrade` (time-window criteria)."""
+    Used when the active rulebook changes and by `rapport regrade` (time-window criteria),
+    which is also the repair after an incident (`_as_stored`)."""
     effects: list[Effect] = []
     logs = WriteLogs(session, keep=False)
     writes = Writes(logs)
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
-        customers = _with_stored_digests(session, repo.lock_customers(session, ids))
+        customers = _as_stored(session, repo.lock_customers(session, ids), job)
         facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs)
         for cid, customer in customers.items():
             effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)
@@ -311,7 +330,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
         writes.flush(session)
     level_changes = {e.id: e for e in effects}
     for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
-        projects = _with_stored_digests(session, repo.lock_projects(session, ids))
+        projects = _as_stored(session, repo.lock_projects(session, ids), job)
         facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types, logs)
         for pid, project in projects.items():
             effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes, writes)
@@ -321,19 +340,31 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     return effects
 
 
-def _with_stored_digests(session: Session, states: dict[int, State]) -> dict[int, State]:
-    """`states` with the digests of their rows as stored now, computed from the rows, not
-    read from `grade_hash`: re-grading everything is also the repair after an incident, and
-    a grade changed by hand (SQL, a restored backup of one table) kept its old digest, so a
-    pass trusting it would leave that grade as it found it. One more read per round, on
-    the rare path."""
+def _as_stored(session: Session, states: dict[int, State], job: Regrade) -> dict[int, State]:
+    """`states` as their rows are stored now: re-grading everything is also the repair after
+    an incident, where a grade was changed by hand (SQL, a restored backup of one table).
+
+    - Their digests are computed from the rows, not read from `grade_hash`: a grade changed
+      by hand kept its old digest, and a pass trusting it would leave that grade as it was.
+    - A level or heat other than the subject's history last recorded (0 without history)
+      goes into `job.outside`, with the grade as found: `_record_outside` puts the change
+      on record.
+    Two more reads per round, on the rare path."""
     if not states:
         return states
     kind = type(next(iter(states.values())))
-    model = m.Customer if kind is CustomerState else m.Project
+    model, subject, metric = (m.Customer, "customer", LEVEL) if kind is CustomerState else (m.Project, "project", HEAT)
     head = [getattr(model, name) for name in _HEAD[kind]]
+    grades = {}
     for row in session.execute(select(model.id, model.grade, *head).where(model.id.in_(states))):
         states[row[0]].grade_hash = grade_digest(tuple(row[2:]), encode_grade(row[1]))
+        grades[row[0]] = row[1]
+    history = m.GradeChange
+    last = select(func.max(history.id)).where(history.subject_type == subject, history.metric == metric, history.subject_id.in_(states)).group_by(history.subject_id)
+    recorded = {sid: new for sid, new in session.execute(select(history.subject_id, history.new).where(history.id.in_(last)))}
+    for sid, state in states.items():
+        if recorded.get(sid, 0) != getattr(state, _METRIC[kind]):
+            job.outside[(subject, sid)] = (recorded.get(sid, 0), grades[sid])
     return states
 
 

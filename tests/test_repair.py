@@ -1,8 +1,9 @@
 """A grade changed behind Rapport's back (SQL on the customers or projects table, which
 are not append-only) is put back by the next re-grade: `rapport regrade` whatever was
-changed, and any re-grade of the subject for a changed level or heat. The repair is one
-history row, not one per run, and `verify` then finds nothing but the history's own break
-(the change by hand is not in it)."""
+changed, and any re-grade of the subject for a changed level or heat. `rapport regrade`
+also puts the change by hand on record: a history row (trigger `outside`) from what the
+history last said to what it found, then its own row back, once, not once per run; so
+`verify` then finds nothing."""
 
 from __future__ import annotations
 
@@ -70,13 +71,35 @@ def test_a_level_changed_by_sql_is_put_back_by_one_regrade_with_one_history_row(
 
     repaired, _, repaired_grade, repaired_rows = _stored(db, owner)
     assert (repaired, repaired_grade) == (level, grade)
-    assert repaired_rows == rows + 1  # 4 → the true level, once
+    assert repaired_rows == rows + 2  # the change by hand, then 4 → the true level; once
     with db.session(write=False) as s:
-        last = s.scalars(select(m.GradeChange).where(m.GradeChange.subject_id == owner).order_by(m.GradeChange.id.desc())).first()
-        assert (last.old, last.new) == (4, level)
-        found = replay(s, RULEBOOK, as_of=NOW)
-    # What is left is the history's break at the change by hand, which only SQL could make.
-    assert [(d.subject, d.id, d.what) for d in found] == [("customer", owner, "history")], found
+        found_row, back = s.scalars(select(m.GradeChange).where(m.GradeChange.subject_type == "customer", m.GradeChange.subject_id == owner).order_by(m.GradeChange.id.desc()).limit(2)).all()[::-1]
+        assert (found_row.old, found_row.new, found_row.trigger, found_row.actor) == (level, 4, {"kind": "outside"}, "system")
+        assert found_row.evidence == grade  # the grade as found: only the level was changed
+        assert (back.old, back.new, back.trigger["kind"]) == (4, level, "time")
+        assert replay(s, RULEBOOK, as_of=NOW) == []  # one chain again, ending at the stored level
+
+
+def test_a_heat_changed_by_sql_is_put_on_record_and_back_by_regrade(db: Database) -> None:
+    _, project = _owner_at_level_one(db)
+    with db.session(write=False) as s:
+        heat = s.scalar(select(m.Project.heat).where(m.Project.id == project))
+    assert heat != 90
+    with db.session(write=True) as s:
+        s.execute(update(m.Project).where(m.Project.id == project).values(heat=90))
+
+    _regrade(db)
+    _regrade(db)  # a second run finds nothing more to do
+
+    with db.session(write=False) as s:
+        rows = s.execute(
+            select(m.GradeChange.old, m.GradeChange.new, m.GradeChange.trigger)
+            .where(m.GradeChange.subject_type == "project", m.GradeChange.subject_id == project)
+            .order_by(m.GradeChange.id)
+        ).all()
+        assert s.scalar(select(m.Project.heat).where(m.Project.id == project)) == heat
+        assert replay(s, RULEBOOK, as_of=NOW) == []
+    assert [(r.old, r.new, r.trigger["kind"]) for r in rows if r.trigger["kind"] in ("outside", "time")] == [(heat, 90, "outside"), (90, heat, "time")]
 
 
 def test_a_grade_changed_by_sql_is_put_back_by_regrade_without_a_history_row(db: Database) -> None:
