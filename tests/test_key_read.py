@@ -101,3 +101,22 @@ def test_a_driver_error_is_raised_as_sqlalchemys(one_connection: Database) -> No
     with pytest.raises(DBAPIError):
         one_connection.first(select(table("no_such_table", column("x"))))
     assert _pooled_autocommit(one_connection) is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:////nonexistent-rapport-folder/rapport.db", "postgresql+psycopg://postgres@127.0.0.1:1/rapport_absent_test"],
+    ids=["sqlite-cannot-open", "postgresql-refused"],
+)
+def test_a_database_that_cannot_be_reached_fails_the_read_with_sqlalchemys_error(url: str) -> None:
+    """The read takes its connection from the pool by hand, where a failed connect raises the
+    driver's own error; the API answers SQLAlchemy's OperationalError with a 503 to retry,
+    anything else with a 500 (as every request did while PostgreSQL was away)."""
+    from sqlalchemy.exc import OperationalError
+
+    db = Database(make_engine(url))
+    try:
+        with pytest.raises(OperationalError):
+            db.first(ROW, name="anyone")
+    finally:
+        db.engine.dispose()

@@ -305,7 +305,13 @@ class Database:
         arguments = compiled.arguments(params)
         if self.is_sqlite:
             return self._sqlite_first(compiled, arguments)
-        conn = self.engine.raw_connection()
+        try:
+            conn = self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.Error:
+            # No connection (the database is away): the pool raised the driver's own error,
+            # which the API would answer with a 500. Through SQLAlchemy the same failure is
+            # its OperationalError, answered with a 503 to retry.
+            return self._sqlalchemy_first(statement, params)
         rows: Rows | None = None
         try:
             dbapi_connection = conn.dbapi_connection
@@ -325,7 +331,10 @@ class Database:
         return tuple(rows[0]) if rows else None
 
     def _sqlite_first(self, compiled: _CursorStatement, arguments: Any) -> tuple[Any, ...] | None:
-        conn = self.engine.raw_connection()
+        try:
+            conn = self.engine.raw_connection()
+        except sqlite3.Error as exc:  # the file cannot be opened: SQLAlchemy's error, as below
+            raise DBAPIError.instance(compiled.sql, arguments, exc, sqlite3.Error) from exc
         try:
             return compiled.rows(conn, arguments).first()
         except sqlite3.Error as exc:

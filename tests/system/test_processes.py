@@ -128,8 +128,9 @@ def test_the_database_going_away_answers_503_stores_nothing_and_the_server_recov
     proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
     try:
         # Four worker threads (PostgreSQL's default is 2), so that all four writes below are in
-        # their transactions at once when the database goes away.
-        server = servers.start(target.set(port=proxy.port).render_as_string(hide_password=False), worker_threads=4)
+        # their transactions at once when the database goes away. Keys not remembered: every
+        # request reads its key, as all do while the key listener has lost the database.
+        server = servers.start(target.set(port=proxy.port).render_as_string(hide_password=False), worker_threads=4, remember_keys=False)
         with server.client() as c:
             customer = c.post("/v1/customers", json={"name": "上海建工安装", "kind": "installer"}).json()["id"]
         visits = [{"type": "visit", "customer_id": customer, "occurred_at": ago(days=1), "attributes": {"reception": "welcoming"}, "source": "erp", "external_id": f"v{i}"}
@@ -149,6 +150,12 @@ def test_the_database_going_away_answers_503_stores_nothing_and_the_server_recov
             assert r.headers["content-type"] == "application/problem+json" and "Retry-After" in r.headers
             assert r.json()["type"] == "urn:rapport:problem:unavailable"
         assert httpx.get(f"{server.base_url}/readyz", timeout=10).status_code == 503
+        # Requests sent while it is away: their key cannot be read either, and that too is a
+        # 503 to retry, not a 500 (the key read's own connection failed outside SQLAlchemy).
+        with server.client() as c:
+            for r in (c.get(f"/v1/customers/{customer}"), c.post("/v1/events", json=visits[0])):
+                assert r.status_code == 503, r.text
+                assert r.json()["type"] == "urn:rapport:problem:unavailable" and "Retry-After" in r.headers
         with db.session(write=False) as s:
             assert s.scalar(select(func.count()).select_from(m.Event).where(m.Event.customer_id == customer)) == 0
 
