@@ -120,3 +120,19 @@ def test_a_database_that_cannot_be_reached_fails_the_read_with_sqlalchemys_error
             db.first(ROW, name="anyone")
     finally:
         db.engine.dispose()
+
+
+@pytest.mark.parametrize("query, connect_timeout", [("", "10"), ("?connect_timeout=3", "3")], ids=["defaults", "the-urls-own"])
+def test_postgresql_connections_give_up_on_a_silent_network(db: Database, query: str, connect_timeout: str) -> None:
+    """Without TCP keepalives and a send timeout, a request on a connection whose server
+    vanished without a word waited as long as TCP kept trying; the URL's values win."""
+    if db.is_sqlite:
+        pytest.skip("SQLite is a file: no network to wait on")
+    engine = make_engine(db.engine.url.render_as_string(hide_password=False) + query)
+    try:
+        with engine.connect() as conn:
+            params = conn.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    assert params["connect_timeout"] == connect_timeout
+    assert (params["keepalives_idle"], params["tcp_user_timeout"]) == ("10", "30000")

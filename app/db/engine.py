@@ -118,6 +118,14 @@ def check_sqlite(version: tuple[int, ...] = sqlite3.sqlite_version_info) -> None
             raise RuntimeError("Rapport needs SQLite's JSON functions (json()); this Python's SQLite was built without them") from None
 
 
+# PostgreSQL: a connection whose server vanished without a word (a network cut, a host that
+# stopped) would leave the request on it waiting for as long as TCP keeps trying (about 15
+# minutes for data sent, for ever for a reply awaited): keepalives and a send timeout end
+# it within about 30 s, and a connect gives up after 10 s; the request is then a 503 and
+# `/readyz` says not ready. libpq's names; a URL that sets one (`?connect_timeout=3`) wins.
+NETWORK_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
+
+
 def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: int = 20, echo: bool = False) -> Engine:
     """The engine for `url`. `pool_size` connections are kept open: a request borrows one or
     two, and a connection the pool cannot keep is closed when returned — above the pool's
@@ -154,7 +162,8 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
     # No pool_pre_ping: it cost a round trip on every checkout (0.65 ms of CPU per event
     # POST, 12 %). `_closed_by_server` finds the connections a restart or an idle timeout
     # ended without one, before the request's first statement (the key check) fails.
-    engine = create_engine(url, echo=echo, json_deserializer=loads_json, pool_size=pool_size, max_overflow=10)
+    timeouts = {name: value for name, value in NETWORK_TIMEOUTS.items() if name not in parsed.query}
+    engine = create_engine(url, echo=echo, json_deserializer=loads_json, pool_size=pool_size, max_overflow=10, connect_args=timeouts)
     event.listen(engine, "checkout", _closed_by_server)
     return engine
 

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from sqlalchemy import Engine
 
-from app.db.engine import has_input
+from app.db.engine import NETWORK_TIMEOUTS, has_input
 from app.services.keys import Key
 
 CHANNEL = "rapport_api_keys"
@@ -136,9 +136,8 @@ class ListenedKeys(KnownKeys):
         """The listener opens its connection as the engine opens its own."""
         args, params = engine.dialect.create_connect_args(engine.url)
         # A connection whose peer vanished without a word (a network cut) would leave the
-        # listener waiting for ever: TCP keepalives and a send timeout end it within ~30 s,
-        # unless the URL sets them itself.
-        params = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000, **params}
+        # listener waiting for ever: the engine's TCP timeouts, unless the URL sets them.
+        params = {**NETWORK_TIMEOUTS, **params}
 
         def connect() -> Any:
             conn = engine.dialect.loaded_dbapi.connect(*args, **params)
