@@ -14,6 +14,8 @@ from app.api.bodies import json_items, media_type, validate_item
 from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, problem_responses
 from app.api.gate import Gated
+from app.domain.rulebook import Rulebook
+from app.domain.validation import with_defaults
 from app.errors import FieldError
 from app.services import batch as batch_svc
 from app.services import events as svc
@@ -56,8 +58,17 @@ def record_event(body: s.EventIn, request: Request, caller: Writer) -> Response:
         retraction = None if recorded.created else svc.retraction_of(session, recorded.event.id)
         return _recorded(recorded.event, retraction, recorded.effects, 201 if recorded.created else 200)
 
-    fp = partial(idempotency.fingerprint, "POST", "/v1/events", body)
+    fp = partial(request_fingerprint, ctx.rulebook, body)
     return idempotency.run(ctx, caller, idempotency_key, fp, lambda keep: ctx.db.transaction(lambda session: keep(session, write(session))))
+
+
+def request_fingerprint(rulebook: Rulebook, body: s.EventIn) -> str:
+    """What makes two event POSTs one request for an Idempotency-Key: their bodies as
+    parsed, with the type's attribute defaults filled in, so that `"with_manager": false`
+    sent or left out is the same visit, as it is the same event stored."""
+    parsed = body.model_dump(mode="json")
+    parsed["attributes"] = with_defaults(rulebook, body.type, parsed["attributes"])
+    return idempotency.fingerprint("POST", "/v1/events", parsed)
 
 
 BATCH_BODY = {

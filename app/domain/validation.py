@@ -77,6 +77,14 @@ class EventRejected(ValueError):
         super().__init__("; ".join(f"{p.field}: {p.reason}" for p in problems))
 
 
+def with_defaults(rulebook: Rulebook, event_type: str, attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """`attributes` with the defaults of those the type's catalogue gives one and that were
+    left out, as `check_event` fills them; nothing is checked (an unknown type: as given)."""
+    et = rulebook.event_types.get(event_type)
+    filled = {} if et is None else {name: spec.default for name, spec in et.attributes.items() if spec.default is not None and name not in attributes}
+    return {**attributes, **filled}
+
+
 def check_event(
     rulebook: Rulebook,
     event_type: str,
@@ -115,12 +123,8 @@ def check_event(
         else:
             out[name] = value
     for name, spec in et.attributes.items():
-        if name in attributes:
-            continue
-        if spec.required:
+        if name not in attributes and spec.required:
             problems.append(FieldProblem(f"attributes.{name}", f"required for a {event_type} event"))
-        elif spec.default is not None:
-            out[name] = spec.default
     if problems:
         raise EventRejected(problems)
-    return out
+    return with_defaults(rulebook, event_type, out)

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import event, select
 
-from app.api.idempotency import fingerprint
+from app.api.events import request_fingerprint
 from app.api.schemas import EventIn
 from app.db import models as m
 from app.services.keys import BOOTSTRAP_NAME
@@ -30,7 +30,7 @@ def key_in_flight(app, key: str, body: dict[str, Any], *, for_seconds: int = 60)
     """What the store holds while the first request with `key` is still being worked on."""
     ctx = app.state.context
     now = ctx.clock()
-    fp = fingerprint("POST", "/v1/events", EventIn(**body).model_dump(mode="json"))
+    fp = request_fingerprint(ctx.rulebook, EventIn(**body))
     with ctx.db.session(write=True) as session:
         api_key = session.scalar(select(m.ApiKey).where(m.ApiKey.name == BOOTSTRAP_NAME))
         session.add(m.IdempotencyRecord(api_key_id=api_key.id, key=key, fingerprint=fp, created_at=now, locked_until=now + timedelta(seconds=for_seconds)))
@@ -51,6 +51,23 @@ def test_a_retry_with_the_same_key_gets_the_first_answer_and_counts_once(api) ->
     assert retry.headers.get("idempotent-replayed") == "true"
     assert retry.headers["location"] == first.headers["location"] == f"/v1/events/{first.json()['id']}"
     assert stored_state(api, customers=(owner,)) == before
+
+
+def test_an_attribute_sent_with_its_default_is_the_same_request(api) -> None:
+    """`with_manager` defaults to false: sent as false or left out, the visit is the same
+    event, and a retry that spells it out is the same request; sent as true, it is another."""
+    owner = owner_one_visit_short_of_level_one(api)
+    headers = {"Idempotency-Key": "visit-defaults"}
+    first = api.post("/v1/events", json=third_visit(owner), headers=headers)
+    assert first.status_code == 201, first.text
+
+    spelled_out = {**third_visit(owner), "attributes": {"reception": "neutral", "with_manager": False}}
+    retry = api.post("/v1/events", json=spelled_out, headers=headers)
+
+    assert retry.status_code == 201 and retry.headers.get("idempotent-replayed") == "true"
+    assert retry.content == first.content
+    other = {**third_visit(owner), "attributes": {"reception": "neutral", "with_manager": True}}
+    assert_problem(api.post("/v1/events", json=other, headers=headers), 422, "Idempotency-Key")
 
 
 def test_the_same_key_with_another_body_is_422_and_stores_nothing(api) -> None:
