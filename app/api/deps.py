@@ -3,7 +3,7 @@ authenticated by the route's gate, app/api/gate.py), the acting user."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Annotated, Any, Callable
 
@@ -34,6 +34,9 @@ class Context:
     clock: Callable[[], datetime] = utc_now
     limiter: RateLimiter | None = None  # None: no rate limit
     known_keys: KnownKeys | None = None  # None: every request reads its key (switched off, or in-memory SQLite)
+    # Idempotency-Keys whose claims this process could not free (the database was away):
+    # (API key id, key, lease), freed with its next keyed request (app/api/idempotency.py).
+    unreleased: set[tuple[int, str, datetime]] = field(default_factory=set)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.api.deps import Caller, Context, header_parameter
@@ -56,7 +57,9 @@ _ANSWER = (
     .where(_THIS_KEY)
     .values({name: bindparam(f"answer_{name}", type_=_RECORDS.c[name].type) for name in ("status_code", "response_body", "response_type", "response_headers")})
 )
-_UNANSWERED = delete(_RECORDS).where(_THIS_KEY, _RECORDS.c.status_code.is_(None))
+# The claim this request made, if it is still unanswered and still its own (its lease: a
+# retry may have taken over a lease that ran out, and its claim must stay).
+_UNANSWERED = delete(_RECORDS).where(_THIS_KEY, _RECORDS.c.status_code.is_(None), _RECORDS.c.locked_until == bindparam("lease", type_=_RECORDS.c.locked_until.type))
 
 
 def _claim_statement(dialect_insert: Callable[..., Any]) -> Any:
@@ -103,7 +106,10 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
         raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
     now = ctx.clock()
     fp = fingerprint_of()
-    stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now))
+    if ctx.unreleased:
+        _release_pending(ctx)
+    lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
+    stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now, lease))
     if stored is not None:
         return stored
     kept: list[Response] = []
@@ -119,12 +125,12 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
     except AppError as exc:
         response = app_error_response(exc)
     except BaseException:
-        _release(ctx, caller.key_id, key)  # a crash is not an answer: let the retry run
+        _release(ctx, caller.key_id, key, lease)  # a crash is not an answer: let the retry run
         raise
     if kept and kept[-1] is response:
         return response
     if response.status_code >= 500:
-        _release(ctx, caller.key_id, key)
+        _release(ctx, caller.key_id, key, lease)
         return response
     with ctx.db.session(write=True) as session:
         _store(session, caller.key_id, key, response)
@@ -149,10 +155,10 @@ def _store(session: Session, key_id: int, key: str, response: Response) -> None:
     )
 
 
-def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: datetime) -> Response | None:
-    """Claim the key for this request; or return the stored answer; or raise 409/422."""
+def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: datetime, lease: datetime) -> Response | None:
+    """Claim the key for this request until `lease`; or return the stored answer; or raise
+    409/422."""
     ttl = timedelta(hours=ctx.settings.idempotency_ttl_hours)
-    lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
     run_statement(session, _EXPIRED, before=now - ttl)
     record = run_statement(session, _LOCKED, record_key_id=key_id, record_key=key).first()
     if record is None:
@@ -182,6 +188,32 @@ def _in_flight() -> Conflict:
     return Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
 
 
-def _release(ctx: Context, key_id: int, key: str) -> None:
-    with ctx.db.session(write=True) as session:
-        run_statement(session, _UNANSWERED, record_key_id=key_id, record_key=key)
+def _release(ctx: Context, key_id: int, key: str, lease: datetime) -> None:
+    """Free the key this request claimed and did not answer, so that a retry runs at once.
+    Mostly the request failed because the database did, and then so does this: the key is
+    kept to free with the next keyed request this process serves (`_release_pending`),
+    instead of answering 409 until its lease runs out. The request's own error stands."""
+    try:
+        with ctx.db.session(write=True) as session:
+            run_statement(session, _UNANSWERED, record_key_id=key_id, record_key=key, lease=lease)
+    except DBAPIError:
+        if len(ctx.unreleased) < MAX_UNRELEASED:
+            ctx.unreleased.add((key_id, key, lease))
+
+
+def _release_pending(ctx: Context) -> None:
+    """Free the keys whose release failed (`_release`), in one transaction; those it cannot
+    free yet stay for the next request."""
+    pending = list(ctx.unreleased)
+    try:
+        with ctx.db.session(write=True) as session:
+            for key_id, key, lease in pending:
+                run_statement(session, _UNANSWERED, record_key_id=key_id, record_key=key, lease=lease)
+    except DBAPIError:
+        return
+    ctx.unreleased.difference_update(pending)
+
+
+# Keys a process keeps to free later; past this many (a long outage under load) the rest
+# wait for their leases to run out, as before.
+MAX_UNRELEASED = 10_000

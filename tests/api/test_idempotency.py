@@ -70,6 +70,39 @@ def test_an_attribute_sent_with_its_default_is_the_same_request(api) -> None:
     assert_problem(api.post("/v1/events", json=other, headers=headers), 422, "Idempotency-Key")
 
 
+def test_a_key_whose_request_failed_with_the_database_is_free_for_the_retry(api, monkeypatch) -> None:  # noqa: ANN001
+    """The 503 says retry; the key must not answer 409 'in progress' until its lease runs
+    out because freeing it needed the database that had just failed too."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.api import idempotency
+    from app.services import events as svc
+
+    owner = owner_one_visit_short_of_level_one(api)
+    headers = {"Idempotency-Key": "visit-db-away"}
+    real_record, real_run = svc.record_event, idempotency.run_statement
+
+    def away(*_: Any, **__: Any) -> Any:
+        raise OperationalError("INSERT INTO events", {}, Exception("server closed the connection unexpectedly"))
+
+    def release_fails(session: Any, statement: Any, **params: Any) -> Any:
+        if statement is idempotency._UNANSWERED:
+            away()
+        return real_run(session, statement, **params)
+
+    monkeypatch.setattr(svc, "record_event", away)
+    monkeypatch.setattr(idempotency, "run_statement", release_fails)
+    assert_problem(api.post("/v1/events", json=third_visit(owner), headers=headers), 503)
+
+    monkeypatch.setattr(svc, "record_event", real_record)  # the database is back
+    monkeypatch.setattr(idempotency, "run_statement", real_run)
+    retry = api.post("/v1/events", json=third_visit(owner), headers=headers)
+
+    assert retry.status_code == 201, retry.text
+    assert retry.headers.get("idempotent-replayed") is None  # it ran: the first stored nothing
+    assert api.post("/v1/events", json=third_visit(owner), headers=headers).headers.get("idempotent-replayed") == "true"
+
+
 def test_the_same_key_with_another_body_is_422_and_stores_nothing(api) -> None:
     owner = owner_one_visit_short_of_level_one(api)
     headers = {"Idempotency-Key": "visit-7f3a"}
