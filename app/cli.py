@@ -136,11 +136,12 @@ def _check_database_url(url: str) -> None:
     from sqlalchemy.exc import ArgumentError
 
     try:
-        make_url(url).get_dialect().import_dbapi()
+        parsed = make_url(url)
+        parsed.get_dialect().import_dbapi()
     except ArgumentError as exc:
         raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: {exc}") from None
     except ImportError as exc:
-        hint = ' (Rapport\'s PostgreSQL driver is psycopg: pip install ".[postgres]", and a URL postgresql+psycopg://...)' if make_url(url).get_backend_name() == "postgresql" else ""
+        hint = ' (Rapport\'s PostgreSQL driver is psycopg: pip install ".[postgres]", and a URL postgresql+psycopg://...)' if parsed.get_backend_name() == "postgresql" else ""
         raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: its driver is not installed: {exc}{hint}") from None
 
 
