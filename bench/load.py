@@ -208,7 +208,11 @@ def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: floa
             backends.close()
 
 
-def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, warmup: float, headers: dict[str, str] | None = None) -> Run:
+def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, warmup: float, headers: dict[str, str] | None = None, clients: int | None = None) -> Run:
+    """`clients`: at most this many requests in flight, on as many connections (16 clients
+    sending at a fixed rate between them); a request whose time comes while all are busy
+    waits for one, and the wait counts in its latency. None: a connection per request in
+    flight, as many as the server's backlog needs."""
     _settled()
 
     async def go() -> Run:
@@ -217,14 +221,19 @@ def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, 
         total = warm + int(rate * seconds)
 
         idle: list[Connection] = []  # keep-alive connections between requests
+        free = asyncio.Semaphore(clients) if clients is not None else None
 
         async def one(i: int, scheduled: float) -> None:
+            if free is not None:
+                await free.acquire()
             counted = i >= warm
             if counted and time.perf_counter() - scheduled > LATE_AFTER:
                 run.late += 1
             connection = idle.pop() if idle else connect()
             problem = await connection.send(make(i))
             idle.append(connection)
+            if free is not None:
+                free.release()
             if problem:
                 _failure(run, counted, problem)
             elif counted:

@@ -1,7 +1,7 @@
 """Customer and project reads against a real server with many customers loaded, next to a
 floor measured in the same run (a script that prints figures, not a test).
 
-    python bench/reads.py [--url URL] [--customers 100000] [--events 50000] [--seconds 20] [--clients 16]
+    python bench/reads.py [--url URL] [--customers 100000] [--events 50000] [--seconds 20] [--clients 16] [--rate 1000[,RATE…]]
 
 The database is filled in two steps, so that 100,000 customers take minutes, not hours,
 and every stored grade is still the one the service would compute:
@@ -19,7 +19,10 @@ consistent. Rapport (`uvicorn app.main:create_app --factory`) and the floor
 (`bench/floor_app.py`: one customer row by primary key, returned as JSON) serve the same
 database from subprocesses; `--clients` concurrent clients GET random ids for `--seconds`
 after `--warmup`: `/v1/customers/{id}`, `/v1/projects/{id}` on Rapport, `/customers/{id}`
-on the floor. Target: p99 under 10 ms. Without --url it uses a temporary SQLite file;
+on the floor. Target: p99 under 10 ms. With `--rate`, each server is then also read in an
+open loop: the same `--clients` connections sending `--rate` reads per second between
+them, each latency from its scheduled time (a read that waits for a free connection counts
+the wait), so the p99 is read at a stated load rather than at saturation. Without --url it uses a temporary SQLite file;
 with a PostgreSQL URL it creates and drops `<name>_api` and `<name>_floor` (only the
 first is used; the name must contain "bench" or "test").
 """
@@ -44,8 +47,8 @@ from app.services.verify import replay
 from app.settings import Settings
 from app.startup import prepare
 from batch_import import KEY, NOW, databases, make_events, through_api
-from load import FIGURES_HEADER, MakeRequest, Request, Run, closed_loop, figures_row, server
-from single_post import UNLIMITED, check_name
+from load import FIGURES_HEADER, MakeRequest, Request, Run, closed_loop, figures_row, open_loop, server
+from single_post import UNLIMITED, check_name, rates
 
 CHUNK = 10_000
 
@@ -108,6 +111,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--rate", type=rates, default=[], help="open-loop reads per second over the --clients connections; several, comma-separated, run in turn (default: none)")
     parser.add_argument("--verify", action="store_true", help="replay the whole log after the fill and stop if it disagrees")
     args = parser.parse_args()
     check_name(args.url)
@@ -125,15 +129,19 @@ def main() -> None:
                 db.engine.dispose()
                 if disagreements:
                     raise SystemExit(f"the fill is inconsistent: {len(disagreements)} disagreement(s), e.g. {disagreements[:3]}")
-            load = lambda base, make, headers: closed_loop(base, make, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)  # noqa: E731
+            def load(name: str, base: str, make: MakeRequest, headers: dict[str, str]) -> None:
+                runs[name] = closed_loop(base, make, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)
+                for rate in args.rate:
+                    runs[f"{name} {rate:g}/s"] = open_loop(base, make, rate=rate, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)
+
             with server("floor_app:create_app", {"FLOOR_DATABASE_URL": url}, workers=args.workers, ready_path="/ping") as base:
-                runs["client"] = load(base, lambda i: ("GET", "/ping", None), {})
-                runs["floor"] = load(base, gets("/customers/{id}", customer_ids), {})
+                runs["client"] = closed_loop(base, lambda i: ("GET", "/ping", None), clients=args.clients, seconds=args.seconds, warmup=args.warmup)
+                load("floor", base, gets("/customers/{id}", customer_ids), {})
             env = {"RAPPORT_DATABASE_URL": url, "RAPPORT_BOOTSTRAP_KEY": KEY, "RAPPORT_DELIVER_IN_PROCESS": "false", **UNLIMITED}
             headers = {"Authorization": f"Bearer {KEY}"}
             with server("app.main:create_app", env, workers=args.workers) as base:
-                runs["customers"] = load(base, gets("/v1/customers/{id}", customer_ids), headers)
-                runs["projects"] = load(base, gets("/v1/projects/{id}", project_ids), headers)
+                load("customers", base, gets("/v1/customers/{id}", customer_ids), headers)
+                load("projects", base, gets("/v1/projects/{id}", project_ids), headers)
         finally:
             drop()
     engine = "PostgreSQL" if args.url else "SQLite"
@@ -150,6 +158,15 @@ def main() -> None:
         met = "met" if run.percentile(99) < 10 else "NOT met"
         print(f"  {name}: throughput / floor {run.throughput / floor.throughput:.3f}, p99 / floor {run.percentile(99) / floor.percentile(99):.2f}×, "
               f"p99 {run.percentile(99):.2f} ms (target < 10 ms: {met})")
+    for rate in args.rate:
+        print(f" open loop, {rate:g} reads/s over {args.clients} connections")
+        print(figures_row("floor (one row by primary key)", runs[f"floor {rate:g}/s"]))
+        for name in ("customers", "projects"):
+            print(figures_row(f"Rapport GET /v1/{name}/{{id}}", runs[f"{name} {rate:g}/s"]))
+        for name in ("customers", "projects"):
+            run = runs[f"{name} {rate:g}/s"]
+            met = "under" if run.percentile(99) < 10 else "NOT under"
+            print(f"  {name} at {rate:g}/s: p99 {run.percentile(99):.2f} ms ({met} 10 ms), p99 / floor {run.percentile(99) / runs[f'floor {rate:g}/s'].percentile(99):.2f}×")
     for name, run in runs.items():
         for failure in run.failures:
             print(f"  {name} failure: {failure}")

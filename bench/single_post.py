@@ -60,7 +60,7 @@ def posts(path: str, events: list[dict[str, Any]], prefix: str) -> MakeRequest:
     return make
 
 
-def _rates(text: str) -> list[float]:
+def rates(text: str) -> list[float]:
     """`--rate`: one rate or several, comma-separated."""
     try:
         rates = [float(part) for part in text.split(",")]
@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--rate", type=_rates, default=[250.0], help="open-loop requests per second; several, comma-separated, are run in turn (default 250)")
+    parser.add_argument("--rate", type=rates, default=[250.0], help="open-loop requests per second; several, comma-separated, are run in turn (default 250)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--customers", type=int, default=400)
     parser.add_argument("--slices", type=int, default=4, help="closed-loop slices per server, taken in turns (default 4; 1: one after the other)")
