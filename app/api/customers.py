@@ -55,7 +55,7 @@ def list_customers(
 @router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses=problem_responses(404))
 async def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with this external_ref (the ERP's code)."""
-    return await subjects.read(ctx, m.Customer, "external_ref", external_ref, lambda session, row: ctx.presenter.customer(row))
+    return await subjects.read_row(ctx, m.Customer, "external_ref", external_ref, ctx.presenter.customer)
 
 
 @router.put(
@@ -83,7 +83,7 @@ def put_customer(
 @router.get("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(404))
 async def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
-    return await subjects.read(ctx, m.Customer, "id", customer_id, lambda session, row: ctx.presenter.customer(row))
+    return await subjects.read_row(ctx, m.Customer, "id", customer_id, ctx.presenter.customer)
 
 
 @router.patch("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(400, 404, 409, 412, 413))

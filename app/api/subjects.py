@@ -14,7 +14,7 @@ from app.api.deps import Context
 from app.api.etags import etag, parse_if_match
 from app.api.present import answer
 from app.api.threads import indexed_read
-from app.services.records import Record, read_only
+from app.services.records import Record, read_alone, read_only
 
 Present = Callable[[Session, Any], BaseModel]
 Put = Callable[..., tuple[Any, bool]]
@@ -31,6 +31,17 @@ def _read(ctx: Context, model: type[Record], column: str, value: int | str, pres
     with ctx.db.session(write=False) as session:
         row = read_only(session, model, column, value)
         return answer(present(session, row), headers={"ETag": etag(kind, row.id, row.version)})
+
+
+async def read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
+    """`read` of a record presented from its own row alone (a customer): one statement, with
+    no session around it (`records.read_alone`)."""
+    return await indexed_read(ctx.db, _read_alone, ctx, model, column, value, present)
+
+
+def _read_alone(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
+    row = read_alone(ctx.db, model, column, value)
+    return answer(present(row), headers={"ETag": etag(model.__tablename__[:-1], row.id, row.version)})
 
 
 def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> Response:

@@ -293,9 +293,11 @@ class Database:
                 self._held = None
         self.engine.dispose()
 
-    def first(self, statement: Select[Any], **params: Any) -> tuple[Any, ...] | None:
+    def first(self, statement: Select[Any], **params: Any) -> Any:
         """The first row of a prebuilt one-statement read (or None), run in autocommit mode:
-        no transaction around it. For the read every request makes, the API-key check.
+        no transaction around it; a tuple whose values are also its columns' attributes.
+        For the read every request makes, the API-key check, and a customer read by its id
+        or code (one row answers it).
 
         The statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
         SQLAlchemy's per-execution work (a `Connection`, its execution context and result)
@@ -337,9 +339,9 @@ class Database:
             conn.close()  # back to the pool, or closed if invalidated
         if rows is None:
             return self._sqlalchemy_first(statement, params)
-        return tuple(rows[0]) if rows else None
+        return rows.first()
 
-    def _sqlite_first(self, compiled: _CursorStatement, arguments: Any) -> tuple[Any, ...] | None:
+    def _sqlite_first(self, compiled: _CursorStatement, arguments: Any) -> Any:
         try:
             conn = self.engine.raw_connection()
         except sqlite3.Error as exc:  # the file cannot be opened: SQLAlchemy's error, as below
@@ -351,7 +353,7 @@ class Database:
         finally:
             conn.close()  # back to the pool
 
-    def _sqlalchemy_first(self, statement: Select[Any], params: dict[str, Any]) -> tuple[Any, ...] | None:
+    def _sqlalchemy_first(self, statement: Select[Any], params: dict[str, Any]) -> Any:
         """`first` through SQLAlchemy, once more if the connection it took had died. Only
         after the cursor's read failed; outside a transaction, as every read (`for_reads`)."""
         try:
@@ -362,7 +364,7 @@ class Database:
                 raise
             with self._reads.connect() as conn:
                 row = conn.execute(statement, params).first()
-        return None if row is None else tuple(row)
+        return row
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run
