@@ -71,6 +71,11 @@ def _ready_to_grade(settings: Settings) -> Rulebook:
 
 def _mismatch(settings: Settings, exc: RulebookMismatch) -> str:
     where = f"RAPPORT_RULEBOOK_PATH={settings.rulebook_path}" if settings.rulebook_path else "the packaged default: RAPPORT_RULEBOOK_PATH is not set"
+    if exc.reused:
+        return (
+            f"this command's rulebook {exc.configured!r} ({where}) is not the rulebook the database recorded under that version; no grade was changed. "
+            "A changed rulebook needs a new version: the history names each grade's rulebook by its version."
+        )
     return (
         f"this command's rulebook is {exc.configured!r} ({where}) but the database's active rulebook is {exc.active!r}; no grade was changed. "
         "Run `rapport migrate` with the rulebook the servers use, or set RAPPORT_RULEBOOK_PATH to it."

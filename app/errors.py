@@ -63,3 +63,10 @@ class UnsupportedMediaType(AppError):
 
 class TooManyRequests(AppError):
     status, slug, title = 429, "rate-limited", "Too many requests"
+
+
+class RulebookChanged(AppError):
+    """This process's rulebook is no longer the database's active one: it grades nothing
+    until it is restarted with the active one (app/grading.py, `in_force`)."""
+
+    status, slug, title = 503, "rulebook-changed", "The active rulebook changed"

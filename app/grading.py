@@ -21,16 +21,42 @@ from app.chunks import chunked
 from app.db import facts as repo
 from app.db.facts import CustomerState, ProjectState, State
 from app.db import models as m
-from app.db.engine import run_many
+from app.db.engine import run, run_many
 from app.db.logs import WriteLogs
 from app.db.types import encode_grade, grade_digest
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
 from app.domain.facts import CustomerFacts, Event, LinkedCustomer, ProjectFacts
 from app.domain.rulebook import Rulebook
+from app.errors import RulebookChanged
 from app.services import outbox
 
 LEVEL = "relationship_level"
 HEAT = "deal_heat"
+
+# The database's record of its active rulebook (app/services/state.py): the version, and
+# the digest of its content (`Rulebook.digest`).
+RULEBOOK_VERSION = "rulebook_version"
+ACTIVE_DIGEST = "rulebook_digest"
+_RECORDED = {key: select(m.Setting.value).where(m.Setting.key == key) for key in (RULEBOOK_VERSION, ACTIVE_DIGEST)}
+
+
+def in_force(session: Session, rulebook: Rulebook) -> None:
+    """Refuse (RulebookChanged) to grade under `rulebook` if the database's active rulebook
+    is another: the operator switched it (`rapport migrate`) while this process ran, or
+    another process started with another file and switched it. Every write that grades
+    calls this after it has locked or inserted a customer or a project, the rows a switch
+    re-grades (`sync_rulebook` holds them all against writers until it commits): a write
+    that locked first is re-graded by the switch after it commits, and one that waited
+    reads the switched rulebook here. A database that records no digest yet (none of this
+    release's processes has started on it) is taken as graded under this one."""
+    active = run(session, _RECORDED[ACTIVE_DIGEST]).scalars()
+    if active and active[0] != rulebook.digest:
+        version = run(session, _RECORDED[RULEBOOK_VERSION]).scalars()
+        raise RulebookChanged(
+            f"this process grades under rulebook {rulebook.version!r}, but the database's active rulebook is now "
+            f"{version[0] if version else '?'!r}: it stores nothing until it is restarted with the active one (retry on another process)",
+            headers={"Retry-After": "5"},
+        )
 
 
 @dataclass(frozen=True)
@@ -132,6 +158,7 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     for subject, id_ in logs.changed():  # every changed log's subject is graded (and stamped)
         (job.customer_ids if subject == "customer" else job.project_ids).add(id_)
     customers = lock_customers(session, job)
+    in_force(session, rulebook)
     effects: list[Effect] = []
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)

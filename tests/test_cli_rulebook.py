@@ -182,3 +182,36 @@ def test_on_the_test_database_verify_reads_the_schema_and_rulebook_and_others_re
     assert [r.exit_code for r in refused] == [2, 2, 2], [r.output for r in refused]
     assert all(f"'{STRICTER}'" in r.stderr and f"'{DEFAULT}'" in r.stderr for r in refused)
     assert [tuple(r) for r in active] == [(DEFAULT,)] and customers == 0
+
+
+def test_a_rulebook_changed_without_a_new_version_is_refused_and_changes_nothing(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # Hunt finding: the same version with other content was taken for the recorded one, so
+    # nothing was re-graded, and `regrade` later wrote the difference as a change in time.
+    assert run("demo").exit_code == 0
+    changed = json.loads(json.dumps(load_rulebook().source))
+    changed["levels"]["owner"][0]["at_least"] = 1  # the default's version, another rule
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(changed, ensure_ascii=False), encoding="utf-8")
+    before = state(tmp_path)
+
+    for command in (("migrate",), ("regrade",), ("verify",)):
+        result = run(*command, env={"RAPPORT_RULEBOOK_PATH": str(path)})
+        assert result.exit_code == 2, (command, result.output)
+        assert "needs a new version" in result.stderr
+
+    assert state(tmp_path) == before
+
+
+def test_a_version_once_active_names_its_content_for_good(run, tmp_path: Path) -> None:  # noqa: ANN001
+    stricter = stricter_rulebook(tmp_path)
+    assert run("demo").exit_code == 0
+    assert run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter)}).exit_code == 0
+    assert run("migrate").exit_code == 0  # back to the default
+    book = json.loads(stricter.read_text(encoding="utf-8"))
+    book["title"]["en"] += " (edited)"
+    stricter.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
+
+    result = run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter)})
+
+    assert result.exit_code == 2 and "needs a new version" in result.stderr
+    assert query(tmp_path, "SELECT value FROM service_state WHERE key = 'rulebook_version'") == [(DEFAULT,)]

@@ -6,11 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from app.api.deps import ContextDep, Reader
 from app.api.gate import Gated
 from app.api.problems import AUTHENTICATED, problem, problem_response
+from app.errors import RulebookChanged
+from app.grading import in_force
 
 router = APIRouter(tags=["meta"], route_class=Gated)
 
@@ -22,12 +23,15 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: problem_response("the database cannot be reached")})
+@router.get("/readyz", responses={503: problem_response("the database cannot be reached, or this process's rulebook is no longer the active one")})
 def readyz(ctx: ContextDep) -> Any:
-    """Readiness: the database answers. No auth."""
+    """Readiness: the database answers, and this process's rulebook is still the active
+    one (a process left on another after a switch grades nothing: restart it). No auth."""
     try:
         with ctx.db.session(write=False) as session:
-            session.execute(text("SELECT 1"))
+            in_force(session, ctx.rulebook)
+    except RulebookChanged as exc:
+        return problem(exc.status, exc.slug, exc.title, exc.detail, headers=exc.headers)
     except Exception:  # noqa: BLE001 - any failure means not ready
         return problem(503, "unavailable", "Service unavailable", "the database cannot be reached", headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "rulebook_version": ctx.rulebook.version})

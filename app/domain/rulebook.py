@@ -7,6 +7,7 @@ a frozen `Rulebook` or raises `RulebookError` listing every problem with its pla
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from functools import cached_property
@@ -102,6 +103,16 @@ class Rulebook:
         return len(self.levels[kind])
 
     @cached_property
+    def digest(self) -> str:
+        """What this rulebook says, as a SHA-256 of its JSON with the keys sorted and no
+        spaces: the same for the same content however the file is laid out, and different
+        for any change, version included. The database records the active rulebook's
+        (app/services/state.py), so that a process whose rulebook is no longer the active
+        one grades nothing under it, and a version names one content for good."""
+        text = json.dumps(self.source, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    @cached_property
     def linked_customer_event_types(self) -> frozenset[str]:
         """Event types a project criterion reads from a linked customer's own events."""
         return frozenset(
@@ -141,12 +152,18 @@ class RulebookError(ValueError):
 
 class RulebookMismatch(Exception):
     """The configured rulebook is not the database's active one, and this command may not
-    switch it (only `rapport serve` and `rapport migrate` do: app/services/state.py)."""
+    switch it (only `rapport serve` and `rapport migrate` do: app/services/state.py); or,
+    with `reused`, its version is one the database recorded with other content."""
 
-    def __init__(self, configured: str, active: str):
-        super().__init__(f"the configured rulebook is {configured!r}, the database's active one {active!r}")
+    def __init__(self, configured: str, active: str, *, reused: bool = False):
+        if reused:
+            message = f"the configured rulebook {configured!r} is not what the database recorded under that version: a changed rulebook needs a new version"
+        else:
+            message = f"the configured rulebook is {configured!r}, the database's active one {active!r}"
+        super().__init__(message)
         self.configured = configured
         self.active = active
+        self.reused = reused
 
 
 class Reader:

@@ -1,16 +1,24 @@
-"""Keeping stored grades in step with the active rulebook."""
+"""Keeping stored grades in step with the active rulebook.
+
+The database records the active rulebook: its version (`rulebook_version`, named by every
+history row), the digest of its content (`rulebook_digest`, which every write that grades
+compares with its own: `grading.in_force`), and every version it has made active with its
+digest (`rulebook_digests`), so that a version names one content for good: a rulebook
+changed without a new version is refused, not taken for the one recorded."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook, RulebookMismatch
-from app.grading import Effect, Regrade, regrade_everything
+from app.grading import ACTIVE_DIGEST, RULEBOOK_VERSION, Effect, Regrade, regrade_everything
 
-RULEBOOK_VERSION = "rulebook_version"
+RULEBOOK_DIGESTS = "rulebook_digests"
 
 
 def active_rulebook_version(session: Session) -> str | None:
@@ -20,38 +28,75 @@ def active_rulebook_version(session: Session) -> str | None:
     return row.value if row is not None else None
 
 
+def _digests(session: Session) -> dict[str, str]:
+    row = session.get(m.Setting, RULEBOOK_DIGESTS)
+    return json.loads(row.value) if row is not None else {}
+
+
+def _check_content(rulebook: Rulebook, digests: dict[str, str]) -> None:
+    """Refuse a rulebook whose version the database recorded with other content."""
+    recorded = digests.get(rulebook.version)
+    if recorded is not None and recorded != rulebook.digest:
+        raise RulebookMismatch(rulebook.version, rulebook.version, reused=True)
+
+
+def _set(session: Session, key: str, value: str) -> None:
+    row = session.get(m.Setting, key)
+    if row is None:
+        session.add(m.Setting(key=key, value=value))
+    else:
+        row.value = value
+
+
+def _record(session: Session, rulebook: Rulebook, digests: dict[str, str]) -> None:
+    """Record `rulebook` as the active one."""
+    _set(session, RULEBOOK_VERSION, rulebook.version)
+    _set(session, ACTIVE_DIGEST, rulebook.digest)
+    _set(session, RULEBOOK_DIGESTS, json.dumps({**digests, rulebook.version: rulebook.digest}, sort_keys=True, ensure_ascii=False))
+
+
 def expect_rulebook(session: Session, rulebook: Rulebook, *, record: bool) -> None:
     """Refuse (RulebookMismatch) to grade or check grades under a rulebook other than the
     active one: a command run from a shell configured unlike the servers would otherwise
     re-grade the whole database, and the servers' next start would re-grade it back. A
     database that records no rulebook yet has graded nothing under another, so with
-    `record` it takes this one."""
+    `record` it takes this one (and one that records no digest yet, from before digests
+    were kept, takes this one's)."""
     active = active_rulebook_version(session)
-    if active is None:
-        if record:
-            session.add(m.Setting(key=RULEBOOK_VERSION, value=rulebook.version))
-        return
-    if active != rulebook.version:
+    if active is not None and active != rulebook.version:
         raise RulebookMismatch(rulebook.version, active)
+    digests = _digests(session)
+    _check_content(rulebook, digests)
+    if record and (active is None or rulebook.version not in digests):
+        _record(session, rulebook, digests)
 
 
 def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> list[Effect]:
     """If the stored grades were made under another rulebook version, re-grade everything
     (trigger "rulebook") so every stored grade is again what the active rulebook says. Only
     where a rulebook is deployed (`rapport serve`, `rapport migrate`); other commands
-    `expect_rulebook`."""
-    row = session.get(m.Setting, RULEBOOK_VERSION)
-    if row is not None and row.value == rulebook.version:
-        return []
-    previous = row.value if row is not None else None
+    `expect_rulebook`. A rulebook whose version was recorded with other content is refused
+    (RulebookMismatch): its history rows would name one version for two rulebooks.
+
+    On PostgreSQL the switch holds the customers and projects tables against writers (reads
+    go on) from before it re-grades until it commits: a write that locked or inserted such
+    a row first finishes first and is re-graded by the switch; one that comes later waits,
+    then finds the new rulebook active and, if its process grades under the old one, stores
+    nothing (`grading.in_force`). SQLite's writers take turns already."""
+    digests = _digests(session)
+    _check_content(rulebook, digests)
+    active = active_rulebook_version(session)
     effects: list[Effect] = []
-    if previous is not None:
-        job = Regrade(trigger={"kind": "rulebook", "from": previous, "to": rulebook.version}, actor="system", now=now)
+    if active == rulebook.version:
+        if rulebook.version not in digests:  # recorded before digests were kept
+            _record(session, rulebook, digests)
+        return effects
+    if active is not None:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
+        job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor="system", now=now)
         effects = regrade_everything(session, rulebook, job)
-    if row is None:
-        session.add(m.Setting(key=RULEBOOK_VERSION, value=rulebook.version))
-    else:
-        row.value = rulebook.version
+    _record(session, rulebook, digests)
     return effects
 
 

@@ -361,3 +361,14 @@ def test_a_non_boolean_required_flag_is_refused() -> None:
 
     with pytest.raises(RulebookError):
         parse_rulebook(data)
+
+
+def test_a_rulebook_digest_follows_its_content_not_its_layout() -> None:
+    data = default_rulebook_data()
+    reordered = dict(reversed(list(data.items())))
+    assert parse_rulebook(reordered).digest == default_rulebook().digest
+
+    for edit in (lambda d: d.update(version=d["version"] + "x"), lambda d: d["levels"]["installer"][0].update(at_least=1), lambda d: d["title"].update(en="Other")):
+        changed = default_rulebook_data()
+        edit(changed)
+        assert parse_rulebook(changed).digest != default_rulebook().digest
