@@ -33,6 +33,8 @@ CUSTOMER_KINDS = ("owner", "installer")
 PRESENCE = ("required", "optional", "forbidden")
 ATTRIBUTE_TYPES = ("enum", "enum_list", "bool", "number", "string")
 MAX_STRING_ATTRIBUTE = 500
+MAX_NAME = 64  # a version and an event type's name: the columns that store them hold 64
+MAX_DEPTH = 16  # conditions inside conditions
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ def parse_rulebook(data: Any) -> Rulebook:
     if top is None:
         raise RulebookError(r.problems)
     version = r.text(top.get("version"), "version") or "?"
+    if len(version) > MAX_NAME:
+        r.fail("version", f"at most {MAX_NAME} characters (every history row stores it)")
     title = r.label(top.get("title"), "title")
 
     stages = r.obj(top.get("stages"), "stages", allowed={"ordered", "closed"}, required={"ordered", "closed"}) or {}
@@ -272,6 +276,7 @@ def parse_rulebook(data: Any) -> Rulebook:
     for n in range(0, max((len(s) for s in levels.values()), default=0) + 1):
         if n not in level_labels:
             r.fail(f"level_labels.{n}", "missing label for this level")
+    ctx.top_level = {kind: len(steps) for kind, steps in levels.items()}
 
     heat = r.obj(
         top.get("heat"),
@@ -312,6 +317,8 @@ def _parse_event_types(r: Reader, raw: Any) -> dict[str, EventType]:
         return out
     for name, spec in raw.items():
         place = f"event_types.{name}"
+        if not name or len(name) > MAX_NAME:
+            r.fail(place, f"a type name has 1 to {MAX_NAME} characters (every event stores it)")
         d = r.obj(spec, place, allowed={"label", "customer", "project", "customer_kind", "attributes"}, required={"label", "customer", "project"})
         if d is None:
             continue
@@ -418,6 +425,20 @@ class _ConditionContext:
         self.event_types = event_types
         self.stages = stages
         self.criterion_places: dict[str, str] = {}  # criterion id -> where it was first defined
+        self.top_level: dict[str, int] = {}  # customer kind -> its highest level, once the levels are read
+        self.depth = 0  # conditions inside conditions, where the reader is now
+
+    def condition(self, raw: Any, place: str, scope: str) -> Condition | None:
+        """`raw` as a condition, at most MAX_DEPTH conditions deep (a deeper one cannot be
+        served back as JSON, and no checklist needs it)."""
+        if self.depth >= MAX_DEPTH:
+            self.r.fail(place, f"conditions nest at most {MAX_DEPTH} deep")
+            return None
+        self.depth += 1
+        try:
+            return self._condition(raw, place, scope)
+        finally:
+            self.depth -= 1
 
     def criterion_id(self, raw: Any, place: str) -> str:
         cid = self.r.text(raw, place) or "?"
@@ -427,7 +448,7 @@ class _ConditionContext:
             self.criterion_places[cid] = place
         return cid
 
-    def condition(self, raw: Any, place: str, scope: str) -> Condition | None:
+    def _condition(self, raw: Any, place: str, scope: str) -> Condition | None:
         r = self.r
         if not isinstance(raw, dict) or not raw:
             r.fail(place, "must be a condition object")
@@ -465,8 +486,12 @@ class _ConditionContext:
                     r.fail(place, f"{role} applies only to heat tiers")
                 spec = r.obj(raw[role], f"{place}.{role}", allowed={"min_level", "has"}, required=set()) or {}
                 min_level = spec.get("min_level", 0)
+                top = self.top_level.get("owner" if role == "owner" else "installer")
                 if isinstance(min_level, bool) or not isinstance(min_level, int) or min_level < 0:
                     r.fail(f"{place}.{role}.min_level", "must be a whole number ≥ 0")
+                    min_level = 0
+                elif top is not None and min_level > top:
+                    r.fail(f"{place}.{role}.min_level", f"at most {top}, the highest level of its customers' kind: no {role} could meet it")
                     min_level = 0
                 has = self.condition(spec["has"], f"{place}.{role}.has", "linked") if "has" in spec else None
                 return LinkedCustomer(role, min_level, has)
@@ -555,6 +580,8 @@ class _ConditionContext:
         spec = et.attributes.get(attr)
         if spec is None:
             self.r.fail(place, f"event type {et.name!r} has no attribute {attr!r}")
+        elif spec.type == "enum_list":
+            self.r.fail(place, f"{attr!r} holds a list of values, which no single value equals: a condition on it could never be met")
         elif spec.type == "enum" and value not in spec.values:
             self.r.fail(place, f"{value!r} is not one of {', '.join(spec.values)}")
         elif spec.type == "bool" and not isinstance(value, bool):
@@ -578,7 +605,8 @@ def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:
         if not isinstance(value, bool):
             return "must be true or false"
     elif spec.type == "number":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        # An int is exact at any size (math.isfinite of one past a float's range raises).
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
             return "must be a number"
         if spec.min is not None and value < spec.min:
             return f"must be ≥ {spec.min:g}"
@@ -609,4 +637,6 @@ def load_rulebook(path: str | Path | None = None) -> Rulebook:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RulebookError([(f"{where}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+    except RecursionError:
+        raise RulebookError([(where, "not valid JSON: nested too deeply")]) from None
     return parse_rulebook(data)

@@ -77,6 +77,13 @@ def set_key(get: Callable[[dict[str, Any]], dict[str, Any]], key: str, value: An
     return lambda data: get(data).__setitem__(key, value)
 
 
+def nested_any_of(depth: int) -> dict[str, Any]:
+    condition: dict[str, Any] = {"event": "materials_sent"}
+    for _ in range(depth - 1):
+        condition = {"any_of": [condition]}
+    return condition
+
+
 def swap_owner_levels_two_and_three(data: dict[str, Any]) -> None:
     levels = data["levels"]["owner"]
     levels[1], levels[2] = levels[2], levels[1]
@@ -246,6 +253,32 @@ BROKEN = [
         [("levels.installer", "is required")],
         id="installer levels missing",
     ),
+    # The rest were found by a hunt: each was accepted, then failed or could never be met.
+    pytest.param(
+        lambda d: d.update(version="v" * 65),
+        [("version", "at most 64 characters (every history row stores it)")],
+        id="version longer than its column (PostgreSQL refused every grade change)",
+    ),
+    pytest.param(
+        lambda d: d["event_types"].update({"t" * 65: {"label": {"zh": "长", "en": "Long"}, "customer": "optional", "project": "optional"}}),
+        [("event_types." + "t" * 65, "a type name has 1 to 64 characters (every event stores it)")],
+        id="event type name longer than its column",
+    ),
+    pytest.param(
+        set_key(owner_criterion(0, 0), "when", {"event": "materials_sent", "where": {"items": "samples"}}),
+        [("levels.owner[0].criteria[0].when.where.items", "'items' holds a list of values, which no single value equals: a condition on it could never be met")],
+        id="where on a list attribute",
+    ),
+    pytest.param(
+        set_key(lambda d: d["heat"]["tiers"][2]["criteria"][2]["when"], "winner", {"min_level": 9}),
+        [("heat.tiers[2].criteria[2].when.winner.min_level", "at most 4, the highest level of its customers' kind: no winner could meet it")],
+        id="a linked customer's level above the highest",
+    ),
+    pytest.param(
+        set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
+        [("levels.owner[0].criteria[0].when" + ".any_of[0]" * 16, "conditions nest at most 16 deep")],
+        id="conditions nested too deep (GET /v1/rulebook could not answer them)",
+    ),
 ]
 
 
@@ -372,3 +405,19 @@ def test_a_rulebook_digest_follows_its_content_not_its_layout() -> None:
         changed = default_rulebook_data()
         edit(changed)
         assert parse_rulebook(changed).digest != default_rulebook().digest
+
+
+def test_a_file_nested_deeper_than_json_can_read_is_refused_with_its_place(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000, encoding="utf-8")
+
+    with pytest.raises(RulebookError) as raised:
+        load_rulebook(path)
+
+    assert raised.value.problems == [(str(path), "not valid JSON: nested too deeply")]
+
+
+def test_a_rulebook_sixteen_conditions_deep_is_accepted() -> None:
+    data = default_rulebook_data()
+    owner_criterion(0, 0)(data)["when"] = nested_any_of(16)
+    assert parse_rulebook(data).version == data["version"]
