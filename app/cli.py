@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
-from app.errors import AppError
+from app.errors import AppError, MigrationsUnusable
 from app.settings import Settings, get_settings
 
 
@@ -93,9 +93,16 @@ class _Rapport(click.Group):
             raise _Unusable(str(exc)) from exc
         except RulebookMismatch as exc:
             raise _Unusable(_mismatch(get_settings(), exc)) from None
+        except MigrationsUnusable as exc:
+            raise _Unusable(f"{_safe(get_settings().database_url)}: {exc}; nothing was changed") from None
         except DBAPIError as exc:
             # One line, not SQLAlchemy's text: that carries the statement and its parameters.
             raise _DatabaseFailed(_database_failure(exc)) from None
+
+
+def _app_error(exc: AppError) -> str:
+    """An API error as one line: its detail and each field's reason."""
+    return f"{exc.detail}{''.join(f'; {e.field}: {e.reason}' for e in exc.errors)}"
 
 
 def _database_failure(exc: DBAPIError) -> str:
@@ -205,10 +212,14 @@ def _load_demo(settings: Settings, rulebook: Rulebook, host: str, port: int) -> 
     from app.services.keys import create_key
 
     db = Database.from_settings(settings)
-    with db.session(write=True) as session:
-        loaded = load_demo(session, rulebook, now=_now())
-        _, secret = create_key(session, f"demo-{_now():%Y%m%d%H%M%S%f}", ["read", "write"], now=_now())
-    db.dispose()
+    try:
+        with db.session(write=True) as session:
+            loaded = load_demo(session, rulebook, now=_now())
+            _, secret = create_key(session, f"demo-{_now():%Y%m%d%H%M%S%f}", ["read", "write"], now=_now())
+    except AppError as exc:  # a rulebook of its own that lacks what the demo's events need
+        raise _Unusable(f"the demo data set does not fit rulebook {rulebook.version!r} (it is written for the default one): {_app_error(exc)}; nothing was loaded") from None
+    finally:
+        db.dispose()
     click.echo("demo data loaded" if loaded else "the database already has customers: demo data not loaded")
     base = f"http://{host}:{port}"
     click.echo(f"a read/write key for the demo (shown once): {secret}")
@@ -243,8 +254,8 @@ def keys_create(name: str, scopes: str) -> None:
         with db.session(write=True) as session:
             key, secret = create_key(session, name, parse_scopes(scopes), now=_now())
             click.echo(f"created key {key.name!r} with scopes {','.join(key.scopes)}; its secret, shown only now:", err=True)
-    except AppError as exc:
-        raise click.ClickException(f"{exc.detail}{''.join(f'; {e.field}: {e.reason}' for e in exc.errors)}") from exc
+    except AppError as exc:  # scopes that are not a list of known ones; a name in use
+        raise _Unusable(_app_error(exc)) from None
     click.echo(secret)
 
 
@@ -270,13 +281,15 @@ def keys_revoke(name: str) -> None:
 
     settings = get_settings()
     _ready(settings)
+    now = _now()
     try:
         with Database.from_settings(settings).session(write=True) as session:
-            key = revoke_key(session, name, now=_now())
+            key = revoke_key(session, name, now=now)
+            already = key.revoked_at != now  # revoked before: it keeps that time
             bootstrap = settings.bootstrap_key is not None and (key.name == BOOTSTRAP_NAME or key.secret_hash == hash_secret(settings.bootstrap_key))
-    except AppError as exc:
-        raise click.ClickException(exc.detail) from exc
-    click.echo(f"revoked {name!r}")
+    except AppError as exc:  # no key of that name
+        raise _Unusable(_app_error(exc)) from None
+    click.echo(f"{name!r} was already revoked, at {key.revoked_at:%Y-%m-%d %H:%M:%S} UTC" if already else f"revoked {name!r}")
     if bootstrap:
         # Start-up re-creates the bootstrap key (documented): say so, or the revocation looks final.
         click.echo(

@@ -13,6 +13,12 @@ class FieldError:
     location: str = "body"  # where the field is: body, query, header or path
 
 
+class MigrationsUnusable(Exception):
+    """The migrations cannot be run: their folder is not found, or the database's schema is
+    at a revision they do not know (a newer release migrated it). Nothing was changed. (Not
+    an API error: the CLI answers it, exit status 2.)"""
+
+
 class AppError(Exception):
     status = 500
     slug = "internal"

@@ -15,8 +15,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from app.db.engine import Database
-from app.db.migrate import alembic_config, upgrade
+from app.db.migrate import alembic_config, unknown_revisions, upgrade
 from app.domain.rulebook import Rulebook, load_rulebook
+from app.errors import MigrationsUnusable
 from app.grading import Effect
 from app.services.keys import ensure_bootstrap_key
 from app.services.state import expect_rulebook, sync_rulebook
@@ -72,11 +73,15 @@ def check_without_writing(settings: Settings, rulebook: Rulebook) -> None:
     (RulebookMismatch). No migration, no bootstrap key, and no SQLite file is created."""
     if _sqlite_file_missing(settings.database_url):
         raise SchemaBehind("there is no database file")
-    newest = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
+    scripts = ScriptDirectory.from_config(alembic_config(settings))
+    newest = set(scripts.get_heads())
+    known = {script.revision for script in scripts.walk_revisions()}
     db = Database.from_settings(settings)
     try:
         with db.session(write=False) as session:
             current = set(MigrationContext.configure(session.connection()).get_current_heads())
+            if current - known:
+                raise MigrationsUnusable(unknown_revisions(current - known, settings))
             if current != newest:
                 found = ", ".join(sorted(current)) or "none"
                 raise SchemaBehind(f"the schema is at revision {found}, the newest is {', '.join(sorted(newest))}")

@@ -138,3 +138,28 @@ def test_a_setting_rapport_cannot_use_is_a_configuration_error_in_one_line(run, 
         assert reason in result.stderr
     assert "Traceback" not in result.output
     assert not Path("rapport.db").exists()  # nothing was done
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_database_migrated_by_a_newer_release_is_refused_by_every_command_in_one_line(run, tmp_path: Path, customers_csv: Path, no_server: None, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    # A hunt found a traceback (exit 1) from each command, and verify advising `migrate`.
+    import sqlite3
+
+    assert run("migrate").exit_code == 0
+    with sqlite3.connect(tmp_path / "rapport.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+
+    result = run(*command)
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+    assert "revision ffffffffffff, which this release's migrations do not hold: a newer release of Rapport migrated it" in result.stderr
+    assert "rapport migrate" not in result.stderr
+
+
+def test_a_migrations_folder_named_but_not_there_is_refused_not_replaced(run, tmp_path: Path) -> None:  # noqa: ANN001
+    result = run("migrate", env={"RAPPORT_MIGRATIONS_DIR": str(tmp_path / "nowhere")})
+
+    assert result.exit_code == 2
+    assert f"RAPPORT_MIGRATIONS_DIR={tmp_path / 'nowhere'} holds no Alembic migrations" in result.stderr
+    assert not (tmp_path / "rapport.db").exists()  # nothing was created either

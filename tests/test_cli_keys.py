@@ -85,3 +85,37 @@ def test_a_key_needs_a_name(run, tmp_path: Path, name: str) -> None:  # noqa: AN
     assert result.exit_code == 2
     assert "Invalid value for '--name'" in result.stderr and "must not be empty" in result.stderr
     assert "\t" not in run("keys", "list").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (("keys", "create", "--name", "erp", "--scopes", "foo"), "scopes: unknown: foo"),
+        (("keys", "create", "--name", "erp", "--scopes", ""), "scopes"),
+        (("keys", "create", "--name", "demo-reader", "--scopes", "read"), "a key named 'demo-reader' exists already"),
+        (("keys", "revoke", "--name", "nosuch"), "no key named 'nosuch'"),
+    ],
+    ids=["unknown scope", "no scope", "name in use", "unknown name"],
+)
+def test_a_keys_command_given_what_it_cannot_use_is_a_usage_error_that_changes_nothing(run, tmp_path: Path, args: tuple[str, ...], reason: str) -> None:  # noqa: ANN001
+    # A hunt found these exiting 1, the status of a command's own "look at this".
+    assert run("keys", "create", "--name", "demo-reader", "--scopes", "read").exit_code == 0
+    before = run("keys", "list").stdout
+
+    result = run(*args)
+
+    assert result.exit_code == 2, result.output
+    assert reason in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert run("keys", "list").stdout == before
+
+
+def test_revoking_a_revoked_key_says_so_and_keeps_its_first_revocation(run, tmp_path: Path) -> None:  # noqa: ANN001
+    assert run("keys", "create", "--name", "erp", "--scopes", "write").exit_code == 0
+    assert run("keys", "revoke", "--name", "erp").stdout == "revoked 'erp'\n"
+    first = run("keys", "list").stdout
+
+    again = run("keys", "revoke", "--name", "erp")
+
+    assert again.exit_code == 0
+    assert again.stdout.startswith("'erp' was already revoked, at ")
+    assert run("keys", "list").stdout == first

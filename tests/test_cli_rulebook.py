@@ -215,3 +215,20 @@ def test_a_version_once_active_names_its_content_for_good(run, tmp_path: Path) -
 
     assert result.exit_code == 2 and "needs a new version" in result.stderr
     assert query(tmp_path, "SELECT value FROM service_state WHERE key = 'rulebook_version'") == [(DEFAULT,)]
+
+
+def test_the_demo_under_a_rulebook_without_its_event_types_is_refused_in_one_line(run, tmp_path: Path) -> None:  # noqa: ANN001
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["version"] = "no-private-meetings-1"
+    del book["event_types"]["private_meeting"]
+    for step in book["levels"]["owner"]:
+        step["criteria"] = [c for c in step["criteria"] if "private_meeting" not in json.dumps(c)]
+        step.pop("at_least", None)
+    path = tmp_path / "custom.json"
+    path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
+
+    result = run("demo", env={"RAPPORT_RULEBOOK_PATH": str(path)})
+
+    assert result.exit_code == 2, result.output
+    assert "the demo data set does not fit rulebook 'no-private-meetings-1'" in result.stderr and "private_meeting" in result.stderr
+    assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]

@@ -6,19 +6,31 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.util.exc import CommandError
 
+from app.errors import MigrationsUnusable
 from app.settings import Settings
+
+
+def unknown_revisions(revisions: set[str], settings: Settings) -> str:
+    """Why a database at `revisions`, some of which these migrations do not hold, is refused."""
+    return (
+        f"the database's schema is at revision {', '.join(sorted(revisions))}, which this release's migrations do not hold: "
+        "a newer release of Rapport migrated it. Run that release, or restore a backup taken before"
+    )
 
 
 def migrations_dir(settings: Settings) -> Path:
     """The migrations folder: the setting, else beside the package (a source checkout or an
     editable install), else ./migrations."""
-    candidates = [settings.migrations_dir] if settings.migrations_dir else []
-    candidates += [Path(__file__).resolve().parents[2] / "migrations", Path.cwd() / "migrations"]
-    for path in candidates:
-        if path is not None and (path / "env.py").is_file():
+    if settings.migrations_dir:  # named: that folder or none, never another one silently
+        if (Path(settings.migrations_dir) / "env.py").is_file():
+            return Path(settings.migrations_dir)
+        raise MigrationsUnusable(f"RAPPORT_MIGRATIONS_DIR={settings.migrations_dir} holds no Alembic migrations (no env.py)")
+    for path in (Path(__file__).resolve().parents[2] / "migrations", Path.cwd() / "migrations"):
+        if (path / "env.py").is_file():
             return path
-    raise FileNotFoundError("Alembic migrations not found; set RAPPORT_MIGRATIONS_DIR")
+    raise MigrationsUnusable("Alembic migrations not found; set RAPPORT_MIGRATIONS_DIR")
 
 
 def alembic_config(settings: Settings) -> Config:
@@ -29,4 +41,11 @@ def alembic_config(settings: Settings) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head") -> None:
-    command.upgrade(alembic_config(settings), revision)
+    try:
+        command.upgrade(alembic_config(settings), revision)
+    except CommandError as exc:
+        # Alembic's own words for a revision of the database it cannot find in the scripts.
+        found = str(exc).partition("Can't locate revision identified by ")[2]
+        if not found:
+            raise
+        raise MigrationsUnusable(unknown_revisions({found.strip("'")}, settings)) from None
