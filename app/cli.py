@@ -46,8 +46,8 @@ def _prepare(settings: Settings) -> Rulebook:
     from app.startup import prepare  # keeps `rapport --help` fast
 
     rulebook, effects = prepare(settings)
-    if effects:
-        click.echo(f"rulebook changed: {len(effects)} grade(s) re-computed")
+    if effects is not None:
+        click.echo(f"rulebook switched to {rulebook.version!r}: every grade re-computed, {len(effects)} changed")
     return rulebook
 
 

@@ -29,7 +29,7 @@ class SchemaBehind(Exception):
     command may not migrate it."""
 
 
-def prepare(settings: Settings, *, now: datetime | None = None) -> tuple[Rulebook, list[Effect]]:
+def prepare(settings: Settings, *, now: datetime | None = None) -> tuple[Rulebook, list[Effect] | None]:
     """Validate the rulebook (a broken one stops here), migrate, then initialize: where a
     rulebook is deployed, so a rulebook other than the active one becomes it."""
     rulebook = load_rulebook(settings.rulebook_path)
@@ -43,7 +43,7 @@ def prepare_command(settings: Settings, rulebook: Rulebook | None, *, now: datet
     _migrated_and_initialized(settings, rulebook, now, switch=False)
 
 
-def _migrated_and_initialized(settings: Settings, rulebook: Rulebook | None, now: datetime | None, *, switch: bool) -> list[Effect]:
+def _migrated_and_initialized(settings: Settings, rulebook: Rulebook | None, now: datetime | None, *, switch: bool) -> list[Effect] | None:
     upgrade(settings)
     db = Database.from_settings(settings)
     try:
@@ -52,19 +52,20 @@ def _migrated_and_initialized(settings: Settings, rulebook: Rulebook | None, now
         db.dispose()
 
 
-def initialize(db: Database, settings: Settings, rulebook: Rulebook | None, *, now: datetime, switch: bool = True) -> list[Effect]:
+def initialize(db: Database, settings: Settings, rulebook: Rulebook | None, *, now: datetime, switch: bool = True) -> list[Effect] | None:
     """Ensure the bootstrap key; then, with `switch`, re-grade everything if the rulebook
-    version changed, and without it refuse a rulebook other than the active one
-    (RulebookMismatch; a database that records none takes this one)."""
+    version changed (returning the grades that changed; None where nothing was switched),
+    and without it refuse a rulebook other than the active one (RulebookMismatch; a
+    database that records none takes this one)."""
     with db.session(write=True) as session:
         if settings.bootstrap_key:
             ensure_bootstrap_key(session, settings.bootstrap_key, now=now)
         if rulebook is None:
-            return []
+            return None
         if switch:
             return sync_rulebook(session, rulebook, now=now)
         expect_rulebook(session, rulebook, record=True)
-        return []
+        return None
 
 
 def check_without_writing(settings: Settings, rulebook: Rulebook) -> None:

@@ -62,7 +62,7 @@ def test_migrate_switches_the_rulebook_and_reports_the_grades_it_re_computed(run
     switched = run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))})
 
     assert switched.exit_code == 0, switched.output
-    assert "rulebook changed: 5 grade(s) re-computed" in switched.output
+    assert f"rulebook switched to '{STRICTER}': every grade re-computed, 5 changed" in switched.output
     assert query(tmp_path, "SELECT value FROM service_state WHERE key = 'rulebook_version'") == [(STRICTER,)]
 
 
@@ -83,7 +83,7 @@ def test_a_command_run_with_another_rulebook_than_the_servers_refuses_and_change
     assert len(message.splitlines()) == 1
     assert f"'{STRICTER}'" in message and f"'{DEFAULT}'" in message
     assert "rapport migrate" in message and "RAPPORT_RULEBOOK_PATH" in message
-    assert "rulebook changed" not in result.output
+    assert "rulebook switched" not in result.output
     assert state(tmp_path) == before
 
 
@@ -232,3 +232,18 @@ def test_the_demo_under_a_rulebook_without_its_event_types_is_refused_in_one_lin
     assert result.exit_code == 2, result.output
     assert "the demo data set does not fit rulebook 'no-private-meetings-1'" in result.stderr and "private_meeting" in result.stderr
     assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
+def test_a_switch_that_changes_no_grade_still_says_it_switched(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # It printed nothing, as if no switch had happened (a hunt found it easy to miss).
+    assert run("demo").exit_code == 0
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["version"] = "renamed-1"
+    path = tmp_path / "renamed.json"
+    path.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
+
+    result = run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(path)})
+
+    assert result.exit_code == 0
+    assert "rulebook switched to 'renamed-1': every grade re-computed, 0 changed" in result.output
+    assert "switched" not in run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(path)}).output

@@ -71,9 +71,10 @@ def expect_rulebook(session: Session, rulebook: Rulebook, *, record: bool) -> No
         _record(session, rulebook, digests)
 
 
-def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> list[Effect]:
+def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> list[Effect] | None:
     """If the stored grades were made under another rulebook version, re-grade everything
-    (trigger "rulebook") so every stored grade is again what the active rulebook says. Only
+    (trigger "rulebook") so every stored grade is again what the active rulebook says, and
+    return the grades that changed; None if `rulebook` was the active one already. Only
     where a rulebook is deployed (`rapport serve`, `rapport migrate`); other commands
     `expect_rulebook`. A rulebook whose version was recorded with other content is refused
     (RulebookMismatch): its history rows would name one version for two rulebooks.
@@ -90,7 +91,7 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
     if active == rulebook.version:
         if rulebook.version not in digests:  # recorded before digests were kept
             _record(session, rulebook, digests)
-        return effects
+        return None
     if active is not None:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
