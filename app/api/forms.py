@@ -206,7 +206,7 @@ def list_inbox(
     ctx: ContextDep,
     caller: Admin,
     status: Literal["inbox", "processed", "dismissed"] | None = Query(default="inbox", description="default: those waiting in the inbox"),
-    form_id: Annotated[str | None, Query(max_length=64)] = None,
+    form_id: Annotated[s.QueryText | None, Query(max_length=64)] = None,
     limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> s.SubmissionPage:

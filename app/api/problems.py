@@ -101,10 +101,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if isinstance(exc.__cause__, UnicodeDecodeError):
-            # FastAPI answers a JSON body that is not UTF-8 with a bare 400 ("There was an
-            # error parsing the body"); it is malformed JSON (RFC 8259 §8.1), said as such.
-            errors = [{"field": "body", "in": "body", "reason": f"malformed JSON: not UTF-8 ({exc.__cause__.reason} at byte {exc.__cause__.start})"}]
+        # FastAPI answers a JSON body it cannot decode for another reason than a syntax error
+        # with a bare 400 ("There was an error parsing the body"): one that is not UTF-8, and
+        # one nested deeper than json can read (a hunt found the second). Each is malformed
+        # JSON, said as such, as a batch's body says it (app/api/bodies.py).
+        cause = exc.__cause__
+        if isinstance(cause, (UnicodeDecodeError, RecursionError)):
+            why = f"not UTF-8 ({cause.reason} at byte {cause.start})" if isinstance(cause, UnicodeDecodeError) else "nested too deeply"
+            errors = [{"field": "body", "in": "body", "reason": f"malformed JSON: {why}"}]
             return problem(422, "validation", "The request is not valid", "1 field(s) failed validation; nothing was stored", errors)
         title = TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
