@@ -102,6 +102,23 @@ def test_a_heat_changed_by_sql_is_put_on_record_and_back_by_regrade(db: Database
     assert [(r.old, r.new, r.trigger["kind"]) for r in rows if r.trigger["kind"] in ("outside", "time")] == [(heat, 90, "outside"), (90, heat, "time")]
 
 
+def test_a_heat_changed_by_sql_is_put_back_with_its_messages_where_a_receiver_wants_heat_changes(db: Database) -> None:
+    # A hunt found `rapport regrade` (and a rulebook switch at start-up) ending in an
+    # AssertionError here: the `outside` row's message had no grade to name the tier by.
+    _, project = _owner_at_level_one(db)
+    with db.session(write=True) as s:
+        heat = s.scalar(select(m.Project.heat).where(m.Project.id == project))
+        s.add(m.Subscription(url="https://erp.example.com/hook", event_types=["project.heat_changed"], secret="whsec_" + "A" * 32, created_at=NOW, updated_at=NOW))
+        s.execute(update(m.Project).where(m.Project.id == project).values(heat=90))
+
+    _regrade(db)
+
+    with db.session(write=False) as s:
+        sent = s.scalars(select(m.OutboxMessage.payload).where(m.OutboxMessage.type == "project.heat_changed").order_by(m.OutboxMessage.id)).all()
+        assert replay(s, RULEBOOK, as_of=NOW) == []
+    assert [(p["data"]["old"], p["data"]["new"], p["data"]["tier"], p["data"]["trigger"]["kind"]) for p in sent] == [(heat, 90, "90", "outside"), (90, heat, str(heat) if heat else "cold", "time")]
+
+
 def test_a_grade_changed_by_sql_is_put_back_by_regrade_without_a_history_row(db: Database) -> None:
     owner, project = _owner_at_level_one(db)
     level, version, grade, rows = _stored(db, owner)

@@ -104,7 +104,9 @@ def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange, h
     """The body of a `customer.level_changed` or `project.heat_changed` message: the change,
     its subject, a summary of the evidence (the full snapshot is in the history), the
     rulebook version and what triggered it. A project's tier comes from its new grade
-    (`heat`): the message is built before grading writes the project's row."""
+    (`heat`): the message is built before grading writes the project's row. A change found
+    on the row as stored (trigger `outside`: a heat set by hand) has no grade of the
+    rulebook's: its tier comes from the row, which still holds what was found."""
     session.flush()  # the history row's id names it in the message
     if change.subject_type == "customer":
         customer = session.get(m.Customer, change.subject_id)
@@ -113,8 +115,11 @@ def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange, h
         label = rulebook.level_labels[change.new]
     else:
         project = session.get(m.Project, change.subject_id)
-        assert project is not None and heat is not None
-        tier, label = heat_tier(rulebook, heat.percent, heat.stage, heat.closed)
+        assert project is not None
+        if heat is not None:
+            tier, label = heat_tier(rulebook, heat.percent, heat.stage, heat.closed)
+        else:
+            tier, label = heat_tier(rulebook, change.new, project.stage, project.closed)
         subject = {
             "project": {"id": project.id, "name": project.name, "external_ref": project.external_ref, "owner_id": project.owner_id},
             "tier": tier,
