@@ -128,18 +128,34 @@ def _gap(gap: Gap | None) -> dict[str, Any] | None:
     return None if gap is None else {"target": gap.target, "missing": list(gap.missing), "need": gap.need}
 
 
-def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> None:
+def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> LevelGrade:
     """Grade a customer that has no events yet (so its criteria and gap show from the start)."""
     grade = evaluate_level(rulebook, CustomerFacts(customer.id or 0, customer.kind, ()), now)
     customer.level, customer.level_since, customer.grade = grade.level, now, snapshot(grade)
     customer.grade_hash = grade_digest(_head(customer, _HEAD[CustomerState]), encode_grade(customer.grade))
+    return grade
 
 
-def initial_heat(rulebook: Rulebook, project: m.Project, owner: CustomerState, now: datetime) -> None:
+def initial_heat(rulebook: Rulebook, project: m.Project, owner: CustomerState, now: datetime) -> HeatGrade:
     grade = evaluate_heat(rulebook, ProjectFacts(project.id or 0, LinkedCustomer(owner.id, owner.level), ()), now)
     project.heat, project.heat_since, project.stage, project.closed = grade.percent, now, grade.stage, grade.closed
     project.grade = snapshot(grade)
     project.grade_hash = grade_digest(_head(project, _HEAD[ProjectState]), encode_grade(project.grade))
+    return grade
+
+
+def record_created(session: Session, rulebook: Rulebook, row: m.Customer | m.Project, grade: LevelGrade | HeatGrade, now: datetime) -> None:
+    """A new customer or project (stored, so with its id) whose first grade is above 0 gets a
+    history row from 0 to it, trigger `created`: every history starts at 0, as `verify`
+    and a re-grade read it. The default rulebook grades nothing above 0 without events;
+    one whose step needs none (`at_least`, a tier on the owner's level) does."""
+    if isinstance(grade, LevelGrade):
+        subject, metric, new, heat = "customer", LEVEL, grade.level, None
+    else:
+        subject, metric, new, heat = "project", HEAT, grade.percent, grade
+    if new != 0:
+        job = Regrade(trigger={"kind": "created"}, actor="system", now=now)
+        _append(session, rulebook, subject, row.id, metric, 0, new, snapshot(grade), job.trigger, job, heat=heat)
 
 
 def lock_customers(session: Session, job: Regrade) -> dict[int, CustomerState]:

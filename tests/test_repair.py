@@ -7,6 +7,7 @@ history last said to what it found, then its own row back, once, not once per ru
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,12 +18,12 @@ from app.db.engine import Database
 from app.db.facts import CustomerState
 from app.db.logs import WriteLogs
 from app.db.types import encode_grade, grade_digest
-from app.domain.rulebook import load_rulebook
+from app.domain.rulebook import load_rulebook, parse_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent, record_event
 from app.services.projects import create_project
 from app.grading import Writes
-from app.services.state import regrade_for_time
+from app.services.state import expect_rulebook, regrade_for_time
 from app.services.verify import replay
 from tests.conftest import empty_tables
 
@@ -149,3 +150,32 @@ def test_a_row_whose_level_differs_from_its_new_grade_is_written_even_with_the_s
 
     queued = writes._rows.get(CustomerState, [])
     assert [(p["row_id"], p["new_level"], p["new_bump"]) for p in queued] == ([(7, 1, 1)] if written else [])
+
+
+def test_a_project_created_above_cold_starts_its_history_from_0_so_verify_and_regrade_find_nothing(db: Database) -> None:
+    # A hunt found such a project with no history row: verify reported it, and regrade
+    # recorded a change "outside Rapport" that nobody made. Under a rulebook whose steps need
+    # one criterion each, an owner at level II gives a new project 30 % (H30.2) at once.
+    book = json.loads(json.dumps(RULEBOOK.source))
+    book["version"] = "one-criterion-a-step"
+    for step in [*book["levels"]["owner"], *book["levels"]["installer"], *book["heat"]["tiers"]]:
+        step["at_least"] = 1
+    lenient = parse_rulebook(book)
+    empty_tables(db.engine)
+    with db.session(write=True) as s:
+        expect_rulebook(s, lenient, record=True)
+        owner = create_customer(s, lenient, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+        for type_, attributes in (("materials_sent", {"items": ["samples"]}), ("product_understood", {})):
+            record_event(s, lenient, NewEvent(type=type_, customer_id=owner, occurred_at=NOW - timedelta(days=1), attributes=attributes), actor="rep", now=NOW)
+    with db.session(write=True) as s:
+        assert s.scalar(select(m.Customer.level).where(m.Customer.id == owner)) == 2
+        project = create_project(s, lenient, {"name": "门诊楼空调", "owner_id": owner}, now=NOW)
+        assert project.heat == 30
+
+    with db.session(write=True) as s:
+        regrade_for_time(s, lenient, now=NOW)
+
+    with db.session(write=False) as s:
+        rows = s.execute(select(m.GradeChange.old, m.GradeChange.new, m.GradeChange.trigger, m.GradeChange.actor).where(m.GradeChange.subject_type == "project")).all()
+        assert replay(s, lenient, as_of=NOW) == []
+    assert [tuple(r) for r in rows] == [(0, 30, {"kind": "created"}, "system")]

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook
-from app.grading import in_force, initial_level
+from app.grading import in_force, record_created, initial_level
 from app.services.paging import containing, page
 from app.services.records import save_unique, update_record, upsert_by_ref
 
@@ -21,9 +21,10 @@ def create_customer(session: Session, rulebook: Rulebook, fields: dict[str, Any]
     customer = m.Customer(**fields, created_at=now, updated_at=now, version=1)
     customer.contact = customer.contact or {}
     customer.tags = customer.tags or []
-    initial_level(rulebook, customer, now)
+    grade = initial_level(rulebook, customer, now)
     save_unique(session, customer, fields.get("external_ref"))
     in_force(session, rulebook)  # after the INSERT: a rulebook switch holds it until it commits
+    record_created(session, rulebook, customer, grade, now)
     return customer
 
 

@@ -14,7 +14,7 @@ from app.db.facts import is_bid, lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
-from app.grading import in_force, initial_heat
+from app.grading import in_force, record_created, initial_heat
 from app.services.records import get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import containing, page
 
@@ -29,9 +29,10 @@ def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any],
         raise Invalid("the project was not created", errors=[FieldError("owner_id", f"customer {owner_id} is an installer; a project's owner must be an owner")])
     project = m.Project(**fields, created_at=now, updated_at=now, version=1)
     project.tags = project.tags or []
-    initial_heat(rulebook, project, owner, now)
+    grade = initial_heat(rulebook, project, owner, now)
     save_unique(session, project, fields.get("external_ref"))
     in_force(session, rulebook)  # after the owner's lock: a rulebook switch holds it until it commits
+    record_created(session, rulebook, project, grade, now)
     return project
 
 
