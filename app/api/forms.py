@@ -129,14 +129,16 @@ def update_form(
 
 
 @router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses=problem_responses(400, 404, 413))
-def rotate_secret(form_id: FormIdPath, ctx: ContextDep, caller: Admin, body: s.RotateSecretIn | None = None) -> s.FormSecretOut:
+def rotate_secret(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Response, body: s.RotateSecretIn | None = None) -> s.FormSecretOut:
     """Issue a new secret (or set the one given). The old one keeps working for
     `grace_hours` (24 by default), so the tool can be re-configured without losing
-    deliveries. With no body: a generated secret, the same scheme, 24 hours' grace."""
+    deliveries. With no body: a generated secret, the same scheme, 24 hours' grace. The
+    version moves: the answer's ETag serves a later PATCH's If-Match."""
     asked = body or s.RotateSecretIn()
 
     def write(session: Session) -> s.FormSecretOut:
         form = svc.rotate_secret(session, form_id, scheme=asked.auth_scheme, secret=asked.secret, grace=timedelta(hours=asked.grace_hours), now=ctx.clock())
+        response.headers["ETag"] = etag("form", form.form_id, form.version)
         return _with_secret(form)
 
     return ctx.db.transaction(write)

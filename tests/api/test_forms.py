@@ -241,6 +241,11 @@ def test_a_rotation_with_no_body_generates_a_secret_with_a_days_grace(api, clock
     out = rotated.json()
     assert out["secret"] != form["secret"] and out["auth_scheme"] == form["auth_scheme"]
     assert datetime.fromisoformat(out["previous_secret_until"]) == clock.now + timedelta(hours=24)
+    # The version moved; the answer's ETag is the new one's, and a PATCH with it is accepted
+    # (it had none: a hunt found it).
+    path = f"/v1/forms/{form['form_id']}"
+    assert rotated.headers["ETag"] == api.get(path).headers["ETag"]
+    assert api.patch(path, json={"description": "rotated"}, headers={"If-Match": rotated.headers["ETag"]}).status_code == 200
 
 
 def test_a_url_token_is_rotated_at_once_with_no_grace(api, clock) -> None:
