@@ -6,7 +6,7 @@ import gc
 import logging
 import re
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 from datetime import datetime
 
 from fastapi import FastAPI
@@ -14,6 +14,8 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import customers, events, forms, meta, problems, projects, threads, webhooks
 from app.api.deps import Context, utc_now
+from app.api.gate import SECURITY_SCHEMES
+from app.db.types import MAX_ID
 from app.api.limits import BodyLimit, RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
@@ -91,9 +93,45 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     # /v1/events passed the 17 routes of meta, customers and projects first: 37 µs).
     for module in (events, customers, projects, meta, forms, webhooks):
         app.include_router(module.router)
+    _declare_security(app)
     logging.getLogger("rapport").setLevel(logging.INFO)
     _redact_access_log()
     return app
+
+
+def _declare_security(app: FastAPIOffline) -> None:
+    """Name the API key's scheme in the schema, which every keyed operation's `security`
+    refers to (app/api/gate.py): clients generated from it send the key, and /docs offers
+    to take one."""
+    built = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = built()
+            schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+            _integral_bounds(schema)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _integral_bounds(node: Any) -> None:
+    """FastAPI's schema model keeps a bound as a float: an integer's largest id became
+    9.223372036854776e+18, one more than the largest a request may send. An integer's bounds
+    go back to integers (MAX_ID exactly)."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for key in _BOUNDS:
+                if isinstance(node.get(key), float):
+                    node[key] = MAX_ID if node[key] == float(MAX_ID) else int(node[key])
+        for value in node.values():
+            _integral_bounds(value)
+    elif isinstance(node, list):
+        for value in node:
+            _integral_bounds(value)
 
 
 class _RedactTokens(logging.Filter):

@@ -36,6 +36,17 @@ def spend_hook(limiter: RateLimiter | None, form_id: str, *, refused: bool) -> N
     _spend(limiter, ("form-refused" if refused else "form", form_id[:64]))
 
 
+# The name of the API key's scheme in the OpenAPI schema (`components.securitySchemes`).
+SECURITY_SCHEME = "apiKey"
+SECURITY_SCHEMES = {
+    SECURITY_SCHEME: {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key (`rapport keys create`): `Authorization: Bearer <key>`. Its scopes (read, write, admin) decide what it may do.",
+    }
+}
+
+
 class Gated(APIRoute):
     """A route under /v1 authenticates its API key (once: `request.state.api_key`), checks
     the scope its `Caller` needs and spends a token of the key's rate limit. A form hook
@@ -45,9 +56,14 @@ class Gated(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
+        extra = dict(self.openapi_extra or {})
         if _scopes(self.dependant):
-            extra = self.openapi_extra or {}
-            self.openapi_extra = {**extra, "parameters": [*extra.get("parameters", []), ACTOR_PARAMETER]}
+            extra["parameters"] = [*extra.get("parameters", []), ACTOR_PARAMETER]
+        if path.startswith("/v1/") and not path.startswith(HOOKS_PREFIX):
+            # The key this gate checks, as the schema's security scheme (app/main.py): the
+            # gate is no FastAPI security dependency, so FastAPI would show none.
+            extra["security"] = [{SECURITY_SCHEME: []}]
+        self.openapi_extra = extra or None
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

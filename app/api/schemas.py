@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -56,7 +57,9 @@ def _no_bool(value: Any) -> Any:
 NotBool = BeforeValidator(_no_bool)
 
 # Ids are signed 64-bit integers in both databases (`MAX_ID`): a larger one is refused here.
-Id = Annotated[int, NotBool, Field(gt=0, le=MAX_ID)]
+# The bounds before the validator: after it, pydantic writes them into the JSON schema as
+# raw `gt`/`le`, which are no JSON Schema (clients and validators dropped them).
+Id = Annotated[int, Field(gt=0, le=MAX_ID), NotBool]
 PathId = Annotated[int, Path(gt=0, le=MAX_ID)]
 MAX_PAGE = 200
 # Every list's page size: one bound, so a caller learns one number.
@@ -65,11 +68,13 @@ QueryId = Annotated[int | None, Query(gt=0, le=MAX_ID)]
 
 
 def _cents(value: float | None) -> float | None:
-    # Stored as NUMERIC(16, 2): rounded here, so a re-sent amount compares equal to the stored one.
-    return None if value is None else round(value, 2)
+    # Stored as NUMERIC(16, 2): rounded here, so a re-sent amount compares equal to the stored
+    # one; half up on the number as written (round() of the float took 1.005 to 1.0).
+    return None if value is None else float(Decimal(repr(value)).quantize(_CENT, ROUND_HALF_UP))
 
 
-Amount = Annotated[float, NotBool, Field(ge=0, le=1e13), AfterValidator(_cents)]
+_CENT = Decimal("0.01")
+Amount = Annotated[float, Field(ge=0, le=1e13), NotBool, AfterValidator(_cents)]
 
 # What a date or an instant must look like as text: pydantic also reads a number (or a
 # string of digits) as Unix time, and a date from a date-time at midnight.

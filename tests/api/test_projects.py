@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import event
 
 from tests.api.expectations import all_pages, assert_problem
@@ -283,3 +284,13 @@ def test_duplicate_project_external_ref_is_409(api) -> None:
 
     assert_problem(api.post("/v1/projects", json={"name": "二期", "owner_id": owner["id"], "external_ref": "ERP-P-1"}), 409, "external_ref")
     assert len(api.get("/v1/projects").json()["items"]) == 1
+
+
+@pytest.mark.parametrize(("sent", "stored"), [(1.005, 1.01), (0.015, 0.02), (0.005, 0.01), (2.675, 2.68), (1.004, 1.0), (12.3, 12.3)])
+def test_an_amount_is_rounded_to_cents_half_up_as_written(api, sent: float, stored: float) -> None:  # noqa: ANN001
+    # round() of the float took 1.005 to 1.0 and 0.015 to 0.01 (binary fractions; a hunt found it).
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"], amount=sent)
+
+    assert project["amount"] == stored
+    assert api.get(f"/v1/projects/{project['id']}").json()["amount"] == stored

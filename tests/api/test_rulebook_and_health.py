@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -131,3 +132,25 @@ def test_rulebook_lists_heat_tiers_with_criteria_and_labels(api) -> None:
         for c in tier["criteria"]:
             assert c["label"]["zh"] and c["label"]["en"]
     assert heat["cold_label"] == {"zh": "冷(0%)", "en": "Cold (0 %)"}
+
+
+def test_the_schema_names_the_api_key_on_every_keyed_operation_and_only_there(anonymous) -> None:
+    # It declared no security at all: generated clients sent no key, and /docs took none.
+    schema = anonymous.get("/openapi.json").json()
+
+    assert {k: v for k, v in schema["components"]["securitySchemes"]["apiKey"].items() if k != "description"} == {"type": "http", "scheme": "bearer"}
+    for path, operations in schema["paths"].items():
+        keyed = path.startswith("/v1/") and not path.startswith("/v1/hooks/")
+        for method, operation in operations.items():
+            assert (operation.get("security") == [{"apiKey": []}]) == keyed, (method, path)
+
+
+def test_the_schema_bounds_ids_with_json_schema_keywords_and_exact_integers(anonymous) -> None:
+    # The bounds came out as `gt`/`le`, which no JSON Schema tool reads, and then as a float
+    # one above the largest id.
+    text = anonymous.get("/openapi.json").text
+    schema = json.loads(text)
+
+    assert '"gt":' not in text and '"le":' not in text and '"ge":' not in text
+    customer_id = schema["components"]["schemas"]["EventIn"]["properties"]["customer_id"]["anyOf"][0]
+    assert customer_id == {"type": "integer", "maximum": 2**63 - 1, "exclusiveMinimum": 0}
