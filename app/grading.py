@@ -38,9 +38,12 @@ HEAT = "deal_heat"
 RULEBOOK_VERSION = "rulebook_version"
 ACTIVE_DIGEST = "rulebook_digest"
 _RECORDED = {key: select(m.Setting.value).where(m.Setting.key == key) for key in (RULEBOOK_VERSION, ACTIVE_DIGEST)}
+# The active digest as a column of a write's own statement (an event's INSERT returns it):
+# `in_force` without a statement of its own.
+ACTIVE_DIGEST_COLUMN = _RECORDED[ACTIVE_DIGEST].scalar_subquery()
 
 
-def in_force(session: Session, rulebook: Rulebook) -> None:
+def in_force(session: Session, rulebook: Rulebook, *, found: list[str | None] | None = None) -> None:
     """Refuse (RulebookChanged) to grade under `rulebook` if the database's active rulebook
     is another: the operator switched it (`rapport migrate`) while this process ran, or
     another process started with another file and switched it. Every write that grades
@@ -48,8 +51,10 @@ def in_force(session: Session, rulebook: Rulebook) -> None:
     re-grades (`sync_rulebook` holds them all against writers until it commits): a write
     that locked first is re-graded by the switch after it commits, and one that waited
     reads the switched rulebook here. A database that records no digest yet (none of this
-    release's processes has started on it) is taken as graded under this one."""
-    active = run(session, _RECORDED[ACTIVE_DIGEST]).scalars()
+    release's processes has started on it) is taken as graded under this one. `found`: the
+    digest a statement of the write read after its lock (`ACTIVE_DIGEST_COLUMN`), instead of
+    a read here."""
+    active = run(session, _RECORDED[ACTIVE_DIGEST]).scalars() if found is None else [d for d in found if d is not None]
     if active and active[0] != rulebook.digest:
         version = run(session, _RECORDED[RULEBOOK_VERSION]).scalars()
         raise RulebookChanged(
@@ -106,6 +111,9 @@ class Regrade:
     # their history last recorded (changed outside Rapport: SQL, a restored backup of one
     # table), with that recorded value and the grade as found (`_as_stored`).
     outside: dict[tuple[str, int], tuple[int, Any]] = field(default_factory=dict)
+    # The write's own statement found its rulebook the active one, after its locks (an
+    # event's INSERT: `ACTIVE_DIGEST_COLUMN`): `regrade` need not read it again.
+    in_force: bool = False
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -174,7 +182,8 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
     for subject, id_ in logs.changed():  # every changed log's subject is graded (and stamped)
         (job.customer_ids if subject == "customer" else job.project_ids).add(id_)
     customers = lock_customers(session, job)
-    in_force(session, rulebook)
+    if not job.in_force:
+        in_force(session, rulebook)
     effects: list[Effect] = []
     level_changes: dict[int, Effect] = {}
     project_ids = set(job.project_ids)

@@ -20,7 +20,7 @@ from app.db.facts import CustomerState, ProjectState, State
 from app.domain.rulebook import Rulebook
 from app.domain.validation import EventRejected, check_event, instant_problem
 from app.errors import FieldError, Invalid, NotFound
-from app.grading import Effect, Regrade, lock_customers, regrade
+from app.grading import ACTIVE_DIGEST_COLUMN, Effect, Regrade, in_force, lock_customers, regrade
 from app.services import outbox
 
 Row = TypeVar("Row", m.Event, m.Retraction)
@@ -103,9 +103,10 @@ def record_event(session: Session, rulebook: Rulebook, new: NewEvent, *, actor: 
     values = event_values(checked, actor=actor, now=now)
     # The owners it re-grades, whose projects grading reads: returned by the INSERT.
     owners = sorted(cid for cid in job.customer_ids if job.locked[cid].kind == "owner") if rulebook.owned_project_event_types else []
-    event, live, job.owned = store_event(session, new, values, owners=owners)
+    event, live, job.owned = store_event(session, new, values, owners=owners, rulebook=rulebook)
     if live is None:
         return Recorded(event, [], False)
+    job.in_force = True  # store_event found the rulebook active, after the locks
     job.trigger["event_id"] = event.id
     job.changed_events[event.id] = repo.stored_fact(event.id, values)
     # The subscriptions the insert returned serve this message and the grade changes'
@@ -226,7 +227,9 @@ def _keys(items: Sequence[NewEvent], id_attr: str, ref_attr: str) -> tuple[list[
     return ids, refs
 
 
-def store_event(session: Session, new: NewEvent, values: dict[str, Any], *, owners: Sequence[int] = ()) -> tuple[StoredEvent | m.Event, list[Any] | None, repo.Owned]:
+def store_event(
+    session: Session, new: NewEvent, values: dict[str, Any], *, owners: Sequence[int] = (), rulebook: Rulebook | None = None
+) -> tuple[StoredEvent | m.Event, list[Any] | None, repo.Owned]:
     """Insert the row of the checked event `new` (its `event_values`): (the event, the live
     webhook subscriptions as [id, event_types] pairs, the projects of `owners` — of the
     first `repo.INSERT_OWNERS` of them), or (its twin, None, {}) if the same source +
@@ -238,7 +241,8 @@ def store_event(session: Session, new: NewEvent, values: dict[str, Any], *, owne
     writer, makes it return nothing, without the look-up before and the savepoint around
     the insert this used to take; and the subscriptions the event's messages go to, and the
     owners' projects grading reads (`repo.owned_projects`), come back with the id, without
-    reads of their own."""
+    reads of their own; so does the active rulebook's digest, which, given the `rulebook`
+    the write grades under, must be its (`grading.in_force`: RulebookChanged)."""
     dialect = session.get_bind().dialect.name
     # An event re-grades at most two owners; any beyond are left to grading's own read.
     given = list(owners)[: repo.INSERT_OWNERS]
@@ -248,6 +252,8 @@ def store_event(session: Session, new: NewEvent, values: dict[str, Any], *, owne
         row = run(session, _INSERT_RETURNING_SUBSCRIBERS[dialect], **values).first()
     if row is None:
         return twin_of(session, new), None, {}
+    if rulebook is not None:
+        in_force(session, rulebook, found=[row[-1]])
     return StoredEvent(id=row[0], **values), row[1] or [], repo.read_owned(row[2], given) if given else {}
 
 
@@ -268,8 +274,8 @@ def _insert_new_event(dialect_insert: Callable[..., Any]) -> Any:
 
 
 INSERT_NEW_EVENT = {"postgresql": _insert_new_event(pg_insert), "sqlite": _insert_new_event(sqlite_insert)}
-_INSERT_RETURNING_SUBSCRIBERS = {dialect: insert.returning(outbox.live_subscriptions(dialect)) for dialect, insert in INSERT_NEW_EVENT.items()}
-_INSERT_RETURNING_OWNED = {dialect: insert.returning(outbox.live_subscriptions(dialect), repo.owned_projects(dialect)) for dialect, insert in INSERT_NEW_EVENT.items()}
+_INSERT_RETURNING_SUBSCRIBERS = {dialect: insert.returning(outbox.live_subscriptions(dialect), ACTIVE_DIGEST_COLUMN) for dialect, insert in INSERT_NEW_EVENT.items()}
+_INSERT_RETURNING_OWNED = {dialect: insert.returning(outbox.live_subscriptions(dialect), repo.owned_projects(dialect), ACTIVE_DIGEST_COLUMN) for dialect, insert in INSERT_NEW_EVENT.items()}
 
 
 def event_values(checked: Checked, *, actor: str | None, now: datetime) -> dict[str, Any]:
