@@ -82,7 +82,7 @@ def check_without_writing(settings: Settings, rulebook: Rulebook) -> None:
         with db.session(write=False) as session:
             current = set(MigrationContext.configure(session.connection()).get_current_heads())
             if current - known:
-                raise MigrationsUnusable(unknown_revisions(current - known, settings))
+                raise MigrationsUnusable(unknown_revisions(current - known))
             if current != newest:
                 found = ", ".join(sorted(current)) or "none"
                 raise SchemaBehind(f"the schema is at revision {found}, the newest is {', '.join(sorted(newest))}")

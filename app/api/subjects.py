@@ -36,10 +36,10 @@ def _read(ctx: Context, model: type[Record], column: str, value: int | str, pres
 async def read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
     """`read` of a record presented from its own row alone (a customer): one statement, with
     no session around it (`records.read_alone`)."""
-    return await indexed_read(ctx.db, _read_alone, ctx, model, column, value, present)
+    return await indexed_read(ctx.db, _read_row, ctx, model, column, value, present)
 
 
-def _read_alone(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
+def _read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
     row = read_alone(ctx.db, model, column, value)
     return answer(present(row), headers={"ETag": etag(model.__tablename__[:-1], row.id, row.version)})
 

@@ -12,7 +12,7 @@ from app.errors import MigrationsUnusable
 from app.settings import Settings
 
 
-def unknown_revisions(revisions: set[str], settings: Settings) -> str:
+def unknown_revisions(revisions: set[str]) -> str:
     """Why a database at `revisions`, some of which these migrations do not hold, is refused."""
     return (
         f"the database's schema is at revision {', '.join(sorted(revisions))}, which this release's migrations do not hold: "
@@ -48,4 +48,4 @@ def upgrade(settings: Settings, revision: str = "head") -> None:
         found = str(exc).partition("Can't locate revision identified by ")[2]
         if not found:
             raise
-        raise MigrationsUnusable(unknown_revisions({found.strip("'")}, settings)) from None
+        raise MigrationsUnusable(unknown_revisions({found.strip("'")})) from None

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook
-from app.grading import in_force, record_created, initial_level
+from app.grading import in_force, initial_level, record_created
 from app.services.paging import containing, page
 from app.services.records import save_unique, update_record, upsert_by_ref
 

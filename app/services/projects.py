@@ -14,7 +14,7 @@ from app.db.facts import is_bid, lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
-from app.grading import in_force, record_created, initial_heat
+from app.grading import in_force, initial_heat, record_created
 from app.services.records import get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import containing, page
 
