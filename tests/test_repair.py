@@ -18,7 +18,7 @@ from app.db.engine import Database
 from app.db.facts import CustomerState
 from app.db.logs import WriteLogs
 from app.db.types import encode_grade, grade_digest
-from app.domain.rulebook import load_rulebook, parse_rulebook
+from app.domain.rulebook import Rulebook, load_rulebook, parse_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent, record_event
 from app.services.projects import create_project
@@ -162,6 +162,13 @@ def test_a_project_created_above_cold_starts_its_history_from_0_so_verify_and_re
         step["at_least"] = 1
     lenient = parse_rulebook(book)
     empty_tables(db.engine)
+    try:
+        _created_above_cold(db, lenient)
+    finally:
+        empty_tables(db.engine)  # the next tests grade under the default rulebook
+
+
+def _created_above_cold(db: Database, lenient: Rulebook) -> None:
     with db.session(write=True) as s:
         expect_rulebook(s, lenient, record=True)
         owner = create_customer(s, lenient, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
