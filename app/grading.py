@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, Update, bindparam, case, cast, func, select, update
+from sqlalchemy import Text, Update, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -227,11 +227,13 @@ def _regrade_project(
 ) -> Effect | None:
     grade = evaluate_heat(rulebook, facts, job.now)
     stored = snapshot(grade)
-    old = project.heat
+    old, was_closed = project.heat, bool(project.closed)
     _record_outside(session, rulebook, "project", project.id, HEAT, old, job)
     writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, since=job.now)
-    project.heat = grade.percent
-    if grade.percent == old:
+    project.heat, project.closed = grade.percent, grade.closed
+    # A cold project closed as lost (or a lost one reopened) stays at 0 %: a change all the
+    # same, recorded as one (a row from 0 to 0, its message's tier says which).
+    if grade.percent == old and grade.closed == was_closed:
         return None
     linked = {facts.owner.customer_id, *facts.linked}
     via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
@@ -241,17 +243,18 @@ def _regrade_project(
     return Effect("project", project.id, HEAT, old, grade.percent)
 
 
-def _update(table: Any, metric: str, since: str, columns: tuple[str, ...], dialect: str) -> Update:
+def _update(table: Any, metrics: tuple[str, ...], since: str, columns: tuple[str, ...], dialect: str) -> Update:
     """The UPDATE of a re-graded row: its new grade, digest and log stamp, and a new version
     if its grade differs (`new_bump`, decided by `Writes` from the digests). The `since`
-    column (level_since, heat_since) takes the write's time only where the `metric` (level,
-    heat) changes: a SET reads the row as it was before the UPDATE, on both engines, so a
+    column (level_since, heat_since) takes the write's time only where one of the `metrics`
+    (level; heat, or closed) changes: a SET reads the row as it was before the UPDATE, on both engines, so a
     write need not read the old date to keep it. The new grade comes as JSON text, encoded
     once for its digest and its column."""
     new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "grade_hash", "log_stamp")}
     text = bindparam("new_grade", type_=Text)
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
-    new[since] = case((table.c[metric].is_distinct_from(new[metric]), bindparam("new_since", type_=table.c[since].type)), else_=table.c[since])
+    moved = or_(*(table.c[metric].is_distinct_from(new[metric]) for metric in metrics))
+    new[since] = case((moved, bindparam("new_since", type_=table.c[since].type)), else_=table.c[since])
     return update(table).where(table.c.id == bindparam("row_id")).values({**new, "version": table.c.version + bindparam("new_bump")})
 
 
@@ -260,8 +263,10 @@ def _update(table: Any, metric: str, since: str, columns: tuple[str, ...], diale
 _HEAD = {CustomerState: ("level",), ProjectState: ("heat", "stage", "closed")}
 # Each kind's metric (and the column dating its last change); `Writes.add` also compares it.
 _METRIC = {CustomerState: "level", ProjectState: "heat"}
+# What dates a grade's change (its `since`): the metric, and for a project whether it is closed.
+_SINCE_ON = {CustomerState: ("level",), ProjectState: ("heat", "closed")}
 _UPDATES = {
-    (kind, dialect): _update(table, _METRIC[kind], f"{_METRIC[kind]}_since", _HEAD[kind], dialect)
+    (kind, dialect): _update(table, _SINCE_ON[kind], f"{_METRIC[kind]}_since", _HEAD[kind], dialect)
     for dialect in ("sqlite", "postgresql")
     for kind, table in [(CustomerState, m.Customer.__table__), (ProjectState, m.Project.__table__)]
 }

@@ -42,13 +42,14 @@ class ProjectState:
     heat: int
     log_stamp: int
     grade_hash: int | None
+    closed: bool  # won or lost: a close as lost (or a reopening) changes no percent
 
 
 State = TypeVar("State", CustomerState, ProjectState)
 C, P = m.Customer.__table__, m.Project.__table__
 _COLUMNS = {
     CustomerState: (C.c.id, C.c.kind, C.c.external_ref, C.c.level, C.c.log_stamp, C.c.grade_hash),
-    ProjectState: (P.c.id, P.c.owner_id, P.c.external_ref, P.c.heat, P.c.log_stamp, P.c.grade_hash),
+    ProjectState: (P.c.id, P.c.owner_id, P.c.external_ref, P.c.heat, P.c.log_stamp, P.c.grade_hash, P.c.closed),
 }
 
 

