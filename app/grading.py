@@ -247,9 +247,9 @@ def _update(table: Any, metrics: tuple[str, ...], since: str, columns: tuple[str
     """The UPDATE of a re-graded row: its new grade, digest and log stamp, and a new version
     if its grade differs (`new_bump`, decided by `Writes` from the digests). The `since`
     column (level_since, heat_since) takes the write's time only where one of the `metrics`
-    (level; heat, or closed) changes: a SET reads the row as it was before the UPDATE, on both engines, so a
-    write need not read the old date to keep it. The new grade comes as JSON text, encoded
-    once for its digest and its column."""
+    (level; heat, or closed) changes: a SET reads the row as it was before the UPDATE, on
+    both engines, so a write need not read the old date to keep it. The new grade comes as
+    JSON text, encoded once for its digest and its column."""
     new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "grade_hash", "log_stamp")}
     text = bindparam("new_grade", type_=Text)
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
