@@ -39,23 +39,27 @@ RULEBOOK_VERSION = "rulebook_version"
 ACTIVE_DIGEST = "rulebook_digest"
 _RECORDED = {key: select(m.Setting.value).where(m.Setting.key == key) for key in (RULEBOOK_VERSION, ACTIVE_DIGEST)}
 # The active digest as a column of a write's own statement (an event's INSERT returns it):
-# `in_force` without a statement of its own.
+# `active_is`, without a statement of its own.
 ACTIVE_DIGEST_COLUMN = _RECORDED[ACTIVE_DIGEST].scalar_subquery()
 
 
-def in_force(session: Session, rulebook: Rulebook, *, found: list[str | None] | None = None) -> None:
+def in_force(session: Session, rulebook: Rulebook) -> None:
     """Refuse (RulebookChanged) to grade under `rulebook` if the database's active rulebook
     is another: the operator switched it (`rapport migrate`) while this process ran, or
     another process started with another file and switched it. Every write that grades
     calls this after it has locked or inserted a customer or a project, the rows a switch
     re-grades (`sync_rulebook` holds them all against writers until it commits): a write
     that locked first is re-graded by the switch after it commits, and one that waited
-    reads the switched rulebook here. A database that records no digest yet (none of this
-    release's processes has started on it) is taken as graded under this one. `found`: the
-    digest a statement of the write read after its lock (`ACTIVE_DIGEST_COLUMN`), instead of
-    a read here."""
-    active = run(session, _RECORDED[ACTIVE_DIGEST]).scalars() if found is None else [d for d in found if d is not None]
-    if active and active[0] != rulebook.digest:
+    reads the switched rulebook here."""
+    found = run(session, _RECORDED[ACTIVE_DIGEST]).scalars()
+    active_is(session, rulebook, found[0] if found else None)
+
+
+def active_is(session: Session, rulebook: Rulebook, active: str | None) -> None:
+    """`in_force`, given the `active` digest a statement of the write read after its lock
+    (`ACTIVE_DIGEST_COLUMN`). A database that records no digest yet (None: none of this
+    release's processes has started on it) is taken as graded under this one."""
+    if active is not None and active != rulebook.digest:
         version = run(session, _RECORDED[RULEBOOK_VERSION]).scalars()
         raise RulebookChanged(
             f"this process grades under rulebook {rulebook.version!r}, but the database's active rulebook is now "

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import ContextDep, Reader
 from app.api.gate import Gated
-from app.api.problems import AUTHENTICATED, problem, problem_response
+from app.api.problems import AUTHENTICATED, app_error_response, problem, problem_response
 from app.errors import RulebookChanged
 from app.grading import in_force
 
@@ -31,7 +31,7 @@ def readyz(ctx: ContextDep) -> Any:
         with ctx.db.session(write=False) as session:
             in_force(session, ctx.rulebook)
     except RulebookChanged as exc:
-        return problem(exc.status, exc.slug, exc.title, exc.detail, headers=exc.headers)
+        return app_error_response(exc)
     except Exception:  # noqa: BLE001 - any failure means not ready
         return problem(503, "unavailable", "Service unavailable", "the database cannot be reached", headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "rulebook_version": ctx.rulebook.version})

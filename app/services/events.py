@@ -20,7 +20,7 @@ from app.db.facts import CustomerState, ProjectState, State
 from app.domain.rulebook import Rulebook
 from app.domain.validation import EventRejected, check_event, instant_problem
 from app.errors import FieldError, Invalid, NotFound
-from app.grading import ACTIVE_DIGEST_COLUMN, Effect, Regrade, in_force, lock_customers, regrade
+from app.grading import ACTIVE_DIGEST_COLUMN, Effect, Regrade, active_is, lock_customers, regrade
 from app.services import outbox
 
 Row = TypeVar("Row", m.Event, m.Retraction)
@@ -242,7 +242,7 @@ def store_event(
     the insert this used to take; and the subscriptions the event's messages go to, and the
     owners' projects grading reads (`repo.owned_projects`), come back with the id, without
     reads of their own; so does the active rulebook's digest, which, given the `rulebook`
-    the write grades under, must be its (`grading.in_force`: RulebookChanged)."""
+    the write grades under, must be its (`grading.active_is`: RulebookChanged)."""
     dialect = session.get_bind().dialect.name
     # An event re-grades at most two owners; any beyond are left to grading's own read.
     given = list(owners)[: repo.INSERT_OWNERS]
@@ -253,7 +253,7 @@ def store_event(
     if row is None:
         return twin_of(session, new), None, {}
     if rulebook is not None:
-        in_force(session, rulebook, found=[row[-1]])
+        active_is(session, rulebook, row[-1])
     return StoredEvent(id=row[0], **values), row[1] or [], repo.read_owned(row[2], given) if given else {}
 
 
