@@ -7,8 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from sqlalchemy import text
+
+from tests.conftest import TABLES
 
 PROBLEM_TYPE = "application/problem+json"
+
+
+def row_counts(app) -> dict[str, int]:  # noqa: ANN001
+    """How many rows each table holds: what a refused request must leave as it was."""
+    with app.state.context.db.engine.connect() as conn:
+        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in TABLES}
 
 
 def assert_problem(response: httpx.Response, status: int, *fields: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 from anyio.from_thread import BlockingPortal
-from sqlalchemy import text
 
 from app.api.limits import RateLimiter
 from app.errors import TooManyRequests
@@ -17,18 +16,13 @@ from app.main import create_app
 from app.settings import Settings
 from app.startup import initialize
 from tests.api.conftest import ADMIN, Client
-from tests.api.expectations import assert_problem
+from tests.api.expectations import assert_problem, row_counts
 from tests.api.scenarios import at, issue_key
 from tests.api.test_forms import example, signed
-from tests.conftest import TABLES, Clock, empty_tables
+from tests.conftest import Clock, empty_tables
 
 MiB = 1024 * 1024
 JSON = {"Content-Type": "application/json"}
-
-
-def row_counts(app) -> dict[str, int]:  # noqa: ANN001
-    with app.state.context.db.engine.connect() as conn:
-        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in TABLES}
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 
 from app.domain.rulebook import load_rulebook, parse_rulebook
 from app.services.state import sync_rulebook
+from tests.api.expectations import assert_problem, row_counts
 
 SWITCHED = "switched-1"
 
@@ -17,13 +18,6 @@ def switch(app, clock, rulebook) -> None:  # noqa: ANN001
     """What `rapport migrate` with another rulebook does to the database, from outside the app."""
     with app.state.context.db.session(write=True) as session:
         sync_rulebook(session, rulebook, now=clock())
-
-
-def counts(app) -> tuple[int, int, int]:  # noqa: ANN001
-    from sqlalchemy import text
-
-    with app.state.context.db.engine.connect() as conn:
-        return tuple(conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in ("events", "customers", "grade_history"))  # type: ignore[return-value]
 
 
 def visit(customer_id: int, **fields: object) -> dict[str, object]:
@@ -36,7 +30,7 @@ def test_writes_that_grade_are_refused_after_the_rulebook_was_switched_and_serve
     assert api.post("/v1/events", json=visit(owner["id"])).status_code == 201
     other = parse_rulebook({**json.loads(json.dumps(load_rulebook().source)), "version": SWITCHED})
     switch(app, clock, other)
-    before = counts(app)
+    before = row_counts(app)
 
     refused = [
         api.post("/v1/events", json=visit(owner["id"])),
@@ -48,12 +42,10 @@ def test_writes_that_grade_are_refused_after_the_rulebook_was_switched_and_serve
     ready = anonymous.get("/readyz")
 
     for response in refused:
-        assert response.status_code == 503, response.text
-        assert response.headers["content-type"].startswith("application/problem+json")
-        assert response.json()["type"] == "urn:rapport:problem:rulebook-changed"
-        assert SWITCHED in response.json()["detail"]
-    assert counts(app) == before
-    assert ready.status_code == 503 and ready.json()["type"] == "urn:rapport:problem:rulebook-changed"
+        problem = assert_problem(response, 503)
+        assert problem["type"] == "urn:rapport:problem:rulebook-changed" and SWITCHED in problem["detail"]
+    assert row_counts(app) == before
+    assert assert_problem(ready, 503)["type"] == "urn:rapport:problem:rulebook-changed"
     assert api.get(f"/v1/customers/{owner['id']}").status_code == 200  # reads go on
 
     switch(app, clock, load_rulebook())
