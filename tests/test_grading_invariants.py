@@ -5,16 +5,16 @@ The replay walks subjects in rounds; how many a round holds must not change what
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import insert, text
+from sqlalchemy import insert, select, text
 from hypothesis import strategies as st
 
 from app.db import models as m
 from app.db.engine import Database
 from app.grading import HEAT
-from app.services.events import record_event, retract_event
+from app.services.events import NewEvent, record_event, retract_event
 from app.services.verify import replay
 from tests.conftest import empty_tables
 from tests.log_strategies import INSTALLERS, OWNERS, PROJECTS, RULEBOOK, a_kit, an_event, make_world, new_event
@@ -102,3 +102,27 @@ def test_replay_names_history_of_a_subject_that_does_not_exist(db: Database) -> 
         )
     with db.session(write=False) as session:
         assert [(d.subject, d.id, d.what) for d in replay(session, RULEBOOK, as_of=NOW, chunk=1)] == [("project", 99, "history")]
+
+
+def test_a_cold_project_closed_as_lost_and_reopened_verifies_and_a_row_that_changes_nothing_does_not(db: Database) -> None:
+    # Closing a cold project as lost, and reopening it, keeps it at 0 %: each is recorded as
+    # a row from 0 to 0 (app/grading.py), which `verify` had reported as "no change".
+    empty_tables(db.engine)
+    with db.session(write=True) as session:
+        make_world(session, NOW)
+        for days_ago, stage in ((3, "lost"), (2, "bidding"), (1, "lost")):
+            new = NewEvent(type="stage_changed", project_id=1, occurred_at=NOW - timedelta(days=days_ago), attributes={"stage": stage})
+            record_event(session, RULEBOOK, new, actor="t", now=NOW)
+        rows = session.execute(select(m.GradeChange.old, m.GradeChange.new, m.GradeChange.evidence).where(m.GradeChange.subject_type == "project")).all()
+    assert [(r.old, r.new, r.evidence["next"] is None) for r in rows] == [(0, 0, True), (0, 0, False), (0, 0, True)]
+    with db.session(write=False) as session:
+        assert replay(session, RULEBOOK, as_of=NOW) == []
+
+    with db.engine.begin() as conn:  # one more "closing" row, of a project already closed
+        conn.execute(
+            insert(m.GradeChange),
+            {"subject_type": "project", "subject_id": 1, "metric": HEAT, "old": 0, "new": 0, "rulebook_version": RULEBOOK.version,
+             "evidence": rows[-1].evidence, "trigger": {"kind": "test"}, "actor": "t", "at": NOW},
+        )
+    with db.session(write=False) as session:
+        assert [(d.subject, d.id, d.detail.split(" ", 2)[2]) for d in replay(session, RULEBOOK, as_of=NOW)] == [("project", 1, "records no change (0 → 0)")]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import Row, Table, exists, select
+from sqlalchemy import Row, Table, case, exists, null, select
 from sqlalchemy.orm import Session
 
 from app.chunks import IN_LIST, chunked
@@ -124,21 +124,29 @@ def _projects(session: Session, rulebook: Rulebook, projects: list[Row[Any]], as
 
 
 def _history(session: Session, subject: str, metric: str, current: dict[int, int]) -> Iterator[Disagreement]:
-    """Each of these subjects' history is a chain from 0 that ends at the stored value."""
+    """Each of these subjects' history is a chain from 0 that ends at the stored value, and
+    each row is a change. A project's row from 0 to 0 is one when it closes a cold project
+    as lost or reopens it (app/grading.py): it is taken as one when its evidence says the
+    project is closed (no `next`) and the previous state was open, or the other way round."""
     last: dict[int, int] = {}
+    closed: dict[int, bool] = {}  # a project's at its last row to 0 (from its evidence): whether it was closed
+    at_zero = case((_H.c.new == 0, _H.c.evidence), else_=null()) if subject == "project" else null()
     for part in chunked(sorted(current)):
         rows = session.execute(
-            select(_H.c.subject_id, _H.c.old, _H.c.new, _H.c.id)
+            select(_H.c.subject_id, _H.c.old, _H.c.new, _H.c.id, at_zero)
             .where(_H.c.subject_type == subject, _H.c.metric == metric, _H.c.subject_id.in_(part))
             .order_by(_H.c.subject_id, _H.c.id)
         )
-        for sid, old, new, hid in rows:
+        for sid, old, new, hid, evidence in rows:
             expected = last.get(sid, 0)
             if old != expected:
                 yield Disagreement(subject, sid, "history", f"row {hid} starts at {old}, the previous value was {expected}")
-            if old == new:
+            now_closed = isinstance(evidence, dict) and evidence.get("next", {}) is None
+            if old == new and not (new == 0 and evidence is not None and now_closed != closed.get(sid, False)):
                 yield Disagreement(subject, sid, "history", f"row {hid} records no change ({old} → {new})")
             last[sid] = new
+            if new == 0:
+                closed[sid] = now_closed
     for sid, value in current.items():
         if last.get(sid, 0) != value:
             yield Disagreement(subject, sid, "history", f"history ends at {last.get(sid, 0)}, the stored value is {value}")
