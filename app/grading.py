@@ -9,7 +9,7 @@ each in id order, so concurrent writers queue instead of deadlocking or losing u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,13 +25,16 @@ from app.db.engine import run, run_many
 from app.db.logs import WriteLogs
 from app.db.types import encode_grade, grade_digest
 from app.domain.evaluation import CriterionResult, Gap, HeatGrade, LevelGrade, evaluate_heat, evaluate_level
-from app.domain.facts import CustomerFacts, Event, LinkedCustomer, ProjectFacts
+from app.domain.facts import CustomerFacts, Event, LinkedCustomer, ProjectFacts, customer_before, project_before
 from app.domain.rulebook import Rulebook
 from app.errors import RulebookChanged
 from app.services import outbox
 
 LEVEL = "relationship_level"
 HEAT = "deal_heat"
+# A grade's move with time alone, recorded by the system.
+TIME = {"kind": "time"}
+SYSTEM = "system"
 
 # The database's record of its active rulebook (app/services/state.py): the version, and
 # the digest of its content (`Rulebook.digest`).
@@ -118,6 +121,12 @@ class Regrade:
     # The write's own statement found its rulebook the active one, after its locks (an
     # event's INSERT: `ACTIVE_DIGEST_COLUMN`): `regrade` need not read it again.
     in_force: bool = False
+    # Under a rulebook whose grades age (`Rulebook.ages`), for the customers this write
+    # re-grades: the level each was worth at `now` without the write (what their projects'
+    # grades before the write read), and the moves time had made to them since they were
+    # last graded (named by their projects' own `time` rows).
+    levels_before: dict[int, int] = field(default_factory=dict)
+    aged: dict[int, Effect] = field(default_factory=dict)
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -166,7 +175,7 @@ def record_created(session: Session, rulebook: Rulebook, row: m.Customer | m.Pro
     else:
         subject, metric, new, heat = "project", HEAT, grade.percent, grade
     if new != 0:
-        job = Regrade(trigger={"kind": "created"}, actor="system", now=now)
+        job = Regrade(trigger={"kind": "created"}, actor=SYSTEM, now=now)
         _append(session, rulebook, subject, row.id, metric, 0, new, snapshot(grade), job.trigger, job, heat=heat)
 
 
@@ -220,10 +229,29 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: CustomerSt
     _record_outside(session, rulebook, "customer", customer.id, LEVEL, old, job)
     writes.add(customer, grade=stored, level=grade.level, since=job.now)
     customer.level = grade.level
+    start = old
+    if _ageing(rulebook, job):
+        was = evaluate_level(rulebook, customer_before(facts, job.changed_events), job.now)
+        job.levels_before[customer.id] = was.level
+        if grade.level != old and was.level != old:
+            _append(session, rulebook, "customer", customer.id, LEVEL, old, was.level, snapshot(was), TIME, job, actor=SYSTEM)
+            job.aged[customer.id] = Effect("customer", customer.id, LEVEL, old, was.level)
+            start = was.level
     if grade.level == old:
         return None
-    _append(session, rulebook, "customer", customer.id, LEVEL, old, grade.level, stored, job.trigger_for("customer", customer.id), job)
+    if grade.level != start:
+        _append(session, rulebook, "customer", customer.id, LEVEL, start, grade.level, stored, job.trigger_for("customer", customer.id), job)
     return Effect("customer", customer.id, LEVEL, old, grade.level)
+
+
+def _ageing(rulebook: Rulebook, job: Regrade) -> bool:
+    """Whether this re-grade must tell time's moves from its write's: under a rulebook whose
+    grades age, a grade may have moved since it was last graded (a window's events aged
+    out, a dated event came within one) with nothing recorded. A write that re-grades it
+    then records that move first, as time's (trigger `time`, by the system), and its own
+    row from there: its trigger names only what the write changed. Without a write's
+    events (a re-grade of everything) the whole move is the job's own trigger's."""
+    return rulebook.ages and bool(job.changed_events)
 
 
 def _regrade_project(
@@ -240,11 +268,31 @@ def _regrade_project(
     if grade.percent == old and grade.closed == was_closed:
         return None
     linked = {facts.owner.customer_id, *facts.linked}
-    via = [e.as_dict() for cid, e in sorted(level_changes.items()) if cid in linked]
+    start = old
+    if _ageing(rulebook, job):
+        was = evaluate_heat(rulebook, project_before(facts, job.changed_events, job.levels_before), job.now)
+        if (was.percent, was.closed) != (old, was_closed):
+            aged = [e.as_dict() for cid, e in sorted(job.aged.items()) if cid in linked]
+            _append(session, rulebook, "project", project.id, HEAT, old, was.percent, snapshot(was), {**TIME, "via": aged} if aged else TIME, job, heat=was, actor=SYSTEM)
+            if (was.percent, was.closed) == (grade.percent, grade.closed):
+                return Effect("project", project.id, HEAT, old, grade.percent)
+            start = was.percent
+    via = [e.as_dict() for cid, e in sorted(_by_write(level_changes, job.aged).items()) if cid in linked]
     trigger = job.trigger_for("project", project.id)
     trigger = {**trigger, "via": via} if via else trigger
-    _append(session, rulebook, "project", project.id, HEAT, old, grade.percent, stored, trigger, job, heat=grade)
+    _append(session, rulebook, "project", project.id, HEAT, start, grade.percent, stored, trigger, job, heat=grade)
     return Effect("project", project.id, HEAT, old, grade.percent)
+
+
+def _by_write(level_changes: dict[int, Effect], aged: dict[int, Effect]) -> dict[int, Effect]:
+    """The customers' level changes as their write made them: each from where time had left
+    it (`aged`), those that time alone made left out (their projects' `time` rows name them)."""
+    out = {}
+    for cid, change in level_changes.items():
+        start = aged[cid].new if cid in aged else change.old
+        if start != change.new:
+            out[cid] = replace(change, old=start)
+    return out
 
 
 def _update(table: Any, metrics: tuple[str, ...], since: str, columns: tuple[str, ...], dialect: str) -> Update:
@@ -339,7 +387,10 @@ def _append(
     job: Regrade,
     *,
     heat: HeatGrade | None = None,
+    actor: str | None = None,
 ) -> None:
+    """Append one history row (and queue its webhook messages); its actor is the job's
+    unless `actor` names another."""
     session.add(
         change := m.GradeChange(
             subject_type=subject,
@@ -350,7 +401,7 @@ def _append(
             rulebook_version=rulebook.version,
             evidence=evidence,
             trigger=trigger,
-            actor=job.actor,
+            actor=actor or job.actor,
             at=job.now,
         )
     )

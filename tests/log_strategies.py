@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from app.domain.conditions import AllOf, AnyOf, HasEvent, Latest
-from app.domain.rulebook import AttributeSpec, load_rulebook
+from app.domain.rulebook import AttributeSpec, Rulebook, load_rulebook
 from app.services.customers import create_customer
 from app.services.events import NewEvent
 from app.services.projects import create_project
@@ -27,13 +27,13 @@ PROJECTS = {1: 1, 2: 1, 3: 2}  # project id -> owner id
 DAYS = st.integers(0, 60)
 
 
-def make_world(session: Session, now: datetime) -> None:
+def make_world(session: Session, now: datetime, rulebook: Rulebook = RULEBOOK) -> None:
     for cid in OWNERS:
-        create_customer(session, RULEBOOK, {"name": f"owner {cid}", "kind": "owner"}, now=now)
+        create_customer(session, rulebook, {"name": f"owner {cid}", "kind": "owner"}, now=now)
     for cid in INSTALLERS:
-        create_customer(session, RULEBOOK, {"name": f"installer {cid}", "kind": "installer"}, now=now)
+        create_customer(session, rulebook, {"name": f"installer {cid}", "kind": "installer"}, now=now)
     for pid, owner in PROJECTS.items():
-        create_project(session, RULEBOOK, {"name": f"project {pid}", "owner_id": owner}, now=now)
+        create_project(session, rulebook, {"name": f"project {pid}", "owner_id": owner}, now=now)
 
 
 def new_event(drawn: dict[str, Any], now: datetime, **fields: Any) -> NewEvent:

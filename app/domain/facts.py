@@ -7,7 +7,7 @@ fetches anything itself.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Iterator, Mapping
 
@@ -56,6 +56,35 @@ class ProjectFacts:
     owner: LinkedCustomer
     events: tuple[Event, ...]  # every event with project_id == this project
     linked: Mapping[int, LinkedCustomer] = field(default_factory=dict)  # bidders and winner by id
+
+
+def before(events: tuple[Event, ...], changed: Mapping[int, Event]) -> tuple[Event, ...]:
+    """`events` as they stood before a write that stored or retracted `changed` (by id, as
+    they stand after it): the events it stored gone, those it retracted live again."""
+    if not changed:
+        return events
+    return tuple(
+        e if e.id not in changed else replace(e, retracted=False)
+        for e in events
+        if e.id not in changed or changed[e.id].retracted
+    )
+
+
+def customer_before(facts: CustomerFacts, changed: Mapping[int, Event]) -> CustomerFacts:
+    """A customer's facts as they stood before the write that changed `changed` (`before`)."""
+    owned = tuple(replace(p, events=before(p.events, changed)) for p in facts.owned_projects)
+    return replace(facts, events=before(facts.events, changed), owned_projects=owned)
+
+
+def project_before(facts: ProjectFacts, changed: Mapping[int, Event], levels: Mapping[int, int]) -> ProjectFacts:
+    """A project's facts as they stood before the write that changed `changed` (`before`),
+    its linked customers at `levels` where given (what the write's customers were worth
+    without it)."""
+
+    def link(c: LinkedCustomer) -> LinkedCustomer:
+        return replace(c, level=levels.get(c.customer_id, c.level), events=before(c.events, changed))
+
+    return replace(facts, owner=link(facts.owner), events=before(facts.events, changed), linked={cid: link(c) for cid, c in facts.linked.items()})
 
 
 # The event types that make a customer a project's bidder.

@@ -115,6 +115,13 @@ class Rulebook:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @cached_property
+    def ages(self) -> bool:
+        """Whether a grade can change with time alone: some criterion counts only the
+        events of its last `within_days` before the moment graded."""
+        steps = [*self.tiers, *(step for levels in self.levels.values() for step in levels)]
+        return any(getattr(node, "within_days", None) is not None for step in steps for c in step.criteria for node in walk(c.when))
+
+    @cached_property
     def linked_customer_event_types(self) -> frozenset[str]:
         """Event types a project criterion reads from a linked customer's own events."""
         return frozenset(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook, RulebookMismatch
-from app.grading import ACTIVE_DIGEST, RULEBOOK_VERSION, Effect, Regrade, regrade_everything
+from app.grading import ACTIVE_DIGEST, RULEBOOK_VERSION, SYSTEM, TIME, Effect, Regrade, regrade_everything
 
 RULEBOOK_DIGESTS = "rulebook_digests"
 
@@ -95,7 +95,7 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
     if active is not None:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
-        job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor="system", now=now)
+        job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now)
         effects = regrade_everything(session, rulebook, job)
     _record(session, rulebook, digests)
     return effects
@@ -103,4 +103,4 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
 
 def regrade_for_time(session: Session, rulebook: Rulebook, *, now: datetime) -> list[Effect]:
     """Re-grade everything as of `now`: criteria with `within_days` let grades fall with time."""
-    return regrade_everything(session, rulebook, Regrade(trigger={"kind": "time"}, actor="system", now=now))
+    return regrade_everything(session, rulebook, Regrade(trigger=TIME, actor=SYSTEM, now=now))

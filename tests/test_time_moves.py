@@ -1,0 +1,267 @@
+"""Under a rulebook with `within_days` windows a grade can fall (or rise) with time alone,
+and nothing is recorded until something re-grades the subject. When that something is a
+write, its history row must not take the blame for time's move: the move time made comes
+first, as its own row (trigger `time`, by the system), and the write's row starts from
+there, or is not written at all if the write itself changed nothing (design.md: the
+history says what triggered each change, "an event, a retraction, a rulebook change, the
+passing of time")."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from app.db import models as m
+from app.db.engine import Database
+from app.domain.evaluation import evaluate_level
+from app.domain.facts import CustomerFacts, Event, OwnedProject
+from app.domain.rulebook import Rulebook, load_rulebook, parse_rulebook
+from app.services.customers import create_customer
+from app.services.events import NewEvent, record_event, retract_event
+from app.services.projects import create_project
+from app.services.state import expect_rulebook, regrade_for_time
+from app.services.verify import replay
+from tests.conftest import empty_tables
+from tests.log_strategies import OWNERS, PROJECTS, a_kit, an_event, make_world, new_event
+
+NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+OWNER_I: list[tuple[str, dict[str, Any]]] = [
+    ("materials_sent", {"items": ["samples"]}),
+    ("company_introduced", {}),
+    ("contact_obtained", {}),
+    ("impression_confirmed", {}),
+    *[("visit", {"reception": "neutral"})] * 3,
+]
+OWNER_II = [("product_understood", {}), ("private_meeting", {}), ("info_shared", {"kind": "important"}), ("easy_access", {})]
+INSTALLER_I = [("materials_sent", {"items": ["samples"]}), ("company_introduced", {}), ("inquiry_received", {}), ("impression_confirmed", {}), *[("visit", {"reception": "neutral"})] * 3]
+INSTALLER_II = [("product_understood", {}), ("rep_accepted", {}), ("order_placed", {"amount": 1000}), ("info_shared", {"kind": "bid_projects"}), ("easy_access", {"includes_manager": True})]
+
+
+def windowed(**windows: int) -> Rulebook:
+    """The default rulebook with `within_days` on the criteria named (O1.1=30, …)."""
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["version"] = "windows-" + "-".join(f"{k}-{v}" for k, v in sorted(windows.items()))
+    for step in [*book["levels"]["owner"], *book["levels"]["installer"], *book["heat"]["tiers"]]:
+        for criterion in step["criteria"]:
+            if criterion["id"] in windows:
+                criterion["when"]["within_days"] = windows.pop(criterion["id"])
+    assert not windows, f"no such criteria: {windows}"
+    return parse_rulebook(book)
+
+
+@pytest.fixture
+def under(db: Database) -> Iterator[Any]:
+    """Record a rulebook as the database's active one; afterwards empty the tables, as the
+    next tests grade under the default rulebook."""
+
+    def record(rulebook: Rulebook) -> None:
+        empty_tables(db.engine)
+        with db.session(write=True) as s:
+            expect_rulebook(s, rulebook, record=True)
+
+    yield record
+    empty_tables(db.engine)
+
+
+def log(db: Database, rulebook: Rulebook, events: list[tuple[str, dict[str, Any]]], *, at: datetime, now: datetime = NOW, **subject: int) -> list[int]:
+    """Record `events` for one subject (customer_id= or project_id=), a minute apart from `at`."""
+    ids = []
+    with db.session(write=True) as s:
+        for i, (type_, attributes) in enumerate(events):
+            new = NewEvent(type=type_, occurred_at=at + timedelta(minutes=i), attributes=attributes, **subject)
+            ids.append(record_event(s, rulebook, new, actor="rep", now=now).event.id)
+    return ids
+
+
+def history(db: Database, subject: str, subject_id: int) -> list[tuple[int, int, dict[str, Any], str | None]]:
+    with db.session(write=False) as s:
+        rows = s.execute(
+            select(m.GradeChange.old, m.GradeChange.new, m.GradeChange.trigger, m.GradeChange.actor)
+            .where(m.GradeChange.subject_type == subject, m.GradeChange.subject_id == subject_id)
+            .order_by(m.GradeChange.id)
+        ).all()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def consistent(db: Database, rulebook: Rulebook, now: datetime) -> None:
+    with db.session(write=False) as s:
+        assert replay(s, rulebook, as_of=now) == []
+
+
+def test_a_level_that_lapsed_is_put_on_time_not_on_the_unrelated_event_that_found_it(db: Database, under: Any) -> None:
+    rulebook = windowed(**{"O1.1": 30})  # materials sent count for 30 days
+    under(rulebook)
+    with db.session(write=True) as s:
+        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    log(db, rulebook, OWNER_I, customer_id=owner, at=NOW - timedelta(days=10))
+    assert history(db, "customer", owner)[-1][:2] == (0, 1)
+
+    later = NOW + timedelta(days=25)  # the samples were sent 35 days before
+    with db.session(write=True) as s:
+        new = NewEvent(type="contact_obtained", customer_id=owner, occurred_at=later, attributes={})
+        recorded = record_event(s, rulebook, new, actor="rep", now=later)
+
+    assert [e.as_dict() for e in recorded.effects] == [{"subject": "customer", "id": owner, "metric": "relationship_level", "old": 1, "new": 0}]
+    assert history(db, "customer", owner)[-1] == (1, 0, {"kind": "time"}, "system")
+    assert len([row for row in history(db, "customer", owner) if row[2].get("event_id") == recorded.event.id]) == 0
+    consistent(db, rulebook, later)
+
+
+def test_time_moves_first_and_the_retraction_from_where_time_left_the_grade(db: Database, under: Any) -> None:
+    rulebook = windowed(**{"O2.2": 30})  # a private meeting counts for 30 days
+    under(rulebook)
+    with db.session(write=True) as s:
+        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    first = log(db, rulebook, OWNER_I + OWNER_II, customer_id=owner, at=NOW - timedelta(days=10))
+    assert history(db, "customer", owner)[-1][:2] == (1, 2)
+
+    later = NOW + timedelta(days=40)
+    with db.session(write=True) as s:
+        _, _, effects = retract_event(s, rulebook, first[1], "logged twice", actor="manager", now=later)  # company_introduced: O1.2
+
+    assert [(e.old, e.new) for e in effects] == [(2, 0)]
+    assert history(db, "customer", owner)[-2:] == [
+        (2, 1, {"kind": "time"}, "system"),
+        (1, 0, {"kind": "retraction", "event_type": "company_introduced", "event_id": first[1]}, "manager"),
+    ]
+    consistent(db, rulebook, later)
+
+
+def test_a_write_that_changes_a_grade_time_did_not_touch_has_its_row_from_the_stored_grade(db: Database, under: Any) -> None:
+    rulebook = windowed(**{"O2.2": 30})
+    under(rulebook)
+    with db.session(write=True) as s:
+        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    log(db, rulebook, OWNER_I, customer_id=owner, at=NOW - timedelta(days=10))
+    later = NOW + timedelta(days=40)
+    log(db, rulebook, OWNER_II, customer_id=owner, at=later - timedelta(days=1), now=later)
+
+    assert [row[:2] for row in history(db, "customer", owner)] == [(0, 1), (1, 2)]
+    assert history(db, "customer", owner)[-1][2]["kind"] == "event"
+    consistent(db, rulebook, later)
+
+
+def _project_at_30(db: Database, rulebook: Rulebook, installer_level: int = 1) -> tuple[int, int, int, list[int]]:
+    """An owner at level II, an installer at `installer_level` (I or II) bidding, the spec
+    agreed and the tender drafting: every H30 criterion met. Returns the owner, the
+    installer, the project and the installer's events."""
+    with db.session(write=True) as s:
+        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+        installer = create_customer(s, rulebook, {"name": "上海建工安装", "kind": "installer"}, now=NOW).id
+        project = create_project(s, rulebook, {"name": "门诊楼空调", "owner_id": owner}, now=NOW).id
+    start = NOW - timedelta(days=10)
+    log(db, rulebook, OWNER_I + OWNER_II, customer_id=owner, at=start)
+    installer_events = log(db, rulebook, INSTALLER_I + INSTALLER_II[: 5 * (installer_level - 1)], customer_id=installer, at=start)
+    log(db, rulebook, [("stage_changed", {"stage": "tender_drafting"}), ("spec_agreed", {})], project_id=project, at=start)
+    with db.session(write=True) as s:
+        record_event(s, rulebook, NewEvent(type="bid_joined", customer_id=installer, project_id=project, occurred_at=start), actor="rep", now=NOW)
+    assert history(db, "project", project)[-1][:2] == (0, 30)
+    return owner, installer, project, installer_events
+
+
+def test_a_heat_that_lapsed_is_put_on_time_when_an_event_on_the_project_finds_it(db: Database, under: Any) -> None:
+    rulebook = windowed(**{"H30.3": 30})  # the spec agreement counts for 30 days
+    under(rulebook)
+    _, _, project, _ = _project_at_30(db, rulebook)
+
+    later = NOW + timedelta(days=40)
+    log(db, rulebook, [("competitor_strategy_known", {})], project_id=project, at=later, now=later)
+
+    assert history(db, "project", project)[-1] == (30, 0, {"kind": "time"}, "system")
+    consistent(db, rulebook, later)
+
+
+def test_a_heat_that_fell_with_its_owners_lapsed_level_names_that_move(db: Database, under: Any) -> None:
+    rulebook = windowed(**{"O2.2": 30})  # H30.2 needs the owner at level II
+    under(rulebook)
+    owner, _, project, _ = _project_at_30(db, rulebook)
+
+    later = NOW + timedelta(days=40)
+    log(db, rulebook, [("visit", {"reception": "welcoming"})], customer_id=owner, at=later, now=later)
+
+    assert history(db, "customer", owner)[-1] == (2, 1, {"kind": "time"}, "system")
+    moved = {"subject": "customer", "id": owner, "metric": "relationship_level", "old": 2, "new": 1}
+    assert history(db, "project", project)[-1] == (30, 0, {"kind": "time", "via": [moved]}, "system")
+    consistent(db, rulebook, later)
+
+
+def test_a_heat_moved_by_a_write_names_only_the_writes_part_of_a_linked_level(db: Database, under: Any) -> None:
+    rulebook = windowed(**{"I2.1": 30})  # H30.4 needs a bidder at level I or above
+    under(rulebook)
+    _, installer, project, installer_events = _project_at_30(db, rulebook, installer_level=2)
+    assert history(db, "customer", installer)[-1][:2] == (1, 2)
+
+    later = NOW + timedelta(days=40)  # the installer's level II has lapsed: I2.1 is 50 days old
+    with db.session(write=True) as s:
+        retract_event(s, rulebook, installer_events[1], "logged twice", actor="manager", now=later)  # company_introduced: I1.2
+
+    retraction = {"kind": "retraction", "event_type": "company_introduced", "event_id": installer_events[1]}
+    assert history(db, "customer", installer)[-2:] == [(2, 1, {"kind": "time"}, "system"), (1, 0, retraction, "manager")]
+    moved = {"subject": "customer", "id": installer, "metric": "relationship_level", "old": 1, "new": 0}
+    assert history(db, "project", project)[-1] == (30, 0, {**retraction, "via": [moved]}, "manager")
+    consistent(db, rulebook, later)
+
+
+# --- Any log, any pace: every write's row starts where time had left the grade --------------------
+
+AGEING = windowed(**{"O1.1": 20, "O1.2": 20, "O2.1": 20, "I1.1": 20, "I1.3": 20, "I2.1": 20, "H30.3": 20})
+retraction = st.tuples(st.just("retract"), st.integers(0, 1000))
+paced = st.lists(st.tuples(st.integers(0, 25), st.one_of(an_event(days=st.integers(0, 30)), a_kit(days=st.integers(0, 30)), retraction)), min_size=1, max_size=25)
+
+
+def _facts_before(cid: int, log: dict[int, Event]) -> CustomerFacts:
+    """Customer `cid`'s facts from the events in `log` (as they stood at some moment)."""
+    kind = "owner" if cid in OWNERS else "installer"
+    own = tuple(e for e in log.values() if e.customer_id == cid)
+    owned = tuple(OwnedProject(pid, tuple(e for e in log.values() if e.project_id == pid)) for pid, owner in sorted(PROJECTS.items()) if owner == cid)
+    return CustomerFacts(cid, kind, own, owned)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=paced)
+def test_every_writes_row_starts_from_the_grade_as_time_had_left_it(db: Database, under: Any, steps: list) -> None:
+    """Writes days apart under a rulebook whose windows age: for every customer history row a
+    write caused (an event, a retraction), `old` is what the customer's log before that write
+    was worth at the write's time, by a fresh evaluation here, not what it was worth when last
+    graded. After `rapport regrade` at the end, every stored grade is a fresh evaluation and
+    every history a chain (the central invariant)."""
+    under(AGEING)
+    now = NOW
+    with db.session(write=True) as s:
+        make_world(s, now, AGEING)
+    log: dict[int, Event] = {}  # every event as it stands now
+    before: dict[tuple[str, int], tuple[datetime, dict[int, Event]]] = {}  # (trigger kind, event id) -> the write's time, the log before it
+    for pace, step in steps:
+        now += timedelta(days=pace)
+        with db.session(write=True) as s:
+            if isinstance(step, tuple):
+                live = [e for e in log.values() if not e.retracted]
+                if live:
+                    gone = live[step[1] % len(live)]
+                    before[("retraction", gone.id)] = (now, dict(log))
+                    retract_event(s, AGEING, gone.id, "test", actor="t", now=now)
+                    log[gone.id] = replace(gone, retracted=True)
+                continue
+            for drawn in step if isinstance(step, list) else [step]:
+                new = new_event(drawn, now)
+                stored = record_event(s, AGEING, new, actor="t", now=now).event.id
+                before[("event", stored)] = (now, dict(log))
+                log[stored] = Event(stored, new.type, new.occurred_at, new.customer_id, new.project_id, new.attributes)
+
+    with db.session(write=False) as s:
+        rows = s.execute(select(m.GradeChange.subject_id, m.GradeChange.old, m.GradeChange.trigger).where(m.GradeChange.subject_type == "customer")).all()
+    for cid, old, trigger in rows:
+        if trigger["kind"] in ("event", "retraction"):
+            at, then = before[(trigger["kind"], trigger["event_id"])]
+            assert old == evaluate_level(AGEING, _facts_before(cid, then), at).level, (cid, trigger)
+
+    with db.session(write=True) as s:
+        regrade_for_time(s, AGEING, now=now)
+    consistent(db, AGEING, now)
