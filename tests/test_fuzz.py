@@ -4,7 +4,8 @@ Every operation gets valid and invalid inputs (bodies, query strings, path param
 headers) with the admin key, against a database seeded with a few customers, projects,
 events, a form and a webhook subscription, so some ids exist. What a caller relies on:
 no input gets a 5xx; every error is application/problem+json; every response has a
-status code the schema declares and a body that matches the schema.
+status code the schema declares, a body that matches the schema, and only the ETag,
+Location and Retry-After headers the schema declares for that status.
 
 CI runs a bounded, derandomized number of examples per operation. To hunt for bugs,
 run it locally with many more, and with the boundary values of every field:
@@ -91,6 +92,9 @@ schema = schemathesis.openapi.from_dict(create_app(Settings(database_url="sqlite
 # The batch's NDJSON body is declared as a string (one event per line): send it as text.
 schemathesis.serializer.alias("application/x-ndjson", "text/plain")
 
+# Headers a caller acts on: each one an answer sends must be declared with that answer's
+# status, or a client generated from the schema cannot read it.
+HEADERS = ("etag", "location", "retry-after")
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
@@ -99,6 +103,10 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def test_no_input_breaks_the_api_or_its_declared_contract(case: schemathesis.Case, fuzzed_app: FastAPI) -> None:
     response = case.call(headers=AUTH, app=fuzzed_app)
     case.validate_response(response, checks=CHECKS, headers=AUTH, transport_kwargs={"app": fuzzed_app})
+    operation = schema.raw_schema["paths"][case.path][case.method.lower()]
+    declared = {name.lower() for name in operation["responses"].get(str(response.status_code), {}).get("headers", {})}
+    undeclared = {name for name in HEADERS if name in response.headers} - declared
+    assert not undeclared, f"{case.method} {case.formatted_path}: {response.status_code} sends {sorted(undeclared)}, which its schema does not declare"
     if response.status_code >= 400:
         content_type = response.headers.get("content-type", [""])[0]
         assert content_type.startswith(PROBLEM), f"{case.method} {case.formatted_path}: {response.status_code} answered as {content_type!r}: {response.text[:300]}"

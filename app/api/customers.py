@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.api import present, subjects
 from app.api import schemas as s
 from app.api.deps import ContextDep, Reader, Writer
-from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses
+from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
 from app.db import models as m
@@ -20,7 +20,7 @@ from app.services.history import history_page
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated, responses=AUTHENTICATED)
 
 
-@router.post("", status_code=201, response_model=s.CustomerOut, responses=problem_responses(400, 409, 413))
+@router.post("", status_code=201, response_model=s.CustomerOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer, response: Response) -> s.CustomerOut:
     """Create an owner (项目甲方) or installer (安装公司). It starts ungraded (level 0)."""
 
@@ -52,7 +52,7 @@ def list_customers(
         return s.CustomerPage(items=[ctx.presenter.customer(c) for c in rows], next_cursor=next_cursor)
 
 
-@router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses=problem_responses(404))
+@router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with this external_ref (the ERP's code)."""
     return await subjects.read_row(ctx, m.Customer, "external_ref", external_ref, ctx.presenter.customer)
@@ -62,8 +62,8 @@ async def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: 
     "/by-ref/{external_ref:path}",
     response_model=s.CustomerOut,
     responses={
-        201: {"model": s.CustomerOut, "description": "created"},
-        200: {"description": "updated, or unchanged (same version)"},
+        201: with_headers("ETag", "Location", model=s.CustomerOut, description="created"),
+        200: with_headers("ETag", "Location", description="updated, or unchanged (same version)"),
         **problem_responses(400, 409, 412, 413),
         404: REF_WITH_LINE_BREAK,
     },
@@ -80,13 +80,13 @@ def put_customer(
     return subjects.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row))
 
 
-@router.get("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(404))
+@router.get("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
     return await subjects.read_row(ctx, m.Customer, "id", customer_id, ctx.presenter.customer)
 
 
-@router.patch("/{customer_id}", response_model=s.CustomerOut, responses=problem_responses(400, 404, 409, 412, 413))
+@router.patch("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})
 def update_customer(
     customer_id: s.PathId,
     body: s.CustomerPatch,

@@ -12,7 +12,7 @@ from app.api import idempotency, present, threads
 from app.api import schemas as s
 from app.api.bodies import json_items, media_type, validate_item
 from app.api.deps import Context, ContextDep, Reader, Writer
-from app.api.problems import AUTHENTICATED, problem_responses
+from app.api.problems import AUTHENTICATED, problem_responses, with_headers
 from app.api.gate import Gated
 from app.domain.rulebook import Rulebook
 from app.domain.validation import with_defaults
@@ -41,7 +41,8 @@ KEYED = {"parameters": [idempotency.HEADER_PARAMETER]}
     status_code=201,
     response_model=s.EventRecordedOut,
     responses={
-        200: {"model": s.EventRecordedOut, "description": "the same source + external_id was recorded before: that event, nothing counted twice"},
+        201: with_headers("Location"),
+        200: with_headers("Location", model=s.EventRecordedOut, description="the same source + external_id was recorded before: that event, nothing counted twice"),
         **problem_responses(400, 409, 413),
     },
     openapi_extra=KEYED,
@@ -186,7 +187,7 @@ async def get_event(event_id: s.PathId, ctx: ContextDep, caller: Reader) -> s.Ev
     return await threads.indexed_read(ctx.db, read)
 
 
-@router.post("/{event_id}/retract", response_model=s.EventRecordedOut, responses=problem_responses(400, 404, 409, 413), openapi_extra=KEYED)
+@router.post("/{event_id}/retract", response_model=s.EventRecordedOut, responses={200: with_headers("Location"), **problem_responses(400, 404, 409, 413)}, openapi_extra=KEYED)
 def retract_event(event_id: s.PathId, body: s.RetractIn, request: Request, ctx: ContextDep, caller: Writer) -> Response:
     """Retract an event: from now on it counts for nothing and the grades it touched are
     re-computed. Nothing is deleted. Retracting a retracted event changes nothing (200)."""

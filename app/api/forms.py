@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api import schemas as s
 from app.api.deps import Admin, ContextDep
 from app.api.etags import etag, parse_if_match
-from app.api.problems import AUTHENTICATED, problem_response, problem_responses
+from app.api.problems import AUTHENTICATED, problem_response, problem_responses, with_headers
 from app.api.gate import Gated, spend_hook
 from app.db import models as m
 from app.services import forms as svc
@@ -73,7 +73,7 @@ def _hook_out(session: Session, received: svc.Received) -> s.HookOut:
 # --- mappings (admin) ------------------------------------------------------------------------
 
 
-@router.post("/v1/forms", status_code=201, response_model=s.FormSecretOut, responses=problem_responses(400, 409, 413))
+@router.post("/v1/forms", status_code=201, response_model=s.FormSecretOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_form(body: s.FormIn, ctx: ContextDep, caller: Admin) -> JSONResponse:
     """Set up a form: how its hook is authenticated and how a submission becomes events.
     The answer shows the secret (and, for url_token, the hook URL with it) once."""
@@ -98,7 +98,7 @@ def list_forms(
         return s.FormPage(items=[_form(f) for f in rows], next_cursor=next_cursor)
 
 
-@router.get("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(404))
+@router.get("/v1/forms/{form_id}", response_model=s.FormOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 def get_form(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Response) -> s.FormOut:
     """One form (never its secret), with its ETag for a later PATCH's If-Match."""
     with ctx.db.session(write=False) as session:
@@ -107,7 +107,7 @@ def get_form(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Resp
         return _form(form)
 
 
-@router.patch("/v1/forms/{form_id}", response_model=s.FormOut, responses=problem_responses(400, 404, 412, 413))
+@router.patch("/v1/forms/{form_id}", response_model=s.FormOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 412, 413)})
 def update_form(
     form_id: FormIdPath,
     body: s.FormPatch,
@@ -128,7 +128,7 @@ def update_form(
     return ctx.db.transaction(write)
 
 
-@router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses=problem_responses(400, 404, 413))
+@router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 413)})
 def rotate_secret(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Response, body: s.RotateSecretIn | None = None) -> s.FormSecretOut:
     """Issue a new secret (or set the one given). The old one keeps working for
     `grace_hours` (24 by default), so the tool can be re-configured without losing

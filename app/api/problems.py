@@ -37,14 +37,35 @@ MEANINGS = {
 }
 
 
+# The headers an answer carries besides its body, as the OpenAPI document declares them
+# (a client generated from it can then read an ETag for If-Match, or wait Retry-After).
+HEADERS = {
+    "ETag": ({"type": "string"}, "the record's version: send it as If-Match to change the record only if nobody has changed it since"),
+    "Location": ({"type": "string"}, "the path of the record created, found or recorded"),
+    "Retry-After": ({"type": "integer", "minimum": 1}, "seconds to wait before trying again"),
+}
+# The error statuses that may ask to retry later (409: the same Idempotency-Key is in progress).
+RETRY_LATER = (409, 429, 503)
+
+
+def with_headers(*names: str, **response: Any) -> dict[str, Any]:
+    """An OpenAPI response (`response`'s members, if any) that carries these headers. For a
+    route's own status FastAPI merges it into the response it declares from the model."""
+    return {**response, "headers": {name: {"description": HEADERS[name][1], "schema": HEADERS[name][0]} for name in names}}
+
+
 def problem_response(description: str) -> dict[str, Any]:
     """One OpenAPI response answered as problem+json."""
     return {"description": description, "content": {PROBLEM: {"schema": ProblemOut.model_json_schema()}}}
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """A route's or router's `responses=` for these error statuses, each problem+json."""
-    return {status: problem_response(MEANINGS[status]) for status in statuses}
+    """A route's or router's `responses=` for these error statuses, each problem+json (with
+    Retry-After where the status may ask to retry later)."""
+    return {
+        status: with_headers("Retry-After", **problem_response(MEANINGS[status])) if status in RETRY_LATER else problem_response(MEANINGS[status])
+        for status in statuses
+    }
 
 
 # Every route behind an API key can answer these.

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.api import present, subjects
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
-from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses
+from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
 from app.db import models as m
@@ -25,7 +25,7 @@ def _out(ctx: Context, session: Session, project: m.Project) -> s.ProjectOut:
     return ctx.presenter.project(project, *svc.participants(session, project))
 
 
-@router.post("", status_code=201, response_model=s.ProjectOut, responses=problem_responses(400, 409, 413))
+@router.post("", status_code=201, response_model=s.ProjectOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer, response: Response) -> s.ProjectOut:
     """Create a project of an `owner` customer. It starts cold (0 %)."""
 
@@ -58,7 +58,7 @@ def list_projects(
         return s.ProjectPage(items=items, next_cursor=next_cursor)
 
 
-@router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses=problem_responses(404))
+@router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The project with this external_ref (the ERP's code)."""
     return await subjects.read(ctx, m.Project, "external_ref", external_ref, lambda session, row: _out(ctx, session, row))
@@ -68,8 +68,8 @@ async def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: R
     "/by-ref/{external_ref:path}",
     response_model=s.ProjectOut,
     responses={
-        201: {"model": s.ProjectOut, "description": "created"},
-        200: {"description": "updated, or unchanged (same version)"},
+        201: with_headers("ETag", "Location", model=s.ProjectOut, description="created"),
+        200: with_headers("ETag", "Location", description="updated, or unchanged (same version)"),
         **problem_responses(400, 409, 412, 413),
         404: REF_WITH_LINE_BREAK,
     },
@@ -86,13 +86,13 @@ def put_project(
     return subjects.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row))
 
 
-@router.get("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(404))
+@router.get("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
     return await subjects.read(ctx, m.Project, "id", project_id, lambda session, row: _out(ctx, session, row))
 
 
-@router.patch("/{project_id}", response_model=s.ProjectOut, responses=problem_responses(400, 404, 409, 412, 413))
+@router.patch("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})
 def update_project(
     project_id: s.PathId,
     body: s.ProjectPatch,

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
 from app.api.etags import etag, parse_if_match
-from app.api.problems import AUTHENTICATED, problem_responses
+from app.api.problems import AUTHENTICATED, problem_responses, with_headers
 from app.api.gate import Gated
 from app.api.schemas import PageLimit, PathId
 from app.db import models as m
@@ -76,7 +76,7 @@ def _check_target(settings: Settings, url: str) -> None:
         raise Invalid("webhooks cannot be sent there", errors=[FieldError("url", problem)])
 
 
-@router.post("", status_code=201, response_model=w.SubscriptionCreatedOut, responses=problem_responses(400, 413))
+@router.post("", status_code=201, response_model=w.SubscriptionCreatedOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 413)})
 def create_subscription(body: w.SubscriptionIn, ctx: ContextDep, caller: Admin, response: Response) -> w.SubscriptionCreatedOut:
     """Subscribe a URL to grade changes. The answer holds the signing secret — the only
     time it is shown: keep it where the receiver can read it."""
@@ -106,7 +106,7 @@ def list_subscriptions(
         return w.SubscriptionPage(items=[_subscription(sub) for sub in rows], next_cursor=next_cursor)
 
 
-@router.get("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(404))
+@router.get("/{subscription_id}", response_model=w.SubscriptionOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin, response: Response) -> w.SubscriptionOut:
     """One subscription (never its secret); `paused_reason` says why it is paused. Its ETag
     serves a later PATCH's If-Match."""
@@ -116,7 +116,7 @@ def get_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin, re
         return _subscription(sub)
 
 
-@router.patch("/{subscription_id}", response_model=w.SubscriptionOut, responses=problem_responses(400, 404, 409, 412, 413))
+@router.patch("/{subscription_id}", response_model=w.SubscriptionOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})
 def update_subscription(
     subscription_id: PathId,
     body: w.SubscriptionPatch,
@@ -141,7 +141,7 @@ def update_subscription(
     return ctx.db.transaction(write)
 
 
-@router.post("/{subscription_id}/rotate-secret", response_model=w.SubscriptionCreatedOut, responses=problem_responses(404, 409, 413))
+@router.post("/{subscription_id}/rotate-secret", response_model=w.SubscriptionCreatedOut, responses={200: with_headers("ETag"), **problem_responses(404, 409, 413)})
 def rotate_secret(
     subscription_id: PathId, ctx: ContextDep, caller: Admin, response: Response, body: w.SubscriptionRotateSecretIn | None = None
 ) -> w.SubscriptionCreatedOut:
