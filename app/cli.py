@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
-from app.errors import AppError, MigrationsUnusable
+from app.errors import AppError, MigrationsUnusable, RulebookChanged
 from app.settings import Settings, get_settings
 
 
@@ -84,7 +84,8 @@ def _mismatch(settings: Settings, exc: RulebookMismatch) -> str:
 
 class _Rapport(click.Group):
     """Every command's failures that are not its own, each as one line and a status: a
-    rulebook that cannot be used or is not the active one (2), the database (3)."""
+    rulebook that cannot be used or is not the active one, or stopped being it while the
+    command ran (2), the database (3)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -95,6 +96,11 @@ class _Rapport(click.Group):
             raise _Unusable(_mismatch(get_settings(), exc)) from None
         except MigrationsUnusable as exc:
             raise _Unusable(f"{_safe(get_settings().database_url)}: {exc}; nothing was changed") from None
+        except RulebookChanged as exc:
+            raise _Unusable(
+                "the database's active rulebook changed while this command ran (a server or `rapport migrate` switched it); "
+                "no grade was changed. Run it again with the rulebook the servers now use (RAPPORT_RULEBOOK_PATH)"
+            ) from exc
         except DBAPIError as exc:
             # One line, not SQLAlchemy's text: that carries the statement and its parameters.
             raise _DatabaseFailed(_database_failure(exc)) from None

@@ -428,12 +428,18 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     """Re-grade every customer, then every project (levels first: heat reads levels).
 
     Used when the active rulebook changes and by `rapport regrade` (time-window criteria),
-    which is also the repair after an incident (`_as_stored`)."""
+    which is also the repair after an incident (`_as_stored`). Unless `job` is the switch
+    itself (`in_force` set), it refuses (RulebookChanged) once it holds the first customers
+    if `rulebook` is no longer the active one: a switch (which holds every row while it
+    re-grades) may have committed after the command checked."""
     effects: list[Effect] = []
     logs = WriteLogs(session, keep=False)
     writes = Writes(logs)
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
         customers = _as_stored(session, repo.lock_customers(session, ids), job)
+        if not job.in_force:  # once the first rows are held: a switch that committed before is seen
+            in_force(session, rulebook)
+            job.in_force = True
         facts = repo.customer_facts_many(session, customers.values(), rulebook.owned_project_event_types, logs)
         for cid, customer in customers.items():
             effect = _regrade_customer(session, rulebook, customer, facts[cid], job, writes)

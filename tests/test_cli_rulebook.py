@@ -247,3 +247,24 @@ def test_a_switch_that_changes_no_grade_still_says_it_switched(run, tmp_path: Pa
     assert result.exit_code == 0
     assert "rulebook switched to 'renamed-1': every grade re-computed, 0 changed" in result.output
     assert "switched" not in run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(path)}).output
+
+
+def test_a_regrade_that_a_switch_overtakes_changes_no_grade_and_says_why(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    # `rapport regrade` checks the active rulebook, then re-grades: a switch (a server
+    # starting, `rapport migrate`) that commits in between must not be re-graded back under
+    # the old rulebook. Here the checks pass as if the switch came just after them.
+    assert run("demo").exit_code == 0
+    assert run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))}).exit_code == 0
+    switched = state(tmp_path)
+    import app.cli
+    import app.services.state
+
+    monkeypatch.setattr(app.cli, "_ready_to_grade", lambda settings: load_rulebook(settings.rulebook_path))
+    monkeypatch.setattr(app.services.state, "expect_rulebook", lambda session, rulebook, record: None)
+
+    result = run("regrade")
+
+    assert result.exit_code == 2, result.output
+    assert "the database's active rulebook changed while this command ran" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert state(tmp_path) == switched

@@ -95,7 +95,7 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
     if active is not None:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
-        job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now)
+        job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now, in_force=True)  # it is the switch
         effects = regrade_everything(session, rulebook, job)
     _record(session, rulebook, digests)
     return effects
