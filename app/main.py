@@ -76,7 +76,9 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     db = Database.from_settings(settings)
     known = KnownKeys.of(db.engine) if settings.remember_keys else None
     lifespan = _serving(settings, _listening(known, webhooks.lifespan(settings, db, clock)))
-    app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # No 307 from a path with a trailing slash to the one without: a 404 that names it
+    # (app/api/problems.py).
+    app = FastAPIOffline(title="Rapport", version="0.1.0", description=DESCRIPTION, lifespan=lifespan, redirect_slashes=False)
     app.state.context = Context(
         settings=settings,
         db=db,

@@ -136,6 +136,11 @@ def install(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        elif exc.status_code == 404 and request.url.path.endswith("/") and (bare := request.url.path.rstrip("/")) and allowed_methods(request, bare):
+            # No redirect to the path without the slash (create_app): behind a proxy that
+            # ends TLS the redirect's URL would be http://, and a client would re-send a
+            # POST's body to it. The caller is told which path is served instead.
+            detail = f"no such path: {request.url.path} (paths end without a slash: {bare})"
         return problem(exc.status_code, title.lower().replace(" ", "-"), title, detail, headers=headers)
 
     @app.exception_handler(OperationalError)
@@ -154,14 +159,15 @@ def install(app: FastAPI) -> None:
         return problem(500, "internal", "Internal error", "an unexpected error occurred; nothing was stored")
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at the request's path. Starlette answers a 405 with
-    the methods of the first route whose path matched (GET for a customer, though PATCH is
-    served there too): RFC 9110 §15.5.6 wants the resource's whole set in `Allow`. Asked of
-    the router itself, one method at a time (a 405 is rare; FastAPI's included routers
-    keep their routes to themselves)."""
+def allowed_methods(request: Request, path: str | None = None) -> list[str]:
+    """Every method some route serves at the request's path (or at `path`). Starlette
+    answers a 405 with the methods of the first route whose path matched (GET for a
+    customer, though PATCH is served there too): RFC 9110 §15.5.6 wants the resource's
+    whole set in `Allow`. Asked of the router itself, one method at a time (a 405 or a 404
+    is rare; FastAPI's included routers keep their routes to themselves)."""
     routes = request.app.router.routes
-    return [method for method in _METHODS if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
+    scope = {**request.scope, "path": path} if path is not None else request.scope
+    return [method for method in _METHODS if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)]
 
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

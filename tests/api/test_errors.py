@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import pytest
 
-from tests.api.expectations import assert_problem, stored_state
+from tests.api.expectations import assert_problem, row_counts, stored_state
 from tests.api.scenarios import at, owner_level_one_events
 
 
@@ -282,6 +282,21 @@ def test_text_with_a_nul_character_is_422_for_customers_and_list_filters(api, wo
 
 def test_an_unknown_path_is_a_404_problem(api) -> None:
     assert_problem(api.get("/v1/widgets"), 404)
+
+
+@pytest.mark.parametrize(("method", "path", "bare"), [("GET", "/v1/customers/", "/v1/customers"), ("POST", "/v1/events/", "/v1/events"), ("GET", "/healthz/", "/healthz")])
+def test_a_path_with_a_trailing_slash_is_a_404_that_names_the_path_served_not_a_redirect(app, api, method: str, path: str, bare: str) -> None:
+    # A 307 to the path without the slash named an http:// URL behind a proxy that ends TLS,
+    # and a client following it would send the POST's body again.
+    before = row_counts(app)
+    body = {"type": "visit", "customer_id": 1, "occurred_at": "2026-11-20T09:00:00+08:00", "attributes": {"reception": "neutral"}}
+
+    r = api.request(method, path, json=body if method == "POST" else None)
+
+    assert_problem(r, 404)
+    assert "location" not in r.headers
+    assert r.json()["detail"] == f"no such path: {path} (paths end without a slash: {bare})"
+    assert row_counts(app) == before
 
 
 @pytest.mark.parametrize(
