@@ -167,7 +167,8 @@ def allowed_methods(request: Request, path: str | None = None) -> list[str]:
     is rare; FastAPI's included routers keep their routes to themselves)."""
     routes = request.app.router.routes
     scope = {**request.scope, "path": path} if path is not None else request.scope
-    return [method for method in _METHODS if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)]
+    served = [method for method in _METHODS if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in routes)]
+    return [m for method in served for m in ((method, "HEAD") if method == "GET" else (method,))]  # HEAD wherever GET (app/api/head.py)
 
 
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")

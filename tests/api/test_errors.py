@@ -302,11 +302,12 @@ def test_a_path_with_a_trailing_slash_is_a_404_that_names_the_path_served_not_a_
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("/v1/events", "GET, POST"),
-        ("/v1/customers", "GET, POST"),
-        ("/v1/customers/{owner}", "GET, PATCH"),
-        ("/v1/customers/by-ref/C-1", "GET, PUT"),
-        ("/v1/events/{event}", "GET"),
+        ("/v1/events", "GET, HEAD, POST"),
+        ("/v1/customers", "GET, HEAD, POST"),
+        ("/v1/customers/{owner}", "GET, HEAD, PATCH"),
+        ("/v1/customers/by-ref/C-1", "GET, HEAD, PUT"),
+        ("/v1/events/{event}", "GET, HEAD"),
+        ("/v1/events/{event}/retract", "POST"),
     ],
 )
 def test_a_wrong_method_is_a_405_problem_whose_allow_names_every_method_served_there(api, world: World, path: str, allowed: str) -> None:
@@ -315,6 +316,28 @@ def test_a_wrong_method_is_a_405_problem_whose_allow_names_every_method_served_t
 
     assert_problem(r, 405)
     assert r.headers["allow"] == allowed
+
+
+@pytest.mark.parametrize("path", ["/v1/customers/{owner}", "/v1/customers/{owner}/history", "/v1/customers", "/v1/events/{event}", "/healthz"])
+def test_head_answers_as_get_does_without_the_body(api, world: World, path: str) -> None:
+    # RFC 9110 §9.1: a general-purpose server supports HEAD wherever it serves GET.
+    path = path.format(owner=world.owner, event=api.get("/v1/events").json()["items"][0]["id"])
+    got = api.get(path)
+
+    head = api.request("HEAD", path)
+
+    assert (head.status_code, head.content) == (200, b"")
+    for name in ("content-type", "content-length", "etag"):
+        assert head.headers.get(name) == got.headers.get(name), name
+
+
+def test_head_is_refused_as_get_would_be(app, api, world: World) -> None:
+    without_key = api.request("HEAD", f"/v1/customers/{world.owner}", headers={"Authorization": ""})
+    missing = api.request("HEAD", "/v1/customers/999999")
+    post_only = api.request("HEAD", f"/v1/events/{api.get('/v1/events').json()['items'][0]['id']}/retract")
+
+    assert [(r.status_code, r.content) for r in (without_key, missing, post_only)] == [(401, b""), (404, b""), (405, b"")]
+    assert post_only.headers["allow"] == "POST"
 
 
 def test_events_cannot_be_deleted_or_edited(api, world: World) -> None:
