@@ -209,6 +209,21 @@ def test_a_heat_moved_by_a_write_names_only_the_writes_part_of_a_linked_level(db
     consistent(db, rulebook, later)
 
 
+def test_a_retracted_bid_is_the_retractions_doing_where_nothing_aged(db: Database, under: Any) -> None:
+    # What the project was worth before the retraction reads the bidder it names: its level
+    # must be known though its bid no longer counts.
+    rulebook = windowed(**{"O2.2": 30})  # ages, but nothing leaves its window here
+    under(rulebook)
+    _, installer, project, _ = _project_at_30(db, rulebook)
+    with db.session(write=True) as s:
+        bid = s.scalar(select(m.Event.id).where(m.Event.type == "bid_joined", m.Event.customer_id == installer))
+        retract_event(s, rulebook, bid, "wrong project", actor="manager", now=NOW + timedelta(days=1))
+
+    retraction = {"kind": "retraction", "event_type": "bid_joined", "event_id": bid}
+    assert history(db, "project", project)[-1] == (30, 0, retraction, "manager")
+    consistent(db, rulebook, NOW + timedelta(days=1))
+
+
 # --- Any log, any pace: every write's row starts where time had left the grade --------------------
 
 AGEING = windowed(**{"O1.1": 20, "O1.2": 20, "O2.1": 20, "I1.1": 20, "I1.3": 20, "I2.1": 20, "H30.3": 20})

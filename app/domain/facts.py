@@ -55,7 +55,9 @@ class ProjectFacts:
     project_id: int
     owner: LinkedCustomer
     events: tuple[Event, ...]  # every event with project_id == this project
-    linked: Mapping[int, LinkedCustomer] = field(default_factory=dict)  # bidders and winner by id
+    # Bidders and winner by id (and customers whose bids were retracted: evaluation reads
+    # only the bidders of live bids).
+    linked: Mapping[int, LinkedCustomer] = field(default_factory=dict)
 
 
 def before(events: tuple[Event, ...], changed: Mapping[int, Event]) -> tuple[Event, ...]:
@@ -108,6 +110,11 @@ def bidder_set(events: tuple[Event, ...] | list[Event]) -> set[int]:
     """The customers `bidder_ids` names, unordered: for a caller that needs only who they are
     (it need not find each one's first bid, nor sort them)."""
     return {e.customer_id for e in _bids(events)}  # type: ignore[misc]
+
+
+def retracted_bidders(events: tuple[Event, ...] | list[Event]) -> set[int]:
+    """The customers of retracted bids: bidders the project had before a retraction."""
+    return {e.customer_id for e in events if e.retracted and e.type in BID_TYPES and e.customer_id is not None}
 
 
 def _bids(events: tuple[Event, ...] | list[Event]) -> Iterator[Event]:
