@@ -63,8 +63,9 @@ def attribute_value(spec: AttributeSpec) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def an_event(draw: st.DrawFn, days: st.SearchStrategy[int] = DAYS) -> dict[str, Any]:
-    name = draw(st.sampled_from(sorted(RULEBOOK.event_types)))
+def an_event(draw: st.DrawFn, days: st.SearchStrategy[int] = DAYS, types: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """One event of any type of the catalogue (or of `types`)."""
+    name = draw(st.sampled_from(types or sorted(RULEBOOK.event_types)))
     et = RULEBOOK.event_types[name]
     customer = None
     if et.customer == "required" or (et.customer == "optional" and draw(st.booleans())):
