@@ -9,11 +9,11 @@ each in id order, so concurrent writers queue instead of deadlocking or losing u
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, Update, bindparam, case, cast, func, or_, select, update
+from sqlalchemy import Boolean, Text, Update, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -227,21 +227,19 @@ def _regrade_customer(session: Session, rulebook: Rulebook, customer: CustomerSt
     stored = snapshot(grade)
     old = customer.level
     _record_outside(session, rulebook, "customer", customer.id, LEVEL, old, job)
-    writes.add(customer, grade=stored, level=grade.level, since=job.now)
-    customer.level = grade.level
     start = old
     if _ageing(rulebook, job):
         was = evaluate_level(rulebook, customer_before(facts, job.changed_events), job.now)
         job.levels_before[customer.id] = was.level
-        if grade.level != old and was.level != old:
+        if was.level != old:
             _append(session, rulebook, "customer", customer.id, LEVEL, old, was.level, snapshot(was), TIME, job, actor=SYSTEM)
             job.aged[customer.id] = Effect("customer", customer.id, LEVEL, old, was.level)
             start = was.level
-    if grade.level == old:
-        return None
+    writes.add(customer, grade=stored, level=grade.level, since=job.now, moved=start != old)
+    customer.level = grade.level
     if grade.level != start:
         _append(session, rulebook, "customer", customer.id, LEVEL, start, grade.level, stored, job.trigger_for("customer", customer.id), job)
-    return Effect("customer", customer.id, LEVEL, old, grade.level)
+    return None if grade.level == old else Effect("customer", customer.id, LEVEL, old, grade.level)
 
 
 def _ageing(rulebook: Rulebook, job: Regrade) -> bool:
@@ -249,8 +247,10 @@ def _ageing(rulebook: Rulebook, job: Regrade) -> bool:
     grades age, a grade may have moved since it was last graded (a window's events aged
     out, a dated event came within one) with nothing recorded. A write that re-grades it
     then records that move first, as time's (trigger `time`, by the system), and its own
-    row from there: its trigger names only what the write changed. Without a write's
-    events (a re-grade of everything) the whole move is the job's own trigger's."""
+    row from there, if it moves the grade again: its trigger names only what the write
+    changed. So a level that had lapsed and that the write earns again shows both moves.
+    Without a write's events (a re-grade of everything) the whole move is the job's own
+    trigger's."""
     return rulebook.ages and bool(job.changed_events)
 
 
@@ -261,37 +261,36 @@ def _regrade_project(
     stored = snapshot(grade)
     old, was_closed = project.heat, bool(project.closed)
     _record_outside(session, rulebook, "project", project.id, HEAT, old, job)
-    writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, since=job.now)
+    linked = {facts.owner.customer_id, *facts.linked}
+    start = (old, was_closed)
+    if _ageing(rulebook, job):
+        was = evaluate_heat(rulebook, project_before(facts, job.changed_events, job.levels_before), job.now)
+        if (was.percent, was.closed) != start:
+            aged = [e.as_dict() for cid, e in sorted(job.aged.items()) if cid in linked]
+            _append(session, rulebook, "project", project.id, HEAT, old, was.percent, snapshot(was), {**TIME, "via": aged} if aged else TIME, job, heat=was, actor=SYSTEM)
+            start = (was.percent, was.closed)
+    writes.add(project, grade=stored, stage=grade.stage, closed=grade.closed, heat=grade.percent, since=job.now, moved=start != (old, was_closed))
     project.heat, project.closed = grade.percent, grade.closed
     # A cold project closed as lost (or a lost one reopened) stays at 0 %: a change all the
     # same, recorded as one (a row from 0 to 0, its message's tier says which).
-    if grade.percent == old and grade.closed == was_closed:
-        return None
-    linked = {facts.owner.customer_id, *facts.linked}
-    start = old
-    if _ageing(rulebook, job):
-        was = evaluate_heat(rulebook, project_before(facts, job.changed_events, job.levels_before), job.now)
-        if (was.percent, was.closed) != (old, was_closed):
-            aged = [e.as_dict() for cid, e in sorted(job.aged.items()) if cid in linked]
-            _append(session, rulebook, "project", project.id, HEAT, old, was.percent, snapshot(was), {**TIME, "via": aged} if aged else TIME, job, heat=was, actor=SYSTEM)
-            if (was.percent, was.closed) == (grade.percent, grade.closed):
-                return Effect("project", project.id, HEAT, old, grade.percent)
-            start = was.percent
-    via = [e.as_dict() for cid, e in sorted(_by_write(level_changes, job.aged).items()) if cid in linked]
-    trigger = job.trigger_for("project", project.id)
-    trigger = {**trigger, "via": via} if via else trigger
-    _append(session, rulebook, "project", project.id, HEAT, start, grade.percent, stored, trigger, job, heat=grade)
-    return Effect("project", project.id, HEAT, old, grade.percent)
+    if (grade.percent, grade.closed) != start:
+        via = [e.as_dict() for cid, e in sorted(_by_write(level_changes, job.aged).items()) if cid in linked]
+        trigger = job.trigger_for("project", project.id)
+        trigger = {**trigger, "via": via} if via else trigger
+        _append(session, rulebook, "project", project.id, HEAT, start[0], grade.percent, stored, trigger, job, heat=grade)
+    return None if (grade.percent, grade.closed) == (old, was_closed) else Effect("project", project.id, HEAT, old, grade.percent)
 
 
 def _by_write(level_changes: dict[int, Effect], aged: dict[int, Effect]) -> dict[int, Effect]:
-    """The customers' level changes as their write made them: each from where time had left
-    it (`aged`), those that time alone made left out (their projects' `time` rows name them)."""
+    """The customers' level moves their write made: each from where time had left it
+    (`aged`) to where the write left it (`level_changes`, or back where it was stored).
+    Those time alone made are left out: their projects' `time` rows name them."""
     out = {}
-    for cid, change in level_changes.items():
-        start = aged[cid].new if cid in aged else change.old
-        if start != change.new:
-            out[cid] = replace(change, old=start)
+    for cid in level_changes.keys() | aged.keys():
+        start = aged[cid].new if cid in aged else level_changes[cid].old
+        end = level_changes[cid].new if cid in level_changes else aged[cid].old
+        if start != end:
+            out[cid] = Effect("customer", cid, LEVEL, start, end)
     return out
 
 
@@ -299,13 +298,15 @@ def _update(table: Any, metrics: tuple[str, ...], since: str, columns: tuple[str
     """The UPDATE of a re-graded row: its new grade, digest and log stamp, and a new version
     if its grade differs (`new_bump`, decided by `Writes` from the digests). The `since`
     column (level_since, heat_since) takes the write's time only where one of the `metrics`
-    (level; heat, or closed) changes: a SET reads the row as it was before the UPDATE, on
-    both engines, so a write need not read the old date to keep it. The new grade comes as
-    JSON text, encoded once for its digest and its column."""
+    (level; heat, or closed) changes, or where the write says it moved and came back
+    (`new_moved`: time had moved it, the write moved it back, both on record): a SET reads
+    the row as it was before the UPDATE, on both engines, so a write need not read the old
+    date to keep it. The new grade comes as JSON text, encoded once for its digest and its
+    column."""
     new: dict[str, Any] = {name: bindparam(f"new_{name}") for name in (*columns, "grade_hash", "log_stamp")}
     text = bindparam("new_grade", type_=Text)
     new["grade"] = cast(text, JSONB) if dialect == "postgresql" else text
-    moved = or_(*(table.c[metric].is_distinct_from(new[metric]) for metric in metrics))
+    moved = or_(bindparam("new_moved", type_=Boolean), *(table.c[metric].is_distinct_from(new[metric]) for metric in metrics))
     new[since] = case((moved, bindparam("new_since", type_=table.c[since].type)), else_=table.c[since])
     return update(table).where(table.c.id == bindparam("row_id")).values({**new, "version": table.c.version + bindparam("new_bump")})
 
@@ -345,10 +346,11 @@ class Writes:
         self._logs = logs
         self._rows: dict[type, list[dict[str, Any]]] = {}
 
-    def add(self, state: CustomerState | ProjectState, *, grade: dict[str, Any], since: datetime, **values: Any) -> None:
+    def add(self, state: CustomerState | ProjectState, *, grade: dict[str, Any], since: datetime, moved: bool = False, **values: Any) -> None:
         """Queue the new grade of `state`'s row (and its log's stamp) if either changed, and
         give `state` its new digest and stamp: a later read in this write knows the row as
-        it will be."""
+        it will be. `moved`: the grade changed and came back within this write, so its
+        `since` moves though its value is the stored one."""
         kind = type(state)
         encoded = encode_grade(grade)
         digest = grade_digest(tuple(values[name] for name in _HEAD[kind]), encoded)
@@ -358,7 +360,7 @@ class Writes:
         changed = digest != state.grade_hash or getattr(state, _METRIC[kind]) != values[_METRIC[kind]]
         if not changed and stamp == state.log_stamp:
             return
-        params = {"row_id": state.id, "new_since": since, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(changed)}
+        params = {"row_id": state.id, "new_since": since, "new_moved": moved, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(changed)}
         # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
         # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
         params["new_grade"] = encoded.decode()

@@ -169,7 +169,7 @@ def test_run_many_updates_as_sqlalchemys_executemany_does(db: Database, monkeypa
     with db.session(write=True) as s:
         ids = [create_customer(s, RULEBOOK, {"name": f"批量 {i}", "kind": "owner"}, now=NOW).id for i in range(3)]
     params = [
-        {"row_id": id_, "new_level": i + 1, "new_since": later, "new_grade_hash": 1000 + i, "new_log_stamp": 7 + i, "new_bump": i % 2, "new_grade": f'{{"n": {i}, "名": "批"}}'}
+        {"row_id": id_, "new_level": i + 1, "new_since": later, "new_moved": False, "new_grade_hash": 1000 + i, "new_log_stamp": 7 + i, "new_bump": i % 2, "new_grade": f'{{"n": {i}, "名": "批"}}'}
         for i, id_ in enumerate(ids)
     ]
     columns = select(C.c.id, C.c.level, C.c.level_since, C.c.grade, C.c.grade_hash, C.c.log_stamp, C.c.version).where(C.c.id.in_(ids)).order_by(C.c.id)
