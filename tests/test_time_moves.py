@@ -102,11 +102,16 @@ def consistent(db: Database, rulebook: Rulebook, now: datetime) -> None:
         assert replay(s, rulebook, as_of=now) == []
 
 
-def test_a_level_that_lapsed_is_put_on_time_not_on_the_unrelated_event_that_found_it(db: Database, under: Any) -> None:
-    rulebook = windowed(**{"O1.1": 30})  # materials sent count for 30 days
+def _an_owner(db: Database, under: Any, **windows: int) -> tuple[Rulebook, int]:
+    """A rulebook with these windows recorded as the active one, and an owner without events."""
+    rulebook = windowed(**windows)
     under(rulebook)
     with db.session(write=True) as s:
-        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+        return rulebook, create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+
+
+def test_a_level_that_lapsed_is_put_on_time_not_on_the_unrelated_event_that_found_it(db: Database, under: Any) -> None:
+    rulebook, owner = _an_owner(db, under, **{"O1.1": 30})  # materials sent count for 30 days
     log(db, rulebook, OWNER_I, customer_id=owner, at=NOW - timedelta(days=10))
     assert history(db, "customer", owner)[-1][:2] == (0, 1)
 
@@ -122,10 +127,7 @@ def test_a_level_that_lapsed_is_put_on_time_not_on_the_unrelated_event_that_foun
 
 
 def test_a_level_that_lapsed_and_that_the_write_earns_again_shows_both_moves(db: Database, under: Any) -> None:
-    rulebook = windowed(**{"O1.1": 30})
-    under(rulebook)
-    with db.session(write=True) as s:
-        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    rulebook, owner = _an_owner(db, under, **{"O1.1": 30})
     log(db, rulebook, OWNER_I, customer_id=owner, at=NOW - timedelta(days=10))
 
     later = NOW + timedelta(days=25)
@@ -145,10 +147,7 @@ def test_a_level_that_lapsed_and_that_the_write_earns_again_shows_both_moves(db:
 
 
 def test_time_moves_first_and_the_retraction_from_where_time_left_the_grade(db: Database, under: Any) -> None:
-    rulebook = windowed(**{"O2.2": 30})  # a private meeting counts for 30 days
-    under(rulebook)
-    with db.session(write=True) as s:
-        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    rulebook, owner = _an_owner(db, under, **{"O2.2": 30})  # a private meeting counts for 30 days
     first = log(db, rulebook, OWNER_I + OWNER_II, customer_id=owner, at=NOW - timedelta(days=10))
     assert history(db, "customer", owner)[-1][:2] == (1, 2)
 
@@ -165,10 +164,7 @@ def test_time_moves_first_and_the_retraction_from_where_time_left_the_grade(db: 
 
 
 def test_a_write_that_changes_a_grade_time_did_not_touch_has_its_row_from_the_stored_grade(db: Database, under: Any) -> None:
-    rulebook = windowed(**{"O2.2": 30})
-    under(rulebook)
-    with db.session(write=True) as s:
-        owner = create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+    rulebook, owner = _an_owner(db, under, **{"O2.2": 30})
     log(db, rulebook, OWNER_I, customer_id=owner, at=NOW - timedelta(days=10))
     later = NOW + timedelta(days=40)
     log(db, rulebook, OWNER_II, customer_id=owner, at=later - timedelta(days=1), now=later)
