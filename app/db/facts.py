@@ -292,7 +292,7 @@ def project_facts_many(session: Session, projects: Iterable[ProjectState], linke
     events = logs.of("project", {p.id: p.log_stamp for p in projects})
     # The bidders, and the customers of retracted bids: a retraction's grading evaluates the
     # project as it stood before, with that bid (app/grading.py, `project_before`).
-    linked_ids = {p.id: f.bidder_set(events[p.id]) | f.retracted_bidders(events[p.id]) for p in projects}
+    linked_ids = {p.id: f.bid_customers(events[p.id]) for p in projects}
     customer_ids = {p.owner_id for p in projects} | {cid for ids in linked_ids.values() for cid in ids}
     levels: dict[int, int] = {}
     stamps: dict[int, int] = {}

@@ -112,9 +112,10 @@ def bidder_set(events: tuple[Event, ...] | list[Event]) -> set[int]:
     return {e.customer_id for e in _bids(events)}  # type: ignore[misc]
 
 
-def retracted_bidders(events: tuple[Event, ...] | list[Event]) -> set[int]:
-    """The customers of retracted bids: bidders the project had before a retraction."""
-    return {e.customer_id for e in events if e.retracted and e.type in BID_TYPES and e.customer_id is not None}
+def bid_customers(events: tuple[Event, ...] | list[Event]) -> set[int]:
+    """The customers of every bid, live or retracted: `bidder_set`, and the bidders a project
+    had before a retraction."""
+    return {e.customer_id for e in events if e.type in BID_TYPES and e.customer_id is not None}
 
 
 def _bids(events: tuple[Event, ...] | list[Event]) -> Iterator[Event]:
