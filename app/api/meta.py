@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import ContextDep, Reader
 from app.api.gate import Gated
-from app.api.problems import AUTHENTICATED, app_error_response, problem, problem_response, with_headers
+from app.api.problems import AUTHENTICATED, app_error_response, problem, problem_response
 from app.errors import RulebookChanged
 from app.grading import in_force
 
@@ -23,7 +23,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: with_headers("Retry-After", **problem_response("the database cannot be reached, or this process's rulebook is no longer the active one"))})
+@router.get("/readyz", responses={503: problem_response("the database cannot be reached, or this process's rulebook is no longer the active one", "Retry-After")})
 def readyz(ctx: ContextDep) -> Any:
     """Readiness: the database answers, and this process's rulebook is still the active
     one (a process left on another after a switch grades nothing: restart it). No auth."""

@@ -54,18 +54,16 @@ def with_headers(*names: str, **response: Any) -> dict[str, Any]:
     return {**response, "headers": {name: {"description": HEADERS[name][1], "schema": HEADERS[name][0]} for name in names}}
 
 
-def problem_response(description: str) -> dict[str, Any]:
-    """One OpenAPI response answered as problem+json."""
-    return {"description": description, "content": {PROBLEM: {"schema": ProblemOut.model_json_schema()}}}
+def problem_response(description: str, *headers: str) -> dict[str, Any]:
+    """One OpenAPI response answered as problem+json (carrying these headers, if any)."""
+    response = {"description": description, "content": {PROBLEM: {"schema": ProblemOut.model_json_schema()}}}
+    return with_headers(*headers, **response) if headers else response
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """A route's or router's `responses=` for these error statuses, each problem+json (with
     Retry-After where the status may ask to retry later)."""
-    return {
-        status: with_headers("Retry-After", **problem_response(MEANINGS[status])) if status in RETRY_LATER else problem_response(MEANINGS[status])
-        for status in statuses
-    }
+    return {status: problem_response(MEANINGS[status], *(("Retry-After",) if status in RETRY_LATER else ())) for status in statuses}
 
 
 # Every route behind an API key can answer these.
