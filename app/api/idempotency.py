@@ -8,6 +8,7 @@ the work hands it over there (`keep`), else in a transaction of its own after th
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from datetime import datetime, timedelta
@@ -75,7 +76,7 @@ _CLAIM = {"postgresql": _claim_statement(pg_insert), "sqlite": _claim_statement(
 
 def fingerprint(method: str, path: str, body: Any) -> str:
     """What makes two requests the same one: method, path and body (a validated model by
-    its JSON, raw bytes as UTF-8)."""
+    its JSON, raw bytes as their UTF-8 text, or as base64 where they are not UTF-8)."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_plain)
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
@@ -84,7 +85,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+        # Text as text, so a fingerprint stored before this kept matching its retries. Bytes
+        # that are not UTF-8 were decoded with U+FFFD in place of each bad byte, which made
+        # two different bodies one request; now their every byte counts, and no text
+        # (a JSON string) looks like the object they give.
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(value).decode("ascii")}
     return str(value)
 
 

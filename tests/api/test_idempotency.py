@@ -3,9 +3,11 @@ a retry gets the first answer, a reused key with another body is 422, a key stil
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import event, select
 
 from app.api.events import request_fingerprint
@@ -114,6 +116,34 @@ def test_the_same_key_with_another_body_is_422_and_stores_nothing(api) -> None:
 
     assert_problem(r, 422, "Idempotency-Key")
     assert stored_state(api, customers=(owner,)) == before
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ((b"\xff", b"\xfe"), (b"\xfe", b"\xff"), False),  # both are "not UTF-8", in another order
+        ((b"\xff", b"\xfe"), (b"\xff", b"\xfe"), True),
+        (("是".encode(), "否".encode()), ("是".encode(), "否".encode()), True),
+    ],
+)
+def test_a_batch_is_the_same_request_only_byte_for_byte(api, first, second, same) -> None:  # noqa: ANN001
+    """openapi.md: a batch's body is compared byte for byte. Bytes that are not UTF-8 were
+    once read as U+FFFD each, so two such bodies passed for one request."""
+    owner = api.create_customer("仁济医院基建处", "owner")["id"]
+
+    def body(marks: tuple[bytes, bytes]) -> bytes:
+        lines = [json.dumps({"type": "visit", "customer_id": owner, "occurred_at": at(7), "note": "MARK"}).encode().replace(b"MARK", mark) for mark in marks]
+        return b"\n".join(lines)
+
+    headers = {"Idempotency-Key": "batch-bytes", "Content-Type": "application/x-ndjson"}
+    r1 = api.post("/v1/events/batch", content=body(first), headers=headers)
+    assert r1.status_code == 200, r1.text
+    r2 = api.post("/v1/events/batch", content=body(second), headers=headers)
+
+    if same:
+        assert r2.headers.get("idempotent-replayed") == "true" and r2.content == r1.content
+    else:
+        assert_problem(r2, 422, "Idempotency-Key")
 
 
 def test_a_key_still_in_flight_is_409_with_retry_after(api, app) -> None:
