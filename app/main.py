@@ -17,6 +17,7 @@ from app.api.deps import Context, utc_now
 from app.api.gate import SECURITY_SCHEMES
 from app.db.types import MAX_ID
 from app.api.head import HeadAsGet
+from app.api.paths import Utf8Path
 from app.api.limits import BodyLimit, RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     problems.install(app)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(HeadAsGet)
+    app.add_middleware(Utf8Path)
     # The busiest routes first: this FastAPI matches a request against the routes of each
     # included router in turn, and every route tried before the match costs 1-3 µs (a POST
     # /v1/events passed the 17 routes of meta, customers and projects first: 37 µs).

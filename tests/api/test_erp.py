@@ -56,6 +56,28 @@ def test_a_ref_with_a_control_character_is_refused_in_the_path_too(api, path: st
     assert api.get("/v1/customers").json()["items"] == []
 
 
+@pytest.mark.parametrize("resource", ["customers", "projects"])
+def test_a_ref_in_another_encoding_than_utf8_is_refused_and_names_no_record(api, resource: str) -> None:
+    """GBK's 中 (%D6%D0) and 国 (%B9%FA) are not UTF-8: the server would read each as
+    U+FFFD U+FFFD, and the two codes would name one record. Each is refused, stores nothing
+    and finds nothing, while the same characters in UTF-8, and a code that really holds
+    U+FFFD, are codes of their own."""
+    owner = api.create_customer("仁济医院基建处", "owner")["id"]
+    body = {"name": "x", "kind": "owner"} if resource == "customers" else {"name": "x", "owner_id": owner}
+    listed_before = api.get(f"/v1/{resource}").json()["items"]
+
+    for gbk in ("GBK-%D6%D0", "GBK-%B9%FA"):
+        assert_problem(api.put(f"/v1/{resource}/by-ref/{gbk}", json=body), 422, "path")
+        assert_problem(api.get(f"/v1/{resource}/by-ref/{gbk}"), 422, "path")
+    assert api.get(f"/v1/{resource}").json()["items"] == listed_before
+
+    zhong = api.put(f"/v1/{resource}/by-ref/UTF-%E4%B8%AD", json=body)
+    replacement = api.put(f"/v1/{resource}/by-ref/UTF-%EF%BF%BD", json=body)
+    assert zhong.status_code == replacement.status_code == 201, (zhong.text, replacement.text)
+    assert zhong.json()["external_ref"] == "UTF-中" and replacement.json()["external_ref"] == "UTF-\ufffd"
+    assert zhong.json()["id"] != replacement.json()["id"]
+
+
 def test_get_customer_by_ref_and_refs_with_a_slash(api) -> None:
     r = api.put("/v1/customers/by-ref/SH%2F2026%2F17", json={"name": "上海建工安装有限公司", "kind": "installer"})
     assert r.status_code == 201, r.text
