@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Mapping, Sequence
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -140,7 +141,9 @@ def _secret(scheme: str, given: str | None) -> str:
 
 def hook_path(form: m.FormMapping) -> str:
     path = f"/v1/hooks/forms/{form.form_id}"
-    return f"{path}?token={form.secret}" if form.auth_scheme == "url_token" else path
+    # A secret may hold &, +, # or %: unescaped, the tool would send another token (a hunt's
+    # "abc&def+ghi#jkl1234" arrived as "abc" and was refused).
+    return f"{path}?{urlencode({'token': form.secret}, quote_via=quote)}" if form.auth_scheme == "url_token" else path
 
 
 # --- receiving --------------------------------------------------------------------------------

@@ -257,6 +257,23 @@ def test_a_url_token_is_rotated_at_once_with_no_grace(api, clock) -> None:
     assert deliver(api, form, CASES[1].fixture, JOTFORM_TYPE, clock, secret=new).status_code == 201
 
 
+def test_a_url_token_with_reserved_characters_works_at_the_hook_url_path_given(api) -> None:
+    """docs/recipes-erp-forms.md: paste $RAPPORT + hook_url_path into the tool. A secret with
+    &, +, # or % was put into that URL unescaped, and the tool's deliveries were refused."""
+    api.create_customer(CUSTOMER, "installer")
+    form = set_up(api, "jotform-visit-report")
+    secret = "abc&def+ghi#jkl%1234"
+    rotated = api.post(f"/v1/forms/{form['form_id']}/rotate-secret", json={"secret": secret, "grace_hours": 0})
+    assert rotated.status_code == 200, rotated.text
+    url = rotated.json()["hook_url_path"]
+    assert url.startswith(form["hook_path"] + "?token=") and secret not in url
+
+    body = (FIXTURES / CASES[1].fixture).read_bytes()
+    r = api.post(url, content=body, headers={"Content-Type": JOTFORM_TYPE})
+
+    assert r.status_code == 201, r.text
+
+
 def test_a_disabled_form_refuses_authentic_deliveries_and_an_unknown_form_looks_like_a_bad_signature(api, clock) -> None:
     api.create_customer(CUSTOMER, "installer")
     form = set_up(api, "typeform-visit-report")
