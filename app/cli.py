@@ -18,6 +18,7 @@ from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
 from app.errors import AppError, MigrationsUnusable, RulebookChanged
+from app.logs import log_to_stderr
 from app.settings import Settings, get_settings
 
 
@@ -371,6 +372,7 @@ def worker() -> None:
 
     settings = get_settings()
     _ready(settings)
+    log_to_stderr()  # a paused subscription and the log's pruning are said there
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -18,6 +18,7 @@ from app.api.gate import SECURITY_SCHEMES
 from app.db.types import MAX_ID
 from app.api.head import HeadAsGet
 from app.api.paths import Utf8Path
+from app.logs import log_to_stderr
 from app.api.limits import BodyLimit, RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
@@ -100,7 +101,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     for module in (events, customers, projects, meta, forms, webhooks):
         app.include_router(module.router)
     _declare_security(app)
-    logging.getLogger("rapport").setLevel(logging.INFO)
+    log_to_stderr()
     _redact_access_log()
     return app
 

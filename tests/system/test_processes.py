@@ -4,6 +4,7 @@ revoked by the CLI while every process remembers it."""
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -329,3 +330,24 @@ def test_a_key_revoked_by_the_cli_is_refused_by_every_serving_process(migrated: 
             wait_until(lambda: httpx.get(f"{server.base_url}/v1/customers", headers=phone, timeout=10).status_code == 401)
         answers = [httpx.get(f"{server.base_url}/v1/customers", headers=phone, timeout=10) for _ in range(20)]
         assert [r.status_code for r in answers] == [401] * 20
+
+
+def test_the_servers_own_info_lines_reach_its_log_and_a_url_token_does_not(migrated: str, db: Database, servers: Servers) -> None:
+    """openapi.md, the hook's step 2: a refused delivery's reason is in the server's log, for
+    the admin setting up the tool (the 401 hides it). It was logged at INFO, which nothing
+    printed: uvicorn configures only its own loggers."""
+    server = servers.start(migrated)
+    with server.client() as client:
+        form = json.loads((Path(__file__).parents[2] / "examples" / "forms" / "jotform-visit-report.json").read_text(encoding="utf-8"))
+        assert form["auth_scheme"] == "url_token"
+        created = client.post("/v1/forms", json={**form, "form_id": "visits-by-token"})
+        assert created.status_code == 201, created.text
+        secret = created.json()["secret"]
+        refused = client.post("/v1/hooks/forms/visits-by-token", params={"token": "not-the-token-but-long-enough"}, json={})
+        assert refused.status_code == 401, refused.text
+        client.post("/v1/hooks/forms/visits-by-token", params={"token": secret}, json={})
+
+    wait_until(lambda: "form visits-by-token: a delivery was refused" in server.log.read_text(errors="replace"))
+    log = server.log.read_text(errors="replace")
+    assert "INFO:     rapport: form visits-by-token: a delivery was refused" in log
+    assert secret not in log and "not-the-token-but-long-enough" not in log  # the access log's lines carry token=***
