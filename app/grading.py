@@ -207,7 +207,9 @@ def regrade(session: Session, rulebook: Rulebook, job: Regrade) -> list[Effect]:
         if effect is not None:
             effects.append(effect)
             level_changes[cid] = effect
-        if effect is not None or cid in job.fan_out_from:
+        # A level time had moved fans out too, even where the write brought it back to where
+        # it was stored: its projects' grades moved with it, and back.
+        if effect is not None or cid in job.fan_out_from or cid in job.aged:
             project_ids |= repo.linked_project_ids(session, cid)
     # Written before the projects' facts are read: a project's heat reads its customers' levels.
     writes.flush(session)

@@ -235,6 +235,30 @@ def test_a_heat_moved_by_a_write_names_only_the_writes_part_of_a_linked_level(db
     consistent(db, rulebook, later)
 
 
+def test_a_bidders_level_that_lapsed_and_that_the_write_earns_again_moves_its_projects_both_ways(db: Database, under: Any) -> None:
+    # Found by a hunt: the installer's history showed the lapse and the earn-back, but its
+    # project, whose 30 % needs a bidder at level I, was not re-graded (the level ended where
+    # it was stored) and recorded neither move.
+    rulebook = windowed(**{"I1.3": 30})  # H30.4 needs a bidder at level I; the inquiry counts for 30 days
+    under(rulebook)
+    _, installer, project, _ = _project_at_30(db, rulebook)
+
+    later = NOW + timedelta(days=40)
+    with db.session(write=True) as s:
+        new = NewEvent(type="inquiry_received", customer_id=installer, occurred_at=later, attributes={})
+        recorded = record_event(s, rulebook, new, actor="rep", now=later)
+
+    assert recorded.effects == []  # no change, all told
+    earned = {"kind": "event", "event_type": "inquiry_received", "event_id": recorded.event.id}
+    assert history(db, "customer", installer)[-2:] == [(1, 0, {"kind": "time"}, "system"), (0, 1, earned, "rep")]
+    lapsed = {"subject": "customer", "id": installer, "metric": "relationship_level", "old": 1, "new": 0}
+    assert history(db, "project", project)[-2:] == [
+        (30, 0, {"kind": "time", "via": [lapsed]}, "system"),
+        (0, 30, {**earned, "via": [{**lapsed, "old": 0, "new": 1}]}, "rep"),
+    ]
+    consistent(db, rulebook, later)
+
+
 def test_a_retracted_bid_is_the_retractions_doing_where_nothing_aged(db: Database, under: Any) -> None:
     # What the project was worth before the retraction reads the bidder it names: its level
     # must be known though its bid no longer counts.
