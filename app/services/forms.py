@@ -229,8 +229,27 @@ def replay(session: Session, rulebook: Rulebook, submission_id: int, *, actor: s
     except domain.PayloadError as exc:
         row.problems = _as_dicts([FieldError("body", str(exc))])
         return Received(row, "inbox")
-    # The id it was received under (some tools send it in a header, not kept with the body).
-    data = replace(data, delivery_id=row.delivery_id)
+    if row.delivery_id == _body_id(row.body) and data.delivery_id != row.delivery_id:
+        # Kept under its body's digest because it could not be read then; read now, it has
+        # the tool's own id, which the tool's redeliveries carry: it is kept under that, or
+        # it is one already received under it (a redelivery after the mapping was fixed),
+        # and counting it again would count the submission twice.
+        twin = _submission(session, form.id, data.delivery_id)
+        if twin is None:
+            try:
+                with session.begin_nested():
+                    row.delivery_id = data.delivery_id[:200]
+                    session.flush()
+            except IntegrityError:  # a redelivery under that id is being received just now
+                session.refresh(row)
+                twin = _submission(session, form.id, data.delivery_id)
+        if twin is not None:
+            row.status, row.resolved_at, row.actor = "dismissed", now, actor
+            row.resolution = f"the same submission as {twin.id}, received under the tool's id {data.delivery_id!r}"
+            return Received(row, "duplicate")
+    else:
+        # The id it was received under (some tools send it in a header, not kept with the body).
+        data = replace(data, delivery_id=row.delivery_id)
     return _map(session, rulebook, form, row, data, actor=actor, now=now)
 
 

@@ -329,6 +329,39 @@ def test_an_unmappable_submission_waits_in_the_inbox_and_is_replayed_after_the_f
     assert counts(api) == (1, 1)
 
 
+@pytest.mark.parametrize("redelivered_first", [False, True])
+def test_a_submission_kept_under_its_digest_counts_once_after_the_mapping_is_fixed(api, clock, redelivered_first: bool) -> None:
+    """Found by a hunt. With the wrong tool set, 金数据's push cannot be read, and is kept
+    under its body's digest. Read after the fix, it has the tool's own id (form and serial
+    number), which the tool's redeliveries carry: it must be kept under that one, and
+    whichever comes second, the replay or the redelivery, counts nothing."""
+    api.create_customer(CUSTOMER, "installer")
+    case = CASES[2]
+    good = example(case.example)
+    form = set_up(api, case.example, spec={**good["spec"], "tool": "json"})
+    first = deliver(api, form, case.fixture, case.content_type, clock)
+    assert first.status_code == 202 and first.json()["submission"]["delivery_id"].startswith("sha256:"), first.text
+    waiting = first.json()["submission"]["id"]
+    assert api.patch(f"/v1/forms/{form['form_id']}", json={"spec": good["spec"]}).status_code == 200
+
+    if redelivered_first:
+        assert deliver(api, form, case.fixture, case.content_type, clock).status_code == 201
+        replayed = api.post(f"/v1/inbox/{waiting}/replay")
+        assert replayed.status_code == 200, replayed.text
+        assert replayed.json()["outcome"] == "duplicate"
+        assert replayed.json()["submission"]["status"] == "dismissed" and replayed.json()["submission"]["event_ids"] == []
+    else:
+        replayed = api.post(f"/v1/inbox/{waiting}/replay")
+        assert replayed.json()["outcome"] == "processed", replayed.text
+        assert replayed.json()["submission"]["delivery_id"] == case.external_id.split("#")[0]
+        again = deliver(api, form, case.fixture, case.content_type, clock)
+        assert again.status_code == 200 and again.json()["outcome"] == "duplicate", again.text
+
+    (event,) = all_pages(api, "/v1/events")
+    assert event["external_id"] == case.external_id
+    assert all_pages(api, "/v1/inbox") == []
+
+
 def test_an_unknown_answer_value_waits_until_the_mapping_learns_it(api, clock) -> None:
     api.create_customer(CUSTOMER, "installer")
     spec = example("typeform-visit-report")["spec"]
