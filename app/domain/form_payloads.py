@@ -229,7 +229,13 @@ def _jiandaoyun(content_type: str, body: bytes, headers: Mapping[str, str]) -> S
     top = _json_object(content_type, body)
     data = _member(top, "data", dict)
     op = _id_text(top, "op")
-    delivery_id = headers.get("x-jdy-deliverid", "").strip() or f"{_id_text(data, '_id', place='data._id')}:{op}"
+    # The id comes from what the signature covers: the record, the operation and its time (a
+    # retried push re-sends the same body; each edit of a record is an operation of its own).
+    # Not the X-JDY-DeliverId header, which the signature leaves out: a signed push replayed
+    # within the timestamp's 5 minutes with another header counted again (a hunt did it).
+    op_time = top.get("opTime")
+    stamp = f":{op_time}" if isinstance(op_time, (int, str)) and not isinstance(op_time, bool) and str(op_time).strip() else ""
+    delivery_id = f"{_id_text(data, '_id', place='data._id')}:{op}{stamp}"
     answers: dict[str, Any] = {"op": op}
     for key, value in data.items():
         _put(answers, key, value)

@@ -248,7 +248,7 @@ def replay(session: Session, rulebook: Rulebook, submission_id: int, *, actor: s
             row.resolution = f"the same submission as {twin.id}, received under the tool's id {data.delivery_id!r}"
             return Received(row, "duplicate")
     else:
-        # The id it was received under (some tools send it in a header, not kept with the body).
+        # The id it was received under (简道云's once came from a header, which is not kept).
         data = replace(data, delivery_id=row.delivery_id)
     return _map(session, rulebook, form, row, data, actor=actor, now=now)
 

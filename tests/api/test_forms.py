@@ -64,7 +64,7 @@ CASES = [
         "sha256:588227457b3d861974a960eeb8cc10c8ccee8a2fbaa008282ec17bb0d728b466#0",
     ),
     Case("tencent-wj-promotion-signup", "tencent-wj-answer.create-promotion-signup.json", "application/json", "rep_accepted", {}, "2026-11-20T06:42:17Z", "S-0217", "18273645:57#0"),
-    Case("jiandaoyun-visit-report", "jiandaoyun-data_create-visit-report.json", "application/json", "visit", VISIT, MIDNIGHT, None, "673d8f29c1e2a4000b7d3e21:data_create#0"),
+    Case("jiandaoyun-visit-report", "jiandaoyun-data_create-visit-report.json", "application/json", "visit", VISIT, MIDNIGHT, None, "673d8f29c1e2a4000b7d3e21:data_create:1795156937305#0"),
 ]
 
 
@@ -272,6 +272,25 @@ def test_a_url_token_with_reserved_characters_works_at_the_hook_url_path_given(a
     r = api.post(url, content=body, headers={"Content-Type": JOTFORM_TYPE})
 
     assert r.status_code == 201, r.text
+
+
+def test_a_signed_jiandaoyun_push_replayed_with_another_deliver_id_counts_once(api, clock) -> None:
+    """Found by a hunt: X-JDY-DeliverId is not signed, and it was the delivery's id, so the
+    same signed push, re-sent within the timestamp's 5 minutes with another header or none,
+    was recorded each time."""
+    api.create_customer(CUSTOMER, "installer")
+    case = CASES[-1]
+    form = set_up(api, case.example)
+    body = (FIXTURES / case.fixture).read_bytes()
+    request = signed(form, body, case.content_type, now=clock.now)
+
+    answers = [
+        api.post(form["hook_path"], content=body, params=request["params"], headers={**request["headers"], **extra})
+        for extra in ({"X-JDY-DeliverId": "3b1f6c2e-8d4a-4f7b-9e0c-5a2d7f1b8c6e"}, {"X-JDY-DeliverId": "other-id-1"}, {})
+    ]
+
+    assert [a.status_code for a in answers] == [201, 200, 200], [a.text for a in answers]
+    assert counts(api) == (1, 1)
 
 
 def test_a_disabled_form_refuses_authentic_deliveries_and_an_unknown_form_looks_like_a_bad_signature(api, clock) -> None:

@@ -95,7 +95,7 @@ EXAMPLE_CASES = [
     Example("google-forms-namedvalues-visit-report.json", "google-forms-apps-script-namedvalues-visit-report.json", JSON,
             [visit("sha256:588227457b3d861974a960eeb8cc10c8ccee8a2fbaa008282ec17bb0d728b466#0")]),
     Example("jiandaoyun-visit-report.json", "jiandaoyun-data_create-visit-report.json", JSON,
-            [visit("3b1f6c2e-8d4a-4f7b-9e0c-5a2d7f1b8c6e#0")],
+            [visit("673d8f29c1e2a4000b7d3e21:data_create:1795156937305#0")],
             headers={"X-JDY-DeliverId": "3b1f6c2e-8d4a-4f7b-9e0c-5a2d7f1b8c6e"}),
     Example("tencent-wj-promotion-signup.json", "tencent-wj-answer.create-promotion-signup.json", JSON, [
         EventDraft(
@@ -152,9 +152,18 @@ def test_a_redelivered_submission_gives_the_same_external_ids() -> None:
     assert [d.external_id for d in again] == [d.external_id for d in first]
 
 
-def test_a_jiandaoyun_push_without_a_deliver_id_is_known_by_record_and_operation() -> None:
+@pytest.mark.parametrize("headers", [{}, {"X-JDY-DeliverId": "3b1f6c2e-8d4a-4f7b-9e0c-5a2d7f1b8c6e"}, {"X-JDY-DeliverId": "other"}])
+def test_a_jiandaoyun_push_is_known_by_what_its_signature_covers_not_by_its_deliver_id(headers: dict[str, str]) -> None:
+    # The header is not signed: a captured push re-sent with another one was another delivery.
     body = (FIXTURES / "jiandaoyun-data_create-visit-report.json").read_bytes()
-    assert parse_payload("jiandaoyun", JSON, body).delivery_id == "673d8f29c1e2a4000b7d3e21:data_create"
+    assert parse_payload("jiandaoyun", JSON, body, headers=headers).delivery_id == "673d8f29c1e2a4000b7d3e21:data_create:1795156937305"
+
+
+def test_each_operation_on_a_jiandaoyun_record_is_a_delivery_of_its_own() -> None:
+    body = (FIXTURES / "jiandaoyun-data_create-visit-report.json").read_bytes()
+    first, second = (body.replace(b'"op":"data_create"', b'"op":"data_update"').replace(b"1795156937305", stamp) for stamp in (b"1795156999000", b"1795157111000"))
+    assert parse_payload("jiandaoyun", JSON, first).delivery_id != parse_payload("jiandaoyun", JSON, second).delivery_id
+    assert parse_payload("jiandaoyun", JSON, body.replace(b'"opTime":1795156937305,', b"")).delivery_id == "673d8f29c1e2a4000b7d3e21:data_create"
 
 
 def test_a_jiandaoyun_update_push_records_nothing() -> None:
