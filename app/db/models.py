@@ -98,6 +98,7 @@ class Event(Base):
         UniqueConstraint("source", "external_id"),
         Index("ix_events_customer_id_type", "customer_id", "type"),
         Index("ix_events_project_id_type", "project_id", "type"),
+        Index("ix_events_tx_id", "tx", "id"),
     )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True)
@@ -111,6 +112,10 @@ class Event(Base):
     external_id: Mapped[str | None] = mapped_column(String(200))
     actor: Mapped[str | None] = mapped_column(String(100))
     note: Mapped[str | None] = mapped_column(Text)
+    # The storing transaction's id on PostgreSQL (the database's default, never written
+    # here), 0 on SQLite and before it was kept: the oldest-first list reads events in the
+    # order of their transactions (migration 5c1d9e7a3f42, app/services/paging.py).
+    tx: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class Retraction(Base):

@@ -25,7 +25,7 @@ from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid
 from app.grading import Effect, Regrade, lock_customers, regrade
 from app.services import outbox
-from app.services.events import INSERT_NEW_EVENT, Checked, NewEvent, Subjects, add_subjects, check_new_event, event_values, twin_of
+from app.services.events import EVENT_COLUMNS, INSERT_NEW_EVENT, Checked, NewEvent, Subjects, add_subjects, check_new_event, event_values, twin_of
 
 MAX_ITEMS = 10_000
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
@@ -167,7 +167,7 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> Iterable[Any]:
 
 
 _E = m.Event.__table__
-_COLUMNS = [c for c in _E.c if c.name != "id"]
+_COLUMNS = EVENT_COLUMNS
 # SQLite: one multi-row VALUES list per 500 rows, on the cursor (`run_many`).
 _INSERT_ROWS = INSERT_NEW_EVENT["sqlite"].returning(_E.c.source, _E.c.external_id)
 # PostgreSQL: one array per column, `INSERT … SELECT * FROM unnest(…)`. A VALUES list of

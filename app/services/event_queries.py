@@ -35,7 +35,7 @@ def list_events(
         query = query.where(m.Event.occurred_at >= occurred_from)
     if occurred_to is not None:
         query = query.where(m.Event.occurred_at < occurred_to)
-    events, next_cursor = page(session, query, m.Event.id, limit=limit, cursor=cursor, descending=descending)
+    events, next_cursor = page(session, query, m.Event.id, limit=limit, cursor=cursor, descending=descending, tx_column=m.Event.tx)
     retractions = _retractions(session, [e.id for e in events])
     return [(e, retractions.get(e.id)) for e in events], next_cursor
 

@@ -266,10 +266,15 @@ def twin_of(session: Session, new: NewEvent) -> m.Event:
     return twin
 
 
+# What an event's INSERT gives: all but the columns the database fills in (its id, and on
+# PostgreSQL the storing transaction's id).
+EVENT_COLUMNS = [c for c in m.Event.__table__.c if c.name not in ("id", "tx")]
+
+
 def _insert_new_event(dialect_insert: Callable[..., Any]) -> Any:
     """INSERT INTO events … ON CONFLICT (source, external_id) DO NOTHING RETURNING id."""
     table = m.Event.__table__
-    values = {c.name: bindparam(c.name, type_=c.type) for c in table.c if c.name != "id"}
+    values = {c.name: bindparam(c.name, type_=c.type) for c in EVENT_COLUMNS}
     return dialect_insert(table).values(values).on_conflict_do_nothing(index_elements=[table.c.source, table.c.external_id]).returning(table.c.id)
 
 

@@ -8,7 +8,7 @@ import binascii
 import json
 from typing import Any, Sequence, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_
+from sqlalchemy import ColumnElement, Select, and_, func, literal, literal_column, or_, tuple_
 from sqlalchemy.orm import Session
 
 from app.db.types import MAX_ID
@@ -17,37 +17,74 @@ from app.errors import FieldError, Invalid
 T = TypeVar("T")
 
 
-def encode_cursor(last_id: int, descending: bool = False) -> str:
-    raw = json.dumps({"after": last_id, "desc": descending}, separators=(",", ":")).encode()
+def encode_cursor(last_id: int, descending: bool = False, tx: int | None = None) -> str:
+    data: dict[str, Any] = {"after": last_id, "desc": descending}
+    if tx is not None:
+        data["tx"] = tx
+    raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, bool]:
+def decode_cursor(cursor: str) -> tuple[int, bool, int]:
+    """(after this id, descending, after this transaction: 0 where the cursor names none)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data: Any = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        after, desc = data["after"], data.get("desc", False)
+        after, desc, tx = data["after"], data.get("desc", False), data.get("tx", 0)
         # Ids are positive signed 64-bit integers: a larger `after` was not issued here, and
         # would overflow in the driver (a 500) rather than find nothing.
-        if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= MAX_ID or not isinstance(desc, bool):
+        if not (_stored_int(after) and _stored_int(tx)) or not isinstance(desc, bool):
             raise ValueError
-        return after, desc
+        return after, desc, tx
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         raise Invalid("the cursor is not one this service issued", errors=[FieldError("cursor", "malformed cursor", "query")]) from None
 
 
-def page(session: Session, query: Select, id_column: Any, *, limit: int, cursor: str | None, descending: bool = False) -> tuple[Sequence[Any], str | None]:
-    """One page of `query` ordered by `id_column`, and the cursor of the next page (None at the end)."""
+def _stored_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+
+
+# The oldest transaction still running on PostgreSQL: every one older has ended, and none
+# that starts from now on can be older.
+_HORIZON = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+
+
+def page(
+    session: Session, query: Select, id_column: Any, *, limit: int, cursor: str | None, descending: bool = False, tx_column: Any = None
+) -> tuple[Sequence[Any], str | None]:
+    """One page of `query` ordered by `id_column`, and the cursor of the next page (None at
+    the end).
+
+    With `tx_column` (the events), oldest first is by (transaction, id) instead, and on
+    PostgreSQL it reads only the rows of transactions older than every one still running.
+    There an id is taken when a row is inserted and seen when its transaction commits, so a
+    reader that paged past id N by id could never see an id below N that committed later (a
+    long batch's). What it has read now can no longer be joined by anything before it: a row
+    shows once every transaction older than its own has ended (usually at once; after a
+    long batch or `rapport regrade`, when that ends). Newest first stays by id, as fresh as
+    the database: it pages back from the present."""
+    in_commit_order = tx_column is not None and not descending
     if cursor is not None:
-        after, cursor_desc = decode_cursor(cursor)
+        after, cursor_desc, after_tx = decode_cursor(cursor)
         if cursor_desc != descending:
             raise Invalid("the cursor was issued for the other sort order", errors=[FieldError("cursor", "order differs", "query")])
-        query = query.where(id_column < after if descending else id_column > after)
-    query = query.order_by(id_column.desc() if descending else id_column).limit(limit + 1)
-    rows = session.scalars(query).all()
+        if in_commit_order:
+            query = query.where(tuple_(tx_column, id_column) > tuple_(literal(after_tx), literal(after)))
+        else:
+            query = query.where(id_column < after if descending else id_column > after)
+    if in_commit_order:
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.where(tx_column < _HORIZON)
+        query = query.order_by(tx_column, id_column)
+    else:
+        query = query.order_by(id_column.desc() if descending else id_column)
+    rows = session.scalars(query.limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, (encode_cursor(rows[-1].id, descending) if more and rows else None)
+    if not (more and rows):
+        return rows, None
+    last = rows[-1]
+    return rows, encode_cursor(last.id, descending, last.tx if in_commit_order else None)
 
 
 # What `q` may hold that LIKE would read as a wildcard: escaped, so q is matched as text.

@@ -3,10 +3,16 @@ and retraction."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
+from typing import Any
 
+import pytest
+
+from app.services.events import NewEvent, record_event
 from tests.api.expectations import all_pages, assert_problem, stored_state
 from tests.api.scenarios import at, level, owner_level_one_events
+from tests.conftest import is_postgres
 
 
 def parse(ts: str) -> datetime:
@@ -160,6 +166,55 @@ def test_events_page_through_the_log_in_both_orders(api) -> None:
 
     assert [e["id"] for e in all_pages(api, "/v1/events", limit=3)] == everything
     assert [e["id"] for e in all_pages(api, "/v1/events", limit=4, order="desc")] == everything[::-1]
+
+
+def test_a_cursor_never_passes_an_event_whose_transaction_commits_later(api, app, migrated: str) -> None:
+    """Found by a hunt on PostgreSQL: an id is taken at the INSERT and seen at the COMMIT, so
+    a batch that took its ids first and committed last was passed by a reader's cursor
+    ("after id N") and never listed: 8,000 events lost to an ERP paging the log. Here one
+    write stays open while two later ones commit; every cursor issued meanwhile, followed
+    once that write has committed, must list exactly the events not yet read."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite has one writer: its ids are taken and seen in commit order")
+    rulebook, db = app.state.context.rulebook, app.state.context.db
+    held, other = (api.create_customer(name, "installer")["id"] for name in ("上海建工安装", "华东安装"))
+
+    def visit(customer: int) -> dict[str, Any]:
+        return {"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}
+
+    before = [api.post("/v1/events", json=visit(other)).json()["id"] for _ in range(2)]
+    stored, go = threading.Event(), threading.Event()
+
+    def open_write() -> None:
+        with db.session(write=True) as s:  # commits when the block ends
+            record_event(s, rulebook, NewEvent(type="visit", customer_id=held, occurred_at=datetime.now(timezone.utc), attributes={"reception": "neutral"}), actor="t", now=datetime.now(timezone.utc))
+            stored.set()
+            go.wait(30)
+
+    writer = threading.Thread(target=open_write)
+    writer.start()
+    try:
+        assert stored.wait(30)
+        after = [api.post("/v1/events", json=visit(other)).json()["id"] for _ in range(2)]
+        read: list[int] = []
+        issued: list[tuple[str, int]] = []  # (cursor, how many events had been read with it)
+        cursor = None
+        while True:
+            page = api.get("/v1/events", params={"limit": 1, **({"cursor": cursor} if cursor else {})}).json()
+            read += [e["id"] for e in page["items"]]
+            if not (cursor := page["next_cursor"]):
+                break
+            issued.append((cursor, len(read)))
+    finally:
+        go.set()
+        writer.join(30)
+    everything = event_ids(api, limit=200)
+    assert len(everything) == 5 and set(before + after) < set(everything)
+
+    assert issued, "a cursor was issued while the write was open"
+    for cursor, seen in issued:
+        rest = [e["id"] for e in all_pages(api, "/v1/events", cursor=cursor, limit=2)]
+        assert sorted(read[:seen] + rest) == sorted(everything), (read[:seen], rest)
 
 
 def test_a_cursor_is_refused_for_the_other_order_and_when_forged(api) -> None:
