@@ -19,13 +19,13 @@ DEFAULT = Egress()
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "169.254.169.254", "169.254.0.23", "fe80::1", "100.100.100.200", "fd00:ec2::254", "0.0.0.0", "::", "224.0.0.1", "ff02::1", "240.0.0.1", "255.255.255.255"],
+    ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1", "2002:a9fe:a9fe::", "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "2001:0:4136:e378:8000:63bf:5601:5601", "169.254.169.254", "169.254.0.23", "fe80::1", "100.100.100.200", "fd00:ec2::254", "0.0.0.0", "::", "224.0.0.1", "ff02::1", "240.0.0.1", "255.255.255.255"],
 )
 def test_the_machine_itself_metadata_and_non_addresses_are_refused_by_default(address: str) -> None:
     assert DEFAULT.refusal(ipaddress.ip_address(address)) is not None
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "10.1.2.3", "172.16.0.9", "192.168.1.20", "fc00::5", "100.64.3.4"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2002:808:808::", "64:ff9b::808:808", "10.1.2.3", "172.16.0.9", "192.168.1.20", "fc00::5", "100.64.3.4"])
 def test_public_and_private_networks_are_allowed_by_default(address: str) -> None:
     assert DEFAULT.refusal(ipaddress.ip_address(address)) is None
 

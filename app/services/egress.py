@@ -60,8 +60,10 @@ class Egress:
 
     def refusal(self, address: Address) -> str | None:
         """Why a webhook may not be sent to `address`, or None if it may."""
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if isinstance(address, ipaddress.IPv6Address):
+            inner = _carried_ipv4(address)
+            if inner is not None:
+                return self.refusal(inner)
         if address.is_loopback:
             return None if self.allow_loopback else "is a loopback address (this machine); set RAPPORT_WEBHOOK_ALLOW_LOOPBACK=true to allow it"
         if address.is_link_local or address in _METADATA:
@@ -97,6 +99,26 @@ class Egress:
             _attempt.deadline = time.monotonic() + timeout
 
         return httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, event_hooks={"request": [start_the_clock]})
+
+
+# NAT64's well-known prefix (RFC 6052): 64:ff9b::a9fe:a9fe is 169.254.169.254 through a
+# NAT64 gateway.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one leads to, where it carries one: IPv4-mapped
+    (::ffff:127.0.0.1), 6to4 (2002:a9fe:a9fe:: is 169.254.169.254 through a 6to4 relay, a
+    hunt's address), NAT64 and Teredo (the client's). Such an address is judged by that one."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.teredo is not None:
+        return address.teredo[1]
+    return None
 
 
 def literal_address(host: str) -> Address | None:
