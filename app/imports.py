@@ -31,6 +31,7 @@ from app.api.schemas import CustomerPut, EventIn, ProjectPut, Ref
 from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
+from app.domain.validation import number_in_text
 from app.errors import AppError, FieldError, NotFound
 from app.services.batch import record_batch
 from app.services.customers import put_customer
@@ -178,12 +179,8 @@ def convert_attribute(kind: str, text: str) -> Any:
         low = text.lower()
         return True if low in TRUE else False if low in FALSE else text
     if kind == "number":
-        for number in (int, float):
-            try:
-                return number(text)
-            except ValueError:
-                pass
-        return text
+        number = number_in_text(text.strip())
+        return text if number is None else number
     if kind == "enum_list":
         return _list(text)
     return text

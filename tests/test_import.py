@@ -182,6 +182,10 @@ def test_a_gb18030_file_read_as_utf8_is_refused_with_a_hint(run, tmp_path: Path)
         ("number", "12.5", 12.5),
         ("number", "1e3", 1000.0),
         ("number", "1,200", "1,200"),
+        ("number", "1_200", "1_200"),  # Python's int() reads it as 1200; the file did not say so
+        ("number", "１２３", "１２３"),  # full-width digits, likewise
+        ("number", " 350000 ", 350000),
+        ("number", "nan", "nan"),
         ("enum_list", "samples|credentials", ["samples", "credentials"]),
         ("enum_list", " samples | | other ", ["samples", "other"]),
         ("enum", "welcoming", "welcoming"),

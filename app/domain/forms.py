@@ -35,7 +35,7 @@ from app.domain.form_specs import (
     parse_form_spec,
 )
 from app.domain.rulebook import AttributeSpec, EventType, attribute_problem
-from app.domain.validation import unstorable_texts
+from app.domain.validation import number_in_text, unstorable_texts
 
 __all__ = [
     "TOOLS",
@@ -352,11 +352,8 @@ def _coerce(spec: AttributeSpec, value: Any) -> Any:
     if spec.type == "enum_list" and isinstance(value, str):
         return [value]
     if spec.type == "number" and isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() and abs(number) < 2**53 else number
+        number = number_in_text(value.strip())  # a form's answer may keep its field's spaces
+        return value if number is None else number
     if spec.type == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value

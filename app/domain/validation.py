@@ -3,6 +3,8 @@ range of instants the service accepts anywhere."""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
@@ -23,6 +25,27 @@ def instant_problem(value: datetime) -> str | None:
     if value >= LATEST:
         return "must be before 2100-01-01T00:00:00Z"
     return None
+
+
+# A number as a CSV cell or a form's answer writes it: ASCII digits, an optional sign,
+# point and exponent. Python's own int() and float() also take "1_000", full-width
+# "１２３" and other scripts' digits, and surrounding spaces: a typo or a pasted figure would
+# have been read as a number the file never said (docs/import.md: "350000 or 12.5,
+# written without thousands separators").
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def number_in_text(text: str) -> int | float | None:
+    """The number `text` writes (an int where it is a whole number: exact when written as
+    one, and "12.0" is 12 below 2**53), or None where it writes none."""
+    if not _NUMBER.fullmatch(text):
+        return None
+    if text.lstrip("+-").isdigit():
+        return int(text)
+    number = float(text)
+    if not math.isfinite(number):  # "1e999"
+        return None
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
 
 
 NUL_REASON = "must not contain the NUL character (U+0000)"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from app.domain.validation import EventRejected, FieldProblem, check_event
+from app.domain.validation import EventRejected, FieldProblem, check_event, number_in_text
 
 from .builders import default_rulebook
 
@@ -164,3 +164,17 @@ def test_every_catalogue_type_accepts_a_minimal_valid_event() -> None:
             customer=et.customer != "forbidden",
             project=et.project == "required",
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [
+        ("12", 12), ("-3", -3), ("+7", 7), ("12.5", 12.5), (".5", 0.5), ("12.", 12), ("12.0", 12), ("1e3", 1000), ("2.5E-1", 0.25),
+        ("12345678901234567890", 12345678901234567890),  # exact, as written
+        ("1_000", None), ("１２３", None), ("٣", None), ("1,000", None), (" 12", None), ("", None), ("+", None), (".", None),
+        ("nan", None), ("inf", None), ("-Infinity", None), ("1e999", None), ("0x10", None),
+    ],
+)
+def test_a_number_in_text_is_ascii_digits_as_a_file_or_form_writes_it(text: str, number: int | float | None) -> None:
+    found = number_in_text(text)
+    assert found == number and type(found) is type(number)
