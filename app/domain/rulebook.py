@@ -258,6 +258,7 @@ def parse_rulebook(data: Any) -> Rulebook:
         r.fail("stages.closed", "must be an object of stage name to percent")
 
     event_types = _parse_event_types(r, top.get("event_types"))
+    _check_stages_can_be_set(r, event_types, ordered, closed)
 
     level_labels: dict[int, Label] = {}
     raw_labels = top.get("level_labels")
@@ -382,6 +383,25 @@ def _parse_event_types(r: Reader, raw: Any) -> dict[str, EventType]:
     return out
 
 
+def _check_stages_can_be_set(r: Reader, event_types: Mapping[str, EventType], ordered: tuple[str, ...], closed: Mapping[str, int]) -> None:
+    """A project's stage is the `stage` of its latest `stage_changed` event: every stage the
+    rulebook names must be one that type can set, or it is never reached (a hunt's closed
+    stage `cancelled`)."""
+    if not event_types:
+        return  # already refused
+    et = event_types.get("stage_changed")
+    spec = et.attributes.get("stage") if et is not None else None
+    if et is None or et.project == "forbidden" or spec is None or spec.type != "enum":
+        r.fail("event_types.stage_changed", "needed: a project's stage (and whether it is won or lost) is the enum attribute `stage` of its latest stage_changed event, on the project")
+        return
+    for name in ordered:
+        if name not in spec.values:
+            r.fail("stages.ordered", f"{name!r} is not a value of stage_changed.stage, so no project ever reaches it")
+    for name in closed:
+        if name not in spec.values:
+            r.fail(f"stages.closed.{name}", f"{name!r} is not a value of stage_changed.stage, so no project is ever closed so")
+
+
 def _parse_steps(r: Reader, ctx: "_ConditionContext", raw: Any, place: str, *, value_key: str, scope: str) -> tuple[Step, ...]:
     if not isinstance(raw, list) or not raw:
         r.fail(place, "must be a non-empty list")
@@ -463,7 +483,7 @@ class _ConditionContext:
         if "event" in raw:
             return self._has_event(raw, place, scope)
         if "latest" in raw:
-            return self._latest(raw, place)
+            return self._latest(raw, place, scope)
         if "stage_reached" in raw:
             r.obj(raw, place, allowed={"stage_reached"}, required=set())
             if scope != "project":
@@ -500,6 +520,9 @@ class _ConditionContext:
                 elif top is not None and min_level > top:
                     r.fail(f"{place}.{role}.min_level", f"at most {top}, the highest level of its customers' kind: no {role} could meet it")
                     min_level = 0
+                needed = {"bidder": ("bid_joined", "bid_won"), "winner": ("bid_won",)}.get(role, ())
+                if needed and not any(t in self.event_types for t in needed):
+                    r.fail(place, f"there is no event type {' or '.join(needed)}, so a project never has a {role}")
                 has = self.condition(spec["has"], f"{place}.{role}.has", "linked") if "has" in spec else None
                 return LinkedCustomer(role, min_level, has)
         r.fail(place, "unknown condition; expected one of event, latest, stage_reached, all_of, any_of, owned_project, bidder, winner, owner")
@@ -541,8 +564,11 @@ class _ConditionContext:
             r.fail(f"{place}.on_won_project", "must be true or false")
         if on_won and (scope != "installer" or (et is not None and et.project == "forbidden")):
             r.fail(f"{place}.on_won_project", "applies to installer criteria on events that carry a project")
+        if on_won and "bid_won" not in self.event_types:
+            r.fail(f"{place}.on_won_project", "there is no event type bid_won, so no project is ever won")
         if et is None:
             return None
+        self._check_scope(et, f"{place}.event", scope)
         return HasEvent(
             event_type=raw["event"],
             where=tuple(sorted(where.items())),
@@ -551,12 +577,13 @@ class _ConditionContext:
             on_won_project=bool(on_won),
         )
 
-    def _latest(self, raw: dict, place: str) -> Latest | None:
+    def _latest(self, raw: dict, place: str, scope: str) -> Latest | None:
         r = self.r
         r.obj(raw, place, allowed={"latest", "attribute", "in", "not_in", "within_days"}, required={"attribute"})
         et = self._event_type(raw["latest"], f"{place}.latest")
         if et is None:
             return None
+        self._check_scope(et, f"{place}.latest", scope)
         if ("in" in raw) == ("not_in" in raw):
             r.fail(place, "needs exactly one of in / not_in")
             return None
@@ -583,6 +610,20 @@ class _ConditionContext:
             within_days=self._within(raw, place),
         )
 
+    def _check_scope(self, et: EventType, place: str, scope: str) -> None:
+        """A condition on a type of event that is never among the events it reads could
+        never be met (a hunt's owner level asking for a bid, which only installers make)."""
+        if scope == "project":
+            reason = "an event of this type is never on a project (its project is forbidden)" if et.project == "forbidden" else None
+        elif et.customer == "forbidden":
+            reason = "an event of this type never names a customer (its customer is forbidden)"
+        elif scope in CUSTOMER_KINDS and et.customer_kind not in (None, scope):
+            reason = f"only {et.customer_kind}s log events of this type, never an {scope}"
+        else:
+            reason = None
+        if reason:
+            self.r.fail(place, f"{reason}: a condition on it could never be met")
+
     def _check_value(self, et: EventType, attr: str, value: Any, place: str) -> None:
         spec = et.attributes.get(attr)
         if spec is None:
@@ -593,6 +634,10 @@ class _ConditionContext:
             self.r.fail(place, f"{value!r} is not one of {', '.join(spec.values)}")
         elif spec.type == "bool" and not isinstance(value, bool):
             self.r.fail(place, "must be true or false")
+        elif spec.type == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            self.r.fail(place, f"{attr!r} is a number: {value!r} would never equal one")
+        elif spec.type == "string" and not isinstance(value, str):
+            self.r.fail(place, f"{attr!r} is a text: {value!r} would never equal one")
 
 
 def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:

@@ -274,6 +274,49 @@ BROKEN = [
         [("heat.tiers[2].criteria[2].when.winner.min_level", "at most 4, the highest level of its customers' kind: no winner could meet it")],
         id="a linked customer's level above the highest",
     ),
+    # Criteria that could never be met (a hunt's list): refused as the list attribute is.
+    pytest.param(
+        set_key(owner_criterion(0, 0), "when", {"event": "bid_joined"}),
+        [("levels.owner[0].criteria[0].when.event", "only installers log events of this type, never an owner: a condition on it could never be met")],
+        id="an owner level asking for an installer's event",
+    ),
+    pytest.param(
+        set_key(lambda d: d["levels"]["installer"][0]["criteria"][0], "when", {"event": "tender_brand"}),
+        [("levels.installer[0].criteria[0].when.event", "an event of this type never names a customer (its customer is forbidden): a condition on it could never be met")],
+        id="a level asking for a project's event",
+    ),
+    pytest.param(
+        set_key(lambda d: d["heat"]["tiers"][3]["criteria"][2], "when", {"latest": "materials_sent", "attribute": "items", "not_in": ["samples"]}),
+        [
+            ("heat.tiers[3].criteria[2].when.latest", "an event of this type is never on a project (its project is forbidden): a condition on it could never be met"),
+            ("heat.tiers[3].criteria[2].when.not_in[0]", "'items' holds a list of values, which no single value equals: a condition on it could never be met"),
+        ],
+        id="a tier asking for a customer's event",
+    ),
+    pytest.param(
+        set_key(lambda d: d["levels"]["installer"][1]["criteria"][2]["when"], "where", {"amount": "x"}),
+        [("levels.installer[1].criteria[2].when.where.amount", "'amount' is a number: 'x' would never equal one")],
+        id="a text where a number is",
+    ),
+    pytest.param(
+        lambda d: d["stages"]["closed"].__setitem__("cancelled", 0),
+        [("stages.closed.cancelled", "'cancelled' is not a value of stage_changed.stage, so no project is ever closed so")],
+        id="a closed stage no event can set",
+    ),
+    pytest.param(
+        lambda d: d["event_types"].pop("stage_changed"),
+        [("event_types.stage_changed", "needed: a project's stage (and whether it is won or lost) is the enum attribute `stage` of its latest stage_changed event, on the project")],
+        id="no stage_changed type",
+    ),
+    pytest.param(
+        lambda d: d["event_types"].pop("bid_won"),
+        [
+            ("levels.installer[3].criteria[4].when.on_won_project", "there is no event type bid_won, so no project is ever won"),
+            ("heat.tiers[0].criteria[1].when", "there is no event type bid_won, so a project never has a winner"),
+            ("heat.tiers[2].criteria[2].when", "there is no event type bid_won, so a project never has a winner"),
+        ],
+        id="no bid_won type",
+    ),
     pytest.param(
         set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
         [("levels.owner[0].criteria[0].when" + ".any_of[0]" * 16, "conditions nest at most 16 deep")],
