@@ -37,6 +37,9 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul, AfterValidator(_no_control)]
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
+# A tag is there or not: ["b", "a", "a"] is ["b", "a"], or a PUT that repeated one would store
+# it twice and count as a change (a hunt's find).
+Tags = Annotated[list[Tag], AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
 QueryText = Annotated[str, NoNul]  # a text filter in a query string
 PathRef = Annotated[
@@ -126,7 +129,7 @@ class CustomerIn(Strict):
     region: Short | None = None
     rep: Short | None = Field(default=None, description="the responsible sales rep")
     contact: Contact | None = None
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list, max_length=20)
 
 
 class CustomerPut(Strict):
@@ -137,7 +140,7 @@ class CustomerPut(Strict):
     region: Short | None = None
     rep: Short | None = None
     contact: Contact | None = None
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list, max_length=20)
 
 
 class Patch(Strict):
@@ -160,7 +163,7 @@ class CustomerPatch(Patch):
     region: Short | None = None
     rep: Short | None = None
     contact: Contact | None = None
-    tags: list[Tag] | None = Field(default=None, max_length=20)
+    tags: Tags | None = Field(default=None, max_length=20)
 
 
 class ProjectIn(Strict):
@@ -171,7 +174,7 @@ class ProjectIn(Strict):
     amount: Amount | None = Field(default=None, description="expected order value (rounded to cents)")
     expected_close: Day | None = None
     rep: Short | None = None
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list, max_length=20)
 
 
 class ProjectPut(Strict):
@@ -185,7 +188,7 @@ class ProjectPut(Strict):
     amount: Amount | None = None
     expected_close: Day | None = None
     rep: Short | None = None
-    tags: list[Tag] = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list, max_length=20)
 
     @model_validator(mode="after")
     def _one_owner(self) -> "ProjectPut":
@@ -203,7 +206,7 @@ class ProjectPatch(Patch):
     amount: Amount | None = None
     expected_close: Day | None = None
     rep: Short | None = None
-    tags: list[Tag] | None = Field(default=None, max_length=20)
+    tags: Tags | None = Field(default=None, max_length=20)
 
 
 MAX_ATTRIBUTES = 20

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.api.expectations import assert_problem
 
 
@@ -103,3 +105,16 @@ def test_tags_cannot_be_null_but_can_be_emptied(api) -> None:
     assert_problem(api.patch(path, json={"tags": None}), 422, "tags")
     emptied = api.patch(path, json={"tags": []})
     assert emptied.status_code == 200 and emptied.json()["tags"] == []
+
+
+@pytest.mark.parametrize("resource", ["customers", "projects"])
+def test_a_tag_given_twice_is_kept_once_and_changes_nothing(api, resource: str) -> None:
+    owner = api.create_customer("万科华东区域", "owner")["id"]
+    body = {"name": "x", "kind": "owner"} if resource == "customers" else {"name": "x", "owner_id": owner}
+    created = api.put(f"/v1/{resource}/by-ref/T-1", json={**body, "tags": ["b", "a", " a", "a"]})
+    assert created.status_code == 201 and created.json()["tags"] == ["b", "a"], created.text
+
+    again = api.put(f"/v1/{resource}/by-ref/T-1", json={**body, "tags": ["b", "a"]})
+    assert again.status_code == 200 and again.json()["version"] == created.json()["version"]
+    patched = api.patch(f"/v1/{resource}/{created.json()['id']}", json={"tags": ["b", "b", "a"]})
+    assert patched.json()["version"] == created.json()["version"] and patched.json()["tags"] == ["b", "a"]
