@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import re
+from urllib.parse import unquote_plus
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 from datetime import datetime
@@ -145,12 +146,17 @@ class _RedactTokens(logging.Filter):
     """A form hook may carry its secret as ?token=…: keep it out of the access log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, str) and "token=" in a for a in record.args):
-            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.args, tuple) and any(isinstance(a, str) and "=" in a for a in record.args):
+            record.args = tuple(_TOKEN.sub(_redacted, a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
-_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s]*")
+# Every query parameter; its name as the server reads it (unquoted: `%74oken` is `token`).
+_TOKEN = re.compile(r"((?:^|[?&])([^=&?\s]*)=)([^&\s]*)")
+
+
+def _redacted(found: re.Match[str]) -> str:
+    return f"{found.group(1)}***" if unquote_plus(found.group(2)) == "token" else found.group(0)
 
 
 def _redact_access_log() -> None:
