@@ -164,6 +164,23 @@ def _check_database_url(url: str) -> None:
         raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: its driver is not installed: {exc}{hint}") from None
 
 
+def _check_can_listen(host: str, port: int) -> None:
+    """Exit status 2, before anything is migrated, where the server could not listen (the
+    port is taken, the address is not this machine's). uvicorn would exit 3, its "startup
+    failure", which the README gives to the database: an orchestrator would have reported
+    a database outage. Bound as uvicorn binds (SO_REUSEADDR), then released."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise _Unusable(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
@@ -187,6 +204,7 @@ def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool)
     settings = get_settings()
     if workers > 1 and settings.is_sqlite:
         raise click.BadParameter("SQLite has a single writer: more than one worker process only queues on its lock. Use PostgreSQL for several workers.", param_hint="--workers")
+    _check_can_listen(host, port)
     rulebook = _prepare(settings)
     if demo:
         _load_demo(settings, rulebook, host, port)

@@ -75,3 +75,19 @@ def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run
     assert result.exit_code == 2, result.output
     assert "SQLite has a single writer" in result.output and "--workers" in result.output
     assert not (tmp_path / "rapport.db").exists()  # refused before migrating
+
+
+def test_serve_on_a_port_in_use_exits_2_before_touching_the_database(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """uvicorn exits 3 when it cannot bind, which the README gives to a database failure: an
+    orchestrator would have reported a database outage (a docs hunt's find)."""
+    import socket
+
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("`rapport serve` went on to serve on a port in use"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port))
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "rapport.db").exists()  # refused before migrating
