@@ -183,7 +183,7 @@ def _check_can_listen(host: str, port: int) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="uvicorn worker processes (more than 1 needs PostgreSQL)")
 @click.option(
     "--shutdown-timeout",
@@ -259,9 +259,17 @@ def keys() -> None:
     """Manage API keys."""
 
 
+# What a key writes is recorded with the actor "key:<name>", at most 100 characters.
+MAX_KEY_NAME = 96
+
+
 def _key_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not value.strip():
         raise click.BadParameter("must not be empty")
+    if len(value) > MAX_KEY_NAME:
+        # PostgreSQL refused a longer one as "the database failed" (exit 3), SQLite stored it,
+        # and the key's writes would then fail on its actor's length (a hunt's find).
+        raise click.BadParameter(f"at most {MAX_KEY_NAME} characters (what the key writes is recorded as by key:<name>, at most 100)")
     return value
 
 

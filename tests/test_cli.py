@@ -91,3 +91,13 @@ def test_serve_on_a_port_in_use_exits_2_before_touching_the_database(run, tmp_pa
     assert result.exit_code == 2, result.output
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert not (tmp_path / "rapport.db").exists()  # refused before migrating
+
+
+@pytest.mark.parametrize("args", [("--port", "-5"), ("--port", "99999"), ("--host", "999.1.1.1")])
+def test_serve_given_an_address_it_cannot_listen_on_exits_2(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...]) -> None:  # noqa: ANN001
+    # A hunt found 99999 taken (uvicorn listened on a port of the kernel's choosing) and the
+    # others exiting 3, the database's status.
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("`rapport serve` went on to serve"))
+    result = run("serve", *args)
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "rapport.db").exists()

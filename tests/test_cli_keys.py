@@ -87,6 +87,17 @@ def test_a_key_needs_a_name(run, tmp_path: Path, name: str) -> None:  # noqa: AN
     assert "\t" not in run("keys", "list").stdout
 
 
+def test_a_key_name_leaves_room_for_its_actor(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # What a key writes is by "key:<name>", at most 100 characters: PostgreSQL refused a
+    # longer name as a database failure (exit 3), and SQLite stored one its writes could not use.
+    result = run("keys", "create", "--name", "k" * 97, "--scopes", "write")
+
+    assert result.exit_code == 2
+    assert "Invalid value for '--name'" in result.stderr and "at most 96 characters" in result.stderr
+    assert "k" * 97 not in run("keys", "list").stdout
+    assert run("keys", "create", "--name", "k" * 96, "--scopes", "write").exit_code == 0
+
+
 @pytest.mark.parametrize(
     ("args", "reason"),
     [
