@@ -341,7 +341,7 @@ def regrade() -> None:
     rulebook = _ready_to_grade(settings)
     with Database.from_settings(settings).session(write=True) as session:
         expect_rulebook(session, rulebook, record=False)  # a server may have switched it since
-        effects = regrade_for_time(session, rulebook, now=_now())
+        effects = regrade_for_time(session, rulebook, now=_now(), clock=_now)
     click.echo(f"{len(effects)} grade(s) changed")
 
 

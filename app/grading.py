@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Boolean, Text, Update, bindparam, case, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
@@ -127,6 +127,12 @@ class Regrade:
     # last graded (named by their projects' own `time` rows).
     levels_before: dict[int, int] = field(default_factory=dict)
     aged: dict[int, Effect] = field(default_factory=dict)
+    # `regrade_everything` only: read again once each round of rows is held, as `now`. On
+    # PostgreSQL `rapport regrade` runs beside the service's writes, which commit between its
+    # rounds; graded as of the command's start, a subject a write had just re-graded at a
+    # later instant went back (its fresh event was in the future then), and its history row
+    # was dated before the write's (a hunt's find).
+    clock: Callable[[], datetime] | None = None
 
     def trigger_for(self, subject: str, subject_id: int) -> dict[str, Any]:
         events = self.causes.get((subject, subject_id))
@@ -441,6 +447,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     writes = Writes(logs)
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
         customers = _as_stored(session, repo.lock_customers(session, ids), job)
+        _held(job)
         if not job.in_force:  # once the first rows are held: a switch that committed before is seen
             in_force(session, rulebook)
             job.in_force = True
@@ -453,6 +460,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     level_changes = {e.id: e for e in effects}
     for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
         projects = _as_stored(session, repo.lock_projects(session, ids), job)
+        _held(job)
         facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types, logs)
         for pid, project in projects.items():
             effect = _regrade_project(session, rulebook, project, facts[pid], job, level_changes, writes)
@@ -460,6 +468,13 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
                 effects.append(effect)
         writes.flush(session)
     return effects
+
+
+def _held(job: Regrade) -> None:
+    """A round's rows are held: a write to them has committed or must wait, so the round is
+    graded as of now, after every write it may read (`Regrade.clock`)."""
+    if job.clock is not None:
+        job.now = max(job.now, job.clock())
 
 
 def _as_stored(session: Session, states: dict[int, State], job: Regrade) -> dict[int, State]:

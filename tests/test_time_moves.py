@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+import time
 from bisect import bisect_left
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -18,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.db import models as m
 from app.db.engine import Database
@@ -31,7 +33,7 @@ from app.services.events import NewEvent, record_event, retract_event
 from app.services.projects import create_project
 from app.services.state import expect_rulebook, regrade_for_time
 from app.services.verify import replay
-from tests.conftest import empty_tables
+from tests.conftest import empty_tables, is_postgres
 from tests.log_strategies import OWNERS, PROJECTS, a_kit, an_event, make_world, new_event
 
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
@@ -172,6 +174,59 @@ def test_a_write_that_changes_a_grade_time_did_not_touch_has_its_row_from_the_st
     assert [row[:2] for row in history(db, "customer", owner)] == [(0, 1), (1, 2)]
     assert history(db, "customer", owner)[-1][2]["kind"] == "event"
     consistent(db, rulebook, later)
+
+
+def test_a_regrade_beside_live_writes_grades_each_round_after_the_writes_it_waited_for(db: Database, under: Any, migrated: str) -> None:
+    """Found by a hunt on PostgreSQL: `rapport regrade` graded everything as of its start. A
+    write that committed while it waited for a round's rows earned a lapsed level back with
+    an event of a later instant; the regrade, still at its start, saw that event in the
+    future, took the level back to 0 and dated its row before the write's."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite's regrade holds the one writer's lock from its start: no write commits during it")
+    rulebook, first = _an_owner(db, under, **{"O1.1": 30})  # materials sent count for 30 days
+    with db.session(write=True) as s:
+        second = create_customer(s, rulebook, {"name": "市第六人民医院", "kind": "owner"}, now=NOW).id
+    log(db, rulebook, OWNER_I, customer_id=second, at=NOW - timedelta(days=25), now=NOW - timedelta(days=25))
+    start = NOW + timedelta(days=10)  # the samples are 35 days old: level I has lapsed, unrecorded
+    write_at, held_until = start + timedelta(hours=1), start + timedelta(hours=2)
+
+    holder = db.engine.connect()
+    holder.begin()
+    holder.execute(text("SELECT id FROM customers WHERE id = :id FOR UPDATE"), {"id": first})
+    done: list[Any] = []
+
+    def regrade() -> None:
+        with db.session(write=True) as s:
+            done.append(regrade_for_time(s, rulebook, now=start, clock=lambda: held_until))
+
+    regrading = threading.Thread(target=regrade)
+    regrading.start()
+    try:
+        deadline = time.monotonic() + 15
+        while not _lock_waiters(db):
+            assert time.monotonic() < deadline, "the regrade did not reach the held row"
+            time.sleep(0.05)
+        with db.session(write=True) as s:
+            new = NewEvent(type="materials_sent", customer_id=second, occurred_at=write_at, attributes={"items": ["price_list"]})
+            record_event(s, rulebook, new, actor="rep", now=write_at)
+    finally:
+        holder.rollback()
+        holder.close()
+        regrading.join(30)
+    assert done, "the regrade did not finish"
+
+    rows = history(db, "customer", second)
+    assert [row[:2] for row in rows[-2:]] == [(1, 0), (0, 1)] and rows[-1][3] == "rep"  # time's lapse, then the write's
+    with db.session(write=False) as s:
+        assert s.scalar(select(m.Customer.level).where(m.Customer.id == second)) == 1
+        ats = list(s.scalars(select(m.GradeChange.at).where(m.GradeChange.subject_type == "customer").order_by(m.GradeChange.id)))
+    assert ats == sorted(ats)  # no row dated before the one it follows
+    consistent(db, rulebook, held_until)
+
+
+def _lock_waiters(db: Database) -> int:
+    with db.engine.connect() as conn:  # a fresh transaction each time: pg_stat_activity is a per-transaction snapshot
+        return conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")).scalar_one()
 
 
 def _project_at_30(db: Database, rulebook: Rulebook, installer_level: int = 1) -> tuple[int, int, int, list[int]]:

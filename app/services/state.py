@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Callable
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -101,6 +102,8 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
     return effects
 
 
-def regrade_for_time(session: Session, rulebook: Rulebook, *, now: datetime) -> list[Effect]:
-    """Re-grade everything as of `now`: criteria with `within_days` let grades fall with time."""
-    return regrade_everything(session, rulebook, Regrade(trigger=TIME, actor=SYSTEM, now=now))
+def regrade_for_time(session: Session, rulebook: Rulebook, *, now: datetime, clock: Callable[[], datetime] | None = None) -> list[Effect]:
+    """Re-grade everything as of `now`: criteria with `within_days` let grades fall with time.
+    With `clock`, each round of subjects is graded as of the clock once its rows are held
+    (`Regrade.clock`): what `rapport regrade` does, beside the writes of a live service."""
+    return regrade_everything(session, rulebook, Regrade(trigger=TIME, actor=SYSTEM, now=now, clock=clock))
