@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import Boolean, Text, Update, bindparam, case, cast, func, or_, select, update
+from sqlalchemy import Boolean, Text, Update, bindparam, case, cast, func, null, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
@@ -498,10 +498,19 @@ def _as_stored(session: Session, states: dict[int, State], job: Regrade) -> dict
         grades[row[0]] = row[1]
     history = m.GradeChange
     last = select(func.max(history.id)).where(history.subject_type == subject, history.metric == metric, history.subject_id.in_(states)).group_by(history.subject_id)
-    recorded = {sid: new for sid, new in session.execute(select(history.subject_id, history.new).where(history.id.in_(last)))}
+    # A project's last row also says whether it was closed then: its evidence has no `next`.
+    closed_then = history.evidence if kind is ProjectState else null()
+    recorded = {sid: (new, evidence) for sid, new, evidence in session.execute(select(history.subject_id, history.new, closed_then).where(history.id.in_(last)))}
     for sid, state in states.items():
-        if recorded.get(sid, 0) != getattr(state, _METRIC[kind]):
-            job.outside[(subject, sid)] = (recorded.get(sid, 0), grades[sid])
+        value, evidence = recorded.get(sid, (0, None))
+        if value != getattr(state, _METRIC[kind]):
+            job.outside[(subject, sid)] = (value, grades[sid])
+        elif kind is ProjectState:
+            # Only `closed` changed by hand, at the percent on record (a hunt's find): the
+            # history is right, and the pass rewrites the row from it with no row of its
+            # own (a row from 100 % to 100 % would be no change on record, which verify
+            # reports for ever).
+            state.closed = isinstance(evidence, dict) and evidence.get("next", {}) is None
     return states
 
 

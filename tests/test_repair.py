@@ -136,6 +136,54 @@ def test_a_grade_changed_by_sql_is_put_back_by_regrade_without_a_history_row(db:
         assert replay(s, RULEBOOK, as_of=NOW) == []
 
 
+@pytest.mark.parametrize("stage", ["won", "lost"])
+def test_a_projects_closed_flag_changed_by_sql_is_found_by_verify_and_put_back_with_no_history_row(db: Database, stage: str) -> None:
+    """Found by a hunt: verify did not compare `closed`, and regrade put the flag back with a
+    row from 100 % to 100 % (or 0 to 0 where the history already said closed), a change on
+    record of nothing, which verify then reported for ever (history is append-only)."""
+    _, project = _owner_at_level_one(db)
+    with db.session(write=True) as s:
+        new = NewEvent(type="stage_changed", project_id=project, occurred_at=NOW - timedelta(days=1), attributes={"stage": stage})
+        record_event(s, RULEBOOK, new, actor="rep", now=NOW)
+    rows_before = _project_rows(db, project)
+    with db.session(write=True) as s:
+        s.execute(update(m.Project).where(m.Project.id == project).values(closed=False))
+        found = replay(s, RULEBOOK, as_of=NOW)
+    assert [(d.subject, d.id, d.what) for d in found] == [("project", project, "evidence")]
+
+    _regrade(db)
+
+    with db.session(write=False) as s:
+        assert s.scalar(select(m.Project.closed).where(m.Project.id == project)) is True
+        assert replay(s, RULEBOOK, as_of=NOW) == []
+    assert _project_rows(db, project) == rows_before
+
+
+@pytest.mark.parametrize(
+    ("subject", "metric", "whose", "reason"),
+    [
+        ("customer", "deal_heat", "owner", "records 'deal_heat', which a customer does not have"),  # a hunt's forged row
+        ("project", "relationship_level", "project", "records 'relationship_level', which a project does not have"),
+        ("customer", "relationship_level", None, "is the history of a customer that does not exist"),
+    ],
+)
+def test_verify_reports_a_history_row_that_belongs_to_no_grade(db: Database, subject: str, metric: str, whose: str | None, reason: str) -> None:
+    owner, project = _owner_at_level_one(db)
+    sid = {"owner": owner, "project": project, None: 999_999}[whose]
+    with db.session(write=True) as s:
+        s.add(m.GradeChange(subject_type=subject, subject_id=sid, metric=metric, old=2, new=90, rulebook_version="x", evidence={"criteria": [], "next": None},
+                            trigger={"kind": "event"}, actor="evil", at=NOW))
+    with db.session(write=False) as s:
+        found = replay(s, RULEBOOK, as_of=NOW)
+    assert [(d.subject, d.id, d.what) for d in found] == [(subject, sid, "history")]
+    assert reason in found[0].detail
+
+
+def _project_rows(db: Database, project: int) -> list[tuple[int, int]]:
+    with db.session(write=False) as s:
+        return [tuple(r) for r in s.execute(select(m.GradeChange.old, m.GradeChange.new).where(m.GradeChange.subject_type == "project", m.GradeChange.subject_id == project).order_by(m.GradeChange.id))]
+
+
 @pytest.mark.parametrize("stored_level, written", [(1, False), (4, True)])
 def test_a_row_whose_level_differs_from_its_new_grade_is_written_even_with_the_same_digest(stored_level: int, written: bool) -> None:
     # A re-grade that does not change the subject's log (a project re-graded for a linked

@@ -118,8 +118,8 @@ def _projects(session: Session, rulebook: Rulebook, projects: list[Row[Any]], as
         grade = evaluate_heat(rulebook, facts, as_of)
         if grade.percent != p.heat:
             yield Disagreement("project", p.id, "grade", f"stored heat {p.heat} %, replay gives {grade.percent} %")
-        elif snapshot(grade) != p.grade or grade.stage != p.stage:
-            yield Disagreement("project", p.id, "evidence", "stored evidence or stage differs from the replay's")
+        elif snapshot(grade) != p.grade or grade.stage != p.stage or grade.closed != p.closed:
+            yield Disagreement("project", p.id, "evidence", "stored evidence, stage or closed differs from the replay's")
     yield from _history(session, "project", HEAT, {p.id: p.heat for p in projects})
 
 
@@ -153,9 +153,11 @@ def _history(session: Session, subject: str, metric: str, current: dict[int, int
 
 
 def _orphans(session: Session) -> Iterator[Disagreement]:
-    """History rows of a customer or project that does not exist (the rounds above only
-    read the histories of subjects that do)."""
-    for subject, table in (("customer", _C), ("project", _P)):
+    """History rows of a customer or project that does not exist, and rows of a metric the
+    subject does not have (the rounds above only read each subject's own metric; the
+    history endpoint serves every row of the subject: a hunt's inserted `deal_heat` row on a
+    customer went unreported)."""
+    for subject, table, metric in (("customer", _C, LEVEL), ("project", _P, HEAT)):
         rows = session.execute(
             select(_H.c.subject_id, _H.c.id)
             .where(_H.c.subject_type == subject, ~exists().where(table.c.id == _H.c.subject_id))
@@ -163,3 +165,8 @@ def _orphans(session: Session) -> Iterator[Disagreement]:
         )
         for sid, hid in rows:
             yield Disagreement(subject, sid, "history", f"row {hid} is the history of a {subject} that does not exist")
+        rows = session.execute(
+            select(_H.c.subject_id, _H.c.id, _H.c.metric).where(_H.c.subject_type == subject, _H.c.metric != metric).order_by(_H.c.subject_id, _H.c.id)
+        )
+        for sid, hid, other in rows:
+            yield Disagreement(subject, sid, "history", f"row {hid} records {other!r}, which a {subject} does not have ({metric} is its grade)")
