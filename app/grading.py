@@ -446,7 +446,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
     logs = WriteLogs(session, keep=False)
     writes = Writes(logs)
     for ids in chunked(session.scalars(select(m.Customer.id).order_by(m.Customer.id)).all(), batch):
-        customers = _as_stored(session, repo.lock_customers(session, ids), job)
+        customers = _as_stored(session, rulebook, repo.lock_customers(session, ids), job)
         _held(job)
         if not job.in_force:  # once the first rows are held: a switch that committed before is seen
             in_force(session, rulebook)
@@ -459,7 +459,7 @@ def regrade_everything(session: Session, rulebook: Rulebook, job: Regrade, *, ba
         writes.flush(session)
     level_changes = {e.id: e for e in effects}
     for ids in chunked(session.scalars(select(m.Project.id).order_by(m.Project.id)).all(), batch):
-        projects = _as_stored(session, repo.lock_projects(session, ids), job)
+        projects = _as_stored(session, rulebook, repo.lock_projects(session, ids), job)
         _held(job)
         facts = repo.project_facts_many(session, projects.values(), rulebook.linked_customer_event_types, logs)
         for pid, project in projects.items():
@@ -477,7 +477,7 @@ def _held(job: Regrade) -> None:
         job.now = max(job.now, job.clock())
 
 
-def _as_stored(session: Session, states: dict[int, State], job: Regrade) -> dict[int, State]:
+def _as_stored(session: Session, rulebook: Rulebook, states: dict[int, State], job: Regrade) -> dict[int, State]:
     """`states` as their rows are stored now: re-grading everything is also the repair after
     an incident, where a grade was changed by hand (SQL, a restored backup of one table).
 
@@ -510,7 +510,21 @@ def _as_stored(session: Session, states: dict[int, State], job: Regrade) -> dict
             # history is right, and the pass rewrites the row from it with no row of its
             # own (a row from 100 % to 100 % would be no change on record, which verify
             # reports for ever).
-            state.closed = isinstance(evidence, dict) and evidence.get("next", {}) is None
+            state.closed = _closed_on_record(rulebook, value, evidence, state.closed)
     return states
+
+
+def _closed_on_record(rulebook: Rulebook, percent: int, evidence: Any, stored: bool) -> bool:
+    """Whether a project's last history row left it closed. At 0 % its evidence says (a
+    cold project has a tier to reach, a lost one has no `next`); a percent that is no tier
+    is a closed stage's (won: 100 %), and a tier's percent is open, unless a closed stage
+    has it too, which the row cannot tell: then as stored. (At the top tier `next` is
+    missing too, open as the project is.)"""
+    if percent == 0:
+        return isinstance(evidence, dict) and evidence.get("next", {}) is None
+    tiers, closing = {t.value for t in rulebook.tiers}, set(rulebook.closed_stages.values())
+    if percent not in tiers:
+        return percent in closing or stored
+    return stored if percent in closing else False
 
 
