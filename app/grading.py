@@ -498,7 +498,7 @@ def _as_stored(session: Session, rulebook: Rulebook, states: dict[int, State], j
         grades[row[0]] = row[1]
     history = m.GradeChange
     last = select(func.max(history.id)).where(history.subject_type == subject, history.metric == metric, history.subject_id.in_(states)).group_by(history.subject_id)
-    # A project's last row also says whether it was closed then: its evidence has no `next`.
+    # A project's last row's evidence, for whether it was closed then (`_closed_on_record`).
     closed_then = history.evidence if kind is ProjectState else null()
     recorded = {sid: (new, evidence) for sid, new, evidence in session.execute(select(history.subject_id, history.new, closed_then).where(history.id.in_(last)))}
     for sid, state in states.items():

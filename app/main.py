@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import logging
 import re
-from urllib.parse import unquote_plus
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, AsyncIterator, Callable
+from urllib.parse import unquote_plus
 from datetime import datetime
 
 from fastapi import FastAPI
