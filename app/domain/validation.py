@@ -116,22 +116,26 @@ def check_event(
     customer_kind: str | None,
     has_customer: bool,
     has_project: bool,
+    customer_field: str = "customer_id",
+    project_field: str = "project_id",
 ) -> dict[str, Any]:
     """Validate type, scope and attributes; return the attributes with defaults filled.
 
     `customer_kind` is the kind of the referenced customer (None when there is none or it
-    was not found — the caller reports unknown references itself)."""
+    was not found — the caller reports unknown references itself). The fields are the ones
+    the caller named its subjects by (`customer_ref` for an ERP's code): a problem names
+    what was sent, not a field the request never had."""
     et = rulebook.event_types.get(event_type)
     if et is None:
         raise EventRejected([FieldProblem("type", f"unknown event type {event_type!r}; see GET /v1/rulebook")])
     problems: list[FieldProblem] = []
-    for fld, has, presence in (("customer_id", has_customer, et.customer), ("project_id", has_project, et.project)):
+    for fld, has, presence, what in ((customer_field, has_customer, et.customer, "project"), (project_field, has_project, et.project, "customer")):
         if presence == "required" and not has:
             problems.append(FieldProblem(fld, f"required for a {event_type} event"))
         elif presence == "forbidden" and has:
-            problems.append(FieldProblem(fld, f"a {event_type} event is about a {'project' if fld == 'customer_id' else 'customer'} only; remove {fld}"))
+            problems.append(FieldProblem(fld, f"a {event_type} event is about a {what} only; remove {fld}"))
     if et.customer_kind and customer_kind and customer_kind != et.customer_kind:
-        problems.append(FieldProblem("customer_id", f"a {event_type} event needs an {et.customer_kind}, and this customer is an {customer_kind}"))
+        problems.append(FieldProblem(customer_field, f"a {event_type} event needs an {et.customer_kind}, and this customer is an {customer_kind}"))
 
     out: dict[str, Any] = {}
     for name, value in attributes.items():

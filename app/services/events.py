@@ -138,6 +138,8 @@ def check_new_event(rulebook: Rulebook, new: NewEvent, *, now: datetime, subject
             customer_kind=customer.kind if customer else None,
             has_customer=has_customer,
             has_project=has_project,
+            customer_field="customer_ref" if new.customer_id is None and new.customer_ref is not None else "customer_id",
+            project_field="project_ref" if new.project_id is None and new.project_ref is not None else "project_id",
         )
     except EventRejected as exc:
         problems.extend(FieldError(p.field, p.reason) for p in exc.problems)

@@ -177,6 +177,25 @@ def test_events_with_unknown_or_doubled_refs_are_refused(api, fields: dict[str, 
     assert api.get("/v1/events").json()["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("type_", "attributes", "field", "reason"),
+    [
+        ("tender_brand", {"status": "listed"}, "customer_ref", "is about a project only; remove customer_ref"),
+        ("bid_joined", {}, "customer_ref", "needs an installer, and this customer is an owner"),
+        ("company_introduced", {}, "project_ref", "is about a customer only; remove project_ref"),
+    ],
+)
+def test_an_event_by_ref_is_refused_naming_the_ref_it_sent(api, type_: str, attributes: dict[str, Any], field: str, reason: str) -> None:
+    # A hunt's phone form highlighted nothing: the problems named customer_id / project_id,
+    # fields the request never had.
+    api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
+    api.put("/v1/projects/by-ref/P-1", json={"name": "新门诊楼", "owner_ref": "C-0001"})
+    body = {"type": type_, "customer_ref": "C-0001", "project_ref": "P-1", "occurred_at": at(5), "attributes": attributes}
+    problem = assert_problem(api.post("/v1/events", json=body), 422, field)
+    assert [e["reason"] for e in problem["errors"] if e["field"] == field] == [f"a {type_} event {reason}"]
+    assert api.get("/v1/events").json()["items"] == []
+
+
 # --- batches -----------------------------------------------------------------------------------
 
 
