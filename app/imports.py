@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.chunks import chunked
 from app.api.bodies import validate_item
+from app.api.problems import validation_reason
 from app.api.schemas import CustomerPut, EventIn, ProjectPut, Ref
 from app.db import models as m
 from app.db.engine import Database
@@ -206,7 +207,7 @@ class Options:
         try:
             SOURCE.validate_python(self.source)
         except ValidationError as exc:
-            raise UnusableInput(f"source {self.source!r}: {exc.errors()[0]['msg']}") from None
+            raise UnusableInput(f"source {self.source!r}: {validation_reason(exc.errors()[0])}") from None
 
 
 @dataclass
@@ -322,7 +323,7 @@ def _put_record(session: Session, rulebook: Rulebook, table: Table, row: Row, no
         # Checked before it is looked up: the database must not see a NUL or 10,000 characters.
         ref = REF.validate_python(row.cells.get("external_ref", ""))
     except ValidationError as exc:
-        return "rejected", [FieldError("external_ref", exc.errors()[0]["msg"])]
+        return "rejected", [FieldError("external_ref", validation_reason(exc.errors()[0]))]
     stored = _stored(session, model, ref)
     item = validate_item(schema, _record_body(table, row, stored))
     if isinstance(item, list):

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from app.api.problems import validation_reason
 from app.db.types import loads_json
 from app.errors import FieldError, Invalid, TooLarge, UnsupportedMediaType
 
@@ -67,5 +68,5 @@ def validate_item(model: type[Model], item: Any) -> Model | list[FieldError]:
     try:
         return model.model_validate(item)
     except ValidationError as exc:
-        return [FieldError(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
+        return [FieldError(".".join(str(p) for p in err["loc"]), validation_reason(err)) for err in exc.errors()]
 

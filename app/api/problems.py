@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from app.api.schemas import ProblemOut
+from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
 from app.db.engine import is_retryable
 from app.errors import AppError
 
@@ -96,6 +96,38 @@ def _field(loc: tuple[Any, ...]) -> tuple[str, str]:
     return where, path
 
 
+# pydantic's failures to read a date or an instant that passed the shape check of
+# app/api/schemas.py, said as that check says them.
+_UNPARSED = {
+    "datetime_parsing": INSTANT_REASON,
+    "datetime_from_date_parsing": INSTANT_REASON,
+    "datetime_type": INSTANT_REASON,
+    "date_parsing": DAY_REASON,
+    "date_from_datetime_parsing": DAY_REASON,
+    "date_from_datetime_inexact": DAY_REASON,
+    "date_type": DAY_REASON,
+}
+
+
+def validation_reason(err: Any, where: str = "body") -> str:
+    """A pydantic error's reason as the service says it, wherever a request is validated (a
+    request's fields, a batch's items, a CSV row)."""
+    kind, ctx = err.get("type"), err.get("ctx") or {}
+    if kind == "too_long" and isinstance(err.get("input"), str):
+        # A length limit on a type with its own validator (NoNul) is checked after it, as for a list.
+        return f"String should have at most {ctx.get('max_length')} characters"
+    if kind in _UNPARSED:
+        # pydantic's own words misled (a mobile hunt's): "a valid datetime or date, unexpected
+        # extra characters" for 24:00, :60 or an offset of +08.
+        reason = _UNPARSED[kind]
+        if where == "query" and isinstance(err.get("input"), str) and " " in err["input"]:
+            reason += " (in a query string, write the offset's + as %2B: a bare + reads as a space)"
+        return reason
+    if kind == "value_error" and isinstance(ctx.get("error"), ValueError):
+        return str(ctx["error"])  # the service's own reason, without pydantic's "Value error, "
+    return str(err.get("msg", "invalid"))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_request: Request, exc: AppError) -> JSONResponse:
@@ -106,15 +138,13 @@ def install(app: FastAPI) -> None:
         errors = []
         for err in exc.errors():
             where, path = _field(tuple(err.get("loc", ())))
-            reason = err.get("msg", "invalid")
             if err.get("type") == "json_invalid":
                 # The loc's second part is a character offset, not a field: name the body.
                 at = f" at character {path}" if path != where else ""
                 path = where
                 reason = f"malformed JSON{at}: {err.get('ctx', {}).get('error', 'cannot be parsed')}"
-            elif err.get("type") == "too_long" and isinstance(err.get("input"), str):
-                # A length limit on a type with its own validator (NoNul) is checked after it, as for a list.
-                reason = f"String should have at most {err.get('ctx', {}).get('max_length')} characters"
+            else:
+                reason = validation_reason(err, where)
             errors.append({"field": path, "in": where, "reason": reason})
         return problem(422, "validation", "The request is not valid", f"{len(errors)} field(s) failed validation; nothing was stored", errors)
 

@@ -85,16 +85,20 @@ _DAY_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}\Z")
 _INSTANT_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
 
 
+DAY_REASON = "must be a date as YYYY-MM-DD, such as 2026-11-20"
+INSTANT_REASON = "must be an ISO 8601 date and time with an offset, such as 2026-11-20T14:30:00+08:00"
+
+
 def _day_text(value: Any) -> Any:
     if isinstance(value, date) or (isinstance(value, str) and _DAY_TEXT.match(value)):
         return value
-    raise PydanticCustomError("day_text", "must be a date as YYYY-MM-DD, such as 2026-11-20")
+    raise PydanticCustomError("day_text", DAY_REASON)
 
 
 def _instant_text(value: Any) -> Any:
     if isinstance(value, datetime) or (isinstance(value, str) and _INSTANT_TEXT.match(value)):
         return value
-    raise PydanticCustomError("instant_text", "must be an ISO 8601 date and time with an offset, such as 2026-11-20T14:30:00+08:00")
+    raise PydanticCustomError("instant_text", INSTANT_REASON)
 
 
 Day = Annotated[date, BeforeValidator(_day_text)]

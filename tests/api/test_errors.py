@@ -345,3 +345,35 @@ def test_events_cannot_be_deleted_or_edited(api, world: World) -> None:
 
     assert_problem(api.delete(f"/v1/events/{event_id}"), 405)
     assert_problem(api.patch(f"/v1/events/{event_id}", json={"note": "x"}), 405)
+
+
+INSTANT = "must be an ISO 8601 date and time with an offset, such as 2026-11-20T14:30:00+08:00"
+
+
+@pytest.mark.parametrize("occurred_at", ["2026-11-19T10:00:00+08", "2026-11-19T24:00:00Z", "2026-11-19T10:00:60Z", "2026-11-19T10:00:00+24:00", "下周二上午", "2026-11-19"])
+def test_an_unreadable_instant_is_refused_in_the_services_words_in_a_body_and_a_batch(api, occurred_at: str) -> None:
+    # A mobile hunt got pydantic's "a valid datetime or date, unexpected extra characters at
+    # the end of the input" for the first four: "or date" is wrong, and 24:00 has no extra
+    # characters. A batch item is told the same as a single POST.
+    customer = api.create_customer("仁济医院基建处", "owner")["id"]
+    body = {"type": "visit", "customer_id": customer, "occurred_at": occurred_at, "attributes": {"reception": "neutral"}}
+
+    single = assert_problem(api.post("/v1/events", json=body), 422, "occurred_at")
+    (item,) = api.post("/v1/events/batch", json=[body]).json()["results"]
+
+    assert single["errors"] == [{"field": "occurred_at", "in": "body", "reason": INSTANT}]
+    assert item["status"] == "rejected" and item["problem"]["errors"] == [{"field": "occurred_at", "reason": INSTANT}]
+
+
+def test_an_offset_whose_plus_a_query_string_read_as_a_space_is_told_so(api) -> None:
+    # The commonest mistake of a hand-built URL: from=2026-12-01T00:00:00+08:00 unescaped.
+    problem = assert_problem(api.get("/v1/events?from=2026-12-01T00:00:00+08:00"), 422, "from")
+    assert problem["errors"][0]["reason"] == INSTANT + " (in a query string, write the offset's + as %2B: a bare + reads as a space)"
+    assert api.get("/v1/events?from=2026-12-01T00:00:00%2B08:00").status_code == 200
+
+
+def test_a_limit_of_the_service_is_said_without_pydantics_prefix(api) -> None:
+    customer = api.create_customer("仁济医院基建处", "owner")["id"]
+    body = {"type": "visit", "customer_id": customer, "occurred_at": "1969-12-31T23:59:59Z", "attributes": {"reception": "neutral"}}
+    problem = assert_problem(api.post("/v1/events", json=body), 422, "occurred_at")
+    assert problem["errors"][0]["reason"] == "must not be before 1970-01-01T00:00:00Z"
