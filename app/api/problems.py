@@ -109,6 +109,11 @@ _UNPARSED = {
 }
 
 
+# What pydantic says of a body that is not an object: a text or bytes one is one FastAPI did
+# not read as JSON.
+_NOT_AN_OBJECT = ("model_attributes_type", "dict_type", "model_type")
+
+
 def validation_reason(err: Any, where: str = "body") -> str:
     """A pydantic error's reason as the service says it, wherever a request is validated (a
     request's fields, a batch's items, a CSV row)."""
@@ -134,11 +139,16 @@ def install(app: FastAPI) -> None:
         return app_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
         for err in exc.errors():
             where, path = _field(tuple(err.get("loc", ())))
-            if err.get("type") == "json_invalid":
+            if tuple(err.get("loc", ())) == ("body",) and err.get("type") in _NOT_AN_OBJECT and "json" not in request.headers.get("content-type", ""):
+                # A JSON body sent without its media type is not read as JSON: pydantic then
+                # said "a valid dictionary or object to extract fields from" (a mobile hunt's).
+                sent = request.headers.get("content-type")
+                reason = f"send the body as JSON, with Content-Type: application/json ({f'not {sent}' if sent else 'none was sent'})"
+            elif err.get("type") == "json_invalid":
                 # The loc's second part is a character offset, not a field: name the body.
                 at = f" at character {path}" if path != where else ""
                 path = where

@@ -377,3 +377,13 @@ def test_a_limit_of_the_service_is_said_without_pydantics_prefix(api) -> None:
     body = {"type": "visit", "customer_id": customer, "occurred_at": "1969-12-31T23:59:59Z", "attributes": {"reception": "neutral"}}
     problem = assert_problem(api.post("/v1/events", json=body), 422, "occurred_at")
     assert problem["errors"][0]["reason"] == "must not be before 1970-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Type": "text/plain"}])
+def test_a_json_body_sent_without_its_media_type_is_told_to_say_application_json(api, headers: dict[str, str]) -> None:
+    # A mobile hunt's: "Input should be a valid dictionary or object to extract fields from".
+    customer = api.create_customer("仁济医院基建处", "owner")["id"]
+    body = json.dumps({"type": "company_introduced", "customer_id": customer, "occurred_at": at(5)}).encode()
+    problem = assert_problem(api.post("/v1/events", content=body, headers=headers), 422, "body")
+    assert "Content-Type: application/json" in problem["errors"][0]["reason"]
+    assert api.get("/v1/events").json()["items"] == []
