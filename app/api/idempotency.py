@@ -9,6 +9,7 @@ the work hands it over there (`keep`), else in a transaction of its own after th
 from __future__ import annotations
 
 import base64
+import logging
 import hashlib
 import json
 from datetime import datetime, timedelta
@@ -28,6 +29,8 @@ from app.api.problems import app_error_response
 from app.db import models as m
 from app.db.engine import run as run_statement
 from app.errors import AppError, Conflict, FieldError, Invalid
+
+log = logging.getLogger("rapport")
 
 MAX_KEY_LENGTH = 255
 REPLAYED_HEADERS = ("location", "etag")
@@ -114,7 +117,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
         raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
     now = ctx.clock()
     fp = fingerprint_of()
-    if ctx.unreleased:
+    if ctx.unreleased or ctx.unstored:
         _release_pending(ctx)
     lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
     stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now, lease))
@@ -140,8 +143,18 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
     if response.status_code >= 500:
         _release(ctx, caller.key_id, key, lease)
         return response
-    with ctx.db.session(write=True) as session:
-        _store(session, caller.key_id, key, response)
+    try:
+        with ctx.db.session(write=True) as session:
+            _store(session, caller.key_id, key, response)
+    except DBAPIError:
+        # The work committed (a batch answers after its commit): its answer is what happened,
+        # and the caller gets it. The database failed it had just used (a concurrency hunt's
+        # 503 "nothing was stored" for a batch stored whole, whose effects nobody was told).
+        # The answer waits to be stored with this process's next keyed request; until then a
+        # retry of the key is 409, and after its lease it runs again, all of it `duplicate`.
+        log.warning("the answer of a keyed write that committed could not be stored; it is kept to store later")
+        if len(ctx.unstored) < MAX_UNRELEASED:
+            ctx.unstored[(caller.key_id, key)] = response
     return response
 
 
@@ -210,16 +223,21 @@ def _release(ctx: Context, key_id: int, key: str, lease: datetime) -> None:
 
 
 def _release_pending(ctx: Context) -> None:
-    """Free the keys whose release failed (`_release`), in one transaction; those it cannot
-    free yet stay for the next request."""
-    pending = list(ctx.unreleased)
+    """Free the keys whose release failed (`_release`) and store the answers that could not
+    be stored (`run`), in one transaction; what it cannot settle yet stays for the next
+    request."""
+    pending, answers = list(ctx.unreleased), dict(ctx.unstored)
     try:
         with ctx.db.session(write=True) as session:
             for key_id, key, lease in pending:
                 run_statement(session, _UNANSWERED, record_key_id=key_id, record_key=key, lease=lease)
+            for (key_id, key), response in answers.items():
+                _store(session, key_id, key, response)
     except DBAPIError:
         return
     ctx.unreleased.difference_update(pending)
+    for held in answers:
+        ctx.unstored.pop(held, None)
 
 
 # Keys a process keeps to free later; past this many (a long outage under load) the rest

@@ -105,6 +105,40 @@ def test_a_key_whose_request_failed_with_the_database_is_free_for_the_retry(api,
     assert api.post("/v1/events", json=third_visit(owner), headers=headers).headers.get("idempotent-replayed") == "true"
 
 
+def test_a_batch_that_committed_is_answered_as_it_was_though_its_answer_could_not_be_stored(api, monkeypatch) -> None:  # noqa: ANN001
+    """Found by a concurrency hunt on PostgreSQL: a keyed batch stores its answer after its
+    commit, in a transaction of its own. The connection dropped between the two, and the
+    caller got 503 "nothing was stored" for a batch stored whole; its retry got 409, then
+    `duplicate` items with no effects: nobody learned the grades it changed."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.api import idempotency
+
+    owner = owner_one_visit_short_of_level_one(api)
+    headers = {"Idempotency-Key": "batch-db-away"}
+    real_store = idempotency._store
+    failures = []
+
+    def away_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise OperationalError("UPDATE idempotency_keys", {}, Exception("server closed the connection unexpectedly"))
+        return real_store(*args, **kwargs)
+
+    monkeypatch.setattr(idempotency, "_store", away_once)
+    batch = [{**third_visit(owner), "source": "erp", "external_id": "VISIT-3"}]
+    first = api.post("/v1/events/batch", json=batch, headers=headers)
+
+    assert first.status_code == 200, first.text
+    assert first.json()["created"] == 1 and first.json()["effects"], first.text  # what happened, effects included
+    assert failures  # its answer was not stored with it
+
+    other = api.post("/v1/events", json={**third_visit(owner), "occurred_at": at(8)}, headers={"Idempotency-Key": "next-keyed"})
+    assert other.status_code == 201  # the next keyed request stores the answer that waited
+    retry = api.post("/v1/events/batch", json=batch, headers=headers)
+    assert retry.headers.get("idempotent-replayed") == "true" and retry.content == first.content
+
+
 def test_the_same_key_with_another_body_is_422_and_stores_nothing(api) -> None:
     owner = owner_one_visit_short_of_level_one(api)
     headers = {"Idempotency-Key": "visit-7f3a"}
