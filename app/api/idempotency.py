@@ -9,9 +9,9 @@ the work hands it over there (`keep`), else in a transaction of its own after th
 from __future__ import annotations
 
 import base64
-import logging
 import hashlib
 import json
+import logging
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -148,7 +148,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
             _store(session, caller.key_id, key, response)
     except DBAPIError:
         # The work committed (a batch answers after its commit): its answer is what happened,
-        # and the caller gets it. The database failed it had just used (a concurrency hunt's
+        # and the caller gets it, though the database failed right after (a concurrency hunt's
         # 503 "nothing was stored" for a batch stored whole, whose effects nobody was told).
         # The answer waits to be stored with this process's next keyed request; until then a
         # retry of the key is 409, and after its lease it runs again, all of it `duplicate`.
