@@ -155,6 +155,13 @@ def _gap(gap: Gap | None) -> dict[str, Any] | None:
     return None if gap is None else {"target": gap.target, "missing": list(gap.missing), "need": gap.need}
 
 
+def gap_closed(evidence: Any) -> bool:
+    """Whether stored evidence (a `snapshot`) has no `next`: nothing left to reach. At 0 % that
+    tells a lost project from a cold one, which has a tier to reach; at the top tier or level
+    an open grade has none either."""
+    return isinstance(evidence, dict) and evidence.get("next", {}) is None
+
+
 def initial_level(rulebook: Rulebook, customer: m.Customer, now: datetime) -> LevelGrade:
     """Grade a customer that has no events yet (so its criteria and gap show from the start)."""
     grade = evaluate_level(rulebook, CustomerFacts(customer.id or 0, customer.kind, ()), now)
@@ -521,7 +528,7 @@ def _closed_on_record(rulebook: Rulebook, percent: int, evidence: Any, stored: b
     has it too, which the row cannot tell: then as stored. (At the top tier `next` is
     missing too, open as the project is.)"""
     if percent == 0:
-        return isinstance(evidence, dict) and evidence.get("next", {}) is None
+        return gap_closed(evidence)
     tiers, closing = {t.value for t in rulebook.tiers}, set(rulebook.closed_stages.values())
     if percent not in tiers:
         return percent in closing or stored

@@ -24,7 +24,7 @@ from app.db.facts import to_fact
 from app.domain import facts as f
 from app.domain.evaluation import evaluate_heat, evaluate_level
 from app.domain.rulebook import Rulebook
-from app.grading import HEAT, LEVEL, snapshot
+from app.grading import HEAT, LEVEL, gap_closed, snapshot
 
 CHUNK = IN_LIST  # subjects per round
 
@@ -141,7 +141,7 @@ def _history(session: Session, subject: str, metric: str, current: dict[int, int
             expected = last.get(sid, 0)
             if old != expected:
                 yield Disagreement(subject, sid, "history", f"row {hid} starts at {old}, the previous value was {expected}")
-            now_closed = isinstance(evidence, dict) and evidence.get("next", {}) is None
+            now_closed = gap_closed(evidence)
             if old == new and not (new == 0 and evidence is not None and now_closed != closed.get(sid, False)):
                 yield Disagreement(subject, sid, "history", f"row {hid} records no change ({old} → {new})")
             last[sid] = new
