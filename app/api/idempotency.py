@@ -118,7 +118,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
     now = ctx.clock()
     fp = fingerprint_of()
     if ctx.unreleased or ctx.unstored:
-        _release_pending(ctx)
+        _settle_pending(ctx)
     lease = now + timedelta(seconds=ctx.settings.idempotency_lease_seconds)
     stored = ctx.db.transaction(lambda session: _claim(ctx, session, caller.key_id, key, fp, now, lease))
     if stored is not None:
@@ -212,7 +212,7 @@ def _in_flight() -> Conflict:
 def _release(ctx: Context, key_id: int, key: str, lease: datetime) -> None:
     """Free the key this request claimed and did not answer, so that a retry runs at once.
     Mostly the request failed because the database did, and then so does this: the key is
-    kept to free with the next keyed request this process serves (`_release_pending`),
+    kept to free with the next keyed request this process serves (`_settle_pending`),
     instead of answering 409 until its lease runs out. The request's own error stands."""
     try:
         with ctx.db.session(write=True) as session:
@@ -222,7 +222,7 @@ def _release(ctx: Context, key_id: int, key: str, lease: datetime) -> None:
             ctx.unreleased.add((key_id, key, lease))
 
 
-def _release_pending(ctx: Context) -> None:
+def _settle_pending(ctx: Context) -> None:
     """Free the keys whose release failed (`_release`) and store the answers that could not
     be stored (`run`), in one transaction; what it cannot settle yet stays for the next
     request."""
