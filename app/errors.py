@@ -35,6 +35,11 @@ class Invalid(AppError):
     status, slug, title = 422, "validation", "The request is not valid"
 
 
+def failed_fields(count: int) -> str:
+    """The detail of a 422 that lists `count` fields in its `errors`."""
+    return f"{count} field(s) failed validation; nothing was stored"
+
+
 class NotFound(AppError):
     status, slug, title = 404, "not-found", "Not found"
 

@@ -124,22 +124,21 @@ class CallerWith:
 
 
 def _actor(value: str | None) -> str | None:
-    # Counted as the caller's characters, not as the header's bytes: 王 is three.
-    actor = _header_text(value)
-    if actor is not None and len(actor) > MAX_ACTOR:
-        raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", f"String should have at most {MAX_ACTOR} characters", "header")])
-    return actor
-
-
-def _header_text(value: str | None) -> str | None:
-    """A header value as the client meant it: HTTP hands headers over as Latin-1, and
-    clients send names like 王芳 as UTF-8 bytes."""
+    """`X-Actor` as the client meant it. HTTP hands headers over as Latin-1, and clients send
+    names like 王芳 as UTF-8 bytes: they are read as UTF-8, and bytes that are not (GBK's, from
+    a client on a Chinese Windows) are refused, as they are in a path, rather than stored as
+    a name nobody wrote. Counted as the caller's characters, not as the header's bytes: 王
+    is three bytes and one character."""
     if value is None or not value.strip():
         return None
     try:
-        return value.encode("latin-1").decode("utf-8").strip()
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return value.strip()
+        actor = value.encode("latin-1").decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        reason = f"is not UTF-8 text ({exc.reason} at byte {exc.start}): send the name's UTF-8 bytes"
+        raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", reason, "header")]) from None
+    if len(actor) > MAX_ACTOR:
+        raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", f"String should have at most {MAX_ACTOR} characters", "header")])
+    return actor
 
 
 Reader = Annotated[Caller, Depends(CallerWith("read"))]

@@ -14,12 +14,29 @@ from fastapi.routing import APIRoute
 from app.api.deps import ACTOR_PARAMETER, CallerWith, api_key, check_scope, known_api_key
 from app.api.limits import HOOKS_PREFIX, RateLimiter
 from app.api.threads import indexed_read
+from app.errors import FieldError, Invalid, failed_fields
 
 
 def _scopes(dependant: Dependant) -> list[str]:
     """The scopes the route's `Caller` dependencies need."""
     found = [dependant.call.scope] if isinstance(dependant.call, CallerWith) else []
     return found + [scope for sub in dependant.dependencies for scope in _scopes(sub)]
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters the route and its dependencies take, by the names sent."""
+    return frozenset(param.alias for param in dependant.query_params).union(*(_query_names(sub) for sub in dependant.dependencies))
+
+
+def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
+    """A query parameter the route does not take is a 422, as an unknown body field is: a
+    misspelt or unsupported filter (`GET /v1/projects?region=East`) would otherwise filter
+    nothing and answer every row, as if it had."""
+    unknown = [name for name in dict.fromkeys(request.query_params.keys()) if name not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        reason = f"this operation takes no query parameter of that name (it takes: {takes})"
+        raise Invalid(failed_fields(len(unknown)), errors=[FieldError(name, reason, "query") for name in unknown])
 
 
 def _spend(limiter: RateLimiter | None, caller: Hashable) -> None:
@@ -70,6 +87,7 @@ class Gated(APIRoute):
         hook = self.path.startswith(HOOKS_PREFIX)
         authenticated = self.path.startswith("/v1/") and not hook
         scopes = _scopes(self.dependant)
+        query_names = _query_names(self.dependant)
 
         async def gated(request: Request) -> Response:
             ctx = request.app.state.context
@@ -87,6 +105,8 @@ class Gated(APIRoute):
                 for scope in scopes:
                     check_scope(key, scope)
                 request.state.api_key = key
+                if request.scope["query_string"]:
+                    refuse_unknown_query(request, query_names)
             return await handler(request)
 
         return gated

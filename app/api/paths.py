@@ -1,10 +1,13 @@
-"""A path that is not UTF-8 text is refused before routing.
+"""A path or query string that is not UTF-8 text is refused before routing.
 
 The server decodes a path's percent-escapes as UTF-8 and puts U+FFFD in place of every
 byte that is not, without a word. An ERP code sent in another encoding (GBK's `%D6%D0` for
 中, from a client on a Chinese Windows) then named the same record as every other code that
 differed only in such bytes: `PUT /v1/customers/by-ref/GBK-%D6%D0` and
-`PUT /v1/customers/by-ref/GBK-%B9%FA` wrote one customer, the second over the first."""
+`PUT /v1/customers/by-ref/GBK-%B9%FA` wrote one customer, the second over the first. A
+query string is decoded the same way: `?q=%D6%D0` searched for U+FFFD and found nothing,
+or `?rep=` named another rep than the one meant. A form hook's query string is the form
+tool's, and is left to the hook (a delivery refused here would be lost)."""
 
 from __future__ import annotations
 
@@ -12,19 +15,46 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api.limits import HOOKS_PREFIX
 from app.api.problems import app_error_response
-from app.errors import FieldError, Invalid
+from app.errors import FieldError, Invalid, failed_fields
+
+_ENCODE = "percent-encode each byte of its UTF-8 form"
+
+
+def _undecodable(raw: bytes) -> UnicodeDecodeError | None:
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc
+    return None
 
 
 def not_utf8(raw_path: bytes) -> str | None:
     """Why the percent-decoded path is not UTF-8 text, or None when it is."""
     if b"%" not in raw_path:
         return None  # what is not escaped is ASCII: the server took it from the request line
-    try:
-        unquote_to_bytes(raw_path).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return f"is not UTF-8 text ({exc.reason} at byte {exc.start} of the decoded path): percent-encode each byte of a code's UTF-8 form"
-    return None
+    exc = _undecodable(raw_path)
+    if exc is None:
+        return None
+    return f"is not UTF-8 text ({exc.reason} at byte {exc.start} of the decoded path): percent-encode each byte of a code's UTF-8 form"
+
+
+def query_not_utf8(query_string: bytes) -> list[FieldError]:
+    """A field error for each query parameter whose name or value, percent-decoded (and `+`
+    read as a space), is not UTF-8 text."""
+    if b"%" not in query_string and query_string.isascii():
+        return []
+    errors = []
+    for pair in query_string.split(b"&"):
+        name, _, value = pair.replace(b"+", b" ").partition(b"=")
+        bad_name, bad_value = _undecodable(name), _undecodable(value)
+        if bad_name is not None:
+            errors.append(FieldError("query", f"a parameter's name is not UTF-8 text ({bad_name.reason}): {_ENCODE}", "query"))
+        elif bad_value is not None:
+            field = unquote_to_bytes(name).decode("utf-8")
+            errors.append(FieldError(field, f"is not UTF-8 text ({bad_value.reason} at byte {bad_value.start} of the decoded value): {_ENCODE}", "query"))
+    return errors
 
 
 class Utf8Path:
@@ -34,9 +64,13 @@ class Utf8Path:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             raw = scope.get("raw_path") or scope["path"].encode()
-            reason = not_utf8(raw.split(b"?", 1)[0])  # some clients' raw_path carries the query
-            if reason is not None:
-                error = Invalid("1 field(s) failed validation; nothing was stored", errors=[FieldError("path", reason, "path")])
-                await app_error_response(error)(scope, receive, send)
+            raw_path = raw.split(b"?", 1)[0]  # some clients' raw_path carries the query
+            reason = not_utf8(raw_path)
+            errors = [FieldError("path", reason, "path")] if reason is not None else []
+            query = scope.get("query_string", b"")
+            if not errors and query and not scope["path"].startswith(HOOKS_PREFIX):
+                errors = query_not_utf8(query)
+            if errors:
+                await app_error_response(Invalid(failed_fields(len(errors)), errors=errors))(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -14,7 +14,7 @@ from starlette.routing import Match
 
 from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
 from app.db.engine import is_retryable
-from app.errors import AppError
+from app.errors import AppError, failed_fields
 
 log = logging.getLogger("rapport")
 PROBLEM = "application/problem+json"
@@ -156,7 +156,7 @@ def install(app: FastAPI) -> None:
             else:
                 reason = validation_reason(err, where)
             errors.append({"field": path, "in": where, "reason": reason})
-        return problem(422, "validation", "The request is not valid", f"{len(errors)} field(s) failed validation; nothing was stored", errors)
+        return problem(422, "validation", "The request is not valid", failed_fields(len(errors)), errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -168,7 +168,7 @@ def install(app: FastAPI) -> None:
         if isinstance(cause, (UnicodeDecodeError, RecursionError)):
             why = f"not UTF-8 ({cause.reason} at byte {cause.start})" if isinstance(cause, UnicodeDecodeError) else "nested too deeply"
             errors = [{"field": "body", "in": "body", "reason": f"malformed JSON: {why}"}]
-            return problem(422, "validation", "The request is not valid", "1 field(s) failed validation; nothing was stored", errors)
+            return problem(422, "validation", "The request is not valid", failed_fields(1), errors)
         title = TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
         headers = getattr(exc, "headers", None)

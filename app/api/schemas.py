@@ -41,7 +41,7 @@ Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_
 # it twice and count as a change (a hunt's find).
 Tags = Annotated[list[Tag], AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
-QueryText = Annotated[str, NoNul]  # a text filter in a query string
+QueryText = Annotated[str, StringConstraints(strip_whitespace=True), NoNul]  # a text filter in a query string: stored texts are trimmed
 PathRef = Annotated[
     str,
     Path(min_length=1, max_length=100, pattern=r"^\S(.*\S)?$", description="the ERP's code, without surrounding spaces (percent-encode a `/` in it)"),

@@ -274,6 +274,18 @@ def test_a_url_token_with_reserved_characters_works_at_the_hook_url_path_given(a
     assert r.status_code == 201, r.text
 
 
+def test_a_hook_takes_the_form_tools_own_query_parameters(api) -> None:
+    """Other routes refuse a query parameter they do not take, or one not in UTF-8; a tool
+    may add its own to a delivery's URL, and the delivery must not be lost for them."""
+    api.create_customer(CUSTOMER, "installer")
+    form = set_up(api, "jotform-visit-report")
+    body = (FIXTURES / CASES[1].fixture).read_bytes()
+
+    r = api.post(f"{form['hook_url_path']}&utm_source=jotform&ref=%D6%D0", content=body, headers={"Content-Type": JOTFORM_TYPE})
+
+    assert r.status_code == 201, r.text
+
+
 def test_a_signed_jiandaoyun_push_replayed_with_another_deliver_id_counts_once(api, clock) -> None:
     """Found by a hunt: X-JDY-DeliverId is not signed, and it was the delivery's id, so the
     same signed push, re-sent within the timestamp's 5 minutes with another header or none,
