@@ -68,8 +68,9 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 # Every route behind an API key can answer these.
 AUTHENTICATED = problem_responses(401, 403, 422, 429, 503)
-# A `{ref:path}` parameter matches no line break, so such a path reaches no route at all.
-REF_WITH_LINE_BREAK = problem_response("the ref holds a line break, so the path names no resource")
+# A `{ref:path}` parameter matches no line feed (`%0A`), so such a path reaches no route at
+# all (a carriage return does, and is refused as the other control characters are).
+REF_WITH_LINE_BREAK = problem_response("the ref holds a line feed, so the path names no resource")
 
 
 def problem(status: int, slug: str, title: str, detail: str, errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -37,9 +37,20 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul, AfterValidator(_no_control)]
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
-# A tag is there or not: ["b", "a", "a"] is ["b", "a"], or a PUT that repeated one would store
-# it twice and count as a change (a hunt's find).
-Tags = Annotated[list[Tag], AfterValidator(lambda tags: list(dict.fromkeys(tags)))]
+MAX_TAGS = 20
+
+
+def _distinct_tags(tags: list[str]) -> list[str]:
+    # A tag is there or not: ["b", "a", "a"] is ["b", "a"], or a PUT that repeated one would
+    # store it twice and count as a change (a hunt's find). The limit counts what is kept: a
+    # list of 25 times one tag is one tag.
+    distinct = list(dict.fromkeys(tags))
+    if len(distinct) > MAX_TAGS:
+        raise PydanticCustomError("too_many_tags", f"at most {MAX_TAGS} distinct tags, not {len(distinct)}")
+    return distinct
+
+
+Tags = Annotated[list[Tag], AfterValidator(_distinct_tags), Field(json_schema_extra={"description": f"at most {MAX_TAGS} distinct tags; one given twice is kept once"})]
 ContactValue = Annotated[str, StringConstraints(max_length=200), NoNul]
 QueryText = Annotated[str, StringConstraints(strip_whitespace=True), NoNul]  # a text filter in a query string: stored texts are trimmed
 PathRef = Annotated[
@@ -73,11 +84,14 @@ QueryId = Annotated[int | None, Query(gt=0, le=MAX_ID)]
 def _cents(value: float | None) -> float | None:
     # Stored as NUMERIC(16, 2): rounded here, so a re-sent amount compares equal to the stored
     # one; half up on the number as written (round() of the float took 1.005 to 1.0).
-    return None if value is None else float(Decimal(repr(value)).quantize(_CENT, ROUND_HALF_UP))
+    # `+ 0.0` makes -0.0 (which passes `ge=0`) the 0.0 a read of the stored value gives.
+    return None if value is None else float(Decimal(repr(value)).quantize(_CENT, ROUND_HALF_UP)) + 0.0
 
 
 _CENT = Decimal("0.01")
-Amount = Annotated[float, Field(ge=0, le=1e13), NotBool, AfterValidator(_cents)]
+# A JSON number, finite: pydantic's lax float read "1_000" and " 5 " as numbers, and refused
+# NaN (which Python's JSON reads) as "less than or equal to 10000000000000".
+Amount = Annotated[float, Field(ge=0, le=1e13, strict=True, allow_inf_nan=False), NotBool, AfterValidator(_cents)]
 
 # What a date or an instant must look like as text: pydantic also reads a number (or a
 # string of digits) as Unix time, and a date from a date-time at midnight.
@@ -133,7 +147,7 @@ class CustomerIn(Strict):
     region: Short | None = None
     rep: Short | None = Field(default=None, description="the responsible sales rep")
     contact: Contact | None = None
-    tags: Tags = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list)
 
 
 class CustomerPut(Strict):
@@ -144,7 +158,7 @@ class CustomerPut(Strict):
     region: Short | None = None
     rep: Short | None = None
     contact: Contact | None = None
-    tags: Tags = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list)
 
 
 class Patch(Strict):
@@ -167,7 +181,7 @@ class CustomerPatch(Patch):
     region: Short | None = None
     rep: Short | None = None
     contact: Contact | None = None
-    tags: Tags | None = Field(default=None, max_length=20)
+    tags: Tags | None = Field(default=None)
 
 
 class ProjectIn(Strict):
@@ -178,7 +192,7 @@ class ProjectIn(Strict):
     amount: Amount | None = Field(default=None, description="expected order value (rounded to cents)")
     expected_close: Day | None = None
     rep: Short | None = None
-    tags: Tags = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list)
 
 
 class ProjectPut(Strict):
@@ -192,7 +206,7 @@ class ProjectPut(Strict):
     amount: Amount | None = None
     expected_close: Day | None = None
     rep: Short | None = None
-    tags: Tags = Field(default_factory=list, max_length=20)
+    tags: Tags = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_owner(self) -> "ProjectPut":
@@ -210,7 +224,7 @@ class ProjectPatch(Patch):
     amount: Amount | None = None
     expected_close: Day | None = None
     rep: Short | None = None
-    tags: Tags | None = Field(default=None, max_length=20)
+    tags: Tags | None = Field(default=None)
 
 
 MAX_ATTRIBUTES = 20

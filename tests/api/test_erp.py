@@ -426,3 +426,43 @@ def test_an_amount_with_more_decimals_than_cents_is_stored_rounded_and_a_resync_
     first = api.put("/v1/projects/by-ref/P-1", json=body).json()
     assert first["amount"] == 1234.57
     assert api.put("/v1/projects/by-ref/P-1", json=body).json()["version"] == first["version"]
+
+
+@pytest.mark.parametrize(("amount", "reason"), [("1_000", "valid number"), (" 5 ", "valid number"), ("1e3", "valid number"), (float("nan"), "finite"), (float("inf"), "finite")])
+def test_an_amount_is_a_finite_json_number(api, amount: object, reason: str) -> None:
+    # A string was read as a number ("1_000" as 1000), and NaN was refused as "less than or
+    # equal to 10000000000000". Python's JSON writes NaN and Infinity as such, as callers' may.
+    owner = api.create_customer("仁济医院基建处", "owner")
+    content = json.dumps({"name": "新门诊楼", "owner_id": owner["id"], "amount": amount})
+
+    body = assert_problem(api.post("/v1/projects", content=content, headers={"Content-Type": "application/json"}), 422, "amount")
+
+    assert reason in body["errors"][0]["reason"]
+    assert api.get("/v1/projects").json()["items"] == []
+
+
+def test_a_negative_zero_amount_is_answered_as_it_is_read_back(api) -> None:
+    owner = api.create_customer("仁济医院基建处", "owner")
+
+    created = api.post("/v1/projects", content=b'{"name": "x", "owner_id": %d, "amount": -0.0}' % owner["id"], headers={"Content-Type": "application/json"})
+
+    assert created.status_code == 201, created.text
+    assert str(created.json()["amount"]) == str(api.get(f"/v1/projects/{created.json()['id']}").json()["amount"]) == "0.0"
+
+
+def test_the_tag_limit_counts_the_tags_kept(api) -> None:
+    # 25 times one tag is one tag: it was refused as "at most 20 items after validation".
+    one = api.post("/v1/customers", json={"name": "仁济医院基建处", "kind": "owner", "tags": ["医院"] * 25})
+    assert one.status_code == 201, one.text
+    assert one.json()["tags"] == ["医院"]
+
+    twenty = [f"t{i}" for i in range(20)]
+    assert api.post("/v1/customers", json={"name": "x", "kind": "owner", "tags": [*twenty, "t0"]}).status_code == 201
+    body = assert_problem(api.post("/v1/customers", json={"name": "y", "kind": "owner", "tags": [*twenty, "t20"]}), 422, "tags")
+    assert body["errors"][0]["reason"] == "at most 20 distinct tags, not 21"
+
+
+@pytest.mark.parametrize(("path", "status"), [("/v1/customers/by-ref/a%0Db", 422), ("/v1/customers/by-ref/a%0D", 422), ("/v1/customers/by-ref/a%0Ab", 404)])
+def test_a_carriage_return_in_a_ref_is_refused_and_a_line_feed_reaches_no_route(api, path: str, status: int) -> None:
+    assert_problem(api.put(path, json={"name": "x", "kind": "owner"}), status, *(("external_ref",) if status == 422 else ()))
+    assert api.get("/v1/customers").json()["items"] == []
