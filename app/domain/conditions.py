@@ -21,6 +21,9 @@ class HasEvent:
     min_count: int = 1
     within_days: int | None = None
     on_won_project: bool = False
+    # The catalogue's default of each `where` attribute that has one: an event stored
+    # without the attribute (logged before a rulebook added it) is read as having it.
+    defaults: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Latest:
     values: frozenset[Any]
     negate: bool = False
     within_days: int | None = None
+    default: Any = None  # the catalogue's default of the attribute, as in `HasEvent.defaults`
 
 
 @dataclass(frozen=True)

@@ -279,6 +279,8 @@ def _compile(cond: Condition) -> Check:
 
 def _has_event(cond: HasEvent) -> Check:
     event_type, where, min_count, days, on_won = cond.event_type, cond.where, cond.min_count, cond.within_days, cond.on_won_project
+    defaults = dict(cond.defaults)
+    where = tuple((key, value, defaults.get(key)) for key, value in where)
     none_found = _NO if min_count > 0 else _Outcome(True)
 
     def has_event(scope: _Scope) -> _Outcome:
@@ -287,8 +289,8 @@ def _has_event(cond: HasEvent) -> Check:
             return none_found
         if days is not None:
             found = _within(found, scope.as_of, days)
-        for key, value in where:  # one pass per pair: cheaper than all() over the pairs per event
-            found = [e for e in found if e.attributes.get(key) == value]
+        for key, value, default in where:  # one pass per pair: cheaper than all() over the pairs per event
+            found = [e for e in found if e.attributes.get(key, default) == value]
         if on_won:
             found = [e for e in found if e.project_id in scope.won_projects]
         if not found:
@@ -299,7 +301,7 @@ def _has_event(cond: HasEvent) -> Check:
 
 
 def _latest(cond: Latest) -> Check:
-    event_type, attribute, values, negate, days = cond.event_type, cond.attribute, cond.values, cond.negate, cond.within_days
+    event_type, attribute, values, negate, days, default = cond.event_type, cond.attribute, cond.values, cond.negate, cond.within_days, cond.default
 
     def latest_in(scope: _Scope) -> _Outcome:
         found = scope.by_type.get(event_type)
@@ -308,7 +310,7 @@ def _latest(cond: Latest) -> Check:
         newest = latest(found) if found else None
         if newest is None:
             return _NO
-        inside = newest.attributes.get(attribute) in values
+        inside = newest.attributes.get(attribute, default) in values
         return _Outcome(inside != negate, frozenset({newest.id}))
 
     return latest_in

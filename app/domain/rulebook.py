@@ -575,6 +575,7 @@ class _ConditionContext:
             min_count=min_count,
             within_days=self._within(raw, place),
             on_won_project=bool(on_won),
+            defaults=tuple(sorted((name, default) for name in where if (default := _default(et, name)) is not None)),
         )
 
     def _latest(self, raw: dict, place: str, scope: str) -> Latest | None:
@@ -608,6 +609,7 @@ class _ConditionContext:
             values=frozenset(values),
             negate=key == "not_in",
             within_days=self._within(raw, place),
+            default=None if attribute is None else _default(et, attribute),
         )
 
     def _check_scope(self, et: EventType, place: str, scope: str) -> None:
@@ -638,6 +640,11 @@ class _ConditionContext:
             self.r.fail(place, f"{attr!r} is a number: {value!r} would never equal one")
         elif spec.type == "string" and not isinstance(value, str):
             self.r.fail(place, f"{attr!r} is a text: {value!r} would never equal one")
+
+
+def _default(et: EventType, attribute: str) -> Any:
+    spec = et.attributes.get(attribute)
+    return None if spec is None else spec.default
 
 
 def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:

@@ -429,3 +429,27 @@ def test_an_unmet_criterion_shows_the_label_of_the_rulebook_it_was_graded_by() -
 
     assert (renamed.met, renamed.evidence, renamed.label.en) == (False, (), "Asked for a price")
     assert before == after and before.label.en == "The customer asked for a quotation"
+
+
+def _remote_visits_added(data: dict) -> None:
+    """A rulebook that adds an attribute with a default to `visit` and asks O1.4's visits
+    (and its latest visit) to be on site: events logged before it carry no such attribute."""
+    data["event_types"]["visit"]["attributes"]["remote"] = {"type": "bool", "default": False}
+    o14 = next(c for c in data["levels"]["owner"][0]["criteria"] if c["id"] == "O1.4")
+    o14["when"] = {"all_of": [{"event": "visit", "min_count": 3, "where": {"remote": False}}, {"latest": "visit", "attribute": "remote", "in": [False]}]}
+
+
+@pytest.mark.parametrize("remote", [None, False, True])
+def test_an_attribute_left_out_is_read_as_its_catalogue_default(remote: bool | None) -> None:
+    # Events stored before a rulebook added an attribute lack it: they were read as having no
+    # value, so three on-site visits logged then no longer met O1.4 after the switch, while
+    # the same visits logged afterwards (their default filled in) did.
+    rulebook = edited_rulebook(_remote_visits_added)
+    extra = {} if remote is None else {"remote": remote}
+    visits = [event(i, "visit", days=10 + i, customer=OWNER, reception="neutral", **extra) for i in (1, 2, 3)]
+
+    o14 = criterion(level_of(owner_facts(*visits), rulebook), "O1.4")
+
+    assert o14.met is (remote is not True)
+    if o14.met:
+        assert set(o14.evidence) == {1, 2, 3}
