@@ -56,7 +56,10 @@ class Presenter:
         gap = c.grade.get("next")
         relationship = s.RelationshipOut(
             level=c.level,
-            label=self.label(self.rulebook.level_labels[c.level]),
+            # A level this process's rulebook does not have: the database switched to a
+            # rulebook with more levels while this process still runs the old one (its
+            # writes are refused then; its reads go on, README "Switching the rulebook").
+            label=self.label(self.rulebook.level_labels[c.level]) if c.level in self.rulebook.level_labels else self.unknown,
             criteria=self._criteria(c.grade),
             next=s.LevelGapOut(level=gap["target"], missing=gap["missing"], need=gap["need"]) if gap else None,
             since=c.level_since,

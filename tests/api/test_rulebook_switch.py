@@ -51,3 +51,28 @@ def test_writes_that_grade_are_refused_after_the_rulebook_was_switched_and_serve
     switch(app, clock, load_rulebook())
     assert api.post("/v1/events", json=visit(owner["id"])).status_code == 201
     assert anonymous.get("/readyz").status_code == 200
+
+
+def test_reads_go_on_when_the_switched_rulebook_gave_a_level_this_process_has_no_label_for(app, api, clock) -> None:  # noqa: ANN001
+    """A rulebook with a fifth installer level, switched to while this process runs the
+    default: a customer at level 5 was a 500 (KeyError on the level's label), its list too."""
+    installer = api.create_customer("上海建工安装有限公司", kind="installer")
+    data = json.loads(json.dumps(load_rulebook().source))
+    data["version"] = SWITCHED
+    fifth = {"id": "I5.1", "label": {"zh": "第五级", "en": "Fifth"}, "when": {"event": "exclusive"}}
+    data["levels"]["installer"].append({"level": 5, "label": {"zh": "五级", "en": "Level V"}, "criteria": [fifth]})
+    data["level_labels"]["5"] = {"zh": "V级", "en": "Level V"}
+    for step in data["levels"]["installer"][:4]:
+        step["at_least"] = 1
+        step["criteria"][0]["when"] = {"event": "exclusive"}
+    switched = parse_rulebook(data)
+    assert api.post("/v1/events", json={"type": "exclusive", "customer_id": installer["id"], "occurred_at": "2026-11-19T10:00:00+08:00"}).status_code == 201
+    switch(app, clock, switched)  # re-grades everything under the new rulebook: level 5
+
+    one = api.get(f"/v1/customers/{installer['id']}")
+    listed = api.get("/v1/customers")
+
+    assert one.status_code == 200, one.text
+    assert one.json()["relationship"]["level"] == 5
+    assert one.json()["relationship"]["label"] == {"zh": "?", "en": "?"}
+    assert listed.status_code == 200 and listed.json()["items"][0]["relationship"]["level"] == 5
