@@ -14,6 +14,7 @@ from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_respons
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
 from app.db import models as m
+from app.domain.rulebook import MAX_LEVEL
 from app.services import customers as svc
 from app.services.history import history_page
 
@@ -39,7 +40,7 @@ def list_customers(
     ctx: ContextDep,
     caller: Reader,
     kind: Literal["owner", "installer"] | None = None,
-    level: Annotated[int | None, Query(ge=0, le=9)] = None,
+    level: Annotated[int | None, Query(ge=0, le=MAX_LEVEL)] = None,
     rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     region: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name or external_ref")] = None,

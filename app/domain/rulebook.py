@@ -35,6 +35,8 @@ ATTRIBUTE_TYPES = ("enum", "enum_list", "bool", "number", "string")
 MAX_STRING_ATTRIBUTE = 500
 MAX_NAME = 64  # a version and an event type's name: the columns that store them hold 64
 MAX_DEPTH = 16  # conditions inside conditions
+MAX_LEVEL = 9  # levels per kind of customer: the customer list's `level` filter goes up to it
+MAX_WITHIN_DAYS = 36_500  # a hundred years: a window longer than dates go back is no window
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,7 @@ def parse_rulebook(data: Any) -> Rulebook:
     raw_labels = top.get("level_labels")
     if isinstance(raw_labels, dict):
         for key, value in raw_labels.items():
-            if not (isinstance(key, str) and key.isdigit()):
+            if not (isinstance(key, str) and key.isascii() and key.isdigit()):  # not "²" or "٣"
                 r.fail(f"level_labels.{key}", "keys are level numbers")
                 continue
             level_labels[int(key)] = r.label(value, f"level_labels.{key}")
@@ -281,6 +283,8 @@ def parse_rulebook(data: Any) -> Rulebook:
                 if step.value != i + 1:
                     r.fail(f"levels.{kind}[{i}].level", f"levels must be numbered 1, 2, 3… in order; expected {i + 1}")
             levels[kind] = steps
+            if len(steps) > MAX_LEVEL:
+                r.fail(f"levels.{kind}", f"at most {MAX_LEVEL} levels")
     for n in range(0, max((len(s) for s in levels.values()), default=0) + 1):
         if n not in level_labels:
             r.fail(f"level_labels.{n}", "missing label for this level")
@@ -445,7 +449,8 @@ class _ConditionContext:
     """Parses condition nodes, checking each against the catalogue and its scope.
 
     Scopes: "owner"/"installer" (a customer's own events), "project" (a project's events),
-    "linked" (a linked customer's events, inside bidder/winner/owner `has`)."""
+    "linked:owner"/"linked:installer" (a linked customer's events, inside an owner's or a
+    bidder's or winner's `has`)."""
 
     def __init__(self, r: Reader, event_types: Mapping[str, EventType], stages: tuple[str, ...]):
         self.r = r
@@ -523,7 +528,8 @@ class _ConditionContext:
                 needed = {"bidder": ("bid_joined", "bid_won"), "winner": ("bid_won",)}.get(role, ())
                 if needed and not any(t in self.event_types for t in needed):
                     r.fail(place, f"there is no event type {' or '.join(needed)}, so a project never has a {role}")
-                has = self.condition(spec["has"], f"{place}.{role}.has", "linked") if "has" in spec else None
+                kind = "owner" if role == "owner" else "installer"
+                has = self.condition(spec["has"], f"{place}.{role}.has", f"linked:{kind}") if "has" in spec else None
                 return LinkedCustomer(role, min_level, has)
         r.fail(place, "unknown condition; expected one of event, latest, stage_reached, all_of, any_of, owned_project, bidder, winner, owner")
         return None
@@ -540,7 +546,11 @@ class _ConditionContext:
     def _within(self, raw: dict, place: str) -> int | None:
         if "within_days" not in raw:
             return None
-        return self.r.positive_int(raw["within_days"], f"{place}.within_days")
+        days = self.r.positive_int(raw["within_days"], f"{place}.within_days")
+        if days is not None and days > MAX_WITHIN_DAYS:
+            self.r.fail(f"{place}.within_days", f"at most {MAX_WITHIN_DAYS} days (leave within_days out for no window)")
+            return None
+        return days
 
     def _has_event(self, raw: dict, place: str, scope: str) -> HasEvent | None:
         r = self.r
@@ -619,8 +629,8 @@ class _ConditionContext:
             reason = "an event of this type is never on a project (its project is forbidden)" if et.project == "forbidden" else None
         elif et.customer == "forbidden":
             reason = "an event of this type never names a customer (its customer is forbidden)"
-        elif scope in CUSTOMER_KINDS and et.customer_kind not in (None, scope):
-            reason = f"only {et.customer_kind}s log events of this type, never an {scope}"
+        elif (kind := scope.removeprefix("linked:")) in CUSTOMER_KINDS and et.customer_kind not in (None, kind):
+            reason = f"only {et.customer_kind}s log events of this type, never an {kind}"
         else:
             reason = None
         if reason:
@@ -693,9 +703,32 @@ def load_rulebook(path: str | Path | None = None) -> Rulebook:
         except UnicodeDecodeError as exc:
             raise RulebookError([(f"{where}:byte {exc.start}", "not UTF-8 text")]) from exc
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_not_json, object_pairs_hook=_no_twice)
     except json.JSONDecodeError as exc:
         raise RulebookError([(f"{where}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
+    except _NotJson as exc:
+        raise RulebookError([(where, f"not valid JSON: {exc}")]) from None
     except RecursionError:
         raise RulebookError([(where, "not valid JSON: nested too deeply")]) from None
     return parse_rulebook(data)
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(constant: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON has not: a `min` of NaN compared
+    # false with everything, and the minimum was silently off.
+    raise _NotJson(f"{constant} is no JSON number")
+
+
+def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python's json keeps the last of a key given twice: a file whose "version" was written
+    # twice served the second without a word.
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _NotJson(f"the key {key!r} is given twice in one object")
+        seen[key] = value
+    return seen

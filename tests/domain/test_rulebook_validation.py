@@ -318,6 +318,32 @@ BROKEN = [
         id="no bid_won type",
     ),
     pytest.param(
+        set_key(owner_criterion(0, 2), "when", {"event": "contact_obtained", "within_days": 1_000_000}),
+        [("levels.owner[0].criteria[2].when.within_days", "at most 36500 days (leave within_days out for no window)")],
+        id="a window longer than dates go back (it crashed every grade that read it)",
+    ),
+    pytest.param(
+        lambda d: d["level_labels"].__setitem__("²", {"zh": "二", "en": "II"}),
+        [("level_labels.²", "keys are level numbers")],
+        id="a level label under a digit that is not ASCII (it crashed the validation)",
+    ),
+    pytest.param(
+        set_key(lambda d: d["heat"]["tiers"][3]["criteria"][0], "when", {"owner": {"has": {"event": "bid_joined"}}}),
+        [("heat.tiers[3].criteria[0].when.owner.has.event", "only installers log events of this type, never an owner: a condition on it could never be met")],
+        id="an owner asked for an installer's event inside a tier",
+    ),
+    pytest.param(
+        set_key(lambda d: d["heat"]["tiers"][3]["criteria"][0], "when", {"bidder": {"has": {"event": "bid_won"}}}),
+        [],
+        id="a bidder asked for an installer's event is fine",
+    ),
+    pytest.param(
+        lambda d: d["levels"]["installer"].extend({"level": n, "label": {"zh": str(n), "en": str(n)}, "criteria": [{"id": f"X{n}", "label": {"zh": "x", "en": "x"}, "when": {"event": "exclusive"}}]} for n in range(5, 11))
+        or d["level_labels"].update({str(n): {"zh": str(n), "en": str(n)} for n in range(5, 11)}),
+        [("levels.installer", "at most 9 levels")],
+        id="more levels than the customer list's level filter takes",
+    ),
+    pytest.param(
         set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
         [("levels.owner[0].criteria[0].when" + ".any_of[0]" * 16, "conditions nest at most 16 deep")],
         id="conditions nested too deep (GET /v1/rulebook could not answer them)",
@@ -327,7 +353,31 @@ BROKEN = [
 
 @pytest.mark.parametrize(("edit", "expected"), BROKEN)
 def test_broken_rulebook_is_refused_with_place_and_reason(edit: Edit, expected: list[tuple[str, str]]) -> None:
+    if not expected:  # the control case: the same kind of edit, right
+        data = default_rulebook_data()
+        edit(data)
+        parse_rulebook(data)
+        return
     assert problems_of(edit) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"version": "a", "version": "b"}', "not valid JSON: the key 'version' is given twice in one object"),
+        ('{"min": NaN}', "not valid JSON: NaN is no JSON number"),
+        ('{"min": -Infinity}', "not valid JSON: -Infinity is no JSON number"),
+    ],
+)
+def test_what_python_reads_but_json_has_not_is_refused(tmp_path: Path, text: str, reason: str) -> None:
+    # A key given twice was read as its last value; NaN as a minimum that nothing is below.
+    path = tmp_path / "rulebook.json"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(RulebookError) as refused:
+        load_rulebook(path)
+
+    assert refused.value.problems == [(str(path), reason)]
 
 
 def test_every_problem_is_reported_at_once() -> None:
