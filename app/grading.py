@@ -373,9 +373,10 @@ class Writes:
         # The metric is read with the row: a row whose level or heat was changed behind
         # Rapport's back (SQL) still carries the digest of its old grade, and is written back.
         changed = digest != state.grade_hash or getattr(state, _METRIC[kind]) != values[_METRIC[kind]]
-        if not changed and stamp == state.log_stamp:
+        if not changed and not moved and stamp == state.log_stamp:
             return
-        params = {"row_id": state.id, "new_since": since, "new_moved": moved, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(changed)}
+        # A grade that moved and came back has a new `since`: the representation changed.
+        params = {"row_id": state.id, "new_since": since, "new_moved": moved, "new_grade_hash": digest, "new_log_stamp": stamp, "new_bump": int(changed or moved)}
         # orjson: a grade is our own dicts of strings, integers and booleans, which it encodes
         # as json would, several times faster (json.dumps of the grades was 9 % of a batch).
         params["new_grade"] = encoded.decode()

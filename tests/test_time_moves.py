@@ -297,6 +297,8 @@ def test_a_bidders_level_that_lapsed_and_that_the_write_earns_again_moves_its_pr
     rulebook = windowed(**{"I1.3": 30})  # H30.4 needs a bidder at level I; the inquiry counts for 30 days
     under(rulebook)
     _, installer, project, _ = _project_at_30(db, rulebook)
+    with db.session(write=False) as s:
+        version_before = s.scalar(select(m.Project.version).where(m.Project.id == project))
 
     later = NOW + timedelta(days=40)
     with db.session(write=True) as s:
@@ -311,6 +313,13 @@ def test_a_bidders_level_that_lapsed_and_that_the_write_earns_again_moves_its_pr
         (30, 0, {"kind": "time", "via": [lapsed]}, "system"),
         (0, 30, {**earned, "via": [{**lapsed, "old": 0, "new": 1}]}, "rep"),
     ]
+    # The project's `since` moves to the write as its history says (a hunt found it left at
+    # the first 30 %: nothing in the project's own row or log had changed, so it was not
+    # written); its version moves with it, as the representation did.
+    with db.session(write=False) as s:
+        since, version = s.execute(select(m.Project.heat_since, m.Project.version).where(m.Project.id == project)).one()
+    assert since == later
+    assert version == version_before + 1
     consistent(db, rulebook, later)
 
 
