@@ -155,7 +155,7 @@ def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> H
             winner=links[win] if win is not None else None,
         ),
     )
-    stage_event = latest(by_type.get("stage_changed", []))
+    stage_event = latest(by_type.get("stage_changed", []), rulebook.ordered_stages)
     stage = stage_event.attributes.get("stage") if stage_event else None
     results = [_criteria(tier, scope) for tier in rulebook.tiers]
     criteria = tuple(c for crit in results for c in crit)
@@ -307,7 +307,7 @@ def _latest(cond: Latest) -> Check:
         found = scope.by_type.get(event_type)
         if found and days is not None:
             found = _within(found, scope.as_of, days)
-        newest = latest(found) if found else None
+        newest = (latest(found, scope.stages) if event_type == "stage_changed" else latest(found)) if found else None
         if newest is None:
             return _NO
         inside = newest.attributes.get(attribute, default) in values

@@ -453,3 +453,23 @@ def test_an_attribute_left_out_is_read_as_its_catalogue_default(remote: bool | N
     assert o14.met is (remote is not True)
     if o14.met:
         assert set(o14.evidence) == {1, 2, 3}
+
+
+@pytest.mark.parametrize(
+    ("stages", "expected"),
+    [
+        (("tender_drafting", "bidding"), "bidding"),
+        (("bidding", "awarded"), "awarded"),  # "bidding" is the later text: it won the tie
+        (("awarded", "contracted", "bidding"), "contracted"),
+        (("contracted", "lost"), "lost"),
+        (("lead", "won"), "won"),
+    ],
+)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_stage_changes_at_one_instant_leave_the_project_at_the_furthest(stages: tuple[str, ...], expected: str, reverse: bool) -> None:
+    # An ERP that logs to the day sends two moves with one date; in either arrival order the
+    # project is where the later move put it, not at the stage whose name sorts last.
+    order = stages[::-1] if reverse else stages
+    events = [event(i, "stage_changed", days=3, project=PROJECT, stage=stage) for i, stage in enumerate(order, 1)]
+
+    assert heat_of(project_facts(*events)).stage == expected
