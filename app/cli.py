@@ -341,12 +341,35 @@ def regrade() -> None:
     rulebook = _ready_to_grade(settings)
     with Database.from_settings(settings).session(write=True) as session:
         expect_rulebook(session, rulebook, record=False)  # a server may have switched it since
-        effects = regrade_for_time(session, rulebook, now=_now(), clock=_now)
-    click.echo(f"{len(effects)} grade(s) changed")
+        now = _now()
+        effects = regrade_for_time(session, rulebook, now=now, clock=_now)
+    # The instant it started grading, as `verify --as-of` takes it (each round of subjects
+    # is graded as of when its locks are held: this instant or a little later).
+    click.echo(f"{len(effects)} grade(s) changed; graded from {now.isoformat()}")
+
+
+class _Instant(click.ParamType):
+    """An ISO 8601 instant with its offset (fractions of a second allowed, as history rows
+    and `rapport regrade` print them), or a date (midnight UTC)."""
+
+    name = "instant"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 instant (2026-12-07T01:19:40.713307Z) or a date (2026-12-07)", param, ctx)
+        if parsed.tzinfo is None:
+            if "T" in value or " " in value:
+                self.fail(f"{value!r} has no offset: add Z or +08:00", param, ctx)
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed
 
 
 @main.command()
-@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d"]), help="evaluate as of this instant  [default: now]")
+@click.option("--as-of", "as_of", type=_Instant(), help="evaluate as of this instant (ISO 8601 with an offset, or a date: midnight UTC)  [default: now]")
 def verify(as_of: datetime | None) -> None:
     """Replay the whole event log under the active rulebook and report every customer and
     project whose stored grade, evidence or history disagrees (exit status 1 if any): the
@@ -365,8 +388,6 @@ def verify(as_of: datetime | None) -> None:
     except SchemaBehind as exc:
         raise _Unusable(f"{_safe(settings.database_url)}: {exc}: run `rapport migrate` first (verify writes nothing, migrations included)") from None
     when = as_of or _now()
-    if when.tzinfo is None:  # a bare date: midnight UTC
-        when = when.replace(tzinfo=timezone.utc)
     db = Database.from_settings(settings)
     started = time.monotonic()
     try:

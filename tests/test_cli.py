@@ -68,6 +68,23 @@ def test_verify_finds_nothing_after_normal_work_and_names_a_tampered_grade(run, 
     assert "customer 4: history: history ends at 3, the stored value is 4" in tampered.output
 
 
+def test_verify_takes_the_instant_regrade_prints(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # History rows and `regrade` carry fractions of a second; --as-of refused them, so the
+    # documented "pass the --as-of of the last re-grade" could be given only rounded.
+    assert run("demo").exit_code == 0
+    regraded = run("regrade")
+    assert regraded.exit_code == 0, regraded.output
+    instant = regraded.output.strip().rsplit("graded from ", 1)[1]
+    assert "." in instant or instant.endswith("+00:00")
+
+    for as_of in (instant, "2026-12-07T09:19:40.713307+08:00", "2026-12-07T01:19:40Z", "2026-12-07"):
+        checked = run("verify", "--as-of", as_of)
+        assert checked.exit_code == 0, (as_of, checked.output)
+
+    naive = run("verify", "--as-of", "2026-12-07T01:19:40")
+    assert naive.exit_code == 2 and "has no offset" in naive.output
+
+
 def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     # Had it not refused, the test fails here at once instead of serving until CI's time runs out.
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("`rapport serve --workers 2` started a server on SQLite"))
