@@ -7,12 +7,15 @@ active one or not at all (`prepare_command`, `check_without_writing`)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from app.db.engine import Database
 from app.db.migrate import alembic_config, unknown_revisions, upgrade
@@ -22,6 +25,9 @@ from app.grading import Effect
 from app.services.keys import ensure_bootstrap_key
 from app.services.state import expect_rulebook, sync_rulebook
 from app.settings import Settings
+
+
+log = logging.getLogger("rapport")
 
 
 class SchemaBehind(Exception):
@@ -58,6 +64,14 @@ def initialize(db: Database, settings: Settings, rulebook: Rulebook | None, *, n
     and without it refuse a rulebook other than the active one (RulebookMismatch; a
     database that records none takes this one)."""
     with db.session(write=True) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            restored = settle_restored_transactions(session)
+            if restored:
+                log.warning(
+                    "%d event(s) carry the transaction ids of another PostgreSQL server (a dump restored here): set to 0, "
+                    "so that the oldest-first event list shows them, first and in id order",
+                    restored,
+                )
         if settings.bootstrap_key:
             ensure_bootstrap_key(session, settings.bootstrap_key, now=now)
         if rulebook is None:
@@ -66,6 +80,26 @@ def initialize(db: Database, settings: Settings, rulebook: Rulebook | None, *, n
             return sync_rulebook(session, rulebook, now=now)
         expect_rulebook(session, rulebook, record=True)
         return None
+
+
+def settle_restored_transactions(session: Session) -> int:
+    """On PostgreSQL an event keeps the id of the transaction that stored it (`tx`), and the
+    oldest-first event list reads only events of transactions older than every one still
+    running (app/services/paging.py). A dump restored on another server keeps the ids of the
+    server it came from: where they are ahead of this server's, the list hid every restored
+    event until this server's ids passed them, and then listed them after newer ones. All of
+    a restored log's transactions ended before anything here began, so such events take 0,
+    as the events stored before `tx` existed did: they come first, in id order. Cheap when
+    there is nothing to do (one look at the `(tx, id)` index); the column is bookkeeping, not
+    what the event says, but the append-only trigger guards the whole row, so it is set
+    aside for this one statement, in this transaction. Returns how many events were set."""
+    ahead = session.execute(text("SELECT max(tx) >= pg_snapshot_xmax(pg_current_snapshot())::text::bigint FROM events")).scalar()
+    if not ahead:
+        return 0
+    session.execute(text("ALTER TABLE events DISABLE TRIGGER events_append_only"))
+    settled = session.execute(text("UPDATE events SET tx = 0 WHERE tx <> 0")).rowcount
+    session.execute(text("ALTER TABLE events ENABLE TRIGGER events_append_only"))
+    return settled
 
 
 def check_without_writing(settings: Settings, rulebook: Rulebook) -> None:

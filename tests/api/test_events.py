@@ -8,8 +8,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from app.services.events import NewEvent, record_event
+from app.startup import initialize
 from tests.api.expectations import all_pages, assert_problem, stored_state
 from tests.api.scenarios import at, level, owner_level_one_events
 from tests.conftest import is_postgres
@@ -215,6 +217,31 @@ def test_a_cursor_never_passes_an_event_whose_transaction_commits_later(api, app
     for cursor, seen in issued:
         rest = [e["id"] for e in all_pages(api, "/v1/events", cursor=cursor, limit=2)]
         assert sorted(read[:seen] + rest) == sorted(everything), (read[:seen], rest)
+
+
+def test_events_restored_from_a_server_further_along_are_listed_oldest_first_after_start_up(api, app, migrated: str, settings, clock) -> None:  # noqa: ANN001
+    """Found by a hunt: a pg_dump restored on another PostgreSQL server keeps the
+    transaction ids of the one it came from. Where those are ahead of this server's, the
+    oldest-first list hid every restored event (only transactions older than every running
+    one are listed) and then listed them after newer ones. Start-up gives them 0."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite keeps no transaction ids")
+    db = app.state.context.db
+    customer = api.create_customer("上海建工安装", "installer")["id"]
+    restored = [api.post("/v1/events", json={"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}).json()["id"] for _ in range(3)]
+    with db.session(write=True) as s:  # what the other server's ids look like here
+        s.execute(text("ALTER TABLE events DISABLE TRIGGER events_append_only"))
+        s.execute(text("UPDATE events SET tx = tx + 1000000000"))
+        s.execute(text("ALTER TABLE events ENABLE TRIGGER events_append_only"))
+    assert event_ids(api, limit=200) == []  # what the hunt saw
+
+    initialize(db, settings, None, now=clock())  # what `rapport serve` and `migrate` run
+    later = api.post("/v1/events", json={"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}).json()["id"]
+
+    assert event_ids(api, limit=200) == [*restored, later]
+    with db.session(write=True) as s:  # the append-only trigger is back
+        with pytest.raises(Exception, match="never updated"):
+            s.execute(text("UPDATE events SET tx = 1"))
 
 
 def test_a_cursor_is_refused_for_the_other_order_and_when_forged(api) -> None:
