@@ -201,6 +201,13 @@ def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool)
 
     import uvicorn
 
+    # uvicorn raises the SIGTERM it stopped on again once the shutdown is done: by then the
+    # shutdown was graceful, so say so with exit status 0 rather than dying of the signal.
+    # Set before the start-up's work: as a container's process 1, which the kernel sends no
+    # signal it has no handler for, a SIGTERM during migrations (or a rulebook switch's
+    # re-grading, or a wait on the database) was dropped, and `docker stop` waited for its
+    # SIGKILL. Now it ends the start-up there, its transaction rolled back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     settings = get_settings()
     if workers > 1 and settings.is_sqlite:
         raise click.BadParameter("SQLite has a single writer: more than one worker process only queues on its lock. Use PostgreSQL for several workers.", param_hint="--workers")
@@ -209,9 +216,6 @@ def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool)
     if demo:
         _load_demo(settings, rulebook, host, port)
     click.echo(f"Rapport on http://{host}:{port} — API docs at http://{host}:{port}/docs — database {_safe(settings.database_url)}")
-    # uvicorn raises the SIGTERM it stopped on again once the shutdown is done: by then the
-    # shutdown was graceful, so say so with exit status 0 rather than dying of the signal.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=shutdown_timeout, log_level="info")
 
 
