@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.db import models as m
 from app.db.engine import Database, make_engine
@@ -31,12 +31,12 @@ from app.domain.rulebook import load_rulebook
 from app.services import outbox
 from app.services.batch import record_batch
 from app.services.customers import create_customer
-from app.services.delivery import USER_AGENT, Failing, deliver_due
+from app.services.delivery import USER_AGENT, Failing, deliver_due, end_deleted, lease_for
 from app.services.egress import Egress
 from app.services.events import NewEvent, record_event
 from app.settings import Settings
 from app.startup import prepare
-from tests.conftest import Clock, empty_tables
+from tests.conftest import Clock, empty_tables, is_postgres
 
 RULEBOOK = load_rulebook()
 LEASE = timedelta(minutes=5)
@@ -294,6 +294,42 @@ def test_paused_subscriptions_keep_accumulating_deleted_ones_get_nothing(db: Dat
     queue(db, clock, 2)
 
     assert sorted(d.subscription_id for d in deliveries(db)) == [active, active, paused, paused]
+
+
+def test_a_delivery_queued_by_a_write_that_committed_after_the_delete_is_ended_by_the_worker(db: Database, receiver: Receiver, clock: Clock, migrated: str) -> None:
+    """Found by a hunt on PostgreSQL: a write that read the subscription as live before the
+    delete, and committed after it, left a delivery pending on a deleted subscription, one
+    never sent and never pruned. The worker's pruning round ends it as the delete would."""
+    sid = subscribe(db, receiver, clock)
+    if is_postgres(migrated):  # the race itself: the delete cannot see the write's rows
+        read, deleted = threading.Event(), threading.Event()
+
+        def write() -> None:  # reads the live subscriptions, as a write's INSERT returns them
+            with db.session(write=True) as s:
+                wanted = outbox.subscribers(s, "webhook.test")
+                read.set()
+                deleted.wait(30)
+                outbox.enqueue(s, "webhook.test", {"type": "webhook.test", "data": {}}, clock(), wanted=wanted)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert read.wait(30)
+        with db.session(write=True) as s:
+            outbox.delete_subscription(s, sid, now=clock())
+        deleted.set()
+        writer.join(30)
+    else:  # SQLite writes one at a time: what such a race would leave
+        queue(db, clock)
+        with db.session(write=True) as s:
+            s.execute(update(m.Subscription).where(m.Subscription.id == sid).values(status="deleted", deleted_at=clock()))
+    assert [d.status for d in deliveries(db)] == ["pending"]
+
+    assert end_deleted(db, now=clock()) == 1
+
+    (delivery,) = deliveries(db)
+    assert (delivery.status, delivery.last_error) == ("failed", "the subscription was deleted")
+    assert end_deleted(db, now=clock()) == 0
+    assert receiver.requests == []
 
 
 def test_an_event_created_message_names_the_event(db: Database, receiver: Receiver, clock: Clock) -> None:
@@ -650,3 +686,9 @@ def test_a_batch_queues_one_event_created_message_per_created_event(db: Database
         payloads = s.scalars(select(m.OutboxMessage.payload).order_by(m.OutboxMessage.id)).all()
     assert [p["data"]["event"]["id"] for p in payloads] == [r.event_id for r in first.results]
     assert [p["data"]["event"]["external_id"] for p in payloads] == ["crm-0", "crm-1", "crm-2"]
+
+
+@pytest.mark.parametrize(("timeout", "lease"), [(10, 50), (60, 150), (0.5, 31)])
+def test_a_lease_outlasts_an_attempt_twice_and_no_more_than_needed(timeout: float, lease: float) -> None:
+    # A worker killed mid-attempt left its delivery leased for a flat 5 minutes.
+    assert lease_for(Settings(database_url="sqlite://", webhook_timeout_seconds=timeout)).total_seconds() == lease

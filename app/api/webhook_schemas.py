@@ -27,6 +27,10 @@ def _absolute_http(value: str) -> str:
         raise ValueError("must be an absolute http:// or https:// URL")
     if any(c.isspace() for c in value):
         raise ValueError("must not contain white space")
+    if "@" in parts.netloc:
+        # They were sent as Basic auth and shown in every read of the subscription, where
+        # the signing secret is shown once. A receiver checks a message by its signature.
+        raise ValueError("must not carry credentials (user:password@): a receiver checks each message by its signature")
     try:
         httpx.URL(value)  # what the worker will send to: a host name IDNA cannot encode fails there
     except httpx.InvalidURL as exc:

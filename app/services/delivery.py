@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 import httpx
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -34,8 +34,12 @@ log = logging.getLogger("rapport.webhooks")
 
 USER_AGENT = "Rapport-Webhooks/0.1"
 EXCERPT_BYTES = 1024
-# How long a claim holds: far longer than one attempt may take (the timeout is ≤ 60 s).
-LEASE = timedelta(minutes=5)
+def lease_for(settings: Settings) -> timedelta:
+    """How long a claim holds: twice what one attempt may take (its timeout, at most 60 s),
+    and half a minute for recording it. A worker killed during an attempt leaves its
+    delivery leased: it is tried again when the lease runs out (it was a flat 5 minutes,
+    a hunt's find), and `redeliver` answers 409 until then, saying when."""
+    return timedelta(seconds=2 * settings.webhook_timeout_seconds + 30)
 GONE = 410  # the receiver says the endpoint is gone for good: pause at once
 
 
@@ -317,6 +321,23 @@ PRUNE_EVERY_SECONDS = 600
 PRUNE_AT_ONCE = 20 * PRUNE_BATCH
 
 
+def end_deleted(db: Database, *, now: datetime) -> int:
+    """End as failed the pending deliveries of deleted subscriptions; return how many.
+
+    Deleting a subscription ends its pending deliveries, but on PostgreSQL a write that read
+    the subscription as live before the delete and commits after it queues one the delete
+    could not see (a hunt found one on every subscription deleted under writes). It is never
+    sent (only active subscriptions' deliveries are claimed), and pruning keeps a pending
+    one for good: the worker ends it here, as the delete would have, when it prunes."""
+    deleted = select(m.Subscription.id).where(m.Subscription.status == outbox.DELETED)
+    with db.session(write=True) as session:
+        return session.execute(
+            update(m.Delivery)
+            .where(m.Delivery.status == "pending", m.Delivery.subscription_id.in_(deleted))
+            .values(status="failed", last_error=outbox.DELETED_REASON, finished_at=now, locked_until=None)
+        ).rowcount
+
+
 def prune(db: Database, *, before: datetime, batch: int = PRUNE_BATCH, at_most: int | None = None) -> int:
     """Delete the deliveries that ended (succeeded or failed) before `before`, with their
     attempts, and the outbox messages no delivery refers to any more; return how many
@@ -380,11 +401,15 @@ def _send(
     """One sender: claim a due delivery, send it, record it, until `stop`; and, given
     `prune_every`, prune the log that often."""
     keep = timedelta(days=settings.webhook_log_days)
+    lease = lease_for(settings)
     next_prune = time.monotonic()
     while not stop.is_set():
         if prune_every is not None and time.monotonic() >= next_prune:
             next_prune = time.monotonic() + prune_every
             try:
+                ended = end_deleted(db, now=clock())
+                if ended:
+                    log.info("webhook log: %d deliveries of deleted subscriptions ended as failed", ended)
                 pruned = prune(db, before=clock() - keep, at_most=PRUNE_AT_ONCE)
                 if pruned:
                     log.info("webhook log: %d finished deliveries older than %d days deleted", pruned, settings.webhook_log_days)
@@ -393,7 +418,7 @@ def _send(
             except Exception:  # noqa: BLE001 - the next round tries again; delivering goes on
                 log.exception("pruning the webhook log failed")
         try:
-            sent = deliver_due(db, now=clock, client=client, limit=1, lease=LEASE, schedule=settings.webhook_retry_schedule, failing=failing)
+            sent = deliver_due(db, now=clock, client=client, limit=1, lease=lease, schedule=settings.webhook_retry_schedule, failing=failing)
         except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going
             log.exception("webhook delivery round failed; trying again")
             sent = 0

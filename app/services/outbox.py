@@ -6,6 +6,7 @@ Everything here runs in the caller's transaction and never commits."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Sequence
 from uuid import uuid4
@@ -30,6 +31,7 @@ GRADE_EVENT = {"customer": LEVEL_CHANGED, "project": HEAT_CHANGED}
 PING = "webhook.ping"  # sent only by POST /v1/webhooks/subscriptions/{id}/test
 
 DELETED = "deleted"
+DELETED_REASON = "the subscription was deleted"  # a pending delivery's end when it is
 
 Payload = dict[str, Any] | Callable[[], dict[str, Any]]
 
@@ -265,7 +267,7 @@ def delete_subscription(session: Session, subscription_id: int, *, now: datetime
     session.execute(
         update(m.Delivery)
         .where(m.Delivery.subscription_id == subscription.id, m.Delivery.status == "pending")
-        .values(status="failed", last_error="the subscription was deleted", finished_at=now)
+        .values(status="failed", last_error=DELETED_REASON, finished_at=now)
     )
 
 
@@ -279,7 +281,13 @@ def redeliver(session: Session, subscription_id: int, delivery_id: int, *, now: 
     if delivery is None:
         raise NotFound(f"webhook subscription {subscription_id} has no delivery {delivery_id}")
     if delivery.status == "pending" and delivery.locked_until is not None and delivery.locked_until > now:
-        raise Conflict("this delivery is being attempted right now; look at its log in a moment", headers={"Retry-After": "10"})
+        # Leased: an attempt under way, or one whose worker stopped mid-way (it is tried
+        # again when the lease ends, app/services/delivery.py `lease_for`).
+        wait = max(1, math.ceil((delivery.locked_until - now).total_seconds()))
+        raise Conflict(
+            f"this delivery is leased to a worker for an attempt until {delivery.locked_until.isoformat()} (a worker that stopped mid-way leaves it so: it is tried again then)",
+            headers={"Retry-After": str(wait)},
+        )
     delivery.status, delivery.next_attempt_at, delivery.attempts = "pending", now, 0
     delivery.locked_until, delivery.finished_at = None, None
     return delivery

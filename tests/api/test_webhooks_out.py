@@ -266,6 +266,9 @@ BAD_BODIES = [
     ({"url": "https://example.com/hooks", "event_types": ["customer.deleted"]}, "event_types.0"),
     ({"url": "https://example.com/hooks", "event_types": [LEVEL], "secret": "whsec_bXlzZWNyZXQ="}, "secret"),
     ({"url": "https://example.com/hooks", "event_types": [LEVEL], "description": "x" * 201}, "description"),
+    # Credentials were sent as Basic auth and shown in every read of the subscription.
+    ({"url": "https://crm:s3cret@example.com/hooks", "event_types": [LEVEL]}, "url"),
+    ({"url": "https://token@example.com/hooks", "event_types": [LEVEL]}, "url"),
 ]
 
 
@@ -370,7 +373,11 @@ def test_a_delivery_being_attempted_cannot_be_redelivered_meanwhile(api, receive
     worker.start()
     try:
         assert arrived.wait(10)
-        assert_problem(api.post(f"{BASE}/{sub['id']}/deliveries/{ping['id']}/redeliver"), 409)
+        refused = api.post(f"{BASE}/{sub['id']}/deliveries/{ping['id']}/redeliver")
+        assert "leased to a worker for an attempt until" in assert_problem(refused, 409)["detail"]
+        # Retry-After is when the lease ends (the clock stands still here): a worker killed
+        # mid-attempt leaves the delivery leased that long, where "10" was said.
+        assert refused.headers["Retry-After"] == str(int(LEASE.total_seconds()))
     finally:
         release.set()
         worker.join()
