@@ -140,7 +140,9 @@ def _usable_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        reasons = "; ".join(f"RAPPORT_{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}" for error in exc.errors())
+        from app.api.problems import validation_reason
+
+        reasons = "; ".join(f"RAPPORT_{'.'.join(str(part) for part in error['loc']).upper()}: {validation_reason(error, 'environment')}" for error in exc.errors())
         raise _Unusable(f"the configuration cannot be used: {reasons}") from None
     except SettingsError as exc:  # a list or object setting that is not JSON
         named = re.search(r'field "(\w+)"', str(exc))
@@ -268,8 +270,16 @@ MAX_KEY_NAME = 96
 
 
 def _key_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from app.services.keys import reserved_name
+
     if not value.strip():
         raise click.BadParameter("must not be empty")
+    if not value.isprintable():
+        # A line break or a tab in a name made `keys list` show lines of a key that is not
+        # there ("root admin active"), and the actor it records.
+        raise click.BadParameter("must be printable: no line breaks, tabs or other control characters")
+    if reserved_name(value):
+        raise click.BadParameter("the names bootstrap and bootstrap-replaced-… are the bootstrap key's (RAPPORT_BOOTSTRAP_KEY)")
     if len(value) > MAX_KEY_NAME:
         # PostgreSQL refused a longer one as "the database failed" (exit 3), SQLite stored it,
         # and the key's writes would then fail on its actor's length (a hunt's find).
@@ -536,7 +546,11 @@ def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encodin
 
 
 def _safe(url: str) -> str:
-    return make_url(url).render_as_string(hide_password=True)
+    """The database URL as it may be printed: its password hidden, also one given as a
+    query parameter (`?password=`, which libpq and psycopg take too, was printed in clear)."""
+    parsed = make_url(url)
+    query = {name: "***" if name.lower() in ("password", "sslpassword") else value for name, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True).replace("=%2A%2A%2A", "=***")
 
 
 if __name__ == "__main__":

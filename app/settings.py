@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, NonNegativeFloat
+from pydantic import Field, NonNegativeFloat, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -20,6 +21,16 @@ class Settings(BaseSettings):
 
     database_url: str = Field(default="sqlite:///rapport.db", description="SQLAlchemy URL; default: rapport.db in the working directory")
     bootstrap_key: str | None = Field(default=None, description="if set, an admin API key with exactly this secret exists after start-up")
+
+    @field_validator("bootstrap_key")
+    @classmethod
+    def _sendable(cls, value: str | None) -> str | None:
+        # A secret a client cannot send as it is would be a key that never works, and setting
+        # it revokes the previous bootstrap key: the operator was locked out (a hunt's find,
+        # with Chinese characters; a header's surrounding spaces are dropped, too).
+        if value is not None and not re.fullmatch(r"[\x21-\x7e]+", value):
+            raise ValueError("must be printable ASCII with no spaces (letters, digits, punctuation), as an Authorization header carries it")
+        return value
     rulebook_path: Path | None = Field(default=None, description="a rulebook JSON file; default: the packaged default rulebook")
     migrations_dir: Path | None = Field(default=None, description="where the Alembic scripts are, if not beside the package")
     idempotency_ttl_hours: int = Field(default=24, ge=24, description="how long Idempotency-Key answers are kept")

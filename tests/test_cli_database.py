@@ -88,11 +88,13 @@ def test_a_database_failure_during_an_import_shows_no_statement_or_parameters(ru
     assert "13800000000" not in message and "INSERT" not in message
 
 
+@pytest.mark.parametrize("given", ["user:password@", "?password="])  # libpq and psycopg take either
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
-def test_a_postgresql_database_that_does_not_exist_fails_every_command_with_status_3(run, db_url: str, customers_csv: Path, no_server: None, command: tuple[str, ...]) -> None:  # noqa: ANN001
+def test_a_postgresql_database_that_does_not_exist_fails_every_command_with_status_3(run, db_url: str, customers_csv: Path, no_server: None, command: tuple[str, ...], given: str) -> None:  # noqa: ANN001
     if not is_postgres(db_url):
         pytest.skip("needs a PostgreSQL server: run the suite with RAPPORT_DATABASE_URL naming one")
-    absent = make_url(db_url).set(database=f"rapport_absent_{uuid.uuid4().hex[:12]}_test", password=PASSWORD)
+    absent = make_url(db_url).set(database=f"rapport_absent_{uuid.uuid4().hex[:12]}_test")
+    absent = absent.set(password=PASSWORD) if given == "user:password@" else absent.set(query={**absent.query, "password": PASSWORD})
     url = absent.render_as_string(hide_password=False)
 
     message = assert_database_failure(run(*command, env={"RAPPORT_DATABASE_URL": url}), absent.database or "")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from sqlalchemy import select
 
+from app.db import models as m
 from app.db.engine import Database, make_engine
-from app.services.keys import authenticate
+from app.services.keys import authenticate, create_key
 from tests.conftest import empty_tables
 
 A, B, X = "bootstrap-secret-a", "bootstrap-secret-b", "bootstrap-secret-x"
@@ -130,3 +133,45 @@ def test_revoking_a_revoked_key_says_so_and_keeps_its_first_revocation(run, tmp_
     assert again.exit_code == 0
     assert again.stdout.startswith("'erp' was already revoked, at ")
     assert run("keys", "list").stdout == first
+
+
+@pytest.mark.parametrize("name", ["ci\nroot\tadmin\tactive", "a\x1bb", "bootstrap", "bootstrap-replaced-1"])
+def test_a_key_name_is_printable_and_not_the_bootstrap_keys(run, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+    # A name with a line break showed in `keys list` as a key that is not there; a key made
+    # by hand as bootstrap-replaced-1 stopped every command once the bootstrap secret changed.
+    result = run("keys", "create", "--name", name, "--scopes", "read")
+
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--name'" in result.stderr
+    assert run("keys", "list").stdout == ""
+
+
+def test_a_replaced_bootstrap_key_takes_a_free_name(run, keys_url: str) -> None:  # noqa: ANN001
+    # A database where a key was named like the first replacement before names were reserved.
+    env = {"RAPPORT_DATABASE_URL": keys_url}
+    assert run("keys", "list", env={**env, "RAPPORT_BOOTSTRAP_KEY": A}).exit_code == 0
+    db = Database(make_engine(keys_url))
+    try:
+        with db.session(write=True) as s:
+            first = s.scalar(select(m.ApiKey.id).where(m.ApiKey.name == "bootstrap"))
+            create_key(s, f"bootstrap-replaced-{first}", ["read"], now=datetime.now(timezone.utc))
+    finally:
+        db.dispose()
+
+    changed = run("keys", "list", env={**env, "RAPPORT_BOOTSTRAP_KEY": B})
+
+    assert changed.exit_code == 0, changed.output
+    assert live(keys_url, B) == "bootstrap:admin" and live(keys_url, A) is None
+    assert f"bootstrap-replaced-{first}-2\tadmin\trevoked" in changed.stdout
+
+
+@pytest.mark.parametrize("secret", ["管理员密钥-0123456789abcdef", " padded-secret-0123456789 ", "two words-0123456789"])
+def test_a_bootstrap_key_no_client_can_send_is_refused_before_anything_changes(run, tmp_path: Path, secret: str) -> None:  # noqa: ANN001
+    # It was created, could never log in, and revoked the previous bootstrap key.
+    assert run("keys", "list", env={"RAPPORT_BOOTSTRAP_KEY": A}).exit_code == 0
+
+    refused = run("keys", "list", env={"RAPPORT_BOOTSTRAP_KEY": secret})
+
+    assert refused.exit_code == 2
+    assert "RAPPORT_BOOTSTRAP_KEY: must be printable ASCII with no spaces" in refused.stderr
+    assert live(f"sqlite:///{tmp_path / 'rapport.db'}", A) == "bootstrap:admin"

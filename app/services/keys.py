@@ -21,6 +21,24 @@ if TYPE_CHECKING:
 
 SCOPES = ("read", "write", "admin")
 BOOTSTRAP_NAME = "bootstrap"
+REPLACED_PREFIX = f"{BOOTSTRAP_NAME}-replaced-"  # the name a replaced bootstrap key is given
+
+
+def reserved_name(name: str) -> bool:
+    """Whether `name` is the bootstrap key's, or one its replacements are given: a key of
+    that name made by hand would be taken for it (`ensure_bootstrap_key`)."""
+    return name == BOOTSTRAP_NAME or name.startswith(REPLACED_PREFIX)
+
+
+def _free_name(session: Session, name: str) -> str:
+    """`name`, or `name-2`, `name-3`… where a key has it (one made before names were
+    reserved: the rename failed on the unique name, and every command with it, exit 3)."""
+    taken = set(session.scalars(select(m.ApiKey.name).where(m.ApiKey.name.startswith(name, autoescape=True))))
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
 
 
 def hash_secret(secret: str) -> str:
@@ -96,7 +114,7 @@ def ensure_bootstrap_key(session: Session, secret: str, *, now: datetime) -> m.A
     current = session.scalar(select(m.ApiKey).where(m.ApiKey.name == BOOTSTRAP_NAME))
     if current is not None and current is not key:
         # The bootstrap secret was changed: the old one stops working.
-        current.name = f"{BOOTSTRAP_NAME}-replaced-{current.id}"
+        current.name = _free_name(session, f"{REPLACED_PREFIX}{current.id}")
         current.revoked_at = current.revoked_at or now
         session.flush()  # frees the name before another key takes it
     if key is None:
