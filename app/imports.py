@@ -359,6 +359,8 @@ def _record_body(table: Table, row: Row, stored: m.Customer | m.Project | None) 
             continue
         if column == "tags" and isinstance(value, str):
             value = _list(value)
+        if column == "amount" and isinstance(value, str):
+            value = convert_attribute("number", value)  # a number as an event's number cell is read
         if column.startswith("contact."):
             body.setdefault("contact", {})[column.removeprefix("contact.")] = value
         else:

@@ -303,17 +303,19 @@ def test_project_rows_name_an_owner_that_exists_and_is_an_owner(run, tmp_path: P
         ["P-3", "园区厂房", "C-2", "", ""],
         ["P-4", "园区厂房二期", "C-1", "", "-5"],
         ["P-5", "无主项目", "", "", ""],
+        ["P-6", "园区厂房三期", "C-1", "", "1_200_000"],  # read as the API reads numbers: ASCII digits
         ["P-1", "新门诊楼暖通工程(二期)", "", "1", "1200000"],
     ]
 
     result = run("import", "projects", str(write_csv(tmp_path / "more-projects.csv", rows)))
 
-    assert result.exit_code == 1 and "created 0, updated 1, unchanged 0, rejected 4" in result.stdout
+    assert result.exit_code == 1 and "created 0, updated 1, unchanged 0, rejected 5" in result.stdout
     assert [r["reason"] for r in read_csv(tmp_path / "more-projects.rejected.csv")] == [
         "owner_ref: no customer with external_ref 'C-9'",
         "owner_id: customer 2 is an installer; a project's owner must be an owner",
         "amount: Input should be greater than or equal to 0",
         "give exactly one of owner_id and owner_ref",
+        "amount: Input should be a valid number",
     ]
     assert query(tmp_path, "SELECT name, region FROM projects") == [("新门诊楼暖通工程(二期)", "上海")]
 
