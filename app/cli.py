@@ -528,7 +528,14 @@ def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encodin
         options = Options(chunk=chunk, actor=actor or f"import:{file.name}", source=source, dry_run=dry_run)
         table = open_table(file, kind, encoding)
         with click.progressbar(length=table.rows, label=f"importing {kind} from {file.name}", file=sys.stderr) as bar:
-            report = run_import(db, rulebook, table, rejected_path=rejected, options=options, clock=_now, progress=bar.update)
+            try:
+                report = run_import(db, rulebook, table, rejected_path=rejected, options=options, clock=_now, progress=bar.update)
+            except KeyboardInterrupt:
+                # Not click's "Aborted!" and exit status 1, which says "rows were rejected":
+                # a job that reads the status would have looked for a rejected file.
+                stored = "nothing was stored" if dry_run else "the chunks committed before it stay stored; importing the file again stores only the rest"
+                click.echo(f"\ninterrupted after {bar.pos:,} of {table.rows:,} rows: {stored}", err=True)
+                sys.exit(130)
     except UnusableInput as exc:
         raise _Unusable(f"{file.name}: {exc}. Nothing was stored.") from exc
     finally:

@@ -110,8 +110,21 @@ class Table:
         for line, values in records:
             cells = {name: v.strip() for name, v in zip(self.header, values) if name and name not in REPORT_COLUMNS and v.strip()}
             extra = [v for v in values[len(self.header) :] if v.strip()]
-            problems = (FieldError("", f"has {len(self.header) + len(extra)} cells; the header names {len(self.header)} columns"),) if extra else ()
+            # A row short of the named columns (a file cut inside it) would clear what its
+            # missing cells hold: an empty cell clears a value, a missing one must not.
+            problems = ()
+            if extra:
+                problems = (FieldError("", f"has {len(self.header) + len(extra)} cells; the header names {len(self.header)} columns"),)
+            elif len(values) < self.named:
+                problems = (FieldError("", f"has {len(values)} cells; the header names {self.named} columns (was the file cut short?)"),)
             yield Row(line, tuple(values), cells, problems)
+
+    @property
+    def named(self) -> int:
+        """The columns a row must reach: up to the last the header names (Excel may add
+        unnamed ones after it; the rejected file's own line and reason columns may be left
+        out of a fixed row)."""
+        return max((i + 1 for i, name in enumerate(self.header) if name and name not in REPORT_COLUMNS), default=0)
 
 
 def open_table(path: Path, kind: str, encoding: str) -> Table:
@@ -121,6 +134,7 @@ def open_table(path: Path, kind: str, encoding: str) -> Table:
         codecs.lookup(encoding)
     except LookupError:
         raise UnusableInput(f"unknown encoding {encoding!r} (try utf-8-sig or gb18030)") from None
+    _check_not_utf8(path, encoding)
     records = _records(path, encoding)
     first = next(records, None)
     if first is None:
@@ -130,10 +144,40 @@ def open_table(path: Path, kind: str, encoding: str) -> Table:
     return Table(kind, path, encoding, header, sum(1 for _ in records))
 
 
+_GB = {"gb18030", "gbk", "gb2312"}
+
+
+def _check_not_utf8(path: Path, encoding: str) -> None:
+    """A UTF-8 file given a GB encoding decodes, as garbage: 北京协和医院 as 鍖椾含鍗忓拰鍖婚櫌
+    (a cron job kept --encoding gb18030 after the ERP moved to UTF-8). Such a file is
+    refused where it is UTF-8 through and through and not plain ASCII; Chinese text in
+    GB18030 practically never is."""
+    if codecs.lookup(encoding).name not in _GB:
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    non_ascii = False
+    with path.open("rb") as raw:
+        if raw.read(3) == codecs.BOM_UTF8:
+            raise UnusableInput(f"the file starts with a UTF-8 byte order mark: it is UTF-8 text, not {encoding}; import it without --encoding")
+        raw.seek(0)
+        try:
+            for block in iter(lambda: raw.read(1 << 16), b""):
+                decoder.decode(block)
+                non_ascii = non_ascii or not block.isascii()
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return
+    if non_ascii:
+        raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its Chinese would be stored as garbage)")
+
+
 def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """The CSV records that are not blank, with the line each starts on."""
     with path.open("rb") as raw:
-        reader = csv.reader(_decoded(raw, encoding))
+        # strict: a quote still open at the end of the file (a file cut in a quoted note) was
+        # read as a cell ending there, and the cut row stored; importing the whole file
+        # later stored that event a second time, under another content (a hunt's find).
+        reader = csv.reader(_decoded(raw, encoding), strict=True)
         start = 1
         try:
             for values in reader:
@@ -166,7 +210,7 @@ def _check_header(kind: str, header: tuple[str, ...]) -> None:
     unknown = [n for n in named if n not in known and not (kind == "events" and n.startswith(ATTR) and n != ATTR)]
     if unknown:
         extra = f" and {ATTR}<attribute>" if kind == "events" else ""
-        problems.append(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} (an {kind} file has {', '.join(layout.columns)}{extra})")
+        problems.append(f"unknown column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} ({'an' if kind[0] in 'aeiou' else 'a'} {kind} file has {', '.join(layout.columns)}{extra})")
     if "attributes" in header and any(n.startswith(ATTR) for n in header):
         problems.append(f"give attributes either as one 'attributes' column (JSON) or as {ATTR}<name> columns, not both")
     if problems:

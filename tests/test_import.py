@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+import app.imports
 from sqlalchemy import text
 
 from app.db.engine import Database, make_engine
@@ -164,6 +166,65 @@ def test_a_gb18030_file_read_as_utf8_is_refused_with_a_hint(run, tmp_path: Path)
     assert result.exit_code == 2
     assert "line 2 is not utf-8-sig text" in result.output and "--encoding gb18030" in result.output
     assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-8"])
+def test_a_utf8_file_given_a_gb_encoding_is_refused_not_stored_as_garbage(run, tmp_path: Path, encoding: str) -> None:  # noqa: ANN001
+    # 北京协和医院 read as GB18030 is 鍖椾含鍗忓拰鍖婚櫌, and it was stored so (a cron job
+    # that kept --encoding gb18030 after the ERP moved to UTF-8).
+    result = run("import", "customers", str(write_csv(tmp_path / "customers.csv", CUSTOMERS, encoding)), "--encoding", "gb18030")
+
+    assert result.exit_code == 2, result.output
+    assert "is UTF-8 text" in result.output and "without --encoding" in result.output
+    assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
+def test_a_file_cut_inside_a_quoted_cell_is_malformed_and_stores_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    # The cut row was stored with half its note; the whole file imported later stored that
+    # visit again (its content differed), and three visits met O1.4 where two were made.
+    whole = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, EXAMPLE_ONE[4], [*EXAMPLE_ONE[5][:7], "第二次拜访\r\n谈了价格"]])
+    text = whole.read_bytes()
+    cut = tmp_path / "cut.csv"
+    cut.write_bytes(text[: text.index("谈了价格".encode())])
+
+    result = run("import", "events", str(cut))
+
+    assert result.exit_code == 2, result.output
+    assert "not readable as CSV" in result.output and "Nothing was stored" in result.output
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+    assert "created 2, duplicate 0" in import_ok(run, "events", whole)
+
+
+def test_a_row_with_fewer_cells_than_columns_is_rejected_and_clears_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    # A file cut inside its last row: the missing cells cleared the stored region, rep,
+    # contact and tags, as empty cells do.
+    before = customer(tmp_path, "C-1")
+    rows = [CUSTOMERS[0], ["C-1", "上海市第一人民医院", "owner", "上"]]
+
+    result = run("import", "customers", str(write_csv(tmp_path / "cut.csv", rows)))
+
+    assert result.exit_code == 1, result.output
+    assert read_csv(tmp_path / "cut.rejected.csv")[0]["reason"] == "has 4 cells; the header names 8 columns (was the file cut short?)"
+    assert customer(tmp_path, "C-1") == before
+
+
+def test_unnamed_columns_after_the_last_named_one_may_be_missing_from_a_row(run, tmp_path: Path) -> None:  # noqa: ANN001
+    rows = [[*CUSTOMERS[0], "", ""], CUSTOMERS[1], [*CUSTOMERS[2], ""]]
+
+    assert "created 2" in import_ok(run, "customers", write_csv(tmp_path / "customers.csv", rows))
+
+
+def test_an_interrupted_import_says_so_with_its_own_exit_status(run, tmp_path: Path, customers_and_project: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    # It was click's "Aborted!" with exit status 1, which says "rows were rejected".
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(app.imports, "run_import", interrupted)
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])))
+
+    assert result.exit_code == 130
+    assert "interrupted after 0 of 7 rows" in result.stderr and "importing the file again stores only the rest" in result.stderr
 
 
 @pytest.mark.parametrize(
