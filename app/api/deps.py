@@ -38,8 +38,9 @@ class Context:
     # (API key id, key, lease), freed with its next keyed request (app/api/idempotency.py).
     unreleased: set[tuple[int, str, datetime]] = field(default_factory=set)
     # And the answers of keyed writes that committed but whose answer could not be stored
-    # after (a batch's): (API key id, key) → the answer, stored with its next keyed request.
-    unstored: dict[tuple[int, str], Any] = field(default_factory=dict)
+    # after (a batch's): (API key id, key, lease) → the answer, stored with its next keyed
+    # request, if that claim still holds the key.
+    unstored: dict[tuple[int, str, datetime], Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

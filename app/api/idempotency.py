@@ -56,10 +56,15 @@ _LOCKED = select(
     _RECORDS.c.fingerprint, _RECORDS.c.status_code, _RECORDS.c.response_body, _RECORDS.c.response_type, _RECORDS.c.response_headers, _RECORDS.c.locked_until
 ).where(_THIS_KEY).with_for_update()
 _LEASE = update(_RECORDS).where(_THIS_KEY).values(locked_until=bindparam("until", type_=_RECORDS.c.locked_until.type))
+# The answer goes on this request's claim only while it is still its own: unanswered, with
+# the lease it took. A request that outlived its lease (it waited on a row lock behind a
+# long batch) had its key taken over by a retry, and the two both recorded the event; the
+# retry's answer then overwrote the first's (a hunt's find, across two processes).
 _ANSWER = (
     update(_RECORDS)
-    .where(_THIS_KEY)
+    .where(_THIS_KEY, _RECORDS.c.status_code.is_(None), _RECORDS.c.locked_until == bindparam("lease", type_=_RECORDS.c.locked_until.type))
     .values({name: bindparam(f"answer_{name}", type_=_RECORDS.c[name].type) for name in ("status_code", "response_body", "response_type", "response_headers")})
+    .returning(_RECORDS.c.id)
 )
 # The claim this request made, if it is still unanswered and still its own (its lease: a
 # retry may have taken over a lease that ran out, and its claim must stay).
@@ -127,7 +132,8 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
 
     def keep(session: Session, response: Response) -> Response:
         if response.status_code < 500:
-            _store(session, caller.key_id, key, response)
+            if not _store(session, caller.key_id, key, response, lease):
+                raise _taken_over()  # the work's transaction rolls back: the retry's stands
             kept.append(response)  # a transaction run again keeps it again: `response` is the last
         return response
 
@@ -145,7 +151,9 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
         return response
     try:
         with ctx.db.session(write=True) as session:
-            _store(session, caller.key_id, key, response)
+            # Not stored where a retry took the key over meanwhile: the answer kept is the
+            # retry's, which found what this work committed (a batch's items: `duplicate`).
+            _store(session, caller.key_id, key, response, lease)
     except DBAPIError:
         # The work committed (a batch answers after its commit): its answer is what happened,
         # and the caller gets it, though the database failed right after (a concurrency hunt's
@@ -154,7 +162,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
         # retry of the key is 409, and after its lease it runs again, all of it `duplicate`.
         log.warning("the answer of a keyed write that committed could not be stored; it is kept to store later")
         if len(ctx.unstored) < MAX_UNRELEASED:
-            ctx.unstored[(caller.key_id, key)] = response
+            ctx.unstored[(caller.key_id, key, lease)] = response
     return response
 
 
@@ -162,18 +170,20 @@ def _as_is(_session: Session, response: Response) -> Response:
     return response
 
 
-def _store(session: Session, key_id: int, key: str, response: Response) -> None:
-    """Store the answer on the key's claimed record."""
-    run_statement(
+def _store(session: Session, key_id: int, key: str, response: Response, lease: datetime) -> bool:
+    """Store the answer on the key's record, if this request's claim (`lease`) still holds
+    it; return whether it did."""
+    return run_statement(
         session,
         _ANSWER,
         record_key_id=key_id,
         record_key=key,
+        lease=lease,
         answer_status_code=response.status_code,
         answer_response_body=bytes(response.body),
         answer_response_type=response.media_type,
         answer_response_headers={name: response.headers[name] for name in REPLAYED_HEADERS if name in response.headers},
-    )
+    ).first() is not None
 
 
 def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: datetime, lease: datetime) -> Response | None:
@@ -209,6 +219,14 @@ def _in_flight() -> Conflict:
     return Conflict("a request with this Idempotency-Key is in progress; retry later", headers={"Retry-After": "1"})
 
 
+def _taken_over() -> Conflict:
+    return Conflict(
+        "this request ran past its Idempotency-Key's lease, and a retry with the key took it over: nothing of this request was stored; "
+        "the retry's answer is the key's (send the key again to get it)",
+        headers={"Retry-After": "1"},
+    )
+
+
 def _release(ctx: Context, key_id: int, key: str, lease: datetime) -> None:
     """Free the key this request claimed and did not answer, so that a retry runs at once.
     Mostly the request failed because the database did, and then so does this: the key is
@@ -231,8 +249,8 @@ def _settle_pending(ctx: Context) -> None:
         with ctx.db.session(write=True) as session:
             for key_id, key, lease in pending:
                 run_statement(session, _UNANSWERED, record_key_id=key_id, record_key=key, lease=lease)
-            for (key_id, key), response in answers.items():
-                _store(session, key_id, key, response)
+            for (key_id, key, lease), response in answers.items():
+                _store(session, key_id, key, response, lease)
     except DBAPIError:
         return
     ctx.unreleased.difference_update(pending)

@@ -139,6 +139,49 @@ def test_a_batch_that_committed_is_answered_as_it_was_though_its_answer_could_no
     assert retry.headers.get("idempotent-replayed") == "true" and retry.content == first.content
 
 
+def test_a_request_that_outlives_its_lease_stores_nothing_where_a_retry_took_the_key_over(api, app, clock, monkeypatch) -> None:  # noqa: ANN001
+    """Found by a hunt across two processes on PostgreSQL: the first request waited on a row
+    lock past its lease, its client retried, the retry took the key over and recorded the
+    visit, and then the first recorded it too (no external_id): two visits for one, and the
+    retry's answer overwrote the first's. The first now finds its claim gone when it comes
+    to store its answer, and its transaction rolls back."""
+    import threading
+
+    from app.api import idempotency
+
+    owner = owner_one_visit_short_of_level_one(api)
+    headers = {"Idempotency-Key": "slow-visit"}
+    entered, release = threading.Event(), threading.Event()
+    real_run = idempotency.run
+    held = []
+
+    def first_waits(ctx, caller, key, fingerprint_of, work):  # noqa: ANN001, ANN202
+        def work_after_a_wait(keep):  # noqa: ANN001, ANN202
+            if not held:  # the first request: claimed, then held up before its write
+                held.append(key)
+                entered.set()
+                assert release.wait(30)
+            return work(keep)
+
+        return real_run(ctx, caller, key, fingerprint_of, work_after_a_wait)
+
+    monkeypatch.setattr(idempotency, "run", first_waits)
+    first = api.send_soon("POST", "/v1/events", json=third_visit(owner), headers=headers)
+    assert entered.wait(30)
+    clock.advance(seconds=app.state.context.settings.idempotency_lease_seconds + 1)
+
+    retry = api.post("/v1/events", json=third_visit(owner), headers=headers)
+    release.set()
+    late = first.result(30)
+
+    assert retry.status_code == 201, retry.text
+    assert "a retry with the key took it over" in assert_problem(late, 409)["detail"]
+    visits = api.get("/v1/events", params={"customer_id": owner, "type": "visit"}).json()["items"]
+    assert len(visits) == 3  # two before, and this one once
+    replay = api.post("/v1/events", json=third_visit(owner), headers=headers)
+    assert replay.headers.get("idempotent-replayed") == "true" and replay.content == retry.content
+
+
 def test_the_same_key_with_another_body_is_422_and_stores_nothing(api) -> None:
     owner = owner_one_visit_short_of_level_one(api)
     headers = {"Idempotency-Key": "visit-7f3a"}
