@@ -44,9 +44,25 @@ def _stored_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
 
 
-# The oldest transaction still running on PostgreSQL: every one older has ended, and none
-# that starts from now on can be older.
-_HORIZON = literal_column("pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+# The oldest transaction of this database still running on PostgreSQL (in the statement's
+# snapshot): every one older has ended, and none that starts from now on can be older. The
+# snapshot's own xmin would do, but transaction ids are the whole server's: a transaction
+# left open in another database (another application's, an idle session's) held the feed
+# back for as long as it lasted (a hunt's find). A running id is passed over only where it
+# is seen held by a session of another database (its lock on its own id, pg_locks, and the
+# session's database, pg_stat_activity: both readable by every role); one that ended since
+# the snapshot, or a prepared transaction, still counts, which errs on the side of waiting.
+# pg_locks names a 32-bit xid: compared with the low 32 bits of the snapshot's 64-bit ids,
+# which are all within 2^31 of each other. About 0.2 ms a page.
+_HORIZON = literal_column(
+    """(SELECT coalesce(min(running.xid::text::bigint), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+ FROM pg_snapshot_xip(pg_current_snapshot()) AS running(xid)
+ WHERE NOT EXISTS (
+   SELECT 1 FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+   WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+     AND l.transactionid::text::bigint = running.xid::text::bigint % 4294967296
+     AND a.datname IS DISTINCT FROM current_database()))"""
+)
 
 
 def page(

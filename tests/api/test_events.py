@@ -219,6 +219,43 @@ def test_a_cursor_never_passes_an_event_whose_transaction_commits_later(api, app
         assert sorted(read[:seen] + rest) == sorted(everything), (read[:seen], rest)
 
 
+def test_a_transaction_open_in_another_database_does_not_hold_the_list_back(api, migrated: str) -> None:
+    """Found by two hunts: transaction ids are the whole server's, and the oldest-first list
+    waited for every transaction older than an event's, in any database: one left open by
+    another application (or a DROP DATABASE running) hid every new event for as long as it
+    lasted. A transaction in this database still holds it back, as it must."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite keeps no transaction ids")
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(migrated)
+    customer = api.create_customer("上海建工安装", "installer")["id"]
+
+    def visit() -> int:
+        return api.post("/v1/events", json={"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}).json()["id"]
+
+    def connect(database: str) -> psycopg.Connection:
+        return psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password, dbname=database)
+
+    elsewhere = connect("postgres")
+    try:
+        elsewhere.execute("SELECT pg_current_xact_id()")  # a write transaction: it holds an id
+        first = visit()
+        assert event_ids(api, limit=200) == [first]
+    finally:
+        elsewhere.close()
+
+    here = connect(url.database)
+    try:
+        here.execute("SELECT pg_current_xact_id()")
+        second = visit()
+        assert event_ids(api, limit=200) == [first]  # behind an older write of this database
+    finally:
+        here.close()
+    assert event_ids(api, limit=200) == [first, second]
+
+
 def test_events_restored_from_a_server_further_along_are_listed_oldest_first_after_start_up(api, app, migrated: str, settings, clock) -> None:  # noqa: ANN001
     """Found by a hunt: a pg_dump restored on another PostgreSQL server keeps the
     transaction ids of the one it came from. Where those are ahead of this server's, the
