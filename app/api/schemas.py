@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_HALF_UP, Decimal
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, WrapValidator, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from app.db.types import MAX_ID
@@ -127,6 +127,23 @@ def _accepted_instant(value: datetime) -> datetime:
 
 # An aware instant from 1970 up to 2100 (the bounds of every instant a request carries).
 Instant = Annotated[AwareDatetime, BeforeValidator(_instant_text), AfterValidator(_accepted_instant)]
+
+_FRACTION = re.compile(r"\d\d:\d\d:\d\d[.,](\d+)")
+
+
+def _up_to_a_microsecond(value: Any, handler: Any) -> Any:
+    # Instants are kept to the microsecond, and pydantic cuts finer digits off: a bound of
+    # ….0000001 (.NET writes seven digits) was read as ….000000, and `from` then let in an
+    # event before it, `to` left out one before it. A bound is rounded up instead, which
+    # keeps both comparisons true to what was written.
+    parsed = handler(value)
+    match = _FRACTION.search(value) if isinstance(value, str) else None
+    if match and match.group(1)[6:].strip("0"):
+        parsed += timedelta(microseconds=1)
+    return parsed
+
+
+Bound = Annotated[Instant, WrapValidator(_up_to_a_microsecond)]  # a `from` / `to` filter
 
 
 class Strict(BaseModel):

@@ -340,3 +340,15 @@ def test_retraction_needs_a_reason(api) -> None:
     assert_problem(api.post(f"/v1/events/{e['id']}/retract", json={}), 422, "reason")
     assert_problem(api.post(f"/v1/events/{e['id']}/retract", json={"reason": "   "}), 422, "reason")
     assert api.get(f"/v1/events/{e['id']}").json()["retraction"] is None
+
+
+def test_a_bound_finer_than_a_microsecond_is_rounded_up_not_cut(api) -> None:
+    # .NET writes seven fractional digits; pydantic cut the seventh: `from` ….0000001 let in
+    # an event at ….000000 (before it), and `to` ….0000001 left one out (before it).
+    customer = api.create_customer("上海建工安装", "installer")["id"]
+    at_the_second = api.post("/v1/events", json={"type": "visit", "customer_id": customer, "occurred_at": "2026-05-01T00:00:00Z", "attributes": {"reception": "neutral"}}).json()["id"]
+
+    assert event_ids(api, **{"from": "2026-05-01T00:00:00.0000001Z"}) == []
+    assert event_ids(api, to="2026-05-01T00:00:00.0000001Z") == [at_the_second]
+    assert event_ids(api, **{"from": "2026-05-01T00:00:00.0000000Z"}) == [at_the_second]
+    assert event_ids(api, to="2026-05-01T00:00:00.0000000Z") == []
