@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -274,6 +274,8 @@ def _key_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
     if not value.strip():
         raise click.BadParameter("must not be empty")
+    if value != value.strip():
+        raise click.BadParameter("must not begin or end with a space (' bootstrap' would list as the bootstrap key)")
     if not value.isprintable():
         # A line break or a tab in a name made `keys list` show lines of a key that is not
         # there ("root admin active"), and the actor it records.
@@ -372,13 +374,17 @@ class _Instant(click.ParamType):
         if isinstance(value, datetime):
             return value
         try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 instant (2026-12-07T01:19:40.713307Z) or a date (2026-12-07)", param, ctx)
-        if parsed.tzinfo is None:
-            if "T" in value or " " in value:
-                self.fail(f"{value!r} has no offset: add Z or +08:00", param, ctx)
-            parsed = parsed.replace(tzinfo=timezone.utc)
+        if parsed.tzinfo is None:  # any time without an offset (fromisoformat takes 2026-12-07x02:00 too)
+            self.fail(f"{value!r} has no offset: add Z or +08:00", param, ctx)
         return parsed
 
 

@@ -25,11 +25,15 @@ class Settings(BaseSettings):
     @field_validator("bootstrap_key")
     @classmethod
     def _sendable(cls, value: str | None) -> str | None:
+        # Empty is unset, as it always was (a compose file's `${X}` with X unset gives it).
         # A secret a client cannot send as it is would be a key that never works, and setting
         # it revokes the previous bootstrap key: the operator was locked out (a hunt's find,
-        # with Chinese characters; a header's surrounding spaces are dropped, too).
-        if value is not None and not re.fullmatch(r"[\x21-\x7e]+", value):
-            raise ValueError("must be printable ASCII with no spaces (letters, digits, punctuation), as an Authorization header carries it")
+        # with Chinese characters). A header carries printable ASCII, and its spaces at
+        # either end are dropped; spaces inside are kept, and work.
+        if not value:
+            return None
+        if not re.fullmatch(r"[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?", value):
+            raise ValueError("must be printable ASCII (letters, digits, punctuation, inner spaces), with no space at either end, as an Authorization header carries it")
         return value
     rulebook_path: Path | None = Field(default=None, description="a rulebook JSON file; default: the packaged default rulebook")
     migrations_dir: Path | None = Field(default=None, description="where the Alembic scripts are, if not beside the package")

@@ -81,8 +81,9 @@ def test_verify_takes_the_instant_regrade_prints(run, tmp_path: Path) -> None:  
         checked = run("verify", "--as-of", as_of)
         assert checked.exit_code == 0, (as_of, checked.output)
 
-    naive = run("verify", "--as-of", "2026-12-07T01:19:40")
-    assert naive.exit_code == 2 and "has no offset" in naive.output
+    for naive in ("2026-12-07T01:19:40", "2026-12-07t01:19:40", "2026-12-07x01:19:40", "2026-12-07 01:19:40"):
+        refused = run("verify", "--as-of", naive)
+        assert refused.exit_code == 2 and "has no offset" in refused.output, naive
 
 
 def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001

@@ -27,7 +27,8 @@ REPLACED_PREFIX = f"{BOOTSTRAP_NAME}-replaced-"  # the name a replaced bootstrap
 def reserved_name(name: str) -> bool:
     """Whether `name` is the bootstrap key's, or one its replacements are given: a key of
     that name made by hand would be taken for it (`ensure_bootstrap_key`)."""
-    return name == BOOTSTRAP_NAME or name.startswith(REPLACED_PREFIX)
+    folded = name.strip().casefold()
+    return folded == BOOTSTRAP_NAME or folded.startswith(REPLACED_PREFIX)
 
 
 def _free_name(session: Session, name: str) -> str:
