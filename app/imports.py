@@ -13,8 +13,10 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import itertools
 import json
 import os
+import re
 from collections import Counter
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -145,6 +147,11 @@ def open_table(path: Path, kind: str, encoding: str) -> Table:
 
 
 _GB = {"gb18030", "gbk", "gb2312"}
+# Chinese characters (CJK ideographs, their extension A and compatibility forms): what a
+# UTF-8 file holds that a GB18030 file read as UTF-8 practically never does. GB18030 bytes
+# can be valid UTF-8 (石头 reads as ʯͷ), but not as ideographs, which take three bytes of
+# the forms 0xE3–0xE9 followed by two continuation bytes.
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 def _check_not_utf8(path: Path, encoding: str) -> None:
@@ -155,32 +162,38 @@ def _check_not_utf8(path: Path, encoding: str) -> None:
     if codecs.lookup(encoding).name not in _GB:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
-    non_ascii = False
+    chinese = False
     with path.open("rb") as raw:
         if raw.read(3) == codecs.BOM_UTF8:
             raise UnusableInput(f"the file starts with a UTF-8 byte order mark: it is UTF-8 text, not {encoding}; import it without --encoding")
         raw.seek(0)
         try:
             for block in iter(lambda: raw.read(1 << 16), b""):
-                decoder.decode(block)
-                non_ascii = non_ascii or not block.isascii()
+                chinese = _HAN.search(decoder.decode(block)) is not None or chinese
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             return
-    if non_ascii:
+    if chinese:
         raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its Chinese would be stored as garbage)")
 
 
 def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """The CSV records that are not blank, with the line each starts on."""
     with path.open("rb") as raw:
-        # strict: a quote still open at the end of the file (a file cut in a quoted note) was
-        # read as a cell ending there, and the cut row stored; importing the whole file
-        # later stored that event a second time, under another content (a hunt's find).
-        reader = csv.reader(_decoded(raw, encoding), strict=True)
+        # A quote still open at the end of the file (a file cut in a quoted note) was read as
+        # a cell ending there, and the cut row stored; importing the whole file later stored
+        # that event a second time, under another content (a hunt's find). The reader's
+        # strict mode would say so, but it also refuses what Excel and people write and
+        # this reader always took (`"Smith, Jones" ,`): instead a line of its own follows
+        # the file, which arrives as a record of its own unless a quote is still open.
+        reader = csv.reader(itertools.chain(_decoded(raw, encoding), ("\n", f"{_END}\n")))
         start = 1
         try:
             for values in reader:
+                if values == [_END]:
+                    return
+                if any(_END in v for v in values):
+                    raise UnusableInput(f"line {start}: a quoted cell is still open at the end of the file (was the file cut short?)")
                 if any(v.strip() for v in values):
                     yield start, values
                 start = reader.line_num + 1
@@ -189,6 +202,9 @@ def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
             raise UnusableInput(f"line {reader.line_num + 1} is not {encoding} text ({exc.reason}){hint}") from None
         except csv.Error as exc:
             raise UnusableInput(f"line {reader.line_num}: not readable as CSV ({exc})") from None
+
+
+_END = "\ue000rapport: end of file\ue000"  # a private-use mark no file holds
 
 
 def _decoded(raw: Iterator[bytes], encoding: str) -> Iterator[str]:

@@ -179,6 +179,15 @@ def test_a_utf8_file_given_a_gb_encoding_is_refused_not_stored_as_garbage(run, t
     assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
 
 
+def test_a_gb18030_file_whose_bytes_are_also_utf8_still_imports_as_gb18030(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # 石头 in GB18030 is valid UTF-8 too (ʯͷ), but holds no Chinese character read so.
+    path = tmp_path / "customers.csv"
+    path.write_bytes("external_ref,name,kind,region\nC-7,石头,installer,\nC-8,某小学,owner,魏巍\n".encode("gb18030"))
+
+    assert "created 2" in import_ok(run, "customers", path, "--encoding", "gb18030")
+    assert query(tmp_path, "SELECT name FROM customers ORDER BY id") == [("石头",), ("某小学",)]
+
+
 def test_a_file_cut_inside_a_quoted_cell_is_malformed_and_stores_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
     # The cut row was stored with half its note; the whole file imported later stored that
     # visit again (its content differed), and three visits met O1.4 where two were made.
@@ -190,9 +199,20 @@ def test_a_file_cut_inside_a_quoted_cell_is_malformed_and_stores_nothing(run, tm
     result = run("import", "events", str(cut))
 
     assert result.exit_code == 2, result.output
-    assert "not readable as CSV" in result.output and "Nothing was stored" in result.output
+    assert "line 3: a quoted cell is still open at the end of the file" in result.output and "Nothing was stored" in result.output
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
     assert "created 2, duplicate 0" in import_ok(run, "events", whole)
+
+
+@pytest.mark.parametrize("last", ["\r\n", ""])  # with and without a last line end
+def test_quotes_as_people_write_them_still_import(run, tmp_path: Path, last: str) -> None:  # noqa: ANN001
+    # A space after a closing quote, text after it: read as they always were (a strict
+    # reader, tried against the cut file above, refused such files whole).
+    path = tmp_path / "customers.csv"
+    path.write_text('external_ref,name,kind,region\r\nC-11,"Smith, Jones" ,owner,East\r\nC-12,"Smith" & Co,owner,"多行\r\n地区"' + last, encoding="utf-8")
+
+    assert "created 2" in import_ok(run, "customers", path)
+    assert query(tmp_path, "SELECT name, region FROM customers ORDER BY id") == [("Smith, Jones", "East"), ("Smith & Co", "多行\r\n地区")]
 
 
 def test_a_row_with_fewer_cells_than_columns_is_rejected_and_clears_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
