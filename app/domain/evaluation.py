@@ -8,7 +8,7 @@ levels) that it found, so a grade always explains itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 from datetime import datetime, timedelta
 
 from app.domain.conditions import (
@@ -90,6 +90,7 @@ class _Scope:
     by_type: dict[str, list[Event]]  # live events only, by type: a condition reads one type
     as_of: datetime
     stages: tuple[str, ...]  # the rulebook's ordered stages
+    stage_ranks: Mapping[str, int]  # `Rulebook.stage_ranks`: which of stage changes at one instant is the latest
     owned: tuple[tuple[Related, _Scope], ...] = ()  # owner: each owned project and its live events
     won_projects: frozenset[int] = frozenset()  # installer: projects it won
     project: _ProjectScope | None = None
@@ -112,13 +113,14 @@ class _ProjectScope:
 def evaluate_level(rulebook: Rulebook, facts: CustomerFacts, as_of: datetime) -> LevelGrade:
     """The customer's relationship level: cumulative, level N needs N−1 and its own
     requirement; no level held is 0 (ungraded)."""
-    stages = rulebook.ordered_stages
+    stages, ranks = rulebook.ordered_stages, rulebook.stage_ranks
     by_type = _live_by_type(facts.events)
     scope = _Scope(
         by_type=by_type,
         as_of=as_of,
         stages=stages,
-        owned=tuple((Related("project", p.project_id), _Scope(_live_by_type(p.events), as_of, stages)) for p in facts.owned_projects),
+        stage_ranks=ranks,
+        owned=tuple((Related("project", p.project_id), _Scope(_live_by_type(p.events), as_of, stages, ranks)) for p in facts.owned_projects),
         won_projects=frozenset(e.project_id for e in by_type.get("bid_won", ()) if e.project_id is not None),
     )
     steps = rulebook.levels[facts.kind]
@@ -144,18 +146,19 @@ def evaluate_heat(rulebook: Rulebook, facts: ProjectFacts, as_of: datetime) -> H
     bids = [*by_type.get("bid_joined", ()), *by_type.get("bid_won", ())]
     win = winner_id(bids)
     bidders = bidder_ids(bids)
-    links = _links(facts, bidders, as_of, rulebook.ordered_stages)
+    links = _links(facts, bidders, as_of, rulebook.ordered_stages, rulebook.stage_ranks)
     scope = _Scope(
         by_type=by_type,
         as_of=as_of,
         stages=rulebook.ordered_stages,
+        stage_ranks=rulebook.stage_ranks,
         project=_ProjectScope(
             owner=links[facts.owner.customer_id],
             bidders=tuple(links[cid] for cid in bidders),
             winner=links[win] if win is not None else None,
         ),
     )
-    stage_event = latest(by_type.get("stage_changed", []), rulebook.ordered_stages)
+    stage_event = latest(by_type.get("stage_changed", []), rulebook.stage_ranks)
     stage = stage_event.attributes.get("stage") if stage_event else None
     results = [_criteria(tier, scope) for tier in rulebook.tiers]
     criteria = tuple(c for crit in results for c in crit)
@@ -190,7 +193,7 @@ def _live_by_type(events: tuple[Event, ...] | list[Event]) -> dict[str, list[Eve
     return out
 
 
-def _links(facts: ProjectFacts, bidders: list[int], as_of: datetime, stages: tuple[str, ...]) -> dict[int, _Link]:
+def _links(facts: ProjectFacts, bidders: list[int], as_of: datetime, stages: tuple[str, ...], ranks: Mapping[str, int]) -> dict[int, _Link]:
     """The project's bidders and its owner by customer id, each with its level and the events
     a linked customer's `has` reads: its events on this project, and its own events on no
     project (one on another project is about that project, not this one)."""
@@ -205,7 +208,7 @@ def _links(facts: ProjectFacts, bidders: list[int], as_of: datetime, stages: tup
         linked = facts.owner if cid == owner_id else facts.linked.get(cid)
         own = [e for e in linked.events if e.project_id is None] if linked else []
         level = linked.level if linked else 0
-        links[cid] = _Link(Related("customer", cid, level), _Scope(_live_by_type(on_project[cid] + own), as_of, stages))
+        links[cid] = _Link(Related("customer", cid, level), _Scope(_live_by_type(on_project[cid] + own), as_of, stages, ranks))
     return links
 
 
@@ -307,7 +310,7 @@ def _latest(cond: Latest) -> Check:
         found = scope.by_type.get(event_type)
         if found and days is not None:
             found = _within(found, scope.as_of, days)
-        newest = (latest(found, scope.stages) if event_type == "stage_changed" else latest(found)) if found else None
+        newest = (latest(found, scope.stage_ranks) if event_type == "stage_changed" else latest(found)) if found else None
         if newest is None:
             return _NO
         inside = newest.attributes.get(attribute, default) in values

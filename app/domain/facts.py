@@ -144,23 +144,18 @@ def _tie_break(e: Event) -> tuple[str, int, int, str, int]:
     return (e.type, e.customer_id or 0, e.project_id or 0, attributes, e.id)
 
 
-def latest(events: list[Event], stages: tuple[str, ...] | None = None) -> Event | None:
+def latest(events: list[Event], stage_ranks: Mapping[str, int] | None = None) -> Event | None:
     """The newest event by `occurred_at`; equal instants are broken by content (`_tie_break`).
-    Given the rulebook's ordered `stages`, stage changes at one instant are first broken by
-    how far along each puts the project, a closed stage furthest: an ERP that logs to the
-    day sends `bidding` and `awarded` with one date, and the project had gone back to
-    `bidding` (the later text) though it moved on to `awarded`."""
+    Given the rulebook's `stage_ranks`, stage changes at one instant are first broken by how
+    far along each puts the project (`Rulebook.stage_ranks`): an ERP that logs to the day
+    sends `bidding` and `awarded` with one date, and the project had gone back to `bidding`
+    (the later text) though it moved on to `awarded`."""
     if not events:
         return None
     newest = max(e.occurred_at for e in events)
     tied = [e for e in events if e.occurred_at == newest]
     if len(tied) == 1:
         return tied[0]
-    if stages is None:
+    if stage_ranks is None:
         return max(tied, key=_tie_break)
-    return max(tied, key=lambda e: (_stage_rank(e, stages), _tie_break(e)))
-
-
-def _stage_rank(e: Event, stages: tuple[str, ...]) -> int:
-    stage = e.attributes.get("stage")
-    return stages.index(stage) if stage in stages else len(stages)  # a closed stage: after all
+    return max(tied, key=lambda e: (stage_ranks.get(e.attributes.get("stage"), -1), _tie_break(e)))

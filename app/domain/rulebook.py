@@ -107,6 +107,15 @@ class Rulebook:
         return len(self.levels[kind])
 
     @cached_property
+    def stage_ranks(self) -> Mapping[str, int]:
+        """How far along each stage puts a project, for stage changes at one instant: the
+        ordered stages in their order, the closed ones after all of them. A stage in
+        neither (a rulebook's own, such as on_hold) ranks below every ordered one."""
+        ranks = {stage: i for i, stage in enumerate(self.ordered_stages)}
+        ranks.update((stage, len(self.ordered_stages)) for stage in self.closed_stages)
+        return ranks
+
+    @cached_property
     def digest(self) -> str:
         """What this rulebook says, as a SHA-256 of its JSON with the keys sorted and no
         spaces: the same for the same content however the file is laid out, and different

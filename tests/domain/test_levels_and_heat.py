@@ -473,3 +473,19 @@ def test_stage_changes_at_one_instant_leave_the_project_at_the_furthest(stages: 
     events = [event(i, "stage_changed", days=3, project=PROJECT, stage=stage) for i, stage in enumerate(order, 1)]
 
     assert heat_of(project_facts(*events)).stage == expected
+
+
+@pytest.mark.parametrize(("stages", "expected"), [(("awarded", "on_hold"), "awarded"), (("contracted", "lead", "lost", "on_hold"), "lost"), (("on_hold", "lead"), "lead")])
+def test_a_stage_of_a_rulebook_s_own_ranks_below_the_ordered_ones_at_one_instant(stages: tuple[str, ...], expected: str) -> None:
+    # `on_hold`, in neither the ordered nor the closed stages, ranked with the closed ones,
+    # and a project logged `lost` at the same instant stayed open (the review's find).
+    def with_on_hold(data: dict) -> None:
+        data["event_types"]["stage_changed"]["attributes"]["stage"]["values"].append("on_hold")
+
+    rulebook = edited_rulebook(with_on_hold)
+    events = [event(i, "stage_changed", days=3, project=PROJECT, stage=stage) for i, stage in enumerate(stages, 1)]
+
+    heat = heat_of(project_facts(*events), rulebook)
+
+    assert heat.stage == expected
+    assert heat.closed is (expected == "lost")
