@@ -23,7 +23,7 @@ from app.domain.rulebook import Rulebook, load_rulebook
 from app.errors import MigrationsUnusable
 from app.grading import Effect
 from app.services.keys import ensure_bootstrap_key
-from app.services.state import expect_rulebook, sync_rulebook
+from app.services.state import GRADING, expect_rulebook, sync_grading, sync_rulebook
 from app.settings import Settings
 
 
@@ -77,7 +77,11 @@ def initialize(db: Database, settings: Settings, rulebook: Rulebook | None, *, n
         if rulebook is None:
             return None
         if switch:
-            return sync_rulebook(session, rulebook, now=now)
+            effects = sync_rulebook(session, rulebook, now=now)
+            released = sync_grading(session, rulebook, now=now, regraded=effects is not None)
+            if released is not None:
+                log.warning("this release grades differently (%s): every grade re-computed, %d changed (history trigger release)", GRADING, len(released))
+            return effects
         expect_rulebook(session, rulebook, record=True)
         return None
 

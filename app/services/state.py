@@ -20,6 +20,15 @@ from app.domain.rulebook import Rulebook, RulebookMismatch
 from app.grading import ACTIVE_DIGEST, RULEBOOK_VERSION, SYSTEM, TIME, Effect, Regrade, regrade_everything
 
 RULEBOOK_DIGESTS = "rulebook_digests"
+GRADING_RELEASE = "grading_release"
+# How this release grades a log under a rulebook. Change it with any change of what a given
+# log and rulebook grade to (evaluation, the facts it reads, what a grade records): the
+# first start-up of the new release then re-grades everything (history trigger `release`),
+# as a rulebook switch does, so that no stored grade stays one the code no longer gives (a
+# review found `rapport verify` failing after an upgrade until someone ran a regrade).
+# 2026-12-07: stage changes at one instant, attribute defaults read for older events, a
+# heat's `since` moved where it lapsed and came back.
+GRADING = "2026-12-07"
 
 
 def active_rulebook_version(session: Session) -> str | None:
@@ -99,6 +108,28 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
         job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now, in_force=True)  # it is the switch
         effects = regrade_everything(session, rulebook, job)
     _record(session, rulebook, digests)
+    return effects
+
+
+def sync_grading(session: Session, rulebook: Rulebook, *, now: datetime, regraded: bool) -> list[Effect] | None:
+    """If the stored grades were made by another release's grading (`GRADING`; none
+    recorded: a release from before it was), re-grade everything (trigger "release") and
+    return the grades that changed; None if there was nothing to do. `regraded`: a rulebook
+    switch has just re-graded everything with this release's grading. A database with no
+    grades yet only records it. Where a rulebook is deployed (`serve`, `migrate`), after
+    `sync_rulebook`, and held against writers as it is."""
+    row = session.get(m.Setting, GRADING_RELEASE)
+    recorded = row.value if row is not None else None
+    if recorded == GRADING:
+        return None
+    effects = None
+    has_grades = session.query(m.Customer.id).limit(1).first() is not None
+    if has_grades and not regraded:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
+        job = Regrade(trigger={"kind": "release", "from": recorded, "to": GRADING}, actor=SYSTEM, now=now, in_force=True)
+        effects = regrade_everything(session, rulebook, job)
+    _set(session, GRADING_RELEASE, GRADING)
     return effects
 
 

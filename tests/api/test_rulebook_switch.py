@@ -76,3 +76,34 @@ def test_reads_go_on_when_the_switched_rulebook_gave_a_level_this_process_has_no
     assert one.json()["relationship"]["level"] == 5
     assert one.json()["relationship"]["label"] == {"zh": "?", "en": "?"}
     assert listed.status_code == 200 and listed.json()["items"][0]["relationship"]["level"] == 5
+
+
+def test_a_release_that_grades_differently_re_grades_everything_at_its_first_start(app, api, settings, clock) -> None:  # noqa: ANN001
+    """Found by a review: a release that changed how a log grades (here: stage changes at
+    one instant) left the grades stored by the one before; `rapport verify` failed and the
+    stage filter missed the project until someone ran `rapport regrade`. The first start of
+    a release whose grading differs from the one recorded re-grades everything."""
+    from sqlalchemy import text
+
+    from app.services.state import GRADING, GRADING_RELEASE
+    from app.services.verify import disagreements
+    from app.startup import initialize
+
+    owner = api.create_customer("苏州工业园区管委会", kind="owner")
+    project = api.create_project(owner["id"])
+    for stage in ("bidding", "awarded"):  # logged to the day, as an ERP does
+        api.post("/v1/events", json={"type": "stage_changed", "project_id": project["id"], "occurred_at": "2026-11-19T00:00:00+08:00", "attributes": {"stage": stage}})
+    db = app.state.context.db
+    with db.session(write=True) as s:  # what the release before stored: the other tie-break
+        s.execute(text("UPDATE projects SET stage = 'bidding', grade_hash = 0 WHERE id = :id"), {"id": project["id"]})
+        s.execute(text("UPDATE service_state SET value = 'before' WHERE key = :key"), {"key": GRADING_RELEASE})
+    with db.session(write=False) as s:
+        assert [d for d in disagreements(s, app.state.context.rulebook, as_of=clock())]
+
+    initialize(db, settings, app.state.context.rulebook, now=clock())  # `rapport serve` / `migrate`
+
+    assert api.get(f"/v1/projects/{project['id']}").json()["heat"]["stage"] == "awarded"
+    with db.session(write=False) as s:
+        assert [d for d in disagreements(s, app.state.context.rulebook, as_of=clock())] == []
+        assert s.execute(text("SELECT value FROM service_state WHERE key = :key"), {"key": GRADING_RELEASE}).scalar() == GRADING
+    assert [p["id"] for p in api.get("/v1/projects", params={"stage": "awarded"}).json()["items"]] == [project["id"]]
