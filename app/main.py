@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
     """Build the app. The rulebook is loaded and validated here: a broken one refuses to start."""
     settings = settings or get_settings()
     rulebook = load_rulebook(settings.rulebook_path)
-    db = Database.from_settings(settings)
+    db = Database.from_settings(settings, serving=True)
     known = KnownKeys.of(db.engine) if settings.remember_keys else None
     lifespan = _serving(settings, _listening(known, webhooks.lifespan(settings, db, clock)))
     # No 307 from a path with a trailing slash to the one without: a 404 that names it

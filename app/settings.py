@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="POST /v1/events/batch requests each process runs at once, on threads of their own: long batches never hold the threads single requests need",
     )
     db_pool_size: int = Field(default=20, ge=1, le=200, description="database connections each process keeps open (PostgreSQL: mind max_connections across processes)")
+    lock_timeout_seconds: float = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="PostgreSQL, serving processes: how long a request waits for a row another write holds (a long batch, a regrade, a transaction left open) before it answers 503 and stores nothing; 0 waits as long as it takes",
+    )
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="the largest body POST /v1/events/batch reads")
     max_hook_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest form-tool delivery POST /v1/hooks/forms/{form_id} reads")
     deliver_in_process: bool = Field(default=True, description="deliver outbound webhooks from a thread of the API process (off: run `rapport worker`)")

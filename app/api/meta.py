@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from app.api.deps import ContextDep, Reader
 from app.api.gate import Gated
 from app.api.problems import AUTHENTICATED, app_error_response, problem, problem_response
+from app.api.threads import run_readiness
 from app.errors import RulebookChanged
 from app.grading import in_force
 
@@ -24,12 +25,17 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", responses={503: problem_response("the database cannot be reached, or this process's rulebook is no longer the active one", "Retry-After")})
-def readyz(ctx: ContextDep) -> Any:
+async def readyz(ctx: ContextDep) -> Any:
     """Readiness: the database answers, and this process's rulebook is still the active
-    one (a process left on another after a switch grades nothing: restart it). No auth."""
-    try:
+    one (a process left on another after a switch grades nothing: restart it). No auth.
+    Checked on a thread of its own: requests waiting on the database do not hold it up."""
+
+    def check() -> None:
         with ctx.db.session(write=False) as session:
             in_force(session, ctx.rulebook)
+
+    try:
+        await run_readiness(check)
     except RulebookChanged as exc:
         return app_error_response(exc)
     except Exception:  # noqa: BLE001 - any failure means not ready

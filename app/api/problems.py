@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
-from app.db.engine import is_retryable
+from app.db.engine import is_lock_timeout, is_retryable
 from app.errors import AppError, failed_fields
 
 log = logging.getLogger("rapport")
@@ -184,6 +184,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        if is_lock_timeout(exc):
+            log.warning("a request waited longer than RAPPORT_LOCK_TIMEOUT_SECONDS for a row another transaction holds")
+            detail = "another write holds a record this request needs (a long batch, a regrade, or a transaction left open) for longer than this service waits; nothing was stored — retry"
+            return problem(503, "unavailable", "Service unavailable", detail, headers={"Retry-After": "5"})
         if is_retryable(exc):  # still colliding after Database.transaction's retries
             log.warning("write still rolled back by the database after retries (SQLSTATE %s)", exc.orig.sqlstate)  # type: ignore[union-attr]
             return problem(503, "unavailable", "Service unavailable", "the write collided with concurrent writes to the same records; nothing was stored — retry", headers={"Retry-After": "1"})

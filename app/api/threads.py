@@ -34,6 +34,7 @@ T = TypeVar("T")
 # One per event loop, as anyio keeps its default limiter: a limiter belongs to the loop
 # it was made in, and a process (its tests) may run several loops.
 _BATCHES: RunVar[CapacityLimiter] = RunVar("rapport_batch_limiter")
+_READINESS: RunVar[CapacityLimiter] = RunVar("rapport_readiness_limiter")
 
 
 @asynccontextmanager
@@ -74,4 +75,17 @@ async def run_batch(settings: Settings, work: Callable[..., T], *args: object) -
         _BATCHES.set(limiter)
     if limiter.total_tokens != settings.batch_threads:  # another app's, in the same loop (tests)
         limiter.total_tokens = settings.batch_threads
+    return await to_thread.run_sync(partial(work, *args), limiter=limiter)
+
+
+async def run_readiness(work: Callable[..., T], *args: object) -> T:
+    """Run `work(*args)`, the readiness check, on a thread of its own (one at a time), not
+    on the requests' threads: when writes waiting on a locked row held all of those, /readyz
+    waited behind them and a load balancer took a process whose database answered for
+    dead (a hunt's find)."""
+    try:
+        limiter = _READINESS.get()
+    except LookupError:
+        limiter = CapacityLimiter(1)
+        _READINESS.set(limiter)
     return await to_thread.run_sync(partial(work, *args), limiter=limiter)

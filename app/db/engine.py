@@ -59,9 +59,11 @@ def _do_begin(dbapi_connection: Any) -> None:
 
 
 # SQLSTATEs with which PostgreSQL rolls a transaction back and asks for it to be run again:
-# serialization_failure, deadlock_detected, and lock_not_available (only if a lock_timeout
-# is configured on the server or role; Rapport sets none).
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+# serialization_failure and deadlock_detected. Not lock_not_available: that is a serving
+# process's lock_timeout run out (`make_engine`), a wait long enough already, which is
+# answered at once (`is_lock_timeout`) rather than waited through again.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+LOCK_NOT_AVAILABLE = "55P03"
 ATTEMPTS = 3
 
 T = TypeVar("T")
@@ -71,6 +73,12 @@ log = logging.getLogger("rapport.db")
 def is_retryable(exc: BaseException) -> bool:
     """Whether the database rolled the transaction back and asks for it to be run again."""
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether PostgreSQL gave up waiting for a lock another transaction held (the serving
+    process's lock_timeout)."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -126,11 +134,17 @@ def check_sqlite(version: tuple[int, ...] = sqlite3.sqlite_version_info) -> None
 NETWORK_TIMEOUTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000}
 
 
-def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: int = 20, echo: bool = False) -> Engine:
+def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: int = 20, echo: bool = False, lock_timeout_ms: int = 0) -> Engine:
     """The engine for `url`. `pool_size` connections are kept open: a request borrows one or
     two, and a connection the pool cannot keep is closed when returned — above the pool's
     size, each request would open (and set up) a fresh connection, and under load that was
-    a third of a read's time. Keep it at least the number of requests served at once."""
+    a third of a read's time. Keep it at least the number of requests served at once.
+
+    `lock_timeout_ms` (PostgreSQL; 0: none): how long a statement waits for a lock, set on
+    each connection as it opens (no round trip per request). A serving process has a few
+    worker threads: two writes waiting on a row held from psql held them all, and the
+    process answered nothing else, /readyz included, for as long as it was held (a hunt's
+    find). Commands (regrade, import, a rulebook switch) wait as long as it takes."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         check_sqlite()
@@ -162,7 +176,9 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
     # No pool_pre_ping: it cost a round trip on every checkout (0.65 ms of CPU per event
     # POST, 12 %). `_closed_by_server` finds the connections a restart or an idle timeout
     # ended without one, before the request's first statement (the key check) fails.
-    timeouts = {name: value for name, value in NETWORK_TIMEOUTS.items() if name not in parsed.query}
+    timeouts: dict[str, Any] = {name: value for name, value in NETWORK_TIMEOUTS.items() if name not in parsed.query}
+    if lock_timeout_ms:
+        timeouts["options"] = f"{timeouts.get('options', '')} -c lock_timeout={int(lock_timeout_ms)}".strip()
     engine = create_engine(url, echo=echo, json_deserializer=loads_json, pool_size=pool_size, max_overflow=10, connect_args=timeouts)
     event.listen(engine, "checkout", _closed_by_server)
     return engine
@@ -228,9 +244,11 @@ class Database:
         self._running = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Database:
-        """The database the settings name, with their busy timeout and pool size."""
-        engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size)
+    def from_settings(cls, settings: Settings, *, serving: bool = False) -> Database:
+        """The database the settings name, with their busy timeout and pool size, and for a
+        `serving` process their lock timeout."""
+        lock_timeout_ms = int(settings.lock_timeout_seconds * 1000) if serving else 0
+        engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size, lock_timeout_ms=lock_timeout_ms)
         return cls(engine, log_cache_events=settings.log_cache_events)
 
     @contextmanager
