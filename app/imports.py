@@ -467,7 +467,10 @@ class _RejectedFile:
         self.path = path
         self._width = len(header)
         self._kept = [i for i, name in enumerate(header) if name not in REPORT_COLUMNS]
-        self._header = [header[i] for i in self._kept] + list(REPORT_COLUMNS)
+        # The line and the reason first: a row cut short keeps its cells as they were, and
+        # stays short if the file is imported again unfixed (padded with empty cells, as it
+        # was, it cleared the values those cells stood for: a hunt's find).
+        self._header = [*REPORT_COLUMNS, *(header[i] for i in self._kept)]
         self._file: Any = None
         self._writer: Any = None
         self.removed_stale = False
@@ -494,10 +497,10 @@ class _RejectedFile:
             self._file = self.path.open("w", encoding="utf-8-sig", newline="")
             self._writer = csv.writer(self._file)
             self._writer.writerow(self._header)
-        cells = [row.values[i] if i < len(row.values) else "" for i in self._kept]
+        cells = [row.values[i] for i in self._kept if i < len(row.values)]
         reason = "; ".join(f"{e.field}: {e.reason}" if e.field else e.reason for e in errors)
         # Cells beyond the header (the reason says so) go last, under no column name.
-        self._writer.writerow([*cells, row.line, reason, *row.values[self._width :]])
+        self._writer.writerow([row.line, reason, *cells, *row.values[self._width :]])
 
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:

@@ -228,6 +228,24 @@ def test_a_row_with_fewer_cells_than_columns_is_rejected_and_clears_nothing(run,
     assert customer(tmp_path, "C-1") == before
 
 
+def test_a_row_cut_short_stays_short_in_the_rejected_file_until_it_is_filled_in(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    # The rejected file padded it with empty cells, and importing that file as it was
+    # cleared the values the padding stood for.
+    before = customer(tmp_path, "C-1")
+    run("import", "customers", str(write_csv(tmp_path / "cut.csv", [CUSTOMERS[0], ["C-1", "上海市第一人民医院", "owner", "上"]])))
+    rejected = tmp_path / "cut.rejected.csv"
+
+    again = run("import", "customers", str(rejected), "--rejected", str(tmp_path / "again.csv"))
+
+    assert again.exit_code == 1, again.output
+    assert customer(tmp_path, "C-1") == before
+    with rejected.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:2] == ["line", "reason"] and rows[1][2:] == ["C-1", "上海市第一人民医院", "owner", "上"]
+    rows[1][2:] = ["C-1", "上海市第一人民医院", "owner", "上海", "王伟", "李主任", "13800000000", "医院|重点"]
+    assert "updated 0, unchanged 1" in import_ok(run, "customers", write_csv(rejected, rows))
+
+
 def test_unnamed_columns_after_the_last_named_one_may_be_missing_from_a_row(run, tmp_path: Path) -> None:  # noqa: ANN001
     rows = [[*CUSTOMERS[0], "", ""], CUSTOMERS[1], [*CUSTOMERS[2], ""]]
 
