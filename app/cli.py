@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
-from app.errors import AppError, MigrationsUnusable, RulebookChanged
+from app.errors import AppError, MigrationsUnusable, ReleaseMismatch, RulebookChanged
 from app.logs import log_to_stderr
 from app.settings import Settings, get_settings
 
@@ -95,6 +95,8 @@ class _Rapport(click.Group):
             raise _Unusable(str(exc)) from exc
         except RulebookMismatch as exc:
             raise _Unusable(_mismatch(get_settings(), exc)) from None
+        except ReleaseMismatch as exc:
+            raise _Unusable(str(exc)) from None
         except MigrationsUnusable as exc:
             raise _Unusable(f"{_safe(get_settings().database_url)}: {exc}; nothing was changed") from None
         except RulebookChanged as exc:

@@ -13,6 +13,12 @@ class FieldError:
     location: str = "body"  # where the field is: body, query, header or path
 
 
+class ReleaseMismatch(Exception):
+    """The stored grades were made by another release's grading than this one's, and this
+    command may not re-grade them (only `rapport serve` and `rapport migrate` do: app/services/
+    state.py `sync_grading`). Not an API error: the CLI answers it, exit status 2."""
+
+
 class MigrationsUnusable(Exception):
     """The migrations cannot be run: their folder is not found, or the database's schema is
     at a revision they do not know (a newer release migrated it). Nothing was changed. (Not

@@ -9,8 +9,10 @@ each in id order, so concurrent writers queue instead of deadlocking or losing u
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Callable
 
 from sqlalchemy import Boolean, Text, Update, bindparam, case, cast, func, null, or_, select, update
@@ -36,10 +38,33 @@ HEAT = "deal_heat"
 TIME = {"kind": "time"}
 SYSTEM = "system"
 
+# How this release grades a log under a rulebook. Change it with any change of what a given
+# log and rulebook grade to (evaluation, the facts it reads, what a grade records): the
+# first start-up of the new release then re-grades everything (history trigger `release`,
+# app/services/state.py `sync_grading`), as a rulebook switch does, and processes of the
+# release before find it no longer in force (`active_digest`), as after a switch.
+# 2026-12-07: stage changes at one instant, attribute defaults read for older events, a
+# heat's `since` moved where it lapsed and came back.
+GRADING = "2026-12-07"
+
 # The database's record of its active rulebook (app/services/state.py): the version, and
-# the digest of its content (`Rulebook.digest`).
+# the digest of what grades (`active_digest`).
 RULEBOOK_VERSION = "rulebook_version"
 ACTIVE_DIGEST = "rulebook_digest"
+
+
+@lru_cache(maxsize=16)
+def _graded_by(content: str, release: str) -> str:
+    return hashlib.sha256(f"{content}\n{release}".encode()).hexdigest()
+
+
+def active_digest(rulebook: Rulebook) -> str:
+    """What the database records as grading its grades: the rulebook's content
+    (`Rulebook.digest`) and this release's grading (`GRADING`). A process compares it with
+    its own on every write that grades (`in_force`): one of an older release, or with
+    another rulebook, then grades nothing (a review found the release before writing its
+    own stage ties into a database the new release had re-graded)."""
+    return _graded_by(rulebook.digest, GRADING)
 _RECORDED = {key: select(m.Setting.value).where(m.Setting.key == key) for key in (RULEBOOK_VERSION, ACTIVE_DIGEST)}
 # The active digest as a column of a write's own statement (an event's INSERT returns it):
 # `active_is`, without a statement of its own.
@@ -62,11 +87,17 @@ def active_is(session: Session, rulebook: Rulebook, active: str | None) -> None:
     """`in_force`, given the `active` digest a statement of the write read after its lock
     (`ACTIVE_DIGEST_COLUMN`). A database that records no digest yet (None: none of this
     release's processes has started on it) is taken as graded under this one."""
-    if active is not None and active != rulebook.digest:
-        version = run(session, _RECORDED[RULEBOOK_VERSION]).scalars()
+    if active is not None and active != active_digest(rulebook):
+        found = run(session, _RECORDED[RULEBOOK_VERSION]).scalars()
+        version = found[0] if found else "?"
+        now_grading = (
+            f"rulebook {version!r}, graded by another release of Rapport than this process's ({GRADING!r})"
+            if version == rulebook.version
+            else f"rulebook {version!r}"
+        )
         raise RulebookChanged(
-            f"this process grades under rulebook {rulebook.version!r}, but the database's active rulebook is now "
-            f"{version[0] if version else '?'!r}: it stores nothing until it is restarted with the active one (retry on another process)",
+            f"this process grades under rulebook {rulebook.version!r}, but the database's grades are now those of {now_grading}: "
+            "it stores nothing until it is restarted as the others run (retry on another process)",
             headers={"Retry-After": "5"},
         )
 

@@ -23,7 +23,8 @@ from app.domain.rulebook import Rulebook, load_rulebook
 from app.errors import MigrationsUnusable
 from app.grading import Effect
 from app.services.keys import ensure_bootstrap_key
-from app.services.state import GRADING, expect_rulebook, sync_grading, sync_rulebook
+from app.grading import GRADING
+from app.services.state import expect_rulebook, sync_grading, sync_rulebook
 from app.settings import Settings
 
 

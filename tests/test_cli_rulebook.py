@@ -268,3 +268,26 @@ def test_a_regrade_that_a_switch_overtakes_changes_no_grade_and_says_why(run, tm
     assert "the database's active rulebook changed while this command ran" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert state(tmp_path) == switched
+
+
+@pytest.mark.parametrize("command", [("verify",), ("regrade",), ("import", "customers", "customers.csv")])
+def test_a_command_of_another_release_than_the_grades_refuses_until_migrate(run, tmp_path: Path, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    """Found by the upgrade hunt: before `rapport migrate` of a release that grades
+    differently, its `regrade` recorded the release's changes as moves of time, `import`
+    credited them to the imported events, and `verify` reported disagreements nobody could
+    act on. Each now refuses (exit 2) until `migrate` has re-graded."""
+    from sqlalchemy import create_engine, text
+
+    (tmp_path / "customers.csv").write_text("external_ref,name,kind\nC-9,北京协和医院,owner\n", encoding="utf-8")
+    assert run("demo").exit_code == 0
+    engine = create_engine(f"sqlite:///{tmp_path / 'rapport.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE service_state SET value = 'before' WHERE key = 'grading_release'"))
+    engine.dispose()
+
+    refused = run(*command)
+
+    assert refused.exit_code == 2, refused.output
+    assert "made by release 'before'" in refused.stderr and "run `rapport migrate`" in refused.stderr
+    assert run("migrate").exit_code == 0
+    assert run(*command).exit_code == 0

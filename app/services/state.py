@@ -17,18 +17,11 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.domain.rulebook import Rulebook, RulebookMismatch
-from app.grading import ACTIVE_DIGEST, RULEBOOK_VERSION, SYSTEM, TIME, Effect, Regrade, regrade_everything
+from app.errors import ReleaseMismatch
+from app.grading import ACTIVE_DIGEST, GRADING, RULEBOOK_VERSION, SYSTEM, TIME, Effect, Regrade, active_digest, regrade_everything
 
 RULEBOOK_DIGESTS = "rulebook_digests"
-GRADING_RELEASE = "grading_release"
-# How this release grades a log under a rulebook. Change it with any change of what a given
-# log and rulebook grade to (evaluation, the facts it reads, what a grade records): the
-# first start-up of the new release then re-grades everything (history trigger `release`),
-# as a rulebook switch does, so that no stored grade stays one the code no longer gives (a
-# review found `rapport verify` failing after an upgrade until someone ran a regrade).
-# 2026-12-07: stage changes at one instant, attribute defaults read for older events, a
-# heat's `since` moved where it lapsed and came back.
-GRADING = "2026-12-07"
+GRADING_RELEASE = "grading_release"  # the `GRADING` the stored grades were made by
 
 
 def active_rulebook_version(session: Session) -> str | None:
@@ -61,7 +54,7 @@ def _set(session: Session, key: str, value: str) -> None:
 def _record(session: Session, rulebook: Rulebook, digests: dict[str, str]) -> None:
     """Record `rulebook` as the active one."""
     _set(session, RULEBOOK_VERSION, rulebook.version)
-    _set(session, ACTIVE_DIGEST, rulebook.digest)
+    _set(session, ACTIVE_DIGEST, active_digest(rulebook))
     _set(session, RULEBOOK_DIGESTS, json.dumps({**digests, rulebook.version: rulebook.digest}, sort_keys=True, ensure_ascii=False))
 
 
@@ -77,6 +70,12 @@ def expect_rulebook(session: Session, rulebook: Rulebook, *, record: bool) -> No
         raise RulebookMismatch(rulebook.version, active)
     digests = _digests(session)
     _check_content(rulebook, digests)
+    release = _grading_release(session)
+    if release != GRADING:
+        if _has_grades(session):
+            raise _release_mismatch(release)
+        if record:
+            _set(session, GRADING_RELEASE, GRADING)
     if record and (active is None or rulebook.version not in digests):
         _record(session, rulebook, digests)
 
@@ -118,19 +117,38 @@ def sync_grading(session: Session, rulebook: Rulebook, *, now: datetime, regrade
     switch has just re-graded everything with this release's grading. A database with no
     grades yet only records it. Where a rulebook is deployed (`serve`, `migrate`), after
     `sync_rulebook`, and held against writers as it is."""
-    row = session.get(m.Setting, GRADING_RELEASE)
-    recorded = row.value if row is not None else None
+    recorded = _grading_release(session)
     if recorded == GRADING:
         return None
     effects = None
-    has_grades = session.query(m.Customer.id).limit(1).first() is not None
-    if has_grades and not regraded:
+    if _has_grades(session) and not regraded:
         if session.get_bind().dialect.name == "postgresql":
             session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
+        # Recorded before the re-grade, under the tables' lock: a process of the release
+        # before that waited for it then finds its grading no longer in force.
+        _set(session, ACTIVE_DIGEST, active_digest(rulebook))
         job = Regrade(trigger={"kind": "release", "from": recorded, "to": GRADING}, actor=SYSTEM, now=now, in_force=True)
         effects = regrade_everything(session, rulebook, job)
+    _set(session, ACTIVE_DIGEST, active_digest(rulebook))
     _set(session, GRADING_RELEASE, GRADING)
     return effects
+
+
+def _grading_release(session: Session) -> str | None:
+    row = session.get(m.Setting, GRADING_RELEASE)
+    return row.value if row is not None else None
+
+
+def _has_grades(session: Session) -> bool:
+    return session.query(m.Customer.id).limit(1).first() is not None
+
+
+def _release_mismatch(recorded: str | None) -> ReleaseMismatch:
+    made_by = f"a release from before {GRADING}" if recorded is None else f"release {recorded!r}"
+    return ReleaseMismatch(
+        f"the stored grades were made by {made_by}, and this one grades differently ({GRADING!r}): "
+        "run `rapport migrate` with this release first (it re-grades everything); nothing was changed"
+    )
 
 
 def regrade_for_time(session: Session, rulebook: Rulebook, *, now: datetime, clock: Callable[[], datetime] | None = None) -> list[Effect]:

@@ -107,3 +107,30 @@ def test_a_release_that_grades_differently_re_grades_everything_at_its_first_sta
         assert [d for d in disagreements(s, app.state.context.rulebook, as_of=clock())] == []
         assert s.execute(text("SELECT value FROM service_state WHERE key = :key"), {"key": GRADING_RELEASE}).scalar() == GRADING
     assert [p["id"] for p in api.get("/v1/projects", params={"stage": "awarded"}).json()["items"]] == [project["id"]]
+
+
+def test_a_process_of_an_older_release_grades_nothing_once_a_newer_one_has_migrated(app, api, anonymous) -> None:  # noqa: ANN001
+    """Found by two hunts: after `rapport migrate` of a release that grades differently, a
+    server of the release before kept writing its own grades (its stage ties), `verify`
+    failed and nothing repaired them. The database now records what grades (rulebook and
+    release together), and a process of another release is not in force, as after a
+    rulebook switch."""
+    from sqlalchemy import text
+
+    from app.grading import ACTIVE_DIGEST, _graded_by
+    from app.services.state import GRADING_RELEASE
+
+    owner = api.create_customer("苏州工业园区管委会", kind="owner")
+    rulebook = app.state.context.rulebook
+    with app.state.context.db.session(write=True) as s:  # what a newer release's migrate records
+        s.execute(text("UPDATE service_state SET value = :v WHERE key = :k"), {"k": ACTIVE_DIGEST, "v": _graded_by(rulebook.digest, "2099-01-01")})
+        s.execute(text("UPDATE service_state SET value = '2099-01-01' WHERE key = :k"), {"k": GRADING_RELEASE})
+    before = row_counts(app)
+
+    refused = api.post("/v1/events", json=visit(owner["id"]))
+
+    problem = assert_problem(refused, 503)
+    assert problem["type"] == "urn:rapport:problem:rulebook-changed" and "another release of Rapport" in problem["detail"]
+    assert row_counts(app) == before
+    assert assert_problem(anonymous.get("/readyz"), 503)["type"] == "urn:rapport:problem:rulebook-changed"
+    assert api.get(f"/v1/customers/{owner['id']}").status_code == 200  # reads go on
