@@ -522,7 +522,17 @@ def import_projects(file: Path, **options: Any) -> None:
     _import("projects", file, **options)
 
 
-def _import(kind: str, file: Path, *, rejected: Path | None, chunk: int, encoding: str, actor: str | None, dry_run: bool, source: str = "import") -> None:
+def _import(kind: str, file: Path, **options: Any) -> None:
+    try:
+        _import_file(kind, file, **options)
+    except KeyboardInterrupt:
+        # Before any row was read (the file is read once first): click's "Aborted!" and
+        # exit status 1 would say "rows were rejected".
+        click.echo(f"\ninterrupted before {file.name}'s rows were read: nothing was stored", err=True)
+        sys.exit(130)
+
+
+def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, encoding: str, actor: str | None, dry_run: bool, source: str = "import") -> None:
     from app.imports import Options, UnusableInput, open_table, run_import
 
     settings = get_settings()

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.limits import HOOKS_PREFIX
 from app.api.problems import app_error_response
-from app.errors import FieldError, Invalid, failed_fields
+from app.errors import FieldError, Invalid, NotFound, failed_fields
 
 _ENCODE = "percent-encode each byte of its UTF-8 form"
 
@@ -62,6 +62,12 @@ class Utf8Path:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "\n" in scope["path"]:
+            # A route's pattern ends in `$`, which also matches before a last line feed:
+            # `/v1/customers/by-ref/C-1%0A` named C-1, and a PUT to it replaced C-1 (a
+            # hunt's find). A line feed is in no code and no id: no resource has such a path.
+            await app_error_response(NotFound("no resource has a path with a line feed (%0A) in it"))(scope, receive, send)
+            return
         if scope["type"] == "http":
             raw = scope.get("raw_path") or scope["path"].encode()
             raw_path = raw.split(b"?", 1)[0]  # some clients' raw_path carries the query

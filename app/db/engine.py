@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 import select
 import sqlite3
@@ -247,7 +248,8 @@ class Database:
     def from_settings(cls, settings: Settings, *, serving: bool = False) -> Database:
         """The database the settings name, with their busy timeout and pool size, and for a
         `serving` process their lock timeout."""
-        lock_timeout_ms = int(settings.lock_timeout_seconds * 1000) if serving else 0
+        # Rounded up: a setting below a millisecond is a timeout, not 0 (no limit).
+        lock_timeout_ms = math.ceil(settings.lock_timeout_seconds * 1000) if serving else 0
         engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size, lock_timeout_ms=lock_timeout_ms)
         return cls(engine, log_cache_events=settings.log_cache_events)
 

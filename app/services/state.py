@@ -74,8 +74,10 @@ def expect_rulebook(session: Session, rulebook: Rulebook, *, record: bool) -> No
     if release != GRADING:
         if _has_grades(session):
             raise _release_mismatch(release)
-        if record:
+        if record:  # nothing graded yet: this release's grading is the one in force
             _set(session, GRADING_RELEASE, GRADING)
+            if active is not None:
+                _set(session, ACTIVE_DIGEST, active_digest(rulebook))
     if record and (active is None or rulebook.version not in digests):
         _record(session, rulebook, digests)
 

@@ -462,7 +462,19 @@ def test_the_tag_limit_counts_the_tags_kept(api) -> None:
     assert body["errors"][0]["reason"] == "at most 20 distinct tags, not 21"
 
 
-@pytest.mark.parametrize(("path", "status"), [("/v1/customers/by-ref/a%0Db", 422), ("/v1/customers/by-ref/a%0D", 422), ("/v1/customers/by-ref/a%0Ab", 404)])
+@pytest.mark.parametrize(("path", "status"), [("/v1/customers/by-ref/a%0Db", 422), ("/v1/customers/by-ref/a%0D", 422), ("/v1/customers/by-ref/a%0Ab", 404), ("/v1/customers/by-ref/a%0A", 404)])
 def test_a_carriage_return_in_a_ref_is_refused_and_a_line_feed_reaches_no_route(api, path: str, status: int) -> None:
     assert_problem(api.put(path, json={"name": "x", "kind": "owner"}), status, *(("external_ref",) if status == 422 else ()))
     assert api.get("/v1/customers").json()["items"] == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_a_line_feed_at_the_end_of_a_path_names_nothing(api, method: str) -> None:
+    # A route's pattern also matched before a last line feed: PUT …/by-ref/C-1%0A replaced
+    # C-1, and GET /v1/customers/1%0A read customer 1 (the docs hunt's find).
+    stored = api.put("/v1/customers/by-ref/C-1", json={"name": "仁济医院基建处", "kind": "owner", "region": "上海"}).json()
+
+    for path in ("/v1/customers/by-ref/C-1%0A", f"/v1/customers/{stored['id']}%0A"):
+        assert_problem(api.request(method, path, json={"name": "x", "kind": "owner"} if method == "PUT" else None), 404)
+
+    assert api.get(f"/v1/customers/{stored['id']}").json()["region"] == "上海"
