@@ -179,7 +179,10 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
     # ended without one, before the request's first statement (the key check) fails.
     timeouts: dict[str, Any] = {name: value for name, value in NETWORK_TIMEOUTS.items() if name not in parsed.query}
     if lock_timeout_ms:
-        timeouts["options"] = f"{timeouts.get('options', '')} -c lock_timeout={int(lock_timeout_ms)}".strip()
+        # Added to the URL's own `options` (which connect_args would otherwise replace).
+        given = parsed.query.get("options", "")
+        given = " ".join(given) if isinstance(given, tuple) else given
+        timeouts["options"] = f"{given} -c lock_timeout={int(lock_timeout_ms)}".strip()
     engine = create_engine(url, echo=echo, json_deserializer=loads_json, pool_size=pool_size, max_overflow=10, connect_args=timeouts)
     event.listen(engine, "checkout", _closed_by_server)
     return engine
