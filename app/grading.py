@@ -65,6 +65,8 @@ def active_digest(rulebook: Rulebook) -> str:
     another rulebook, then grades nothing (a review found the release before writing its
     own stage ties into a database the new release had re-graded)."""
     return _graded_by(rulebook.digest, GRADING)
+
+
 _RECORDED = {key: select(m.Setting.value).where(m.Setting.key == key) for key in (RULEBOOK_VERSION, ACTIVE_DIGEST)}
 # The active digest as a column of a write's own statement (an event's INSERT returns it):
 # `active_is`, without a statement of its own.

@@ -21,9 +21,8 @@ from app.db.engine import Database
 from app.db.migrate import alembic_config, unknown_revisions, upgrade
 from app.domain.rulebook import Rulebook, load_rulebook
 from app.errors import MigrationsUnusable
-from app.grading import Effect
+from app.grading import GRADING, Effect
 from app.services.keys import ensure_bootstrap_key
-from app.grading import GRADING
 from app.services.state import expect_rulebook, sync_grading, sync_rulebook
 from app.settings import Settings
 
