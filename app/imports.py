@@ -157,8 +157,8 @@ _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 def _check_not_utf8(path: Path, encoding: str) -> None:
     """A UTF-8 file given a GB encoding decodes, as garbage: 北京协和医院 as 鍖椾含鍗忓拰鍖婚櫌
     (a cron job kept --encoding gb18030 after the ERP moved to UTF-8). Such a file is
-    refused where it is UTF-8 through and through and not plain ASCII; Chinese text in
-    GB18030 practically never is."""
+    refused where it is UTF-8 through and through and its UTF-8 reading holds Chinese
+    characters, which a GB18030 file practically never gives (`_HAN`)."""
     if codecs.lookup(encoding).name not in _GB:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
