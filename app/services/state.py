@@ -27,13 +27,12 @@ GRADING_RELEASE = "grading_release"  # the `GRADING` the stored grades were made
 def active_rulebook_version(session: Session) -> str | None:
     """The version of the rulebook the stored grades were made under; None before the first
     start-up has recorded one."""
-    row = session.get(m.Setting, RULEBOOK_VERSION)
-    return row.value if row is not None else None
+    return _get(session, RULEBOOK_VERSION)
 
 
 def _digests(session: Session) -> dict[str, str]:
-    row = session.get(m.Setting, RULEBOOK_DIGESTS)
-    return json.loads(row.value) if row is not None else {}
+    recorded = _get(session, RULEBOOK_DIGESTS)
+    return json.loads(recorded) if recorded is not None else {}
 
 
 def _check_content(rulebook: Rulebook, digests: dict[str, str]) -> None:
@@ -41,6 +40,11 @@ def _check_content(rulebook: Rulebook, digests: dict[str, str]) -> None:
     recorded = digests.get(rulebook.version)
     if recorded is not None and recorded != rulebook.digest:
         raise RulebookMismatch(rulebook.version, rulebook.version, reused=True)
+
+
+def _get(session: Session, key: str) -> str | None:
+    row = session.get(m.Setting, key)
+    return row.value if row is not None else None
 
 
 def _set(session: Session, key: str, value: str) -> None:
@@ -70,7 +74,7 @@ def expect_rulebook(session: Session, rulebook: Rulebook, *, record: bool) -> No
         raise RulebookMismatch(rulebook.version, active)
     digests = _digests(session)
     _check_content(rulebook, digests)
-    release = _grading_release(session)
+    release = _get(session, GRADING_RELEASE)
     if release != GRADING:
         if _has_grades(session):
             raise _release_mismatch(release)
@@ -119,26 +123,19 @@ def sync_grading(session: Session, rulebook: Rulebook, *, now: datetime, regrade
     switch has just re-graded everything with this release's grading. A database with no
     grades yet only records it. Where a rulebook is deployed (`serve`, `migrate`), after
     `sync_rulebook`, and held against writers as it is."""
-    recorded = _grading_release(session)
+    recorded = _get(session, GRADING_RELEASE)
     if recorded == GRADING:
         return None
-    effects = None
-    if _has_grades(session) and not regraded:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
-        # Recorded before the re-grade, under the tables' lock: a process of the release
-        # before that waited for it then finds its grading no longer in force.
-        _set(session, ACTIVE_DIGEST, active_digest(rulebook))
-        job = Regrade(trigger={"kind": "release", "from": recorded, "to": GRADING}, actor=SYSTEM, now=now, in_force=True)
-        effects = regrade_everything(session, rulebook, job)
+    regrade = _has_grades(session) and not regraded
+    if regrade and session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
+    # Recorded before a re-grade, under the tables' lock: a process of the release before
+    # that waited for it then finds its grading no longer in force.
     _set(session, ACTIVE_DIGEST, active_digest(rulebook))
     _set(session, GRADING_RELEASE, GRADING)
-    return effects
-
-
-def _grading_release(session: Session) -> str | None:
-    row = session.get(m.Setting, GRADING_RELEASE)
-    return row.value if row is not None else None
+    if not regrade:
+        return None
+    return regrade_everything(session, rulebook, Regrade(trigger={"kind": "release", "from": recorded, "to": GRADING}, actor=SYSTEM, now=now, in_force=True))
 
 
 def _has_grades(session: Session) -> bool:
