@@ -62,21 +62,24 @@ class Utf8Path:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and "\n" in scope["path"]:
-            # A route's pattern ends in `$`, which also matches before a last line feed:
-            # `/v1/customers/by-ref/C-1%0A` named C-1, and a PUT to it replaced C-1 (a
-            # hunt's find). A line feed is in no code and no id: no resource has such a path.
-            await app_error_response(NotFound("no resource has a path with a line feed (%0A) in it"))(scope, receive, send)
+        refusal = _refusal(scope) if scope["type"] == "http" else None
+        if refusal is not None:
+            await app_error_response(refusal)(scope, receive, send)
             return
-        if scope["type"] == "http":
-            raw = scope.get("raw_path") or scope["path"].encode()
-            raw_path = raw.split(b"?", 1)[0]  # some clients' raw_path carries the query
-            reason = not_utf8(raw_path)
-            errors = [FieldError("path", reason, "path")] if reason is not None else []
-            query = scope.get("query_string", b"")
-            if not errors and query and not scope["path"].startswith(HOOKS_PREFIX):
-                errors = query_not_utf8(query)
-            if errors:
-                await app_error_response(Invalid(failed_fields(len(errors)), errors=errors))(scope, receive, send)
-                return
         await self.app(scope, receive, send)
+
+
+def _refusal(scope: Scope) -> NotFound | Invalid | None:
+    """Why this request's path or query string is refused before routing, or None."""
+    if "\n" in scope["path"]:
+        # A route's pattern ends in `$`, which also matches before a last line feed:
+        # `/v1/customers/by-ref/C-1%0A` named C-1, and a PUT to it replaced C-1 (a hunt's
+        # find). A line feed is in no code and no id: no resource has such a path.
+        return NotFound("no resource has a path with a line feed (%0A) in it")
+    raw = scope.get("raw_path") or scope["path"].encode()
+    reason = not_utf8(raw.split(b"?", 1)[0])  # some clients' raw_path carries the query
+    errors = [FieldError("path", reason, "path")] if reason is not None else []
+    query = scope.get("query_string", b"")
+    if not errors and query and not scope["path"].startswith(HOOKS_PREFIX):
+        errors = query_not_utf8(query)
+    return Invalid(failed_fields(len(errors)), errors=errors) if errors else None

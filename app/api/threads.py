@@ -66,16 +66,21 @@ async def indexed_read(db: Database, work: Callable[..., T], *args: object) -> T
     return await run_in_threadpool(work, *args)
 
 
+def _limiter(var: RunVar[CapacityLimiter], tokens: int) -> CapacityLimiter:
+    """This event loop's limiter kept in `var`, with `tokens` threads."""
+    try:
+        limiter = var.get()
+    except LookupError:
+        limiter = CapacityLimiter(tokens)
+        var.set(limiter)
+    if limiter.total_tokens != tokens:  # another app's, in the same loop (tests)
+        limiter.total_tokens = tokens
+    return limiter
+
+
 async def run_batch(settings: Settings, work: Callable[..., T], *args: object) -> T:
     """Run `work(*args)` on a batch thread: at most `settings.batch_threads` at once."""
-    try:
-        limiter = _BATCHES.get()
-    except LookupError:
-        limiter = CapacityLimiter(settings.batch_threads)
-        _BATCHES.set(limiter)
-    if limiter.total_tokens != settings.batch_threads:  # another app's, in the same loop (tests)
-        limiter.total_tokens = settings.batch_threads
-    return await to_thread.run_sync(partial(work, *args), limiter=limiter)
+    return await to_thread.run_sync(partial(work, *args), limiter=_limiter(_BATCHES, settings.batch_threads))
 
 
 async def run_readiness(work: Callable[..., T], *args: object) -> T:
@@ -83,9 +88,4 @@ async def run_readiness(work: Callable[..., T], *args: object) -> T:
     on the requests' threads: when writes waiting on a locked row held all of those, /readyz
     waited behind them and a load balancer took a process whose database answered for
     dead (a hunt's find)."""
-    try:
-        limiter = _READINESS.get()
-    except LookupError:
-        limiter = CapacityLimiter(1)
-        _READINESS.set(limiter)
-    return await to_thread.run_sync(partial(work, *args), limiter=limiter)
+    return await to_thread.run_sync(partial(work, *args), limiter=_limiter(_READINESS, 1))
