@@ -43,6 +43,8 @@ SYSTEM = "system"
 # first start-up of the new release then re-grades everything (history trigger `release`,
 # app/services/state.py `sync_grading`), as a rulebook switch does, and processes of the
 # release before find it no longer in force (`active_digest`), as after a switch.
+# tests/test_grading_release.py fails when what a fixed log grades to changes and this
+# does not, and says what to record when it does.
 # 2026-12-07: stage changes at one instant, attribute defaults read for older events, a
 # heat's `since` moved where it lapsed and came back.
 GRADING = "2026-12-07"

@@ -86,7 +86,7 @@ def attributes(event_type: str) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-def _satisfying(condition) -> list[tuple[str, dict[str, Any]]]:  # noqa: ANN001
+def satisfying(condition) -> list[tuple[str, dict[str, Any]]]:  # noqa: ANN001
     """Events (type, attributes) that meet a customer condition, read off the rulebook."""
     if isinstance(condition, HasEvent):
         return [(condition.event_type, dict(condition.where))] * condition.min_count
@@ -95,9 +95,9 @@ def _satisfying(condition) -> list[tuple[str, dict[str, Any]]]:  # noqa: ANN001
         value = next(v for v in spec.values if (v in condition.values) != condition.negate)
         return [(condition.event_type, {condition.attribute: value})]
     if isinstance(condition, AllOf):
-        return [e for part in condition.parts for e in _satisfying(part)]
+        return [e for part in condition.parts for e in satisfying(part)]
     if isinstance(condition, AnyOf):
-        return _satisfying(condition.parts[0])
+        return satisfying(condition.parts[0])
     return []  # project-side conditions come from the random events
 
 
@@ -109,7 +109,7 @@ def a_kit(draw: st.DrawFn, days: st.SearchStrategy[int] = DAYS) -> list[dict[str
     level = draw(st.integers(1, 3))
     out = []
     for criterion in RULEBOOK.levels[kind][level - 1].criteria:
-        for type_, where in _satisfying(criterion.when):
+        for type_, where in satisfying(criterion.when):
             et = RULEBOOK.event_types[type_]
             attributes = {n: draw(attribute_value(a)) for n, a in et.attributes.items() if a.required}
             attributes.update(where)
