@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         le=200,
-        description="requests each process runs at once on its worker threads (their database work; more wait their turn); default: 4 on SQLite, 2 on PostgreSQL (`request_threads`); raise it when each request waits long on the database (a remote server)",
+        description="requests each process runs at once on its worker threads (their database work; more wait their turn), and reads as many again on threads of their own; default: 4 on SQLite, 2 on PostgreSQL (`request_threads`); raise it when each request waits long on the database (a remote server)",
     )
     batch_threads: int = Field(
         default=2,

@@ -7,16 +7,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
 
-from app.api import present, subjects
+from app.api import subjects
 from app.api import schemas as s
 from app.api.deps import ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
+from app.api.present import answer
+from app.api.threads import run_read
 from app.db import models as m
 from app.domain.rulebook import MAX_LEVEL
 from app.services import customers as svc
-from app.services.history import history_page
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated, responses=AUTHENTICATED)
 
@@ -36,7 +37,7 @@ def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer, respons
 
 
 @router.get("", response_model=s.CustomerPage)
-def list_customers(
+async def list_customers(
     ctx: ContextDep,
     caller: Reader,
     kind: Literal["owner", "installer"] | None = None,
@@ -46,11 +47,15 @@ def list_customers(
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name or external_ref")] = None,
     limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> s.CustomerPage:
+) -> Response:
     """List customers, filtered, oldest first; follow `next_cursor` for more."""
-    with ctx.db.session(write=False) as session:
-        rows, next_cursor = svc.list_customers(session, kind=kind, level=level, rep=rep, region=region, q=q, limit=limit, cursor=cursor)
-        return s.CustomerPage(items=[ctx.presenter.customer(c) for c in rows], next_cursor=next_cursor)
+
+    def read() -> Response:
+        with ctx.db.session(write=False) as session:
+            rows, next_cursor = svc.list_customers(session, kind=kind, level=level, rep=rep, region=region, q=q, limit=limit, cursor=cursor)
+            return answer(s.CustomerPage(items=[ctx.presenter.customer(c) for c in rows], next_cursor=next_cursor))
+
+    return await run_read(read)
 
 
 @router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})
@@ -109,13 +114,12 @@ def update_customer(
 
 
 @router.get("/{customer_id}/history", response_model=s.HistoryPage, responses=problem_responses(404))
-def customer_history(
+async def customer_history(
     customer_id: s.PathId,
     ctx: ContextDep,
     caller: Reader,
     limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> s.HistoryPage:
+) -> Response:
     """Every change of the customer's relationship level, oldest first, with its evidence and trigger."""
-    with ctx.db.session(write=False) as session:
-        return present.history_page(*history_page(session, "customer", customer_id, limit=limit, cursor=cursor))
+    return await subjects.read_history(ctx, "customer", customer_id, limit, cursor)

@@ -149,7 +149,7 @@ def _item_out(result: batch_svc.ItemResult) -> s.BatchItemOut:
 
 
 @router.get("", response_model=s.EventPage)
-def get_events(
+async def get_events(
     ctx: ContextDep,
     caller: Reader,
     customer_id: s.QueryId = None,
@@ -160,21 +160,25 @@ def get_events(
     order: Literal["asc", "desc"] = "asc",
     limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> s.EventPage:
+) -> Response:
     """List events (retracted ones included, with their retraction), in recording order."""
-    with ctx.db.session(write=False) as session:
-        rows, next_cursor = list_events(
-            session,
-            customer_id=customer_id,
-            project_id=project_id,
-            type=type,
-            occurred_from=occurred_from,
-            occurred_to=occurred_to,
-            descending=order == "desc",
-            limit=limit,
-            cursor=cursor,
-        )
-        return s.EventPage(items=[present.event(e, r) for e, r in rows], next_cursor=next_cursor)
+
+    def read() -> Response:
+        with ctx.db.session(write=False) as session:
+            rows, next_cursor = list_events(
+                session,
+                customer_id=customer_id,
+                project_id=project_id,
+                type=type,
+                occurred_from=occurred_from,
+                occurred_to=occurred_to,
+                descending=order == "desc",
+                limit=limit,
+                cursor=cursor,
+            )
+            return present.answer(s.EventPage(items=[present.event(e, r) for e, r in rows], next_cursor=next_cursor))
+
+    return await threads.run_read(read)
 
 
 @router.get("/{event_id}", response_model=s.EventOut, responses=problem_responses(404))

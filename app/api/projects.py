@@ -7,15 +7,16 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
 
-from app.api import present, subjects
+from app.api import subjects
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
+from app.api.present import answer
+from app.api.threads import run_read
 from app.db import models as m
 from app.services import projects as svc
-from app.services.history import history_page
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], route_class=Gated, responses=AUTHENTICATED)
 
@@ -39,7 +40,7 @@ def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer, response:
 
 
 @router.get("", response_model=s.ProjectPage)
-def list_projects(
+async def list_projects(
     ctx: ContextDep,
     caller: Reader,
     owner_id: s.QueryId = None,
@@ -49,13 +50,17 @@ def list_projects(
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name")] = None,
     limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> s.ProjectPage:
+) -> Response:
     """List projects, filtered, oldest first; follow `next_cursor` for more."""
-    with ctx.db.session(write=False) as session:
-        rows, next_cursor = svc.list_projects(session, owner_id=owner_id, heat=heat, rep=rep, stage=stage, q=q, limit=limit, cursor=cursor)
-        participants = svc.participants_of(session, [p.id for p in rows])
-        items = [ctx.presenter.project(p, *participants[p.id]) for p in rows]
-        return s.ProjectPage(items=items, next_cursor=next_cursor)
+
+    def read() -> Response:
+        with ctx.db.session(write=False) as session:
+            rows, next_cursor = svc.list_projects(session, owner_id=owner_id, heat=heat, rep=rep, stage=stage, q=q, limit=limit, cursor=cursor)
+            participants = svc.participants_of(session, [p.id for p in rows])
+            items = [ctx.presenter.project(p, *participants[p.id]) for p in rows]
+            return answer(s.ProjectPage(items=items, next_cursor=next_cursor))
+
+    return await run_read(read)
 
 
 @router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})
@@ -114,13 +119,12 @@ def update_project(
 
 
 @router.get("/{project_id}/history", response_model=s.HistoryPage, responses=problem_responses(404))
-def project_history(
+async def project_history(
     project_id: s.PathId,
     ctx: ContextDep,
     caller: Reader,
     limit: s.PageLimit = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> s.HistoryPage:
+) -> Response:
     """Every change of the project's deal heat, oldest first, with its evidence and trigger."""
-    with ctx.db.session(write=False) as session:
-        return present.history_page(*history_page(session, "project", project_id, limit=limit, cursor=cursor))
+    return await subjects.read_history(ctx, "project", project_id, limit, cursor)

@@ -1,5 +1,5 @@
 """What the record routes of customers and projects share: read a record (by id or by the
-ERP's code) and upsert one by the ERP's code, answered with its ETag."""
+ERP's code) and upsert one by the ERP's code, answered with its ETag; read its history."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import Context
 from app.api.etags import etag, parse_if_match
-from app.api.present import answer
-from app.api.threads import indexed_read
+from app.api.present import answer, history_page as present_history
+from app.api.threads import indexed_read, run_read
+from app.services.history import history_page
 from app.services.records import Record, read_alone, read_only
 
 Present = Callable[[Session, Any], BaseModel]
@@ -56,3 +57,13 @@ def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_matc
         return answer(present(session, row), status_code=201 if created else 200, headers=headers)
 
     return ctx.db.transaction(write)
+
+
+async def read_history(ctx: Context, subject: str, subject_id: int, limit: int, cursor: str | None) -> Response:
+    """A page of the grade changes of a customer or a project, on a read thread."""
+
+    def read() -> Response:
+        with ctx.db.session(write=False) as session:
+            return answer(present_history(*history_page(session, subject, subject_id, limit=limit, cursor=cursor)))
+
+    return await run_read(read)

@@ -13,7 +13,10 @@ better than 2. So the default depends on the engine (`Settings.request_threads`)
 
 A batch can hold its thread for seconds (10,000 events), so batches run on a limiter of
 their own (`batch_threads`): a few ERP imports at once never take the threads the app's
-single requests need.
+single requests need. Reads run on one of their own too (`run_read`), as many threads as
+the requests': a write can wait up to `RAPPORT_LOCK_TIMEOUT_SECONDS` for a record another
+transaction holds, and a few such writes held every request thread, so a rep's app could
+read nothing, not even a customer the held record had nothing to do with.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from typing import AsyncIterator, Callable, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from anyio.lowlevel import RunVar
-from starlette.concurrency import run_in_threadpool
 
 from app.db.engine import Database
 from app.settings import Settings
@@ -35,14 +37,17 @@ T = TypeVar("T")
 # it was made in, and a process (its tests) may run several loops.
 _BATCHES: RunVar[CapacityLimiter] = RunVar("rapport_batch_limiter")
 _READINESS: RunVar[CapacityLimiter] = RunVar("rapport_readiness_limiter")
+_READS: RunVar[CapacityLimiter] = RunVar("rapport_read_limiter")
 
 
 @asynccontextmanager
 async def serving(settings: Settings) -> AsyncIterator[None]:
-    """While the server runs: sync routes on at most `settings.request_threads()` threads."""
+    """While the server runs: sync routes on at most `settings.request_threads()` threads,
+    and reads (`run_read`) on as many more."""
     limiter = to_thread.current_default_thread_limiter()
     before = limiter.total_tokens
     limiter.total_tokens = settings.request_threads()
+    _limiter(_READS, settings.request_threads())
     try:
         yield
     finally:
@@ -63,7 +68,18 @@ async def indexed_read(db: Database, work: Callable[..., T], *args: object) -> T
     would stall every request in flight: a thread."""
     if db.is_sqlite:
         return work(*args)
-    return await run_in_threadpool(work, *args)
+    return await run_read(work, *args)
+
+
+async def run_read(work: Callable[..., T], *args: object) -> T:
+    """Run `work(*args)`, a read, on a read thread, never behind writes that wait for a
+    record (the module's docstring). Outside a server (`serving`), as many read threads as
+    the requests have."""
+    try:
+        limiter = _READS.get()
+    except LookupError:
+        limiter = _limiter(_READS, int(to_thread.current_default_thread_limiter().total_tokens))
+    return await to_thread.run_sync(partial(work, *args), limiter=limiter)
 
 
 def _limiter(var: RunVar[CapacityLimiter], tokens: int) -> CapacityLimiter:

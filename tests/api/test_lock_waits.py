@@ -80,6 +80,38 @@ def test_readiness_answers_while_every_request_thread_waits_on_a_held_record(api
     assert late.status_code == 503, late.text
 
 
+READS = (
+    "/v1/customers/{other}",
+    "/v1/customers/by-ref/C-2",
+    "/v1/customers?kind=owner",
+    "/v1/customers/{other}/history",
+    "/v1/projects/{project}",
+    "/v1/projects?limit=5",
+    "/v1/projects/{project}/history",
+    "/v1/events?limit=5",
+)
+
+
+@pytest.mark.parametrize("path", READS)
+def test_reads_answer_while_every_request_thread_waits_on_a_held_record(api, db_url: str, one_request_thread: None, path: str) -> None:
+    """Reads have threads of their own: a rep's app reads on while writes wait for a held
+    customer (a write can wait up to the lock timeout, and a few held every request thread)."""
+    customer = api.create_customer("上海建工安装", "installer")["id"]
+    other = api.create_customer("华东设计院", "owner", external_ref="C-2")["id"]
+    project = api.create_project(other)["id"]
+    with held(db_url, customer):
+        waiting = api.send_soon("POST", "/v1/events", json=visit(customer))
+        time.sleep(0.2)  # the write has taken the one request thread and waits
+        started = time.monotonic()
+        r = api.get(path.format(other=other, project=project))
+        answered_in = time.monotonic() - started
+        late = waiting.result(30)
+
+    assert r.status_code == 200, r.text
+    assert answered_in < 0.5, answered_in
+    assert late.status_code == 503, late.text
+
+
 def test_a_write_that_waits_longer_than_the_lock_timeout_is_a_503_that_stores_nothing(api, app, db_url: str) -> None:
     if not is_postgres(db_url):
         pytest.skip("SQLite's writers wait RAPPORT_SQLITE_BUSY_TIMEOUT_MS for its one write lock, then answer 503 alike")
