@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.api.problems import validation_reason
 from app.db.types import loads_json
-from app.errors import FieldError, Invalid, TooLarge, UnsupportedMediaType
+from app.errors import MAX_LISTED, FieldError, Invalid, TooLarge, UnsupportedMediaType
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -68,5 +68,5 @@ def validate_item(model: type[Model], item: Any) -> Model | list[FieldError]:
     try:
         return model.model_validate(item)
     except ValidationError as exc:
-        return [FieldError(".".join(str(p) for p in err["loc"]), validation_reason(err)) for err in exc.errors()]
+        return [FieldError(".".join(str(p) for p in err["loc"]), validation_reason(err)) for err in exc.errors()[:MAX_LISTED]]
 

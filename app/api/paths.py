@@ -7,7 +7,11 @@ differed only in such bytes: `PUT /v1/customers/by-ref/GBK-%D6%D0` and
 `PUT /v1/customers/by-ref/GBK-%B9%FA` wrote one customer, the second over the first. A
 query string is decoded the same way: `?q=%D6%D0` searched for U+FFFD and found nothing,
 or `?rep=` named another rep than the one meant. A form hook's query string is the form
-tool's, and is left to the hook (a delivery refused here would be lost)."""
+tool's, and is left to the hook (a delivery refused here would be lost).
+
+A body sent with a Content-Encoding (gzip, br) is refused here too (415): the service reads
+no compressed body, and a plain one labelled compressed was stored as if it were not
+(RFC 9110 §8.4 asks for a 415). A form hook's body is kept in its inbox whatever it is."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.limits import HOOKS_PREFIX
 from app.api.problems import app_error_response
-from app.errors import FieldError, Invalid, NotFound, failed_fields
+from app.errors import AppError, FieldError, Invalid, NotFound, UnsupportedMediaType, failed_fields
 
 _ENCODE = "percent-encode each byte of its UTF-8 form"
 
@@ -69,8 +73,8 @@ class Utf8Path:
         await self.app(scope, receive, send)
 
 
-def _refusal(scope: Scope) -> NotFound | Invalid | None:
-    """Why this request's path or query string is refused before routing, or None."""
+def _refusal(scope: Scope) -> AppError | None:
+    """Why this request's path, query string or body's encoding is refused before routing, or None."""
     if "\n" in scope["path"]:
         # A route's pattern ends in `$`, which also matches before a last line feed:
         # `/v1/customers/by-ref/C-1%0A` named C-1, and a PUT to it replaced C-1 (a hunt's
@@ -79,7 +83,14 @@ def _refusal(scope: Scope) -> NotFound | Invalid | None:
     raw = scope.get("raw_path") or scope["path"].encode()
     reason = not_utf8(raw.split(b"?", 1)[0])  # some clients' raw_path carries the query
     errors = [FieldError("path", reason, "path")] if reason is not None else []
+    hook = scope["path"].startswith(HOOKS_PREFIX)
     query = scope.get("query_string", b"")
-    if not errors and query and not scope["path"].startswith(HOOKS_PREFIX):
+    if not errors and query and not hook:
         errors = query_not_utf8(query)
-    return Invalid(failed_fields(len(errors)), errors=errors) if errors else None
+    if errors:
+        return Invalid(failed_fields(len(errors)), errors=errors)
+    coding = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"").strip().lower()
+    if coding not in (b"", b"identity") and not hook:
+        sent = coding.decode("latin-1")[:40]
+        return UnsupportedMediaType(f"the body is sent with Content-Encoding: {sent}, and this service reads bodies only uncompressed: send it without a Content-Encoding")
+    return None

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
 from app.db.engine import is_lock_timeout, is_retryable
-from app.errors import AppError, failed_fields
+from app.errors import MAX_LISTED, AppError, failed_fields
 
 log = logging.getLogger("rapport")
 PROBLEM = "application/problem+json"
@@ -23,7 +24,7 @@ TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not f
 
 # What each error status means for a caller, as the OpenAPI document says it.
 MEANINGS = {
-    400: "the body cannot be read (it is not UTF-8 text); nothing was stored",
+    400: "the request cannot be read; nothing was stored",
     401: "no API key, or an unknown or revoked one",
     403: "the API key lacks the scope this needs",
     404: "no such resource",
@@ -76,7 +77,7 @@ REF_WITH_LINE_BREAK = problem_response("the ref holds a line feed, so the path n
 def problem(status: int, slug: str, title: str, detail: str, errors: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": f"urn:rapport:problem:{slug}", "title": title, "status": status, "detail": detail}
     if errors:
-        body["errors"] = errors
+        body["errors"] = errors[:MAX_LISTED]
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -166,9 +167,8 @@ def install(app: FastAPI) -> None:
         # one nested deeper than json can read (a hunt found the second). Each is malformed
         # JSON, said as such, as a batch's body says it (app/api/bodies.py).
         cause = exc.__cause__
-        if isinstance(cause, (UnicodeDecodeError, RecursionError)):
-            why = f"not UTF-8 ({cause.reason} at byte {cause.start})" if isinstance(cause, UnicodeDecodeError) else "nested too deeply"
-            errors = [{"field": "body", "in": "body", "reason": f"malformed JSON: {why}"}]
+        if isinstance(cause, (UnicodeDecodeError, RecursionError, ValueError)):
+            errors = [{"field": "body", "in": "body", "reason": f"malformed JSON: {_unreadable(cause)}"}]
             return problem(422, "validation", "The request is not valid", failed_fields(1), errors)
         title = TITLES.get(exc.status_code, "Error")
         detail = exc.detail if isinstance(exc.detail, str) else title
@@ -181,6 +181,14 @@ def install(app: FastAPI) -> None:
             # POST's body to it. The caller is told which path is served instead.
             detail = f"no such path: {request.url.path} (paths end without a slash: {bare})"
         return problem(exc.status_code, title.lower().replace(" ", "-"), title, detail, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _exc: ClientDisconnect) -> Response:
+        # The client hung up while sending its body: nobody reads an answer, nothing was
+        # stored, and it is no error of the service's. It was logged as one, with its
+        # traceback, and the form hook needs no key (a hunt's find: log flooding).
+        log.info("client disconnected before its body arrived: %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
@@ -200,6 +208,17 @@ def install(app: FastAPI) -> None:
             return problem(503, "unavailable", "Service unavailable", "the database connection was lost; retry later", headers={"Retry-After": "5"})
         log.exception("unhandled error")
         return problem(500, "internal", "Internal error", "an unexpected error occurred; nothing was stored")
+
+
+def _unreadable(cause: Exception) -> str:
+    """Why FastAPI could not read a JSON body (besides a syntax error, which it reports)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if "integer string conversion" in str(cause):
+        return "a number of more than 4,300 digits"  # Python's limit (a hunt's: a bare 400)
+    return "cannot be read"
 
 
 def allowed_methods(request: Request, path: str | None = None) -> list[str]:
