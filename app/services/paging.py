@@ -17,20 +17,27 @@ from app.errors import FieldError, Invalid
 T = TypeVar("T")
 
 
-def encode_cursor(last_id: int, descending: bool = False, tx: int | None = None) -> str:
-    data: dict[str, Any] = {"after": last_id, "desc": descending}
+def encode_cursor(last_id: int, of: str, descending: bool = False, tx: int | None = None) -> str:
+    """The cursor after `last_id` in the list of `of` (its table)."""
+    data: dict[str, Any] = {"after": last_id, "desc": descending, "of": of}
     if tx is not None:
         data["tx"] = tx
     raw = json.dumps(data, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[int, bool, int]:
-    """(after this id, descending, after this transaction: 0 where the cursor names none)."""
+def decode_cursor(cursor: str, of: str) -> tuple[int, bool, int]:
+    """(after this id, descending, after this transaction: 0 where the cursor names none),
+    of a cursor of the list of `of`. A cursor names its list: one of customers was read as
+    a position among events (and on PostgreSQL showed the event with the customer's id
+    again), one of events among customers (a hunt's find). Those issued before cursors
+    named their list (no `of`) are still read."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data: Any = json.loads(base64.urlsafe_b64decode(padded.encode()))
         after, desc, tx = data["after"], data.get("desc", False), data.get("tx", 0)
+        if data.get("of", of) != of:
+            raise Invalid("the cursor was issued for another list", errors=[FieldError("cursor", f"a cursor of {data['of']!r}, not of {of!r}"[:200], "query")])
         # Ids are positive signed 64-bit integers: a larger `after` was not issued here, and
         # would overflow in the driver (a 500) rather than find nothing.
         if not (_stored_int(after) and _stored_int(tx)) or not isinstance(desc, bool):
@@ -81,7 +88,7 @@ def page(
     the database: it pages back from the present."""
     in_commit_order = tx_column is not None and not descending
     if cursor is not None:
-        after, cursor_desc, after_tx = decode_cursor(cursor)
+        after, cursor_desc, after_tx = decode_cursor(cursor, id_column.table.name)
         if cursor_desc != descending:
             raise Invalid("the cursor was issued for the other sort order", errors=[FieldError("cursor", "order differs", "query")])
         if in_commit_order:
@@ -100,7 +107,7 @@ def page(
     if not (more and rows):
         return rows, None
     last = rows[-1]
-    return rows, encode_cursor(last.id, descending, last.tx if in_commit_order else None)
+    return rows, encode_cursor(last.id, id_column.table.name, descending, last.tx if in_commit_order else None)
 
 
 # What `q` may hold that LIKE would read as a wildcard: escaped, so q is matched as text.

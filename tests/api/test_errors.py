@@ -201,6 +201,23 @@ def test_a_bad_cursor_is_422_naming_the_cursor_on_every_list(api) -> None:
         assert_problem(api.get(path, params={"cursor": "bm90IGEgY3Vyc29y"}), 422, "cursor")
 
 
+def test_a_cursor_of_one_list_is_422_on_another(api) -> None:
+    """A customers cursor was read as a position among events (on PostgreSQL it showed again
+    the event whose id it carried), an events cursor among customers (a hunt's find)."""
+    owner = api.create_customer("仁济医院基建处", "owner")
+    api.create_customer("华东设计院", "owner")
+    for _ in range(2):
+        api.event("company_introduced", customer_id=owner["id"])
+    cursors = {path: api.get(path, params={"limit": 1}).json()["next_cursor"] for path in ("/v1/customers", "/v1/events")}
+
+    assert_problem(api.get("/v1/events", params={"cursor": cursors["/v1/customers"]}), 422, "cursor")
+    assert_problem(api.get("/v1/customers", params={"cursor": cursors["/v1/events"]}), 422, "cursor")
+    assert api.get("/v1/customers", params={"cursor": cursors["/v1/customers"]}).status_code == 200
+    # A cursor issued before cursors named their list still pages on.
+    legacy = base64.urlsafe_b64encode(json.dumps({"after": owner["id"], "desc": False}).encode()).decode().rstrip("=")
+    assert [c["name"] for c in api.get("/v1/customers", params={"cursor": legacy}).json()["items"]] == ["华东设计院"]
+
+
 @pytest.mark.parametrize("after", [2**63, 2**70, -(2**70)])
 @pytest.mark.parametrize("path", ["/v1/events", "/v1/customers", "/v1/projects", "/v1/forms", "/v1/webhooks/subscriptions"])
 def test_a_forged_cursor_past_any_id_is_422_not_a_500(api, path: str, after: int) -> None:
