@@ -220,7 +220,17 @@ def serve(host: str, port: int, workers: int, shutdown_timeout: int, demo: bool)
     if demo:
         _load_demo(settings, rulebook, host, port)
     click.echo(f"Rapport on http://{host}:{port} — API docs at http://{host}:{port}/docs — database {_safe(settings.database_url)}")
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers, timeout_graceful_shutdown=shutdown_timeout, log_level="info")
+    # httptools with a bound on a request's line and headers (app/api/protocol.py).
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        http="app.api.protocol:BoundedHead",
+        timeout_graceful_shutdown=shutdown_timeout,
+        log_level="info",
+    )
 
 
 @main.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -351,3 +352,30 @@ def test_the_servers_own_info_lines_reach_its_log_and_a_url_token_does_not(migra
     log = server.log.read_text(errors="replace")
     assert "INFO:     rapport: form visits-by-token: a delivery was refused" in log
     assert secret not in log and "not-the-token-but-long-enough" not in log  # the access log's lines carry token=***
+
+
+def _raw(server: Server, head: bytes) -> tuple[bytes, float]:
+    """Send `head` (a request line and headers) on a connection of its own; the answer's
+    first line, and the seconds it took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        try:
+            sock.sendall(head)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed the connection before reading it all: its answer is sent
+        answer = sock.recv(4096)
+    return answer.split(b"\r\n", 1)[0], time.monotonic() - started
+
+
+def test_headers_beyond_the_bound_are_431_and_the_process_answers_on(migrated: str, db: Database, servers: Servers) -> None:
+    """httptools bounds no header, and gathered a long one at a cost growing faster than it:
+    a 64 MB header, sent without a key, held the process 26 s (a hunt's find)."""
+    server = servers.start(migrated)
+    huge = b"GET /v1/customers HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"A" * (8 * 1024 * 1024) + b"\r\n\r\n"
+    line, seconds = _raw(server, huge)
+    assert line == b"HTTP/1.1 431 Request Header Fields Too Large", line
+    assert seconds < 5, seconds
+
+    fits = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"A" * (60 * 1024) + b"\r\nConnection: close\r\n\r\n"
+    assert _raw(server, fits)[0] == b"HTTP/1.1 200 OK"
+    assert httpx.get(f"{server.base_url}/healthz", timeout=10).status_code == 200
