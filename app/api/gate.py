@@ -45,12 +45,14 @@ def _spend(limiter: RateLimiter | None, caller: Hashable) -> None:
 
 
 def spend_hook(limiter: RateLimiter | None, form_id: str, *, refused: bool) -> None:
-    """Spend a token of a form hook's bucket (429 if none is left): that of its authentic
-    deliveries, or (`refused`) that of the deliveries that failed its check, apart, so that
-    strangers sending forgeries cannot use up the tool's. Spent after the check, which is
-    what tells them apart. The id may name no form: cut to a form id's longest, so a
-    bucket's name stays small."""
-    _spend(limiter, ("form-refused" if refused else "form", form_id[:64]))
+    """Spend a token of a form hook's bucket (429 if none is left): that of the form's
+    authentic deliveries, or (`refused`) the one of every delivery that failed its check,
+    apart, so that strangers sending forgeries cannot use up the tools'. Spent after the
+    check, which is what tells them apart. Refused deliveries share one bucket: one per
+    form id they named gave every made-up id a fresh burst, and 10,000 of them pushed a
+    throttled API key's bucket out of the limiter, forgiving it (a hunt's find). An
+    authentic delivery names a form that exists, so their buckets are as many as the forms."""
+    _spend(limiter, ("form-refused",) if refused else ("form", form_id))
 
 
 # The name of the API key's scheme in the OpenAPI schema (`components.securitySchemes`).

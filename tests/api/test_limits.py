@@ -427,9 +427,13 @@ def test_bad_keys_get_no_bucket_and_hooks_are_limited_per_form(app_with, portal)
         assert_problem(stranger.get("/v1/customers", headers={"Authorization": f"Bearer rk_guess-{i}"}), 401)
     hook = [stranger.post("/v1/hooks/forms/visit-report", json={}) for _ in range(3)]
 
-    assert len(limiter) == 1  # the one form id: a guessed key costs no memory
+    assert len(limiter) == 1  # refused deliveries' one bucket: a guessed key costs no memory
     assert [r.status_code for r in hook] == [401, 401, 429]
-    assert_problem(stranger.post("/v1/hooks/forms/signup", json={}), 401)
+    # Another made-up form id gets no fresh burst: refused deliveries share one bucket.
+    assert_problem(stranger.post("/v1/hooks/forms/signup", json={}), 429)
+    for i in range(50):
+        stranger.post(f"/v1/hooks/forms/made-up-{i}", json={})
+    assert len(limiter) == 1
     stranger.close()
 
 
