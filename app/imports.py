@@ -28,7 +28,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from app.chunks import chunked
-from app.api.bodies import validate_item
+from app.api.bodies import read_json, validate_item
 from app.api.problems import validation_reason
 from app.api.schemas import CustomerPut, EventIn, ProjectPut, Ref
 from app.db import models as m
@@ -349,7 +349,9 @@ def _event_item(row: Row, rulebook: Rulebook, source: str) -> NewEvent | list[Fi
     problems: list[FieldError] = []
     if "attributes" in cells:
         try:
-            body["attributes"] = json.loads(cells["attributes"])
+            # As the API reads a body: a cell nested deeper than json reads is a rejected
+            # row, not a RecursionError that stopped the import with a traceback.
+            body["attributes"] = read_json(cells["attributes"])
         except ValueError as exc:
             problems.append(FieldError("attributes", f"is not JSON ({exc}); write an object such as {{\"reception\": \"welcoming\"}}"))
     else:
@@ -360,7 +362,13 @@ def _event_item(row: Row, rulebook: Rulebook, source: str) -> NewEvent | list[Fi
     event = validate_item(EventIn, body)
     if isinstance(event, list) or problems:
         return problems + (event if isinstance(event, list) else [])
-    return NewEvent(**{**event.model_dump(), "external_id": event.external_id or derived_external_id(event)})
+    try:
+        external_id = event.external_id or derived_external_id(event)
+    except ValueError:
+        # pydantic serializes 255 levels deep at most; the API refuses such a value too, as
+        # no attribute type holds one (it was a traceback that stopped the import).
+        return [FieldError("attributes", "is nested too deeply: no attribute holds such a value")]
+    return NewEvent(**{**event.model_dump(), "external_id": external_id})
 
 
 RECORDS: dict[str, tuple[type[m.Customer] | type[m.Project], type[BaseModel], Callable[..., tuple[Any, bool]]]] = {

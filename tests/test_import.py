@@ -333,6 +333,33 @@ def test_attribute_columns_are_stored_typed_and_an_attributes_column_holds_json(
     assert read_csv(tmp_path / "json.rejected.csv")[0]["reason"].startswith("attributes: is not JSON (Expecting property name")
 
 
+@pytest.mark.parametrize(
+    ("depth", "reason"),
+    [
+        (5000, 'attributes: is not JSON (nested too deeply); write an object such as {"reception": "welcoming"}'),  # deeper than json reads
+        (300, "attributes: is nested too deeply: no attribute holds such a value"),  # read, but deeper than pydantic writes
+    ],
+    ids=["deeper-than-json-reads", "deeper-than-pydantic-writes"],
+)
+def test_an_attributes_cell_nested_too_deeply_is_a_rejected_row(run, tmp_path: Path, customers_and_project: None, depth: int, reason: str) -> None:  # noqa: ANN001
+    # It was a RecursionError (a ValueError at 300) with a traceback: nothing of the chunk
+    # stored, no rejected file. The API answers the same value with a 422.
+    nested = '{"reception": ' + "[" * depth + "]" * depth + "}"
+    rows = [
+        ["type", "occurred_at", "customer_ref", "attributes"],
+        ["visit", "2025-09-05T10:00:00+08:00", "C-1", '{"reception": "welcoming"}'],
+        ["visit", "2025-09-06T10:00:00+08:00", "C-1", nested],
+        ["visit", "2025-09-07T10:00:00+08:00", "C-1", '{"reception": "neutral"}'],
+    ]
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", rows)))
+
+    assert result.exit_code == 1, result.output
+    assert "created 2, duplicate 0, rejected 1" in result.stdout
+    assert [(r["line"], r["reason"], r["attributes"]) for r in read_csv(tmp_path / "events.rejected.csv")] == [("3", reason, nested)]
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(2,)]
+
+
 def test_chunks_of_two_store_the_same_as_one_chunk(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
     twin = EXAMPLE_ONE[1]  # alike in every cell: one event
     bad = ["visit", "2025-09-15T10:00:00+08:00", "C-1", "", "", "bored", "", ""]

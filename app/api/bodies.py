@@ -21,10 +21,10 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-def _json(text: bytes) -> Any:
+def read_json(text: str | bytes) -> Any:
     """What json.loads reads (`loads_json`: orjson where it reads the same; a 500-event batch
     in 0.25 ms against 0.39); nesting deeper than the parser goes is malformed input, not a
-    crash."""
+    crash: a ValueError, as any other. (The CSV import reads an `attributes` cell with it.)"""
     try:
         return loads_json(text)
     except RecursionError:
@@ -40,14 +40,14 @@ def json_items(body: bytes, content_type: str, *, max_items: int) -> list[Any | 
             if not line.strip():
                 continue
             try:
-                items.append(_json(line))
+                items.append(read_json(line))
             except ValueError as exc:
                 items.append(FieldError("", f"malformed JSON: {exc}"))
             if len(items) > max_items:
                 break
     elif content_type in ("application/json", ""):
         try:
-            items = _json(body)
+            items = read_json(body)
         except ValueError as exc:
             raise Invalid("the body is not JSON", errors=[FieldError("body", f"malformed JSON: {exc}")]) from None
         if not isinstance(items, list):
