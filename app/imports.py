@@ -48,6 +48,10 @@ TRUE = frozenset({"true", "1", "yes", "是"})
 FALSE = frozenset({"false", "0", "no", "否"})
 # The rejected file's own columns: a rejected file, once fixed, imports as it is.
 REPORT_COLUMNS = ("line", "reason")
+# What the API's schemas trim from a text (pydantic's strip_whitespace: Unicode White_Space).
+# str.strip() trims U+001C–U+001F too, so "\x1cIMP-4\x1f" was imported as the code IMP-4,
+# which the API refuses (control characters): a hunt's find.
+WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 
 EVENT_FIELDS = ("type", "occurred_at", "customer_ref", "customer_id", "project_ref", "project_id", "source", "external_id", "note")
 CONTACT = ("contact.person", "contact.phone", "contact.email", "contact.address")
@@ -110,8 +114,8 @@ class Table:
         records = _records(self.path, self.encoding)
         next(records)  # the header
         for line, values in records:
-            cells = {name: v.strip() for name, v in zip(self.header, values) if name and name not in REPORT_COLUMNS and v.strip()}
-            extra = [v for v in values[len(self.header) :] if v.strip()]
+            cells = {name: trimmed(v) for name, v in zip(self.header, values) if name and name not in REPORT_COLUMNS and trimmed(v)}
+            extra = [v for v in values[len(self.header) :] if trimmed(v)]
             # A row short of the named columns (a file cut inside it) would clear what its
             # missing cells hold: an empty cell clears a value, a missing one must not.
             problems = ()
@@ -141,7 +145,7 @@ def open_table(path: Path, kind: str, encoding: str) -> Table:
     first = next(records, None)
     if first is None:
         raise UnusableInput(f"{path.name} is empty: the first line must name the columns")
-    header = tuple(name.strip().lstrip("\ufeff").strip() for name in first[1])
+    header = tuple(trimmed(trimmed(name).lstrip("\ufeff")) for name in first[1])
     _check_header(kind, header)
     return Table(kind, path, encoding, header, sum(1 for _ in records))
 
@@ -194,7 +198,7 @@ def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
                     return
                 if any(_END in v for v in values):
                     raise UnusableInput(f"line {start}: a quoted cell is still open at the end of the file (was the file cut short?)")
-                if any(v.strip() for v in values):
+                if any(trimmed(v) for v in values):
                     yield start, values
                 start = reader.line_num + 1
         except UnicodeDecodeError as exc:
@@ -233,6 +237,11 @@ def _check_header(kind: str, header: tuple[str, ...]) -> None:
         raise UnusableInput("; ".join(problems))
 
 
+def trimmed(text: str) -> str:
+    """A cell's text as the API would take it: without the white space around it."""
+    return text.strip(WHITE_SPACE)
+
+
 def convert_attribute(kind: str, text: str) -> Any:
     """A cell's text as a value of a rulebook attribute type. Text that does not convert is
     passed on as it is, for the rulebook to refuse with its own reason."""
@@ -240,7 +249,7 @@ def convert_attribute(kind: str, text: str) -> Any:
         low = text.lower()
         return True if low in TRUE else False if low in FALSE else text
     if kind == "number":
-        number = number_in_text(text.strip())
+        number = number_in_text(trimmed(text))
         return text if number is None else number
     if kind == "enum_list":
         return _list(text)
@@ -444,7 +453,7 @@ def _columns_of(record: m.Customer | m.Project) -> dict[str, Any]:
 
 
 def _list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(LIST_SEPARATOR) if part.strip()]
+    return [trimmed(part) for part in text.split(LIST_SEPARATOR) if trimmed(part)]
 
 
 class _DryRun(Exception):

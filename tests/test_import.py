@@ -8,16 +8,17 @@ import csv
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import StringConstraints, TypeAdapter
 
 import app.imports
 from sqlalchemy import text
 
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
-from app.imports import Options, convert_attribute, open_table, run_import
+from app.imports import Options, convert_attribute, open_table, run_import, trimmed
 from tests.conftest import empty_tables, query
 
 Rows = list[list[str]]
@@ -244,6 +245,27 @@ def test_a_row_cut_short_stays_short_in_the_rejected_file_until_it_is_filled_in(
     assert rows[0][:2] == ["line", "reason"] and rows[1][2:] == ["C-1", "上海市第一人民医院", "owner", "上"]
     rows[1][2:] = ["C-1", "上海市第一人民医院", "owner", "上海", "王伟", "李主任", "13800000000", "医院|重点"]
     assert "updated 0, unchanged 1" in import_ok(run, "customers", write_csv(rejected, rows))
+
+
+def test_cells_are_trimmed_as_the_api_trims_texts(run, tmp_path: Path) -> None:  # noqa: ANN001
+    # str.strip() also trims U+001C–U+001F, which the API keeps: this code was imported as
+    # IMP-4, which the API refuses, and this name as "name", which the API stores as sent.
+    rows = [["external_ref", "name", "kind"], ["\x1cIMP-4\x1f", "甲公司", "owner"], ["IMP-5", "\x1cname\x1f", "owner"], ["\u3000IMP-6\xa0", " 乙公司\u2029", "owner"]]
+
+    result = run("import", "customers", str(write_csv(tmp_path / "customers.csv", rows)))
+
+    assert result.exit_code == 1, result.output
+    assert [(r["line"], r["reason"]) for r in read_csv(tmp_path / "customers.rejected.csv")] == [("2", "external_ref: must not contain control characters (a line break, a tab…)")]
+    assert query(tmp_path, "SELECT external_ref, name FROM customers ORDER BY id") == [("IMP-5", "\x1cname\x1f"), ("IMP-6", "乙公司")]
+
+
+def test_trimming_takes_off_what_pydantic_takes_off_and_nothing_else() -> None:
+    # Each character of the Basic Multilingual Plane, around an x: pydantic-core trims
+    # Unicode's White_Space, all of which is there (the last is U+3000).
+    texts = [f"{chr(cp)}x{chr(cp)}" for cp in range(0x10000) if not 0xD800 <= cp <= 0xDFFF]
+    by_api = TypeAdapter(list[Annotated[str, StringConstraints(strip_whitespace=True)]]).validate_python(texts)
+
+    assert [text for text, api in zip(texts, by_api) if trimmed(text) != api] == []
 
 
 def test_unnamed_columns_after_the_last_named_one_may_be_missing_from_a_row(run, tmp_path: Path) -> None:  # noqa: ANN001
