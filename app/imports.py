@@ -140,6 +140,7 @@ def open_table(path: Path, kind: str, encoding: str) -> Table:
         codecs.lookup(encoding)
     except LookupError:
         raise UnusableInput(f"unknown encoding {encoding!r} (try utf-8-sig or gb18030)") from None
+    _check_ascii_compatible(path, encoding)
     _check_not_utf8(path, encoding)
     records = _records(path, encoding)
     first = next(records, None)
@@ -148,6 +149,21 @@ def open_table(path: Path, kind: str, encoding: str) -> Table:
     header = tuple(trimmed(trimmed(name).lstrip("\ufeff")) for name in first[1])
     _check_header(kind, header)
     return Table(kind, path, encoding, header, sum(1 for _ in records))
+
+
+def _check_ascii_compatible(path: Path, encoding: str) -> None:
+    """Lines are found by their bytes (`_lines`), so the file's encoding must write line
+    ends, commas and quotes as ASCII does. A UTF-16 file (Excel's "Unicode Text") was told it
+    wanted --encoding gb18030 (a hunt's find)."""
+    with path.open("rb") as raw:
+        if raw.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise UnusableInput("the file is UTF-16 text (it starts with a UTF-16 byte order mark): save the file as \"CSV UTF-8\" and import that")
+    try:
+        ascii_like = codecs.decode(b'\r\n,"', encoding) == '\r\n,"'
+    except Exception:  # not a text encoding (hex, zlib, rot13…): each fails its own way
+        ascii_like = False
+    if not ascii_like:
+        raise UnusableInput(f"this command cannot read {encoding} text (it reads encodings that write line ends, commas and quotes as ASCII does, such as utf-8-sig and gb18030): save the file as \"CSV UTF-8\" and import that")
 
 
 _GB = {"gb18030", "gbk", "gb2312"}
@@ -190,7 +206,7 @@ def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
         # strict mode would say so, but it also refuses what Excel and people write and
         # this reader always took (`"Smith, Jones" ,`): instead a line of its own follows
         # the file, which arrives as a record of its own unless a quote is still open.
-        reader = csv.reader(itertools.chain(_decoded(raw, encoding), ("\n", f"{_END}\n")))
+        reader = csv.reader(itertools.chain(_decoded(_lines(raw), encoding), ("\n", f"{_END}\n")))
         start = 1
         try:
             for values in reader:
@@ -209,6 +225,19 @@ def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
 
 
 _END = "\ue000rapport: end of file\ue000"  # a private-use mark no file holds
+# A lone CR ends a line too, as in an old Mac file ("CSV (Macintosh)" in Excel for Mac): the
+# csv module reads it so from a file opened with newline="", but a binary file's lines end at
+# LF only, and the reader refused the file ("new-line character seen in unquoted field").
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+def _lines(raw: Iterator[bytes]) -> Iterator[bytes]:
+    """The file's lines, each with its end: LF, CR LF, or a lone CR. Split as bytes, so that a
+    decoding error is still reported on its own line; a line end inside a quoted cell is
+    kept as it is, the reader joining the lines. (A file of CR-only lines is one LF-line:
+    it is split in memory, a few MB for 20,000 rows.)"""
+    for block in raw:
+        yield from filter(None, _LONE_CR.split(block))
 
 
 def _decoded(raw: Iterator[bytes], encoding: str) -> Iterator[str]:

@@ -216,6 +216,47 @@ def test_quotes_as_people_write_them_still_import(run, tmp_path: Path, last: str
     assert query(tmp_path, "SELECT name, region FROM customers ORDER BY id") == [("Smith, Jones", "East"), ("Smith & Co", "多行\r\n地区")]
 
 
+@pytest.mark.parametrize("last", ["\r", ""])  # with and without a last line end
+def test_a_file_with_old_mac_line_ends_imports_as_any_other(run, tmp_path: Path, last: str) -> None:  # noqa: ANN001
+    # Lines that end with a lone CR ("CSV (Macintosh)" in Excel for Mac): the file was
+    # refused with Python's own "new-line character seen in unquoted field - do you need to
+    # open the file in universal-newline mode?".
+    path = tmp_path / "customers.csv"
+    path.write_text('external_ref,name,kind,region\rC-11,"Smith, Jones",owner,East\rC-12,甲公司,owner,"多行\r地区"\rC-13,,owner,' + last, encoding="utf-8")
+
+    result = run("import", "customers", str(path))
+
+    assert result.exit_code == 1, result.output
+    assert "created 2, updated 0, unchanged 0, rejected 1" in result.stdout
+    assert [(r["line"], r["reason"]) for r in read_csv(tmp_path / "customers.rejected.csv")] == [("5", "name: Field required")]
+    assert query(tmp_path, "SELECT name, region FROM customers ORDER BY id") == [("Smith, Jones", "East"), ("甲公司", "多行\r地区")]
+
+
+def test_an_old_mac_file_cut_inside_a_quoted_cell_is_malformed_and_stores_nothing(run, tmp_path: Path) -> None:  # noqa: ANN001
+    path = tmp_path / "customers.csv"
+    path.write_text('external_ref,name,kind,region\rC-11,"Smith, Jones",owner,East\rC-12,甲公司,owner,"多行\r', encoding="utf-8")
+
+    result = run("import", "customers", str(path))
+
+    assert result.exit_code == 2, result.output
+    assert "line 3: a quoted cell is still open at the end of the file" in result.output
+    assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
+@pytest.mark.parametrize(("encoding", "args", "said"), [
+    ("utf-16", [], "the file is UTF-16 text"),  # with a byte order mark, as Excel's "Unicode Text"
+    ("utf-16", ["--encoding", "gb18030"], "the file is UTF-16 text"),
+    ("utf-16-le", ["--encoding", "utf-16-le"], "cannot read utf-16-le text"),  # no mark: only the option says so
+])
+def test_a_utf16_file_is_told_to_be_saved_as_utf8(run, tmp_path: Path, encoding: str, args: list[str], said: str) -> None:  # noqa: ANN001
+    # It was told it "wants --encoding gb18030" (or, given utf-16, that it was not CSV).
+    result = run("import", "customers", str(write_csv(tmp_path / "customers.csv", CUSTOMERS, encoding)), *args)
+
+    assert result.exit_code == 2, result.output
+    assert said in result.output and 'save the file as "CSV UTF-8"' in result.output and "--encoding gb18030" not in result.output
+    assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
 def test_a_row_with_fewer_cells_than_columns_is_rejected_and_clears_nothing(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
     # A file cut inside its last row: the missing cells cleared the stored region, rep,
     # contact and tags, as empty cells do.
