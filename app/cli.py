@@ -410,6 +410,7 @@ def verify(as_of: datetime | None) -> None:
     other than the active rulebook, is refused (exit status 2). Grades with time windows
     move with time alone: run `rapport regrade` first, or pass the --as-of of the last
     re-grade."""
+    from app.services.state import expect_rulebook
     from app.services.verify import disagreements
     from app.startup import SchemaBehind, check_without_writing
 
@@ -424,6 +425,10 @@ def verify(as_of: datetime | None) -> None:
     started = time.monotonic()
     try:
         with db.snapshot() as session:
+            # Again in the snapshot replayed: a switch that committed since the check above
+            # left grades of the new rulebook to be replayed under the old one, and verify
+            # reported every one that moved as a disagreement (a hunt's find).
+            expect_rulebook(session, rulebook, record=False)
             counts = [session.scalar(select(func.count()).select_from(model)) for model in (m.Customer, m.Project, m.Event)]
             found = 0
             for d in disagreements(session, rulebook, as_of=when):  # printed as found: a long replay shows progress

@@ -102,6 +102,23 @@ def test_after_a_switch_by_migrate_a_shell_without_the_variable_does_not_switch_
     assert (state(tmp_path), rulebook_regrades(tmp_path)) == switched
 
 
+def test_verify_refuses_a_switch_that_commits_after_its_first_check(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """verify checked the active rulebook in one session and replayed in another: a switch
+    committed between the two was replayed under the old rulebook, and every grade it had
+    moved was reported as a disagreement (exit 1) instead of the refusal (exit 2)."""
+    import app.startup
+
+    assert run("demo").exit_code == 0
+    assert run("migrate", env={"RAPPORT_RULEBOOK_PATH": str(stricter_rulebook(tmp_path))}).exit_code == 0
+    monkeypatch.setattr(app.startup, "check_without_writing", lambda settings, rulebook: None)  # the switch comes after it
+
+    result = run("verify")
+
+    assert result.exit_code == 2, result.output
+    assert f"active rulebook is '{STRICTER}'" in result.stderr
+    assert "disagreement" not in result.output
+
+
 def test_commands_that_grade_nothing_neither_look_at_the_rulebook_nor_switch_it(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     import app.services.delivery
 
