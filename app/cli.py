@@ -569,6 +569,15 @@ def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, en
                 stored = "nothing was stored" if dry_run else "the chunks committed before it stay stored; importing the file again stores only the rest"
                 click.echo(f"\ninterrupted after {bar.pos:,} of {table.rows:,} rows: {stored}", err=True)
                 sys.exit(130)
+            except RulebookChanged:
+                # Not the generic "no grade was changed" (`_Rapport.invoke`): the chunks
+                # committed before the switch stay stored, re-graded by it (a hunt's find).
+                stored = "nothing was stored" if dry_run else "the chunks committed before it stay stored, and the switch re-graded them"
+                raise _Unusable(
+                    f"the database's active rulebook changed while this import ran (a server or `rapport migrate` switched it), after {bar.pos:,} "
+                    f"of {table.rows:,} rows: {stored}. Run the same command again with the rulebook the servers now use (RAPPORT_RULEBOOK_PATH): "
+                    "it stores only the rest"
+                ) from None
     except UnusableInput as exc:
         raise _Unusable(f"{file.name}: {exc}. Nothing was stored.") from exc
     finally:

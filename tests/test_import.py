@@ -18,6 +18,7 @@ from sqlalchemy import text
 
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
+from app.errors import RulebookChanged
 from app.imports import Options, convert_attribute, open_table, run_import, trimmed
 from tests.conftest import empty_tables, query
 
@@ -337,6 +338,30 @@ def test_an_interrupted_import_says_so_with_its_own_exit_status(run, tmp_path: P
     assert result.exit_code == 130
     assert all(text in result.stderr for text in said), result.stderr
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_an_import_stopped_by_a_rulebook_switch_says_what_it_stored(run, tmp_path: Path, customers_and_project: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A switch mid-import was answered "no grade was changed", exit 2, though the chunks
+    before it were stored (an operator-commands hunt: 1,700 events of 3,000)."""
+    import app.grading
+
+    checks = 0
+    real = app.grading.active_is
+
+    def switched_after_the_first_chunk(session, rulebook, active) -> None:  # noqa: ANN001
+        nonlocal checks
+        checks += 1
+        if checks > 1:
+            raise RulebookChanged("switched")
+        real(session, rulebook, active)
+
+    monkeypatch.setattr(app.grading, "active_is", switched_after_the_first_chunk)
+
+    result = run("import", "events", "--chunk", "2", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])))
+
+    assert result.exit_code == 2, result.output
+    assert "the chunks committed before it stay stored" in result.stderr and "no grade was changed" not in result.stderr
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(2,)]
 
 
 @pytest.mark.parametrize(
