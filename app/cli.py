@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
-from app.db.engine import Database
+from app.db.engine import Database, driver_reason
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
 from app.errors import AppError, MigrationsUnusable, ReleaseMismatch, RulebookChanged
 from app.logs import log_to_stderr
@@ -115,8 +115,7 @@ def _app_error(exc: AppError) -> str:
 
 
 def _database_failure(exc: DBAPIError) -> str:
-    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines() or [type(exc).__name__]
-    return f"the database failed: {_safe(get_settings().database_url)}: {lines[0]}"
+    return f"the database failed: {_safe(get_settings().database_url)}: {driver_reason(exc)}"
 
 
 @click.group(cls=_Rapport)

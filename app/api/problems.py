@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
-from app.db.engine import is_lock_timeout, is_retryable
+from app.db.engine import driver_reason, is_lock_timeout, is_retryable
 from app.errors import MAX_LISTED, AppError, failed_fields
 
 log = logging.getLogger("rapport")
@@ -199,7 +199,9 @@ def install(app: FastAPI) -> None:
         if is_retryable(exc):  # still colliding after Database.transaction's retries
             log.warning("write still rolled back by the database after retries (SQLSTATE %s)", exc.orig.sqlstate)  # type: ignore[union-attr]
             return problem(503, "unavailable", "Service unavailable", "the write collided with concurrent writes to the same records; nothing was stored — retry", headers={"Retry-After": "1"})
-        log.warning("database unavailable: %s", exc.__class__.__name__)
+        # What the driver said tells a full disk from a read-only file from a lost server;
+        # the class name alone (OperationalError) told the operator nothing (a soak hunt's).
+        log.warning("database unavailable: %s: %s", exc.__class__.__name__, driver_reason(exc))
         return problem(503, "unavailable", "Service unavailable", "the database is unavailable; nothing was stored — retry later", headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)

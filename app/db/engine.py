@@ -76,6 +76,14 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
+def driver_reason(exc: DBAPIError) -> str:
+    """The first line of what the driver said ("database or disk is full", "attempt to write
+    a readonly database", "terminating connection due to administrator command"): not
+    SQLAlchemy's text, which carries the statement and its parameters."""
+    lines = str(exc.orig if exc.orig is not None else exc).strip().splitlines() or [type(exc).__name__]
+    return lines[0][:300]
+
+
 def is_lock_timeout(exc: BaseException) -> bool:
     """Whether PostgreSQL gave up waiting for a lock another transaction held (the serving
     process's lock_timeout)."""

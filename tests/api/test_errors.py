@@ -404,3 +404,28 @@ def test_a_json_body_sent_without_its_media_type_is_told_to_say_application_json
     problem = assert_problem(api.post("/v1/events", content=body, headers=headers), 422, "body")
     assert "Content-Type: application/json" in problem["errors"][0]["reason"]
     assert api.get("/v1/events").json()["items"] == []
+
+
+@pytest.mark.parametrize("said", ["database or disk is full", "attempt to write a readonly database", "terminating connection due to administrator command"])
+def test_a_database_failure_is_logged_with_what_the_driver_said(api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, said: str) -> None:
+    """Every failure was logged as "database unavailable: OperationalError": a full disk, a
+    read-only file and a killed backend could not be told apart (a soak hunt's find). The
+    statement and its parameters (a rep's note) stay out of the log."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.services import events as svc
+
+    owner = api.create_customer("仁济医院基建处", "owner")["id"]
+
+    def failing(*_: Any, **__: Any) -> Any:
+        raise OperationalError("INSERT INTO events (note) VALUES (?)", ("客户说下周再谈",), sqlite3.OperationalError(f"{said}\nDETAIL: more"))
+
+    monkeypatch.setattr(svc, "record_event", failing)
+    with caplog.at_level("WARNING", logger="rapport"):
+        r = api.post("/v1/events", json={"type": "company_introduced", "customer_id": owner, "occurred_at": at(1)})
+
+    assert_problem(r, 503)
+    assert f"database unavailable: OperationalError: {said}" in caplog.text
+    assert "客户说下周再谈" not in caplog.text and "INSERT" not in caplog.text and "DETAIL" not in caplog.text
