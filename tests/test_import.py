@@ -384,6 +384,7 @@ def test_an_import_stopped_by_a_rulebook_switch_says_what_it_stored(run, tmp_pat
         ("number", "１２３", "１２３"),  # full-width digits, likewise
         ("number", " 350000 ", 350000),
         ("number", "nan", "nan"),
+        ("number", "9" * 5000, "9" * 5000),  # past the 4300 digits Python converts: it raised
         ("enum_list", "samples|credentials", ["samples", "credentials"]),
         ("enum_list", " samples | | other ", ["samples", "other"]),
         ("enum", "welcoming", "welcoming"),
@@ -446,6 +447,23 @@ def test_an_attributes_cell_nested_too_deeply_is_a_rejected_row(run, tmp_path: P
     assert "created 2, duplicate 0, rejected 1" in result.stdout
     assert [(r["line"], r["reason"], r["attributes"]) for r in read_csv(tmp_path / "events.rejected.csv")] == [("3", reason, nested)]
     assert query(tmp_path, "SELECT count(*) FROM events") == [(2,)]
+
+
+def test_a_number_cell_past_ten_to_the_thirteen_is_rejected_naming_the_bound(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    # A number cell is read as the API reads a number attribute, and bounded alike: a cell of
+    # 5000 digits stopped the whole import with a traceback.
+    cells = ["10000000000000", "10000000000001", "1e300", "9" * 5000]
+    rows = [["type", "occurred_at", "customer_ref", "attr.amount"]] + [["order_placed", f"2025-09-0{i + 1}T10:00:00+08:00", "C-1", cell] for i, cell in enumerate(cells)]
+
+    result = run("import", "events", str(write_csv(tmp_path / "orders.csv", rows)))
+
+    assert result.exit_code == 1, result.output
+    assert [json.loads(attributes) for _, _, _, _, attributes, *_ in stored_events(tmp_path)] == [{"amount": 10**13}]
+    assert [row["reason"] for row in read_csv(tmp_path / "orders.rejected.csv")] == [
+        "attributes.amount: must be ≤ 10000000000000 (10¹³)",
+        "attributes.amount: must be ≤ 10000000000000 (10¹³)",
+        "attributes.amount: must be a number",
+    ]
 
 
 def test_chunks_of_two_store_the_same_as_one_chunk(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001

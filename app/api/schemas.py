@@ -12,6 +12,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, 
 from pydantic_core import PydanticCustomError
 
 from app.db.types import MAX_ID
+from app.domain.rulebook import MAX_NUMBER
 from app.errors import MAX_LISTED
 from app.domain.validation import instant_problem, unstorable_texts
 
@@ -107,7 +108,7 @@ def _cents(value: float | None) -> float | None:
 _CENT = Decimal("0.01")
 # A JSON number, finite: pydantic's lax float read "1_000" and " 5 " as numbers, and refused
 # NaN (which Python's JSON reads) as "less than or equal to 10000000000000".
-Amount = Annotated[float, Field(ge=0, le=1e13, strict=True, allow_inf_nan=False), NotBool, AfterValidator(_cents)]
+Amount = Annotated[float, Field(ge=0, le=MAX_NUMBER, strict=True, allow_inf_nan=False), NotBool, AfterValidator(_cents)]
 
 # What a date or an instant must look like as text: pydantic also reads a number (or a
 # string of digits) as Unix time, and a date from a date-time at midnight.

@@ -37,6 +37,11 @@ MAX_NAME = 64  # a version and an event type's name: the columns that store them
 MAX_DEPTH = 16  # conditions inside conditions
 MAX_LEVEL = 9  # levels per kind of customer: the customer list's `level` filter goes up to it
 MAX_WITHIN_DAYS = 36_500  # a hundred years: a window longer than dates go back is no window
+# The largest size of a number attribute, as of a project's amount (app/api/schemas.py).
+# Within it PostgreSQL's jsonb (which keeps a number as `numeric`) and SQLite's JSON give
+# back the integer or float that was sent; past it jsonb gave 1e16 back as the integer
+# 10000000000000000 where SQLite gave 1e+16.
+MAX_NUMBER = 10**13
 
 
 @dataclass(frozen=True)
@@ -688,6 +693,10 @@ def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:
             return "must be a number"
         if spec.min is not None and value < spec.min:
             return f"must be ≥ {spec.min:g}"
+        if value > MAX_NUMBER:
+            return f"must be ≤ {MAX_NUMBER} (10¹³)"
+        if value < -MAX_NUMBER:
+            return f"must be ≥ -{MAX_NUMBER} (-10¹³)"
     elif spec.type == "string":
         if not isinstance(value, str):
             return "must be a string"
@@ -696,6 +705,14 @@ def attribute_problem(spec: AttributeSpec, value: Any) -> str | None:
         if len(value) > MAX_STRING_ATTRIBUTE:
             return f"at most {MAX_STRING_ATTRIBUTE} characters"
     return None
+
+
+def stored_value(spec: AttributeSpec, value: Any) -> Any:
+    """A valid value as it is stored: a number's -0.0 as 0.0, which is what PostgreSQL's
+    jsonb gives back (SQLite's JSON kept the sign), as a project's amount does."""
+    if spec.type == "number" and isinstance(value, float):
+        return value + 0.0
+    return value
 
 
 def load_rulebook(path: str | Path | None = None) -> Rulebook:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 
-from app.domain.rulebook import Rulebook, attribute_problem, join_path
+from app.domain.rulebook import Rulebook, attribute_problem, join_path, stored_value
 
 
 # Nothing in this business happened before 1970, and an instant in the 22nd century is a
@@ -41,7 +41,10 @@ def number_in_text(text: str) -> int | float | None:
     if not _NUMBER.fullmatch(text):
         return None
     if text.lstrip("+-").isdigit():
-        return int(text)
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts (4300), as "1e999" is past a float's range
+            return None
     number = float(text)
     if not math.isfinite(number):  # "1e999"
         return None
@@ -148,7 +151,7 @@ def check_event(
         if reason:
             problems.append(FieldProblem(f"attributes.{name}", reason))
         else:
-            out[name] = value
+            out[name] = stored_value(spec, value)
     for name, spec in et.attributes.items():
         if name not in attributes and spec.required:
             problems.append(FieldProblem(f"attributes.{name}", f"required for a {event_type} event"))

@@ -3,13 +3,15 @@ problem names the request field a client has to fix."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
+from app.domain.rulebook import parse_rulebook
 from app.domain.validation import EventRejected, FieldProblem, check_event, number_in_text
 
-from .builders import default_rulebook
+from .builders import default_rulebook, default_rulebook_data
 
 
 def accepted(event_type: str, attributes: dict[str, Any], *, customer_kind: str | None = "owner", customer: bool = True, project: bool = False) -> dict[str, Any]:
@@ -133,6 +135,45 @@ def test_boundary_values_are_accepted() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("amount", "reason"),
+    [
+        pytest.param(10**13 + 1, "must be ≤ 10000000000000 (10¹³)", id="just past the bound"),
+        pytest.param(1e16, "must be ≤ 10000000000000 (10¹³)", id="a float PostgreSQL reads back as an integer"),
+        pytest.param(1e300, "must be ≤ 10000000000000 (10¹³)", id="1e300"),
+        pytest.param(10**4299, "must be ≤ 10000000000000 (10¹³)", id="4300 digits"),
+    ],
+)
+def test_a_number_attribute_beyond_ten_to_the_thirteen_is_rejected_naming_the_bound(amount: int | float, reason: str) -> None:
+    # Unbounded, 1e16 came back from PostgreSQL's jsonb as 10000000000000000 and from
+    # SQLite as 1e+16: the same event read differently on the two databases.
+    assert rejected("order_placed", {"amount": amount}) == [("attributes.amount", reason)]
+
+
+def test_a_number_attribute_without_a_minimum_is_bounded_below_too() -> None:
+    data = default_rulebook_data()
+    del data["event_types"]["order_placed"]["attributes"]["amount"]["min"]
+    rulebook = parse_rulebook(data)
+
+    with pytest.raises(EventRejected) as refused:
+        check_event(rulebook, "order_placed", {"amount": -1e14}, customer_kind="owner", has_customer=True, has_project=False)
+
+    assert refused.value.problems == [FieldProblem("attributes.amount", "must be ≥ -10000000000000 (-10¹³)")]
+    assert check_event(rulebook, "order_placed", {"amount": -(10**13)}, customer_kind="owner", has_customer=True, has_project=False) == {"amount": -(10**13)}
+
+
+@pytest.mark.parametrize("amount", [10**13, 1e13, 9999999999999.998, 0.1, 5e-324])
+def test_a_number_attribute_up_to_ten_to_the_thirteen_is_kept_as_given(amount: int | float) -> None:
+    kept = accepted("order_placed", {"amount": amount})["amount"]
+    assert (type(kept), kept) == (type(amount), amount)
+
+
+def test_a_negative_zero_is_kept_as_zero() -> None:
+    # PostgreSQL's jsonb has no -0: SQLite gave back -0.0 and PostgreSQL 0.0.
+    kept = accepted("order_placed", {"amount": -0.0})["amount"]
+    assert (kept, math.copysign(1, kept)) == (0.0, 1.0)
+
+
 def test_every_problem_is_reported_at_once() -> None:
     problems = rejected("visit", {"reception": "hostile", "with_manager": "yes", "colour": "red"}, customer=False, customer_kind=None, project=True)
 
@@ -173,6 +214,7 @@ def test_every_catalogue_type_accepts_a_minimal_valid_event() -> None:
         ("12345678901234567890", 12345678901234567890),  # exact, as written
         ("1_000", None), ("１２３", None), ("٣", None), ("1,000", None), (" 12", None), ("", None), ("+", None), (".", None),
         ("nan", None), ("inf", None), ("-Infinity", None), ("1e999", None), ("0x10", None),
+        ("9" * 5000, None),  # past the 4300 digits Python converts: it raised, and an import stopped
     ],
 )
 def test_a_number_in_text_is_ascii_digits_as_a_file_or_form_writes_it(text: str, number: int | float | None) -> None:

@@ -344,6 +344,11 @@ BROKEN = [
         id="more levels than the customer list's level filter takes",
     ),
     pytest.param(
+        lambda d: d["event_types"]["order_placed"]["attributes"]["amount"].__setitem__("default", 1e300),
+        [("event_types.order_placed.attributes.amount.default", "must be ≤ 10000000000000 (10¹³)")],
+        id="a default past the bound of a number attribute",
+    ),
+    pytest.param(
         set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
         [("levels.owner[0].criteria[0].when" + ".any_of[0]" * 16, "conditions nest at most 16 deep")],
         id="conditions nested too deep (GET /v1/rulebook could not answer them)",
