@@ -42,6 +42,7 @@ MAX_WITHIN_DAYS = 36_500  # a hundred years: a window longer than dates go back 
 # back the integer or float that was sent; past it jsonb gave 1e16 back as the integer
 # 10000000000000000 where SQLite gave 1e+16.
 MAX_NUMBER = 10**13
+NUMBER_RANGE = f"from -{MAX_NUMBER} to {MAX_NUMBER} (10¹³)"
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,12 @@ def _parse_event_types(r: Reader, raw: Any) -> dict[str, EventType]:
             if minimum is not None and (atype != "number" or isinstance(minimum, bool) or not isinstance(minimum, (int, float))):
                 r.fail(f"{attr_place}.min", "a minimum is a number, on a number attribute")
                 minimum = None
+            elif isinstance(minimum, float) and not math.isfinite(minimum):  # 1e400, which JSON reads as infinity
+                r.fail(f"{attr_place}.min", "must be a finite number")
+                minimum = None
+            elif minimum is not None and abs(minimum) > MAX_NUMBER:
+                r.fail(f"{attr_place}.min", f"must be {NUMBER_RANGE}, the range of a number attribute")
+                minimum = None
             spec = AttributeSpec(name=attr_name, type=atype, values=tuple(values), required=required, min=minimum)
             default = ad.get("default")
             if default is not None:
@@ -389,7 +396,7 @@ def _parse_event_types(r: Reader, raw: Any) -> dict[str, EventType]:
                 if reason:
                     r.fail(f"{attr_place}.default", reason)
                     default = None
-            attrs[attr_name] = AttributeSpec(spec.name, spec.type, spec.values, spec.required, default, spec.min)
+            attrs[attr_name] = AttributeSpec(spec.name, spec.type, spec.values, spec.required, stored_value(spec, default), spec.min)
         out[name] = EventType(
             name=name,
             label=r.label(d.get("label"), f"{place}.label"),
@@ -662,6 +669,8 @@ class _ConditionContext:
             self.r.fail(place, "must be true or false")
         elif spec.type == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             self.r.fail(place, f"{attr!r} is a number: {value!r} would never equal one")
+        elif spec.type == "number" and not abs(value) <= MAX_NUMBER:  # 1e400 reads as infinity
+            self.r.fail(place, f"{attr!r} is a number from -10¹³ to 10¹³: {value!r} would never equal one")
         elif spec.type == "string" and not isinstance(value, str):
             self.r.fail(place, f"{attr!r} is a text: {value!r} would never equal one")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -344,9 +346,39 @@ BROKEN = [
         id="more levels than the customer list's level filter takes",
     ),
     pytest.param(
+        lambda d: d["event_types"]["order_placed"]["attributes"]["amount"].__setitem__("min", float("inf")),
+        [("event_types.order_placed.attributes.amount.min", "must be a finite number")],
+        id="a minimum of 1e400, which JSON reads as infinity (every event was refused as below it)",
+    ),
+    pytest.param(
+        lambda d: d["event_types"]["order_placed"]["attributes"]["amount"].__setitem__("min", float("-inf")),
+        [("event_types.order_placed.attributes.amount.min", "must be a finite number")],
+        id="a minimum of -1e400",
+    ),
+    pytest.param(
+        lambda d: d["event_types"]["order_placed"]["attributes"]["amount"].__setitem__("min", 10**13 + 1),
+        [("event_types.order_placed.attributes.amount.min", "must be from -10000000000000 to 10000000000000 (10¹³), the range of a number attribute")],
+        id="a minimum no number attribute can reach",
+    ),
+    pytest.param(
+        lambda d: d["event_types"]["order_placed"]["attributes"]["amount"].__setitem__("min", -(10**13)),
+        [],
+        id="a minimum at the bound is fine",
+    ),
+    pytest.param(
         lambda d: d["event_types"]["order_placed"]["attributes"]["amount"].__setitem__("default", 1e300),
         [("event_types.order_placed.attributes.amount.default", "must be ≤ 10000000000000 (10¹³)")],
         id="a default past the bound of a number attribute",
+    ),
+    pytest.param(
+        set_key(owner_criterion(0, 2), "when", {"event": "order_placed", "where": {"amount": float("inf")}}),
+        [("levels.owner[0].criteria[2].when.where.amount", "'amount' is a number from -10¹³ to 10¹³: inf would never equal one")],
+        id="a where value of 1e400",
+    ),
+    pytest.param(
+        set_key(owner_criterion(0, 2), "when", {"event": "order_placed", "where": {"amount": 10**20}}),
+        [("levels.owner[0].criteria[2].when.where.amount", "'amount' is a number from -10¹³ to 10¹³: 100000000000000000000 would never equal one")],
+        id="a where value beyond the bound",
     ),
     pytest.param(
         set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
@@ -383,6 +415,28 @@ def test_what_python_reads_but_json_has_not_is_refused(tmp_path: Path, text: str
         load_rulebook(path)
 
     assert refused.value.problems == [(str(path), reason)]
+
+
+def test_a_minimum_of_1e400_in_a_file_is_refused(tmp_path: Path) -> None:
+    data = default_rulebook_data()
+    data["event_types"]["order_placed"]["attributes"]["amount"]["min"] = "MIN"
+    path = tmp_path / "rulebook.json"
+    path.write_text(json.dumps(data).replace('"MIN"', "1e400"), encoding="utf-8")
+
+    with pytest.raises(RulebookError) as refused:
+        load_rulebook(path)
+
+    assert refused.value.problems == [("event_types.order_placed.attributes.amount.min", "must be a finite number")]
+
+
+def test_a_default_of_minus_zero_is_stored_as_zero() -> None:
+    # PostgreSQL's jsonb has no -0: an event given the default read back 0.0 there, -0.0 on SQLite.
+    data = default_rulebook_data()
+    data["event_types"]["contract_signed"]["attributes"]["amount"]["default"] = -0.0
+
+    default = parse_rulebook(data).event_types["contract_signed"].attributes["amount"].default
+
+    assert (default, math.copysign(1, default)) == (0.0, 1.0)
 
 
 def test_every_problem_is_reported_at_once() -> None:
