@@ -308,3 +308,19 @@ def test_a_command_of_another_release_than_the_grades_refuses_until_migrate(run,
     assert "made by release 'before'" in refused.stderr and "run `rapport migrate`" in refused.stderr
     assert run("migrate").exit_code == 0
     assert run(*command).exit_code == 0
+
+
+@pytest.mark.parametrize("command", [("migrate",), ("regrade",)], ids=" ".join)
+def test_a_rulebook_holding_a_number_of_5000_digits_stops_the_command_with_exit_status_2(run, tmp_path: Path, command: tuple[str, ...]) -> None:  # noqa: ANN001
+    # Python converts integers of at most 4300 digits: the ValueError ended in a traceback and
+    # exit status 1, where a broken rulebook is promised to be named with status 2.
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["event_types"]["order_placed"]["attributes"]["amount"]["min"] = "MIN"
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(book).replace('"MIN"', "9" * 5000), encoding="utf-8")
+
+    result = run(*command, env={"RAPPORT_RULEBOOK_PATH": str(path)})
+
+    assert result.exit_code == 2, result.output
+    assert "not valid JSON: a number of 5000 digits" in result.stderr
+    assert "Traceback" not in result.output

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from functools import cached_property
 from dataclasses import dataclass, field
 from importlib import resources
@@ -284,7 +285,12 @@ def parse_rulebook(data: Any) -> Rulebook:
             if not (isinstance(key, str) and key.isascii() and key.isdigit()):  # not "²" or "٣"
                 r.fail(f"level_labels.{key}", "keys are level numbers")
                 continue
-            level_labels[int(key)] = r.label(value, f"level_labels.{key}")
+            try:
+                number = int(key)
+            except ValueError:  # more digits than Python converts
+                r.fail(f"level_labels.{key}", "keys are level numbers")
+                continue
+            level_labels[number] = r.label(value, f"level_labels.{key}")
     else:
         r.fail("level_labels", "must be an object of level number to label")
 
@@ -738,7 +744,7 @@ def load_rulebook(path: str | Path | None = None) -> Rulebook:
         except UnicodeDecodeError as exc:
             raise RulebookError([(f"{where}:byte {exc.start}", "not UTF-8 text")]) from exc
     try:
-        data = json.loads(text, parse_constant=_not_json, object_pairs_hook=_no_twice)
+        data = json.loads(text, parse_constant=_not_json, parse_int=_whole_number, object_pairs_hook=_no_twice)
     except json.JSONDecodeError as exc:
         raise RulebookError([(f"{where}:{exc.lineno}:{exc.colno}", f"not valid JSON: {exc.msg}")]) from exc
     except _NotJson as exc:
@@ -756,6 +762,15 @@ def _not_json(constant: str) -> Any:
     # Python's json reads NaN and Infinity, which JSON has not: a `min` of NaN compared
     # false with everything, and the minimum was silently off.
     raise _NotJson(f"{constant} is no JSON number")
+
+
+def _whole_number(digits: str) -> int:
+    # Python refuses to convert an integer of more than 4300 digits (sys.int_info): the
+    # ValueError was no JSONDecodeError and ended `rapport migrate` in a traceback.
+    try:
+        return int(digits)
+    except ValueError:
+        raise _NotJson(f"a number of {len(digits.lstrip('-'))} digits (at most {sys.get_int_max_str_digits()} are read)") from None
 
 
 def _no_twice(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -381,6 +381,11 @@ BROKEN = [
         id="a where value beyond the bound",
     ),
     pytest.param(
+        lambda d: d["level_labels"].__setitem__("0" * 4999 + "1", {"zh": "一", "en": "I"}),
+        [("level_labels." + "0" * 4999 + "1", "keys are level numbers")],
+        id="a level label under a number longer than Python converts (it crashed the validation)",
+    ),
+    pytest.param(
         set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
         [("levels.owner[0].criteria[0].when" + ".any_of[0]" * 16, "conditions nest at most 16 deep")],
         id="conditions nested too deep (GET /v1/rulebook could not answer them)",
@@ -415,6 +420,25 @@ def test_what_python_reads_but_json_has_not_is_refused(tmp_path: Path, text: str
         load_rulebook(path)
 
     assert refused.value.problems == [(str(path), reason)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('{"x": ' + "9" * 5000 + "}", id="a number"),
+        pytest.param('{"x": [-' + "9" * 5000 + "]}", id="a negative number in a list"),
+    ],
+)
+def test_a_number_longer_than_python_converts_is_refused_not_crashed_on(tmp_path: Path, text: str) -> None:
+    # Python refuses to convert an integer of more than 4300 digits: `rapport migrate` ended
+    # in a traceback and exit status 1 instead of naming the problem.
+    path = tmp_path / "rulebook.json"
+    path.write_text(text, encoding="utf-8")
+
+    with pytest.raises(RulebookError) as refused:
+        load_rulebook(path)
+
+    assert refused.value.problems == [(str(path), "not valid JSON: a number of 5000 digits (at most 4300 are read)")]
 
 
 def test_a_minimum_of_1e400_in_a_file_is_refused(tmp_path: Path) -> None:
