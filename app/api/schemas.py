@@ -13,8 +13,8 @@ from pydantic_core import PydanticCustomError
 
 from app.db.types import MAX_ID
 from app.domain.rulebook import MAX_NUMBER
-from app.errors import MAX_LISTED
 from app.domain.validation import instant_problem, unstorable_texts
+from app.errors import MAX_LISTED
 
 
 def _no_nul(value: str) -> str:

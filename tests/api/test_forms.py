@@ -146,6 +146,26 @@ def test_a_redelivered_submission_counts_once(api, clock, case: Case) -> None:
     assert counts(api) == (1, 1)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.example)
+def test_a_pruned_processed_submission_redelivered_still_counts_once(api, app, clock, case: Case) -> None:
+    """README, "What grows": an operator may delete old processed submissions; a tool that
+    re-sends one later has it mapped into events found as duplicates."""
+    from sqlalchemy import text
+
+    api.create_customer(CUSTOMER, "installer")
+    form = set_up(api, case.example)
+    first = deliver(api, form, case.fixture, case.content_type, clock)
+    assert first.status_code == 201, first.text
+    with app.state.context.db.engine.begin() as conn:
+        conn.execute(text("DELETE FROM form_submissions WHERE status IN ('processed', 'dismissed')"))
+
+    again = deliver(api, form, case.fixture, case.content_type, clock)
+
+    assert again.status_code in (200, 201), again.text
+    assert again.json()["submission"]["event_ids"] == first.json()["submission"]["event_ids"]
+    assert counts(api) == (1, 1)
+
+
 def test_the_published_typeform_vector_is_accepted_byte_for_byte(api) -> None:
     vectors = json.loads((FIXTURES / "signature-vectors.json").read_text(encoding="utf-8"))
     vector = next(v for v in (vectors if isinstance(vectors, list) else vectors["vectors"]) if v["id"] == "typeform-fixture-visit-report")
