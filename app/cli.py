@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
-from app.db.engine import Database, driver_reason
+from app.db.engine import Database, driver_reason, is_busy
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
 from app.errors import AppError, MigrationsUnusable, ReleaseMismatch, RulebookChanged
 from app.logs import log_to_stderr
@@ -115,7 +115,10 @@ def _app_error(exc: AppError) -> str:
 
 
 def _database_failure(exc: DBAPIError) -> str:
-    return f"the database failed: {_safe(get_settings().database_url)}: {driver_reason(exc)}"
+    reason = driver_reason(exc)
+    if is_busy(exc):  # "database is locked" said nothing of why, nor what to do (a hunt's find)
+        reason += " (another process, a server's long write or another command, held its write lock longer than RAPPORT_SQLITE_BUSY_TIMEOUT_MS: run it again)"
+    return f"the database failed: {_safe(get_settings().database_url)}: {reason}"
 
 
 @click.group(cls=_Rapport)

@@ -4,6 +4,7 @@ from import's and verify's 1 ("rows rejected", "disagreements found")."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def test_a_database_failure_during_an_import_shows_no_statement_or_parameters(ru
 
     assert message.endswith("server closed the connection unexpectedly")
     assert "13800000000" not in message and "INSERT" not in message
+
+
+def test_a_sqlite_write_lock_held_too_long_says_why_and_what_to_do(run, tmp_path: Path, customers_csv: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    assert run("migrate").exit_code == 0
+
+    def locked(*args: object, **kwargs: object) -> None:
+        busy = sqlite3.OperationalError("database is locked")
+        busy.sqlite_errorname = "SQLITE_BUSY"  # as sqlite3 sets it
+        raise OperationalError("INSERT INTO customers (name) VALUES (?)", ("上海市第一人民医院",), busy)
+
+    monkeypatch.setattr(app.imports, "_put_record", locked)
+
+    message = assert_database_failure(run("import", "customers", str(customers_csv)), "sqlite:///rapport.db")
+
+    assert "database is locked (another process" in message and "RAPPORT_SQLITE_BUSY_TIMEOUT_MS: run it again)" in message
 
 
 @pytest.mark.parametrize("given", ["user:password@", "?password="])  # libpq and psycopg take either

@@ -692,3 +692,37 @@ def test_a_batch_queues_one_event_created_message_per_created_event(db: Database
 def test_a_lease_outlasts_an_attempt_twice_and_no_more_than_needed(timeout: float, lease: float) -> None:
     # A worker killed mid-attempt left its delivery leased for a flat 5 minutes.
     assert lease_for(Settings(database_url="sqlite://", webhook_timeout_seconds=timeout)).total_seconds() == lease
+
+
+@pytest.mark.parametrize(
+    ("failure", "level", "traceback"),
+    [("database", "WARNING", False), ("bug", "ERROR", True)],
+)
+def test_a_round_that_fails_on_a_busy_database_is_a_warning_and_a_bug_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: str, level: str, traceback: bool
+) -> None:
+    """While a long command held SQLite's write lock, every round of the webhook thread
+    logged an ERROR with a full traceback (an operator-commands hunt's find)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.services import delivery
+
+    stop = threading.Event()
+
+    def failing_round(*_: Any, **__: Any) -> int:
+        stop.set()
+        if failure == "database":
+            raise OperationalError("SELECT …", {}, sqlite3.OperationalError("database is locked"))
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(delivery, "deliver_due", failing_round)
+    with caplog.at_level("WARNING", logger="rapport"):
+        delivery._send(None, Settings(), stop, lambda: datetime.now(timezone.utc), None, Failing())  # type: ignore[arg-type]
+
+    (record,) = [r for r in caplog.records if r.name.startswith("rapport")]
+    assert record.levelname == level
+    assert (record.exc_info is not None) == traceback
+    if failure == "database":
+        assert record.getMessage() == "webhook delivery round failed; trying again: the database is unavailable or busy: database is locked"

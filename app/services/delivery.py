@@ -20,10 +20,11 @@ from typing import Callable, Sequence
 
 import httpx
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.db.engine import Database
+from app.db.engine import Database, driver_reason
 from app.domain.signatures import live_secrets, sign_standard_webhooks
 from app.services import outbox
 from app.services.egress import Egress
@@ -415,15 +416,25 @@ def _send(
                     log.info("webhook log: %d finished deliveries older than %d days deleted", pruned, settings.webhook_log_days)
                 if pruned >= PRUNE_AT_ONCE:  # more to go: again after this round of deliveries
                     next_prune = time.monotonic()
-            except Exception:  # noqa: BLE001 - the next round tries again; delivering goes on
-                log.exception("pruning the webhook log failed")
+            except Exception as exc:  # noqa: BLE001 - the next round tries again; delivering goes on
+                _failed("pruning the webhook log failed", exc)
         try:
             sent = deliver_due(db, now=clock, client=client, limit=1, lease=lease, schedule=settings.webhook_retry_schedule, failing=failing)
-        except Exception:  # noqa: BLE001 - e.g. the database is briefly away: keep going
-            log.exception("webhook delivery round failed; trying again")
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly away: keep going
+            _failed("webhook delivery round failed; trying again", exc)
             sent = 0
         if not sent:
             stop.wait(settings.webhook_poll_seconds)
+
+
+def _failed(what: str, exc: Exception) -> None:
+    """A round that failed: the database away or busy (SQLite's write lock held by a long
+    command) is a warning of one line, as the API's 503 logs it; anything else keeps its
+    traceback. Each busy round logged an ERROR with a full traceback (a hunt's find)."""
+    if isinstance(exc, OperationalError):
+        log.warning("%s: the database is unavailable or busy: %s", what, driver_reason(exc))
+    else:
+        log.exception(what)
 
 
 def start_thread(db: Database, settings: Settings, *, clock: Callable[[], datetime]) -> Callable[[], None]:
