@@ -5,7 +5,7 @@ httptools sets none (uvicorn's h11 protocol has one, 16 KiB; httptools is used b
 parses faster), and it gathers a header's value piece by piece as the bytes arrive, at a
 cost that grows faster than the header: a 16 MB header took 1 s of CPU and a 64 MB one 26 s,
 during which the process answered nobody, `/healthz` included. No key is needed to send one,
-so the rate limit never saw it (a hunt's find). A request whose line and headers pass
+so the rate limit never saw it (a hunt's find). A request whose line and headers pass about
 `MAX_HEAD` bytes is now answered 431 and its connection closed.
 """
 
@@ -34,12 +34,16 @@ _ANSWER = (
 
 
 class BoundedHead(HttpToolsProtocol):
-    """httptools, with a request's line and headers bounded by `MAX_HEAD` bytes.
+    """httptools, with a request's line and headers bounded by about `MAX_HEAD` bytes.
 
-    The bytes are counted as they arrive: each piece read while a request's head is still
-    incomplete after the parser has read it (the piece that completes the head, body bytes
-    and all, is not counted). asyncio hands over at most 256 KiB at a time, so no more than
-    that is parsed past the bound."""
+    The bytes are counted as they arrive, whole pieces of what the network hands over: each
+    piece that was read wholly inside a request's head (one that began while the head was
+    incomplete, and left it incomplete). The piece in which a request begins is not counted
+    (part of it may be the previous request's body: a pipelined POST's tail was counted
+    against the next request's head, whose connection then closed before the POST's answer
+    went out, a review's find), nor the one in which a head ends. asyncio hands over at
+    most 256 KiB at a time, so a head is refused within a few hundred KiB: enough to keep
+    the parser's cost small, not an exact bound."""
 
     _head: int | None = None  # bytes of the current request's head so far; None between heads
 
@@ -52,8 +56,9 @@ class BoundedHead(HttpToolsProtocol):
         super().on_headers_complete()
 
     def data_received(self, data: bytes) -> None:
+        inside = self._head is not None  # this piece begins inside a head
         super().data_received(data)
-        if self._head is None or self.transport.is_closing():
+        if not inside or self._head is None or self.transport.is_closing():
             return
         self._head += len(data)
         if self._head > MAX_HEAD:
