@@ -89,8 +89,22 @@ def _refusal(scope: Scope) -> AppError | None:
         errors = query_not_utf8(query)
     if errors:
         return Invalid(failed_fields(len(errors)), errors=errors)
-    coding = next((value for name, value in scope["headers"] if name == b"content-encoding"), b"").strip().lower()
-    if coding not in (b"", b"identity") and not hook:
-        sent = coding.decode("latin-1")[:40]
-        return UnsupportedMediaType(f"the body is sent with Content-Encoding: {sent}, and this service reads bodies only uncompressed: send it without a Content-Encoding")
+    coding = _compressed(scope["headers"])
+    if coding is not None and not hook:
+        return UnsupportedMediaType(f"the body is sent with Content-Encoding: {coding}, and this service reads bodies only uncompressed: send it without a Content-Encoding")
     return None
+
+
+def _compressed(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The Content-Encoding of a request that has a body, where it names a coding other than
+    `identity` (every such header, every coding in each: `identity` then `gzip` was a body
+    read as plain, a review's find); None for a request without a body."""
+    codings: list[bytes] = []
+    body = False
+    for name, value in headers:
+        if name == b"content-encoding":
+            codings += (c.strip().lower() for c in value.split(b","))
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            body = True
+    named = [c for c in codings if c not in (b"", b"identity")]
+    return b", ".join(named).decode("latin-1")[:40] if body and named else None
