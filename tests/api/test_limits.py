@@ -219,10 +219,13 @@ def test_a_problem_lists_the_first_errors_and_counts_them_all(api, app, records)
     assert body["detail"] == f"30 field(s) failed validation (the first {MAX_LISTED} are listed); nothing was stored"
     assert [e["field"] for e in body["errors"]] == [f"x{i}" for i in range(MAX_LISTED)]
 
-    item = {**event(records), **{f"k{i}": 0 for i in range(MAX_LISTED + 5)}}  # not so many as to be one error
-    answer = api.post("/v1/events/batch", json=[item])
+    listed = {**event(records), **{f"k{i}": 0 for i in range(MAX_LISTED)}}  # one error each, all listed
+    counted = {**event(records), **{f"k{i}": 0 for i in range(MAX_LISTED + 1)}}  # one error that counts them
+    answer = api.post("/v1/events/batch", json=[listed, counted])
     assert answer.status_code == 200, answer.text
-    assert len(answer.json()["results"][0]["problem"]["errors"]) == MAX_LISTED
+    first, second = (r["problem"]["errors"] for r in answer.json()["results"])
+    assert len(first) == MAX_LISTED and {e["reason"] for e in first} == {"Extra inputs are not permitted"}
+    assert [e["reason"].split(" (")[0] for e in second] == [f"{MAX_LISTED + 1} fields this does not take"]
     assert row_counts(app) == before
 
 
