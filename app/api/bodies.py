@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from app.api.problems import validation_reason
 from app.db.types import loads_json
+from app.domain.validation import TOO_MANY_DIGITS, too_many_digits
 from app.errors import MAX_LISTED, FieldError, Invalid, TooLarge, UnsupportedMediaType
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -29,6 +30,10 @@ def read_json(text: str | bytes) -> Any:
         return loads_json(text)
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        if too_many_digits(exc):  # Python's own words named sys.set_int_max_str_digits()
+            raise ValueError(TOO_MANY_DIGITS) from None
+        raise
 
 
 def json_items(body: bytes, content_type: str, *, max_items: int) -> list[Any | FieldError]:

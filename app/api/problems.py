@@ -15,6 +15,7 @@ from starlette.routing import Match
 
 from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
 from app.db.engine import driver_reason, is_lock_timeout, is_retryable
+from app.domain.validation import TOO_MANY_DIGITS, too_many_digits
 from app.errors import MAX_LISTED, AppError, failed_fields
 
 log = logging.getLogger("rapport")
@@ -218,8 +219,8 @@ def _unreadable(cause: Exception) -> str:
         return f"not UTF-8 ({cause.reason} at byte {cause.start})"
     if isinstance(cause, RecursionError):
         return "nested too deeply"
-    if "integer string conversion" in str(cause):
-        return "a number of more than 4,300 digits"  # Python's limit (a hunt's: a bare 400)
+    if too_many_digits(cause):  # Python's limit (a hunt's: a bare 400)
+        return TOO_MANY_DIGITS
     return "cannot be read"
 
 

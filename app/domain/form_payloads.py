@@ -39,7 +39,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
-from app.domain.validation import unstorable_texts
+from app.domain.validation import TOO_MANY_DIGITS, unstorable_texts
 
 TOOLS = (
     "typeform",
@@ -297,7 +297,7 @@ def _json_text(text: str, what: str, where: Callable[[json.JSONDecodeError], str
     except json.JSONDecodeError as exc:
         raise PayloadError(f"{what} is not valid JSON: {exc.msg} {where(exc)}") from exc
     except ValueError as exc:  # an integer beyond the interpreter's digit limit
-        raise PayloadError(f"{what} holds a number of more than 4,300 digits") from exc
+        raise PayloadError(f"{what} holds {TOO_MANY_DIGITS}") from exc
     unstorable = next(unstorable_texts(data, nul=False), None)  # a NUL is the answer's problem, if it is mapped
     if unstorable is not None:
         place, reason = unstorable

@@ -18,6 +18,16 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 
+# What json.loads raises, beside its syntax errors, for an integer of more digits than
+# Python converts (sys.get_int_max_str_digits(), 4,300), said as a reason. One wording for
+# every reader of a request's JSON (a single body, a batch, a form's delivery).
+TOO_MANY_DIGITS = "a number of more than 4,300 digits"
+
+
+def too_many_digits(exc: ValueError) -> bool:
+    return "integer string conversion" in str(exc)
+
+
 def instant_problem(value: datetime) -> str | None:
     """Why an aware instant is out of the accepted range, or None."""
     if value < EARLIEST:
