@@ -86,6 +86,40 @@ def test_verify_takes_the_instant_regrade_prints(run, tmp_path: Path) -> None:  
         assert refused.exit_code == 2 and "has no offset" in refused.output, naive
 
 
+def test_on_sqlite_verify_at_the_instant_regrade_printed_finds_what_it_graded(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """regrade graded each round as of the clock once its rows were held, later than the
+    instant it printed, so under time windows verify --as-of that instant found grades that
+    had lapsed in between (an operator-commands hunt). On SQLite the write lock is held from
+    the start, so no write can commit after the printed instant: every round is graded at it."""
+    from datetime import datetime, timedelta, timezone
+
+    import app.cli
+
+    book = json.loads(json.dumps(load_rulebook().source))
+    book["version"] = "every-fact-for-a-century"
+    for step in [*book["levels"]["owner"], *book["levels"]["installer"], *book["heat"]["tiers"]]:
+        for criterion in step["criteria"]:
+            if "event" in criterion["when"]:
+                criterion["when"]["within_days"] = 36_500
+    windowed = tmp_path / "windowed.json"
+    windowed.write_text(json.dumps(book, ensure_ascii=False), encoding="utf-8")
+    env = {"RAPPORT_RULEBOOK_PATH": str(windowed)}
+    assert run("demo", env=env).exit_code == 0
+    base, calls = datetime.now(timezone.utc), []
+
+    def a_clock_that_runs_fast() -> datetime:  # each reading 110 years after the one before
+        calls.append(None)
+        return base + timedelta(days=40_150 * (len(calls) - 1))
+
+    monkeypatch.setattr(app.cli, "_now", a_clock_that_runs_fast)
+    regraded = run("regrade", env=env)
+    assert regraded.exit_code == 0, regraded.output
+    instant = regraded.output.strip().rsplit("graded from ", 1)[1]
+
+    checked = run("verify", "--as-of", instant, env=env)
+    assert checked.exit_code == 0, checked.output
+
+
 def test_serve_refuses_several_worker_processes_on_sqlite_before_touching_it(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     # Had it not refused, the test fails here at once instead of serving until CI's time runs out.
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("`rapport serve --workers 2` started a server on SQLite"))
