@@ -163,7 +163,7 @@ HOOK_BODY = {
     responses={
         200: {"model": s.HookOut, "description": "a redelivery of a submission already received: nothing counted twice"},
         202: {"model": s.HookOut, "description": "authentic but not mappable: kept in the inbox (GET /v1/inbox)"},
-        **problem_responses(413, 415),
+        **problem_responses(413),
         401: problem_response("bad or missing signature or token, or no such form: nothing stored"),
         403: problem_response("an authentic delivery for a disabled form: nothing stored"),
     },

@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from app.api.deps import ACTOR_PARAMETER, CallerWith, api_key, check_scope, known_api_key
 from app.api.limits import HOOKS_PREFIX, RateLimiter
+from app.api.problems import problem_responses
 from app.api.threads import indexed_read
 from app.errors import FieldError, Invalid, failed_fields
 
@@ -74,6 +75,9 @@ class Gated(APIRoute):
     A route with a `Caller` reads `X-Actor` (app/api/deps.py), which its schema shows."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        if path.startswith("/v1/") and not path.startswith(HOOKS_PREFIX) and set(kwargs.get("methods") or ()) & {"POST", "PUT", "PATCH"}:
+            # Any body sent compressed is a 415 (app/api/paths.py), which the schema shows.
+            kwargs["responses"] = {**problem_responses(415), **(kwargs.get("responses") or {})}
         super().__init__(path, endpoint, **kwargs)
         extra = dict(self.openapi_extra or {})
         if _scopes(self.dependant):

@@ -32,7 +32,7 @@ MEANINGS = {
     409: "conflicts with the current state; nothing was stored",
     412: "If-Match names a version that is no longer current; nothing was stored",
     413: "the body is larger than the limit",
-    415: "the body's content type is not one this accepts",
+    415: "the body's media type is not one this accepts, or it is sent with a Content-Encoding (bodies are read uncompressed only)",
     422: "the request is not valid: `errors` names each field and why; nothing was stored",
     429: "too many requests from this key; retry after Retry-After seconds",
     503: "the database is unavailable or busy; nothing was stored, retry after Retry-After seconds",

@@ -145,6 +145,18 @@ def test_the_schema_names_the_api_key_on_every_keyed_operation_and_only_there(an
             assert (operation.get("security") == [{"apiKey": []}]) == keyed, (method, path)
 
 
+def test_the_schema_declares_the_415_of_a_compressed_body_where_it_is_answered(anonymous, api) -> None:
+    """Any body sent with a Content-Encoding is a 415 on a keyed route (the form hook keeps
+    what it gets in its inbox); the schema declared it on the batch and the hook only."""
+    schema = anonymous.get("/openapi.json").json()
+
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            answered = path.startswith("/v1/") and not path.startswith("/v1/hooks/") and method in ("post", "put", "patch")
+            assert ("415" in operation["responses"]) == answered, (method, path)
+    assert api.post("/v1/inbox/1/replay", content=b"{}", headers={"Content-Encoding": "gzip"}).status_code == 415
+
+
 def test_the_schema_bounds_ids_with_json_schema_keywords_and_exact_integers(anonymous) -> None:
     # The bounds came out as `gt`/`le`, which no JSON Schema tool reads, and then as a float
     # one above the largest id.
