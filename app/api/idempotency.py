@@ -139,7 +139,7 @@ def run(ctx: Context, caller: Caller, key: str | None, fingerprint_of: Callable[
     if key is None:
         return work(_as_is)
     if not key or len(key) > MAX_KEY_LENGTH:
-        raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} characters", "header")])
+        raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"1 to {MAX_KEY_LENGTH} bytes (a non-ASCII character counts as its UTF-8 bytes)", "header")])
     now = ctx.clock()
     fp = fingerprint_of()
     if ctx.unreleased or ctx.unstored:
