@@ -156,14 +156,19 @@ def _check_ascii_compatible(path: Path, encoding: str) -> None:
     ends, commas and quotes as ASCII does. A UTF-16 file (Excel's "Unicode Text") was told it
     wanted --encoding gb18030 (a hunt's find)."""
     with path.open("rb") as raw:
-        if raw.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-            raise UnusableInput("the file is UTF-16 text (it starts with a UTF-16 byte order mark): save the file as \"CSV UTF-8\" and import that")
+        start = raw.read(4096)
+    if start[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raise UnusableInput("the file is UTF-16 text (it starts with a UTF-16 byte order mark): save the file as \"CSV UTF-8\" and import that")
     try:
         ascii_like = codecs.decode(b'\r\n,"', encoding) == '\r\n,"'
     except Exception:  # not a text encoding (hex, zlib, rot13…): each fails its own way
         ascii_like = False
     if not ascii_like:
         raise UnusableInput(f"this command cannot read {encoding} text (it reads encodings that write line ends, commas and quotes as ASCII does, such as utf-8-sig and gb18030): save the file as \"CSV UTF-8\" and import that")
+    if b"\x00" in start.split(b"\n", 1)[0]:
+        # UTF-16 without its mark: every ASCII letter of the header followed by a NUL, which
+        # was reported as unknown columns "t\x00y\x00p\x00e\x00" (a docs hunt's find).
+        raise UnusableInput("the header line holds NUL bytes, as UTF-16 text does: save the file as \"CSV UTF-8\" and import that")
 
 
 _GB = {"gb18030", "gbk", "gb2312"}

@@ -247,7 +247,8 @@ def test_an_old_mac_file_cut_inside_a_quoted_cell_is_malformed_and_stores_nothin
 @pytest.mark.parametrize(("encoding", "args", "said"), [
     ("utf-16", [], "the file is UTF-16 text"),  # with a byte order mark, as Excel's "Unicode Text"
     ("utf-16", ["--encoding", "gb18030"], "the file is UTF-16 text"),
-    ("utf-16-le", ["--encoding", "utf-16-le"], "cannot read utf-16-le text"),  # no mark: only the option says so
+    ("utf-16-le", ["--encoding", "utf-16-le"], "cannot read utf-16-le text"),  # no mark: the option says so
+    ("utf-16-le", [], "the header line holds NUL bytes, as UTF-16 text does"),  # no mark, no option: the NULs say so
 ])
 def test_a_utf16_file_is_told_to_be_saved_as_utf8(run, tmp_path: Path, encoding: str, args: list[str], said: str) -> None:  # noqa: ANN001
     # It was told it "wants --encoding gb18030" (or, given utf-16, that it was not CSV).
