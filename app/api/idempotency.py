@@ -209,11 +209,11 @@ def _store(session: Session, key_id: int, key: str, response: Response, lease: d
 def _claim(ctx: Context, session: Session, key_id: int, key: str, fp: str, now: datetime, lease: datetime) -> Response | None:
     """Claim the key for this request until `lease`; or return the stored answer; or raise
     409/422."""
-    ttl = timedelta(hours=ctx.settings.idempotency_ttl_hours)
+    before = now - timedelta(hours=ctx.settings.idempotency_ttl_hours)  # older is expired
     dialect = session.get_bind().dialect.name
-    run_statement(session, _EXPIRED[dialect], before=now - ttl)
+    run_statement(session, _EXPIRED[dialect], before=before)
     record = run_statement(session, _LOCKED, record_key_id=key_id, record_key=key).first()
-    if record is not None and record.created_at < now - ttl:  # expired, not among the oldest pruned
+    if record is not None and record.created_at < before:  # expired, not among the oldest pruned
         run_statement(session, _THIS_ONE, record_key_id=key_id, record_key=key)
         record = None
     if record is None:

@@ -35,13 +35,15 @@ log = logging.getLogger("rapport.webhooks")
 
 USER_AGENT = "Rapport-Webhooks/0.1"
 EXCERPT_BYTES = 1024
+GONE = 410  # the receiver says the endpoint is gone for good: pause at once
+
+
 def lease_for(settings: Settings) -> timedelta:
     """How long a claim holds: twice what one attempt may take (its timeout, at most 60 s),
     and half a minute for recording it. A worker killed during an attempt leaves its
     delivery leased: it is tried again when the lease runs out (it was a flat 5 minutes,
     a hunt's find), and `redeliver` answers 409 until then, saying when."""
     return timedelta(seconds=2 * settings.webhook_timeout_seconds + 30)
-GONE = 410  # the receiver says the endpoint is gone for good: pause at once
 
 
 @dataclass(frozen=True)

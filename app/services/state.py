@@ -108,8 +108,7 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
             _record(session, rulebook, digests)
         return None
     if active is not None:
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
+        _hold_against_writers(session)
         job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now, in_force=True)  # it is the switch
         effects = regrade_everything(session, rulebook, job)
     _record(session, rulebook, digests)
@@ -127,8 +126,8 @@ def sync_grading(session: Session, rulebook: Rulebook, *, now: datetime, regrade
     if recorded == GRADING:
         return None
     regrade = _has_grades(session) and not regraded
-    if regrade and session.get_bind().dialect.name == "postgresql":
-        session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
+    if regrade:
+        _hold_against_writers(session)
     # Recorded before a re-grade, under the tables' lock: a process of the release before
     # that waited for it then finds its grading no longer in force.
     _set(session, ACTIVE_DIGEST, active_digest(rulebook))
@@ -136,6 +135,14 @@ def sync_grading(session: Session, rulebook: Rulebook, *, now: datetime, regrade
     if not regrade:
         return None
     return regrade_everything(session, rulebook, Regrade(trigger={"kind": "release", "from": recorded, "to": GRADING}, actor=SYSTEM, now=now, in_force=True))
+
+
+def _hold_against_writers(session: Session) -> None:
+    """Before re-grading everything for a switch (of rulebook or of release): on PostgreSQL,
+    hold the customers and projects tables against writers until the commit (reads go on;
+    `sync_rulebook` says why). SQLite's writers take turns already."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE customers, projects IN EXCLUSIVE MODE"))
 
 
 def _has_grades(session: Session) -> bool:
