@@ -23,15 +23,14 @@ router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated
 
 
 @router.post("", status_code=201, response_model=s.CustomerOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
-def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer, response: Response) -> s.CustomerOut:
+def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer) -> Response:
     """Create an owner (项目甲方) or installer (安装公司). It starts ungraded (level 0)."""
 
-    def write(session: Session) -> s.CustomerOut:
+    def write(session: Session) -> Response:
         fields = body.model_dump(exclude_none=True)
         customer = svc.create_customer(session, ctx.rulebook, fields, now=ctx.clock())
-        response.headers["ETag"] = etag("customer", customer.id, customer.version)
-        response.headers["Location"] = f"/v1/customers/{customer.id}"
-        return ctx.presenter.customer(customer)
+        headers = {"ETag": etag("customer", customer.id, customer.version), "Location": f"/v1/customers/{customer.id}"}
+        return answer(ctx.presenter.customer(customer), status_code=201, headers=headers)
 
     return ctx.db.transaction(write)
 
@@ -53,7 +52,7 @@ async def list_customers(
     def read() -> Response:
         with ctx.db.session(write=False) as session:
             rows, next_cursor = svc.list_customers(session, kind=kind, level=level, rep=rep, region=region, q=q, limit=limit, cursor=cursor)
-            return answer(s.CustomerPage(items=[ctx.presenter.customer(c) for c in rows], next_cursor=next_cursor))
+            return answer({"items": [ctx.presenter.customer(c) for c in rows], "next_cursor": next_cursor})  # s.CustomerPage
 
     return await run_read(read)
 
@@ -98,17 +97,15 @@ def update_customer(
     body: s.CustomerPatch,
     ctx: ContextDep,
     caller: Writer,
-    response: Response,
     if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the customer changed since")] = None,
-) -> s.CustomerOut:
+) -> Response:
     """Change descriptive fields. `kind` cannot change."""
 
-    def write(session: Session) -> s.CustomerOut:
+    def write(session: Session) -> Response:
         customer = svc.update_customer(
             session, customer_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "customer", customer_id), now=ctx.clock()
         )
-        response.headers["ETag"] = etag("customer", customer.id, customer.version)
-        return ctx.presenter.customer(customer)
+        return answer(ctx.presenter.customer(customer), headers={"ETag": etag("customer", customer.id, customer.version)})
 
     return ctx.db.transaction(write)
 

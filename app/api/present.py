@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from app.api import schemas as s
 from app.db import models as m
@@ -22,65 +23,74 @@ def _labels(rulebook: Rulebook) -> dict[str, Label]:
     return out
 
 
+Json = dict[str, Any]
+"""An answer's JSON object, built as plain values in its schema's field order. Presenting a
+grade as pydantic models cost a model per criterion on every read (twenty-odd a grade);
+`answer` encodes these with pydantic's own encoder, and tests/test_present.py checks that
+each is exactly what its schema (`s.CustomerOut`, `s.ProjectOut`) would give."""
+
+
 class Presenter:
     def __init__(self, rulebook: Rulebook):
         self.rulebook = rulebook
-        self._label_out: dict[Label, s.LabelOut] = {}
+        self._label_out: dict[Label, Json] = {}
         self.labels = {cid: self.label(label) for cid, label in _labels(rulebook).items()}
         self.unknown = self.label(Label("?", "?"))
         self.steps = {c.id: step.value for steps in (*rulebook.levels.values(), rulebook.tiers) for step in steps for c in step.criteria}
 
-    def label(self, label: Label) -> s.LabelOut:
-        """A rulebook's label as its answer: one model per label (a rulebook has a few dozen),
-        shared by every answer that shows it (a grade shows twenty-odd criteria, each with its
-        label; an answer is only encoded, never changed)."""
+    def label(self, label: Label) -> Json:
+        """A rulebook's label as its answer (`s.LabelOut`): one per label (a rulebook has a few
+        dozen), shared by every answer that shows it (a grade shows twenty-odd criteria, each
+        with its label; an answer is only encoded, never changed)."""
         out = self._label_out.get(label)
         if out is None:
-            out = self._label_out[label] = s.LabelOut(**label.as_dict())
+            out = self._label_out[label] = label.as_dict()
         return out
 
-    def _criteria(self, snapshot: dict[str, Any]) -> list[s.CriterionOut]:
+    def _criteria(self, snapshot: dict[str, Any]) -> list[Json]:
+        """The stored criteria as `s.CriterionOut`s."""
         return [
-            s.CriterionOut(
-                id=c["id"],
-                label=self.labels.get(c["id"], self.unknown),
-                step=self.steps.get(c["id"], 0),
-                met=c["met"],
-                evidence=c["evidence"],
-                related=[s.RelatedOut(**r) for r in c.get("related", [])],
-            )
-            for c in snapshot.get("criteria", [])
+            {
+                "id": c["id"],
+                "label": self.labels.get(c["id"], self.unknown),
+                "step": self.steps.get(c["id"], 0),
+                "met": c["met"],
+                "evidence": c["evidence"],
+                "related": [{"subject": r["subject"], "id": r["id"], "level": r.get("level")} for r in c.get("related", ())],
+            }
+            for c in snapshot.get("criteria", ())
         ]
 
-    def customer(self, c: m.Customer) -> s.CustomerOut:
+    def customer(self, c: m.Customer) -> Json:
+        """The customer as `s.CustomerOut`."""
         gap = c.grade.get("next")
-        relationship = s.RelationshipOut(
-            level=c.level,
-            # A level this process's rulebook does not have: the database switched to a
-            # rulebook with more levels while this process still runs the old one (its
-            # writes are refused then; its reads go on, README "Switching the rulebook").
-            label=self.label(self.rulebook.level_labels[c.level]) if c.level in self.rulebook.level_labels else self.unknown,
-            criteria=self._criteria(c.grade),
-            next=s.LevelGapOut(level=gap["target"], missing=gap["missing"], need=gap["need"]) if gap else None,
-            since=c.level_since,
-            rulebook_version=self.rulebook.version,
-        )
-        return s.CustomerOut(
-            id=c.id,
-            name=c.name,
-            kind=c.kind,
-            external_ref=c.external_ref,
-            region=c.region,
-            rep=c.rep,
-            contact=c.contact or {},
-            tags=c.tags or [],
-            version=c.version,
-            created_at=c.created_at,
-            updated_at=c.updated_at,
-            relationship=relationship,
-        )
+        return {
+            "id": c.id,
+            "name": c.name,
+            "kind": c.kind,
+            "external_ref": c.external_ref,
+            "region": c.region,
+            "rep": c.rep,
+            "contact": c.contact or {},
+            "tags": c.tags or [],
+            "version": c.version,
+            "created_at": c.created_at,
+            "updated_at": c.updated_at,
+            "relationship": {
+                "level": c.level,
+                # A level this process's rulebook does not have: the database switched to a
+                # rulebook with more levels while this process still runs the old one (its
+                # writes are refused then; its reads go on, README "Switching the rulebook").
+                "label": self.label(self.rulebook.level_labels[c.level]) if c.level in self.rulebook.level_labels else self.unknown,
+                "criteria": self._criteria(c.grade),
+                "next": {"level": gap["target"], "missing": gap["missing"], "need": gap["need"]} if gap else None,
+                "since": c.level_since,
+                "rulebook_version": self.rulebook.version,
+            },
+        }
 
-    def heat(self, p: m.Project) -> s.HeatOut:
+    def heat(self, p: m.Project) -> Json:
+        """The project's heat as `s.HeatOut`."""
         gap = p.grade.get("next")
         if p.closed and p.stage in self.rulebook.closed_labels:
             tier, label = p.stage, self.rulebook.closed_labels[p.stage]
@@ -89,43 +99,51 @@ class Presenter:
         else:
             tier = str(p.heat)
             label = next((t.label for t in self.rulebook.tiers if t.value == p.heat), self.rulebook.cold_label)
-        return s.HeatOut(
-            percent=p.heat,
-            tier=tier,
-            label=self.label(label),
-            closed=p.closed,
-            stage=p.stage,
-            criteria=self._criteria(p.grade),
-            next=s.HeatGapOut(percent=gap["target"], missing=gap["missing"], need=gap["need"]) if gap else None,
-            since=p.heat_since,
-            rulebook_version=self.rulebook.version,
-        )
+        return {
+            "percent": p.heat,
+            "tier": tier,
+            "label": self.label(label),
+            "closed": p.closed,
+            "stage": p.stage,
+            "criteria": self._criteria(p.grade),
+            "next": {"percent": gap["target"], "missing": gap["missing"], "need": gap["need"]} if gap else None,
+            "since": p.heat_since,
+            "rulebook_version": self.rulebook.version,
+        }
 
-    def project(self, p: m.Project, bidders: list[dict[str, Any]], winner: dict[str, Any] | None) -> s.ProjectOut:
-        return s.ProjectOut(
-            id=p.id,
-            name=p.name,
-            owner_id=p.owner_id,
-            external_ref=p.external_ref,
-            region=p.region,
-            amount=p.amount,
-            expected_close=p.expected_close,
-            rep=p.rep,
-            tags=p.tags or [],
-            version=p.version,
-            created_at=p.created_at,
-            updated_at=p.updated_at,
-            heat=self.heat(p),
-            bidders=[s.ParticipantOut(**b) for b in bidders],
-            winner=s.ParticipantOut(**winner) if winner else None,
-        )
+    def project(self, p: m.Project, bidders: list[dict[str, Any]], winner: dict[str, Any] | None) -> Json:
+        """The project as `s.ProjectOut`, with its bidders and winner (`services.projects.participants`)."""
+        return {
+            "id": p.id,
+            "name": p.name,
+            "owner_id": p.owner_id,
+            "external_ref": p.external_ref,
+            "region": p.region,
+            "amount": None if p.amount is None else float(p.amount),
+            "expected_close": p.expected_close,
+            "rep": p.rep,
+            "tags": p.tags or [],
+            "version": p.version,
+            "created_at": p.created_at,
+            "updated_at": p.updated_at,
+            "heat": self.heat(p),
+            "bidders": [_participant(b) for b in bidders],
+            "winner": _participant(winner) if winner else None,
+        }
 
 
-def answer(model: BaseModel, *, status_code: int = 200, headers: dict[str, str] | None = None, exclude_none: bool = False) -> Response:
-    """`model` as the JSON answer, encoded once by pydantic. A route that returns a Response
-    skips FastAPI's re-validation of its return value, which for a plain `def` route is one
-    more hand-off to the thread pool per request."""
-    return Response(model.model_dump_json(exclude_none=exclude_none), status_code=status_code, headers=headers, media_type="application/json")
+def _participant(p: dict[str, Any]) -> Json:
+    """A bidder or the winner as `s.ParticipantOut` (the winner has no `with_our_product`)."""
+    return {"id": p["id"], "name": p["name"], "level": p["level"], "with_our_product": p.get("with_our_product")}
+
+
+def answer(value: BaseModel | Json, *, status_code: int = 200, headers: dict[str, str] | None = None, exclude_none: bool = False) -> Response:
+    """`value` (a model, or a `Json` the presenter built) as the JSON answer, encoded once by
+    pydantic (`exclude_none` is a model's only). A route that returns a Response skips
+    FastAPI's re-validation of its return value, which for a plain `def` route is one more
+    hand-off to the thread pool per request."""
+    body = value.model_dump_json(exclude_none=exclude_none) if isinstance(value, BaseModel) else to_json(value)
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
 def event(e: m.Event, retraction: m.Retraction | None) -> s.EventOut:

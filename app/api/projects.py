@@ -13,7 +13,7 @@ from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
-from app.api.present import answer
+from app.api.present import Json, answer
 from app.api.threads import run_read
 from app.db import models as m
 from app.services import projects as svc
@@ -21,20 +21,19 @@ from app.services import projects as svc
 router = APIRouter(prefix="/v1/projects", tags=["projects"], route_class=Gated, responses=AUTHENTICATED)
 
 
-def _out(ctx: Context, session: Session, project: m.Project) -> s.ProjectOut:
+def _out(ctx: Context, session: Session, project: m.Project) -> Json:
     """The project as answered: with its bidders and winner, read in the same session."""
     return ctx.presenter.project(project, *svc.participants(session, project))
 
 
 @router.post("", status_code=201, response_model=s.ProjectOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
-def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer, response: Response) -> s.ProjectOut:
+def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer) -> Response:
     """Create a project of an `owner` customer. It starts cold (0 %)."""
 
-    def write(session: Session) -> s.ProjectOut:
+    def write(session: Session) -> Response:
         project = svc.create_project(session, ctx.rulebook, body.model_dump(exclude_none=True), now=ctx.clock())
-        response.headers["ETag"] = etag("project", project.id, project.version)
-        response.headers["Location"] = f"/v1/projects/{project.id}"
-        return ctx.presenter.project(project, [], None)
+        headers = {"ETag": etag("project", project.id, project.version), "Location": f"/v1/projects/{project.id}"}
+        return answer(ctx.presenter.project(project, [], None), status_code=201, headers=headers)
 
     return ctx.db.transaction(write)
 
@@ -58,7 +57,7 @@ async def list_projects(
             rows, next_cursor = svc.list_projects(session, owner_id=owner_id, heat=heat, rep=rep, stage=stage, q=q, limit=limit, cursor=cursor)
             participants = svc.participants_of(session, [p.id for p in rows])
             items = [ctx.presenter.project(p, *participants[p.id]) for p in rows]
-            return answer(s.ProjectPage(items=items, next_cursor=next_cursor))
+            return answer({"items": items, "next_cursor": next_cursor})  # s.ProjectPage
 
     return await run_read(read)
 
@@ -103,17 +102,15 @@ def update_project(
     body: s.ProjectPatch,
     ctx: ContextDep,
     caller: Writer,
-    response: Response,
     if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the project changed since")] = None,
-) -> s.ProjectOut:
+) -> Response:
     """Change descriptive fields. The owner cannot change."""
 
-    def write(session: Session) -> s.ProjectOut:
+    def write(session: Session) -> Response:
         project = svc.update_project(
             session, project_id, body.model_dump(exclude_unset=True), if_match=parse_if_match(if_match, "project", project_id), now=ctx.clock()
         )
-        response.headers["ETag"] = etag("project", project.id, project.version)
-        return _out(ctx, session, project)
+        return answer(_out(ctx, session, project), headers={"ETag": etag("project", project.id, project.version)})
 
     return ctx.db.transaction(write)
 

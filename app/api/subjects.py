@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session
 
 from app.api.deps import Context
 from app.api.etags import etag, parse_if_match
-from app.api.present import answer, history_page as present_history
+from app.api.present import Json, answer, history_page as present_history
 from app.api.threads import indexed_read, run_read
 from app.services.history import history_page
 from app.services.records import Record, read_alone, read_only
 
-Present = Callable[[Session, Any], BaseModel]
+Present = Callable[[Session, Any], Json]
 Put = Callable[..., tuple[Any, bool]]
 
 
@@ -34,13 +34,13 @@ def _read(ctx: Context, model: type[Record], column: str, value: int | str, pres
         return answer(present(session, row), headers={"ETag": etag(kind, row.id, row.version)})
 
 
-async def read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
+async def read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], Json]) -> Response:
     """`read` of a record presented from its own row alone (a customer): one statement, with
     no session around it (`records.read_alone`)."""
     return await indexed_read(ctx.db, _read_row, ctx, model, column, value, present)
 
 
-def _read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], BaseModel]) -> Response:
+def _read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], Json]) -> Response:
     row = read_alone(ctx.db, model, column, value)
     return answer(present(row), headers={"ETag": etag(model.__tablename__[:-1], row.id, row.version)})
 
