@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from functools import partial
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
 
 from app.api import subjects
 from app.api import schemas as s
-from app.api.deps import ContextDep, Reader, Writer
+from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
 from app.api.etags import etag, parse_if_match
 from app.api.gate import Gated
-from app.api.present import answer
+from app.api.present import Json, answer
 from app.api.threads import run_read
 from app.db import models as m
 from app.domain.rulebook import MAX_LEVEL
 from app.services import customers as svc
+from app.services.records import read_alone
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated, responses=AUTHENTICATED)
+
+
+def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
+    """The customer whose `column` is `value`, and its answer: made of its own row."""
+    row = read_alone(ctx.db, m.Customer, column, value)
+    return row, ctx.presenter.customer(row)
 
 
 @router.post("", status_code=201, response_model=s.CustomerOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
@@ -60,7 +68,7 @@ async def list_customers(
 @router.get("/by-ref/{external_ref:path}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_customer_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with this external_ref (the ERP's code)."""
-    return await subjects.read_row(ctx, m.Customer, "external_ref", external_ref, ctx.presenter.customer)
+    return await subjects.read_row(ctx, "customer", partial(_read, ctx, "external_ref", external_ref))
 
 
 @router.put(
@@ -88,7 +96,7 @@ def put_customer(
 @router.get("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
-    return await subjects.read_row(ctx, m.Customer, "id", customer_id, ctx.presenter.customer)
+    return await subjects.read_row(ctx, "customer", partial(_read, ctx, "id", customer_id))
 
 
 @router.patch("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from functools import partial
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 from sqlalchemy.orm import Session
@@ -24,6 +25,12 @@ router = APIRouter(prefix="/v1/projects", tags=["projects"], route_class=Gated, 
 def _out(ctx: Context, session: Session, project: m.Project) -> Json:
     """The project as answered: with its bidders and winner, read in the same session."""
     return ctx.presenter.project(project, *svc.participants(session, project))
+
+
+def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
+    """The project whose `column` is `value`, and its answer, from one statement."""
+    row, (bidders, winner) = svc.read_with_participants(ctx.db, column, value)
+    return row, ctx.presenter.project(row, bidders, winner)
 
 
 @router.post("", status_code=201, response_model=s.ProjectOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
@@ -65,7 +72,7 @@ async def list_projects(
 @router.get("/by-ref/{external_ref:path}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_project_by_ref(external_ref: s.PathRef, ctx: ContextDep, caller: Reader) -> Response:
     """The project with this external_ref (the ERP's code)."""
-    return await subjects.read(ctx, m.Project, "external_ref", external_ref, lambda session, row: _out(ctx, session, row))
+    return await subjects.read_row(ctx, "project", partial(_read, ctx, "external_ref", external_ref))
 
 
 @router.put(
@@ -93,7 +100,7 @@ def put_project(
 @router.get("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
-    return await subjects.read(ctx, m.Project, "id", project_id, lambda session, row: _out(ctx, session, row))
+    return await subjects.read_row(ctx, "project", partial(_read, ctx, "id", project_id))
 
 
 @router.patch("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})

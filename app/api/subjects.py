@@ -15,34 +15,23 @@ from app.api.etags import etag, parse_if_match
 from app.api.present import Json, answer, history_page as present_history
 from app.api.threads import indexed_read, run_read
 from app.services.history import history_page
-from app.services.records import Record, read_alone, read_only
+from app.services.records import Record
 
 Present = Callable[[Session, Any], Json]
 Put = Callable[..., tuple[Any, bool]]
 
 
-async def read(ctx: Context, model: type[Record], column: str, value: int | str, present: Present) -> Response:
-    """The record whose `column` (id or external_ref) is `value`, presented in the same
-    session, with its ETag. A read by an index: on SQLite on the event loop (`indexed_read`)."""
-    return await indexed_read(ctx.db, _read, ctx, model, column, value, present)
+async def read_row(ctx: Context, kind: str, read: Callable[[], tuple[Any, Json]]) -> Response:
+    """A customer or a project read by its id or code, presented, with its ETag: `read()`
+    gives its row and its answer from one statement with no session around it
+    (`records.read_alone`, `projects.read_with_participants`), on SQLite on the event loop
+    (`indexed_read`)."""
+    return await indexed_read(ctx.db, _answer_row, kind, read)
 
 
-def _read(ctx: Context, model: type[Record], column: str, value: int | str, present: Present) -> Response:
-    kind = model.__tablename__[:-1]
-    with ctx.db.session(write=False) as session:
-        row = read_only(session, model, column, value)
-        return answer(present(session, row), headers={"ETag": etag(kind, row.id, row.version)})
-
-
-async def read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], Json]) -> Response:
-    """`read` of a record presented from its own row alone (a customer): one statement, with
-    no session around it (`records.read_alone`)."""
-    return await indexed_read(ctx.db, _read_row, ctx, model, column, value, present)
-
-
-def _read_row(ctx: Context, model: type[Record], column: str, value: int | str, present: Callable[[Any], Json]) -> Response:
-    row = read_alone(ctx.db, model, column, value)
-    return answer(present(row), headers={"ETag": etag(model.__tablename__[:-1], row.id, row.version)})
+def _answer_row(kind: str, read: Callable[[], tuple[Any, Json]]) -> Response:
+    row, presented = read()
+    return answer(presented, headers={"ETag": etag(kind, row.id, row.version)})
 
 
 def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> Response:

@@ -325,10 +325,14 @@ class Database:
         self.engine.dispose()
 
     def first(self, statement: Select[Any], **params: Any) -> Any:
-        """The first row of a prebuilt one-statement read (or None), run in autocommit mode:
-        no transaction around it; a tuple whose values are also its columns' attributes.
-        For the read every request makes, the API-key check, and a customer read by its id
-        or code (one row answers it).
+        """The first row of `alone`'s read, or None."""
+        return self.alone(statement, **params).first()
+
+    def alone(self, statement: Select[Any], **params: Any) -> Rows:
+        """The rows of a prebuilt one-statement read, run in autocommit mode: no transaction
+        around it; tuples whose values are also their columns' attributes. For the read every
+        request makes, the API-key check, and a customer or a project read by its id or code
+        (one statement answers each, and reads one snapshot on either engine).
 
         The statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
         SQLAlchemy's per-execution work (a `Connection`, its execution context and result)
@@ -343,17 +347,17 @@ class Database:
         database is gone. A read can safely run twice; a write can not, so this is only for
         reads."""
         compiled = _cursor_statement(statement, self.engine.dialect)
-        assert compiled is not None and not compiled.expanding, "a read by `first` has no expanding parameters"
+        assert compiled is not None and not compiled.expanding, "a read by `alone` has no expanding parameters"
         arguments = compiled.arguments(params)
         if self.is_sqlite:
-            return self._sqlite_first(compiled, arguments)
+            return self._sqlite_alone(compiled, arguments)
         try:
             conn = self.engine.raw_connection()
         except self.engine.dialect.loaded_dbapi.Error:
             # No connection (the database is away): the pool raised the driver's own error,
             # which the API would answer with a 500. Through SQLAlchemy the same failure is
             # its OperationalError, answered with a 503 to retry.
-            return self._sqlalchemy_first(statement, params)
+            return self._sqlalchemy_alone(statement, params)
         rows: Rows | None = None
         try:
             dbapi_connection = conn.dbapi_connection
@@ -369,33 +373,33 @@ class Database:
         finally:
             conn.close()  # back to the pool, or closed if invalidated
         if rows is None:
-            return self._sqlalchemy_first(statement, params)
-        return rows.first()
+            return self._sqlalchemy_alone(statement, params)
+        return rows
 
-    def _sqlite_first(self, compiled: _CursorStatement, arguments: Any) -> Any:
+    def _sqlite_alone(self, compiled: _CursorStatement, arguments: Any) -> Rows:
         try:
             conn = self.engine.raw_connection()
         except sqlite3.Error as exc:  # the file cannot be opened: SQLAlchemy's error, as below
             raise DBAPIError.instance(compiled.sql, arguments, exc, sqlite3.Error) from exc
         try:
-            return compiled.rows(conn, arguments).first()
+            return compiled.rows(conn, arguments)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(compiled.sql, arguments, exc, sqlite3.Error) from exc
         finally:
             conn.close()  # back to the pool
 
-    def _sqlalchemy_first(self, statement: Select[Any], params: dict[str, Any]) -> Any:
-        """`first` through SQLAlchemy, once more if the connection it took had died. Only
+    def _sqlalchemy_alone(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
+        """`alone` through SQLAlchemy, once more if the connection it took had died. Only
         after the cursor's read failed; outside a transaction, as every read (`for_reads`)."""
         try:
             with self._reads.connect() as conn:
-                row = conn.execute(statement, params).first()
+                rows = Rows.of(conn.execute(statement, params))
         except DBAPIError as exc:
             if not exc.connection_invalidated:
                 raise
             with self._reads.connect() as conn:
-                row = conn.execute(statement, params).first()
-        return row
+                rows = Rows.of(conn.execute(statement, params))
+        return rows
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run

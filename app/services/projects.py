@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.db.engine import ByIds
+from app.db.engine import ByIds, Database
 from app.db.facts import is_bid, lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import in_force, initial_heat, record_created
-from app.services.records import get_by_ref, save_unique, update_record, upsert_by_ref
+from app.services.records import found, get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import containing, page
 
 
@@ -89,19 +89,58 @@ def list_projects(
     return page(session, query, m.Project.id, limit=limit, cursor=cursor)
 
 
-_E, _C, _R = m.Event.__table__, m.Customer.__table__, m.Retraction.__table__
-# Every project read runs this: prebuilt, and as columns (a row reads like an event for
-# to_fact), not entities. By a list of projects: a page of 50 projects is one read, not 50.
+_P, _E, _C, _R = m.Project.__table__, m.Event.__table__, m.Customer.__table__, m.Retraction.__table__
+_LIVE_BID = and_(is_bid(_E.c.type), ~exists().where(_R.c.event_id == _E.c.id))
+
+
+class _Bid(NamedTuple):
+    """A live bid with its bidder's name and level: reads like an event for to_fact."""
+
+    id: int
+    type: str
+    occurred_at: datetime
+    customer_id: int
+    project_id: int
+    attributes: dict[str, Any] | None
+    name: str
+    level: int
+
+
+_BID_COLUMNS = (_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _C.c.name, _C.c.level)
+# Every page of projects runs this: prebuilt, and as columns, not entities. By a list of
+# projects: a page of 50 projects is one read, not 50.
 _BIDS = ByIds.of(
-    lambda where: select(_E.c.id, _E.c.type, _E.c.occurred_at, _E.c.customer_id, _E.c.project_id, _E.c.attributes, _C.c.name, _C.c.level)
-    .join(_C, _C.c.id == _E.c.customer_id)
-    .outerjoin(_R, _R.c.event_id == _E.c.id)
-    .where(where, is_bid(_E.c.type), _R.c.id.is_(None))
-    .order_by(_E.c.project_id, _E.c.occurred_at, _E.c.id),
+    lambda where: select(*_BID_COLUMNS).join(_C, _C.c.id == _E.c.customer_id).where(where, _LIVE_BID).order_by(_E.c.project_id, _E.c.occurred_at, _E.c.id),
     _E.c.project_id,
 )
+# One project (by id or by code) with its live bids, a row per bid (one row with no bid if
+# it has none): a project read is this one statement.
+_WITH_BIDS = {
+    column: select(_P, *(c.label(f"bid_{c.key}") for c in _BID_COLUMNS))
+    .select_from(_P.outerjoin(_E, and_(_E.c.project_id == _P.c.id, _LIVE_BID)).outerjoin(_C, _C.c.id == _E.c.customer_id))
+    .where(_P.c[column] == bindparam("value"))
+    .order_by(_E.c.occurred_at, _E.c.id)
+    for column in ("id", "external_ref")
+}
 
 Participants = tuple[list[dict[str, Any]], dict[str, Any] | None]
+
+
+def read_with_participants(db: Database, column: str, value: int | str) -> tuple[Any, Participants]:
+    """The project whose `column` (id or external_ref) is `value`, as its stored columns
+    (`records.read_alone`), with its `participants`: one statement with no session around
+    it (`Database.alone`), so its heat and its bidders come from one snapshot on either
+    engine. Read in a session as two statements, they came from two on PostgreSQL (its read
+    sessions run each statement on its own), and a bid committed between them showed
+    beside a heat that did not count it yet."""
+    rows = db.alone(_WITH_BIDS[column], value=value)
+    project = found(rows.first(), m.Project, column, value)
+    bids = [
+        _Bid(r.bid_id, r.bid_type, r.bid_occurred_at, r.bid_customer_id, r.bid_project_id, r.bid_attributes, r.bid_name, r.bid_level)
+        for r in rows
+        if r.bid_id is not None
+    ]
+    return project, _participants(bids)
 
 
 def participants(session: Session, project: m.Project) -> Participants:

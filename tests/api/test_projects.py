@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from typing import Any
+
 import pytest
 from sqlalchemy import event
+
+from app.db.engine import _CursorStatement
+from app.services.events import NewEvent, record_event
 
 from tests.api.expectations import all_pages, assert_problem
 from tests.api.scenarios import at, heat, installer_at_level_one
@@ -229,6 +235,37 @@ def test_a_listed_project_shows_the_bidders_and_winner_its_own_read_shows(api, a
     # A bid_won makes a bidder too: the 6th project's winner never joined its bidding.
     assert [len(p["bidders"]) for p in listed] == [0, 1, 2, 3, 0, 2]
     assert [p["winner"] and p["winner"]["id"] for p in listed] == [None, None, installers[0]["id"], None, None, installers[1]["id"]]
+
+
+def test_a_project_read_shows_its_bidders_and_its_heat_as_of_one_instant(api, app, monkeypatch) -> None:
+    """A bid committed while a project is read shows with its consequence (here H30.4, a
+    bidder at level I) or not at all. Read as two statements, the project's row then its
+    bids, PostgreSQL (whose reads run each statement on its own) showed the new bidder
+    beside the heat and version from before the bid."""
+    owner = api.create_customer("仁济医院基建处", "owner")
+    installer, _ = installer_at_level_one(api)
+    project = api.create_project(owner["id"])
+    before = api.get(f"/v1/projects/{project['id']}").json()
+    ctx = app.state.context
+    bid = NewEvent(type="bid_joined", customer_id=installer["id"], project_id=project["id"], occurred_at=datetime(2026, 11, 19, tzinfo=timezone.utc))
+    started: list[bool] = []
+    committed: list[int] = []
+    rows = _CursorStatement.rows
+
+    def bid_meanwhile(statement: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
+        found = rows(statement, *args, **kwargs)
+        if not started and statement.sql.startswith("SELECT projects.id"):  # the project's row has been read
+            started.append(True)  # once: the write's own statements come here too
+            committed.append(ctx.db.transaction(lambda s: record_event(s, ctx.rulebook, bid, actor="t", now=ctx.clock())).event.id)
+        return found
+
+    monkeypatch.setattr(_CursorStatement, "rows", bid_meanwhile)
+    read = api.get(f"/v1/projects/{project['id']}").json()
+    monkeypatch.undo()
+    after = api.get(f"/v1/projects/{project['id']}").json()
+    assert committed
+    assert [b["id"] for b in after["bidders"]] == [installer["id"]] and after["version"] > before["version"]
+    assert read in (before, after)
 
 
 def test_list_refuses_a_bad_cursor(api) -> None:
