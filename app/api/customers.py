@@ -87,10 +87,11 @@ def put_customer(
     ctx: ContextDep,
     caller: Writer,
     if_match: Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")] = None,
+    if_none_match: Annotated[str | None, Header(description="optional: `*` to create only (412 if the code exists), or ETags not to write over (412 if the record is still at one)")] = None,
 ) -> Response:
     """Create (201) or update (200) the customer with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    return subjects.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row))
+    return subjects.upsert(ctx, m.Customer, external_ref, body, if_match, svc.put_customer, lambda session, row: ctx.presenter.customer(row), if_none_match)
 
 
 @router.get("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})

@@ -9,6 +9,9 @@ query string is decoded the same way: `?q=%D6%D0` searched for U+FFFD and found 
 or `?rep=` named another rep than the one meant. A form hook's query string is the form
 tool's, and is left to the hook (a delivery refused here would be lost).
 
+A code path (`…/by-ref/{code}`) that ends in a plain `/` is refused here too (404): the
+code takes the rest of the path, so the slash would have become part of another code.
+
 A body sent with a Content-Encoding (gzip, br) is refused here too (415): the service reads
 no compressed body, and a plain one labelled compressed was stored as if it were not
 (RFC 9110 §8.4 asks for a 415). A form hook's body is kept in its inbox whatever it is."""
@@ -24,6 +27,7 @@ from app.api.problems import app_error_response
 from app.errors import AppError, FieldError, Invalid, NotFound, UnsupportedMediaType, failed_fields
 
 _ENCODE = "percent-encode each byte of its UTF-8 form"
+_BY_REF = b"/by-ref/"
 
 
 def _undecodable(raw: bytes) -> UnicodeDecodeError | None:
@@ -81,7 +85,15 @@ def _refusal(scope: Scope) -> AppError | None:
         # find). A line feed is in no code and no id: no resource has such a path.
         return NotFound("no resource has a path with a line feed (%0A) in it")
     raw = scope.get("raw_path") or scope["path"].encode()
-    reason = not_utf8(raw.split(b"?", 1)[0])  # some clients' raw_path carries the query
+    raw_path = raw.split(b"?", 1)[0]  # some clients' raw_path carries the query
+    if raw_path.endswith(b"/") and _BY_REF in raw_path and raw_path.split(_BY_REF, 1)[1].strip(b"/"):
+        # Paths end without a slash, but a code takes the rest of the path, slashes and all:
+        # `PUT …/by-ref/C-1/` (a client's URL template adding a slash) created a second
+        # customer, `C-1/`, beside C-1 (a hunt's find). A code that ends in `/` is sent with
+        # it percent-encoded, as openapi.md asks of every `/` in a code.
+        bare = scope["path"].rstrip("/")
+        return NotFound(f"no such path: {scope['path']} (paths end without a slash: {bare}; a code that ends in / is sent with it as %2F)")
+    reason = not_utf8(raw_path)
     errors = [FieldError("path", reason, "path")] if reason is not None else []
     hook = scope["path"].startswith(HOOKS_PREFIX)
     query = scope.get("query_string", b"")

@@ -91,10 +91,11 @@ def put_project(
     ctx: ContextDep,
     caller: Writer,
     if_match: Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")] = None,
+    if_none_match: Annotated[str | None, Header(description="optional: `*` to create only (412 if the code exists), or ETags not to write over (412 if the record is still at one)")] = None,
 ) -> Response:
     """Create (201) or update (200) the project with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""
-    return subjects.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row))
+    return subjects.upsert(ctx, m.Project, external_ref, body, if_match, svc.put_project, lambda session, row: _out(ctx, session, row), if_none_match)
 
 
 @router.get("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.api.deps import Context
-from app.api.etags import etag, parse_if_match
+from app.api.etags import etag, parse_if_match, parse_if_none_match
 from app.api.present import Json, answer, history_page as present_history
 from app.api.threads import indexed_read, run_read
 from app.services.history import history_page
@@ -34,14 +34,16 @@ def _answer_row(kind: str, read: Callable[[], tuple[Any, Json]]) -> Response:
     return answer(presented, headers={"ETag": etag(kind, row.id, row.version)})
 
 
-def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present) -> Response:
-    """Create (201) or update (200); an If-Match for a record that does not exist is 412."""
+def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_match: str | None, put: Put, present: Present, if_none_match: str | None = None) -> Response:
+    """Create (201) or update (200); an If-Match for a record that does not exist is 412,
+    and so is an If-None-Match (`*`, or the stored record's ETag) for one that does."""
     kind = model.__tablename__[:-1]
+    none_match = parse_if_none_match(if_none_match, kind)
 
     def write(session: Session) -> Response:
         existing = session.scalar(select(model.id).where(model.external_ref == ref))
         version = parse_if_match(if_match, kind, existing) if existing is not None else (None if if_match is None else -1)
-        row, created = put(session, ctx.rulebook, ref, body.model_dump(), if_match=version, now=ctx.clock())
+        row, created = put(session, ctx.rulebook, ref, body.model_dump(), if_match=version, now=ctx.clock(), if_none_match=none_match)
         headers = {"ETag": etag(kind, row.id, row.version), "Location": f"/v1/{model.__tablename__}/{row.id}"}
         return answer(present(session, row), status_code=201 if created else 200, headers=headers)
 

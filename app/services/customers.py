@@ -12,7 +12,7 @@ from app.db import models as m
 from app.domain.rulebook import Rulebook
 from app.grading import in_force, initial_level, record_created
 from app.services.paging import containing, page
-from app.services.records import save_unique, update_record, upsert_by_ref
+from app.services.records import NoneMatch, save_unique, update_record, upsert_by_ref
 
 DESCRIPTIVE = ("name", "external_ref", "region", "rep", "contact", "tags")
 
@@ -28,7 +28,9 @@ def create_customer(session: Session, rulebook: Rulebook, fields: dict[str, Any]
     return customer
 
 
-def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime) -> tuple[m.Customer, bool]:
+def put_customer(
+    session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime, if_none_match: NoneMatch | None = None
+) -> tuple[m.Customer, bool]:
     """Create or update the customer with this external_ref (the ERP's nightly sync)."""
     kind = fields.pop("kind")
     fields = {**fields, "contact": _stored_contact(fields.get("contact")), "tags": fields.get("tags") or []}
@@ -41,6 +43,7 @@ def put_customer(session: Session, rulebook: Rulebook, ref: str, fields: dict[st
         create=lambda: create_customer(session, rulebook, {**fields, "kind": kind, "external_ref": ref}, now=now),
         if_match=if_match,
         now=now,
+        if_none_match=if_none_match,
     )
 
 

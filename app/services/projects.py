@@ -15,7 +15,7 @@ from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import in_force, initial_heat, record_created
-from app.services.records import found, get_by_ref, save_unique, update_record, upsert_by_ref
+from app.services.records import NoneMatch, found, get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import containing, page
 
 
@@ -36,7 +36,9 @@ def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any],
     return project
 
 
-def put_project(session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime) -> tuple[m.Project, bool]:
+def put_project(
+    session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime, if_none_match: NoneMatch | None = None
+) -> tuple[m.Project, bool]:
     """Create or update the project with this external_ref; its owner is named by id or by
     the owner's external_ref, and cannot change."""
     owner_ref = fields.pop("owner_ref", None)
@@ -56,6 +58,7 @@ def put_project(session: Session, rulebook: Rulebook, ref: str, fields: dict[str
         create=lambda: create_project(session, rulebook, {**fields, "owner_id": owner_id, "external_ref": ref}, now=now),
         if_match=if_match,
         now=now,
+        if_none_match=if_none_match,
         named={"owner_id": "owner_ref"} if owner_ref is not None else None,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, TypeVar
 
@@ -27,6 +28,19 @@ def save_unique(session: Session, row: Any, value: Any | None, *, field: str = "
         if value is not None:
             raise Conflict(f"{field} {value!r} is already used", errors=[FieldError(field, "already used by another record")]) from None
         raise
+
+
+@dataclass(frozen=True)
+class NoneMatch:
+    """An If-None-Match on a write: it goes ahead only if the stored record is none of these
+    (`any`: if there is none at all)."""
+
+    any: bool
+    versions: frozenset[tuple[str, int]]  # (id, version) of the tags naming this kind
+
+    def matches(self, row_id: int, version: int) -> bool:
+        """Whether the stored record at `version` is one the caller said not to write over."""
+        return self.any or (str(row_id), version) in self.versions
 
 
 def check_version(row: Any, if_match: int | None) -> None:
@@ -58,11 +72,13 @@ def upsert_by_ref(
     if_match: int | None,
     now: datetime,
     named: dict[str, str] | None = None,
+    if_none_match: NoneMatch | None = None,
 ) -> tuple[Record, bool]:
     """Create the record with this external_ref (True), or bring the stored one to `fields`
     (False): a full replacement of its descriptive fields, so a re-run sync is a no-op that
     leaves the version as it was. `fixed` fields cannot change (422, naming the field as the
-    caller sent it: `named` maps a stored field to that name)."""
+    caller sent it: `named` maps a stored field to that name). `if_none_match` is checked
+    against the stored record under its lock, so a concurrent create is seen."""
     row = _by_ref(session, model, ref)
     if row is None:
         if if_match is not None:
@@ -73,6 +89,9 @@ def upsert_by_ref(
             row = _by_ref(session, model, ref)  # a concurrent request created it first
             if row is None:
                 raise
+    if if_none_match is not None and if_none_match.matches(row.id, row.version):
+        shown = "exists" if if_none_match.any else f"is still at version {row.version}"
+        raise PreconditionFailed(f"If-None-Match: the record with external_ref {ref!r} {shown}; nothing was changed")
     check_version(row, if_match)
     named = named or {}
     wrong = []

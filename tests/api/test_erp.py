@@ -106,6 +106,41 @@ def test_put_customer_checks_if_match(api) -> None:
     assert api.put("/v1/customers/by-ref/C-0001", json={"name": "again", "kind": "owner"}, headers={"If-Match": fresh}).status_code == 200
 
 
+def test_put_with_if_none_match_star_creates_but_never_replaces(api) -> None:
+    """`If-None-Match: *` is the standard "create unless it exists" (RFC 9110 §13.1.2); it
+    was ignored, and such a PUT replaced the stored customer, clearing what it left out."""
+    created = api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner", "region": "上海"}, headers={"If-None-Match": "*"})
+    assert created.status_code == 201
+    again = api.put("/v1/customers/by-ref/C-0001", json={"name": "OVERWRITTEN", "kind": "owner"}, headers={"If-None-Match": "*"})
+    assert_problem(again, 412)
+    assert "exists" in again.json()["detail"]
+    stored = api.get("/v1/customers/by-ref/C-0001")
+    assert (stored.json()["name"], stored.json()["region"], stored.headers["etag"]) == ("仁济医院基建处", "上海", created.headers["etag"])
+    project = api.put("/v1/projects/by-ref/P-1", json={"name": "新门诊楼", "owner_ref": "C-0001"}, headers={"If-None-Match": "*"})
+    assert project.status_code == 201, project.text
+    assert_problem(api.put("/v1/projects/by-ref/P-1", json={"name": "x", "owner_ref": "C-0001"}, headers={"If-None-Match": "*"}), 412)
+    assert api.get("/v1/projects/by-ref/P-1").json()["name"] == "新门诊楼"
+
+
+def test_put_with_if_none_match_tags_replaces_unless_the_record_is_still_at_one(api) -> None:
+    first = api.put("/v1/customers/by-ref/C-0001", json={"name": "v1", "kind": "owner"}).headers["etag"]
+    # The stored record is at one of the listed tags (weak or strong): 412, nothing changed.
+    for header in (first, f"W/{first}", f'"customer-999-v1", {first}'):
+        assert_problem(api.put("/v1/customers/by-ref/C-0001", json={"name": "v2", "kind": "owner"}, headers={"If-None-Match": header}), 412)
+    assert api.get("/v1/customers/by-ref/C-0001").json()["name"] == "v1"
+    # At none of them (another record's, another kind's, an older version): the write goes ahead.
+    other = '"customer-999-v1", "project-1-v1"'
+    assert api.put("/v1/customers/by-ref/C-0001", json={"name": "v2", "kind": "owner"}, headers={"If-None-Match": other}).status_code == 200
+    assert api.put("/v1/customers/by-ref/C-0001", json={"name": "v3", "kind": "owner"}, headers={"If-None-Match": first}).status_code == 200
+    assert api.get("/v1/customers/by-ref/C-0001").json()["name"] == "v3"
+
+
+@pytest.mark.parametrize("header", ["customer-1-v1", '"customer-1-v1" "x"', "", '*, "customer-1-v1"'])
+def test_put_refuses_an_if_none_match_that_is_neither_star_nor_etags(api, header: str) -> None:
+    assert_problem(api.put("/v1/customers/by-ref/C-0001", json={"name": "x", "kind": "owner"}, headers={"If-None-Match": header}), 422, "If-None-Match")
+    assert_problem(api.get("/v1/customers/by-ref/C-0001"), 404)
+
+
 @pytest.mark.parametrize(
     "body, field",
     [

@@ -316,6 +316,23 @@ def test_a_path_with_a_trailing_slash_is_a_404_that_names_the_path_served_not_a_
     assert row_counts(app) == before
 
 
+@pytest.mark.parametrize("kind", ["customers", "projects"])
+def test_a_code_path_with_a_trailing_slash_is_a_404_not_another_code(app, api, kind: str) -> None:
+    """A code takes the rest of the path: `PUT …/by-ref/C-1/` created a second record, `C-1/`,
+    beside C-1. A code that ends in `/` is still served, sent as `%2F`."""
+    api.put("/v1/customers/by-ref/C-1", json={"name": "仁济医院基建处", "kind": "owner"})
+    body = {"name": "x", "kind": "owner"} if kind == "customers" else {"name": "x", "owner_ref": "C-1"}
+    before = row_counts(app)
+    for method in ("PUT", "GET"):
+        r = api.request(method, f"/v1/{kind}/by-ref/C-2/", json=body if method == "PUT" else None)
+        assert_problem(r, 404)
+        assert r.json()["detail"] == f"no such path: /v1/{kind}/by-ref/C-2/ (paths end without a slash: /v1/{kind}/by-ref/C-2; a code that ends in / is sent with it as %2F)"
+    assert row_counts(app) == before
+    assert api.put(f"/v1/{kind}/by-ref/C-2%2F", json=body).status_code == 201
+    assert api.get(f"/v1/{kind}/by-ref/C-2%2F").json()["external_ref"] == "C-2/"
+    assert_problem(api.get(f"/v1/{kind}/by-ref/C-2"), 404)
+
+
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
