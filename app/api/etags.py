@@ -6,31 +6,40 @@ from __future__ import annotations
 import re
 
 from app.errors import FieldError, Invalid, PreconditionFailed
-from app.services.records import NoneMatch
+from app.services.records import NoneMatch, Versions
 
 # An id is a number, or a form's slug (lower-case letters, digits, '-' and '_').
-_TAG = re.compile(r'^(?:W/)?"(?P<kind>customer|project|form|subscription)-(?P<id>[a-z0-9][a-z0-9_-]*)-v(?P<version>\d+)"$')
+_TAG = re.compile(r'^(?:W/)?"(?P<kind>customer|project|form|subscription)-(?P<id>[a-z0-9][a-z0-9_-]*)-v(?P<version>0|[1-9][0-9]*)"$')
+# A list of entity-tags (RFC 9110 §8.8.3), each possibly weak.
+_TAGS = re.compile(r'^\s*(?:W/)?"[^"]*"\s*(?:,\s*(?:W/)?"[^"]*"\s*)*$')
+_ONE_TAG = re.compile(r'(?:W/)?"[^"]*"')
 
 
 def etag(kind: str, id_: int | str, version: int) -> str:
     return f'"{kind}-{id_}-v{version}"'
 
 
-def parse_if_match(header: str | None, kind: str, id_: int | str) -> int | None:
-    """The version the caller read, or None when it sent no If-Match (or `*`)."""
+def _listed(header: str) -> list[re.Match[str] | None] | None:
+    """Each tag of a list of ETags (one, or several with commas), matched as one this
+    service gives (None where it is not); None if `header` is no list of ETags."""
+    if _TAGS.match(header) is None:
+        return None
+    return [_TAG.match(t) for t in _ONE_TAG.findall(header)]
+
+
+def parse_if_match(header: str | None, kind: str, id_: int | str) -> Versions | None:
+    """The versions of this resource the caller read (one ETag, or a list of them: RFC 9110
+    §13.1.1), or None when it sent no If-Match (or `*`). Each tag must be one this service
+    gives (a version is compared as the text it was sent as: `v04` is no tag of ours)."""
     if header is None or header.strip() == "*":
         return None
-    match = _TAG.match(header.strip())
-    if match is None:
+    tags = _listed(header)
+    if tags is None or None in tags:
         raise Invalid("If-Match must be an ETag this service returned", errors=[FieldError("If-Match", "not an ETag of this service", "header")])
-    if match["kind"] != kind or match["id"] != str(id_):
+    mine = frozenset(int(t["version"]) for t in tags if t is not None and t["kind"] == kind and t["id"] == str(id_))
+    if not mine:
         raise PreconditionFailed("If-Match names another resource")
-    return int(match["version"])
-
-
-# A list of entity-tags (RFC 9110 §8.8.3), each possibly weak.
-_TAGS = re.compile(r'^\s*(?:W/)?"[^"]*"\s*(?:,\s*(?:W/)?"[^"]*"\s*)*$')
-_ONE_TAG = re.compile(r'(?:W/)?"[^"]*"')
+    return mine
 
 
 def parse_if_none_match(header: str | None, kind: str) -> NoneMatch | None:
@@ -41,7 +50,7 @@ def parse_if_none_match(header: str | None, kind: str) -> NoneMatch | None:
         return None
     if header.strip() == "*":
         return NoneMatch(True, frozenset())
-    if _TAGS.match(header) is None:
+    tags = _listed(header)
+    if tags is None:
         raise Invalid("If-None-Match must be * or a list of ETags", errors=[FieldError("If-None-Match", "neither * nor a list of ETags", "header")])
-    tags = (_TAG.match(t) for t in _ONE_TAG.findall(header))
     return NoneMatch(False, frozenset((t["id"], int(t["version"])) for t in tags if t is not None and t["kind"] == kind))

@@ -42,7 +42,7 @@ def upsert(ctx: Context, model: type[Record], ref: str, body: BaseModel, if_matc
 
     def write(session: Session) -> Response:
         existing = session.scalar(select(model.id).where(model.external_ref == ref))
-        version = parse_if_match(if_match, kind, existing) if existing is not None else (None if if_match is None else -1)
+        version = parse_if_match(if_match, kind, existing) if existing is not None else (None if if_match is None else frozenset())
         row, created = put(session, ctx.rulebook, ref, body.model_dump(), if_match=version, now=ctx.clock(), if_none_match=none_match)
         headers = {"ETag": etag(kind, row.id, row.version), "Location": f"/v1/{model.__tablename__}/{row.id}"}
         return answer(present(session, row), status_code=201 if created else 200, headers=headers)

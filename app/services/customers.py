@@ -12,7 +12,7 @@ from app.db import models as m
 from app.domain.rulebook import Rulebook
 from app.grading import in_force, initial_level, record_created
 from app.services.paging import containing, page
-from app.services.records import NoneMatch, save_unique, update_record, upsert_by_ref
+from app.services.records import NoneMatch, Versions, save_unique, update_record, upsert_by_ref
 
 DESCRIPTIVE = ("name", "external_ref", "region", "rep", "contact", "tags")
 
@@ -29,7 +29,7 @@ def create_customer(session: Session, rulebook: Rulebook, fields: dict[str, Any]
 
 
 def put_customer(
-    session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime, if_none_match: NoneMatch | None = None
+    session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: Versions | None, now: datetime, if_none_match: NoneMatch | None = None
 ) -> tuple[m.Customer, bool]:
     """Create or update the customer with this external_ref (the ERP's nightly sync)."""
     kind = fields.pop("kind")
@@ -48,7 +48,7 @@ def put_customer(
 
 
 def update_customer(
-    session: Session, customer_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime
+    session: Session, customer_id: int, changes: dict[str, Any], *, if_match: Versions | None, now: datetime
 ) -> m.Customer:
     if "contact" in changes:  # as on PUT, so a PATCH that sends the stored contact again changes nothing
         changes = {**changes, "contact": _stored_contact(changes["contact"])}

@@ -33,7 +33,7 @@ from app.grading import Effect
 from app.services.batch import record_batch
 from app.services.events import NewEvent
 from app.services.paging import page
-from app.services.records import apply_changes, check_version, save_unique
+from app.services.records import Versions, apply_changes, check_version, save_unique
 
 DEFAULT_GRACE = timedelta(hours=24)  # how long a rotated-out secret keeps working
 
@@ -94,7 +94,7 @@ def list_forms(session: Session, *, limit: int, cursor: str | None) -> tuple[Seq
     return page(session, select(m.FormMapping), m.FormMapping.id, limit=limit, cursor=cursor)
 
 
-def update_form(session: Session, rulebook: Rulebook, form_id: str, changes: dict[str, Any], *, if_match: int | None = None, now: datetime) -> m.FormMapping:
+def update_form(session: Session, rulebook: Rulebook, form_id: str, changes: dict[str, Any], *, if_match: Versions | None = None, now: datetime) -> m.FormMapping:
     """Change the name, description, mapping or whether the hook is enabled. The scheme and
     secret change only by rotate_secret. `if_match`: the version the caller read (412 if
     the form changed since)."""

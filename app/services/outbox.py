@@ -21,7 +21,7 @@ from app.domain.rulebook import Label, Rulebook
 from app.domain.signatures import new_secret, replaced_secret
 from app.errors import Conflict, NotFound
 from app.services.paging import page
-from app.services.records import check_version
+from app.services.records import Versions, check_version
 
 LEVEL_CHANGED = "customer.level_changed"
 HEAT_CHANGED = "project.heat_changed"
@@ -214,7 +214,7 @@ def list_subscriptions(session: Session, *, status: str | None, limit: int, curs
 
 
 def update_subscription(
-    session: Session, subscription_id: int, changes: dict[str, Any], *, actor: str, if_match: int | None = None, now: datetime
+    session: Session, subscription_id: int, changes: dict[str, Any], *, actor: str, if_match: Versions | None = None, now: datetime
 ) -> m.Subscription:
     """Change url, description or event types; pause (`status: paused`) or resume
     (`status: active`: every pending delivery becomes due now). `if_match`: the version the

@@ -15,7 +15,7 @@ from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
 from app.grading import in_force, initial_heat, record_created
-from app.services.records import NoneMatch, found, get_by_ref, save_unique, update_record, upsert_by_ref
+from app.services.records import NoneMatch, Versions, found, get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import containing, page
 
 
@@ -37,7 +37,7 @@ def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any],
 
 
 def put_project(
-    session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: int | None, now: datetime, if_none_match: NoneMatch | None = None
+    session: Session, rulebook: Rulebook, ref: str, fields: dict[str, Any], *, if_match: Versions | None, now: datetime, if_none_match: NoneMatch | None = None
 ) -> tuple[m.Project, bool]:
     """Create or update the project with this external_ref; its owner is named by id or by
     the owner's external_ref, and cannot change."""
@@ -63,7 +63,7 @@ def put_project(
     )
 
 
-def update_project(session: Session, project_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> m.Project:
+def update_project(session: Session, project_id: int, changes: dict[str, Any], *, if_match: Versions | None, now: datetime) -> m.Project:
     return update_record(session, m.Project, project_id, changes, if_match=if_match, now=now)
 
 

@@ -43,14 +43,19 @@ class NoneMatch:
         return self.any or (str(row_id), version) in self.versions
 
 
-def check_version(row: Any, if_match: int | None) -> None:
+Versions = frozenset[int]
+"""The versions of a record an If-Match names: it may list several ETags, and the write goes
+ahead if the stored record is at any of them (RFC 9110 §13.1.1). Empty: it names none."""
+
+
+def check_version(row: Any, if_match: Versions | None) -> None:
     """412 unless the caller read the row at its current version (or sent no If-Match).
     The caller holds the row locked, so the version cannot move before the write."""
-    if if_match is not None and if_match != row.version:
+    if if_match is not None and row.version not in if_match:
         raise PreconditionFailed(f"the resource is at version {row.version}; re-read it and apply the change again")
 
 
-def update_record(session: Session, model: type[Record], record_id: int, changes: dict[str, Any], *, if_match: int | None, now: datetime) -> Record:
+def update_record(session: Session, model: type[Record], record_id: int, changes: dict[str, Any], *, if_match: Versions | None, now: datetime) -> Record:
     """Apply descriptive changes under a row lock, checking If-Match against the version."""
     row = session.scalar(select(model).where(model.id == record_id).with_for_update())
     if row is None:
@@ -69,7 +74,7 @@ def upsert_by_ref(
     *,
     fixed: dict[str, Any],
     create: Callable[[], Record],
-    if_match: int | None,
+    if_match: Versions | None,
     now: datetime,
     named: dict[str, str] | None = None,
     if_none_match: NoneMatch | None = None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from tests.api.expectations import all_pages, assert_problem
 from tests.api.scenarios import at, owner_level_one_events
 
@@ -227,6 +229,30 @@ def test_patch_refuses_an_if_match_that_is_not_our_etag(api) -> None:
     customer = api.create_customer("万科华东区域", "owner")
 
     assert_problem(api.patch(f"/v1/customers/{customer['id']}", json={"rep": "李强"}, headers={"If-Match": "garbage"}), 422, "If-Match")
+
+
+@pytest.mark.parametrize(
+    ("listed", "status"),
+    [
+        ('"customer-{id}-v1", "customer-{id}-v2"', 200),  # the current one among them
+        ('"customer-999-v2", W/"customer-{id}-v2"', 200),  # another resource's tag beside it
+        ('"customer-{id}-v1", "customer-{id}-v3"', 412),  # none is current
+        ('"customer-999-v2", "project-{id}-v2"', 412),  # none names this customer
+        ('"customer-{id}-v02"', 422),  # a version is no tag of ours written another way
+        ('"customer-{id}-v2", "x"', 422),
+        ('"customer-{id}-v2" "customer-{id}-v1"', 422),  # no comma between them
+    ],
+)
+def test_patch_takes_an_if_match_that_lists_several_etags(api, listed: str, status: int) -> None:
+    """RFC 9110 §13.1.1: If-Match is `*` or a list of ETags, and the write goes ahead if the
+    record is at any of them (a proxy may merge two If-Match lines into one). A list was a 422."""
+    customer = api.create_customer("万科华东区域", "owner")
+    api.patch(f"/v1/customers/{customer['id']}", json={"rep": "李强"})  # now at version 2
+
+    r = api.patch(f"/v1/customers/{customer['id']}", json={"rep": "赵敏"}, headers={"If-Match": listed.format(id=customer["id"])})
+
+    assert r.status_code == status, r.text
+    assert api.get(f"/v1/customers/{customer['id']}").json()["rep"] == ("赵敏" if status == 200 else "李强")
 
 
 def test_patch_of_an_unknown_customer_is_404(api) -> None:
