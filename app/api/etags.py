@@ -4,6 +4,9 @@ subscriptions: the tag names the resource and the version it was read at."""
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from fastapi import Header
 
 from app.errors import FieldError, Invalid, PreconditionFailed
 from app.services.records import NoneMatch, Versions
@@ -13,6 +16,14 @@ _TAG = re.compile(r'^(?:W/)?"(?P<kind>customer|project|form|subscription)-(?P<id
 # A list of entity-tags (RFC 9110 §8.8.3), each possibly weak.
 _TAGS = re.compile(r'^\s*(?:W/)?"[^"]*"\s*(?:,\s*(?:W/)?"[^"]*"\s*)*$')
 _ONE_TAG = re.compile(r'(?:W/)?"[^"]*"')
+
+
+# The optional preconditions of a write, as its route declares them.
+IfMatch = Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(description="optional: `*` to create only (412 if the code exists), or ETags not to write over (412 if the record is still at one)"),
+]
 
 
 def etag(kind: str, id_: int | str, version: int) -> str:

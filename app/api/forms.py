@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import schemas as s
 from app.api.deps import Admin, ContextDep
-from app.api.etags import etag, parse_if_match
+from app.api.etags import IfMatch, etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_response, problem_responses, with_headers
 from app.api.gate import Gated, spend_hook
 from app.db import models as m
@@ -128,16 +128,19 @@ def update_form(
     return ctx.db.transaction(write)
 
 
-@router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 413)})
-def rotate_secret(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Response, body: s.RotateSecretIn | None = None) -> s.FormSecretOut:
+@router.post("/v1/forms/{form_id}/rotate-secret", response_model=s.FormSecretOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 412, 413)})
+def rotate_secret(form_id: FormIdPath, ctx: ContextDep, caller: Admin, response: Response, body: s.RotateSecretIn | None = None, if_match: IfMatch = None) -> s.FormSecretOut:
     """Issue a new secret (or set the one given). The old one keeps working for
     `grace_hours` (24 by default), so the tool can be re-configured without losing
     deliveries. With no body: a generated secret, the same scheme, 24 hours' grace. The
     version moves: the answer's ETag serves a later PATCH's If-Match."""
     asked = body or s.RotateSecretIn()
+    version = parse_if_match(if_match, "form", form_id)
 
     def write(session: Session) -> s.FormSecretOut:
-        form = svc.rotate_secret(session, form_id, scheme=asked.auth_scheme, secret=asked.secret, grace=timedelta(hours=asked.grace_hours), now=ctx.clock())
+        form = svc.rotate_secret(
+            session, form_id, scheme=asked.auth_scheme, secret=asked.secret, grace=timedelta(hours=asked.grace_hours), now=ctx.clock(), if_match=version
+        )
         response.headers["ETag"] = etag("form", form.form_id, form.version)
         return _with_secret(form)
 

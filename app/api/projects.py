@@ -12,7 +12,7 @@ from app.api import subjects
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
-from app.api.etags import etag, parse_if_match
+from app.api.etags import IfMatch, IfNoneMatch, etag, parse_if_match
 from app.api.gate import Gated
 from app.api.present import Json, answer
 from app.api.threads import run_read
@@ -90,8 +90,8 @@ def put_project(
     body: s.ProjectPut,
     ctx: ContextDep,
     caller: Writer,
-    if_match: Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")] = None,
-    if_none_match: Annotated[str | None, Header(description="optional: `*` to create only (412 if the code exists), or ETags not to write over (412 if the record is still at one)")] = None,
+    if_match: IfMatch = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     """Create (201) or update (200) the project with this external_ref, so a nightly sync can be
     re-run safely: the body is the whole record; sending what is stored changes nothing."""

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
-from app.api.etags import etag, parse_if_match
+from app.api.etags import IfMatch, etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_responses, with_headers
 from app.api.gate import Gated
 from app.api.schemas import PageLimit, PathId
@@ -141,29 +141,32 @@ def update_subscription(
     return ctx.db.transaction(write)
 
 
-@router.post("/{subscription_id}/rotate-secret", response_model=w.SubscriptionCreatedOut, responses={200: with_headers("ETag"), **problem_responses(404, 409, 413)})
+@router.post("/{subscription_id}/rotate-secret", response_model=w.SubscriptionCreatedOut, responses={200: with_headers("ETag"), **problem_responses(404, 409, 412, 413)})
 def rotate_secret(
-    subscription_id: PathId, ctx: ContextDep, caller: Admin, response: Response, body: w.SubscriptionRotateSecretIn | None = None
+    subscription_id: PathId, ctx: ContextDep, caller: Admin, response: Response, body: w.SubscriptionRotateSecretIn | None = None, if_match: IfMatch = None
 ) -> w.SubscriptionCreatedOut:
     """Replace the signing secret (shown only in this answer). For `grace_hours` (24 by
     default) deliveries carry a second signature, with the old secret, so the receiver can
     switch to the new one without refusing a delivery; 409 for a deleted subscription. The
     version moves: the answer's ETag serves a later PATCH's If-Match."""
     grace = timedelta(hours=(body or w.SubscriptionRotateSecretIn()).grace_hours)
+    version = parse_if_match(if_match, "subscription", subscription_id)
 
     def write(session: Session) -> w.SubscriptionCreatedOut:
-        sub = svc.rotate_secret(session, subscription_id, grace=grace, now=ctx.clock())
+        sub = svc.rotate_secret(session, subscription_id, grace=grace, now=ctx.clock(), if_match=version)
         response.headers["ETag"] = etag("subscription", sub.id, sub.version)
         return w.SubscriptionCreatedOut(**_subscription(sub).model_dump(), secret=sub.secret)
 
     return ctx.db.transaction(write)
 
 
-@router.delete("/{subscription_id}", status_code=204, responses=problem_responses(404))
-def delete_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> Response:
+@router.delete("/{subscription_id}", status_code=204, responses=problem_responses(404, 412))
+def delete_subscription(subscription_id: PathId, ctx: ContextDep, caller: Admin, if_match: IfMatch = None) -> Response:
     """Stop for good: nothing more is queued or sent, pending deliveries end as failed. The
-    subscription stays readable (status `deleted`) with its delivery log."""
-    ctx.db.transaction(lambda session: svc.delete_subscription(session, subscription_id, now=ctx.clock()))
+    subscription stays readable (status `deleted`) with its delivery log. Deleting it again
+    is a 204 (an If-Match is not checked then: the deletion it guarded is done)."""
+    version = parse_if_match(if_match, "subscription", subscription_id)
+    ctx.db.transaction(lambda session: svc.delete_subscription(session, subscription_id, now=ctx.clock(), if_match=version))
     return Response(status_code=204)
 
 

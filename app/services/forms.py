@@ -116,10 +116,12 @@ def _same_value(stored: Any, given: Any) -> bool:
 
 
 def rotate_secret(
-    session: Session, form_id: str, *, scheme: str | None, secret: str | None, grace: timedelta, now: datetime
+    session: Session, form_id: str, *, scheme: str | None, secret: str | None, grace: timedelta, now: datetime, if_match: Versions | None = None
 ) -> m.FormMapping:
-    """Give the form a new secret; the old one keeps working for `grace` (0: at once)."""
+    """Give the form a new secret; the old one keeps working for `grace` (0: at once).
+    `if_match`: the versions the caller read (412 otherwise)."""
     form = get_form(session, form_id, lock=True)
+    check_version(form, if_match)
     scheme = scheme or form.auth_scheme
     new = _secret(scheme, secret)
     # A secret of another scheme cannot verify this one's deliveries: no grace across schemes.

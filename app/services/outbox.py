@@ -195,10 +195,11 @@ def _live_subscription(session: Session, subscription_id: int) -> m.Subscription
     return subscription
 
 
-def rotate_secret(session: Session, subscription_id: int, *, grace: timedelta, now: datetime) -> m.Subscription:
+def rotate_secret(session: Session, subscription_id: int, *, grace: timedelta, now: datetime, if_match: Versions | None = None) -> m.Subscription:
     """Give the subscription a new secret; deliveries are signed with the old one too for
-    `grace` (0: not at all)."""
+    `grace` (0: not at all). `if_match`: the versions the caller read (412 otherwise)."""
     subscription = _live_subscription(session, subscription_id)
+    check_version(subscription, if_match)
     subscription.previous_secret, subscription.previous_secret_until = replaced_secret(subscription.secret, grace, now)
     subscription.secret = new_secret("standard_webhooks")
     subscription.version += 1
@@ -256,12 +257,15 @@ def _touch(subscription: m.Subscription, now: datetime) -> None:
     subscription.updated_at = now
 
 
-def delete_subscription(session: Session, subscription_id: int, *, now: datetime) -> None:
+def delete_subscription(session: Session, subscription_id: int, *, now: datetime, if_match: Versions | None = None) -> None:
     """Stop sending and queueing for good; its pending deliveries end as failed. The
-    subscription and its delivery log stay readable."""
+    subscription and its delivery log stay readable. `if_match`: the versions the caller
+    read (412 otherwise), unless it is deleted already: a retried DELETE has been applied
+    (RFC 9110 §13.1.1 lets that answer 2xx)."""
     subscription = get_subscription(session, subscription_id, lock=True)
     if is_deleted(subscription):
         return
+    check_version(subscription, if_match)
     subscription.status, subscription.deleted_at = DELETED, now
     _touch(subscription, now)
     session.execute(

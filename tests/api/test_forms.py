@@ -250,6 +250,18 @@ def test_a_rotated_secret_keeps_working_for_its_grace_period(api, clock) -> None
     assert api.post(form["hook_path"], content=body, headers=by_new["headers"]).status_code == 200  # a redelivery by now
 
 
+def test_a_rotation_takes_if_match(api) -> None:
+    form = set_up(api, "typeform-visit-report")
+    read = api.get(f"/v1/forms/{form['form_id']}").headers["etag"]
+    rotated = api.post(f"/v1/forms/{form['form_id']}/rotate-secret", headers={"If-Match": read})
+    assert rotated.status_code == 200, rotated.text
+
+    stale = api.post(f"/v1/forms/{form['form_id']}/rotate-secret", headers={"If-Match": read})
+
+    assert_problem(stale, 412)
+    assert api.get(f"/v1/forms/{form['form_id']}").headers["etag"] == rotated.headers["etag"]
+
+
 def test_a_rotation_with_no_body_generates_a_secret_with_a_days_grace(api, clock) -> None:
     from datetime import timedelta
 

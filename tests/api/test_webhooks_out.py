@@ -655,6 +655,26 @@ def test_rotating_checks_its_input_and_the_subscription(api, receiver: Receiver)
     assert_problem(api.post(f"{BASE}/{sub['id']}/rotate-secret", json={}), 409)
 
 
+def test_rotating_and_deleting_take_if_match(api, receiver: Receiver) -> None:  # noqa: ANN001
+    """Two admins working from one read: the second's rotation or deletion is a 412, as its
+    PATCH would be. An If-Match was ignored there, and a stale read deleted a subscription."""
+    sub = subscribe(api, receiver, [LEVEL])
+    read = api.get(f"{BASE}/{sub['id']}").headers["etag"]
+    rotated = api.post(f"{BASE}/{sub['id']}/rotate-secret", headers={"If-Match": read})
+    assert rotated.status_code == 200, rotated.text
+
+    assert_problem(api.post(f"{BASE}/{sub['id']}/rotate-secret", headers={"If-Match": read}), 412)
+    assert_problem(api.delete(f"{BASE}/{sub['id']}", headers={"If-Match": read}), 412)
+    assert_problem(api.delete(f"{BASE}/{sub['id']}", headers={"If-Match": "garbage"}), 422, "If-Match")
+    now = api.get(f"{BASE}/{sub['id']}")
+    assert (now.json()["status"], now.headers["etag"]) == ("active", rotated.headers["etag"])
+
+    assert api.delete(f"{BASE}/{sub['id']}", headers={"If-Match": rotated.headers["etag"]}).status_code == 204
+    # Deleting again, with the tag read before the first deletion: done already, so 204.
+    assert api.delete(f"{BASE}/{sub['id']}", headers={"If-Match": rotated.headers["etag"]}).status_code == 204
+    assert api.get(f"{BASE}/{sub['id']}").json()["status"] == "deleted"
+
+
 # --- sending several at once ----------------------------------------------------------------------
 
 
