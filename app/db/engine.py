@@ -21,7 +21,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, NoReturn, TypeVar
 
-from sqlalchemy import Column, ColumnElement, Connection, Dialect, Engine, Executable, Float, Numeric, Result, Select, String, any_, bindparam, create_engine, event
+from sqlalchemy import Column, ColumnElement, CompoundSelect, Connection, Dialect, Engine, Executable, Float, Numeric, Result, Select, String, any_, bindparam, create_engine, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InvalidatePoolError, SQLAlchemyError
@@ -324,11 +324,11 @@ class Database:
                 self._held = None
         self.engine.dispose()
 
-    def first(self, statement: Select[Any], **params: Any) -> Any:
+    def first(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Any:
         """The first row of `alone`'s read, or None."""
         return self.alone(statement, **params).first()
 
-    def alone(self, statement: Select[Any], **params: Any) -> Rows:
+    def alone(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Rows:
         """The rows of a prebuilt one-statement read, run in autocommit mode: no transaction
         around it; tuples whose values are also their columns' attributes. For the read every
         request makes, the API-key check, and a customer or a project read by its id or code
@@ -388,7 +388,7 @@ class Database:
         finally:
             conn.close()  # back to the pool
 
-    def _sqlalchemy_alone(self, statement: Select[Any], params: dict[str, Any]) -> Rows:
+    def _sqlalchemy_alone(self, statement: Select[Any] | CompoundSelect, params: dict[str, Any]) -> Rows:
         """`alone` through SQLAlchemy, once more if the connection it took had died. Only
         after the cursor's read failed; outside a transaction, as every read (`for_reads`)."""
         try:
@@ -583,7 +583,7 @@ class _CursorStatement:
     expanding: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, statement: Select[Any] | UpdateBase, dialect: Dialect) -> _CursorStatement | None:
+    def of(cls, statement: Select[Any] | CompoundSelect | UpdateBase, dialect: Dialect) -> _CursorStatement | None:
         compiled = statement.compile(dialect=dialect)
         lists = any(b.expanding for b in compiled.binds.values())
         if (lists and not compiled.positional) or compiled.insert_prefetch or compiled.update_prefetch:
@@ -593,7 +593,7 @@ class _CursorStatement:
         keys = None if compiled.positional else tuple((compiled.escaped_bind_names or {}).get(name, name) for name in names)
         fixed = {name: b.effective_value for name, b in compiled.binds.items() if not b.required}
         binds = tuple(_bind_processor(compiled.binds[name].type, dialect) for name in names)
-        columns = statement.selected_columns if isinstance(statement, Select) else statement.exported_columns  # what it returns
+        columns = statement.exported_columns if isinstance(statement, UpdateBase) else statement.selected_columns  # what it returns
         server_types = [_server_type(c, dialect) for c in columns]
         if _UNTOLD in server_types:
             return None
@@ -656,7 +656,9 @@ class _CursorStatement:
             # psycopg refuses to fetch from a statement that returns no rows.
             fetched = cursor.fetchall() if self.converters else ()
         converters, row = self.converters, self.row
-        return Rows(row(*[value if convert is None else convert(value) for convert, value in zip(converters, r)]) for r in fetched)
+        # A NULL is None whatever the column's type (every converter maps None to None):
+        # a project read's rows are half NULLs (`projects._with_bids`).
+        return Rows(row(*[value if convert is None or value is None else convert(value) for convert, value in zip(converters, r)]) for r in fetched)
 
 
 _KEPT_CURSOR = "rapport_cursor"
@@ -709,7 +711,7 @@ def _cursor_statement(statement: Executable, dialect: Dialect) -> _CursorStateme
     kept = _CURSOR_STATEMENTS.get(id(statement))
     if kept is not None and kept[0] is statement and kept[1] is dialect:
         return kept[2]
-    compiled = _CursorStatement.of(statement, dialect) if isinstance(statement, (Select, UpdateBase)) else None
+    compiled = _CursorStatement.of(statement, dialect) if isinstance(statement, (Select, CompoundSelect, UpdateBase)) else None
     if len(_CURSOR_STATEMENTS) >= _CURSOR_STATEMENTS_MAX:
         _CURSOR_STATEMENTS.clear()
     _CURSOR_STATEMENTS[id(statement)] = (statement, dialect, compiled)
