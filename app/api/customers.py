@@ -12,7 +12,7 @@ from app.api import subjects
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
-from app.api.etags import IfMatch, IfNoneMatch, etag, parse_if_match
+from app.api.etags import IfMatch, IfNoneMatch, Precondition, etag, parse_if_match
 from app.api.gate import Gated
 from app.api.present import Json, answer
 from app.api.threads import run_read
@@ -22,6 +22,7 @@ from app.services import customers as svc
 from app.services.records import read_alone
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated, responses=AUTHENTICATED)
+CustomerIfMatch = Annotated[Precondition, Header(description="the ETag you read; 412 if the customer changed since")]
 
 
 def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
@@ -106,7 +107,7 @@ def update_customer(
     body: s.CustomerPatch,
     ctx: ContextDep,
     caller: Writer,
-    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the customer changed since")] = None,
+    if_match: CustomerIfMatch = None,
 ) -> Response:
     """Change descriptive fields. `kind` cannot change."""
 

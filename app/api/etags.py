@@ -14,16 +14,22 @@ from app.services.records import NoneMatch, Versions
 # An id is a number, or a form's slug (lower-case letters, digits, '-' and '_').
 _TAG = re.compile(r'^(?:W/)?"(?P<kind>customer|project|form|subscription)-(?P<id>[a-z0-9][a-z0-9_-]*)-v(?P<version>0|[1-9][0-9]*)"$')
 # A list of entity-tags (RFC 9110 §8.8.3), each possibly weak.
-_TAGS = re.compile(r'^\s*(?:W/)?"[^"]*"\s*(?:,\s*(?:W/)?"[^"]*"\s*)*$')
+_TAGS = re.compile(r'^[ \t]*(?:W/)?"[^"]*"[ \t]*(?:,[ \t]*(?:W/)?"[^"]*"[ \t]*)*$')
 _ONE_TAG = re.compile(r'(?:W/)?"[^"]*"')
 
-
-# The optional preconditions of a write, as its route declares them.
-IfMatch = Annotated[str | None, Header(description="optional: the ETag you read; 412 if it changed since")]
+# An optional If-Match or If-None-Match as a route declares it: every line of it. A list
+# header may come as several lines, which mean one list (RFC 9110 §5.3); declared as one
+# string, a route saw only the first (a review's find: a second If-None-Match line was
+# dropped, and the PUT it should have stopped replaced the record).
+Precondition = list[str] | None
+IfMatch = Annotated[Precondition, Header(description="optional: the ETag you read; 412 if it changed since")]
 IfNoneMatch = Annotated[
-    str | None,
-    Header(description="optional: `*` to create only (412 if the code exists), or ETags not to write over (412 if the record is still at one)"),
+    Precondition, Header(description="optional: `*` to create only (412 if the code exists), or ETags not to write over (412 if the record is still at one)")
 ]
+
+
+def _joined(lines: Precondition | str) -> str | None:
+    return lines if lines is None or isinstance(lines, str) else ", ".join(lines)
 
 
 def etag(kind: str, id_: int | str, version: int) -> str:
@@ -38,10 +44,11 @@ def _listed(header: str) -> list[re.Match[str] | None] | None:
     return [_TAG.match(t) for t in _ONE_TAG.findall(header)]
 
 
-def parse_if_match(header: str | None, kind: str, id_: int | str) -> Versions | None:
+def parse_if_match(lines: Precondition | str, kind: str, id_: int | str) -> Versions | None:
     """The versions of this resource the caller read (one ETag, or a list of them: RFC 9110
     §13.1.1), or None when it sent no If-Match (or `*`). Each tag must be one this service
     gives (a version is compared as the text it was sent as: `v04` is no tag of ours)."""
+    header = _joined(lines)
     if header is None or header.strip() == "*":
         return None
     tags = _listed(header)
@@ -53,10 +60,11 @@ def parse_if_match(header: str | None, kind: str, id_: int | str) -> Versions | 
     return mine
 
 
-def parse_if_none_match(header: str | None, kind: str) -> NoneMatch | None:
+def parse_if_none_match(lines: Precondition | str, kind: str) -> NoneMatch | None:
     """If-None-Match on a `PUT` by code: `*` (create, never replace) or a list of ETags
     (replace unless the stored record is still one of these); weak tags compare as strong
     ones, as RFC 9110 §13.1.2 asks. A tag of another resource matches nothing."""
+    header = _joined(lines)
     if header is None:
         return None
     if header.strip() == "*":

@@ -13,13 +13,14 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import schemas as s
 from app.api.deps import Admin, ContextDep
-from app.api.etags import IfMatch, etag, parse_if_match
+from app.api.etags import IfMatch, Precondition, etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_response, problem_responses, with_headers
 from app.api.gate import Gated, spend_hook
 from app.db import models as m
 from app.services import forms as svc
 
 router = APIRouter(tags=["forms"], route_class=Gated, responses=AUTHENTICATED)
+FormIfMatch = Annotated[Precondition, Header(description="the ETag you read; 412 if the form changed since")]
 
 FormIdPath = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="the form's slug")]
 
@@ -114,7 +115,7 @@ def update_form(
     ctx: ContextDep,
     caller: Admin,
     response: Response,
-    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the form changed since")] = None,
+    if_match: FormIfMatch = None,
 ) -> s.FormOut:
     """Change the name, the mapping or whether the hook is enabled. Submissions waiting in the
     inbox can then be replayed with the new mapping."""

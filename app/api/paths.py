@@ -86,11 +86,12 @@ def _refusal(scope: Scope) -> AppError | None:
         return NotFound("no resource has a path with a line feed (%0A) in it")
     raw = scope.get("raw_path") or scope["path"].encode()
     raw_path = raw.split(b"?", 1)[0]  # some clients' raw_path carries the query
-    if raw_path.endswith(b"/") and _BY_REF in raw_path and raw_path.split(_BY_REF, 1)[1].strip(b"/"):
+    if raw_path.endswith(b"/") and _BY_REF in raw_path and raw_path.split(_BY_REF, 1)[1]:
         # Paths end without a slash, but a code takes the rest of the path, slashes and all:
         # `PUT …/by-ref/C-1/` (a client's URL template adding a slash) created a second
         # customer, `C-1/`, beside C-1 (a hunt's find). A code that ends in `/` is sent with
-        # it percent-encoded, as openapi.md asks of every `/` in a code.
+        # it percent-encoded, as openapi.md asks of every `/` in a code. `…/by-ref//` too,
+        # which took `/` for the code (a review's find); `…/by-ref/` alone names no code (422).
         bare = scope["path"].rstrip("/")
         return NotFound(f"no such path: {scope['path']} (paths end without a slash: {bare}; a code that ends in / is sent with it as %2F)")
     reason = not_utf8(raw_path)

@@ -12,7 +12,7 @@ from app.api import subjects
 from app.api import schemas as s
 from app.api.deps import Context, ContextDep, Reader, Writer
 from app.api.problems import AUTHENTICATED, REF_WITH_LINE_BREAK, problem_responses, with_headers
-from app.api.etags import IfMatch, IfNoneMatch, etag, parse_if_match
+from app.api.etags import IfMatch, IfNoneMatch, Precondition, etag, parse_if_match
 from app.api.gate import Gated
 from app.api.present import Json, answer
 from app.api.threads import run_read
@@ -20,6 +20,7 @@ from app.db import models as m
 from app.services import projects as svc
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"], route_class=Gated, responses=AUTHENTICATED)
+ProjectIfMatch = Annotated[Precondition, Header(description="the ETag you read; 412 if the project changed since")]
 
 
 def _out(ctx: Context, session: Session, project: m.Project) -> Json:
@@ -110,7 +111,7 @@ def update_project(
     body: s.ProjectPatch,
     ctx: ContextDep,
     caller: Writer,
-    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the project changed since")] = None,
+    if_match: ProjectIfMatch = None,
 ) -> Response:
     """Change descriptive fields. The owner cannot change."""
 

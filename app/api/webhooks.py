@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.api import webhook_schemas as w
 from app.api.deps import Admin, ContextDep
-from app.api.etags import IfMatch, etag, parse_if_match
+from app.api.etags import IfMatch, Precondition, etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_responses, with_headers
 from app.api.gate import Gated
 from app.api.schemas import PageLimit, PathId
@@ -28,6 +28,7 @@ from app.services.egress import Egress
 from app.settings import Settings
 
 router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"], route_class=Gated, responses=AUTHENTICATED)
+SubscriptionIfMatch = Annotated[Precondition, Header(description="the ETag you read; 412 if the subscription changed since (a pause by the sender included)")]
 
 Cursor = Annotated[str | None, Query(max_length=200)]
 
@@ -123,7 +124,7 @@ def update_subscription(
     ctx: ContextDep,
     caller: Admin,
     response: Response,
-    if_match: Annotated[str | None, Header(description="the ETag you read; 412 if the subscription changed since (a pause by the sender included)")] = None,
+    if_match: SubscriptionIfMatch = None,
 ) -> w.SubscriptionOut:
     """Change the URL, description or event types; pause or resume. Resuming makes every
     waiting delivery due at once (409 for a deleted subscription)."""

@@ -133,6 +133,13 @@ def test_put_with_if_none_match_tags_replaces_unless_the_record_is_still_at_one(
     assert api.put("/v1/customers/by-ref/C-0001", json={"name": "v2", "kind": "owner"}, headers={"If-None-Match": other}).status_code == 200
     assert api.put("/v1/customers/by-ref/C-0001", json={"name": "v3", "kind": "owner"}, headers={"If-None-Match": first}).status_code == 200
     assert api.get("/v1/customers/by-ref/C-0001").json()["name"] == "v3"
+    # Several lines are one list (RFC 9110 §5.3): only the first was read, and the PUT went ahead.
+    now = api.get("/v1/customers/by-ref/C-0001").headers["etag"]
+    for second in (now, "*"):
+        lines = [("If-None-Match", '"customer-999-v1"'), ("If-None-Match", second)]
+        r = api.put("/v1/customers/by-ref/C-0001", json={"name": "v4", "kind": "owner"}, headers=lines)
+        assert r.status_code == (412 if second == now else 422), r.text  # `*` inside a list is no list of ETags
+    assert api.get("/v1/customers/by-ref/C-0001").json()["name"] == "v3"
 
 
 @pytest.mark.parametrize("header", ["customer-1-v1", '"customer-1-v1" "x"', "", '*, "customer-1-v1"'])

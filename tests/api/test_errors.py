@@ -327,6 +327,9 @@ def test_a_code_path_with_a_trailing_slash_is_a_404_not_another_code(app, api, k
         r = api.request(method, f"/v1/{kind}/by-ref/C-2/", json=body if method == "PUT" else None)
         assert_problem(r, 404)
         assert r.json()["detail"] == f"no such path: /v1/{kind}/by-ref/C-2/ (paths end without a slash: /v1/{kind}/by-ref/C-2; a code that ends in / is sent with it as %2F)"
+    # Only slashes after by-ref/: the code `/` (or `//`) was created.
+    for path in (f"/v1/{kind}/by-ref//", f"/v1/{kind}/by-ref///"):
+        assert_problem(api.put(path, json=body), 404)
     assert row_counts(app) == before
     assert api.put(f"/v1/{kind}/by-ref/C-2%2F", json=body).status_code == 201
     assert api.get(f"/v1/{kind}/by-ref/C-2%2F").json()["external_ref"] == "C-2/"
