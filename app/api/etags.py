@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Header
 
-from app.errors import FieldError, Invalid, PreconditionFailed
+from app.errors import FieldError, Invalid
 from app.services.records import NoneMatch, Versions
 
 # An id is a number, or a form's slug (lower-case letters, digits, '-' and '_').
@@ -47,17 +47,17 @@ def _listed(header: str) -> list[re.Match[str] | None] | None:
 def parse_if_match(lines: Precondition | str, kind: str, id_: int | str) -> Versions | None:
     """The versions of this resource the caller read (one ETag, or a list of them: RFC 9110
     §13.1.1), or None when it sent no If-Match (or `*`). Each tag must be one this service
-    gives (a version is compared as the text it was sent as: `v04` is no tag of ours)."""
+    gives (a version is compared as the text it was sent as: `v04` is no tag of ours). Tags
+    of other resources name no version of this one: none at all is a 412 once the resource
+    is found (`check_version`), not before (a missing one is a 404, a deleted subscription's
+    DELETE is done already)."""
     header = _joined(lines)
     if header is None or header.strip() == "*":
         return None
     tags = _listed(header)
     if tags is None or None in tags:
         raise Invalid("If-Match must be an ETag this service returned", errors=[FieldError("If-Match", "not an ETag of this service", "header")])
-    mine = frozenset(int(t["version"]) for t in tags if t is not None and t["kind"] == kind and t["id"] == str(id_))
-    if not mine:
-        raise PreconditionFailed("If-Match names another resource")
-    return mine
+    return frozenset(int(t["version"]) for t in tags if t is not None and t["kind"] == kind and t["id"] == str(id_))
 
 
 def parse_if_none_match(lines: Precondition | str, kind: str) -> NoneMatch | None:

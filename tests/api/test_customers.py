@@ -267,6 +267,10 @@ def test_if_match_sent_as_several_lines_is_one_list(api) -> None:
 
 def test_patch_of_an_unknown_customer_is_404(api) -> None:
     assert_problem(api.patch("/v1/customers/999999", json={"rep": "李强"}), 404)
+    # Whatever the If-Match: another customer's tag was a 412, as if customer 999999 existed.
+    other = api.create_customer("万科华东区域", "owner")
+    tag = api.get(f"/v1/customers/{other['id']}").headers["etag"]
+    assert_problem(api.patch("/v1/customers/999999", json={"rep": "李强"}, headers={"If-Match": tag}), 404)
 
 
 def test_patch_to_an_external_ref_in_use_is_409(api) -> None:

@@ -673,6 +673,8 @@ def test_rotating_and_deleting_take_if_match(api, receiver: Receiver) -> None:  
     # Deleting again, with the tag read before the first deletion: done already, so 204.
     assert api.delete(f"{BASE}/{sub['id']}", headers={"If-Match": rotated.headers["etag"]}).status_code == 204
     assert api.get(f"{BASE}/{sub['id']}").json()["status"] == "deleted"
+    # A subscription that does not exist is a 404, whichever subscription the If-Match names.
+    assert_problem(api.delete(f"{BASE}/999", headers={"If-Match": rotated.headers["etag"]}), 404)
 
 
 # --- sending several at once ----------------------------------------------------------------------
