@@ -28,8 +28,8 @@ IfNoneMatch = Annotated[
 ]
 
 
-def _joined(lines: Precondition | str) -> str | None:
-    return lines if lines is None or isinstance(lines, str) else ", ".join(lines)
+def _joined(lines: Precondition) -> str | None:
+    return None if lines is None else ", ".join(lines)
 
 
 def etag(kind: str, id_: int | str, version: int) -> str:
@@ -44,7 +44,7 @@ def _listed(header: str) -> list[re.Match[str] | None] | None:
     return [_TAG.match(t) for t in _ONE_TAG.findall(header)]
 
 
-def parse_if_match(lines: Precondition | str, kind: str, id_: int | str) -> Versions | None:
+def parse_if_match(lines: Precondition, kind: str, id_: int | str) -> Versions | None:
     """The versions of this resource the caller read (one ETag, or a list of them: RFC 9110
     §13.1.1), or None when it sent no If-Match (or `*`). Each tag must be one this service
     gives (a version is compared as the text it was sent as: `v04` is no tag of ours). Tags
@@ -60,7 +60,7 @@ def parse_if_match(lines: Precondition | str, kind: str, id_: int | str) -> Vers
     return frozenset(int(t["version"]) for t in tags if t is not None and t["kind"] == kind and t["id"] == str(id_))
 
 
-def parse_if_none_match(lines: Precondition | str, kind: str) -> NoneMatch | None:
+def parse_if_none_match(lines: Precondition, kind: str) -> NoneMatch | None:
     """If-None-Match on a `PUT` by code: `*` (create, never replace) or a list of ETags
     (replace unless the stored record is still one of these); weak tags compare as strong
     ones, as RFC 9110 §13.1.2 asks. A tag of another resource matches nothing."""

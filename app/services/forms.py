@@ -96,7 +96,7 @@ def list_forms(session: Session, *, limit: int, cursor: str | None) -> tuple[Seq
 
 def update_form(session: Session, rulebook: Rulebook, form_id: str, changes: dict[str, Any], *, if_match: Versions | None = None, now: datetime) -> m.FormMapping:
     """Change the name, description, mapping or whether the hook is enabled. The scheme and
-    secret change only by rotate_secret. `if_match`: the version the caller read (412 if
+    secret change only by rotate_secret. `if_match`: the versions the caller read (412 if
     the form changed since)."""
     form = get_form(session, form_id, lock=True)
     check_version(form, if_match)

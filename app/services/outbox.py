@@ -218,7 +218,7 @@ def update_subscription(
     session: Session, subscription_id: int, changes: dict[str, Any], *, actor: str, if_match: Versions | None = None, now: datetime
 ) -> m.Subscription:
     """Change url, description or event types; pause (`status: paused`) or resume
-    (`status: active`: every pending delivery becomes due now). `if_match`: the version the
+    (`status: active`: every pending delivery becomes due now). `if_match`: the versions the
     caller read (412 if the subscription changed since, a pause by the sender included)."""
     subscription = _live_subscription(session, subscription_id)
     check_version(subscription, if_match)
