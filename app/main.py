@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import customers, events, forms, meta, problems, projects, threads, webhooks
 from app.api.deps import Context, utc_now
+from app.api.direct import DirectReads
 from app.api.gate import SECURITY_SCHEMES
 from app.db.types import MAX_ID
 from app.api.head import HeadAsGet
@@ -93,6 +94,8 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], datetime
         known_keys=known,
     )
     problems.install(app)
+    # The innermost: the path, HEAD and body-size checks run before a direct read too.
+    app.add_middleware(DirectReads, context=app.state.context)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(HeadAsGet)
     app.add_middleware(Utf8Path)

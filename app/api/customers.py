@@ -31,6 +31,12 @@ def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
     return row, ctx.presenter.customer(row)
 
 
+
+async def read_by_id(ctx: Context, customer_id: int) -> Response:
+    """The answer to a GET of the customer with this id: the route's, and the direct reads'
+    (app/api/direct.py)."""
+    return await subjects.read_row(ctx, "customer", partial(_read, ctx, "id", customer_id))
+
 @router.post("", status_code=201, response_model=s.CustomerOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer) -> Response:
     """Create an owner (项目甲方) or installer (安装公司). It starts ungraded (level 0)."""
@@ -98,7 +104,7 @@ def put_customer(
 @router.get("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_customer(customer_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The customer with its relationship level: every criterion, its evidence, and what is missing for the next level."""
-    return await subjects.read_row(ctx, "customer", partial(_read, ctx, "id", customer_id))
+    return await read_by_id(ctx, customer_id)
 
 
 @router.patch("/{customer_id}", response_model=s.CustomerOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})

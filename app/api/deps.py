@@ -120,11 +120,11 @@ class CallerWith:
         key: Key | None = getattr(request.state, "api_key", None)
         if key is None:  # not a gated /v1 route: nothing was authenticated
             raise Unauthorized("send Authorization: Bearer <api key>", headers=BEARER)
-        actor = _actor(request.headers.get("x-actor")) or f"key:{key.name}"
+        actor = acting_user(request.headers.get("x-actor")) or f"key:{key.name}"
         return Caller(key.id, key.name, key.scopes, actor)
 
 
-def _actor(value: str | None) -> str | None:
+def acting_user(value: str | None) -> str | None:
     """`X-Actor` as the client meant it. HTTP hands headers over as Latin-1, and clients send
     names like 王芳 as UTF-8 bytes: they are read as UTF-8, and bytes that are not (GBK's, from
     a client on a Chinese Windows) are refused, as they are in a path, rather than stored as

@@ -5,17 +5,18 @@ checks made in dependencies would answer garbage sent without a key with 422 ins
 
 from __future__ import annotations
 
-from typing import Any, Callable, Coroutine, Hashable
+from typing import Any, Callable, Coroutine, Hashable, Iterable
 
 from fastapi import Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from app.api.deps import ACTOR_PARAMETER, CallerWith, api_key, check_scope, known_api_key
+from app.api.deps import ACTOR_PARAMETER, CallerWith, Context, api_key, check_scope, known_api_key
 from app.api.limits import HOOKS_PREFIX, RateLimiter
 from app.api.problems import problem_responses
 from app.api.threads import indexed_read
 from app.errors import FieldError, Invalid, failed_fields
+from app.services.keys import Key
 
 
 def _scopes(dependant: Dependant) -> list[str]:
@@ -38,6 +39,24 @@ def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
         takes = ", ".join(sorted(known)) or "none"
         reason = f"this operation takes no query parameter of that name (it takes: {takes})"
         raise Invalid(failed_fields(len(unknown)), errors=[FieldError(name, reason, "query") for name in unknown])
+
+
+async def admit(ctx: Context, authorization: str | None, scopes: Iterable[str]) -> Key:
+    """The API key `authorization` names, once it has spent a token of its rate limit and
+    shown it holds `scopes`: Unauthorized, TooManyRequests or Forbidden otherwise. What every
+    /v1 route's gate asks, and the direct reads (app/api/direct.py)."""
+    known = ctx.known_keys
+    # Remembered, and nothing changed since: the key is not read (PostgreSQL: no database at
+    # all; SQLite: one read of the keys' stamp; app/services/known_keys.py).
+    key = None if known is None else known_api_key(known, authorization)
+    if key is None:
+        # On SQLite on the event loop: 0.15-0.35 ms of a served POST's CPU less than the
+        # hand-off (docs/performance.md, "The state round").
+        key = await indexed_read(ctx.db, api_key, ctx.db, authorization, known)
+    _spend(ctx.limiter, ("key", key.id))
+    for scope in scopes:
+        check_scope(key, scope)
+    return key
 
 
 def _spend(limiter: RateLimiter | None, caller: Hashable) -> None:
@@ -96,21 +115,8 @@ class Gated(APIRoute):
         query_names = _query_names(self.dependant)
 
         async def gated(request: Request) -> Response:
-            ctx = request.app.state.context
             if authenticated:
-                authorization = request.headers.get("authorization")
-                known = ctx.known_keys
-                # Remembered, and nothing changed since: the key is not read (PostgreSQL: no
-                # database at all; SQLite: one read of the keys' stamp; app/services/known_keys.py).
-                key = None if known is None else known_api_key(known, authorization)
-                if key is None:
-                    # On SQLite on the event loop: 0.15-0.35 ms of a served POST's CPU less
-                    # than the hand-off (docs/performance.md, "The state round").
-                    key = await indexed_read(ctx.db, api_key, ctx.db, authorization, known)
-                _spend(ctx.limiter, ("key", key.id))
-                for scope in scopes:
-                    check_scope(key, scope)
-                request.state.api_key = key
+                request.state.api_key = await admit(request.app.state.context, request.headers.get("authorization"), scopes)
                 if request.scope["query_string"]:
                     refuse_unknown_query(request, query_names)
             return await handler(request)

@@ -93,6 +93,22 @@ def app_error_response(exc: AppError) -> JSONResponse:
     )
 
 
+def database_error_response(exc: OperationalError) -> JSONResponse:
+    """The 503 for a database that did not answer: a lock waited for too long, writes that
+    kept colliding, or a database that is away."""
+    if is_lock_timeout(exc):
+        log.warning("a request waited longer than RAPPORT_LOCK_TIMEOUT_SECONDS for a row another transaction holds")
+        detail = "another write holds a record this request needs (a long batch, a regrade, or a transaction left open) for longer than this service waits; nothing was stored — retry"
+        return problem(503, "unavailable", "Service unavailable", detail, headers={"Retry-After": "5"})
+    if is_retryable(exc):  # still colliding after Database.transaction's retries
+        log.warning("write still rolled back by the database after retries (SQLSTATE %s)", exc.orig.sqlstate)  # type: ignore[union-attr]
+        return problem(503, "unavailable", "Service unavailable", "the write collided with concurrent writes to the same records; nothing was stored — retry", headers={"Retry-After": "1"})
+    # What the driver said tells a full disk from a read-only file from a lost server; the
+    # class name alone (OperationalError) told the operator nothing (a soak hunt's).
+    log.warning("database unavailable: %s: %s", exc.__class__.__name__, driver_reason(exc))
+    return problem(503, "unavailable", "Service unavailable", "the database is unavailable; nothing was stored — retry later", headers={"Retry-After": "5"})
+
+
 def _field(loc: tuple[Any, ...]) -> tuple[str, str]:
     where = str(loc[0]) if loc else "body"
     path = ".".join(str(p) for p in loc[1:]) or where
@@ -193,17 +209,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_request: Request, exc: OperationalError) -> JSONResponse:
-        if is_lock_timeout(exc):
-            log.warning("a request waited longer than RAPPORT_LOCK_TIMEOUT_SECONDS for a row another transaction holds")
-            detail = "another write holds a record this request needs (a long batch, a regrade, or a transaction left open) for longer than this service waits; nothing was stored — retry"
-            return problem(503, "unavailable", "Service unavailable", detail, headers={"Retry-After": "5"})
-        if is_retryable(exc):  # still colliding after Database.transaction's retries
-            log.warning("write still rolled back by the database after retries (SQLSTATE %s)", exc.orig.sqlstate)  # type: ignore[union-attr]
-            return problem(503, "unavailable", "Service unavailable", "the write collided with concurrent writes to the same records; nothing was stored — retry", headers={"Retry-After": "1"})
-        # What the driver said tells a full disk from a read-only file from a lost server;
-        # the class name alone (OperationalError) told the operator nothing (a soak hunt's).
-        log.warning("database unavailable: %s: %s", exc.__class__.__name__, driver_reason(exc))
-        return problem(503, "unavailable", "Service unavailable", "the database is unavailable; nothing was stored — retry later", headers={"Retry-After": "5"})
+        return database_error_response(exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -34,6 +34,12 @@ def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
     return row, ctx.presenter.project(row, bidders, winner)
 
 
+
+async def read_by_id(ctx: Context, project_id: int) -> Response:
+    """The answer to a GET of the project with this id: the route's, and the direct reads'
+    (app/api/direct.py)."""
+    return await subjects.read_row(ctx, "project", partial(_read, ctx, "id", project_id))
+
 @router.post("", status_code=201, response_model=s.ProjectOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer) -> Response:
     """Create a project of an `owner` customer. It starts cold (0 %)."""
@@ -102,7 +108,7 @@ def put_project(
 @router.get("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(404)})
 async def get_project(project_id: s.PathId, ctx: ContextDep, caller: Reader) -> Response:
     """The project with its deal heat (criteria, evidence, what the next tier needs), its bidders and its winner."""
-    return await subjects.read_row(ctx, "project", partial(_read, ctx, "id", project_id))
+    return await read_by_id(ctx, project_id)
 
 
 @router.patch("/{project_id}", response_model=s.ProjectOut, responses={200: with_headers("ETag"), **problem_responses(400, 404, 409, 412, 413)})
