@@ -136,3 +136,52 @@ def test_postgresql_connections_give_up_on_a_silent_network(db: Database, query:
         engine.dispose()
     assert params["connect_timeout"] == connect_timeout
     assert (params["keepalives_idle"], params["tcp_user_timeout"]) == ("10", "30000")
+
+
+@pytest.fixture
+def sqlite_reads(migrated: str) -> Iterator[Database]:
+    """A Database of its own on the SQLite test file, for the connection its reads keep."""
+    if is_postgres(migrated):
+        pytest.skip("SQLite's reads keep a connection; PostgreSQL's take a pooled one each")
+    database = Database(make_engine(migrated))
+    yield database
+    database.dispose()
+
+
+def test_a_kept_reading_connection_sees_every_commit_after_it(sqlite_reads: Database) -> None:
+    # The thread's reads keep one connection (`_reading_connection`). One that kept a read
+    # snapshot open, or a transaction, would go on answering from before a later commit.
+    name, _ = _key(sqlite_reads, ["read"])
+    assert sqlite_reads.first(ROW, name=name).revoked_at is None
+    kept = sqlite_reads._reading_connection()
+
+    with sqlite_reads.session(write=True) as session:
+        revoke_key(session, name, now=NOW)
+
+    assert sqlite_reads.first(ROW, name=name).revoked_at == NOW
+    assert sqlite_reads._reading_connection() is kept
+    assert not kept.dbapi_connection.in_transaction
+
+
+def test_each_thread_reads_on_its_own_connection_and_dispose_closes_them(sqlite_reads: Database) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(sqlite_reads._reading_connection).result()
+    mine = sqlite_reads._reading_connection()
+    assert mine is not other
+
+    sqlite_reads.dispose()
+
+    assert mine.dbapi_connection is None and other.dbapi_connection is None  # closed
+    assert sqlite_reads.first(ROW, name="no such key") is None  # and a fresh one taken
+
+
+def test_a_failed_read_does_not_keep_its_connection(sqlite_reads: Database) -> None:
+    kept = sqlite_reads._reading_connection()
+
+    with pytest.raises(DBAPIError):
+        sqlite_reads.first(select(table("no_such_table", column("x"))))
+
+    assert sqlite_reads._reading_connection() is not kept
+    assert sqlite_reads.first(ROW, name="no such key") is None
