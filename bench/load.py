@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -206,6 +209,69 @@ def closed_loop(base_url: str, make: MakeRequest, *, clients: int, seconds: floa
     finally:
         if backends is not None:
             backends.close()
+
+
+@dataclass
+class CountedRun(Run):
+    """A run measured by a load generator that reports how many requests it had answered and
+    the percentiles of their latencies (wrk), not each latency."""
+
+    answered: int = 0
+    percentiles: dict[float, float] = field(default_factory=dict)  # q -> milliseconds
+
+    @property
+    def throughput(self) -> float:
+        return self.answered / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return self.percentiles[q]
+
+
+# wrk's script: GET the paths in turn (each of wrk's threads from its own place in the list),
+# and report the run in one line for `wrk_closed_loop` to read.
+_WRK_SCRIPT = """
+local paths = {%s}
+local next_path = 0
+function setup(thread) thread:set("next_path", math.random(#paths)) end
+function request()
+  next_path = next_path %% #paths + 1
+  return wrk.format("GET", paths[next_path])
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RAPPORT %%d %%d %%d %%.1f %%.1f %%.1f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
+"""
+
+
+def wrk_closed_loop(base_url: str, paths: list[str], *, clients: int, seconds: float, warmup: float, headers: dict[str, str] | None = None) -> CountedRun:
+    """`closed_loop` by wrk (a load generator written in C, https://github.com/wg/wrk): GETs
+    of `paths` in turn from `clients` connections on two threads. This client's Python
+    costs CPU the 2-core machine takes from the server measured, and its own latency shows
+    in the tail: against the floor's empty GET it peaked at 4,210 requests/s with a p99 of
+    8.3 ms on one machine, so a server's p99 under 10 ms at 3,000 reads/s cannot be seen
+    through it. wrk's latencies run from its send to the last byte of the answer; it counts
+    an answer with a status of 400 or more as an error (`failed`)."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not on the PATH (Debian: apt-get install wrk)")
+    lua = _WRK_SCRIPT % ", ".join(json.dumps(p) for p in paths)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as script:
+        script.write(lua)
+        script.flush()
+        command = ["wrk", "-t2", f"-c{clients}", "-s", script.name, *(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")), base_url]
+        subprocess.run([*command[:3], f"-d{warmup}s", *command[3:]], check=True, capture_output=True)
+        before = server_cpu(base_url)
+        out = subprocess.run([*command[:3], f"-d{seconds}s", *command[3:]], check=True, capture_output=True, text=True).stdout
+        after = server_cpu(base_url)
+    found = re.search(r"^RAPPORT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", out, re.M)
+    assert found, out
+    answered, micros, failed = (int(found.group(i)) for i in (1, 2, 3))
+    p50, p99, p999 = (float(found.group(i)) / 1000 for i in (4, 5, 6))
+    run = CountedRun(seconds=micros / 1e6, answered=answered - failed, failed=failed, percentiles={50: p50, 99: p99, 99.9: p999})
+    if before is not None and after is not None:
+        run.server_cpu = (after[0] - before[0], after[1] - before[1])
+    return run
 
 
 def open_loop(base_url: str, make: MakeRequest, *, rate: float, seconds: float, warmup: float, headers: dict[str, str] | None = None, clients: int | None = None) -> Run:

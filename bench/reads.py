@@ -1,7 +1,7 @@
 """Customer and project reads against a real server with many customers loaded, next to a
 floor measured in the same run (a script that prints figures, not a test).
 
-    python bench/reads.py [--url URL] [--customers 100000] [--events 50000] [--seconds 20] [--clients 16] [--rate 1000[,RATE…]]
+    python bench/reads.py [--url URL] [--customers 100000] [--events 50000] [--seconds 20] [--clients 16] [--load python|wrk] [--rate 1000[,RATE…]]
 
 The database is filled in two steps, so that 100,000 customers take minutes, not hours,
 and every stored grade is still the one the service would compute:
@@ -19,7 +19,8 @@ consistent. Rapport (`uvicorn app.main:create_app --factory`) and the floor
 (`bench/floor_app.py`: one customer row by primary key, returned as JSON) serve the same
 database from subprocesses; `--clients` concurrent clients GET random ids for `--seconds`
 after `--warmup`: `/v1/customers/{id}`, `/v1/projects/{id}` on Rapport, `/customers/{id}`
-on the floor. Target: p99 under 10 ms. With `--rate`, each server is then also read in an
+on the floor (with `--load wrk`, wrk sends them: its C client leaves the server the CPU
+this script's Python takes, and adds little latency of its own). Target: p99 under 10 ms. With `--rate`, each server is then also read in an
 open loop: the same `--clients` connections sending `--rate` reads per second between
 them, each latency from its scheduled time (a read that waits for a free connection counts
 the wait), so the p99 is read at a stated load rather than at saturation. Without --url it uses a temporary SQLite file;
@@ -47,7 +48,7 @@ from app.services.verify import replay
 from app.settings import Settings
 from app.startup import prepare
 from batch_import import KEY, NOW, databases, make_events, through_api
-from load import FIGURES_HEADER, MakeRequest, Request, Run, closed_loop, figures_row, open_loop, server
+from load import FIGURES_HEADER, MakeRequest, Request, Run, closed_loop, figures_row, open_loop, server, wrk_closed_loop
 from single_post import UNLIMITED, check_name, rates
 
 CHUNK = 10_000
@@ -101,6 +102,11 @@ def gets(path: str, ids: list[int]) -> MakeRequest:
     return make
 
 
+def paths(make: MakeRequest, n: int = 20_000) -> list[str]:
+    """The first `n` paths `make` gives: what wrk sends in turn."""
+    return [make(i)[1] for i in range(n)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
     parser.add_argument("--url", help="a PostgreSQL URL whose database name prefixes the scratch databases; default: a SQLite file")
@@ -112,6 +118,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rate", type=rates, default=[], help="open-loop reads per second over the --clients connections; several, comma-separated, run in turn (default: none)")
+    parser.add_argument("--load", choices=("python", "wrk"), default="python", help="the closed loop's load generator: this script's own client, or wrk (C; must be on the PATH), whose lighter client shows a server's tail the Python client's own latency hides (default: python)")
     parser.add_argument("--verify", action="store_true", help="replay the whole log after the fill and stop if it disagrees")
     args = parser.parse_args()
     check_name(args.url)
@@ -130,12 +137,15 @@ def main() -> None:
                 if disagreements:
                     raise SystemExit(f"the fill is inconsistent: {len(disagreements)} disagreement(s), e.g. {disagreements[:3]}")
             def load(name: str, base: str, make: MakeRequest, headers: dict[str, str]) -> None:
-                runs[name] = closed_loop(base, make, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)
+                if args.load == "wrk":
+                    runs[name] = wrk_closed_loop(base, paths(make), clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)
+                else:
+                    runs[name] = closed_loop(base, make, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)
                 for rate in args.rate:
                     runs[f"{name} {rate:g}/s"] = open_loop(base, make, rate=rate, clients=args.clients, seconds=args.seconds, warmup=args.warmup, headers=headers)
 
             with server("floor_app:create_app", {"FLOOR_DATABASE_URL": url}, workers=args.workers, ready_path="/ping") as base:
-                runs["client"] = closed_loop(base, lambda i: ("GET", "/ping", None), clients=args.clients, seconds=args.seconds, warmup=args.warmup)
+                load("client", base, lambda i: ("GET", "/ping", None), {})
                 load("floor", base, gets("/customers/{id}", customer_ids), {})
             env = {"RAPPORT_DATABASE_URL": url, "RAPPORT_BOOTSTRAP_KEY": KEY, "RAPPORT_DELIVER_IN_PROCESS": "false", **UNLIMITED}
             headers = {"Authorization": f"Bearer {KEY}"}
@@ -145,7 +155,7 @@ def main() -> None:
         finally:
             drop()
     engine = "PostgreSQL" if args.url else "SQLite"
-    print(f"{engine}, uvicorn --workers {args.workers}; {len(customer_ids)} customers, {len(project_ids)} projects, {args.events} events "
+    print(f"{engine}, uvicorn --workers {args.workers}, load by {'wrk' if args.load == 'wrk' else 'this script'}; {len(customer_ids)} customers, {len(project_ids)} projects, {args.events} events "
           f"(filled in {filled:.0f} s{', verified' if args.verify else ''}); {args.clients} clients, {args.seconds:g} s after {args.warmup:g} s warm-up")
     print(FIGURES_HEADER)
     print(figures_row("client ceiling (GET /ping)", runs["client"]))
