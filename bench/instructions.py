@@ -1,7 +1,7 @@
 """Instructions per event, counted by valgrind, for comparing two versions of the code on a
 noisy machine (a script that prints figures, not a test).
 
-    python bench/instructions.py [--workload post|batch|floor] [--count N] [--url URL]
+    python bench/instructions.py [--workload post|batch|floor|customer-read|project-read] [--count N] [--url URL]
 
 On these shared virtual machines CPU time per request swings by ±20 % from one minute to
 the next (the floor's own figure moves as much), which hides a 5 % change. The number of
@@ -18,7 +18,9 @@ counted (client, app and psycopg), not the server's.
 - `post`: `--count` event POSTs to `/v1/events`, one after another (default 200);
 - `batch`: `--count` batches of 500 events to `/v1/events/batch` (default 8);
 - `floor`: `--count` POSTs of the same events to the floor (`bench/floor_app.py`), so that
-  Rapport's count reads as a ratio to it, like every other figure here (default 200).
+  Rapport's count reads as a ratio to it, like every other figure here (default 200);
+- `customer-read`, `project-read`: `--count` GETs of customers or projects by id, in turn,
+  after the warm-up events graded them (default 200).
 
 To compare two commits, run it from the root of a checkout of each (`git worktree add`),
 with the same virtualenv and `PYTHONPATH=.` so that the checkout's `app` is the one measured. A run takes several minutes (valgrind runs Python about 50 times slower). It
@@ -60,7 +62,7 @@ def _work(workload: str, count: int, url: str) -> None:
     from batch_import import KEY, in_process_client, make_events, rapport_app, set_up
 
     owners, installers, projects = set_up(url, 400)
-    size = BATCH if workload == "batch" else 1
+    size = BATCH if workload == "batch" else 0 if workload.endswith("-read") else 1
     events = make_events(WARM_UP + count * size, owners, installers, projects)
     if workload == "floor":
         os.environ["FLOOR_DATABASE_URL"] = url
@@ -76,7 +78,12 @@ def _work(workload: str, count: int, url: str) -> None:
                 r = await client.post(path, json={**e, "external_id": f"warm-{i}"})
                 assert r.status_code == 201, r.text[:300]
             rest = events[WARM_UP:]
-            if workload != "batch":
+            if workload.endswith("-read"):
+                ids = [cid for cid, _ in owners + installers] if workload == "customer-read" else [pid for pid, _ in projects]
+                for i in range(count):
+                    r = await client.get(f"/v1/{workload.split('-')[0]}s/{ids[i % len(ids)]}")
+                    assert r.status_code == 200, r.text[:300]
+            elif workload != "batch":
                 for e in rest:
                     r = await client.post(path, content=json.dumps(e).encode(), headers={"content-type": "application/json"})
                     assert r.status_code == 201, r.text[:300]
@@ -103,8 +110,8 @@ def instructions(workload: str, count: int, server: str | None) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=("post", "batch", "floor"), default="post")
-    parser.add_argument("--count", type=int, help="POSTs (default 200) or batches of 500 (default 8)")
+    parser.add_argument("--workload", choices=("post", "batch", "floor", "customer-read", "project-read"), default="post")
+    parser.add_argument("--count", type=int, help="POSTs or GETs (default 200), or batches of 500 (default 8)")
     parser.add_argument("--url", help="a PostgreSQL URL whose database name prefixes the scratch database; default: a SQLite file")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -118,10 +125,11 @@ def main() -> None:
     base, measured = instructions(args.workload, 0, args.url), instructions(args.workload, count, args.url)
     events = count * (BATCH if args.workload == "batch" else 1)
     engine = "PostgreSQL" if args.url else "SQLite"
-    print(f"{Path.cwd().name}: {args.workload} on {engine}, {events} events after the set-up")
+    unit = "reads" if args.workload.endswith("-read") else "events"
+    print(f"{Path.cwd().name}: {args.workload} on {engine}, {events} {unit} after the set-up")
     print(f"  instructions, set-up only        {base:>16,}")
     print(f"  instructions, set-up + workload  {measured:>16,}")
-    print(f"  instructions per event           {(measured - base) / events:>16,.0f}")
+    print(f"  instructions per {unit[:-1]:<5}           {(measured - base) / events:>16,.0f}")
 
 
 if __name__ == "__main__":

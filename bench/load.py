@@ -260,9 +260,10 @@ def wrk_closed_loop(base_url: str, paths: list[str], *, clients: int, seconds: f
         script.write(lua)
         script.flush()
         command = ["wrk", "-t2", f"-c{clients}", "-s", script.name, *(a for k, v in (headers or {}).items() for a in ("-H", f"{k}: {v}")), base_url]
-        subprocess.run([*command[:3], f"-d{warmup}s", *command[3:]], check=True, capture_output=True)
+        # wrk takes whole seconds.
+        subprocess.run([*command[:3], f"-d{max(1, round(warmup))}s", *command[3:]], check=True, capture_output=True)
         before = server_cpu(base_url)
-        out = subprocess.run([*command[:3], f"-d{seconds}s", *command[3:]], check=True, capture_output=True, text=True).stdout
+        out = subprocess.run([*command[:3], f"-d{max(1, round(seconds))}s", *command[3:]], check=True, capture_output=True, text=True).stdout
         after = server_cpu(base_url)
     found = re.search(r"^RAPPORT (\d+) (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)$", out, re.M)
     assert found, out

@@ -5,8 +5,10 @@ connection left in that mode."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import datetime, timezone
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 from uuid import uuid4
 
 import pytest
@@ -19,6 +21,7 @@ from app.services.keys import Key, authenticate, create_key, revoke_key
 from tests.conftest import is_postgres
 
 NOW = datetime(2026, 12, 5, 4, 30, tzinfo=timezone.utc)
+T = TypeVar("T")
 ROW = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.created_at, m.ApiKey.revoked_at).where(m.ApiKey.name == bindparam("name"))
 
 
@@ -143,45 +146,65 @@ def sqlite_reads(migrated: str) -> Iterator[Database]:
     """A Database of its own on the SQLite test file, for the connection its reads keep."""
     if is_postgres(migrated):
         pytest.skip("SQLite's reads keep a connection; PostgreSQL's take a pooled one each")
-    database = Database(make_engine(migrated))
+    database = Database(make_engine(migrated, pool_size=2))
     yield database
     database.dispose()
 
 
+def _on_a_loop(work: Callable[[], T]) -> T:
+    """`work()` run by an event loop, as a server runs its reads of keys and records."""
+
+    async def run() -> T:
+        return work()
+
+    return asyncio.run(run())
+
+
 def test_a_kept_reading_connection_sees_every_commit_after_it(sqlite_reads: Database) -> None:
-    # The thread's reads keep one connection (`_reading_connection`). One that kept a read
+    # An event loop's reads keep one connection (`_reading_connection`). One that kept a read
     # snapshot open, or a transaction, would go on answering from before a later commit.
     name, _ = _key(sqlite_reads, ["read"])
-    assert sqlite_reads.first(ROW, name=name).revoked_at is None
-    kept = sqlite_reads._reading_connection()
+    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name=name)).revoked_at is None
+    kept = _on_a_loop(sqlite_reads._reading_connection)
 
     with sqlite_reads.session(write=True) as session:
         revoke_key(session, name, now=NOW)
 
-    assert sqlite_reads.first(ROW, name=name).revoked_at == NOW
-    assert sqlite_reads._reading_connection() is kept
+    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name=name)).revoked_at == NOW
+    assert _on_a_loop(sqlite_reads._reading_connection) is kept
     assert not kept.dbapi_connection.in_transaction
 
 
-def test_each_thread_reads_on_its_own_connection_and_dispose_closes_them(sqlite_reads: Database) -> None:
-    from concurrent.futures import ThreadPoolExecutor
+def test_threads_without_a_loop_give_their_connection_back(sqlite_reads: Database) -> None:
+    # A worker thread retires when idle: one that kept a connection would keep it from the
+    # pool for good (2 + 10 here: a dozen retired readers, and every read waited for one).
+    def read_in_a_thread() -> None:
+        thread = threading.Thread(target=lambda: sqlite_reads.first(ROW, name="no such key"))
+        thread.start()
+        thread.join()
 
-    with ThreadPoolExecutor(1) as pool:
-        other = pool.submit(sqlite_reads._reading_connection).result()
-    mine = sqlite_reads._reading_connection()
-    assert mine is not other
+    for _ in range(15):
+        read_in_a_thread()
+
+    assert sqlite_reads.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert sqlite_reads.first(ROW, name="no such key") is None
+
+
+def test_dispose_closes_the_kept_connection_and_the_loop_takes_a_fresh_one(sqlite_reads: Database) -> None:
+    kept = _on_a_loop(sqlite_reads._reading_connection)
 
     sqlite_reads.dispose()
 
-    assert mine.dbapi_connection is None and other.dbapi_connection is None  # closed
-    assert sqlite_reads.first(ROW, name="no such key") is None  # and a fresh one taken
+    assert kept.dbapi_connection is None  # closed
+    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name="no such key")) is None
+    assert _on_a_loop(sqlite_reads._reading_connection) is not kept
 
 
 def test_a_failed_read_does_not_keep_its_connection(sqlite_reads: Database) -> None:
-    kept = sqlite_reads._reading_connection()
+    kept = _on_a_loop(sqlite_reads._reading_connection)
 
     with pytest.raises(DBAPIError):
-        sqlite_reads.first(select(table("no_such_table", column("x"))))
+        _on_a_loop(lambda: sqlite_reads.first(select(table("no_such_table", column("x")))))
 
-    assert sqlite_reads._reading_connection() is not kept
-    assert sqlite_reads.first(ROW, name="no such key") is None
+    assert _on_a_loop(sqlite_reads._reading_connection) is not kept
+    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name="no such key")) is None

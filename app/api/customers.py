@@ -31,11 +31,11 @@ def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
     return row, ctx.presenter.customer(row)
 
 
-
 async def read_by_id(ctx: Context, customer_id: int) -> Response:
     """The answer to a GET of the customer with this id: the route's, and the direct reads'
     (app/api/direct.py)."""
     return await subjects.read_row(ctx, "customer", partial(_read, ctx, "id", customer_id))
+
 
 @router.post("", status_code=201, response_model=s.CustomerOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_customer(body: s.CustomerIn, ctx: ContextDep, caller: Writer) -> Response:

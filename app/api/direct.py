@@ -15,7 +15,7 @@ the gate's `admit` (authentication, rate limit, scope), `X-Actor` is checked as 
 `projects.read_by_id`); errors get the same problem+json as the app's handlers give them,
 and an unexpected one goes on to the server-error handler as it would from the route.
 Anything else the route would read (a query string, a path written another way, a root
-path) goes to the app unchanged. tests/api/test_direct.py holds the two to the same status,
+path), and every request while OpenTelemetry records them, goes to the app unchanged. tests/api/test_direct.py holds the two to the same status,
 headers and body. The routes stay: they serve what is not claimed here, and describe both
 reads in /openapi.json.
 
@@ -73,8 +73,14 @@ class DirectReads:
 
 
 def _claimed(scope: Scope) -> tuple[Read, int] | None:
-    """The read and the id, if this request is a plain GET of a customer or a project by id."""
+    """The read and the id, if this request is a plain GET of a customer or a project by id.
+
+    Not while FastAPI's OpenTelemetry records the request (an operator configured a
+    provider): the route it names in spans and metrics (`http.route`) is set as the request
+    is routed, and a direct read would show as an unrouted request (a review's find)."""
     if scope["type"] != "http" or scope["method"] != "GET" or scope["query_string"] or scope.get("root_path"):
+        return None
+    if scope.get("fastapi.telemetry") is not None:
         return None
     found = _PATH.fullmatch(scope["path"])
     if found is None:

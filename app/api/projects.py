@@ -34,11 +34,11 @@ def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
     return row, ctx.presenter.project(row, bidders, winner)
 
 
-
 async def read_by_id(ctx: Context, project_id: int) -> Response:
     """The answer to a GET of the project with this id: the route's, and the direct reads'
     (app/api/direct.py)."""
     return await subjects.read_row(ctx, "project", partial(_read, ctx, "id", project_id))
+
 
 @router.post("", status_code=201, response_model=s.ProjectOut, responses={201: with_headers("ETag", "Location"), **problem_responses(400, 409, 413)})
 def create_project(body: s.ProjectIn, ctx: ContextDep, caller: Writer) -> Response:

@@ -7,6 +7,7 @@ failure): `Database.transaction` does so, a few times, before the error reaches 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -329,9 +330,8 @@ class Database:
                 self._held = None
         with self._readers_lock:
             for reader in self._readers:
-                reader.close()
+                reader.close()  # its thread takes a fresh one at its next read
             self._readers.clear()
-            self._reader = threading.local()
         self.engine.dispose()
 
     def first(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Any:
@@ -391,34 +391,41 @@ class Database:
             conn = self._reading_connection()
         except sqlite3.Error as exc:  # the file cannot be opened: SQLAlchemy's error, as below
             raise DBAPIError.instance(compiled.sql, arguments, exc, sqlite3.Error) from exc
+        kept = self._kept(conn)
         try:
             return compiled.rows(conn, arguments)
         except sqlite3.Error as exc:
-            if self._holds:  # whatever state the error left it in, it is not used again
+            if kept:  # whatever state the error left it in, it is not used again
                 self._drop_reader(conn)
             raise DBAPIError.instance(compiled.sql, arguments, exc, sqlite3.Error) from exc
         finally:
-            if not self._holds:
+            if not kept:
                 conn.close()  # back to the pool
 
     def _reading_connection(self) -> PoolProxiedConnection:
-        """SQLite: the pooled connection this thread's one-statement reads take, checked out
-        once and kept (on a serving process, the event loop's: its reads of keys, customers
-        and projects run there). A statement on it opens no transaction (pysqlite is left in
-        autocommit, `make_engine`) and leaves no read snapshot open (`_CursorStatement.rows`
-        closes its cursor), so a kept connection sees every commit, as a fresh one would.
-        Checking a connection out of the pool and back in for each read (the pool's
-        bookkeeping and its reset, a rollback) cost 18 µs, about a twentieth of a customer
-        read's CPU. An in-memory database's pool already gives each thread its own."""
-        if not self._holds:
+        """SQLite: the connection a one-statement read takes. An event loop's reads (on a
+        serving process, its reads of keys, customers and projects: `indexed_read`) keep
+        one, checked out of the pool at the first and kept: checking a connection out and
+        back in for each read (the pool's bookkeeping and its reset, a rollback) cost 18 µs,
+        about a twentieth of a customer read's CPU. A statement on it opens no transaction
+        (pysqlite is left in autocommit, `make_engine`) and leaves no read snapshot open
+        (`_CursorStatement.rows` closes its cursor), so the kept connection sees every
+        commit, as a fresh one would. Other threads take a pooled one each time: a worker
+        thread retires when idle, and one that kept a connection would keep it from the
+        pool for good (a review's find: 30 of them would have exhausted it). An in-memory
+        database's pool already gives each thread its own."""
+        if not self._holds or asyncio._get_running_loop() is None:
             return self.engine.raw_connection()
-        conn: PoolProxiedConnection | None = getattr(self._reader, "conn", None)
-        if conn is None:
-            conn = self.engine.raw_connection()
+        reader = self._reader
+        conn: PoolProxiedConnection | None = getattr(reader, "conn", None)
+        if conn is None or conn.dbapi_connection is None:  # none yet, or closed by `dispose`
+            conn = reader.conn = self.engine.raw_connection()
             with self._readers_lock:
                 self._readers.append(conn)
-            self._reader.conn = conn
         return conn
+
+    def _kept(self, conn: PoolProxiedConnection) -> bool:
+        return getattr(self._reader, "conn", None) is conn
 
     def _drop_reader(self, conn: PoolProxiedConnection) -> None:
         self._reader.conn = None

@@ -224,3 +224,32 @@ def test_an_unexpected_error_is_the_routes_500(both: Both, graded: dict[str, int
     r = both.send("GET", f"/v1/customers/{graded['owner']}", _bearer(ADMIN))
 
     assert r.status_code == 500 and r.json()["type"] == "urn:rapport:problem:internal"
+
+
+def test_while_opentelemetry_records_a_request_the_route_answers_it(app, graded: dict[str, int], portal: BlockingPortal, direct_calls: list[str]) -> None:  # noqa: ANN001
+    # FastAPI names the route in its spans and metrics as it routes: a request it records
+    # (its telemetry in the scope) is left to the route, so that it is named.
+    answers: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        answers.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    path = f"/v1/customers/{graded['owner']}"
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http", "path": path,
+        "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [(b"host", b"rapport.test"), (b"authorization", f"Bearer {ADMIN}".encode())],
+        "client": ("127.0.0.1", 5000), "server": ("rapport.test", 80), "fastapi.telemetry": object(), "app": app,
+    }
+    routed: list[str] = []
+
+    async def the_app(scope: Any, receive: Any, send: Any) -> None:
+        routed.append(scope["path"])
+
+    portal.call(DirectReads(the_app, app.state.context), scope, receive, send)
+    portal.call(DirectReads(the_app, app.state.context), {**scope, "fastapi.telemetry": None}, receive, send)
+
+    assert routed == [path]  # the first handed on; the second (telemetry off) answered directly
+    assert direct_calls == [path] and answers[0]["status"] == 200
