@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default=True,
         description="each process remembers the API keys it authenticated while the database tells it of every change to the keys (PostgreSQL: notices, on one more connection per process; SQLite: a stamp the keys' triggers renew, read on one more connection); off: every request reads its key",
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's OpenTelemetry spans, metrics and logs for each request, sent to the providers an operator configures (`opentelemetry-instrument`, or FASTAPI_OTEL_AUTO_CONFIGURE=true with the OTEL_* variables); off: not even looked for",
+    )
     worker_threads: int | None = Field(
         default=None,
         ge=1,

@@ -253,3 +253,23 @@ def test_while_opentelemetry_records_a_request_the_route_answers_it(app, graded:
 
     assert routed == [path]  # the first handed on; the second (telemetry off) answered directly
     assert direct_calls == [path] and answers[0]["status"] == 200
+
+
+@pytest.mark.parametrize("opentelemetry", [False, True])
+def test_opentelemetry_is_looked_for_only_when_asked_for(migrated: str, clock: Clock, portal: BlockingPortal, monkeypatch: pytest.MonkeyPatch, opentelemetry: bool) -> None:
+    # FastAPI's telemetry asks on every request whether a tracer provider is configured
+    # (RAPPORT_OPENTELEMETRY): a cost every read paid for traces nobody had asked for.
+    from opentelemetry import trace
+
+    asked: list[int] = []
+    real = trace.get_tracer_provider
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: asked.append(1) or real())
+    application = create_app(Settings(database_url=migrated, bootstrap_key=ADMIN, opentelemetry=opentelemetry), clock=clock)
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://rapport.test")
+    try:
+        assert portal.call(lambda: client.get("/healthz")).status_code == 200
+    finally:
+        portal.call(client.aclose)
+        application.state.context.db.dispose()
+
+    assert bool(asked) == opentelemetry
