@@ -15,9 +15,9 @@ the gate's `admit` (authentication, rate limit, scope), `X-Actor` is checked as 
 `projects.read_by_id`); errors get the same problem+json as the app's handlers give them,
 and an unexpected one goes on to the server-error handler as it would from the route.
 Anything else the route would read (a query string, a path written another way, a root
-path), and every request while OpenTelemetry records them, goes to the app unchanged. tests/api/test_direct.py holds the two to the same status,
-headers and body. The routes stay: they serve what is not claimed here, and describe both
-reads in /openapi.json.
+path), and every request while OpenTelemetry records them, goes to the app unchanged.
+tests/api/test_direct.py holds the two to the same status, headers and body. The routes
+stay: they serve what is not claimed here, and describe both reads in /openapi.json.
 
 It sits inside the path, HEAD and body-size middleware (app/main.py), so those checks run
 first, as they do for the route; a HEAD arrives here as its GET."""

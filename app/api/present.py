@@ -27,8 +27,8 @@ def _labels(rulebook: Rulebook) -> dict[str, Label]:
 Json = dict[str, Any]
 """An answer's JSON object, built as plain values in its schema's field order. Presenting a
 grade as pydantic models cost a model per criterion on every read (twenty-odd a grade);
-`answer` encodes these as pydantic's own encoder would (`encode`), and tests/test_present.py checks that
-each is exactly what its schema (`s.CustomerOut`, `s.ProjectOut`) would give."""
+`answer` encodes these as pydantic's own encoder would (`encode`), and tests/test_present.py
+checks that each is exactly what its schema (`s.CustomerOut`, `s.ProjectOut`) would give."""
 
 
 class Presenter:

@@ -255,7 +255,7 @@ class Database:
         self._turns = threading.Condition()
         self._waiting: list[_Turn] = []
         self._running = False
-        # SQLite: the connection each thread's one-statement reads take (`alone`), kept
+        # SQLite: the connection an event loop's one-statement reads take (`alone`), kept
         # between them (`_reading_connection`); every one of them, for `dispose`.
         self._reader = threading.local()
         self._readers: list[PoolProxiedConnection] = []
