@@ -4,9 +4,10 @@ dependency solving.
 
 On these reads FastAPI's own work was more than half of a request's CPU: matching the path
 against the included routers' routes (~18 % of a profiled read) and solving the route's
-dependencies (~24 %), against ~27 % for reading, presenting and encoding the record. Served,
-one process answered 1,700-2,000 customer reads a second with a p99 of 16-18 ms at 16
-clients; answered here, 2,600-3,800 with a p99 of 8-14 ms (docs/performance.md, "The
+dependencies (~24 %), against ~27 % for reading, presenting and encoding the record. Served
+on SQLite at 16 clients, one process answered 1,490-1,690 customer reads a second with a
+p99 of 19-23 ms; answered here (with the round's other changes), 3,150-3,390 with a p99 of
+9.4-12 ms, and on PostgreSQL twice as many as before too (docs/performance.md, "The
 direct-read round").
 
 What is answered here is what the route answers, by the same code: the key is admitted by
