@@ -155,7 +155,7 @@ def database(migrated: str) -> Iterator[Database]:
     """The migrated test database, for tests that call the services directly."""
     db = Database(make_engine(migrated))
     yield db
-    db.engine.dispose()
+    db.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -25,9 +25,9 @@ router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=Gated
 CustomerIfMatch = Annotated[Precondition, Header(description="the ETag you read; 412 if the customer changed since")]
 
 
-def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
+async def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
     """The customer whose `column` is `value`, and its answer: made of its own row."""
-    row = read_alone(ctx.db, m.Customer, column, value)
+    row = await read_alone(ctx.db, m.Customer, column, value)
     return row, ctx.presenter.customer(row)
 
 

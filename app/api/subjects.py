@@ -3,7 +3,7 @@ ERP's code) and upsert one by the ERP's code, answered with its ETag; read its h
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import Response
 from pydantic import BaseModel
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.api.deps import Context
 from app.api.etags import etag, parse_if_match, parse_if_none_match
 from app.api.present import Json, answer, history_page as present_history
-from app.api.threads import indexed_read, run_read
+from app.api.threads import run_read
 from app.services.history import history_page
 from app.services.records import Record
 
@@ -21,16 +21,11 @@ Present = Callable[[Session, Any], Json]
 Put = Callable[..., tuple[Any, bool]]
 
 
-async def read_row(ctx: Context, kind: str, read: Callable[[], tuple[Any, Json]]) -> Response:
+async def read_row(ctx: Context, kind: str, read: Callable[[], Awaitable[tuple[Any, Json]]]) -> Response:
     """A customer or a project read by its id or code, presented, with its ETag: `read()`
-    gives its row and its answer from one statement with no session around it
-    (`records.read_alone`, `projects.read_with_participants`), on SQLite on the event loop
-    (`indexed_read`)."""
-    return await indexed_read(ctx.db, _answer_row, kind, read)
-
-
-def _answer_row(kind: str, read: Callable[[], tuple[Any, Json]]) -> Response:
-    row, presented = read()
+    gives its row and its answer from one statement with no session around it, on the
+    event loop (`records.read_alone`, `projects.read_with_participants_on_loop`)."""
+    row, presented = await read()
     return answer(presented, headers={"ETag": etag(kind, row.id, row.version)})
 
 

@@ -55,17 +55,17 @@ async def serving(settings: Settings) -> AsyncIterator[None]:
 
 
 async def indexed_read(db: Database, work: Callable[..., T], *args: object) -> T:
-    """Run `work(*args)`, a read of a few rows found by an index (an API key; a customer, a
-    project or an event by its id or code): on SQLite on the event loop, elsewhere on a
-    worker thread.
+    """Run `work(*args)`, a read of a few rows found by an index in a session (an event by
+    its id): on SQLite on the event loop, elsewhere on a worker thread. (A one-statement
+    read, an API key's or a customer's, is `Database.alone_on_loop`, on the loop on both.)
 
     An embedded database answers such a read in microseconds, in process, for less than
     the hand-off to a worker thread and back costs: a customer GET served 1.7 times as many
     reads per second on the loop (docs/performance.md, "The loop-read round"). The loop can
     wait there only for a pooled connection when every one is held (the pool keeps more than
     the worker threads can hold, and they return theirs without the loop), and a WAL reader
-    never waits for a writer. A server's database is across a network, and a wait there
-    would stall every request in flight: a thread."""
+    never waits for a writer. A server's database is across a network, and a synchronous
+    wait there would stall every request in flight: a thread."""
     if db.is_sqlite:
         return work(*args)
     return await run_read(work, *args)

@@ -12,10 +12,10 @@ import functools
 import logging
 import math
 import random
-import select
 import sqlite3
 import time
 import threading
+import weakref
 from contextlib import closing, contextmanager, nullcontext
 from collections import namedtuple
 from contextvars import ContextVar
@@ -33,9 +33,11 @@ from sqlalchemy.types import TypeEngine
 
 from app.chunks import chunked
 from app.db.log_cache import LogCache, keep_logs
+from app.db.sockets import has_input
 from app.db.types import UTCDateTime, loads_json, sqlite_instant
 
 if TYPE_CHECKING:
+    from app.db.loop_reads import LoopReads
     from app.settings import Settings
 
 # How a SQLite transaction begins in this thread's context: BEGIN (a read: one snapshot
@@ -194,7 +196,21 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = 10_000, pool_size: in
         timeouts["options"] = f"{given} -c lock_timeout={int(lock_timeout_ms)}".strip()
     engine = create_engine(url, echo=echo, json_deserializer=loads_json, pool_size=pool_size, max_overflow=10, connect_args=timeouts)
     event.listen(engine, "checkout", _closed_by_server)
+    _CONNECT_ARGS[engine] = timeouts
     return engine
+
+
+# What `make_engine` added to a PostgreSQL engine's URL for its connections (the network
+# timeouts, the lock timeout), for the connections the event loop's reads open (`LoopReads`).
+_CONNECT_ARGS: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def connect_params(engine: Engine) -> dict[str, Any]:
+    """The driver's parameters a PostgreSQL engine's connections open with: its URL's (and
+    the dialect's type adapters: JSON decoded as SQLAlchemy's results decode it), and what
+    `make_engine` added."""
+    _, params = engine.dialect.create_connect_args(engine.url)
+    return {**params, **_CONNECT_ARGS.get(engine, {})}
 
 
 def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -209,15 +225,6 @@ def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         raise InvalidatePoolError("the server closed this pooled connection")
 
 
-def has_input(fileno: int) -> bool:
-    """Whether the server has sent something on this connection's socket that nobody has
-    read yet: one poll(2) with no wait (~1 µs), with a poll object of its own, since one
-    object may not be polled by two threads at a time."""
-    waiting = select.poll()
-    waiting.register(fileno, select.POLLIN)
-    return bool(waiting.poll(0))
-
-
 def for_reads(engine: Engine) -> Engine:
     """`engine` as reads use it. On PostgreSQL in autocommit, outside any transaction: under
     READ COMMITTED each statement sees what was committed before it, with or without a
@@ -228,13 +235,27 @@ def for_reads(engine: Engine) -> Engine:
     return engine if engine.dialect.name == "sqlite" else engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
+# PostgreSQL: the most connections an event loop's reads keep open (`LoopReads`), beside the
+# engine's pool. They are opened as reads in flight need them.
+LOOP_CONNECTIONS = 8
+
+
+def _loop_reads(engine: Engine, size: int) -> LoopReads:
+    # Imported here: psycopg is installed with the `postgres` extra only, and SQLite needs none.
+    from app.db.loop_reads import LoopReads
+
+    return LoopReads(connect_params(engine), size)
+
+
 class Database:
     """Hands out sessions: read sessions, and write sessions that serialize writers on
     SQLite (BEGIN IMMEDIATE). Row locks do the serializing on PostgreSQL."""
 
-    def __init__(self, engine: Engine, *, log_cache_events: int = 100_000):
+    def __init__(self, engine: Engine, *, log_cache_events: int = 100_000, loop_connections: int = LOOP_CONNECTIONS):
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # PostgreSQL: the connections the event loop's one-statement reads take (`alone_on_loop`).
+        self._loop_reads = None if self.is_sqlite else _loop_reads(engine, loop_connections)
         self._reads = for_reads(engine)
         self._read = sessionmaker(bind=self._reads, expire_on_commit=False)
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
@@ -332,6 +353,8 @@ class Database:
             for reader in self._readers:
                 reader.close()  # its thread takes a fresh one at its next read
             self._readers.clear()
+        if self._loop_reads is not None:
+            self._loop_reads.dispose()
         self.engine.dispose()
 
     def first(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Any:
@@ -386,6 +409,29 @@ class Database:
             return self._sqlalchemy_alone(statement, params)
         return rows
 
+    async def alone_on_loop(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Rows:
+        """`alone`, on the running event loop: for the reads every request makes (the API-key
+        check) and the busiest ones (a customer or a project by its id or code). On SQLite the
+        same read, in process (microseconds, less than a worker thread's hand-off: "The
+        loop-read round"); on PostgreSQL on the loop's own connections (`LoopReads`), where the
+        hand-off to a worker thread and back cost more CPU than the read. A driver's error is
+        SQLAlchemy's, as from `alone`: a database away is its OperationalError (a 503)."""
+        compiled = _cursor_statement(statement, self.engine.dialect)
+        assert compiled is not None and not compiled.expanding, "a read by `alone` has no expanding parameters"
+        arguments = compiled.arguments(params)
+        if self._loop_reads is None:
+            return self._sqlite_alone(compiled, arguments)
+        driver_error = self.engine.dialect.loaded_dbapi.Error
+        try:
+            fetched = await self._loop_reads.fetch(compiled.sql, arguments, returns=bool(compiled.converters))
+        except driver_error as exc:
+            raise DBAPIError.instance(compiled.sql, arguments, exc, driver_error) from exc
+        return compiled.converted(fetched)
+
+    async def first_on_loop(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Any:
+        """The first row of `alone_on_loop`'s read, or None."""
+        return (await self.alone_on_loop(statement, **params)).first()
+
     def _sqlite_alone(self, compiled: _CursorStatement, arguments: Any) -> Rows:
         try:
             conn = self._reading_connection()
@@ -404,7 +450,7 @@ class Database:
 
     def _reading_connection(self) -> PoolProxiedConnection:
         """SQLite: the connection a one-statement read takes. An event loop's reads (on a
-        serving process, its reads of keys, customers and projects: `indexed_read`) keep
+        serving process, its reads of keys, customers and projects: `alone_on_loop`) keep
         one, checked out of the pool at the first and kept: checking a connection out and
         back in for each read (the pool's bookkeeping and its reset, a rollback) cost 18 µs,
         about a twentieth of a customer read's CPU. A statement on it opens no transaction
@@ -701,6 +747,10 @@ class _CursorStatement:
             cursor.execute(sql or self.sql, arguments)
             # psycopg refuses to fetch from a statement that returns no rows.
             fetched = cursor.fetchall() if self.converters else ()
+        return self.converted(fetched)
+
+    def converted(self, fetched: Iterable[Any]) -> Rows:
+        """The driver's rows as SQLAlchemy's execution would give them."""
         converters, row = self.converters, self.row
         # A NULL is None whatever the column's type (every converter maps None to None):
         # a project read's rows are half NULLs (`projects._with_bids`).

@@ -135,14 +135,15 @@ _READS = {
 }
 
 
-def read_alone(db: Database, model: type[Record], column: str, value: int | str) -> Any:
+async def read_alone(db: Database, model: type[Record], column: str, value: int | str) -> Any:
     """The customer or project whose `column` (id or external_ref) is `value`, as its stored
     columns, for an answer that changes nothing: a Core row reads like the entity
     (row.name, row.grade) at a third of the cost of loading the entity. Read with no
-    session or transaction around it (`Database.first`), for an answer made of this row
-    alone (a customer's), which one statement reads consistently: on SQLite 29 against 88
-    µs of CPU a read in a session (docs/performance.md, "The read-alone round")."""
-    return found(db.first(_READS[(model, column)], value=value), model, column, value)
+    session or transaction around it, on the event loop (`Database.first_on_loop`), for an
+    answer made of this row alone (a customer's), which one statement reads consistently:
+    on SQLite 29 against 88 µs of CPU a read in a session (docs/performance.md, "The
+    read-alone round")."""
+    return found(await db.first_on_loop(_READS[(model, column)], value=value), model, column, value)
 
 
 def found(row: Any, model: type[Record], column: str, value: int | str) -> Any:

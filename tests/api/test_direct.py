@@ -204,7 +204,7 @@ def test_the_rate_limit_is_spent_and_refused_alike(migrated: str, clock: Clock, 
 
 
 def test_a_database_that_fails_the_read_is_the_routes_503(both: Both, graded: dict[str, int], monkeypatch: pytest.MonkeyPatch, direct_calls: list[str]) -> None:
-    def failing(*_args: Any) -> Any:
+    async def failing(*_args: Any) -> Any:
         raise OperationalError("SELECT …", {}, sqlite3.OperationalError("disk I/O error"))
 
     monkeypatch.setattr(customer_routes, "read_alone", failing)
@@ -216,7 +216,7 @@ def test_a_database_that_fails_the_read_is_the_routes_503(both: Both, graded: di
 
 
 def test_an_unexpected_error_is_the_routes_500(both: Both, graded: dict[str, int], monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(*_args: Any) -> Any:
+    async def broken(*_args: Any) -> Any:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(customer_routes, "read_alone", broken)

@@ -250,16 +250,16 @@ def test_a_project_read_shows_its_bidders_and_its_heat_as_of_one_instant(api, ap
     bid = NewEvent(type="bid_joined", customer_id=installer["id"], project_id=project["id"], occurred_at=datetime(2026, 11, 19, tzinfo=timezone.utc))
     started: list[bool] = []
     committed: list[int] = []
-    rows = _CursorStatement.rows
+    converted = _CursorStatement.converted  # the rows the driver fetched, on either path
 
     def bid_meanwhile(statement: _CursorStatement, *args: Any, **kwargs: Any) -> Any:
-        found = rows(statement, *args, **kwargs)
+        found = converted(statement, *args, **kwargs)
         if not started and statement.sql.startswith("SELECT projects.id"):  # the project's row has been read
             started.append(True)  # once: the write's own statements come here too
             committed.append(ctx.db.transaction(lambda s: record_event(s, ctx.rulebook, bid, actor="t", now=ctx.clock())).event.id)
         return found
 
-    monkeypatch.setattr(_CursorStatement, "rows", bid_meanwhile)
+    monkeypatch.setattr(_CursorStatement, "converted", bid_meanwhile)
     read = api.get(f"/v1/projects/{project['id']}").json()
     monkeypatch.undo()
     after = api.get(f"/v1/projects/{project['id']}").json()

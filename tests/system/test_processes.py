@@ -171,6 +171,9 @@ def test_the_database_going_away_answers_503_stores_nothing_and_the_server_recov
             for visit in visits:  # none was stored: each is created now
                 r = c.post("/v1/events", json=visit)
                 assert r.status_code == 201, r.text
+            # The reads too, on connections of their own (the event loop's), opened anew.
+            r = c.get(f"/v1/customers/{customer}")
+            assert r.status_code == 200 and r.json()["id"] == customer, r.text
         assert cli(migrated, "verify").returncode == 0
     finally:
         proxy.cut()
