@@ -5,9 +5,10 @@
 - `POST /events` validates the body with Rapport's own request model (`EventIn`) and
   inserts one row into the `events` table with SQLAlchemy Core, in a sync route (run in the
   thread pool, as Rapport's are), one write transaction per request;
-- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON, as
-  Rapport reads a row by its key: on SQLite on the event loop, on PostgreSQL on a worker
-  thread with no transaction around the read;
+- `GET /customers/{id}` reads one customer row by primary key and returns it as JSON: on
+  SQLite on the event loop, as Rapport does; on PostgreSQL on a worker thread with no
+  transaction around the read, as a FastAPI service with a synchronous driver does
+  (Rapport reads on the loop, on psycopg's asyncio connections: app/db/loop_reads.py);
 - `GET /ping` does nothing: what the load generator can drive at most.
 
 The database is one Rapport has migrated (same tables, indexes and engine settings: SQLite
@@ -79,8 +80,8 @@ def create_app() -> FastAPI:
 
     @app.get("/customers/{customer_id}")
     async def read(customer_id: PathId) -> dict[str, Any]:
-        # Where Rapport reads a row by its key (app/api/threads.py, `indexed_read`): on
-        # SQLite on the event loop, on PostgreSQL on a worker thread.
+        # On SQLite on the event loop, as Rapport reads a row by its key; on PostgreSQL on a
+        # worker thread, as a synchronous driver must.
         if sqlite:
             return read_row(customer_id)
         return await to_thread.run_sync(read_row, customer_id)

