@@ -5,9 +5,9 @@ Handing a read to a worker thread and back cost a served PostgreSQL read more th
 16 tasks reading one row by its key, each through `anyio.to_thread`, spent 221-229 µs of
 the process's CPU a read (4,600 reads a second), and on psycopg's `AsyncConnection` on the
 loop 56-59 µs (15,600-17,100 a second): the thread's wake-ups, the loop's, and the two
-taking turns at the GIL. Served, one process answered 1,700-2,000 customer reads a second
-with a p99 of 11-13 ms, its core full (docs/performance.md, "The loop-read round on
-PostgreSQL").
+taking turns at the GIL. Served at 16 clients, one process answered 1,700-2,000 customer
+reads a second with a p99 of 11-13 ms, its core full; on the loop 4,500-5,100, with a p99
+of 4.7-6.4 ms (docs/performance.md, "The loop-read round on PostgreSQL").
 
 Each event loop has a pool of its own (a connection belongs to the loop it was opened in;
 a server has one loop, its tests one each), of at most `size` connections, opened when
