@@ -7,6 +7,7 @@ migrated with `alembic upgrade head` at the start of the run). Domain tests need
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from datetime import datetime, timedelta, timezone
@@ -20,6 +21,8 @@ from sqlalchemy.engine import make_url
 
 from app.cli import main
 from app.db.engine import Database, _CursorStatement, make_engine
+from app.services.keys import Key, authenticate
+from app.services.known_keys import KnownKeys
 from app.settings import Settings, get_settings
 
 TEST_URL_ENV = "RAPPORT_DATABASE_URL"
@@ -69,6 +72,11 @@ TABLES = (
     "api_keys",
     "service_state",
 )
+
+
+def authenticated(db: Database, secret: str, known: KnownKeys | None = None) -> Key | None:
+    """`keys.authenticate`, run as a request runs it: on an event loop."""
+    return asyncio.run(authenticate(db, secret, known))
 
 
 def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from app.db import models as m
 from app.db.engine import Database, make_engine
-from app.services.keys import authenticate, create_key
-from tests.conftest import empty_tables
+from app.services.keys import create_key
+from tests.conftest import authenticated, empty_tables
 
 A, B, X = "bootstrap-secret-a", "bootstrap-secret-b", "bootstrap-secret-x"
 
@@ -21,7 +21,7 @@ def live(url: str, secret: str) -> str | None:
     """The name and scopes of the live key with this secret, or None if it is refused."""
     db = Database(make_engine(url))
     try:
-        key = authenticate(db, secret)
+        key = authenticated(db, secret)
     finally:
         db.dispose()
     return key and f"{key.name}:{','.join(key.scopes)}"

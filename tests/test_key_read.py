@@ -1,4 +1,4 @@
-"""The API-key read every request makes (`Database.first`, `keys.authenticate`): on each
+"""The API-key read every request makes (`Database.first`; `keys.authenticate`, on a loop): on each
 engine it gives the values SQLAlchemy's own execution gives, and tells a live key from a
 revoked or unknown one; on PostgreSQL, where it runs in autocommit mode, it never pools a
 connection left in that mode."""
@@ -17,8 +17,8 @@ from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
 from app.db.engine import Database, _CursorStatement, make_engine
-from app.services.keys import Key, authenticate, create_key, revoke_key
-from tests.conftest import is_postgres
+from app.services.keys import Key, create_key, revoke_key
+from tests.conftest import authenticated, is_postgres
 
 NOW = datetime(2026, 12, 5, 4, 30, tzinfo=timezone.utc)
 T = TypeVar("T")
@@ -53,11 +53,11 @@ def test_authenticate_knows_live_revoked_and_unknown_keys(db: Database) -> None:
     live_name, live = _key(db, ["read"])
     _, revoked = _key(db, ["admin"], revoked=True)
 
-    key = authenticate(db, live)
+    key = authenticated(db, live)
 
     assert isinstance(key, Key) and key.name == live_name and key.scopes == ("read",)
-    assert authenticate(db, revoked) is None
-    assert authenticate(db, "rk_" + uuid4().hex) is None
+    assert authenticated(db, revoked) is None
+    assert authenticated(db, "rk_" + uuid4().hex) is None
 
 
 def _pooled_autocommit(db: Database) -> bool:

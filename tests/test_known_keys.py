@@ -18,8 +18,8 @@ from sqlalchemy import text
 from app.db import models as m
 from app.db.engine import Database, make_engine
 from app.services import known_keys
-from app.services.keys import Key, authenticate, create_key, hash_secret, revoke_key
-from tests.conftest import is_postgres, wait_until
+from app.services.keys import Key, create_key, hash_secret, revoke_key
+from tests.conftest import authenticated, is_postgres, wait_until
 
 NOW = datetime(2026, 12, 5, 10, 30, tzinfo=timezone.utc)
 
@@ -61,15 +61,15 @@ def _new_key(db: Database, known: known_keys.KnownKeys) -> tuple[str, str]:
 
 def _reads(db: Database) -> list[str]:
     """Count the key reads `authenticate` sends (they run past SQLAlchemy's events, so watch
-    `Database.first`)."""
+    `Database.first_on_loop`)."""
     seen: list[str] = []
-    first = db.first
+    first = db.first_on_loop
 
-    def counted(statement, **params):  # noqa: ANN001, ANN202
+    async def counted(statement, **params):  # noqa: ANN001, ANN202
         seen.append(params["digest"])
-        return first(statement, **params)
+        return await first(statement, **params)
 
-    db.first = counted  # type: ignore[method-assign]
+    db.first_on_loop = counted  # type: ignore[method-assign]
     return seen
 
 
@@ -83,32 +83,32 @@ def test_a_remembered_key_is_not_read_again(known: known_keys.KnownKeys, db: Dat
     name, secret = _new_key(db, known)
     reads = _reads(db)
     try:
-        first, again = authenticate(db, secret, known), authenticate(db, secret, known)
+        first, again = authenticated(db, secret, known), authenticated(db, secret, known)
     finally:
-        del db.first
+        del db.first_on_loop
     assert isinstance(first, Key) and first.name == name and again == first
     assert reads == [hash_secret(secret)]  # read once; the digest, never the secret, is kept
 
 
 def test_a_revoked_key_is_forgotten_when_the_database_says_so(known: known_keys.KnownKeys, db: Database) -> None:
     name, secret = _new_key(db, known)
-    assert authenticate(db, secret, known) is not None
+    assert authenticated(db, secret, known) is not None
     assert known.get(hash_secret(secret)) is not None
 
     with db.session(write=True) as session:  # another process, as far as `known` can tell
         revoke_key(session, name, now=NOW)
 
     wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
-    assert authenticate(db, secret, known) is None
+    assert authenticated(db, secret, known) is None
 
 
 def test_any_change_to_the_keys_by_sql_is_heard(known: known_keys.KnownKeys, db: Database) -> None:
     _, secret = _new_key(db, known)
-    assert authenticate(db, secret, known) is not None
+    assert authenticated(db, secret, known) is not None
     with db.engine.begin() as conn:  # an operator's SQL, not the service
         conn.execute(text("UPDATE api_keys SET scopes = :s WHERE secret_hash = :h"), {"s": '["admin"]', "h": hash_secret(secret)})
     wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=2)
-    assert authenticate(db, secret, known).scopes == ("admin",)
+    assert authenticated(db, secret, known).scopes == ("admin",)
 
 
 def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownKeys, db: Database) -> None:
@@ -120,17 +120,17 @@ def test_unknown_and_revoked_secrets_are_not_remembered(known: known_keys.KnownK
     reads = _reads(db)
     try:
         for _ in range(2):
-            assert authenticate(db, secret, known) is None
-            assert authenticate(db, "rk_" + uuid4().hex, known) is None
+            assert authenticated(db, secret, known) is None
+            assert authenticated(db, "rk_" + uuid4().hex, known) is None
     finally:
-        del db.first
+        del db.first_on_loop
     assert len(reads) == 4
 
 
 def test_many_threads_ask_at_once(known: known_keys.KnownKeys, db: Database) -> None:
     """Requests ask from the event loop and from every worker thread at the same time."""
     _, secret = _new_key(db, known)
-    key = authenticate(db, secret, known)
+    key = authenticated(db, secret, known)
     digest = hash_secret(secret)
     failures: list[BaseException] = []
 
@@ -163,7 +163,7 @@ def test_a_key_read_while_a_change_was_heard_is_not_remembered() -> None:
 
 def test_nothing_is_remembered_while_the_listener_is_away(known: known_keys.KnownKeys, pg: Database) -> None:
     _, secret = _new_key(pg, known)
-    assert authenticate(pg, secret, known) is not None
+    assert authenticated(pg, secret, known) is not None
     before = known.generation
     with pg.engine.connect() as conn:
         ended = conn.execute(
@@ -173,7 +173,7 @@ def test_nothing_is_remembered_while_the_listener_is_away(known: known_keys.Know
     wait_until(lambda: known.get(hash_secret(secret)) is None, seconds=3)  # forgotten: the notices may be lost
     # It stops listening, listens again on its own (each forgets), and remembers again from then on.
     wait_until(lambda: known.generation >= before + 2 and known.listening, seconds=5)
-    assert authenticate(pg, secret, known) is not None
+    assert authenticated(pg, secret, known) is not None
     assert known.get(hash_secret(secret)) is not None
 
 
@@ -200,7 +200,7 @@ def test_the_channel_is_the_one_the_migration_notifies(pg: Database) -> None:
 
 def test_sqlite_a_revocation_by_another_process_is_refused_at_the_next_request(known: known_keys.KnownKeys, lite: Database) -> None:
     name, secret = _new_key(lite, known)
-    assert authenticate(lite, secret, known) is not None
+    assert authenticated(lite, secret, known) is not None
     assert known.get(hash_secret(secret)) is not None
     other = Database(make_engine(str(lite.engine.url)))  # `rapport keys revoke`, say
     try:
@@ -210,7 +210,7 @@ def test_sqlite_a_revocation_by_another_process_is_refused_at_the_next_request(k
         other.dispose()
 
     assert known.get(hash_secret(secret)) is None  # no waiting: the next request reads the stamp
-    assert authenticate(lite, secret, known) is None
+    assert authenticated(lite, secret, known) is None
 
 
 def test_sqlite_without_a_stamp_nothing_is_remembered(known: known_keys.KnownKeys, lite: Database) -> None:
@@ -219,13 +219,13 @@ def test_sqlite_without_a_stamp_nothing_is_remembered(known: known_keys.KnownKey
         conn.execute(text("DELETE FROM service_state WHERE key = :k"), {"k": known_keys.STAMP})
     reads = _reads(lite)
     try:
-        assert authenticate(lite, secret, known) is not None and authenticate(lite, secret, known) is not None
+        assert authenticated(lite, secret, known) is not None and authenticated(lite, secret, known) is not None
         assert len(reads) == 2 and known.get(hash_secret(secret)) is None
         _new_key(lite, known)  # any change to the keys stamps them again
-        assert authenticate(lite, secret, known) is not None and authenticate(lite, secret, known) is not None
+        assert authenticated(lite, secret, known) is not None and authenticated(lite, secret, known) is not None
         assert len(reads) == 3
     finally:
-        del lite.first
+        del lite.first_on_loop
 
 
 def test_sqlite_a_stamp_that_cannot_be_read_is_tried_again_later() -> None:

@@ -20,8 +20,9 @@ from app.db import models as m
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
 from app.services.customers import create_customer
-from app.services.keys import authenticate, authenticate_on_loop, create_key, revoke_key
-from app.services.projects import create_project, read_with_participants, read_with_participants_on_loop
+from app.services.events import NewEvent, record_event
+from app.services.keys import authenticate, create_key, revoke_key
+from app.services.projects import create_project, participants, read_with_participants
 from app.services.records import read_alone
 from app.settings import Settings
 from tests.conftest import is_postgres, wait_until
@@ -66,6 +67,10 @@ def _world(db: Database) -> tuple[int, int]:
 
 def test_a_read_on_the_loop_gives_what_the_read_off_it_gives(reads: Database) -> None:
     owner, project = _world(reads)
+    with reads.session(write=True) as s:
+        bidder = create_customer(s, RULEBOOK, {"name": "上海建工安装", "kind": "installer"}, now=NOW)
+    bid = NewEvent(type="bid_joined", customer_id=bidder.id, project_id=project, occurred_at=NOW, source="t", external_id=f"bid-{uuid4().hex[:8]}")
+    reads.transaction(lambda s: record_event(s, RULEBOOK, bid, actor="t", now=NOW))
     name = f"k-{uuid4().hex[:8]}"
     with reads.session(write=True) as s:
         _, secret = create_key(s, name, ["read"], now=NOW)
@@ -77,19 +82,22 @@ def test_a_read_on_the_loop_gives_what_the_read_off_it_gives(reads: Database) ->
         return (
             await reads.first_on_loop(CUSTOMER, value=owner),
             await reads.first_on_loop(CUSTOMER, value=owner + 10_000),
-            await read_with_participants_on_loop(reads, "id", project),
-            await authenticate_on_loop(reads, secret),
-            await authenticate_on_loop(reads, revoked),
-            await authenticate_on_loop(reads, "rk_" + uuid4().hex),
+            await read_with_participants(reads, "id", project),
+            await authenticate(reads, secret),
+            await authenticate(reads, revoked),
+            await authenticate(reads, "rk_" + uuid4().hex),
         )
 
-    row, missing, with_bids, key, none, unknown = _run(on_loop)
+    row, missing, (project_row, bidders), key, none, unknown = _run(on_loop)
 
-    assert row == reads.first(CUSTOMER, value=owner)
+    assert row == reads.first(CUSTOMER, value=owner)  # the same statement off the loop
     assert row.contact == {"phone": "021-1"} and row.created_at == NOW  # decoded, aware
     assert missing is None
-    assert with_bids == read_with_participants(reads, "id", project)
-    assert key == authenticate(reads, secret) and key is not None and key.scopes == ("read",)
+    with reads.session(write=False) as s:
+        stored = s.get(m.Project, project)
+        assert (project_row.id, project_row.version, project_row.heat, project_row.grade) == (stored.id, stored.version, stored.heat, stored.grade)
+        assert bidders == participants(s, stored) and [b["id"] for b in bidders[0]] == [bidder.id]
+    assert key is not None and (key.name, key.scopes) == (name, ("read",))
     assert none is None and unknown is None
 
 

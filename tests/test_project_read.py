@@ -4,6 +4,7 @@ five runs; that plan must not do per-bid work on the project's side."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import datetime, timezone
@@ -42,7 +43,7 @@ def test_the_generic_plan_of_a_project_read_by_id_reads_the_project_once(db: Dat
     for i in range(60):
         bid = NewEvent(type="bid_joined", customer_id=installers[i % 12].id, project_id=project_id, occurred_at=NOW, source="t", external_id=f"bid-{i}")
         db.transaction(lambda s, bid=bid: record_event(s, RULEBOOK, bid, actor="t", now=NOW))
-    row, (bidders, _) = read_with_participants(db, "id", project_id)
+    row, (bidders, _) = asyncio.run(read_with_participants(db, "id", project_id))
     assert row.id == project_id and len(bidders) == 12
 
     compiled = _WITH_BIDS["id"].compile(dialect=postgresql.psycopg.dialect())

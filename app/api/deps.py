@@ -14,7 +14,7 @@ from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Forbidden, Invalid, Unauthorized
-from app.services.keys import Key, authenticate_on_loop, has_scope, hash_secret
+from app.services.keys import Key, authenticate, has_scope, hash_secret
 from app.services.known_keys import KnownKeys
 from app.settings import Settings
 
@@ -73,7 +73,7 @@ async def api_key(db: Database, authorization: str | None, known: KnownKeys | No
     secret = _secret(authorization)
     # One statement, not a Session, on the event loop: this runs before every request that
     # `known` does not answer. It is also the request's first use of the database.
-    key = await authenticate_on_loop(db, secret, known) if secret else None
+    key = await authenticate(db, secret, known) if secret else None
     if key is None:
         raise Unauthorized("the API key is unknown or revoked", headers=BEARER)
     return key

@@ -30,7 +30,7 @@ def _out(ctx: Context, session: Session, project: m.Project) -> Json:
 
 async def _read(ctx: Context, column: str, value: int | str) -> tuple[Any, Json]:
     """The project whose `column` is `value`, and its answer, from one statement."""
-    row, (bidders, winner) = await svc.read_with_participants_on_loop(ctx.db, column, value)
+    row, (bidders, winner) = await svc.read_with_participants(ctx.db, column, value)
     return row, ctx.presenter.project(row, bidders, winner)
 
 

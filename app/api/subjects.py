@@ -24,7 +24,7 @@ Put = Callable[..., tuple[Any, bool]]
 async def read_row(ctx: Context, kind: str, read: Callable[[], Awaitable[tuple[Any, Json]]]) -> Response:
     """A customer or a project read by its id or code, presented, with its ETag: `read()`
     gives its row and its answer from one statement with no session around it, on the
-    event loop (`records.read_alone`, `projects.read_with_participants_on_loop`)."""
+    event loop (`records.read_alone`, `projects.read_with_participants`)."""
     row, presented = await read()
     return answer(presented, headers={"ETag": etag(kind, row.id, row.version)})
 

@@ -367,7 +367,8 @@ class Database:
         """The rows of a prebuilt one-statement read, run in autocommit mode: no transaction
         around it; tuples whose values are also their columns' attributes. For the read every
         request makes, the API-key check, and a customer or a project read by its id or code
-        (one statement answers each, and reads one snapshot on either engine).
+        (one statement answers each, and reads one snapshot on either engine): here off the
+        event loop (the commands, a worker thread), on it `alone_on_loop`.
 
         The statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
         SQLAlchemy's per-execution work (a `Connection`, its execution context and result)

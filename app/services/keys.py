@@ -7,7 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -79,48 +79,28 @@ class Key:
 _BY_HASH = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.secret_hash, m.ApiKey.revoked_at).where(m.ApiKey.secret_hash == bindparam("digest"))
 
 
-def authenticate(db: Database, secret: str, known: KnownKeys | None = None) -> Key | None:
+async def authenticate(db: Database, secret: str, known: KnownKeys | None = None) -> Key | None:
     """The live key whose secret this is, or None (unknown or revoked); from `known` if it
-    remembers the key, else read (and then remembered)."""
-    lookup = _Lookup.of(secret, known)
-    return lookup.key if lookup.key is not None else lookup.found(db.first(_BY_HASH, digest=lookup.digest))
-
-
-async def authenticate_on_loop(db: Database, secret: str, known: KnownKeys | None = None) -> Key | None:
-    """`authenticate`, its read on the running event loop (`Database.first_on_loop`)."""
-    lookup = _Lookup.of(secret, known)
-    return lookup.key if lookup.key is not None else lookup.found(await db.first_on_loop(_BY_HASH, digest=lookup.digest))
-
-
-@dataclass(frozen=True)
-class _Lookup:
-    """A secret's key as `known` remembers it, or what reading it takes and gives."""
-
-    digest: str
-    known: KnownKeys | None
-    generation: int | None
-    key: Key | None = None
-
-    @classmethod
-    def of(cls, secret: str, known: KnownKeys | None) -> _Lookup:
-        digest = hash_secret(secret)
-        if known is None:
-            return cls(digest, None, None)
-        return cls(digest, known, known.generation, known.get(digest))
-
-    def found(self, row: Any) -> Key | None:
-        """The live key of the row read by `_BY_HASH` (None if none), remembered."""
-        if row is None:
-            return None
-        key_id, name, scopes, secret_hash, revoked_at = row
-        # The lookup is by a hash of a high-entropy secret; the constant-time compare guards
-        # against a database collation or index doing anything clever with the string.
-        if revoked_at is not None or not hmac.compare_digest(secret_hash, self.digest):
-            return None
-        key = Key(key_id, name, tuple(scopes))
-        if self.known is not None:
-            self.known.remember(self.digest, key, self.generation)
-        return key
+    remembers the key, else read on the running event loop (`Database.first_on_loop`: every
+    request asks) and then remembered."""
+    digest = hash_secret(secret)
+    if known is not None:
+        remembered = known.get(digest)
+        if remembered is not None:
+            return remembered
+        generation = known.generation
+    row = await db.first_on_loop(_BY_HASH, digest=digest)
+    if row is None:
+        return None
+    key_id, name, scopes, secret_hash, revoked_at = row
+    # The lookup is by a hash of a high-entropy secret; the constant-time compare guards
+    # against a database collation or index doing anything clever with the string.
+    if revoked_at is not None or not hmac.compare_digest(secret_hash, digest):
+        return None
+    key = Key(key_id, name, tuple(scopes))
+    if known is not None:
+        known.remember(digest, key, generation)
+    return key
 
 
 def has_scope(scopes: Sequence[str], scope: str) -> bool:

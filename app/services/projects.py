@@ -9,7 +9,7 @@ from sqlalchemy import CompoundSelect, and_, bindparam, cast, exists, literal_co
 from sqlalchemy.orm import Session
 
 from app.db import models as m
-from app.db.engine import ByIds, Database, Rows
+from app.db.engine import ByIds, Database
 from app.db.facts import is_bid, lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
@@ -142,22 +142,14 @@ _WITH_BIDS = {column: _with_bids(column) for column in ("id", "external_ref")}
 Participants = tuple[list[dict[str, Any]], dict[str, Any] | None]
 
 
-def read_with_participants(db: Database, column: str, value: int | str) -> tuple[Any, Participants]:
+async def read_with_participants(db: Database, column: str, value: int | str) -> tuple[Any, Participants]:
     """The project whose `column` (id or external_ref) is `value`, as its stored columns
     (`records.read_alone`), with its `participants`: one statement with no session around
-    it (`Database.alone`), so its heat and its bidders come from one snapshot on either
-    engine. Read in a session as two statements, they came from two on PostgreSQL (its read
-    sessions run each statement on its own), and a bid committed between them showed
-    beside a heat that did not count it yet."""
-    return _with_participants(db.alone(_WITH_BIDS[column], value=value), column, value)
-
-
-async def read_with_participants_on_loop(db: Database, column: str, value: int | str) -> tuple[Any, Participants]:
-    """`read_with_participants`, its statement on the running event loop (`Database.alone_on_loop`)."""
-    return _with_participants(await db.alone_on_loop(_WITH_BIDS[column], value=value), column, value)
-
-
-def _with_participants(rows: Rows, column: str, value: int | str) -> tuple[Any, Participants]:
+    it, on the running event loop (`Database.alone_on_loop`), so its heat and its bidders
+    come from one snapshot on either engine. Read in a session as two statements, they came
+    from two on PostgreSQL (its read sessions run each statement on its own), and a bid
+    committed between them showed beside a heat that did not count it yet."""
+    rows = await db.alone_on_loop(_WITH_BIDS[column], value=value)
     project = found(rows.first(), m.Project, column, value)
     bids = [_Bid(r.bid_id, r.bid_type, r.bid_occurred_at, r.bid_customer_id, r.bid_project_id, r.bid_attributes, r.bid_name, r.bid_level) for r in rows[1:]]
     return project, _participants(bids)
