@@ -14,12 +14,14 @@ a server has one loop, its tests one each), of at most `size` connections, opene
 the reads in flight need them and kept between reads. A connection comes back to the pool
 only from a read that succeeded; any error closes it. A pooled connection the server
 ended while it sat idle (a restart, an idle timeout, `pg_terminate_backend`) is found
-before use by a poll with no wait (`has_input`), as the engine's checkout finds its own;
-one that fails its read anyway is closed with every idle one beside it, and the read runs
-once more on a fresh connection, as SQLAlchemy does for the engine's pool. A read can run
-twice; this is only for reads. The driver's errors reach the caller as psycopg raised
-them; `Database.alone_on_loop` gives them to SQLAlchemy, so a database away is the same
-503 on either path.
+before use by a poll with no wait (`has_input`), as the engine's checkout finds its own.
+A read whose connection broke anyway runs once more on a fresh one (a read can run twice;
+this is only for reads), and if that connection was pooled, the idle ones beside it are
+closed too, as SQLAlchemy empties the engine's pool. A statement's own failure (a lock or
+statement timeout, a cancel) is not run again. The driver's errors reach the caller as
+psycopg raised them; `Database.alone_on_loop` gives them to SQLAlchemy, so a database
+away is the same 503 on either path. `dispose` closes a connection only where no read is
+using it (`LoopReads.dispose`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from app.db.sockets import has_input
 class _Pool:
     """One event loop's connections: the idle ones (their kept cursors) and every open one."""
 
+    loop: asyncio.AbstractEventLoop
     slots: asyncio.Semaphore
     idle: list[psycopg.AsyncCursor[Any]] = field(default_factory=list)
     open: set[psycopg.AsyncConnection[Any]] = field(default_factory=set)
@@ -60,40 +63,50 @@ class LoopReads:
         async with pool.slots:
             for again in (True, False):
                 cursor, reused = await self._cursor(pool)
+                conn = cursor.connection
                 try:
                     await cursor.execute(sql, arguments)
                     fetched = await cursor.fetchall() if returns else []
                 except psycopg.OperationalError:
-                    self._close(pool, cursor.connection)
-                    if not (again and reused):
+                    broke = conn.broken  # asked first: closing it below would make it so
+                    self._close(pool, conn)
+                    # A statement's own failure (a lock or statement timeout, a cancel) is the
+                    # caller's; a connection that broke is run once more, on a fresh one.
+                    if not (again and broke):
                         raise
-                    # Ended while pooled, unseen by the poll: the idle ones beside it most
-                    # likely were too (a restart). Once more, on a fresh connection.
-                    for idle in pool.idle[:]:
-                        self._close(pool, idle.connection)
+                    if reused:  # ended while pooled, unseen by the poll: a restart ended the rest too
+                        for idle in pool.idle[:]:
+                            self._close(pool, idle.connection)
                     continue
                 except BaseException:  # a cancelled read, any other error: state unknown
-                    self._close(pool, cursor.connection)
+                    self._close(pool, conn)
                     raise
                 if pool.disposed:
-                    self._close(pool, cursor.connection)
+                    self._close(pool, conn)
                 else:
                     pool.idle.append(cursor)
                 return fetched
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def dispose(self) -> None:
-        """Close every connection of every loop's pool, from any thread. A read on one of
-        them at that moment fails (an OperationalError: a 503); the next read opens anew."""
+        """Close every loop's connections, from any thread: the idle ones now, on their loop
+        (libpq frees a connection that `PQfinish` closes, and a read on another thread may be
+        about to take it: freeing it under a read crashed the process, a review's find); one
+        a read holds, by that read as it ends. The next read opens anew."""
         with self._lock:
             pools = list(self._pools.values())
             self._pools.clear()
         for pool in pools:
             pool.disposed = True
-            pool.idle.clear()
-            for conn in list(pool.open):
-                # libpq's PQfinish: closes the socket without the loop (`close()` is a coroutine).
-                conn.pgconn.finish()
+            if pool.loop.is_closed() or not pool.loop.is_running():
+                self._finish(pool, list(pool.open))  # no read can be running there
+            elif _running_loop() is pool.loop:
+                self._finish(pool, [cursor.connection for cursor in pool.idle])
+            else:
+                try:
+                    pool.loop.call_soon_threadsafe(lambda pool=pool: self._finish(pool, [cursor.connection for cursor in pool.idle]))
+                except RuntimeError:  # closed meanwhile: nothing runs there any more
+                    self._finish(pool, list(pool.open))
 
     def _pool(self) -> _Pool:
         loop = asyncio.get_running_loop()
@@ -101,9 +114,9 @@ class LoopReads:
         if pool is None:
             with self._lock:
                 for gone in [other for other in self._pools if other.is_closed()]:
-                    for conn in self._pools.pop(gone).open:
-                        conn.pgconn.finish()
-                pool = self._pools.setdefault(loop, _Pool(asyncio.Semaphore(self._size)))
+                    ended = self._pools.pop(gone)
+                    self._finish(ended, list(ended.open))
+                pool = self._pools.setdefault(loop, _Pool(loop, asyncio.Semaphore(self._size)))
         return pool
 
     async def _cursor(self, pool: _Pool) -> tuple[psycopg.AsyncCursor[Any], bool]:
@@ -121,8 +134,22 @@ class LoopReads:
             raise psycopg.OperationalError("the database's connections were closed (shutting down)")
         return conn.cursor(), False
 
+    @classmethod
+    def _finish(cls, pool: _Pool, conns: list[psycopg.AsyncConnection[Any]]) -> None:
+        for conn in conns:
+            cls._close(pool, conn)
+
     @staticmethod
     def _close(pool: _Pool, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Close `conn`, which no read is using (libpq's PQfinish: without the loop, as
+        `close()` is a coroutine)."""
         pool.open.discard(conn)
         pool.idle[:] = [c for c in pool.idle if c.connection is not conn]
         conn.pgconn.finish()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
