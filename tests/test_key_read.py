@@ -1,14 +1,13 @@
-"""The API-key read every request makes (`Database.first`; `keys.authenticate`, on a loop): on each
-engine it gives the values SQLAlchemy's own execution gives, and tells a live key from a
-revoked or unknown one; on PostgreSQL, where it runs in autocommit mode, it never pools a
-connection left in that mode."""
+"""The API-key read every request makes (`Database.first_on_loop`, `keys.authenticate`, on
+the event loop): on each engine it gives the values SQLAlchemy's own execution gives, and
+tells a live key from a revoked or unknown one; on PostgreSQL, where it runs in autocommit
+mode, it leaves the engine's pooled connections as they were."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from datetime import datetime, timezone
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 from uuid import uuid4
 
 import pytest
@@ -16,13 +15,18 @@ from sqlalchemy import bindparam, column, select, table
 from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
-from app.db.engine import Database, _CursorStatement, make_engine
+from app.db.engine import Database, make_engine
 from app.services.keys import Key, create_key, revoke_key
 from tests.conftest import authenticated, is_postgres
 
 NOW = datetime(2026, 12, 5, 4, 30, tzinfo=timezone.utc)
 T = TypeVar("T")
 ROW = select(m.ApiKey.id, m.ApiKey.name, m.ApiKey.scopes, m.ApiKey.created_at, m.ApiKey.revoked_at).where(m.ApiKey.name == bindparam("name"))
+
+
+def _first(db: Database, statement: Any, **params: Any) -> Any:
+    """`Database.first_on_loop`, on an event loop of its own, as a server runs its reads."""
+    return asyncio.run(db.first_on_loop(statement, **params))
 
 
 def _key(db: Database, scopes: list[str], *, revoked: bool = False) -> tuple[str, str]:
@@ -40,13 +44,13 @@ def test_first_gives_the_values_a_session_gives(db: Database) -> None:
     with db.session(write=False) as session:
         expected = tuple(session.execute(ROW, {"name": name}).one())
 
-    row = db.first(ROW, name=name)
+    row = _first(db, ROW, name=name)
 
     assert row == expected
     _, _, scopes, created_at, revoked_at = row
     assert scopes == ["read", "write"]  # decoded JSON, not its text
     assert created_at == NOW and revoked_at == NOW  # aware datetimes, not strings
-    assert db.first(ROW, name="no such key") is None
+    assert _first(db, ROW, name="no such key") is None
 
 
 def test_authenticate_knows_live_revoked_and_unknown_keys(db: Database) -> None:
@@ -70,7 +74,7 @@ def _pooled_autocommit(db: Database) -> bool:
 
 @pytest.fixture
 def one_connection(migrated: str) -> Iterator[Database]:
-    """A Database whose pool keeps one connection: the one `first` used is the next handed out."""
+    """A Database whose engine's pool keeps one connection: the one a write would take next."""
     if not is_postgres(migrated):
         pytest.skip("the read runs in autocommit mode on PostgreSQL only")
     database = Database(make_engine(migrated, pool_size=1))
@@ -78,31 +82,16 @@ def one_connection(migrated: str) -> Iterator[Database]:
     database.engine.dispose()
 
 
-def test_the_read_hands_its_connection_back_ready_for_transactions(one_connection: Database) -> None:
-    # PostgreSQL: the read turns autocommit on for itself. A connection pooled with it still
-    # on would make the next write commit statement by statement.
-    assert one_connection.first(ROW, name="no such key") is None
+def test_the_read_leaves_the_pooled_connection_ready_for_transactions(one_connection: Database) -> None:
+    # PostgreSQL: the read runs in autocommit mode. A pooled connection left in it would make
+    # the next write commit statement by statement.
+    assert _first(one_connection, ROW, name="no such key") is None
     assert _pooled_autocommit(one_connection) is False
 
 
-def test_a_read_that_fails_discards_its_connection(one_connection: Database, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = _CursorStatement.rows
-
-    def rows_then_fail(self, pooled, arguments):  # noqa: ANN001, ANN202
-        real(self, pooled, arguments)
-        raise KeyboardInterrupt  # anything, between the statement and autocommit's reset
-
-    monkeypatch.setattr(_CursorStatement, "rows", rows_then_fail)
-    with pytest.raises(KeyboardInterrupt):
-        one_connection.first(ROW, name="no such key")
-    monkeypatch.undo()
-    assert _pooled_autocommit(one_connection) is False  # a fresh connection, not the one left in autocommit
-
-
 def test_a_driver_error_is_raised_as_sqlalchemys(one_connection: Database) -> None:
-    # The cursor's error sends the read through SQLAlchemy, which raises its own.
     with pytest.raises(DBAPIError):
-        one_connection.first(select(table("no_such_table", column("x"))))
+        _first(one_connection, select(table("no_such_table", column("x"))))
     assert _pooled_autocommit(one_connection) is False
 
 
@@ -112,17 +101,17 @@ def test_a_driver_error_is_raised_as_sqlalchemys(one_connection: Database) -> No
     ids=["sqlite-cannot-open", "postgresql-refused"],
 )
 def test_a_database_that_cannot_be_reached_fails_the_read_with_sqlalchemys_error(url: str) -> None:
-    """The read takes its connection from the pool by hand, where a failed connect raises the
-    driver's own error; the API answers SQLAlchemy's OperationalError with a 503 to retry,
-    anything else with a 500 (as every request did while PostgreSQL was away)."""
+    """The read opens its connection by hand, where a failed connect raises the driver's own
+    error; the API answers SQLAlchemy's OperationalError with a 503 to retry, anything else
+    with a 500 (as every request did while PostgreSQL was away)."""
     from sqlalchemy.exc import OperationalError
 
     db = Database(make_engine(url))
     try:
         with pytest.raises(OperationalError):
-            db.first(ROW, name="anyone")
+            _first(db, ROW, name="anyone")
     finally:
-        db.engine.dispose()
+        db.dispose()
 
 
 @pytest.mark.parametrize("query, connect_timeout", [("", "10"), ("?connect_timeout=3", "3")], ids=["defaults", "the-urls-own"])
@@ -164,30 +153,15 @@ def test_a_kept_reading_connection_sees_every_commit_after_it(sqlite_reads: Data
     # An event loop's reads keep one connection (`_reading_connection`). One that kept a read
     # snapshot open, or a transaction, would go on answering from before a later commit.
     name, _ = _key(sqlite_reads, ["read"])
-    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name=name)).revoked_at is None
+    assert _first(sqlite_reads, ROW, name=name).revoked_at is None
     kept = _on_a_loop(sqlite_reads._reading_connection)
 
     with sqlite_reads.session(write=True) as session:
         revoke_key(session, name, now=NOW)
 
-    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name=name)).revoked_at == NOW
+    assert _first(sqlite_reads, ROW, name=name).revoked_at == NOW
     assert _on_a_loop(sqlite_reads._reading_connection) is kept
     assert not kept.dbapi_connection.in_transaction
-
-
-def test_threads_without_a_loop_give_their_connection_back(sqlite_reads: Database) -> None:
-    # A worker thread retires when idle: one that kept a connection would keep it from the
-    # pool for good (2 + 10 here: a dozen retired readers, and every read waited for one).
-    def read_in_a_thread() -> None:
-        thread = threading.Thread(target=lambda: sqlite_reads.first(ROW, name="no such key"))
-        thread.start()
-        thread.join()
-
-    for _ in range(15):
-        read_in_a_thread()
-
-    assert sqlite_reads.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-    assert sqlite_reads.first(ROW, name="no such key") is None
 
 
 def test_dispose_closes_the_kept_connection_and_the_loop_takes_a_fresh_one(sqlite_reads: Database) -> None:
@@ -196,7 +170,7 @@ def test_dispose_closes_the_kept_connection_and_the_loop_takes_a_fresh_one(sqlit
     sqlite_reads.dispose()
 
     assert kept.dbapi_connection is None  # closed
-    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name="no such key")) is None
+    assert _first(sqlite_reads, ROW, name="no such key") is None
     assert _on_a_loop(sqlite_reads._reading_connection) is not kept
 
 
@@ -204,7 +178,7 @@ def test_a_failed_read_does_not_keep_its_connection(sqlite_reads: Database) -> N
     kept = _on_a_loop(sqlite_reads._reading_connection)
 
     with pytest.raises(DBAPIError):
-        _on_a_loop(lambda: sqlite_reads.first(select(table("no_such_table", column("x")))))
+        _first(sqlite_reads, select(table("no_such_table", column("x"))))
 
     assert _on_a_loop(sqlite_reads._reading_connection) is not kept
-    assert _on_a_loop(lambda: sqlite_reads.first(ROW, name="no such key")) is None
+    assert _first(sqlite_reads, ROW, name="no such key") is None

@@ -1,10 +1,11 @@
 """How SQLite transactions begin (app/db/engine.py): a write session holds the database's
 write lock from its first statement, a read session reads one snapshot, and
-`Database.first` runs its statement with no transaction around it; the writes of a process
+`Database.first_on_loop` runs its statement with no transaction around it; the writes of a process
 take one held connection in turn, and writes that wait for it together share one commit."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
@@ -62,8 +63,8 @@ def test_a_one_statement_read_leaves_no_transaction_open(sqlite_db) -> None:  # 
     other.execute("INSERT INTO t VALUES (1), (2), (3)")
     t = table("t", column("x"))
     # Rows are left unread: the driver's statement would still be stepping through them.
-    assert db.first(select(t.c.x).order_by(t.c.x)) == (1,)
-    assert db.first(select(t.c.x).where(t.c.x == bindparam("x")), x=4) is None
+    assert asyncio.run(db.first_on_loop(select(t.c.x).order_by(t.c.x))) == (1,)
+    assert asyncio.run(db.first_on_loop(select(t.c.x).where(t.c.x == bindparam("x")), x=4)) is None
     # A reader still inside its snapshot would keep the WAL from being reset (busy = 1).
     busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
     assert busy == 0

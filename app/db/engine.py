@@ -7,7 +7,6 @@ failure): `Database.transaction` does so, a few times, before the error reaches 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -257,8 +256,7 @@ class Database:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # PostgreSQL: the connections the event loop's one-statement reads take (`alone_on_loop`).
         self._loop_reads = None if self.is_sqlite else _loop_reads(engine, loop_connections)
-        self._reads = for_reads(engine)
-        self._read = sessionmaker(bind=self._reads, expire_on_commit=False)
+        self._read = sessionmaker(bind=for_reads(engine), expire_on_commit=False)
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
@@ -277,7 +275,7 @@ class Database:
         self._turns = threading.Condition()
         self._waiting: list[_Turn] = []
         self._running = False
-        # SQLite: the connection an event loop's one-statement reads take (`alone`), kept
+        # SQLite: the connection an event loop's one-statement reads take (`alone_on_loop`), kept
         # between them (`_reading_connection`); every one of them, for `dispose`.
         self._reader = threading.local()
         self._readers: list[PoolProxiedConnection] = []
@@ -359,68 +357,24 @@ class Database:
             self._loop_reads.dispose()
         self.engine.dispose()
 
-    def first(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Any:
-        """The first row of `alone`'s read, or None."""
-        return self.alone(statement, **params).first()
-
-    def alone(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Rows:
-        """The rows of a prebuilt one-statement read, run in autocommit mode: no transaction
-        around it; tuples whose values are also their columns' attributes. For the read every
-        request makes, the API-key check, and a customer or a project read by its id or code
-        (one statement answers each, and reads one snapshot on either engine): here off the
-        event loop (the commands, a worker thread), on it `alone_on_loop`.
-
-        The statement runs on the pooled connection's DBAPI cursor (`_CursorStatement`):
-        SQLAlchemy's per-execution work (a `Connection`, its execution context and result)
-        was 45 of the 52 µs of CPU the read cost on SQLite, where SQLite's own work was 5;
-        on PostgreSQL the read took 187 µs through SQLAlchemy and 101 µs on the cursor.
-
-        On PostgreSQL a connection the server dropped while it sat in the pool (a restart,
-        an idle timeout) fails its first statement. That connection is then discarded and
-        the read runs again through SQLAlchemy, which does what it does with any connection
-        that died: it discards every connection pooled before it, runs the read once more
-        on a fresh one, and raises its own error (which the API answers with a 503) if the
-        database is gone. A read can safely run twice; a write can not, so this is only for
-        reads."""
-        compiled = _cursor_statement(statement, self.engine.dialect)
-        assert compiled is not None and not compiled.expanding, "a read by `alone` has no expanding parameters"
-        arguments = compiled.arguments(params)
-        if self.is_sqlite:
-            return self._sqlite_alone(compiled, arguments)
-        try:
-            conn = self.engine.raw_connection()
-        except self.engine.dialect.loaded_dbapi.Error:
-            # No connection (the database is away): the pool raised the driver's own error,
-            # which the API would answer with a 500. Through SQLAlchemy the same failure is
-            # its OperationalError, answered with a 503 to retry.
-            return self._sqlalchemy_alone(statement, params)
-        rows: Rows | None = None
-        try:
-            dbapi_connection = conn.dbapi_connection
-            # No BEGIN before the read, nor a ROLLBACK after it: psycopg sends each on its own.
-            dbapi_connection.autocommit = True
-            rows = compiled.rows(conn, arguments)
-            dbapi_connection.autocommit = False
-        except BaseException as exc:
-            # Whatever state it was left in (in autocommit mode, say), it is not pooled again.
-            conn.invalidate(exc)
-            if not isinstance(exc, self.engine.dialect.loaded_dbapi.Error):
-                raise
-        finally:
-            conn.close()  # back to the pool, or closed if invalidated
-        if rows is None:
-            return self._sqlalchemy_alone(statement, params)
-        return rows
-
     async def alone_on_loop(self, statement: Select[Any] | CompoundSelect, **params: Any) -> Rows:
-        """`alone`, on the running event loop: for the reads every request makes (the API-key
-        check) and the busiest ones (a customer or a project by its id or code). On SQLite the
-        same read, in process (microseconds, less than a worker thread's hand-off: "The
-        loop-read round"); on PostgreSQL on the loop's own connections (`LoopReads`), where the
-        hand-off to a worker thread and back cost more CPU than the read. A driver's error is
-        SQLAlchemy's, as from `alone`: a database away is its OperationalError (a 503)."""
+        """The rows of a prebuilt one-statement read, run on the running event loop in
+        autocommit mode, no transaction around it; tuples whose values are also their
+        columns' attributes. For the read every request makes (the API-key check) and the
+        busiest ones (a customer or a project by its id or code): one statement answers each,
+        and reads one snapshot on either engine. On SQLite the read runs in process
+        (microseconds, less than a worker thread's hand-off: "The loop-read round"); on
+        PostgreSQL on the loop's own connections (`LoopReads`), where the hand-off to a worker
+        thread and back cost more CPU than the read ("The loop-read round on PostgreSQL").
+
+        The statement runs on the driver's cursor (`_CursorStatement`): SQLAlchemy's
+        per-execution work (a `Connection`, its execution context and result) was 45 of the
+        52 µs of CPU the read cost on SQLite, where SQLite's own work was 5; on PostgreSQL the
+        read took 187 µs through SQLAlchemy and 101 µs on the cursor. A driver's error is
+        raised as SQLAlchemy's: a database away is its OperationalError, which the API
+        answers with a 503 to retry."""
         compiled = _cursor_statement(statement, self.engine.dialect)
-        assert compiled is not None and not compiled.expanding, "a read by `alone` has no expanding parameters"
+        assert compiled is not None and not compiled.expanding, "a read by `alone_on_loop` has no expanding parameters"
         arguments = compiled.arguments(params)
         if self._loop_reads is None:
             return self._sqlite_alone(compiled, arguments)
@@ -452,18 +406,18 @@ class Database:
                 conn.close()  # back to the pool
 
     def _reading_connection(self) -> PoolProxiedConnection:
-        """SQLite: the connection a one-statement read takes. An event loop's reads (on a
-        serving process, its reads of keys, customers and projects: `alone_on_loop`) keep
-        one, checked out of the pool at the first and kept: checking a connection out and
+        """SQLite: the connection an event loop's one-statement reads take (`alone_on_loop`:
+        on a serving process, its reads of keys, customers and projects), one per loop's
+        thread, checked out of the pool at the first and kept: checking a connection out and
         back in for each read (the pool's bookkeeping and its reset, a rollback) cost 18 µs,
         about a twentieth of a customer read's CPU. A statement on it opens no transaction
         (pysqlite is left in autocommit, `make_engine`) and leaves no read snapshot open
         (`_CursorStatement.rows` closes its cursor), so the kept connection sees every
-        commit, as a fresh one would. Other threads take a pooled one each time: a worker
-        thread retires when idle, and one that kept a connection would keep it from the
+        commit, as a fresh one would. Only loops' threads read here, never the worker
+        threads, which retire when idle: one that kept a connection would keep it from the
         pool for good (a review's find: 30 of them would have exhausted it). An in-memory
         database's pool already gives each thread its own."""
-        if not self._holds or asyncio._get_running_loop() is None:
+        if not self._holds:
             return self.engine.raw_connection()
         reader = self._reader
         conn: PoolProxiedConnection | None = getattr(reader, "conn", None)
@@ -482,19 +436,6 @@ class Database:
             if conn in self._readers:
                 self._readers.remove(conn)
         conn.invalidate()  # closed, not pooled again
-
-    def _sqlalchemy_alone(self, statement: Select[Any] | CompoundSelect, params: dict[str, Any]) -> Rows:
-        """`alone` through SQLAlchemy, once more if the connection it took had died. Only
-        after the cursor's read failed; outside a transaction, as every read (`for_reads`)."""
-        try:
-            with self._reads.connect() as conn:
-                rows = Rows.of(conn.execute(statement, params))
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            with self._reads.connect() as conn:
-                rows = Rows.of(conn.execute(statement, params))
-        return rows
 
     def transaction(self, work: Callable[[Session], T], *, write: bool = True) -> T:
         """`work(session)` in a transaction of its own, committed as `session` commits; run
