@@ -183,12 +183,16 @@ async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSO
 
     def work() -> JSONResponse:
         now = ctx.clock()
-        refused = False
+        # A delivery is charged to its form's bucket only once it has proved itself (or
+        # proved itself for a disabled form); a failure of any other kind is charged to the
+        # refused deliveries' shared bucket, so no stranger's request spends a tool's own.
+        refused = True
         try:
             with ctx.db.session(write=False) as session:
                 svc.authenticate(session, form_id, headers=headers, query=query, body=body, now=now)
-        except svc.NotAuthentic:
-            refused = True
+            refused = False
+        except svc.FormDisabled:
+            refused = False
             raise
         finally:  # a 429 here answers instead, once the bucket is used up
             spend_hook(ctx.limiter, form_id, refused=refused)

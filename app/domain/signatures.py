@@ -200,8 +200,13 @@ def _prefixed(value: str, name: str) -> str:
     return rest
 
 
+# Unix seconds stay under 13 digits until the year 33658; Python refuses to read more than
+# 4,300 digits as an int (ValueError), and a stranger's 5,000-digit timestamp was a 500.
+_MAX_SECONDS_DIGITS = 12
+
+
 def _unix_seconds(raw: str, name: str) -> int:
-    if not raw.isascii() or not raw.isdigit():
+    if not raw.isascii() or not raw.isdigit() or len(raw) > _MAX_SECONDS_DIGITS:
         raise SignatureError(f"{name} is not unix seconds")
     return int(raw)
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Callable, Iterator
 
+import httpx
 import pytest
 from anyio.from_thread import BlockingPortal
 
 from app.api.limits import RateLimiter
+from app.services import forms as forms_service
 from app.errors import MAX_LISTED, TooManyRequests
 from app.main import create_app
 from app.settings import Settings
@@ -459,6 +461,30 @@ def test_forgeries_use_up_their_own_bucket_not_the_authentic_deliveries_of_the_f
     assert [r.status_code for r in flood] == [401, 401, 429]
     assert [r.status_code for r in genuine] == [202, 200, 429]  # its own burst of 2, then its own limit
     stranger.close()
+
+
+
+def test_a_delivery_whose_check_fails_otherwise_is_charged_to_the_refused_bucket(app_with, portal, clock, monkeypatch) -> None:  # noqa: ANN001
+    # Only a delivery that proved itself spends its form's bucket. A check that failed with
+    # anything but "not authentic" (a 5,000-digit timestamp was a ValueError, a 500) spent
+    # it, and let a stranger who knew only the form id lock the tool out (a hunt's find).
+    app, admin = app_with(rate_limit_per_second=0.01, rate_limit_burst=2)
+    form = admin.post("/v1/forms", json=form_body()).json()
+    body = b'{"not": "a typeform delivery"}'
+    headers = signed(form, body, "application/json", now=clock.now)["headers"]
+    raw = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://rapport.test")
+
+    def broken(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the check broke")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(forms_service, "verify", broken)
+        failed = [portal.call(lambda: raw.post(form["hook_path"], content=body, headers=headers)) for _ in range(2)]
+    genuine = portal.call(lambda: raw.post(form["hook_path"], content=body, headers=headers))
+    portal.call(raw.aclose)
+
+    assert [r.status_code for r in failed] == [500, 500]
+    assert genuine.status_code == 202  # the form's own burst is untouched
 
 
 def test_a_refused_delivery_says_the_same_whatever_failed(api, clock) -> None:  # noqa: ANN001

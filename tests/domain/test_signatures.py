@@ -208,6 +208,7 @@ def test_jiandaoyun_without_a_clock_checks_only_the_signature() -> None:
     [
         ({"webhook-timestamp": "soon"}, "webhook-timestamp is not unix seconds"),
         ({"webhook-timestamp": "-1614265330"}, "webhook-timestamp is not unix seconds"),
+        ({"webhook-timestamp": "9" * 5000}, "webhook-timestamp is not unix seconds"),  # more digits than int() reads: was a ValueError
         ({"webhook-signature": "g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="}, "no v1 signature in the webhook-signature header"),
     ],
 )
