@@ -24,7 +24,8 @@ fixtures in tests/fixtures/webhooks/README.md):
 - `json` (a custom forwarder): every leaf of the object under its dotted path (`a.b.0.c`).
 
 In every tool a nested object also gives its leaves as `key.part` entries, and a list of
-plain values is kept whole under its own key (a multiple choice) as well as item by item.
+plain values is kept whole under its own key (a multiple choice) as well as item by item,
+down to `MAX_ANSWER_DEPTH` levels.
 """
 
 from __future__ import annotations
@@ -115,11 +116,11 @@ def _typeform(content_type: str, body: bytes, headers: Mapping[str, str]) -> Sub
 def _typeform_value(item: dict[str, Any]) -> Any:
     kind = item.get("type")
     if kind == "choice":
-        choice = item.get("choice") or {}
+        choice = _member_or_empty(item, "choice", dict, "a choice answer's choice is not an object")
         return choice.get("label", choice.get("other"))
     if kind == "choices":
-        choices = item.get("choices") or {}
-        labels = list(choices.get("labels") or [])
+        choices = _member_or_empty(item, "choices", dict, "a choices answer's choices is not an object")
+        labels = list(_member_or_empty(choices, "labels", list, "a choices answer's labels is not a list"))
         return labels + [choices["other"]] if choices.get("other") else labels
     return item.get(kind) if isinstance(kind, str) else None
 
@@ -176,7 +177,8 @@ def _tencent_wj(content_type: str, body: bytes, headers: Mapping[str, str]) -> S
     titled: list[tuple[str, Any]] = []
     answers: dict[str, Any] = {}
     for page in pages:
-        for question in (page.get("questions") or []) if isinstance(page, dict) else []:
+        questions = _member_or_empty(page, "questions", list, "a page's questions is not a list") if isinstance(page, dict) else []
+        for question in questions:
             if not isinstance(question, dict) or not isinstance(question.get("id"), str):
                 raise PayloadError("a question has no id")
             value = _tencent_value(question)
@@ -191,7 +193,7 @@ def _tencent_wj(content_type: str, body: bytes, headers: Mapping[str, str]) -> S
 
 def _tencent_value(question: dict[str, Any]) -> Any:
     if "options" in question:
-        options = question.get("options") or []
+        options = _member_or_empty(question, "options", list, "a question's options is not a list")
         checked = [o.get("text") for o in options if isinstance(o, dict) and o.get("checked")]
         if question.get("type") == "radio":
             return checked[0] if checked else None
@@ -310,7 +312,11 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
     media = _media_type(content_type)
     if media == "application/x-www-form-urlencoded":
         fields: dict[str, str] = {}
-        for name, value in parse_qsl(_text(body), keep_blank_values=True):
+        try:  # strict: a percent-escaped byte that is not UTF-8 became U+FFFD, and was stored
+            pairs = parse_qsl(_text(body), keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise PayloadError("a form field is not UTF-8 once its %-escapes are decoded") from exc
+        for name, value in pairs:
             fields.setdefault(name, value)
         return fields
     if media != "multipart/form-data":
@@ -342,6 +348,18 @@ def _member(data: dict[str, Any], key: str, kind: type) -> Any:
     return value
 
 
+def _member_or_empty(data: dict[str, Any], key: str, kind: type, reason: str) -> Any:
+    """`data[key]` if it is a `kind`; an empty one if it is absent or empty; PayloadError
+    saying `reason` if it is something else (a tool's answer of another type was a 500
+    that lost the delivery; this keeps it in the inbox)."""
+    value = data.get(key)
+    if not value:
+        return kind()
+    if not isinstance(value, kind):
+        raise PayloadError(reason)
+    return value
+
+
 def _id_text(data: dict[str, Any], key: str, *, place: str | None = None) -> str:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
@@ -349,16 +367,25 @@ def _id_text(data: dict[str, Any], key: str, *, place: str | None = None) -> str
     return str(value)
 
 
-def _put(answers: dict[str, Any], key: str, value: Any) -> None:
+# How deep `key.part` entries go. Every level's key repeats the levels above it, so a
+# chain nested d deep cost on the order of d² characters: 650 chains 800 deep, a 1 MiB
+# body, took half a gigabyte and 4 s (a hunt's find). A mapping names answers a few levels
+# down; what lies deeper is still there, whole, in the entry at this depth.
+MAX_ANSWER_DEPTH = 16
+
+
+def _put(answers: dict[str, Any], key: str, value: Any, depth: int = 0) -> None:
     """Adds an answer unless the key is taken; nested objects also give `key.part`
-    entries, lists `key.0` entries."""
+    entries, lists `key.0` entries, down to `MAX_ANSWER_DEPTH` levels."""
     answers.setdefault(key, value)
+    if depth >= MAX_ANSWER_DEPTH:
+        return
     if isinstance(value, dict):
         for part, inner in value.items():
-            _put(answers, f"{key}.{part}", inner)
+            _put(answers, f"{key}.{part}", inner, depth + 1)
     elif isinstance(value, list):
         for index, inner in enumerate(value):
-            _put(answers, f"{key}.{index}", inner)
+            _put(answers, f"{key}.{index}", inner, depth + 1)
 
 
 def _instant(value: Any, place: str) -> datetime | None:
@@ -384,9 +411,13 @@ def _local_time(value: Any, place: str, zone: timezone) -> datetime | None:
         raise PayloadError(f"{place} is not a time like 2026-11-20 14:42:17") from exc
 
 
+# Milliseconds stay under 16 digits until the year 33658; Python reads at most 4,300 digits.
+_MAX_MS_DIGITS = 15
+
+
 def _unix_ms(value: Any) -> datetime | None:
     """Milliseconds since 1970, as a number or digits; None when absent or not that."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= _MAX_MS_DIGITS:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None

@@ -11,11 +11,13 @@ from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.domain.form_payloads import MAX_ANSWER_DEPTH
 from app.domain.forms import (
     EventDraft,
     FormSpec,
@@ -279,6 +281,92 @@ def test_any_body_is_read_or_refused_with_a_payload_error(tool: str, body: bytes
         parse_payload(tool, content_type, body)
     except PayloadError:
         pass
+
+
+
+def _places(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in decoded JSON, as the keys and indexes that lead to it."""
+    inner = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    return [path, *(p for key, value in inner for p in _places(value, (*path, key)))]
+
+
+def _replaced(data: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    out = copy.deepcopy(data)
+    holder = out
+    for key in path[:-1]:
+        holder = holder[key]
+    holder[path[-1]] = value
+    return out
+
+
+JSON_FIXTURES = [(case.mapping, case.fixture) for case in EXAMPLE_CASES if case.content_type == JSON]
+ODD_VALUES = [None, True, 5, -1.5, "x", "", [], [5], {}, {"x": 5}, "9" * 5000]
+
+
+@settings(max_examples=300)
+@given(case=st.sampled_from(JSON_FIXTURES), pick=st.integers(min_value=0), odd=st.sampled_from(ODD_VALUES))
+def test_a_real_payload_with_any_one_value_of_another_type_is_read_or_refused_with_a_payload_error(case: tuple[str, str], pick: int, odd: Any) -> None:
+    # A tool's own shape with one thing in it of another type (a choice that is a string, a
+    # page's questions that are a number): a TypeError or AttributeError here was a 500 that
+    # lost an authentic delivery (a hunt's find), where a PayloadError keeps it in the inbox.
+    mapping, fixture = case
+    data = json.loads((FIXTURES / fixture).read_bytes())
+    places = _places(data)
+    body = json.dumps(_replaced(data, places[pick % len(places)], odd), ensure_ascii=False).encode()
+    try:
+        parse_payload(example(mapping)["spec"]["tool"], JSON, body)
+    except PayloadError:
+        pass
+
+
+@pytest.mark.parametrize(
+    "tool, edit, reason",
+    [
+        ("typeform", lambda d: d["form_response"]["answers"][2].update(choice="热情"), "a choice answer's choice is not an object"),
+        ("tencent_wj", lambda d: d["payload"]["answer"][0].update(questions=5), "a page's questions is not a list"),
+        ("tencent_wj", lambda d: d["payload"]["answer"][0]["questions"][0].update(options=5), "a question's options is not a list"),
+    ],
+)
+def test_an_answer_of_another_shape_is_refused_with_a_reason(tool: str, edit: Callable[[dict[str, Any]], None], reason: str) -> None:
+    fixture = next(f for m, f in JSON_FIXTURES if example(m)["spec"]["tool"] == tool)
+    data = json.loads((FIXTURES / fixture).read_bytes())
+    edit(data)
+    with pytest.raises(PayloadError, match=re.escape(reason)):
+        parse_payload(tool, JSON, json.dumps(data).encode())
+
+
+def test_nested_answers_give_dotted_keys_down_to_a_bounded_depth() -> None:
+    # Each level's key repeats the ones above it: without a bound, 650 chains 800 deep (a
+    # 1 MiB body) made half a gigabyte of keys.
+    deep: Any = "leaf"
+    for _ in range(40):
+        deep = [deep]
+    answers = parse_payload("json", JSON, json.dumps({"id": 1, "a": deep}).encode()).answers
+    bottom = "a" + ".0" * MAX_ANSWER_DEPTH
+    assert bottom in answers and bottom + ".0" not in answers
+    assert json.dumps(answers[bottom]).count("[") == 40 - MAX_ANSWER_DEPTH  # the rest, whole
+    assert len(answers) == MAX_ANSWER_DEPTH + 2  # "id", "a" and one key a level
+
+
+def test_a_chain_of_lists_a_megabyte_long_is_read_in_linear_space() -> None:
+    chain = "[" * 800 + "]" * 800
+    body = ('{"id": 1, ' + ", ".join(f'"f{i}": {chain}' for i in range(650)) + "}").encode()
+    answers = parse_payload("json", JSON, body).answers
+    assert sum(len(key) for key in answers) < 2 * len(body)
+
+
+def test_a_urlencoded_field_that_is_not_utf8_is_refused_not_replaced() -> None:
+    # %C4%E3 is 你 in GBK: decoded as UTF-8 with replacement, it was stored as two U+FFFD.
+    body = b"submissionID=42&rawRequest=%7B%22q10_notes%22%3A%22%C4%E3%22%7D"
+    with pytest.raises(PayloadError, match="a form field is not UTF-8"):
+        parse_payload("jotform", "application/x-www-form-urlencoded", body)
+
+
+def test_a_submission_time_of_more_digits_than_python_reads_is_no_time() -> None:
+    body = urlencode({"submissionID": "42", "rawRequest": json.dumps({"submitDate": "9" * 5000})}).encode()
+    assert parse_payload("jotform", "application/x-www-form-urlencoded", body).submitted_at is None
 
 
 # --- the spec ----------------------------------------------------------------------------
