@@ -314,7 +314,7 @@ def parse_rulebook(data: Any) -> Rulebook:
     heat = r.obj(
         top.get("heat"),
         "heat",
-        allowed={"tiers", "cold_label", "won_label", "lost_label"},
+        allowed={"tiers", "cold_label", "won_label", "lost_label", "closed_labels"},
         required={"tiers", "cold_label", "won_label", "lost_label"},
     ) or {}
     tiers = _parse_steps(r, ctx, heat.get("tiers"), "heat.tiers", value_key="percent", scope="project") if "tiers" in heat else ()
@@ -325,6 +325,7 @@ def parse_rulebook(data: Any) -> Rulebook:
         r.fail("heat.tiers", "tiers must be listed from the highest percent down, each percent once")
     cold_label = r.label(heat.get("cold_label"), "heat.cold_label")
     closed_labels = {"won": r.label(heat.get("won_label"), "heat.won_label"), "lost": r.label(heat.get("lost_label"), "heat.lost_label")}
+    closed_labels.update(_other_closed_labels(r, heat.get("closed_labels", {}), closed))
 
     if r.problems:
         raise RulebookError(r.problems)
@@ -414,6 +415,27 @@ def _parse_event_types(r: Reader, raw: Any) -> dict[str, EventType]:
     return out
 
 
+def _other_closed_labels(r: Reader, raw: Any, closed: Mapping[str, int]) -> dict[str, Label]:
+    """The labels of the closed stages other than won and lost (`heat.closed_labels`): each
+    needs one, or a project closed so was shown as "Cold (0 %)" at any percent."""
+    if not isinstance(raw, dict):
+        r.fail("heat.closed_labels", "must be an object of closed stage name to label")
+        raw = {}
+    labels = {}
+    for name, label in raw.items():
+        place = f"heat.closed_labels.{name}"
+        if name in ("won", "lost"):
+            r.fail(place, f"give it as heat.{name}_label")
+        elif name not in closed:
+            r.fail(place, "not a closed stage (stages.closed)")
+        else:
+            labels[name] = r.label(label, place)
+    for name in closed:
+        if name not in ("won", "lost") and name not in raw:
+            r.fail(f"stages.closed.{name}", f"has no label: give one in heat.closed_labels.{name}")
+    return labels
+
+
 def _check_stages_can_be_set(r: Reader, event_types: Mapping[str, EventType], ordered: tuple[str, ...], closed: Mapping[str, int]) -> None:
     """A project's stage is the `stage` of its latest `stage_changed` event: every stage the
     rulebook names must be one that type can set, or it is never reached (a hunt's closed
@@ -486,6 +508,7 @@ class _ConditionContext:
         self.criterion_places: dict[str, str] = {}  # criterion id -> where it was first defined
         self.top_level: dict[str, int] = {}  # customer kind -> its highest level, once the levels are read
         self.depth = 0  # conditions inside conditions, where the reader is now
+        self.in_owned_project = False  # inside an owner level's `owned_project`
 
     def condition(self, raw: Any, place: str, scope: str) -> Condition | None:
         """`raw` as a condition, at most MAX_DEPTH conditions deep (a deeper one cannot be
@@ -536,13 +559,21 @@ class _ConditionContext:
             r.obj(raw, place, allowed={"owned_project"}, required=set())
             if scope != "owner":
                 r.fail(place, "owned_project applies only to owner levels")
-            inner = self.condition(raw["owned_project"], f"{place}.owned_project", "project")
+            self.in_owned_project, outer = True, self.in_owned_project
+            try:
+                inner = self.condition(raw["owned_project"], f"{place}.owned_project", "project")
+            finally:
+                self.in_owned_project = outer
             return OwnedProject(inner) if inner is not None else None
         for role in ROLES:
             if role in raw:
                 r.obj(raw, place, allowed={role}, required=set())
                 if scope != "project":
                     r.fail(place, f"{role} applies only to heat tiers")
+                elif self.in_owned_project:
+                    # An owner's level reads its projects' events, never other customers'
+                    # levels (which may read it): accepted, it was never met.
+                    r.fail(place, f"{role} applies only to heat tiers, not inside owned_project: an owner's level reads its projects' events, not their customers")
                 spec = r.obj(raw[role], f"{place}.{role}", allowed={"min_level", "has"}, required=set()) or {}
                 min_level = spec.get("min_level", 0)
                 top = self.top_level.get("owner" if role == "owner" else "installer")

@@ -9,9 +9,11 @@ from typing import Any, Callable
 
 import pytest
 
+from app.domain.evaluation import evaluate_heat
 from app.domain.rulebook import RulebookError, load_rulebook, parse_rulebook
+from app.services.outbox import heat_tier
 
-from .builders import default_rulebook, default_rulebook_data
+from .builders import AS_OF, PROJECT, default_rulebook, default_rulebook_data, event, project_facts
 
 Edit = Callable[[dict[str, Any]], None]
 
@@ -301,9 +303,34 @@ BROKEN = [
         id="a text where a number is",
     ),
     pytest.param(
-        lambda d: d["stages"]["closed"].__setitem__("cancelled", 0),
+        lambda d: (d["stages"]["closed"].__setitem__("cancelled", 0), d["heat"].__setitem__("closed_labels", {"cancelled": {"zh": "取消", "en": "Cancelled"}})),
         [("stages.closed.cancelled", "'cancelled' is not a value of stage_changed.stage, so no project is ever closed so")],
         id="a closed stage no event can set",
+    ),
+    pytest.param(
+        lambda d: (d["stages"]["closed"].__setitem__("on_hold", 10), d["event_types"]["stage_changed"]["attributes"]["stage"]["values"].append("on_hold")),
+        [("stages.closed.on_hold", "has no label: give one in heat.closed_labels.on_hold")],
+        id="a closed stage without a label (its projects were shown as Cold (0 %))",
+    ),
+    pytest.param(
+        lambda d: d["heat"].__setitem__("closed_labels", {"won": {"zh": "赢", "en": "Won"}, "paused": {"zh": "暂停", "en": "Paused"}}),
+        [("heat.closed_labels.won", "give it as heat.won_label"), ("heat.closed_labels.paused", "not a closed stage (stages.closed)")],
+        id="a label for won, and one for a stage that is not closed",
+    ),
+    pytest.param(
+        lambda d: d["heat"].__setitem__("closed_labels", ["on_hold"]),
+        [("heat.closed_labels", "must be an object of closed stage name to label")],
+        id="closed labels that are not an object",
+    ),
+    pytest.param(
+        set_key(owner_criterion(2, 0), "when", {"owned_project": {"winner": {"has": {"event": "contract_signed"}}}}),
+        [("levels.owner[2].criteria[0].when.owned_project", "winner applies only to heat tiers, not inside owned_project: an owner's level reads its projects' events, not their customers")],
+        id="a winner inside owned_project (accepted, it was never met)",
+    ),
+    pytest.param(
+        set_key(owner_criterion(2, 0), "when", {"owned_project": {"any_of": [{"stage_reached": "bidding"}, {"bidder": {"min_level": 1}}]}}),
+        [("levels.owner[2].criteria[0].when.owned_project.any_of[1]", "bidder applies only to heat tiers, not inside owned_project: an owner's level reads its projects' events, not their customers")],
+        id="a bidder inside an any_of inside owned_project",
     ),
     pytest.param(
         lambda d: d["event_types"].pop("stage_changed"),
@@ -401,6 +428,20 @@ def test_broken_rulebook_is_refused_with_place_and_reason(edit: Edit, expected: 
         parse_rulebook(data)
         return
     assert problems_of(edit) == expected
+
+
+
+def test_a_closed_stage_of_its_own_shows_its_label_and_its_percent() -> None:
+    data = default_rulebook_data()
+    data["stages"]["closed"]["on_hold"] = 10
+    data["event_types"]["stage_changed"]["attributes"]["stage"]["values"].append("on_hold")
+    data["heat"]["closed_labels"] = {"on_hold": {"zh": "暂停", "en": "On hold"}}
+    rulebook = parse_rulebook(data)
+
+    grade = evaluate_heat(rulebook, project_facts(event(1, "stage_changed", project=PROJECT, stage="on_hold")), AS_OF)
+
+    assert (grade.percent, grade.closed, grade.label.en) == (10, True, "On hold")
+    assert heat_tier(rulebook, grade.percent, grade.stage, grade.closed) == ("on_hold", rulebook.closed_labels["on_hold"])
 
 
 @pytest.mark.parametrize(
