@@ -13,6 +13,7 @@ from app.api.limits import RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
+from app.domain.validation import reserved_actor
 from app.errors import FieldError, Forbidden, Invalid, Unauthorized
 from app.services.keys import Key, authenticate, has_scope, hash_secret
 from app.services.known_keys import KnownKeys
@@ -139,6 +140,9 @@ def acting_user(value: str | None) -> str | None:
         raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", reason, "header")]) from None
     if len(actor) > MAX_ACTOR:
         raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", f"String should have at most {MAX_ACTOR} characters", "header")])
+    reserved = reserved_actor(actor)
+    if reserved:
+        raise Invalid("the X-Actor header is not valid", errors=[FieldError("x-actor", reserved, "header")])
     return actor
 
 

@@ -13,7 +13,7 @@ from pydantic_core import PydanticCustomError
 
 from app.db.types import MAX_ID
 from app.domain.rulebook import MAX_NUMBER
-from app.domain.validation import instant_problem, unstorable_texts
+from app.domain.validation import instant_problem, reserved_source, unstorable_texts
 from app.errors import MAX_LISTED
 
 
@@ -25,6 +25,13 @@ def _no_nul(value: str) -> str:
 
 
 NoNul = AfterValidator(_no_nul)
+
+
+def _not_reserved_source(value: str) -> str:
+    reason = reserved_source(value)
+    if reason:
+        raise ValueError(reason)
+    return value
 
 
 def _no_control(value: str) -> str:
@@ -302,8 +309,8 @@ class EventIn(Strict):
     project_ref: Ref | None = Field(default=None, description="the project's external_ref, instead of project_id")
     occurred_at: Instant = Field(description="when it happened, ISO 8601 with an offset; from 1970, at most a day ahead")
     attributes: Attributes = Field(default_factory=dict, description=f"validated against the type's catalogue; at most {MAX_ATTRIBUTES} names")
-    source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")] = Field(
-        default="api", description="api, mobile, erp, form:<id>…"
+    source: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$"), AfterValidator(_not_reserved_source)] = Field(
+        default="api", description="api, mobile, erp…; not form:…, the source of a form's own deliveries"
     )
     external_id: Annotated[str, StringConstraints(min_length=1, max_length=200), NoNul] | None = Field(
         default=None, description="unique per source: the same source + external_id is recorded once"

@@ -35,7 +35,7 @@ from app.domain.form_specs import (
     parse_form_spec,
 )
 from app.domain.rulebook import AttributeSpec, EventType, attribute_problem
-from app.domain.validation import number_in_text, unstorable_texts
+from app.domain.validation import number_in_text, reserved_actor, unstorable_texts
 
 __all__ = [
     "TOOLS",
@@ -99,6 +99,9 @@ def apply_mapping(spec: FormSpec, submission: Submission, *, received_at: dateti
     occurred_at = m.time(spec.occurred_at, submission, received_at)
     subjects = {"customer": m.subject(spec.customer, "customer"), "project": m.subject(spec.project, "project")}
     actor = m.text(spec.actor, "actor", limit=MAX_ACTOR, what="an event's actor")
+    if actor is not None and spec.actor is not None and (reserved := reserved_actor(actor)):
+        m.fail(spec.actor.answer or "actor", reserved)  # a form's submitter is anyone with its link
+        actor = None
     note = m.text(spec.note, "note", limit=MAX_NOTE, what="an event's note")
 
     drafts = []

@@ -61,6 +61,28 @@ def number_in_text(text: str) -> int | float | None:
     return int(number) if number.is_integer() and abs(number) < 2**53 else number
 
 
+# What Rapport writes itself as an actor or a source: the service ("system"), a key that
+# named no one ("key:<name>"), a form's deliveries ("form:<form_id>"). A caller who could
+# write them could pass its events off as another key's, the service's, or a form's (and
+# take a form's delivery ids before the form's own deliveries came: a hunt's find).
+RESERVED_PREFIXES = ("key:", "form:")
+
+
+def reserved_actor(actor: str) -> str | None:
+    """Why `actor` cannot be sent as a person's id, or None."""
+    folded = actor.strip().casefold()
+    if folded == "system" or folded.startswith(RESERVED_PREFIXES):
+        return "system, key:… and form:… are the actors Rapport records itself: send the person's own id"
+    return None
+
+
+def reserved_source(source: str) -> str | None:
+    """Why an API write cannot carry `source`, or None."""
+    if source.startswith("form:"):
+        return "form:… is the source of a form's own deliveries (POST /v1/hooks/forms/…); choose another"
+    return None
+
+
 NUL_REASON = "must not contain the NUL character (U+0000)"
 SURROGATE_REASON = "must be Unicode: it holds a lone surrogate escape such as \\ud800 (half an emoji)"
 

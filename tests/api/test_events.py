@@ -77,7 +77,7 @@ def test_same_source_and_external_id_is_recorded_once(api) -> None:
 
 def test_a_retried_delivery_with_a_changed_body_still_counts_once(api) -> None:
     owner = api.create_customer("仁济医院基建处", "owner")
-    body = {"type": "company_introduced", "customer_id": owner["id"], "occurred_at": at(2), "source": "form:visit-report", "external_id": "sub-981"}
+    body = {"type": "company_introduced", "customer_id": owner["id"], "occurred_at": at(2), "source": "jinshuju-relay", "external_id": "sub-981"}
     first = api.post("/v1/events", json=body).json()
 
     again = api.post("/v1/events", json={**body, "note": "resent by the form tool"})

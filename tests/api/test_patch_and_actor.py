@@ -49,3 +49,44 @@ def test_an_actor_name_is_measured_in_characters_not_in_the_headers_bytes(api, l
         assert r.json()["actor"] == "王" * length
     else:
         assert_problem(r, 422, "x-actor")
+
+
+@pytest.mark.parametrize("actor", ["system", "System", "key:bootstrap", "KEY:reporting", "form:visit-report", " key:x"])
+def test_an_actor_rapport_records_itself_cannot_be_sent(api, actor: str) -> None:
+    # `system`, `key:<name>` and `form:<id>` are written by Rapport alone: a write key that
+    # sent them passed its events off as the service's or another key's (a hunt's find).
+    owner = api.create_customer("绿城置业", "owner")
+    before = len(api.get("/v1/events").json()["items"])
+    r = api.post(
+        "/v1/events",
+        json={"type": "contact_obtained", "customer_id": owner["id"], "occurred_at": "2026-11-19T10:00:00+08:00"},
+        headers={"X-Actor": actor},
+    )
+    assert "Rapport records itself" in assert_problem(r, 422, "x-actor")["errors"][0]["reason"]
+    assert len(api.get("/v1/events").json()["items"]) == before
+
+
+@pytest.mark.parametrize("actor", ["systems", "key-account.li", "王芳"])
+def test_an_actor_that_only_looks_like_one_rapport_records_is_kept(api, actor: str) -> None:
+    owner = api.create_customer("绿城置业", "owner")
+    r = api.post(
+        "/v1/events",
+        json={"type": "contact_obtained", "customer_id": owner["id"], "occurred_at": "2026-11-19T10:00:00+08:00"},
+        headers={"X-Actor": actor.encode("utf-8")},
+    )
+    assert r.status_code == 201 and r.json()["actor"] == actor
+
+
+def test_a_form_source_is_the_forms_own_and_an_api_write_cannot_take_it(api) -> None:
+    # A write key that posted source form:<id> with the form's next delivery id (金数据's
+    # count up) made the real delivery find "its" event stored and drop its answers.
+    owner = api.create_customer("绿城置业", "owner")
+    event = {"type": "contact_obtained", "customer_id": owner["id"], "occurred_at": "2026-11-19T10:00:00+08:00", "source": "form:visit-report", "external_id": "Vk3Pq8:129#0"}
+
+    single = api.post("/v1/events", json=event)
+    batch = api.post("/v1/events/batch", json=[event, {**event, "source": "jinshuju-relay"}])
+
+    assert "form's own deliveries" in assert_problem(single, 422, "source")["errors"][0]["reason"]
+    assert batch.status_code == 200, batch.text
+    assert [item["status"] for item in batch.json()["results"]] == ["rejected", "created"]
+    assert [e["source"] for e in api.get("/v1/events").json()["items"]] == ["jinshuju-relay"]

@@ -626,6 +626,15 @@ def test_an_actor_longer_than_the_column_is_a_problem() -> None:
         apply_typeform(typeform_answers(**{"hidden.rep_id": "S" * 101}))
 
 
+@pytest.mark.parametrize("rep_id", ["system", "key:bootstrap", "form:visit-report"])
+def test_an_actor_rapport_records_itself_is_a_problem_not_an_actor(rep_id: str) -> None:
+    # A form's submitter is anyone with its link: "system" as the rep's id passed the
+    # submission off as the service's own write.
+    with pytest.raises(MappingError) as refused:
+        apply_typeform(typeform_answers(**{"hidden.rep_id": rep_id}))
+    assert refused.value.problems == [("hidden.rep_id", "system, key:… and form:… are the actors Rapport records itself: send the person's own id")]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     mapping=st.sampled_from([c.mapping for c in EXAMPLE_CASES]),
