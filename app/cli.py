@@ -86,11 +86,17 @@ def _mismatch(settings: Settings, exc: RulebookMismatch) -> str:
 class _Rapport(click.Group):
     """Every command's failures that are not its own, each as one line and a status: a
     rulebook that cannot be used or is not the active one, or stopped being it while the
-    command ran (2), the database (3)."""
+    command ran (2), the database (3), an interrupt (130)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Not click's "Aborted!" and exit status 1: for `verify` that says "grades
+            # disagree", and a cron wrapper would report disagreements nobody found (a hunt's
+            # find). A transaction in flight was rolled back; what committed before stays.
+            click.echo(f"rapport {ctx.invoked_subcommand}: interrupted; nothing of the transaction in flight was kept", err=True)
+            ctx.exit(130)
         except RulebookError as exc:
             raise _Unusable(str(exc)) from exc
         except RulebookMismatch as exc:

@@ -153,3 +153,21 @@ def test_serve_given_an_address_it_cannot_listen_on_exits_2(run, tmp_path: Path,
     result = run("serve", *args)
     assert result.exit_code == 2, result.output
     assert not (tmp_path / "rapport.db").exists()
+
+
+@pytest.mark.parametrize(("command", "module", "name"), [("verify", "app.services.verify", "disagreements"), ("regrade", "app.services.state", "regrade_for_time")])
+def test_an_interrupted_command_exits_130_not_1(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, module: str, name: str) -> None:  # noqa: ANN001
+    # Click's "Aborted!" exits 1, which for `verify` says "grades disagree": a cron wrapper
+    # reported disagreements nobody had found (a hunt's find).
+    import importlib
+
+    assert run("demo").exit_code == 0
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), name, interrupted)
+    result = run(command)
+
+    assert result.exit_code == 130, result.output
+    assert f"rapport {command}: interrupted" in result.stderr and "Aborted" not in result.output
