@@ -35,12 +35,12 @@ from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
 from app.domain.validation import number_in_text
-from app.errors import AppError, FieldError, NotFound
+from app.errors import AppError, FieldError
 from app.services.batch import record_batch
 from app.services.customers import put_customer
 from app.services.events import NewEvent
 from app.services.projects import put_project
-from app.services.records import get_by_ref
+from app.services.records import locked_by_ref
 
 ATTR = "attr."  # events: one column per attribute, e.g. attr.reception
 LIST_SEPARATOR = "|"  # tags, and enum_list attributes
@@ -452,10 +452,10 @@ def _put_record(session: Session, rulebook: Rulebook, table: Table, row: Row, no
 
 
 def _stored(session: Session, model: type[m.Customer] | type[m.Project], ref: str) -> Any:
-    try:
-        return get_by_ref(session, model, ref)
-    except NotFound:
-        return None
+    # Locked, as the PUT will lock it: read without the lock, a column the file does not
+    # have was written back as it stood before another transaction's committed change to
+    # it (PostgreSQL; a hunt's find: a region changed by hand during an import came back).
+    return locked_by_ref(session, model, ref)
 
 
 def _record_body(table: Table, row: Row, stored: m.Customer | m.Project | None) -> dict[str, Any]:

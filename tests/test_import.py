@@ -640,3 +640,38 @@ def test_the_import_grades_alike_on_the_test_database(migrated: str, tmp_path: P
     ]
     assert [tuple(r) for r in levels] == [("C-1", 1), ("C-2", 0)]
     assert read_csv(tmp_path / "customers.rejected.csv")[0]["reason"] == "external_ref: line 3 has this code already: one row per code"
+
+
+def test_a_column_the_file_lacks_keeps_a_change_committed_while_the_import_waited(migrated: str, tmp_path: Path) -> None:
+    """The stored record is read under the lock the PUT takes: read before it, a column the
+    file does not have was written back as it stood before another transaction's change,
+    committed while the import waited for the row (a hunt's find: a region changed by hand
+    came back)."""
+    if migrated.startswith("sqlite"):
+        pytest.skip("SQLite has one writer at a time: the import cannot read before another write commits")
+    import threading
+    import time
+
+    db = Database(make_engine(migrated))
+    empty_tables(db.engine)
+    rulebook = load_rulebook()
+    now = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
+
+    def imported(kind: str, rows: Rows) -> None:
+        run_import(db, rulebook, open_table(write_csv(tmp_path / f"{kind}.csv", rows), kind, "utf-8-sig"), rejected_path=tmp_path / f"{kind}.rejected.csv", options=Options(chunk=3, actor="test"), clock=lambda: now)
+
+    try:
+        imported("customers", CUSTOMERS)
+        with db.engine.connect() as holder:
+            holder.execute(text("UPDATE customers SET region = '区域-新', version = version + 1 WHERE external_ref = 'C-1'"))
+            importer = threading.Thread(target=imported, args=("customers", [["external_ref", "rep"], ["C-1", "销售2"]]))
+            importer.start()
+            time.sleep(1)  # the import reads, then waits for the row
+            holder.commit()
+        importer.join(30)
+        with db.session(write=False) as session:
+            stored = session.execute(text("SELECT region, rep FROM customers WHERE external_ref = 'C-1'")).one()
+    finally:
+        db.dispose()
+
+    assert tuple(stored) == ("区域-新", "销售2")

@@ -84,14 +84,14 @@ def upsert_by_ref(
     leaves the version as it was. `fixed` fields cannot change (422, naming the field as the
     caller sent it: `named` maps a stored field to that name). `if_none_match` is checked
     against the stored record under its lock, so a concurrent create is seen."""
-    row = _by_ref(session, model, ref)
+    row = locked_by_ref(session, model, ref)
     if row is None:
         if if_match is not None:
             raise PreconditionFailed(f"nothing has external_ref {ref!r}, so If-Match cannot match")
         try:
             return create(), True
         except Conflict:
-            row = _by_ref(session, model, ref)  # a concurrent request created it first
+            row = locked_by_ref(session, model, ref)  # a concurrent request created it first
             if row is None:
                 raise
     if if_none_match is not None and if_none_match.matches(row.id, row.version):
@@ -124,7 +124,9 @@ def apply_changes(row: Any, fields: dict[str, Any], now: datetime, *, same: Call
     return changes
 
 
-def _by_ref(session: Session, model: type[Record], ref: str) -> Record | None:
+def locked_by_ref(session: Session, model: type[Record], ref: str) -> Record | None:
+    """The record with this external_ref, if any, locked for this transaction and read as it
+    now stands (not as the session last saw it)."""
     return session.scalar(select(model).where(model.external_ref == ref).with_for_update().execution_options(populate_existing=True))
 
 
