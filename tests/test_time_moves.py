@@ -273,6 +273,24 @@ def test_a_heat_that_fell_with_its_owners_lapsed_level_names_that_move(db: Datab
     consistent(db, rulebook, later)
 
 
+def test_an_event_on_the_project_of_a_type_the_owner_does_not_read_still_finds_the_owners_lapsed_level(db: Database, under: Any) -> None:
+    # design.md: an event for a project re-grades the project and its owner. The owner was
+    # re-graded only for the types its criteria read, so the heat was graded from its
+    # lapsed level and stayed at 30 % (a hunt's find).
+    rulebook = windowed(**{"O2.2": 30})  # H30.2 needs the owner at level II
+    under(rulebook)
+    owner, _, project, _ = _project_at_30(db, rulebook)
+    assert "competitor_strategy_known" not in rulebook.owned_project_event_types
+
+    later = NOW + timedelta(days=40)
+    log(db, rulebook, [("competitor_strategy_known", {})], project_id=project, at=later, now=later)
+
+    assert history(db, "customer", owner)[-1] == (2, 1, {"kind": "time"}, "system")
+    moved = {"subject": "customer", "id": owner, "metric": "relationship_level", "old": 2, "new": 1}
+    assert history(db, "project", project)[-1] == (30, 0, {"kind": "time", "via": [moved]}, "system")
+    consistent(db, rulebook, later)
+
+
 def test_a_heat_moved_by_a_write_names_only_the_writes_part_of_a_linked_level(db: Database, under: Any) -> None:
     rulebook = windowed(**{"I2.1": 30})  # H30.4 needs a bidder at level I or above
     under(rulebook)
@@ -393,7 +411,8 @@ def _facts_before(cid: int, log: dict[int, Event]) -> CustomerFacts:
 class _Write:
     """What the oracle needs of one write: its time, the log and the stored levels before
     it, the customers it re-grades (design.md: each event's customer, and its project's
-    owner where the owner's criteria read that type on its projects), and the id of the
+    owner: where the owner's criteria read that type on its projects, and always under a
+    rulebook whose grades age, as its heat reads the owner's level), and the id of the
     last history row before it (the rows after it, to the next write's, are its own)."""
 
     rulebook: Rulebook
@@ -431,7 +450,7 @@ def _run(db: Database, rulebook: Rulebook, steps: list) -> tuple[datetime, list[
 
     def write(s: Any, events: list[Event] | list[NewEvent]) -> None:
         graded = {e.customer_id for e in events if e.customer_id is not None}
-        graded |= {PROJECTS[e.project_id] for e in events if e.project_id is not None and e.type in rulebook.owned_project_event_types}
+        graded |= {PROJECTS[e.project_id] for e in events if e.project_id is not None and (e.type in rulebook.owned_project_event_types or rulebook.ages)}
         stored = {cid: level for cid, level in s.execute(select(m.Customer.id, m.Customer.level))}
         last = s.scalar(select(func.max(m.GradeChange.id))) or 0
         writes.append(_Write(rulebook, now, dict(log), stored, graded, last))

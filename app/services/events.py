@@ -355,9 +355,12 @@ def add_subjects(job: Regrade, rulebook: Rulebook, customer: CustomerState | Non
     if project is not None:
         job.project_ids.add(project.id)
         # The owner's lock guards the project's log (app/db/logs.py); its level reads only
-        # the owned projects' events of some types (`owned_project_event_types`).
+        # the owned projects' events of some types (`owned_project_event_types`). Under a
+        # rulebook whose grades age it is re-graded all the same: the project's heat reads
+        # its level, which may have lapsed since it was last graded (a hunt's find: an event
+        # of another type graded the heat from the lapsed level, and kept it).
         job.guards.add(project.owner_id)
-        if event_type in rulebook.owned_project_event_types:
+        if event_type in rulebook.owned_project_event_types or rulebook.ages:
             job.customer_ids.add(project.owner_id)
 
 
