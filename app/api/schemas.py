@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from decimal import ROUND_HALF_UP, Decimal
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -36,13 +37,26 @@ def _not_reserved_source(value: str) -> str:
 
 def _no_control(value: str) -> str:
     # A ref is also a URL path segment: one with a line break could be stored but never
-    # found again by /by-ref/{external_ref}, whose path cannot match it.
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+    # found again by /by-ref/{external_ref}, whose path cannot match it. The C1 block too
+    # (U+0085 is a line break to Python; 0x80-0x9F is what a Windows-1252 code read as
+    # Latin-1 leaves), and U+2028/2029 (a hunt stored them).
+    if any(unicodedata.category(ch) == "Cc" or ch in "\u2028\u2029" for ch in value):
         raise ValueError("must not contain control characters (a line break, a tab…)")
+    # Invisible: "\u200bC-1" and "C-1" were two codes that look the same (zero-width and
+    # direction marks, a BOM).
+    if any(unicodedata.category(ch) == "Cf" for ch in value):
+        raise ValueError("must not contain invisible format characters (a zero-width space, a direction mark…)")
     return value
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul]
+def _visible(value: str) -> str:
+    # A name of only a zero-width space or a BOM was stored where one of spaces was refused.
+    if all(ch.isspace() or unicodedata.category(ch) in ("Cf", "Cc", "Zs", "Zl", "Zp") for ch in value):
+        raise ValueError("must hold a visible character")
+    return value
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul, AfterValidator(_visible)]
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul, AfterValidator(_no_control)]
 Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]

@@ -42,18 +42,42 @@ def test_a_ref_with_surrounding_spaces_is_refused_in_the_path(api) -> None:
     assert api.get("/v1/customers").json()["items"] == []
 
 
-@pytest.mark.parametrize("ref", ["C-1\nC-2", "C\t1", "C\x7f1"])
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "C-1\nC-2", "C\t1", "C\x7f1",
+        # The C1 block (U+0085 is a line break to Python), and the line and paragraph
+        # separators: stored before (a hunt's find).
+        "C1\x85X", "C1\x9bX", "C\u20281",
+        # Invisible: "\u200bC-1" looked like "C-1" and was another customer.
+        "\u200bC-1", "C-\u200d1", "\ufeffC-1", "C-1\u202e",
+    ],
+)
 def test_a_ref_with_a_control_character_is_refused_and_nothing_is_stored(api, ref: str) -> None:
     # No /by-ref/{external_ref} path could ever find such a customer again.
     assert_problem(api.post("/v1/customers", json={"name": "x", "kind": "owner", "external_ref": ref}), 422, "external_ref")
     assert api.get("/v1/customers").json()["items"] == []
 
 
-@pytest.mark.parametrize("path", ["/v1/customers/by-ref/CTL%01X", "/v1/customers/by-ref/a%09b", "/v1/customers/by-ref/C%7F1"])
+@pytest.mark.parametrize("path", ["/v1/customers/by-ref/CTL%01X", "/v1/customers/by-ref/a%09b", "/v1/customers/by-ref/C%7F1", "/v1/customers/by-ref/C1%C2%85X", "/v1/customers/by-ref/%E2%80%8BC-1"])
 def test_a_ref_with_a_control_character_is_refused_in_the_path_too(api, path: str) -> None:
     # Stored, it could never be named by an event's customer_ref, which refuses it.
     assert_problem(api.put(path, json={"name": "x", "kind": "owner"}), 422, "external_ref")
     assert api.get("/v1/customers").json()["items"] == []
+
+
+@pytest.mark.parametrize("name", ["\u200b", "\ufeff", " \u200b\u3000", "\u2028"])
+def test_a_name_with_nothing_visible_is_refused_as_one_of_spaces_is(api, name: str) -> None:
+    assert_problem(api.post("/v1/customers", json={"name": name, "kind": "owner"}), 422, "name")
+    customer = api.create_customer("上海建工安装有限公司", "installer")
+    assert_problem(api.patch(f"/v1/customers/{customer['id']}", json={"name": name}), 422, "name")
+    assert [c["name"] for c in api.get("/v1/customers").json()["items"]] == ["上海建工安装有限公司"]
+
+
+@pytest.mark.parametrize("name", ["👨\u200d👩\u200d👧 家装", "A\u200bB"])
+def test_a_name_with_an_invisible_character_among_visible_ones_is_kept(api, name: str) -> None:
+    # An emoji family is joined by zero-width joiners: a name is free text, unlike a code.
+    assert api.post("/v1/customers", json={"name": name, "kind": "owner"}).json()["name"] == name
 
 
 @pytest.mark.parametrize("resource", ["customers", "projects"])
