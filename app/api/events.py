@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
@@ -115,7 +115,7 @@ async def record_batch(
         # The answer (up to 10,000 results) is encoded after the commit, not while holding
         # the write transaction, so it is not kept in that transaction: run stores it after.
         def work(_keep: idempotency.Keep) -> Response:
-            items = [_new_event(validate_item(s.EventIn, item)) for item in found]
+            items = [_new_event(validate_item(s.EventIn, item), item) for item in found]
             outcome = ctx.db.transaction(lambda session: batch_svc.record_batch(session, ctx.rulebook, items, atomic=atomic, actor=caller.actor, now=ctx.clock()))
             out = s.BatchOut(
                 created=outcome.count("created"),
@@ -131,8 +131,14 @@ async def record_batch(
     return await threads.run_batch(ctx.settings, read_then_record)
 
 
-def _new_event(item: s.EventIn | list[FieldError]) -> batch_svc.Item:
-    return item if isinstance(item, list) else svc.NewEvent(**item.model_dump())
+def _new_event(item: s.EventIn | list[FieldError], raw: Any) -> batch_svc.Item:
+    if isinstance(item, list):
+        # An item the schema refused is not checked further; its missing external_id is
+        # said all the same, or a caller fixed the rest and learnt of it on the next try.
+        if isinstance(raw, dict) and raw.get("external_id") is None and all(e.field != "external_id" for e in item):
+            return [*item, batch_svc.EXTERNAL_ID_REQUIRED]
+        return item
+    return svc.NewEvent(**item.model_dump())
 
 
 def _item_out(result: batch_svc.ItemResult) -> s.BatchItemOut:

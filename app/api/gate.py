@@ -33,11 +33,18 @@ def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
     """A query parameter the route does not take is a 422, as an unknown body field is: a
     misspelt or unsupported filter (`GET /v1/projects?region=East`) would otherwise filter
     nothing and answer every row, as if it had."""
-    unknown = [name for name in dict.fromkeys(request.query_params.keys()) if name not in known]
-    if unknown:
+    names = request.query_params.keys()
+    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    # One given twice was read as its last value: `?atomic=true&atomic=false` stored part of a
+    # batch, `?limit=500&limit=2` passed the limit's check (a hunt's find). No parameter here
+    # takes a list, so a second value can only contradict the first.
+    repeated = [name for name in dict.fromkeys(names) if name in known and len(request.query_params.getlist(name)) > 1]
+    if unknown or repeated:
         takes = ", ".join(sorted(known)) or "none"
         reason = f"this operation takes no query parameter of that name (it takes: {takes})"
-        raise Invalid(failed_fields(len(unknown)), errors=[FieldError(name, reason, "query") for name in unknown])
+        errors = [FieldError(name, reason, "query") for name in unknown]
+        errors += [FieldError(name, f"given {len(request.query_params.getlist(name))} times: send it once", "query") for name in repeated]
+        raise Invalid(failed_fields(len(errors)), errors=errors)
 
 
 async def admit(ctx: Context, authorization: str | None, scopes: Iterable[str]) -> Key:

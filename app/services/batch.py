@@ -22,12 +22,13 @@ from app.db import models as m
 from app.db.engine import one_of, run, run_many
 from app.db.facts import stored_fact
 from app.domain.rulebook import Rulebook
-from app.errors import FieldError, Invalid
+from app.errors import MAX_LISTED, FieldError, Invalid
 from app.grading import Effect, Regrade, lock_customers, regrade
 from app.services import outbox
 from app.services.events import EVENT_COLUMNS, INSERT_NEW_EVENT, Checked, NewEvent, Subjects, add_subjects, check_new_event, event_values, twin_of
 
 MAX_ITEMS = 10_000
+EXTERNAL_ID_REQUIRED = FieldError("external_id", "is required in a batch: it is what makes a re-sent batch change nothing")
 _CUSTOM_PLANS = text("SET LOCAL plan_cache_mode = force_custom_plan")
 
 
@@ -79,7 +80,7 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
             continue
         if item.external_id is None:
             # Its other problems too: an atomic batch's answer lists every problem of every item.
-            problems = [FieldError("external_id", "is required in a batch: it is what makes a re-sent batch change nothing")]
+            problems = [EXTERNAL_ID_REQUIRED]
             try:
                 check_new_event(rulebook, item, now=now, subjects=subjects)
             except Invalid as exc:
@@ -106,7 +107,10 @@ def record_batch(session: Session, rulebook: Rulebook, items: Sequence[Item], *,
     rejected = [r for r in results if r is not None and r.status == "rejected"]
     if atomic and rejected:
         errors = [FieldError(f"[{r.index}].{e.field}" if e.field else f"[{r.index}]", e.reason) for r in rejected for e in r.errors]
-        raise Invalid(f"{len(rejected)} of {len(items)} items are not valid; in an atomic batch nothing was stored", errors=errors)
+        # Listed up to MAX_LISTED, as every 422's errors are: the detail says how many there
+        # are, or a caller fixed the first twenty and learnt of the rest on the next try.
+        listed = f" ({len(errors)} problems, the first {MAX_LISTED} listed)" if len(errors) > MAX_LISTED else ""
+        raise Invalid(f"{len(rejected)} of {len(items)} items are not valid{listed}; in an atomic batch nothing was stored", errors=errors)
 
     # Customers first, in id order, as every writer does; grading locks the projects.
     lock_customers(session, job)

@@ -362,6 +362,31 @@ def test_an_atomic_batch_with_a_bad_item_stores_nothing(api) -> None:
     assert good.status_code == 200 and good.json()["created"] == 7
 
 
+
+def test_an_atomic_batch_says_how_many_problems_it_has_when_it_lists_twenty(api) -> None:
+    # Ten items of three problems each: the 422 listed twenty and said nothing of the
+    # other ten (a hunt's find).
+    bad = [{"type": "visit", "customer_id": 999, "occurred_at": "2099-12-01T10:00:00+08:00", "attributes": {"reception": "x"}, "external_id": f"cnt{i}"} for i in range(10)]
+
+    body = assert_problem(api.post("/v1/events/batch", params={"atomic": "true"}, json=bad), 422)
+
+    assert body["detail"] == "10 of 10 items are not valid (30 problems, the first 20 listed); in an atomic batch nothing was stored"
+    assert len(body["errors"]) == 20
+
+
+def test_an_item_the_schema_refuses_is_told_of_its_missing_external_id_too(api) -> None:
+    # Only the naive timestamp was said: fixed and re-sent, the item then lacked its
+    # external_id (a hunt's find).
+    owner = api.create_customer("仁济医院基建处", "owner")
+    item = {"type": "contact_obtained", "customer_id": owner["id"], "occurred_at": "2026-12-01T10:00:00"}
+
+    atomic = assert_problem(api.post("/v1/events/batch", params={"atomic": "true"}, json=[item]), 422)
+    each = api.post("/v1/events/batch", json=[item]).json()["results"][0]
+
+    assert [e["field"] for e in atomic["errors"]] == ["[0].occurred_at", "[0].external_id"]
+    assert [e["field"] for e in each["problem"]["errors"]] == ["occurred_at", "external_id"]
+
+
 def test_duplicates_inside_one_batch_count_once(api) -> None:
     api.put("/v1/customers/by-ref/C-0001", json={"name": "仁济医院基建处", "kind": "owner"})
     items = _owner_level_one_batch()

@@ -47,6 +47,30 @@ def test_a_write_with_an_unknown_query_parameter_stores_nothing(api, app) -> Non
     assert row_counts(app) == before
 
 
+
+@pytest.mark.parametrize("query", ["limit=500&limit=2", "limit=2&limit=500", "kind=owner&kind=installer"])
+def test_a_parameter_given_twice_is_a_422_not_its_last_value(api, query: str) -> None:
+    # `?limit=500&limit=2` passed the limit's check as 2 (a hunt's find).
+    api.create_customer("仁济医院基建处", "owner")
+    name = query.split("=")[0]
+
+    body = assert_problem(api.get(f"/v1/customers?{query}"), 422, name)
+
+    assert body["errors"] == [{"field": name, "in": "query", "reason": "given 2 times: send it once"}]
+
+
+def test_a_batch_told_atomic_and_not_stores_nothing(api, app) -> None:
+    # `?atomic=true&atomic=false` ran non-atomic and stored the batch's valid item.
+    owner = api.create_customer("仁济医院基建处", "owner")
+    good = {"type": "contact_obtained", "customer_id": owner["id"], "occurred_at": "2026-11-19T10:00:00+08:00", "external_id": "q5-ok"}
+    before = row_counts(app)
+
+    r = api.post("/v1/events/batch?atomic=true&atomic=false", json=[good, {**good, "customer_id": 999, "external_id": "q5-bad"}])
+
+    assert_problem(r, 422, "atomic")
+    assert row_counts(app) == before
+
+
 def test_the_key_is_checked_before_the_query(anonymous) -> None:
     assert_problem(anonymous.get("/v1/customers?levle=3"), 401)
 
