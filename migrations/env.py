@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
-from app.db.engine import make_engine
+from app.db.engine import WRITE_BEGIN, make_engine, sqlite_begin
 from app.db.models import Base
 from app.settings import get_settings
 
@@ -17,9 +18,9 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
-    with context.begin_transaction():
-        context.run_migrations()
+    # `alembic upgrade --sql` crashed with an AttributeError halfway (a hunt's find): the
+    # grade_hash migration computes each stored grade's digest in Python, from the rows.
+    raise SystemExit("offline migrations (--sql) are not supported: some compute values from the stored rows; run `rapport migrate` against the database")
 
 
 def run_migrations_online() -> None:
@@ -38,7 +39,14 @@ def run_migrations_online() -> None:
 def _run(connection) -> None:  # noqa: ANN001
     # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table.
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
-    with context.begin_transaction():
+    # One migration at a time: every command and server migrates at start, and two started
+    # together both altered the schema, one failing with "already exists" (exit 3, a
+    # database failure to an orchestrator; a hunt's find). The lock is held to the commit;
+    # the one that waited then reads the schema at head. PostgreSQL: an advisory lock;
+    # SQLite: its write lock, from the transaction's first statement (BEGIN IMMEDIATE).
+    with sqlite_begin(WRITE_BEGIN), context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('rapport.migrations'))"))
         context.run_migrations()
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from alembic import command
+from sqlalchemy import inspect, text
 from alembic.config import Config
 from alembic.util.exc import CommandError
 
@@ -18,6 +21,28 @@ def unknown_revisions(revisions: set[str]) -> str:
         f"the database's schema is at revision {', '.join(sorted(revisions))}, which this release's migrations do not hold: "
         "a newer release of Rapport migrated it. Run that release, or restore a backup taken before"
     )
+
+
+# A downgrade that would drop the events, retractions and grading history, or lift the
+# triggers that keep them append-only, runs only on a database where they hold nothing,
+# unless asked for in so many words (a hunt downgraded to "base" a database with its whole
+# history: every table dropped, exit status 0).
+ALLOW_DOWNGRADE = "RAPPORT_ALLOW_DOWNGRADE"  # the environment's "yes", or the Alembic config's attribute
+LOG_TABLES = ("events", "event_retractions", "grade_history")
+
+
+def refuse_losing_the_log(op: Any) -> None:
+    """Called first by a migration's downgrade that drops the log or lifts its protection."""
+    if os.environ.get(ALLOW_DOWNGRADE) == "yes" or op.get_context().config.attributes.get(ALLOW_DOWNGRADE):
+        return
+    bind = op.get_bind()
+    present = set(inspect(bind).get_table_names())
+    holding = [t for t in LOG_TABLES if t in present and bind.execute(text(f"SELECT 1 FROM {t} LIMIT 1")).first() is not None]
+    if holding:
+        raise SystemExit(
+            f"refused: this downgrade would drop or unprotect {', '.join(holding)}, which hold recorded data (nothing is ever deleted "
+            f"from them). Restore a backup taken before the upgrade instead; to downgrade all the same, set {ALLOW_DOWNGRADE}=yes"
+        )
 
 
 def migrations_dir(settings: Settings) -> Path:

@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from app.db.migrate import refuse_losing_the_log
+
 revision: str = 'af432ed6e8a9'
 down_revision: Union[str, None] = None
 branch_labels: Union[str, Sequence[str], None] = None
@@ -163,6 +165,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_losing_the_log(op)
     op.drop_table('event_retractions')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index('ix_events_project_id_type')

@@ -15,6 +15,8 @@ from typing import Sequence, Union
 
 from alembic import op
 
+from app.db.migrate import refuse_losing_the_log
+
 revision: str = 'eb4fe37b4fa0'
 down_revision: Union[str, None] = 'f3e81650b365'
 branch_labels: Union[str, Sequence[str], None] = None
@@ -70,6 +72,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_losing_the_log(op)
     if _postgres():
         for table in PROTECTED:
             op.execute(f"DROP TRIGGER {table}_no_truncate ON {table}")

@@ -23,6 +23,8 @@ from typing import Sequence, Union
 
 from alembic import op
 
+from app.db.migrate import refuse_losing_the_log
+
 revision: str = '7e2c5a9d4b10'
 down_revision: Union[str, None] = '4d8a1f6c2b73'
 branch_labels: Union[str, Sequence[str], None] = None
@@ -49,6 +51,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    refuse_losing_the_log(op)
     if op.get_context().dialect.name != "sqlite":
         return
     for name in TRIGGERS:

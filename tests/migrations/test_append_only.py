@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.db import models as m
 from app.db.engine import make_engine
-from app.db.migrate import alembic_config, migrations_dir
+from app.db.migrate import ALLOW_DOWNGRADE, alembic_config, migrations_dir
 from app.settings import Settings
 from tests.migrations.conftest import fresh_database
 
@@ -158,6 +158,7 @@ def test_downgrading_lifts_the_refusal_and_upgrading_restores_it(empty_url: str)
     engine = make_engine(empty_url)
     try:
         _append_one_of_each(engine)
+        cfg.attributes[ALLOW_DOWNGRADE] = True  # the log holds rows: asked for in so many words
         command.downgrade(cfg, _migration().down_revision)
         with engine.begin() as conn:
             conn.execute(text("UPDATE grade_history SET new = 2"))
@@ -166,6 +167,25 @@ def test_downgrading_lifts_the_refusal_and_upgrading_restores_it(empty_url: str)
         assert [_count(engine, t) for t in PROTECTED] == [0, 0, 0]
         command.upgrade(cfg, "head")
         _append_one_of_each(engine)
+        with engine.connect() as conn, pytest.raises(DBAPIError, match="events is append-only"):
+            conn.execute(text("DELETE FROM events"))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("target", ["base", "below the triggers"])
+def test_a_downgrade_that_would_drop_or_unprotect_a_log_holding_rows_is_refused(empty_url: str, target: str) -> None:
+    # Downgrading to base dropped every table of a database with its whole history, exit
+    # status 0 (a hunt's find); below the triggers' revision the log could be edited again.
+    cfg = alembic_config(Settings(database_url=empty_url))
+    command.upgrade(cfg, "head")
+    engine = make_engine(empty_url)
+    try:
+        _append_one_of_each(engine)
+        with pytest.raises(SystemExit, match="refused: this downgrade would drop or unprotect events, event_retractions, grade_history"):
+            command.downgrade(cfg, "base" if target == "base" else _migration().down_revision)
+        assert [_count(engine, t) for t in PROTECTED] == [1, 1, 1]
+        command.upgrade(cfg, "head")  # wherever the refusal left it, upgrading again restores the schema
         with engine.connect() as conn, pytest.raises(DBAPIError, match="events is append-only"):
             conn.execute(text("DELETE FROM events"))
     finally:

@@ -56,3 +56,29 @@ def test_migrations_form_one_line_with_dated_file_names() -> None:
     assert len(script.get_heads()) == 1
     for path in (migrations_dir(Settings()) / "versions").glob("*.py"):
         assert re.match(r"^\d{4}_\d{2}_\d{2}_\d{4}-[0-9a-f]+_\w+\.py$", path.name), path.name
+
+
+def test_two_upgrades_at_once_both_end_at_head(empty_url: str) -> None:
+    # Every server and command migrates at start; two started together on PostgreSQL both
+    # altered the schema and one failed ("already exists": exit 3, a hunt's find). They now
+    # take turns: PostgreSQL's advisory lock, SQLite's write lock. Processes, as in
+    # production (Alembic's context is one per process, not per thread).
+    import subprocess
+    import sys
+
+    script = "import sys; from app.db.migrate import upgrade; from app.settings import Settings; upgrade(Settings(database_url=sys.argv[1]))"
+    runs = [subprocess.Popen([sys.executable, "-c", script, empty_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outcomes = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in runs]
+
+    assert [code for code, _ in outcomes] == [0, 0, 0], [err[-500:] for _, err in outcomes]
+    assert _tables(empty_url) == set(Base.metadata.tables) | {"alembic_version"}
+    assert _diff(empty_url) == []
+
+
+def test_offline_migrations_are_refused_with_a_reason(empty_url: str) -> None:
+    # `alembic upgrade --sql` crashed halfway with an AttributeError: a migration computes
+    # values from the stored rows.
+    import pytest
+
+    with pytest.raises(SystemExit, match="offline migrations"):
+        command.upgrade(alembic_config(Settings(database_url=empty_url)), "head", sql=True)
