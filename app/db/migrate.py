@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from alembic import command
-from sqlalchemy import inspect, text
 from alembic.config import Config
 from alembic.util.exc import CommandError
+from sqlalchemy import inspect, text
 
 from app.errors import MigrationsUnusable
 from app.settings import Settings
