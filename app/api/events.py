@@ -16,7 +16,7 @@ from app.api.problems import AUTHENTICATED, problem_responses, with_headers
 from app.api.gate import Gated
 from app.domain.rulebook import Rulebook
 from app.domain.validation import with_defaults
-from app.errors import FieldError
+from app.errors import MAX_LISTED, FieldError
 from app.services import batch as batch_svc
 from app.services import events as svc
 from app.services.event_queries import list_events
@@ -135,7 +135,7 @@ def _new_event(item: s.EventIn | list[FieldError], raw: Any) -> batch_svc.Item:
     if isinstance(item, list):
         # An item the schema refused is not checked further; its missing external_id is
         # said all the same, or a caller fixed the rest and learnt of it on the next try.
-        if isinstance(raw, dict) and raw.get("external_id") is None and all(e.field != "external_id" for e in item):
+        if isinstance(raw, dict) and raw.get("external_id") is None and len(item) < MAX_LISTED and all(e.field != "external_id" for e in item):
             return [*item, batch_svc.EXTERNAL_ID_REQUIRED]
         return item
     return svc.NewEvent(**item.model_dump())

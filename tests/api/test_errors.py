@@ -396,7 +396,7 @@ def test_an_unreadable_instant_is_refused_in_the_services_words_in_a_body_and_a_
     body = {"type": "visit", "customer_id": customer, "occurred_at": occurred_at, "attributes": {"reception": "neutral"}}
 
     single = assert_problem(api.post("/v1/events", json=body), 422, "occurred_at")
-    (item,) = api.post("/v1/events/batch", json=[body]).json()["results"]
+    (item,) = api.post("/v1/events/batch", json=[{**body, "external_id": "visit-1"}]).json()["results"]
 
     assert single["errors"] == [{"field": "occurred_at", "in": "body", "reason": INSTANT}]
     assert item["status"] == "rejected" and item["problem"]["errors"] == [{"field": "occurred_at", "reason": INSTANT}]

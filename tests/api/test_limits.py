@@ -221,8 +221,8 @@ def test_a_problem_lists_the_first_errors_and_counts_them_all(api, app, records)
     assert body["detail"] == f"30 field(s) failed validation (the first {MAX_LISTED} are listed); nothing was stored"
     assert [e["field"] for e in body["errors"]] == [f"x{i}" for i in range(MAX_LISTED)]
 
-    listed = {**event(records), **{f"k{i}": 0 for i in range(MAX_LISTED)}}  # one error each, all listed
-    counted = {**event(records), **{f"k{i}": 0 for i in range(MAX_LISTED + 1)}}  # one error that counts them
+    listed = {**event(records), "external_id": "l", **{f"k{i}": 0 for i in range(MAX_LISTED)}}  # one error each, all listed
+    counted = {**event(records), "external_id": "c", **{f"k{i}": 0 for i in range(MAX_LISTED + 1)}}  # one error that counts them
     answer = api.post("/v1/events/batch", json=[listed, counted])
     assert answer.status_code == 200, answer.text
     first, second = (r["problem"]["errors"] for r in answer.json()["results"])
