@@ -5,6 +5,7 @@ checks made in dependencies would answer garbage sent without a key with 422 ins
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable, Coroutine, Hashable, Iterable
 
 from fastapi import Request, Response
@@ -33,17 +34,17 @@ def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
     """A query parameter the route does not take is a 422, as an unknown body field is: a
     misspelt or unsupported filter (`GET /v1/projects?region=East`) would otherwise filter
     nothing and answer every row, as if it had."""
-    names = request.query_params.keys()
-    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    given = Counter(name for name, _ in request.query_params.multi_items())  # in the order sent
+    unknown = [name for name in given if name not in known]
     # One given twice was read as its last value: `?atomic=true&atomic=false` stored part of a
     # batch, `?limit=500&limit=2` passed the limit's check (a hunt's find). No parameter here
     # takes a list, so a second value can only contradict the first.
-    repeated = [name for name in dict.fromkeys(names) if name in known and len(request.query_params.getlist(name)) > 1]
+    repeated = [name for name in given if name in known and given[name] > 1]
     if unknown or repeated:
         takes = ", ".join(sorted(known)) or "none"
         reason = f"this operation takes no query parameter of that name (it takes: {takes})"
         errors = [FieldError(name, reason, "query") for name in unknown]
-        errors += [FieldError(name, f"given {len(request.query_params.getlist(name))} times: send it once", "query") for name in repeated]
+        errors += [FieldError(name, f"given {given[name]} times: send it once", "query") for name in repeated]
         raise Invalid(failed_fields(len(errors)), errors=errors)
 
 

@@ -101,10 +101,10 @@ class LoopReads:
             if pool.loop.is_closed() or not pool.loop.is_running():
                 self._finish(pool, list(pool.open))  # no read can be running there
             elif _running_loop() is pool.loop:
-                self._finish(pool, [cursor.connection for cursor in pool.idle])
+                self._finish_idle(pool)
             else:
                 try:
-                    pool.loop.call_soon_threadsafe(lambda pool=pool: self._finish(pool, [cursor.connection for cursor in pool.idle]))
+                    pool.loop.call_soon_threadsafe(self._finish_idle, pool)
                 except RuntimeError:  # closed meanwhile: nothing runs there any more
                     self._finish(pool, list(pool.open))
 
@@ -138,6 +138,11 @@ class LoopReads:
     def _finish(cls, pool: _Pool, conns: list[psycopg.AsyncConnection[Any]]) -> None:
         for conn in conns:
             cls._close(pool, conn)
+
+    @classmethod
+    def _finish_idle(cls, pool: _Pool) -> None:
+        """Close the connections no read holds; run on the pool's loop, where they are taken."""
+        cls._finish(pool, [cursor.connection for cursor in pool.idle])
 
     @staticmethod
     def _close(pool: _Pool, conn: psycopg.AsyncConnection[Any]) -> None:
