@@ -21,7 +21,7 @@ from app.db.types import MAX_ID
 from app.api.head import HeadAsGet
 from app.api.paths import Utf8Path
 from app.logs import log_to_stderr
-from app.api.limits import BodyLimit, RateLimiter
+from app.api.limits import HOOKS_PREFIX, BodyLimit, RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import load_rulebook
@@ -172,7 +172,7 @@ def _without_secrets(text: str) -> str:
     path, mark, query = text.partition("?")
     if not mark:
         return text
-    if "/v1/hooks/" in path:  # (behind a root_path too) each name kept (what the tool sent), each value hidden, a bare item too
+    if HOOKS_PREFIX in path:  # (behind a root_path too) each name kept (what the tool sent), each value hidden, a bare item too
         return path + mark + "&".join(f"{item.partition('=')[0]}=***" if "=" in item else "***" for item in query.split("&"))
     return path + mark + _TOKEN.sub(_redacted, query)
 

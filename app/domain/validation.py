@@ -65,7 +65,8 @@ def number_in_text(text: str) -> int | float | None:
 # named no one ("key:<name>"), a form's deliveries ("form:<form_id>"). A caller who could
 # write them could pass its events off as another key's, the service's, or a form's (and
 # take a form's delivery ids before the form's own deliveries came: a hunt's find).
-RESERVED_PREFIXES = ("key:", "form:")
+FORM_PREFIX = "form:"  # a form's deliveries: their events' source, and their actor unless mapped
+RESERVED_PREFIXES = ("key:", FORM_PREFIX)
 
 
 def reserved_actor(actor: str) -> str | None:
@@ -78,7 +79,7 @@ def reserved_actor(actor: str) -> str | None:
 
 def reserved_source(source: str) -> str | None:
     """Why an API write cannot carry `source`, or None."""
-    if source.startswith("form:"):
+    if source.startswith(FORM_PREFIX):
         return "form:… is the source of a form's own deliveries (POST /v1/hooks/forms/…); choose another"
     return None
 

@@ -28,6 +28,7 @@ from app.db import models as m
 from app.domain import forms as domain
 from app.domain.rulebook import Rulebook
 from app.domain.signatures import SignatureError, live_secrets, new_secret, replaced_secret, secret_problem, verify
+from app.domain.validation import FORM_PREFIX
 from app.errors import AppError, Conflict, FieldError, Invalid, NotFound
 from app.grading import Effect
 from app.services.batch import record_batch
@@ -314,7 +315,7 @@ def _map(
                 customer_id=customer_id,
                 project_id=project_id,
                 attributes=draft.attributes,
-                source=f"form:{form.form_id}",
+                source=FORM_PREFIX + form.form_id,
                 external_id=draft.external_id,
                 note=draft.note,
             )
@@ -322,7 +323,7 @@ def _map(
     if problems:
         row.problems = _as_dicts(problems)
         return Received(row, "inbox")
-    event_actor = next((d.actor for d in drafts if d.actor), None) or f"form:{form.form_id}"
+    event_actor = next((d.actor for d in drafts if d.actor), None) or FORM_PREFIX + form.form_id
     try:
         with session.begin_nested():
             outcome = record_batch(session, rulebook, items, atomic=True, actor=event_actor, now=now)
