@@ -288,8 +288,10 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("subscription_id", "message_id"),
         CheckConstraint("status IN ('pending', 'succeeded', 'failed')", name="status"),
-        Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
         Index("ix_webhook_deliveries_subscription_id_id", "subscription_id", "id"),
+        # A claim reads each active subscription's due deliveries in order here, and never
+        # walks a paused subscription's backlog (app/services/delivery.py `_claim`).
+        Index("ix_webhook_deliveries_subscription_due", "subscription_id", "status", "next_attempt_at", "id"),
         # For keeping the log bounded (app/services/delivery.py `prune`): the deliveries
         # that ended longest ago, and whether a message has deliveries left.
         Index("ix_webhook_deliveries_finished_at", "finished_at"),

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 import httpx
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -149,26 +149,49 @@ def body_of(message: m.OutboxMessage) -> bytes:
     return json.dumps(message.payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
 
 
+# A delivery a claim may take: pending, due, and not leased (`now` is bound at each claim).
+_CLAIMABLE = (
+    m.Delivery.status == "pending",
+    m.Delivery.next_attempt_at <= bindparam("now"),
+    (m.Delivery.locked_until.is_(None)) | (m.Delivery.locked_until < bindparam("now")),
+)
+# Each active subscription, but those `passing_over`, with the time of its earliest claimable
+# delivery (NULL without one): one probe of ix_webhook_deliveries_subscription_due each.
+_HEADS = select(
+    m.Subscription.id,
+    select(m.Delivery.next_attempt_at)
+    .where(m.Delivery.subscription_id == m.Subscription.id, *_CLAIMABLE)
+    .order_by(m.Delivery.next_attempt_at, m.Delivery.id)
+    .limit(1)
+    .scalar_subquery(),
+).where(m.Subscription.status == "active", m.Subscription.id.not_in(bindparam("passing_over", expanding=True)))
+# The first claimable delivery of subscription `sid`, if it is still active. On PostgreSQL a
+# delivery another claim has just locked is skipped for the next one.
+_FIRST = (
+    select(m.Delivery)
+    .join(m.Subscription, m.Subscription.id == m.Delivery.subscription_id)
+    .where(m.Delivery.subscription_id == bindparam("sid"), m.Subscription.status == "active", *_CLAIMABLE)
+    .order_by(m.Delivery.next_attempt_at, m.Delivery.id)
+    .limit(1)
+    .with_for_update(of=m.Delivery, skip_locked=True)
+)
+
+
 def _claim(db: Database, now: datetime, lease: timedelta, *, passing_over: Sequence[int] = ()) -> Claim | None:
-    """Lease the next due delivery, but none of the subscriptions `passing_over`."""
-    query = (
-        select(m.Delivery)
-        .join(m.Subscription, m.Subscription.id == m.Delivery.subscription_id)
-        .where(
-            m.Delivery.status == "pending",
-            m.Delivery.next_attempt_at <= now,
-            (m.Delivery.locked_until.is_(None)) | (m.Delivery.locked_until < now),
-            m.Subscription.status == "active",
-        )
-        .order_by(m.Delivery.next_attempt_at, m.Delivery.id)
-        .limit(1)
-        .with_for_update(of=m.Delivery, skip_locked=True)
-    )
-    if passing_over:
-        query = query.where(m.Delivery.subscription_id.not_in(passing_over))
+    """Lease the next due delivery of an active subscription, but none of `passing_over`'s:
+    the earliest of the subscription whose earliest is earliest (`_HEADS`), or, when another
+    claim has just taken that, the next one (`_FIRST`).
+
+    Taking the earliest of all deliveries and then keeping it only if its subscription was
+    active walked every paused subscription's backlog first: 148,000 queued made one claim
+    read 28,962 rows, about 100 ms (a hunt's find)."""
     with db.session(write=True) as session:
-        delivery = session.scalar(query)
-        if delivery is None:
+        heads = session.execute(_HEADS, {"now": now, "passing_over": list(passing_over)})
+        for _, sid in sorted((at, sid) for sid, at in heads if at is not None):
+            delivery = session.scalar(_FIRST, {"now": now, "sid": sid})
+            if delivery is not None:
+                break
+        else:
             return None
         delivery.locked_until = now + lease
         subscription = session.get(m.Subscription, delivery.subscription_id)
