@@ -38,7 +38,11 @@ def run_migrations_online() -> None:
 
 def _run(connection) -> None:  # noqa: ANN001
     # render_as_batch: SQLite cannot ALTER most things; batch mode rebuilds the table.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True)
+    # transactional_ddl: Alembic takes SQLite's DDL as not transactional and committed after
+    # each migration, so a run stopped halfway (a refused downgrade, a failure) left the
+    # database between revisions. pysqlite here begins nothing itself (app/db/engine.py), and
+    # SQLite's DDL is transactional: the whole run is one transaction, as on PostgreSQL.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True, transactional_ddl=True)
     # One migration at a time: every command and server migrates at start, and two started
     # together both altered the schema, one failing with "already exists" (exit 3, a
     # database failure to an orchestrator; a hunt's find). The lock is held to the commit;

@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pytest
 from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from app.db import models as m
 from app.db.engine import make_engine
 from app.db.migrate import ALLOW_DOWNGRADE, alembic_config, migrations_dir
+from app.db.models import Base
 from app.settings import Settings
 from tests.migrations.conftest import fresh_database
 
@@ -185,7 +188,12 @@ def test_a_downgrade_that_would_drop_or_unprotect_a_log_holding_rows_is_refused(
         with pytest.raises(SystemExit, match="refused: this downgrade would drop or unprotect events, event_retractions, grade_history"):
             command.downgrade(cfg, "base" if target == "base" else _migration().down_revision)
         assert [_count(engine, t) for t in PROTECTED] == [1, 1, 1]
-        command.upgrade(cfg, "head")  # wherever the refusal left it, upgrading again restores the schema
+        # Nothing of the run stays: the migrations it had undone before the refusal are back
+        # (on SQLite Alembic committed each one, leaving the database between revisions).
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+            assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+        command.upgrade(cfg, "head")
         with engine.connect() as conn, pytest.raises(DBAPIError, match="events is append-only"):
             conn.execute(text("DELETE FROM events"))
     finally:
