@@ -584,8 +584,8 @@ class _ConditionContext:
                     r.fail(f"{place}.{role}.min_level", f"at most {top}, the highest level of its customers' kind: no {role} could meet it")
                     min_level = 0
                 needed = {"bidder": ("bid_joined", "bid_won"), "winner": ("bid_won",)}.get(role, ())
-                if needed and not any(t in self.event_types for t in needed):
-                    r.fail(place, f"there is no event type {' or '.join(needed)}, so a project never has a {role}")
+                if needed and not any(self._bids(t) for t in needed):
+                    r.fail(place, f"there is no event type {' or '.join(needed)}{self._naming(needed)}, so a project never has a {role}")
                 kind = "owner" if role == "owner" else "installer"
                 has = self.condition(spec["has"], f"{place}.{role}.has", f"linked:{kind}") if "has" in spec else None
                 return LinkedCustomer(role, min_level, has)
@@ -600,6 +600,16 @@ class _ConditionContext:
             self.r.fail(place, f"unknown event type {name!r}")
             return None
         return self.event_types[name]
+
+    def _bids(self, name: str) -> bool:
+        """Whether events of type `name` can make a bidder or a winner: they must name both
+        a customer and a project (app/domain/facts.py `bidder_ids`, `winner_id`)."""
+        et = self.event_types.get(name)
+        return et is not None and et.customer != "forbidden" and et.project != "forbidden"
+
+    def _naming(self, names: tuple[str, ...]) -> str:
+        """How a refusal of `_bids` reads: the types exist, but forbid a customer or a project."""
+        return " that names a customer on a project" if any(n in self.event_types for n in names) else ""
 
     def _within(self, raw: dict, place: str) -> int | None:
         if "within_days" not in raw:
@@ -632,8 +642,8 @@ class _ConditionContext:
             r.fail(f"{place}.on_won_project", "must be true or false")
         if on_won and (scope != "installer" or (et is not None and et.project == "forbidden")):
             r.fail(f"{place}.on_won_project", "applies to installer criteria on events that carry a project")
-        if on_won and "bid_won" not in self.event_types:
-            r.fail(f"{place}.on_won_project", "there is no event type bid_won, so no project is ever won")
+        if on_won and not self._bids("bid_won"):
+            r.fail(f"{place}.on_won_project", f"there is no event type bid_won{self._naming(('bid_won',))}, so no project is ever won")
         if et is None:
             return None
         self._check_scope(et, f"{place}.event", scope)
@@ -662,22 +672,24 @@ class _ConditionContext:
             r.fail(f"{place}.{key}", "must be a non-empty list of values")
             return None
         attribute = raw.get("attribute")
-        if attribute is not None and not isinstance(attribute, str):
+        if not isinstance(attribute, str):  # null too: it read as an attribute named "?"
             r.fail(f"{place}.attribute", "must be an attribute name")
             return None
         if not all(isinstance(v, (str, bool, int, float)) for v in values):
             r.fail(f"{place}.{key}", "values must be strings, numbers or true/false")
             return None
-        if et is not None and attribute is not None:
-            for i, v in enumerate(values):
-                self._check_value(et, attribute, v, f"{place}.{key}[{i}]")
+        for i, v in enumerate(values):
+            self._check_value(et, attribute, v, f"{place}.{key}[{i}]")
+        spec = et.attributes.get(attribute)
+        if key == "not_in" and spec is not None and spec.type == "enum" and set(spec.values) <= set(values) and (spec.required or spec.default is not None):
+            r.fail(f"{place}.not_in", f"lists every value of {attribute!r}, which an event of this type always has: a condition on it could never be met")
         return Latest(
             event_type=raw["latest"],
-            attribute=attribute or "?",
+            attribute=attribute,
             values=frozenset(values),
             negate=key == "not_in",
             within_days=self._within(raw, place),
-            default=None if attribute is None else _default(et, attribute),
+            default=_default(et, attribute),
         )
 
     def _check_scope(self, et: EventType, place: str, scope: str) -> None:
@@ -710,6 +722,14 @@ class _ConditionContext:
             self.r.fail(place, f"{attr!r} is a number from -10¹³ to 10¹³: {value!r} would never equal one")
         elif spec.type == "string" and not isinstance(value, str):
             self.r.fail(place, f"{attr!r} is a text: {value!r} would never equal one")
+        elif (reason := attribute_problem(spec, value)) is not None:  # a minimum, a text's length or NUL
+            self.r.fail(place, f"{attr!r} {reason}: {_shown(value)} would never equal one, as no event can carry it")
+
+
+def _shown(value: Any) -> str:
+    """A value as a refusal quotes it: a long text cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}…"
 
 
 def _default(et: EventType, attribute: str) -> Any:

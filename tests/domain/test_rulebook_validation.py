@@ -346,6 +346,51 @@ BROKEN = [
         ],
         id="no bid_won type",
     ),
+    # A hunt's finds: each was accepted, and the criterion could never be met (or, for the
+    # null attribute, it read an attribute named "?").
+    pytest.param(
+        lambda d: d["event_types"]["bid_won"].__setitem__("customer", "forbidden"),
+        [
+            ("levels.installer[3].criteria[4].when.on_won_project", "there is no event type bid_won that names a customer on a project, so no project is ever won"),
+            ("heat.tiers[0].criteria[1].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
+            ("heat.tiers[2].criteria[2].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
+        ],
+        id="a bid_won that names no customer",
+    ),
+    pytest.param(
+        lambda d: d["event_types"]["bid_won"].__setitem__("project", "forbidden"),
+        [
+            ("levels.installer[3].criteria[4].when.on_won_project", "there is no event type bid_won that names a customer on a project, so no project is ever won"),
+            ("heat.tiers[0].criteria[1].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
+            ("heat.tiers[2].criteria[2].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
+        ],
+        id="a bid_won on no project",
+    ),
+    pytest.param(
+        set_key(lambda d: d["heat"]["tiers"][0]["criteria"][0]["when"], "attribute", None),
+        [("heat.tiers[0].criteria[0].when.attribute", "must be an attribute name")],
+        id="a latest of a null attribute",
+    ),
+    pytest.param(
+        set_key(lambda d: d["heat"]["tiers"][0]["criteria"][0], "when", {"latest": "tender_brand", "attribute": "status", "not_in": ["absent", "listed", "sole"]}),
+        [("heat.tiers[0].criteria[0].when.not_in", "lists every value of 'status', which an event of this type always has: a condition on it could never be met")],
+        id="a not_in of every value of a required enum",
+    ),
+    pytest.param(
+        set_key(lambda d: d["levels"]["installer"][1]["criteria"][2]["when"], "where", {"amount": -1}),
+        [("levels.installer[1].criteria[2].when.where.amount", "'amount' must be ≥ 0: -1 would never equal one, as no event can carry it")],
+        id="a where value below the attribute's minimum",
+    ),
+    pytest.param(
+        set_key(lambda d: d["levels"]["installer"][1]["criteria"][2]["when"], "where", {"order_ref": "x" * 501}),
+        [("levels.installer[1].criteria[2].when.where.order_ref", "'order_ref' at most 500 characters: " + repr("x" * 501)[:37] + "… would never equal one, as no event can carry it")],
+        id="a where text longer than an attribute holds",
+    ),
+    pytest.param(
+        set_key(lambda d: d["levels"]["installer"][1]["criteria"][2]["when"], "where", {"order_ref": "a\x00b"}),
+        [("levels.installer[1].criteria[2].when.where.order_ref", "'order_ref' must not contain the NUL character (U+0000): 'a\\x00b' would never equal one, as no event can carry it")],
+        id="a where text with a NUL",
+    ),
     pytest.param(
         set_key(owner_criterion(0, 2), "when", {"event": "contact_obtained", "within_days": 1_000_000}),
         [("levels.owner[0].criteria[2].when.within_days", "at most 36500 days (leave within_days out for no window)")],
