@@ -89,7 +89,8 @@ def expect_rulebook(session: Session, rulebook: Rulebook, *, record: bool) -> No
 def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> list[Effect] | None:
     """If the stored grades were made under another rulebook version, re-grade everything
     (trigger "rulebook") so every stored grade is again what the active rulebook says, and
-    return the grades that changed; None if `rulebook` was the active one already. Only
+    return the grades that changed; None if nothing was re-graded: `rulebook` was the active
+    one already, or none was (a new database, which it only records). Only
     where a rulebook is deployed (`rapport serve`, `rapport migrate`); other commands
     `expect_rulebook`. A rulebook whose version was recorded with other content is refused
     (RulebookMismatch): its history rows would name one version for two rulebooks.
@@ -102,15 +103,16 @@ def sync_rulebook(session: Session, rulebook: Rulebook, *, now: datetime) -> lis
     digests = _digests(session)
     _check_content(rulebook, digests)
     active = active_rulebook_version(session)
-    effects: list[Effect] = []
     if active == rulebook.version:
         if rulebook.version not in digests:  # recorded before digests were kept
             _record(session, rulebook, digests)
         return None
-    if active is not None:
-        _hold_against_writers(session)
-        job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now, in_force=True)  # it is the switch
-        effects = regrade_everything(session, rulebook, job)
+    if active is None:  # a new database: nothing graded yet, and nothing switched
+        _record(session, rulebook, digests)
+        return None
+    _hold_against_writers(session)
+    job = Regrade(trigger={"kind": "rulebook", "from": active, "to": rulebook.version}, actor=SYSTEM, now=now, in_force=True)  # it is the switch
+    effects = regrade_everything(session, rulebook, job)
     _record(session, rulebook, digests)
     return effects
 
