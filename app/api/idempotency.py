@@ -42,8 +42,13 @@ def key_of(request: Request) -> str | None:
     """The request's Idempotency-Key (checked by `run`). Read from the request, not bound as a
     FastAPI `Header` parameter: FastAPI validated that through pydantic on every request,
     with or without the header (with the route's context dependency, 142,000 of an event
-    POST's 4.39 M instructions, bench/instructions.py)."""
-    return request.headers.get("idempotency-key")
+    POST's 4.39 M instructions, bench/instructions.py). Sent on two lines, it is refused
+    (422): the second used to be ignored, so a retry carrying only it counted twice, as a
+    query parameter given twice is refused (app/api/gate.py)."""
+    keys = request.headers.getlist("idempotency-key")
+    if len(keys) > 1:
+        raise Invalid("the Idempotency-Key header is not valid", errors=[FieldError("Idempotency-Key", f"given {len(keys)} times: send it once", "header")])
+    return keys[0] if keys else None
 
 
 # Every keyed request runs these: prebuilt once and run as Core on the session's connection.

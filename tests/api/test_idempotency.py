@@ -321,6 +321,18 @@ def test_an_overlong_key_is_refused(api) -> None:
     assert api.get("/v1/events").json()["items"] == []
 
 
+def test_a_key_sent_twice_is_refused(api) -> None:
+    # A hunt's find: the second line was ignored, so a retry carrying only it stored the
+    # event again.
+    owner = api.create_customer("仁济医院基建处", "owner")
+    body = {"type": "company_introduced", "customer_id": owner["id"], "occurred_at": at(1)}
+
+    twice = api.post("/v1/events", json=body, headers=[("Idempotency-Key", "k1-x"), ("Idempotency-Key", "k2-x")])
+
+    assert "given 2 times" in assert_problem(twice, 422, "Idempotency-Key")["errors"][0]["reason"]
+    assert api.get("/v1/events").json()["items"] == []
+
+
 def test_retraction_with_a_key_is_replayed_too(api) -> None:
     owner = api.create_customer("仁济医院基建处", "owner")
     visit = owner_level_one_events(api, owner["id"])[-1]
