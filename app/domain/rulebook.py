@@ -671,7 +671,9 @@ class _ConditionContext:
         if not isinstance(values, list) or not values:
             r.fail(f"{place}.{key}", "must be a non-empty list of values")
             return None
-        attribute = raw.get("attribute")
+        if "attribute" not in raw:  # refused as required (`r.obj`)
+            return None
+        attribute = raw["attribute"]
         if not isinstance(attribute, str):  # null too: it read as an attribute named "?"
             r.fail(f"{place}.attribute", "must be an attribute name")
             return None

@@ -372,6 +372,11 @@ BROKEN = [
         id="a latest of a null attribute",
     ),
     pytest.param(
+        lambda d: d["heat"]["tiers"][0]["criteria"][0]["when"].pop("attribute"),
+        [("heat.tiers[0].criteria[0].when.attribute", "is required")],
+        id="a latest without an attribute: one problem, not two",
+    ),
+    pytest.param(
         set_key(lambda d: d["heat"]["tiers"][0]["criteria"][0], "when", {"latest": "tender_brand", "attribute": "status", "not_in": ["absent", "listed", "sole"]}),
         [("heat.tiers[0].criteria[0].when.not_in", "lists every value of 'status', which an event of this type always has: a condition on it could never be met")],
         id="a not_in of every value of a required enum",
