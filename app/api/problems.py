@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.schemas import DAY_REASON, INSTANT_REASON, ProblemOut
 from app.db.engine import driver_reason, is_lock_timeout, is_retryable
@@ -35,7 +37,7 @@ MEANINGS = {
     415: "the body's media type is not one this accepts, or it is sent with a Content-Encoding (bodies are read uncompressed only)",
     422: "the request is not valid: `errors` names each field and why; nothing was stored",
     429: "too many requests from this key; retry after Retry-After seconds",
-    503: "the database is unavailable or busy; nothing was stored, retry after Retry-After seconds",
+    503: "the database is unavailable or busy, or the server stopped before it answered (`shutting-down`); retry after Retry-After seconds, as sent: nothing was stored, or, when the server stopped, a retry with the same Idempotency-Key or source and external_id counts once",
 }
 
 
@@ -150,6 +152,34 @@ def validation_reason(err: Any, where: str = "body") -> str:
     if kind == "value_error" and isinstance(ctx.get("error"), ValueError):
         return str(ctx["error"])  # the service's own reason, without pydantic's "Value error, "
     return str(err.get("msg", "invalid"))
+
+
+class CutShort:
+    """The answer to a request the server stopped before it was answered. When uvicorn's
+    graceful shutdown runs out of time (`--shutdown-timeout`) it cancels the requests still
+    running, and answered each with a bare `500 Internal Server Error` in text/plain; the
+    request's work runs on in its thread and may yet commit (a hunt's batch of 1,515 events
+    was stored behind that 500). It is answered 503 problem+json instead, saying so. The
+    outermost layer of the app."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] == "http":
+                detail = (
+                    "the server stopped before this request finished: it may yet have been stored. Retry it as it was sent, "
+                    "with the same Idempotency-Key (or an event's source and external_id), and it counts once"
+                )
+                answer = problem(503, "shutting-down", "Service unavailable", detail, headers={"Retry-After": "5", "Connection": "close"})
+                try:
+                    await answer(scope, receive, send)
+                except RuntimeError:  # the answer had begun: the server ends the connection
+                    pass
+            raise
 
 
 def install(app: FastAPI) -> None:

@@ -88,12 +88,12 @@ class Servers:
         self.logs = logs
         self.started: list[Server] = []
 
-    def start(self, url: str, *, workers: int = 1, ready: bool = True, **settings: Any) -> Server:
+    def start(self, url: str, *, workers: int = 1, ready: bool = True, shutdown_timeout: int = 20, **settings: Any) -> Server:
         port = free_port()
         log = self.logs / f"server-{len(self.started)}-{port}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers), "--shutdown-timeout", "20"],
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", str(workers), "--shutdown-timeout", str(shutdown_timeout)],
                 env=server_env(url, **settings),
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -8,9 +8,11 @@ import json
 import random
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -179,9 +181,9 @@ def test_the_database_going_away_answers_503_stores_nothing_and_the_server_recov
         proxy.cut()
 
 
-def _post(server: Server, path: str, body: Any) -> httpx.Response:
+def _post(server: Server, path: str, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
     with server.client() as c:
-        return c.post(path, json=body)
+        return c.post(path, json=body, headers=headers)
 
 
 def _wait_for_lock_waiters(db: Database, count: int) -> None:
@@ -202,12 +204,12 @@ def batch(customers: list[int], source: str, size: int = 5000) -> list[dict[str,
     ]
 
 
-def send_in_background(server: Server, path: str, body: Any) -> tuple[threading.Thread, list[httpx.Response | Exception]]:
+def send_in_background(server: Server, path: str, body: Any, headers: dict[str, str] | None = None) -> tuple[threading.Thread, list[httpx.Response | Exception]]:
     answer: list[httpx.Response | Exception] = []
 
     def send() -> None:
         try:
-            answer.append(_post(server, path, body))
+            answer.append(_post(server, path, body, headers))
         except httpx.HTTPError as exc:
             answer.append(exc)
 
@@ -300,6 +302,51 @@ def test_sigterm_lets_the_request_in_flight_finish_and_keeps_undelivered_webhook
     # none held by a lease of the process that stopped.
     assert deliveries == {"pending": len(items)}
     assert leased == 0
+
+
+@contextmanager
+def customer_held(migrated: str, db: Database, customer: int) -> Iterator[None]:
+    """Another transaction holds what a write to `customer` needs: its row (PostgreSQL), the
+    write lock (SQLite)."""
+    if is_postgres(migrated):
+        with db.engine.connect() as conn:
+            conn.execute(text("SELECT id FROM customers WHERE id = :id FOR UPDATE"), {"id": customer})
+            yield
+            conn.rollback()
+        return
+    held = sqlite3.connect(make_url(migrated).database, isolation_level=None)
+    try:
+        held.execute("BEGIN IMMEDIATE")
+        yield
+        held.execute("ROLLBACK")
+    finally:
+        held.close()
+
+
+def test_a_request_the_shutdown_cuts_short_is_told_so_and_its_retry_counts_once(migrated: str, db: Database, servers: Servers) -> None:
+    """A hunt's find: when the shutdown's time ran out, uvicorn answered the request still
+    running a bare 500 in text/plain, and its write committed afterwards all the same."""
+    server = servers.start(migrated, shutdown_timeout=1)
+    with server.client() as c:
+        installer = c.post("/v1/customers", json={"name": "上海建工安装", "kind": "installer"}).json()["id"]
+    event = {"type": "company_introduced", "customer_id": installer, "occurred_at": ago(days=1)}
+    key = {"Idempotency-Key": "cut-short-1"}
+
+    with customer_held(migrated, db, installer):
+        thread, answer = send_in_background(server, "/v1/events", event, key)
+        time.sleep(1)  # the request waits for the customer
+        server.proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=20)
+    assert server.proc.wait(timeout=30) == 0, server.output()
+
+    (response,) = answer
+    assert isinstance(response, httpx.Response) and response.status_code == 503, response
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.json()["type"] == "urn:rapport:problem:shutting-down" and response.headers["retry-after"] == "5"
+    retry = _post(servers.start(migrated), "/v1/events", event, key)
+    assert retry.status_code == 201, retry.text
+    with db.session(write=False) as s:
+        assert s.scalar(select(func.count()).select_from(m.Event).where(m.Event.customer_id == installer)) == 1
 
 
 def test_a_key_revoked_by_the_cli_is_refused_by_every_serving_process(migrated: str, db: Database, servers: Servers) -> None:
