@@ -170,10 +170,12 @@ class CutShort:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
             if scope["type"] == "http":
-                detail = (
-                    "the server stopped before this request finished: it may yet have been stored. Retry it as it was sent, "
-                    "with the same Idempotency-Key (or an event's source and external_id), and it counts once"
-                )
+                detail = "the server stopped before this request finished: retry it"
+                if scope["method"] not in ("GET", "HEAD"):
+                    detail = (
+                        "the server stopped before this request finished, and it may yet have been stored. Retry it as it was sent: "
+                        "an event with the same Idempotency-Key (or source and external_id) counts once, and a change sent with If-Match answers 412 if it was made"
+                    )
                 answer = problem(503, "shutting-down", "Service unavailable", detail, headers={"Retry-After": "5", "Connection": "close"})
                 try:
                     await answer(scope, receive, send)
