@@ -213,6 +213,19 @@ def initial_heat(rulebook: Rulebook, project: m.Project, owner: CustomerState, n
     return grade
 
 
+def up_to_date(session: Session, rulebook: Rulebook, customer: CustomerState, now: datetime) -> CustomerState:
+    """`customer` (locked) re-graded as of `now` first under a rulebook whose grades age, its
+    move recorded as time's, as `rapport regrade` records it: a write that reads its level
+    (a new project's first heat) must not read one that has lapsed since it was last graded
+    (a hunt's find: a project created under a lapsed owner started at 30 %, a heat it never
+    had). Under a rulebook without windows the stored level is current: nothing to do."""
+    if not rulebook.ages:
+        return customer
+    job = Regrade(trigger=TIME, actor=SYSTEM, now=now, customer_ids={customer.id}, locked={customer.id: customer})
+    regrade(session, rulebook, job)
+    return job.locked[customer.id]
+
+
 def record_created(session: Session, rulebook: Rulebook, row: m.Customer | m.Project, grade: LevelGrade | HeatGrade, now: datetime) -> None:
     """A new customer or project (stored, so with its id) whose first grade is above 0 gets a
     history row from 0 to it, trigger `created`: every history starts at 0, as `verify`

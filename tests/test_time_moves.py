@@ -107,9 +107,14 @@ def consistent(db: Database, rulebook: Rulebook, now: datetime) -> None:
 def _an_owner(db: Database, under: Any, **windows: int) -> tuple[Rulebook, int]:
     """A rulebook with these windows recorded as the active one, and an owner without events."""
     rulebook = windowed(**windows)
+    return rulebook, _an_owner_under(db, under, rulebook)
+
+
+def _an_owner_under(db: Database, under: Any, rulebook: Rulebook) -> int:
+    """`rulebook` recorded as the active one, and an owner without events."""
     under(rulebook)
     with db.session(write=True) as s:
-        return rulebook, create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
+        return create_customer(s, rulebook, {"name": "仁济医院基建处", "kind": "owner"}, now=NOW).id
 
 
 def test_a_level_that_lapsed_is_put_on_time_not_on_the_unrelated_event_that_found_it(db: Database, under: Any) -> None:
@@ -288,6 +293,27 @@ def test_an_event_on_the_project_of_a_type_the_owner_does_not_read_still_finds_t
     assert history(db, "customer", owner)[-1] == (2, 1, {"kind": "time"}, "system")
     moved = {"subject": "customer", "id": owner, "metric": "relationship_level", "old": 2, "new": 1}
     assert history(db, "project", project)[-1] == (30, 0, {"kind": "time", "via": [moved]}, "system")
+    consistent(db, rulebook, later)
+
+
+def test_a_project_created_under_an_owner_whose_level_lapsed_starts_from_the_level_as_it_is(db: Database, under: Any) -> None:
+    # A hunt's find: the new project's first heat read the owner's level as stored, lapsed,
+    # and its history began 0 → 30 %, a heat it never had.
+    rulebook = windowed(lenient=True, **{f"O2.{i}": 30 for i in range(1, 4)})  # 30 % needs only H30.2: the owner at level II
+    owner = _an_owner_under(db, under, rulebook)
+    log(db, rulebook, OWNER_I + OWNER_II[:3], customer_id=owner, at=NOW - timedelta(days=10))  # not O2.4's easy_access
+    with db.session(write=True) as s:
+        first = create_project(s, rulebook, {"name": "新门诊楼暖通", "owner_id": owner}, now=NOW)
+    assert (first.heat, history(db, "project", first.id)) == (30, [(0, 30, {"kind": "created"}, "system")])
+
+    later = NOW + timedelta(days=40)  # level II's events are 50 days old
+    with db.session(write=True) as s:
+        second = create_project(s, rulebook, {"name": "急诊楼消防", "owner_id": owner}, now=later)
+
+    assert (second.heat, history(db, "project", second.id)) == (0, [])
+    assert history(db, "customer", owner)[-1] == (2, 1, {"kind": "time"}, "system")
+    moved = {"subject": "customer", "id": owner, "metric": "relationship_level", "old": 2, "new": 1}
+    assert history(db, "project", first.id)[-1] == (30, 0, {"kind": "time", "via": [moved]}, "system")  # the owner's other project fell with it
     consistent(db, rulebook, later)
 
 

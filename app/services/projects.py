@@ -14,7 +14,7 @@ from app.db.facts import is_bid, lock_customers, to_fact
 from app.domain.facts import winner_id
 from app.domain.rulebook import Rulebook
 from app.errors import FieldError, Invalid, NotFound
-from app.grading import in_force, initial_heat, record_created
+from app.grading import in_force, initial_heat, record_created, up_to_date
 from app.services.records import NoneMatch, Versions, found, get_by_ref, save_unique, update_record, upsert_by_ref
 from app.services.paging import containing, page
 
@@ -27,6 +27,7 @@ def create_project(session: Session, rulebook: Rulebook, fields: dict[str, Any],
         raise Invalid("the project was not created", errors=[FieldError("owner_id", f"no customer with id {owner_id}")])
     if owner.kind != "owner":
         raise Invalid("the project was not created", errors=[FieldError("owner_id", f"customer {owner_id} is an installer; a project's owner must be an owner")])
+    owner = up_to_date(session, rulebook, owner, now)
     project = m.Project(**fields, created_at=now, updated_at=now, version=1)
     project.tags = project.tags or []
     grade = initial_heat(rulebook, project, owner, now)
