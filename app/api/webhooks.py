@@ -6,6 +6,8 @@ schedule of about 27 hours; a subscription whose delivery exhausts it is paused.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Annotated, AsyncIterator, Callable
@@ -26,6 +28,8 @@ from app.services import delivery as deliveries
 from app.services import outbox as svc
 from app.services.egress import Egress
 from app.settings import Settings
+
+log = logging.getLogger("rapport")
 
 router = APIRouter(prefix="/v1/webhooks/subscriptions", tags=["webhooks"], route_class=Gated, responses=AUTHENTICATED)
 SubscriptionIfMatch = Annotated[Precondition, Header(description="the ETag you read; 412 if the subscription changed since (a pause by the sender included)")]
@@ -210,6 +214,17 @@ def send_test(subscription_id: PathId, ctx: ContextDep, caller: Admin) -> w.Deli
     return ctx.db.transaction(write)
 
 
+async def _writes_ended(db: Database) -> None:
+    """Wait until the writes still under way have committed or rolled back. A request the
+    shutdown cut short (answered 503 `shutting-down`, app/api/problems.py) runs on in its
+    thread, and a uvicorn worker process exits without waiting for threads: with
+    `--workers 2` a hunt's write was lost that way, its Idempotency-Key held (409) for a
+    minute. A single process waited for them at exit already."""
+    if db.writes_open:
+        log.warning("waiting for %d write(s) under way when the server stopped to commit or roll back", db.writes_open)
+        await asyncio.to_thread(db.wait_for_writes)
+
+
 def lifespan(settings: Settings, db: Database, clock: Callable[[], datetime]) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Deliver webhooks from a thread of this process while it serves, if
     `settings.deliver_in_process` (the single-machine set-up; otherwise run `rapport worker`)."""
@@ -222,6 +237,7 @@ def lifespan(settings: Settings, db: Database, clock: Callable[[], datetime]) ->
         finally:
             if halt is not None:
                 halt()  # the attempt under way ends first; undelivered messages stay queued
+            await _writes_ended(db)
             db.dispose()  # close pooled connections instead of leaving them to die with the process
 
     return run

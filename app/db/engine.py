@@ -247,6 +247,29 @@ def _loop_reads(engine: Engine, size: int) -> LoopReads:
     return LoopReads(connect_params(engine), size)
 
 
+class _Writes:
+    """How many write sessions are open, across threads, for waiting until none is."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self.open += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self.open -= 1
+            if not self.open:
+                self._changed.notify_all()
+
+    def wait(self) -> None:
+        with self._changed:
+            while self.open:
+                self._changed.wait()
+
+
 class Database:
     """Hands out sessions: read sessions, and write sessions that serialize writers on
     SQLite (BEGIN IMMEDIATE). Row locks do the serializing on PostgreSQL."""
@@ -260,6 +283,8 @@ class Database:
         self._write = sessionmaker(bind=engine, expire_on_commit=False)
         self.logs = LogCache(log_cache_events)
         keep_logs(self._write, self.logs)
+        # The write sessions open now: a stopping server waits for them (`wait_for_writes`).
+        self._writes = _Writes()
         # SQLite has one writer. Writers of this process queue here, in turn, rather than in
         # SQLite's busy handler, which polls with sleeps of up to 100 ms and so turns a
         # queue of 16 writers into seconds of idle waiting. (Other processes still queue in
@@ -294,7 +319,7 @@ class Database:
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
         """The one place that commits: commit on success, roll back on any error."""
-        with self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), self._new_session(write) as session:
+        with self._writes if write else nullcontext(), self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), self._new_session(write) as session:
             try:
                 yield session
                 if write:
@@ -341,6 +366,15 @@ class Database:
                 held.close()
             held = self._held = self.engine.connect()
         return held
+
+    @property
+    def writes_open(self) -> int:
+        """How many write sessions are open now, in any thread."""
+        return self._writes.open
+
+    def wait_for_writes(self) -> None:
+        """Return once no write session is open: each has committed or rolled back."""
+        self._writes.wait()
 
     def dispose(self) -> None:
         """Close every connection of this database: the held writer's (after the write that
