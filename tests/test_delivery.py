@@ -662,6 +662,29 @@ def test_a_batchs_messages_go_to_every_subscription_in_turn(db: Database, receiv
     assert [c.subscription_id for c in claims] == subscriptions * 4
 
 
+def test_a_subscription_gets_a_second_sender_only_while_no_other_has_a_delivery_due(db: Database, receiver: Receiver, clock: Clock) -> None:
+    """Found by a hunt: a receiver that answers 2xx slowly is never failing, and taking its
+    turns it came to hold most senders while the fast receivers' deliveries waited."""
+    slow, fast = (subscribe(db, receiver, clock, (f"webhook.{name}",)) for name in ("slow", "fast"))
+    queue(db, clock, 3, "webhook.slow")
+    queue(db, clock, 2, "webhook.fast")
+    turns = Failing()
+
+    def claimed() -> Any:
+        claim = turns.claim(db, clock(), LEASE)
+        assert claim is not None
+        return claim
+
+    held = claimed()  # the slow receiver's first: still being sent
+    assert held.subscription_id == slow
+    for _ in range(2):  # the slow one's turn comes round, but it has a sender already
+        claim = claimed()
+        assert claim.subscription_id == fast
+        turns.ended(claim, ok=True)
+    assert claimed().subscription_id == slow  # none other has one due: a second sender
+    turns.ended(held, ok=True)
+
+
 def test_a_claim_passes_over_the_subscriptions_it_is_told_to(db: Database, receiver: Receiver, clock: Clock) -> None:
     first, second = (subscribe(db, receiver, clock, (f"webhook.{name}",)) for name in ("first", "second"))
     queue(db, clock, 1, "webhook.first")
