@@ -168,7 +168,7 @@ class CutShort:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await self.app(scope, receive, send)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             if scope["type"] == "http":
                 detail = "the server stopped before this request finished: retry it"
                 if scope["method"] not in ("GET", "HEAD"):
@@ -180,7 +180,11 @@ class CutShort:
                 try:
                     await answer(scope, receive, send)
                 except RuntimeError:  # the answer had begun: the server ends the connection
-                    pass
+                    raise exc from None
+                # Answered: the request ends here, as uvicorn asked, without the error and
+                # 80-line traceback it logs for an exception (a hunt's note).
+                log.warning("%s %s: the shutdown's time ran out before it finished; answered 503 shutting-down", scope["method"], scope["path"])
+                return
             raise
 
 

@@ -350,6 +350,9 @@ def test_a_request_the_shutdown_cuts_short_is_told_so_and_still_stored(migrated:
     assert isinstance(response, httpx.Response) and response.status_code == 503, response
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["type"] == "urn:rapport:problem:shutting-down" and response.headers["retry-after"] == "5"
+    log = server.log.read_text(errors="replace")
+    assert "POST /v1/events: the shutdown's time ran out before it finished; answered 503 shutting-down" in log
+    assert "Exception in ASGI application" not in log  # no error and traceback for an answered request
     retry = _post(servers.start(migrated), "/v1/events", event, key)
     assert (retry.status_code, retry.headers.get("idempotent-replayed")) == (201, "true"), retry.text
     with db.session(write=False) as s:
