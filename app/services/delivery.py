@@ -106,9 +106,7 @@ class Failing:
             with self._lock:
                 sending = sorted(self._in_flight)
                 failing = [sid for sid in sending if sid in self._failing]
-            claim = _claim(db, now, lease, passing_over=sending, after=self._last) if sending else None
-            if claim is None:
-                claim = _claim(db, now, lease, passing_over=failing, after=self._last)
+            claim = _claim(db, now, lease, passing_over=sending, or_passing_over=failing if sending else None, after=self._last)
             if claim is not None:
                 self._last = claim.subscription_id
                 with self._lock:
@@ -200,9 +198,12 @@ _FIRST = (
 )
 
 
-def _claim(db: Database, now: datetime, lease: timedelta, *, passing_over: Sequence[int] = (), after: int = 0) -> Claim | None:
+def _claim(
+    db: Database, now: datetime, lease: timedelta, *, passing_over: Sequence[int] = (), or_passing_over: Sequence[int] | None = None, after: int = 0
+) -> Claim | None:
     """Lease the earliest due delivery of the next active subscription after `after` that has
-    one, in turn by id and round again, but none of `passing_over`'s.
+    one, in turn by id and round again, but none of `passing_over`'s; if there is none, and
+    `or_passing_over` is given, the same but none of its subscriptions' (in one transaction).
 
     Subscriptions take turns, one delivery each. Taking the earliest due delivery of all
     read every paused subscription's backlog first (148,000 queued made a claim read 28,962
@@ -211,20 +212,11 @@ def _claim(db: Database, now: datetime, lease: timedelta, *, passing_over: Seque
     new events in 3 minutes. Ordered by the earliest delivery of each subscription instead,
     a batch's messages, all due at one instant, went to one subscription after another."""
     with db.session(write=True) as session:
-        params = {"now": now, "passing_over": list(passing_over)}
-        sid, wrapped = after, False
-        while True:
-            sid = session.scalar(_NEXT_DUE, {**params, "after": sid})
-            if sid is None:
-                if wrapped or after == 0:
-                    return None
-                sid, wrapped = 0, True  # round again from the first
-                continue
-            if wrapped and sid > after:  # round the whole circle: every one's is taken
-                return None
-            delivery = session.scalar(_FIRST, {"now": now, "sid": sid})
-            if delivery is not None:
-                break
+        delivery = _next(session, now, passing_over, after)
+        if delivery is None and or_passing_over is not None:
+            delivery = _next(session, now, or_passing_over, after)
+        if delivery is None:
+            return None
         delivery.locked_until = now + lease
         subscription = session.get(m.Subscription, delivery.subscription_id)
         message = session.get(m.OutboxMessage, delivery.message_id)
@@ -232,6 +224,24 @@ def _claim(db: Database, now: datetime, lease: timedelta, *, passing_over: Seque
         # The subscription's secret, and the one a rotation replaced while its grace lasts.
         secrets = tuple(live_secrets(subscription.secret, subscription.previous_secret, subscription.previous_secret_until, now))
         return Claim(delivery.id, subscription.id, delivery.attempts, delivery.locked_until, subscription.url, secrets, message.msg_id, body_of(message))
+
+
+def _next(session: Session, now: datetime, passing_over: Sequence[int], after: int) -> m.Delivery | None:
+    """`_claim`'s round of the subscriptions from the one after `after`: the delivery to take."""
+    params = {"now": now, "passing_over": list(passing_over)}
+    sid, wrapped = after, False
+    while True:
+        sid = session.scalar(_NEXT_DUE, {**params, "after": sid})
+        if sid is None:
+            if wrapped or after == 0:
+                return None
+            sid, wrapped = 0, True  # round again from the first
+            continue
+        if wrapped and sid > after:  # round the whole circle: every one's is taken
+            return None
+        delivery = session.scalar(_FIRST, {"now": now, "sid": sid})
+        if delivery is not None:
+            return delivery
 
 
 def _post(client: httpx.Client, claim: Claim, now: Callable[[], datetime]) -> Outcome:
