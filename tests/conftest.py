@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,6 +36,28 @@ def database_url(tmp_dir: Path) -> str:
 
 def is_postgres(url: str) -> bool:
     return make_url(url).get_backend_name() == "postgresql"
+
+
+@contextmanager
+def held(db_url: str, customer: int) -> Iterator[None]:
+    """The customer's row held by a transaction outside the service, as from psql (SQLite:
+    its one writer's lock)."""
+    url = make_url(db_url)
+    if is_postgres(db_url):
+        import psycopg
+
+        with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database) as conn:
+            conn.execute("SELECT id FROM customers WHERE id = %s FOR UPDATE", (customer,))
+            yield
+            conn.rollback()
+    else:
+        conn = sqlite3.connect(url.database, timeout=5)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.rollback()
+        finally:
+            conn.close()
 
 
 def reset_database(url: str) -> None:

@@ -4,20 +4,16 @@ customer's row from psql, and two waiting writes froze their process, /readyz in
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from contextlib import contextmanager
 from typing import Any, Iterator
 
-import psycopg
 import pytest
 from anyio import to_thread
-from sqlalchemy.engine import make_url
 
 from app.settings import Settings
 from tests.api.expectations import assert_problem, row_counts
 from tests.api.scenarios import at
-from tests.conftest import is_postgres
+from tests.conftest import held, is_postgres
 
 
 @pytest.fixture
@@ -28,26 +24,6 @@ def settings(db_url: str) -> Settings:
 
 def visit(customer: int) -> dict[str, Any]:
     return {"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}
-
-
-@contextmanager
-def held(db_url: str, customer: int) -> Iterator[None]:
-    """The customer's row held by a transaction outside the service, as from psql (SQLite:
-    its one writer's lock)."""
-    url = make_url(db_url)
-    if is_postgres(db_url):
-        with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database) as conn:
-            conn.execute("SELECT id FROM customers WHERE id = %s FOR UPDATE", (customer,))
-            yield
-            conn.rollback()
-    else:
-        conn = sqlite3.connect(url.database, timeout=5)
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield
-            conn.rollback()
-        finally:
-            conn.close()
 
 
 @pytest.fixture

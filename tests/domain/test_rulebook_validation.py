@@ -98,6 +98,16 @@ def swap_tiers_seventy_and_fifty(data: dict[str, Any]) -> None:
     tiers[1], tiers[2] = tiers[2], tiers[1]
 
 
+def never_won(no_type: str) -> list[tuple[str, str]]:
+    """The problems of the default rulebook's criteria on a won project or a winner, where
+    `no_type` says why no event makes one ("there is no event type bid_won…")."""
+    return [
+        ("levels.installer[3].criteria[4].when.on_won_project", f"{no_type}, so no project is ever won"),
+        ("heat.tiers[0].criteria[1].when", f"{no_type}, so a project never has a winner"),
+        ("heat.tiers[2].criteria[2].when", f"{no_type}, so a project never has a winner"),
+    ]
+
+
 BROKEN = [
     pytest.param(
         set_key(lambda d: owner_criterion(0, 0)(d)["when"], "event", "gift_sent"),
@@ -339,31 +349,19 @@ BROKEN = [
     ),
     pytest.param(
         lambda d: d["event_types"].pop("bid_won"),
-        [
-            ("levels.installer[3].criteria[4].when.on_won_project", "there is no event type bid_won, so no project is ever won"),
-            ("heat.tiers[0].criteria[1].when", "there is no event type bid_won, so a project never has a winner"),
-            ("heat.tiers[2].criteria[2].when", "there is no event type bid_won, so a project never has a winner"),
-        ],
+        never_won("there is no event type bid_won"),
         id="no bid_won type",
     ),
     # A hunt's finds: each was accepted, and the criterion could never be met (or, for the
     # null attribute, it read an attribute named "?").
     pytest.param(
         lambda d: d["event_types"]["bid_won"].__setitem__("customer", "forbidden"),
-        [
-            ("levels.installer[3].criteria[4].when.on_won_project", "there is no event type bid_won that names a customer on a project, so no project is ever won"),
-            ("heat.tiers[0].criteria[1].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
-            ("heat.tiers[2].criteria[2].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
-        ],
+        never_won("there is no event type bid_won that names a customer on a project"),
         id="a bid_won that names no customer",
     ),
     pytest.param(
         lambda d: d["event_types"]["bid_won"].__setitem__("project", "forbidden"),
-        [
-            ("levels.installer[3].criteria[4].when.on_won_project", "there is no event type bid_won that names a customer on a project, so no project is ever won"),
-            ("heat.tiers[0].criteria[1].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
-            ("heat.tiers[2].criteria[2].when", "there is no event type bid_won that names a customer on a project, so a project never has a winner"),
-        ],
+        never_won("there is no event type bid_won that names a customer on a project"),
         id="a bid_won on no project",
     ),
     pytest.param(

@@ -8,11 +8,9 @@ import json
 import random
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,7 +23,7 @@ from sqlalchemy.engine import make_url
 
 from app.db import models as m
 from app.db.engine import Database
-from tests.conftest import empty_tables, is_postgres, wait_until
+from tests.conftest import empty_tables, held, is_postgres, wait_until
 from tests.system.processes import Server, Servers, TcpProxy, cli, free_port
 from tests.test_concurrency import LEVEL_ONE
 
@@ -304,25 +302,6 @@ def test_sigterm_lets_the_request_in_flight_finish_and_keeps_undelivered_webhook
     assert leased == 0
 
 
-@contextmanager
-def customer_held(migrated: str, db: Database, customer: int) -> Iterator[None]:
-    """Another transaction holds what a write to `customer` needs: its row (PostgreSQL), the
-    write lock (SQLite)."""
-    if is_postgres(migrated):
-        with db.engine.connect() as conn:
-            conn.execute(text("SELECT id FROM customers WHERE id = :id FOR UPDATE"), {"id": customer})
-            yield
-            conn.rollback()
-        return
-    held = sqlite3.connect(make_url(migrated).database, isolation_level=None)
-    try:
-        held.execute("BEGIN IMMEDIATE")
-        yield
-        held.execute("ROLLBACK")
-    finally:
-        held.close()
-
-
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_request_the_shutdown_cuts_short_is_told_so_and_still_stored(migrated: str, db: Database, servers: Servers, workers: int) -> None:
     """Two hunts' finds: when the shutdown's time ran out, uvicorn answered the request still
@@ -338,7 +317,7 @@ def test_a_request_the_shutdown_cuts_short_is_told_so_and_still_stored(migrated:
     event = {"type": "company_introduced", "customer_id": installer, "occurred_at": ago(days=1)}
     key = {"Idempotency-Key": f"cut-short-{workers}"}
 
-    with customer_held(migrated, db, installer):
+    with held(migrated, installer):
         thread, answer = send_in_background(server, "/v1/events", event, key)
         time.sleep(1)  # the request waits for the customer
         server.proc.send_signal(signal.SIGTERM)
