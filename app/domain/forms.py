@@ -34,7 +34,7 @@ from app.domain.form_specs import (
     When,
     parse_form_spec,
 )
-from app.domain.rulebook import AttributeSpec, EventType, attribute_problem
+from app.domain.rulebook import AttributeSpec, EventType, attribute_problem, quoted
 from app.domain.validation import number_in_text, reserved_actor, unstorable_texts
 
 __all__ = [
@@ -56,7 +56,6 @@ __all__ = [
 # The longest subject reference a lookup takes, as the subject's own field holds it
 # (POST /v1/events takes a customer_ref of 100 characters, a customer's name has 200).
 MAX_SUBJECT_REF = {"external_ref": 100, "name": 200, "phone": 200}
-_QUOTED = 60  # how much of an answer a problem quotes
 
 
 @dataclass(frozen=True)
@@ -209,7 +208,7 @@ class _Mapper:
         if key in source.map:
             return source.map[key]
         known = ", ".join(source.map)
-        self.fail(source.answer, f"answer {source.answer!r} is {_quoted(key)}, which the value map does not know (known: {known})")
+        self.fail(source.answer, f"answer {source.answer!r} is {quoted(key)}, which the value map does not know (known: {known})")
         return _MISSING
 
     def attribute(self, source: Source, et: EventType, spec: AttributeSpec, place: str) -> Any:
@@ -222,7 +221,7 @@ class _Mapper:
         reason = attribute_problem(spec, value)
         if reason:
             where = source.answer or place
-            self.fail(where, f"answer {source.answer!r} is {_quoted(value)}, and {et.name}.{spec.name} {reason}" if source.answer else f"{spec.name} {reason}")
+            self.fail(where, f"answer {source.answer!r} is {quoted(value)}, and {et.name}.{spec.name} {reason}" if source.answer else f"{spec.name} {reason}")
             return _MISSING
         return value
 
@@ -271,7 +270,7 @@ class _Mapper:
         """Whether `text` is within the limit POST /v1/events applies to `what`; a problem if not."""
         if len(text) <= limit:
             return True
-        self.fail(place, f"{_quoted(text)} is longer than {limit} characters, the most {what} can have")
+        self.fail(place, f"{quoted(text)} is longer than {limit} characters, the most {what} can have")
         return False
 
     def holds(self, when: When) -> bool:
@@ -297,10 +296,10 @@ class _Mapper:
         try:
             instant = _read_time(raw, source.format, source.zone)
         except _SkippedTime:
-            self.fail(source.answer, f"answer {source.answer!r} is {_quoted(raw)}, a local time that {source.zone} skips (the clocks went forward)")
+            self.fail(source.answer, f"answer {source.answer!r} is {quoted(raw)}, a local time that {source.zone} skips (the clocks went forward)")
             return None
         if instant is None:
-            self.fail(source.answer, f"answer {source.answer!r} is {_quoted(raw)}, which is not a {_FORMAT_NAMES[source.format]}")
+            self.fail(source.answer, f"answer {source.answer!r} is {quoted(raw)}, which is not a {_FORMAT_NAMES[source.format]}")
         return instant
 
 
@@ -360,13 +359,6 @@ def _coerce(spec: AttributeSpec, value: Any) -> Any:
     if spec.type == "string" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     return value
-
-
-def _quoted(value: Any) -> str:
-    """An answer as a problem quotes it: its start, for a problem is kept with the submission
-    and an answer may be a megabyte."""
-    text = repr(value)
-    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}…"
 
 
 def _same(answer: Any, expected: Any) -> bool:

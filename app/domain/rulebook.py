@@ -44,6 +44,7 @@ MAX_WITHIN_DAYS = 36_500  # a hundred years: a window longer than dates go back 
 # 10000000000000000 where SQLite gave 1e+16.
 MAX_NUMBER = 10**13
 NUMBER_RANGE = f"from -{MAX_NUMBER} to {MAX_NUMBER} (10¹³)"
+QUOTED = 60  # how much of a value a problem quotes (`quoted`)
 
 
 @dataclass(frozen=True)
@@ -725,13 +726,14 @@ class _ConditionContext:
         elif spec.type == "string" and not isinstance(value, str):
             self.r.fail(place, f"{attr!r} is a text: {value!r} would never equal one")
         elif (reason := attribute_problem(spec, value)) is not None:  # a minimum, a text's length or NUL
-            self.r.fail(place, f"{attr!r} {reason}: {_shown(value)} would never equal one, as no event can carry it")
+            self.r.fail(place, f"{attr!r} {reason}: {quoted(value)} would never equal one, as no event can carry it")
 
 
-def _shown(value: Any) -> str:
-    """A value as a refusal quotes it: a long text cut short."""
+def quoted(value: Any) -> str:
+    """A value as a problem quotes it: its start, for a rulebook's text or a form's answer may
+    be long (a problem kept with a submission, an answer of a megabyte)."""
     text = repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}…"
+    return text if len(text) <= QUOTED else f"{text[:QUOTED]}…"
 
 
 def _default(et: EventType, attribute: str) -> Any:
