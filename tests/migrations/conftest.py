@@ -7,11 +7,24 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine
+from app.db.models import Base
 from tests.conftest import is_postgres
+
+
+def schema_diff(url: str) -> list:
+    """What Alembic's autogenerate finds between the database at `url` and the models."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    finally:
+        engine.dispose()
 
 
 @contextmanager

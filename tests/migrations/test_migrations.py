@@ -6,10 +6,11 @@ server named by RAPPORT_DATABASE_URL (created here and dropped afterwards)."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
+import pytest
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
@@ -17,15 +18,7 @@ from app.db.engine import make_engine
 from app.db.migrate import alembic_config, migrations_dir
 from app.db.models import Base
 from app.settings import Settings
-
-
-def _diff(url: str) -> list:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    finally:
-        engine.dispose()
+from tests.migrations.conftest import schema_diff
 
 
 def _tables(url: str) -> set[str]:
@@ -39,7 +32,7 @@ def _tables(url: str) -> set[str]:
 def test_upgrade_from_empty_builds_exactly_the_models(empty_url: str) -> None:
     command.upgrade(alembic_config(Settings(database_url=empty_url)), "head")
     assert _tables(empty_url) == set(Base.metadata.tables) | {"alembic_version"}
-    assert _diff(empty_url) == []
+    assert schema_diff(empty_url) == []
 
 
 def test_downgrade_to_empty_and_upgrade_again(empty_url: str) -> None:
@@ -48,7 +41,7 @@ def test_downgrade_to_empty_and_upgrade_again(empty_url: str) -> None:
     command.downgrade(cfg, "base")
     assert _tables(empty_url) == {"alembic_version"}
     command.upgrade(cfg, "head")
-    assert _diff(empty_url) == []
+    assert schema_diff(empty_url) == []
 
 
 def test_migrations_form_one_line_with_dated_file_names() -> None:
@@ -63,22 +56,17 @@ def test_two_upgrades_at_once_both_end_at_head(empty_url: str) -> None:
     # altered the schema and one failed ("already exists": exit 3, a hunt's find). They now
     # take turns: PostgreSQL's advisory lock, SQLite's write lock. Processes, as in
     # production (Alembic's context is one per process, not per thread).
-    import subprocess
-    import sys
-
     script = "import sys; from app.db.migrate import upgrade; from app.settings import Settings; upgrade(Settings(database_url=sys.argv[1]))"
     runs = [subprocess.Popen([sys.executable, "-c", script, empty_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outcomes = [(p.wait(120), p.stderr.read() if p.stderr else "") for p in runs]
 
     assert [code for code, _ in outcomes] == [0, 0, 0], [err[-500:] for _, err in outcomes]
     assert _tables(empty_url) == set(Base.metadata.tables) | {"alembic_version"}
-    assert _diff(empty_url) == []
+    assert schema_diff(empty_url) == []
 
 
 def test_offline_migrations_are_refused_with_a_reason(empty_url: str) -> None:
     # `alembic upgrade --sql` crashed halfway with an AttributeError: a migration computes
     # values from the stored rows.
-    import pytest
-
     with pytest.raises(SystemExit, match="offline migrations"):
         command.upgrade(alembic_config(Settings(database_url=empty_url)), "head", sql=True)
