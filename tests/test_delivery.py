@@ -418,6 +418,60 @@ def test_410_gone_pauses_the_subscription_at_once(db: Database, receiver: Receiv
     assert "410 Gone" in (subscription(db, sid).paused_reason or "")
 
 
+def test_a_receiver_that_takes_nothing_is_paused_once_the_schedule_has_passed_whichever_deliveries_were_tried(
+    db: Database, receiver: Receiver, clock: Clock, http: httpx.Client
+) -> None:
+    """A hanging receiver while messages keep coming (two queued for each attempt, each
+    attempt taking 1.5 s): every retry waits behind newer messages due before it. A pause
+    that waited for one delivery to run out of retries came at 13.5 s on a 2 s, 2 s
+    schedule (the hunt's server: none after 150 s); it comes with the first failure once
+    4 s have passed since the first, and nothing queued is lost."""
+    sid = subscribe(db, receiver, clock)
+    receiver.answers = [504] * 1000
+    start, queued = clock(), []
+    while subscription(db, sid).status == "active" and clock() < start + timedelta(seconds=60):
+        queued += queue(db, clock, 2)
+        deliver(db, clock, http, schedule=(2.0, 2.0), limit=1)
+        clock.advance(seconds=1.5)
+
+    sub = subscription(db, sid)
+    assert sub.status == "paused" and sub.paused_at == start + timedelta(seconds=4.5)  # the attempt at 4.5 s
+    assert sub.paused_reason and f"no delivery has succeeded since {start.isoformat()}" in sub.paused_reason and "HTTP 504" in sub.paused_reason
+    assert [d.status for d in deliveries(db)] == ["pending"] * len(queued)  # each keeps its retries
+
+    receiver.answers = []
+    with db.session(write=True) as s:
+        outbox.update_subscription(s, sid, {"status": "active"}, actor="admin", now=clock())
+    assert subscription(db, sid).failing_since is None  # resumed: the whole schedule again
+    run_out_the_clock(db, clock, http, schedule=(2.0, 2.0))
+    assert set(receiver.applied) == set(queued)
+
+
+def test_a_success_starts_the_receivers_failing_time_again(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    """Only a run of failures with no success pauses: a 20 s schedule, failures at 0 s and
+    from 6 s on, a success at 5 s. The failure at 21 s is 15 s into its run; 27 s is past it."""
+    sid = subscribe(db, receiver, clock)
+    start = clock()
+
+    def attempt_at(seconds: float, status: int, *, new: bool = True) -> None:
+        clock.now = start + timedelta(seconds=seconds)
+        if new:
+            queue(db, clock)
+        receiver.answers = [status]
+        assert deliver(db, clock, http, schedule=(10.0, 10.0), limit=1) == 1
+
+    attempt_at(0, 503)
+    attempt_at(5, 200)
+    assert subscription(db, sid).failing_since is None
+    attempt_at(6, 503)
+    attempt_at(21, 503)  # the first delivery's second attempt: 21 s after the first failure
+    assert (subscription(db, sid).status, subscription(db, sid).failing_since) == ("active", start + timedelta(seconds=6))
+    attempt_at(27, 503, new=False)  # the third delivery's second attempt
+    sub = subscription(db, sid)
+    assert sub.status == "paused" and f"since {(start + timedelta(seconds=6)).isoformat()}" in (sub.paused_reason or "")
+    assert [(d.status, d.attempts) for d in deliveries(db)] == [("pending", 2), ("succeeded", 1), ("pending", 2), ("pending", 0)]
+
+
 def test_redirects_are_not_followed(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
     subscribe(db, receiver, clock)
     receiver.answers = [302]

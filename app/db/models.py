@@ -262,6 +262,10 @@ class Subscription(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     paused_reason: Mapped[str | None] = mapped_column(Text)
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the attempts began failing with none succeeding since (None: the last succeeded):
+    # a receiver that has taken nothing for as long as the retry schedule lasts is paused,
+    # whichever of its deliveries were tried (app/services/delivery.py `_record`).
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A deleted subscription is kept, so its delivery log stays readable.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 import httpx
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -137,7 +137,8 @@ def deliver_due(
 ) -> int:
     """Attempt up to `limit` due deliveries, one claim at a time; return how many were
     attempted. `schedule` holds the seconds to wait before each retry; after the last
-    retry fails the delivery is `failed` and its subscription paused. Senders running at
+    retry fails the delivery is `failed` and its subscription paused, as it is once
+    nothing sent to it has succeeded for the whole schedule's length. Senders running at
     once share one `failing`."""
     failing = failing or Failing()
     attempted = 0
@@ -303,6 +304,8 @@ def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedul
                 response_excerpt=outcome.excerpt,
             )
         )
+        # The subscription first, then the delivery: the order a resume takes them in.
+        failing_since = _failing_since(session, claim.subscription_id, outcome)
         delivery = session.scalar(
             select(m.Delivery)
             .where(
@@ -324,22 +327,45 @@ def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedul
         if outcome.ok:
             delivery.status, delivery.finished_at = "succeeded", now
             return
+        last = f"HTTP {outcome.status_code}" if outcome.status_code is not None else outcome.error
         if outcome.status_code != GONE and delivery.attempts <= len(schedule):
             delivery.next_attempt_at = now + timedelta(seconds=schedule[delivery.attempts - 1])
-            return
-        delivery.status, delivery.finished_at = "failed", now
-        _pause_failing(session, delivery, outcome, now)
+            # Retried, unless nothing this receiver was sent has succeeded for as long as
+            # the whole schedule: a receiver that hangs while new messages come has each
+            # retry wait behind them (each attempt its whole timeout), and its deliveries
+            # ran out of retries far later than the schedule says, or never.
+            span = timedelta(seconds=sum(schedule))
+            if failing_since is None or not span or now - failing_since < span:
+                return
+            reason = f"no delivery has succeeded since {failing_since.isoformat()}, for longer than the retry schedule ({span}; last: {last}, delivery {delivery.id})"
+        else:
+            delivery.status, delivery.finished_at = "failed", now
+            if outcome.status_code == GONE:
+                reason = f"the receiver answered 410 Gone to delivery {delivery.id}"
+            else:
+                reason = f"delivery {delivery.id} failed {delivery.attempts} times since {delivery.created_at.isoformat()} (last: {last})"
+        _pause(session, delivery.subscription_id, reason, now)
 
 
-def _pause_failing(session: Session, delivery: m.Delivery, outcome: Outcome, now: datetime) -> None:
-    subscription = outbox.get_subscription(session, delivery.subscription_id, lock=True)
+def _failing_since(session: Session, subscription_id: int, outcome: Outcome) -> datetime | None:
+    """Since when every attempt to the subscription has failed, this one's outcome counted:
+    set by the first failure of a run, cleared by a success (one statement; a success
+    changes nothing where none had failed)."""
+    column = m.Subscription.failing_since
+    if outcome.ok:
+        session.execute(update(m.Subscription).where(m.Subscription.id == subscription_id, column.is_not(None)).values(failing_since=None), execution_options=_UNSYNCED)
+        return None
+    at = bindparam("at", outcome.at, type_=column.type)
+    return session.scalar(update(m.Subscription).where(m.Subscription.id == subscription_id).values(failing_since=func.coalesce(column, at)).returning(column), execution_options=_UNSYNCED)
+
+
+_UNSYNCED = {"synchronize_session": False}  # no subscription object is loaded in these sessions
+
+
+def _pause(session: Session, subscription_id: int, reason: str, now: datetime) -> None:
+    subscription = outbox.get_subscription(session, subscription_id, lock=True)
     if subscription.status != "active":
         return
-    last = f"HTTP {outcome.status_code}" if outcome.status_code is not None else outcome.error
-    if outcome.status_code == GONE:
-        reason = f"the receiver answered 410 Gone to delivery {delivery.id}"
-    else:
-        reason = f"delivery {delivery.id} failed {delivery.attempts} times since {delivery.created_at.isoformat()} (last: {last})"
     outbox.pause(subscription, reason, now)
     log.warning("webhook subscription %s paused: %s", subscription.id, reason)
 

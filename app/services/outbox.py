@@ -238,6 +238,7 @@ def update_subscription(
 
 def _resume(session: Session, subscription: m.Subscription, now: datetime) -> None:
     subscription.status, subscription.paused_reason, subscription.paused_at = "active", None, None
+    subscription.failing_since = None  # resumed, its receiver gets the whole retry schedule again
     _touch(subscription, now)
     session.execute(
         update(m.Delivery)
