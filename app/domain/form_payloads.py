@@ -60,9 +60,18 @@ _JOTFORM_QUESTION = re.compile(r"^q\d+_(.+)$")
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """A submission time the body carries but that cannot be read: a problem only for a
+    mapping that takes `occurred_at` from it (`"submitted"`). Refusing the body for it kept
+    a submission whose mapping reads another time in the inbox for good (a hunt's find)."""
+
+    problem: str
+
+
+@dataclass(frozen=True)
 class Submission:
     delivery_id: str
-    submitted_at: datetime | None
+    submitted_at: datetime | Unreadable | None
     answers: dict[str, Any]
 
 
@@ -110,7 +119,7 @@ def _typeform(content_type: str, body: bytes, headers: Mapping[str, str]) -> Sub
     if isinstance(hidden, dict):
         for name, value in hidden.items():
             _put(answers, f"hidden.{name}", value)
-    return Submission(_id_text(top, "event_id"), _instant(response.get("submitted_at"), "form_response.submitted_at"), answers)
+    return Submission(_id_text(top, "event_id"), _time_of(_instant, response.get("submitted_at"), "form_response.submitted_at"), answers)
 
 
 def _typeform_value(item: dict[str, Any]) -> Any:
@@ -164,7 +173,7 @@ def _jinshuju(content_type: str, body: bytes, headers: Mapping[str, str]) -> Sub
     answers: dict[str, Any] = {}
     for key, value in entry.items():
         _put(answers, key, value)
-    return Submission(delivery_id, _instant(entry.get("created_at"), "entry.created_at"), answers)
+    return Submission(delivery_id, _time_of(_instant, entry.get("created_at"), "entry.created_at"), answers)
 
 
 def _tencent_wj(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
@@ -188,7 +197,7 @@ def _tencent_wj(content_type: str, body: bytes, headers: Mapping[str, str]) -> S
     for title, value in titled:  # an id wins over a title that happens to look like one
         _put(answers, title, value)
     submitted = payload.get("ended_at") or top.get("created_at")
-    return Submission(delivery_id, _local_time(submitted, "payload.ended_at", TENCENT_TIME), answers)
+    return Submission(delivery_id, _time_of(_local_time, submitted, "payload.ended_at", TENCENT_TIME), answers)
 
 
 def _tencent_value(question: dict[str, Any]) -> Any:
@@ -215,7 +224,7 @@ def _google_forms(content_type: str, body: bytes, headers: Mapping[str, str]) ->
         for key in (field.get("title"), field.get("id")):
             if isinstance(key, (str, int)) and not isinstance(key, bool) and str(key):
                 _put(answers, str(key), item.get("response"))
-    return Submission(_id_text(top, "event_id"), _instant(response.get("submitted_at"), "form_response.submitted_at"), answers)
+    return Submission(_id_text(top, "event_id"), _time_of(_instant, response.get("submitted_at"), "form_response.submitted_at"), answers)
 
 
 def _google_forms_namedvalues(content_type: str, body: bytes, headers: Mapping[str, str]) -> Submission:
@@ -250,7 +259,7 @@ def _generic_json(content_type: str, body: bytes, headers: Mapping[str, str]) ->
     answers: dict[str, Any] = {}
     for name, value in top.items():
         _put(answers, name, value)
-    return Submission(_id_text(top, key, place="id (or submission_id)"), _instant(top.get("submitted_at"), "submitted_at"), answers)
+    return Submission(_id_text(top, key, place="id (or submission_id)"), _time_of(_instant, top.get("submitted_at"), "submitted_at"), answers)
 
 
 _READERS: dict[str, Callable[[str, bytes, Mapping[str, str]], Submission]] = {
@@ -386,6 +395,14 @@ def _put(answers: dict[str, Any], key: str, value: Any, depth: int = 0) -> None:
     elif isinstance(value, list):
         for index, inner in enumerate(value):
             _put(answers, f"{key}.{index}", inner, depth + 1)
+
+
+def _time_of(read: Callable[..., datetime | None], *args: Any) -> datetime | Unreadable | None:
+    """The submission time `read` takes from `args`, or why it cannot."""
+    try:
+        return read(*args)
+    except PayloadError as exc:
+        return Unreadable(str(exc))
 
 
 def _instant(value: Any, place: str) -> datetime | None:

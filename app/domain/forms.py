@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Mapping
 
-from app.domain.form_payloads import TOOLS, PayloadError, Submission, parse_payload
+from app.domain.form_payloads import TOOLS, PayloadError, Submission, Unreadable, parse_payload
 from app.domain.form_specs import (
     LOCAL_TIME_FORMATS,
     MAX_ACTOR,
@@ -282,8 +282,9 @@ class _Mapper:
         if source.kind == "received":
             return received_at.astimezone(timezone.utc)
         if source.kind == "submitted":
-            if submission.submitted_at is None:
-                self.fail("occurred_at", 'the payload carries no submission time; map occurred_at to an answer or to "received"')
+            if submission.submitted_at is None or isinstance(submission.submitted_at, Unreadable):
+                why = "the payload carries no submission time" if submission.submitted_at is None else f"the payload's submission time: {submission.submitted_at.problem}"
+                self.fail("occurred_at", f'{why}; map occurred_at to an answer or to "received"')
                 return None
             return submission.submitted_at.astimezone(timezone.utc)
         assert source.answer is not None and source.format is not None

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domain.form_payloads import MAX_ANSWER_DEPTH
+from app.domain.form_payloads import MAX_ANSWER_DEPTH, Unreadable
 from app.domain.forms import (
     EventDraft,
     FormSpec,
@@ -242,13 +242,11 @@ def test_the_generic_json_tool_takes_submission_id_and_submitted_at() -> None:
         ("json", JSON, b'{"name": "no id"}', "no id (or submission_id)"),
         ("json", JSON, b'{"id": true}', "no id (or submission_id)"),
         ("json", JSON, b'{"id": "' + b"x" * 191 + b'"}', "longer than 190"),
-        ("json", JSON, b'{"id": 1, "submitted_at": "yesterday"}', "not an ISO 8601 instant"),
         ("json", JSON, b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         ("json", "text/plain", b'{"id": 1}', "expected Content-Type application/json"),
         ("typeform", JSON, b'{"form_response": {"answers": []}}', "no event_id"),
         ("typeform", JSON, b'{"event_id": "x"}', "no form_response object"),
         ("jinshuju", JSON, b'{"form": "Vk3Pq8", "entry": {"field_1": "x"}}', "no entry.serial_number"),
-        ("tencent_wj", JSON, b'{"payload": {"survey_id": 1, "answer_id": 2, "ended_at": "11/20/2026"}}', "payload.ended_at is not a time"),
         ("google_forms", JSON, b'{"form_response": {"answers": []}}', "no event_id"),
         ("jiandaoyun", JSON, b'{"op": "data_create", "data": {}}', "no data._id"),
         ("jotform", "multipart/form-data", b"--x\r\n\r\n--x--", "has no boundary"),
@@ -263,6 +261,31 @@ def test_the_generic_json_tool_takes_submission_id_and_submitted_at() -> None:
 def test_a_body_the_tool_would_not_send_is_refused_with_a_reason(tool: str, content_type: str, body: bytes, reason: str) -> None:
     with pytest.raises(PayloadError, match=re.escape(reason)):
         parse_payload(tool, content_type, body)
+
+
+@pytest.mark.parametrize(
+    "tool, body, reason",
+    [
+        ("json", b'{"id": 1, "submitted_at": "yesterday", "code": "P-1", "stage": "bidding"}', "submitted_at is not an ISO 8601 instant"),
+        ("json", b'{"id": 1, "submitted_at": "2026-11-20 14:42:17", "code": "P-1", "stage": "bidding"}', "submitted_at is not an ISO 8601 instant"),
+        (
+            "tencent_wj",
+            b'{"payload": {"survey_id": 1, "answer_id": 2, "ended_at": "11/20/2026", "answer": [{"questions": [{"id": "code", "text": "P-1"}, {"id": "stage", "text": "bidding"}]}]}}',
+            "payload.ended_at is not a time",
+        ),
+    ],
+)
+def test_a_submission_time_that_cannot_be_read_matters_only_to_a_mapping_that_takes_it(tool: str, body: bytes, reason: str) -> None:
+    """A hunt's find: the body was refused for it, so a submission whose mapping takes its time
+    from `received` (or an answer) waited in the inbox for good, replays included."""
+    submission = parse_payload(tool, JSON, body)
+    assert submission.submitted_at == Unreadable(submission.submitted_at.problem) and reason in submission.submitted_at.problem
+    data = {"tool": tool, "project": {"by": "external_ref", "answer": "code"}, "occurred_at": "received",
+            "events": [{"type": "stage_changed", "attributes": {"stage": {"answer": "stage"}}}]}
+    (draft,) = apply_mapping(parse_form_spec(data, rulebook()), submission, received_at=RECEIVED)
+    assert draft.occurred_at == RECEIVED
+    with pytest.raises(MappingError, match=re.escape(f"the payload's submission time: {reason}")):
+        apply_mapping(parse_form_spec({**data, "occurred_at": "submitted"}, rulebook()), submission, received_at=RECEIVED)
 
 
 def test_an_unknown_tool_is_a_programming_error() -> None:
