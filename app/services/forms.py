@@ -372,8 +372,9 @@ def _by_phone(session: Session, phone: str) -> list[int]:
     digits = phone_digits(phone)
     if len(digits) < 5:
         return []
-    # Narrow by the last digits in SQL, then compare the normalized numbers.
-    rows = session.execute(select(m.Customer.id, m.Customer.contact).where(m.Customer.contact["phone"].as_string().like(f"%{digits[-4:]}")))
+    # Narrow in SQL to the numbers with the last four digits in that order (whatever stands
+    # between or after them: "139-1234-56 78", "139 1234 5678（王伟）"), then compare digits.
+    rows = session.execute(select(m.Customer.id, m.Customer.contact).where(m.Customer.contact["phone"].as_string().like("%" + "%".join(digits[-4:]) + "%")))
     return [cid for cid, contact in rows if phone_digits(str(contact.get("phone", ""))) == digits][:2]
 
 
