@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import text
 
 from app.db.engine import WRITE_BEGIN, make_engine, sqlite_begin
+from app.db.migrate import compare_type
 from app.db.models import Base
 from app.settings import get_settings
 
@@ -42,7 +43,7 @@ def _run(connection) -> None:  # noqa: ANN001
     # each migration, so a run stopped halfway (a refused downgrade, a failure) left the
     # database between revisions. pysqlite here begins nothing itself (app/db/engine.py), and
     # SQLite's DDL is transactional: the whole run is one transaction, as on PostgreSQL.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=True, transactional_ddl=True)
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True, compare_type=compare_type, transactional_ddl=True)
     # One migration at a time: every command and server migrates at start, and two started
     # together both altered the schema, one failing with "already exists" (exit 3, a
     # database failure to an orchestrator; a hunt's find). The lock is held to the commit;

@@ -108,7 +108,9 @@ class Event(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime)
     attributes: Mapped[dict[str, Any]] = mapped_column(Json, default=dict)
-    source: Mapped[str] = mapped_column(String(64), default="api")
+    # 69: an API write's source has at most 64 characters, a form's is "form:" and its id of
+    # up to 64 (migration 0c7d2e5f9a14).
+    source: Mapped[str] = mapped_column(String(69), default="api")
     external_id: Mapped[str | None] = mapped_column(String(200))
     actor: Mapped[str | None] = mapped_column(String(100))
     note: Mapped[str | None] = mapped_column(Text)
@@ -232,7 +234,7 @@ class FormSubmission(Base):
     form_mapping_id: Mapped[int] = mapped_column(ForeignKey("form_mappings.id"))
     delivery_id: Mapped[str] = mapped_column(String(200))  # the tool's own submission id
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    content_type: Mapped[str] = mapped_column(String(200))
+    content_type: Mapped[str] = mapped_column(Text)  # whole: a multipart body is read by its boundary
     body: Mapped[bytes] = mapped_column(LargeBinary)
     status: Mapped[str] = mapped_column(String(16))
     problems: Mapped[list[dict[str, str]]] = mapped_column(Json, default=list)

@@ -199,7 +199,7 @@ def receive(
         form_mapping_id=form.id,
         delivery_id=delivery_id[:200],
         received_at=now,
-        content_type=content_type[:200],
+        content_type=content_type,
         body=body,
         status="inbox",
         problems=[],

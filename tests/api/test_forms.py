@@ -392,6 +392,31 @@ def test_an_unmappable_submission_waits_in_the_inbox_and_is_replayed_after_the_f
     assert counts(api) == (1, 1)
 
 
+def test_a_form_whose_id_has_the_most_characters_allowed_records_its_deliveries(api, clock) -> None:
+    """A hunt's find: on PostgreSQL every delivery to a form whose id had 60 or more characters
+    answered 500 and kept nothing, its events' source ("form:" and the id) too long to store."""
+    api.create_customer(CUSTOMER, "installer")
+    form = set_up(api, "typeform-visit-report", form_id="f" * 64)
+    r = deliver(api, form, CASES[0].fixture, "application/json", clock)
+    assert r.status_code == 201, r.text
+    assert [e["source"] for e in all_pages(api, "/v1/events")] == ["form:" + "f" * 64]
+
+
+def test_a_kept_multipart_submission_is_replayed_whatever_the_length_of_its_content_type(api, clock) -> None:
+    """A hunt's find: the Content-Type was kept cut to 200 characters, without the boundary
+    that comes after a long parameter, so no replay could read the kept body."""
+    form = set_up(api, "jotform-visit-report")
+    content_type = JOTFORM_TYPE.replace("; boundary=", f'; x-note="{"a" * 300}"; boundary=')
+    r = deliver(api, form, CASES[1].fixture, content_type, clock)
+    assert r.status_code == 202, r.text
+    waiting = r.json()["submission"]
+    assert api.get(f"/v1/inbox/{waiting['id']}").json()["content_type"] == content_type
+    api.create_customer(CUSTOMER, "installer")
+    replayed = api.post(f"/v1/inbox/{waiting['id']}/replay")
+    assert replayed.status_code == 200 and replayed.json()["outcome"] == "processed", replayed.text
+    assert counts(api) == (1, 1)
+
+
 @pytest.mark.parametrize("redelivered_first", [False, True])
 def test_a_submission_kept_under_its_digest_counts_once_after_the_mapping_is_fixed(api, clock, redelivered_first: bool) -> None:
     """Found by a hunt. With the wrong tool set, 金数据's push cannot be read, and is kept

@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.db.engine import make_engine
+from app.db.migrate import compare_type
 from app.db.models import Base
 from tests.conftest import is_postgres
 
@@ -22,7 +23,7 @@ def schema_diff(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            return compare_metadata(MigrationContext.configure(conn, opts={"compare_type": compare_type}), Base.metadata)
     finally:
         engine.dispose()
 
