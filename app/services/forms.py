@@ -226,7 +226,7 @@ def replay(session: Session, rulebook: Rulebook, submission_id: int, *, actor: s
     row = _inbox_row(session, submission_id)
     form = session.get(m.FormMapping, row.form_mapping_id)
     assert form is not None
-    row.attempts += 1
+    row.attempts, row.actor = row.attempts + 1, actor  # who tried it last, whatever comes of it
     try:
         data = domain.parse_payload(form.tool, row.content_type, row.body)
     except domain.PayloadError as exc:

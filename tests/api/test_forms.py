@@ -378,13 +378,16 @@ def test_an_unmappable_submission_waits_in_the_inbox_and_is_replayed_after_the_f
 
     # A redelivery while it waits is still the same submission.
     assert deliver(api, form, CASES[0].fixture, "application/json", clock).json()["outcome"] == "duplicate"
+    # A replay before the fix leaves it waiting, and says who tried (a hunt found it left out).
+    early = api.post(f"/v1/inbox/{waiting['id']}/replay", headers={"X-Actor": "zhang.jing"}).json()
+    assert (early["outcome"], early["submission"]["attempts"], early["submission"]["actor"]) == ("inbox", 2, "zhang.jing")
 
     customer = api.create_customer(CUSTOMER, "installer")
     replayed = api.post(f"/v1/inbox/{waiting['id']}/replay")
     assert replayed.status_code == 200, replayed.text
     out = replayed.json()
     assert out["outcome"] == "processed"
-    assert out["submission"]["attempts"] == 2 and out["submission"]["actor"] == "key:bootstrap"
+    assert out["submission"]["attempts"] == 3 and out["submission"]["actor"] == "key:bootstrap"
     (event,) = all_pages(api, "/v1/events")
     assert event["customer_id"] == customer["id"] and out["submission"]["event_ids"] == [event["id"]]
     assert all_pages(api, "/v1/inbox") == []
