@@ -67,8 +67,16 @@ def _submission(session: Session, row: m.FormSubmission, *, detail: bool = False
     return s.SubmissionOut(**fields)
 
 
-def _hook_out(session: Session, received: svc.Received) -> s.HookOut:
-    return s.HookOut(outcome=received.outcome, submission=_submission(session, received.submission), effects=[e.as_dict() for e in received.effects])
+def _hook_out(session: Session, received: svc.Received, *, to_the_tool: bool = False) -> s.HookOut:
+    """The answer to a replay, or `to_the_tool` to a delivery. A duplicate's answer to the tool
+    leaves out what was decided about the stored submission since it came (its problems, a
+    dismissal's reason, who replayed or dismissed it): a form's secret reads nothing, and
+    with `url_token` the body is not signed, so whoever holds the URL could name any
+    delivery id and read those (a hunt's find)."""
+    submission = _submission(session, received.submission)
+    if to_the_tool and received.outcome == "duplicate":
+        submission = submission.model_copy(update={"problems": [], "resolution": None, "actor": None})
+    return s.HookOut(outcome=received.outcome, submission=submission, effects=[e.as_dict() for e in received.effects])
 
 
 # --- mappings (admin) ------------------------------------------------------------------------
@@ -201,7 +209,7 @@ async def receive(form_id: FormIdPath, request: Request, ctx: ContextDep) -> JSO
             form = svc.get_form(session, form_id)
             received = svc.receive(session, ctx.rulebook, form, content_type=content_type, headers=headers, body=body, now=now)
             status = {"processed": 201, "inbox": 202, "duplicate": 200}[received.outcome]
-            return JSONResponse(_hook_out(session, received).model_dump(mode="json"), status_code=status)
+            return JSONResponse(_hook_out(session, received, to_the_tool=True).model_dump(mode="json"), status_code=status)
 
         return ctx.db.transaction(write)
 

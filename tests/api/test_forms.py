@@ -514,6 +514,15 @@ def test_a_dismissed_submission_leaves_the_inbox_with_its_reason(api, clock) -> 
     assert [s["id"] for s in all_pages(api, "/v1/inbox", status="dismissed")] == [waiting["id"]]
     assert_problem(api.post(f"/v1/inbox/{waiting['id']}/replay"), 409)
 
+    # The tool's redelivery is told it is a duplicate, and no more: not the admin's reason,
+    # who dismissed it, nor its problems (a hunt read them with only the form's secret).
+    again = deliver(api, form, CASES[0].fixture, "application/json", clock)
+    assert again.status_code == 200 and again.json()["outcome"] == "duplicate"
+    told = again.json()["submission"]
+    assert (told["id"], told["status"], told["problems"], told["resolution"], told["actor"]) == (waiting["id"], "dismissed", [], None, None)
+    kept = api.get(f"/v1/inbox/{waiting['id']}").json()
+    assert (kept["resolution"], kept["actor"], len(kept["problems"])) == ("测试提交，不是真实拜访", "key:bootstrap", 1)
+
 
 # --- mappings ------------------------------------------------------------------------------------
 
