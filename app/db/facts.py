@@ -86,6 +86,18 @@ def read_states(session: Session, kind: type[State], rows: Iterable[Any]) -> lis
     return [known.setdefault((kind, state.id), state) for state in states]
 
 
+def ref_changed(session: Session, row: m.Customer | m.Project) -> None:
+    """A PATCH changed `row`'s external_ref: on SQLite the state this write transaction keeps
+    of it (`read_states`) follows, as grading keeps its grade current. Writes that run
+    together share one transaction (app/db/engine.py `_run_group`): a later one that named
+    the record by its new code was told there was none, and one that named it by its old
+    code was recorded against it (a hunt's find)."""
+    kind = CustomerState if isinstance(row, m.Customer) else ProjectState
+    state = session.info.get(_READ, {}).get((kind, row.id))
+    if state is not None:
+        state.external_ref = row.external_ref
+
+
 def read_state(session: Session, kind: type[State], *, id: int | None = None, ref: str | None = None) -> State | None:
     """One customer's or project's state, by id or by external_ref; None if there is none."""
     rows = STATES_BY_ID[kind].rows(session, [id]) if ref is None else run(session, STATE_BY_REF[kind], ref=ref)

@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db import facts as repo
 from app.db import models as m
 from app.db.engine import Database
 from app.errors import Conflict, FieldError, Invalid, NotFound, PreconditionFailed
@@ -63,6 +64,8 @@ def update_record(session: Session, model: type[Record], record_id: int, changes
     check_version(row, if_match)
     if changed := apply_changes(row, changes, now):
         save_unique(session, row, changed.get("external_ref"))
+        if "external_ref" in changed:
+            repo.ref_changed(session, row)
     return row
 
 
