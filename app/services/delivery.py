@@ -337,13 +337,13 @@ def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedul
             span = timedelta(seconds=sum(schedule))
             if failing_since is None or not span or now - failing_since < span:
                 return
-            reason = f"no delivery has succeeded since {failing_since.isoformat()}, for longer than the retry schedule ({span}; last: {last}, delivery {delivery.id})"
+            reason = f"no delivery has succeeded since {outbox.utc_text(failing_since)}, for longer than the retry schedule ({span}; last: {last}, delivery {delivery.id})"
         else:
             delivery.status, delivery.finished_at = "failed", now
             if outcome.status_code == GONE:
                 reason = f"the receiver answered 410 Gone to delivery {delivery.id}"
             else:
-                reason = f"delivery {delivery.id} failed {delivery.attempts} times since {delivery.created_at.isoformat()} (last: {last})"
+                reason = f"delivery {delivery.id} failed {delivery.attempts} times since {outbox.utc_text(delivery.created_at)} (last: {last})"
         _pause(session, delivery.subscription_id, reason, now)
 
 

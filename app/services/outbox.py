@@ -7,7 +7,7 @@ Everything here runs in the caller's transaction and never commits."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
 from uuid import uuid4
 
@@ -135,10 +135,10 @@ def grade_payload(session: Session, rulebook: Rulebook, change: m.GradeChange, h
         "evidence": evidence_summary(change.evidence),
         "trigger": change.trigger,
         "actor": change.actor,
-        "at": change.at.isoformat(),
+        "at": utc_text(change.at),
         "history_id": change.id,
     }
-    return {"type": GRADE_EVENT[change.subject_type], "timestamp": change.at.isoformat(), "data": data}
+    return {"type": GRADE_EVENT[change.subject_type], "timestamp": utc_text(change.at), "data": data}
 
 
 def heat_tier(rulebook: Rulebook, heat: int, stage: str | None, closed: bool) -> tuple[str, Label]:
@@ -161,8 +161,14 @@ EVENT_FIELDS = ("type", "customer_id", "project_id", "occurred_at", "attributes"
 def stored_event_payload(event_id: int, values: dict[str, Any]) -> dict[str, Any]:
     """The body of an `event.created` message, from the values a write inserted."""
     data = {"id": event_id, **{k: values[k] for k in EVENT_FIELDS if k != "recorded_at"}}
-    data["occurred_at"] = values["occurred_at"].isoformat()
-    return {"type": EVENT_CREATED, "timestamp": values["recorded_at"].isoformat(), "data": {"event": data}}
+    data["occurred_at"] = utc_text(values["occurred_at"])
+    return {"type": EVENT_CREATED, "timestamp": utc_text(values["recorded_at"]), "data": {"event": data}}
+
+
+def utc_text(at: datetime) -> str:
+    """A message's time as the API writes every time it returns: UTC, with `Z` (they had
+    `+00:00`, which the delivery log then showed beside the API's own `Z`)."""
+    return at.astimezone(timezone.utc).isoformat().removesuffix("+00:00") + "Z"
 
 
 # --- subscriptions ---------------------------------------------------------------------
@@ -290,7 +296,7 @@ def redeliver(session: Session, subscription_id: int, delivery_id: int, *, now: 
         # again when the lease ends, app/services/delivery.py `lease_for`).
         wait = max(1, math.ceil((delivery.locked_until - now).total_seconds()))
         raise Conflict(
-            f"this delivery is leased to a worker for an attempt until {delivery.locked_until.isoformat()} (a worker that stopped mid-way leaves it so: it is tried again then)",
+            f"this delivery is leased to a worker for an attempt until {utc_text(delivery.locked_until)} (a worker that stopped mid-way leaves it so: it is tried again then)",
             headers={"Retry-After": str(wait)},
         )
     delivery.status, delivery.next_attempt_at, delivery.attempts = "pending", now, 0
@@ -301,6 +307,6 @@ def redeliver(session: Session, subscription_id: int, delivery_id: int, *, now: 
 def ping(session: Session, subscription_id: int, *, now: datetime) -> m.Delivery:
     """Queue a `webhook.ping` message for this subscription alone."""
     subscription = _live_subscription(session, subscription_id)
-    payload = {"type": PING, "timestamp": now.isoformat(), "data": {"subscription_id": subscription.id}}
+    payload = {"type": PING, "timestamp": utc_text(now), "data": {"subscription_id": subscription.id}}
     _, (delivery,) = _queue(session, PING, payload, now, [subscription.id])
     return delivery
