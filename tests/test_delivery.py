@@ -23,15 +23,16 @@ from typing import Any, Callable, Iterator, Mapping
 
 import httpx
 import pytest
-from sqlalchemy import event, func, insert, select, update
+from sqlalchemy import event, func, insert, select, text, update
 
 from app.db import models as m
 from app.db.engine import Database, make_engine
 from app.domain.rulebook import load_rulebook
+from app.errors import Conflict
 from app.services import outbox
 from app.services.batch import record_batch
 from app.services.customers import create_customer
-from app.services.delivery import USER_AGENT, Failing, _claim, deliver_due, end_deleted, lease_for
+from app.services.delivery import USER_AGENT, Failing, Outcome, _claim, _record, deliver_due, end_deleted, lease_for
 from app.services.egress import Egress
 from app.services.events import NewEvent, record_event
 from app.settings import Settings
@@ -470,6 +471,78 @@ def test_a_success_starts_the_receivers_failing_time_again(db: Database, receive
     sub = subscription(db, sid)
     assert sub.status == "paused" and "since 2026-11-20T09:00:06Z" in (sub.paused_reason or "")
     assert [(d.status, d.attempts) for d in deliveries(db)] == [("pending", 2), ("succeeded", 1), ("pending", 2), ("pending", 0)]
+
+
+def test_one_attempt_longer_than_the_whole_schedule_is_retried_not_paused(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    """A review's find: the run's time counted from the first attempt's start, so an attempt
+    that took longer than a short schedule (10 s against 2 s, 2 s) paused the subscription
+    with no retry. A run must also hold as many failed attempts as a delivery gets."""
+    sid = subscribe(db, receiver, clock)
+    receiver.answers = [504] * 10
+    receiver.on_request = lambda: clock.advance(seconds=10)  # each attempt takes 10 s
+    queue(db, clock)
+
+    deliver(db, clock, http, schedule=(2.0, 2.0))
+    assert subscription(db, sid).status == "active"
+    assert [(d.status, d.attempts) for d in deliveries(db)] == [("pending", 1)]
+
+
+def test_a_failure_that_began_before_a_success_or_a_resume_counts_for_nothing(db: Database, receiver: Receiver, clock: Clock) -> None:
+    """Two senders' outcomes can be recorded in another order than their attempts began (a
+    review's find: a failure recorded after a later success dated the run before it)."""
+    sid = subscribe(db, receiver, clock)
+    queue(db, clock, 3)
+    start = clock()
+    first, second, third = (_claim(db, start, LEASE, after=0) for _ in range(3))
+    assert first and second and third
+
+    def outcome(seconds: float, status: int) -> Outcome:
+        return Outcome(start + timedelta(seconds=seconds), status, None, 5, None)
+
+    _record(db, second, outcome(1, 200), start + timedelta(seconds=2), (10.0,))
+    _record(db, first, outcome(0, 503), start + timedelta(seconds=3), (10.0,))  # began before the success
+    sub = subscription(db, sid)
+    assert (sub.failing_since, sub.failed_attempts, sub.good_at) == (None, 0, start + timedelta(seconds=1))
+
+    with db.session(write=True) as s:
+        outbox.update_subscription(s, sid, {"status": "paused"}, actor="admin", now=start + timedelta(seconds=4))
+    with db.session(write=True) as s:
+        outbox.update_subscription(s, sid, {"status": "active"}, actor="admin", now=start + timedelta(seconds=5))
+    _record(db, third, outcome(3, 503), start + timedelta(seconds=6), (10.0,))  # began before the resume
+    assert (subscription(db, sid).failing_since, subscription(db, sid).failed_attempts) == (None, 0)
+
+
+def test_recording_an_attempt_beside_a_redelivery_does_not_deadlock(db: Database, receiver: Receiver, clock: Clock) -> None:
+    """A review's find: recording took the delivery's row (for the attempt's foreign key)
+    before the subscription's, and a redelivery takes them the other way round. PostgreSQL
+    then aborted the recording: the attempt went unlogged and was made again."""
+    if not is_postgres(str(db.engine.url)):
+        pytest.skip("SQLite runs one write transaction at a time")
+    sid = subscribe(db, receiver, clock)
+    queue(db, clock)
+    claim = _claim(db, clock(), LEASE)
+    assert claim is not None
+    failed: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            _record(db, claim, Outcome(clock(), 503, None, 5, None), clock(), SCHEDULE)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failed.append(exc)
+
+    with db.session(write=True) as admin:
+        outbox.get_subscription(admin, sid, lock=True)  # as a redelivery begins
+        recording = threading.Thread(target=record)
+        recording.start()
+        with db.engine.connect() as watch:  # until the recording waits for the subscription
+            deadline = time.monotonic() + 10
+            while not watch.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        with pytest.raises(Conflict, match="leased"):
+            outbox.redeliver(admin, sid, claim.delivery_id, now=clock())
+    recording.join(10)
+    assert failed == []
+    assert [(a.delivery_id, a.status_code) for a in attempts(db)] == [(claim.delivery_id, 503)]
 
 
 def test_redirects_are_not_followed(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:

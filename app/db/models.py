@@ -264,10 +264,15 @@ class Subscription(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     paused_reason: Mapped[str | None] = mapped_column(Text)
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # When the attempts began failing with none succeeding since (None: the last succeeded):
-    # a receiver that has taken nothing for as long as the retry schedule lasts is paused,
-    # whichever of its deliveries were tried (app/services/delivery.py `_record`).
+    # The receiver's run of failures, whichever deliveries were tried: when the first failed
+    # attempt of it began and how many have failed, none succeeding since (None, 0: the last
+    # succeeded); and when it was last known good (the start of its latest successful
+    # attempt, or its resume), before which an attempt's failure says nothing of now. A run
+    # as long as the retry schedule, of as many attempts, pauses the subscription
+    # (app/services/delivery.py `_record`).
     failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    good_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A deleted subscription is kept, so its delivery log stays readable.
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Sequence
 
 import httpx
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, case, delete, or_, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -293,6 +293,9 @@ def _ms_since(started: float) -> int:
 
 def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedule: Sequence[float]) -> None:
     with db.session(write=True) as session:
+        # The subscription's row first, then the delivery's (the attempt's row locks it, for
+        # its foreign key): the order a resume, a redelivery or a delete takes them in.
+        run = _receivers_run(session, claim.subscription_id, outcome)
         # The attempt happened, whoever holds the delivery now: the log says so.
         session.add(
             m.DeliveryAttempt(
@@ -304,8 +307,6 @@ def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedul
                 response_excerpt=outcome.excerpt,
             )
         )
-        # The subscription first, then the delivery: the order a resume takes them in.
-        failing_since = _failing_since(session, claim.subscription_id, outcome)
         delivery = session.scalar(
             select(m.Delivery)
             .where(
@@ -330,14 +331,16 @@ def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedul
         last = f"HTTP {outcome.status_code}" if outcome.status_code is not None else outcome.error
         if outcome.status_code != GONE and delivery.attempts <= len(schedule):
             delivery.next_attempt_at = now + timedelta(seconds=schedule[delivery.attempts - 1])
-            # Retried, unless nothing this receiver was sent has succeeded for as long as
-            # the whole schedule: a receiver that hangs while new messages come has each
-            # retry wait behind them (each attempt its whole timeout), and its deliveries
-            # ran out of retries far later than the schedule says, or never.
+            # Retried, unless this receiver has failed every attempt for as long as the whole
+            # schedule, and as many times as a delivery is tried: one that hangs while new
+            # messages come has each retry wait behind them (each attempt its whole
+            # timeout), and its deliveries ran out of retries far later than the schedule
+            # says, or never.
+            failing_since, failed = run
             span = timedelta(seconds=sum(schedule))
-            if failing_since is None or not span or now - failing_since < span:
+            if failing_since is None or failed <= len(schedule) or now - failing_since < span:
                 return
-            reason = f"no delivery has succeeded since {outbox.utc_text(failing_since)}, for longer than the retry schedule ({span}; last: {last}, delivery {delivery.id})"
+            reason = f"no delivery has succeeded since {outbox.utc_text(failing_since)}: {failed} attempts failed, for longer than the retry schedule ({span}; last: {last}, delivery {delivery.id})"
         else:
             delivery.status, delivery.finished_at = "failed", now
             if outcome.status_code == GONE:
@@ -347,16 +350,31 @@ def _record(db: Database, claim: Claim, outcome: Outcome, now: datetime, schedul
         _pause(session, delivery.subscription_id, reason, now)
 
 
-def _failing_since(session: Session, subscription_id: int, outcome: Outcome) -> datetime | None:
-    """Since when every attempt to the subscription has failed, this one's outcome counted:
-    set by the first failure of a run, cleared by a success (one statement; a success
-    changes nothing where none had failed)."""
-    column = m.Subscription.failing_since
+def _receivers_run(session: Session, subscription_id: int, outcome: Outcome) -> tuple[datetime | None, int]:
+    """The subscription's run of failed attempts with this outcome counted: (when its first
+    began, how many), (None, 0) when there is none. One UPDATE of the subscription's row,
+    computed from the row as it is when its lock is granted, so outcomes recorded at once by
+    several senders or processes each count. Times are when the attempts began: a success
+    ends the failures that began before it, not one that began after it and is recorded
+    first; a failure that began before the receiver was last known good (a success, a
+    resume) counts for nothing."""
+    s = m.Subscription
+    at = bindparam("at", outcome.at, type_=s.good_at.type)
     if outcome.ok:
-        session.execute(update(m.Subscription).where(m.Subscription.id == subscription_id, column.is_not(None)).values(failing_since=None), execution_options=_UNSYNCED)
-        return None
-    at = bindparam("at", outcome.at, type_=column.type)
-    return session.scalar(update(m.Subscription).where(m.Subscription.id == subscription_id).values(failing_since=func.coalesce(column, at)).returning(column), execution_options=_UNSYNCED)
+        ended = s.failing_since <= at
+        values = {
+            "good_at": case((or_(s.good_at.is_(None), s.good_at < at), at), else_=s.good_at),
+            "failing_since": case((ended, None), else_=s.failing_since),
+            "failed_attempts": case((ended, 0), else_=s.failed_attempts),
+        }
+    else:
+        counts = or_(s.good_at.is_(None), s.good_at <= at)
+        values = {
+            "failing_since": case((~counts, s.failing_since), (or_(s.failing_since.is_(None), s.failing_since > at), at), else_=s.failing_since),
+            "failed_attempts": case((counts, s.failed_attempts + 1), else_=s.failed_attempts),
+        }
+    row = session.execute(update(s).where(s.id == subscription_id).values(**values).returning(s.failing_since, s.failed_attempts), execution_options=_UNSYNCED).one()
+    return row.failing_since, row.failed_attempts
 
 
 _UNSYNCED = {"synchronize_session": False}  # no subscription object is loaded in these sessions

@@ -244,7 +244,9 @@ def update_subscription(
 
 def _resume(session: Session, subscription: m.Subscription, now: datetime) -> None:
     subscription.status, subscription.paused_reason, subscription.paused_at = "active", None, None
-    subscription.failing_since = None  # resumed, its receiver gets the whole retry schedule again
+    # Resumed, its receiver gets the whole retry schedule again: an attempt under way that
+    # fails after this began before it, and does not count.
+    subscription.failing_since, subscription.failed_attempts, subscription.good_at = None, 0, now
     _touch(subscription, now)
     session.execute(
         update(m.Delivery)
