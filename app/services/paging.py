@@ -8,7 +8,7 @@ import binascii
 import json
 from typing import Any, Sequence, TypeVar
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, literal_column, or_, tuple_
+from sqlalchemy import ColumnElement, Select, and_, func, literal, literal_column, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from app.db.types import MAX_ID
@@ -26,8 +26,8 @@ def encode_cursor(last_id: int, of: str, descending: bool = False, tx: int | Non
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, of: str) -> tuple[int, bool, int]:
-    """(after this id, descending, after this transaction: 0 where the cursor names none),
+def decode_cursor(cursor: str, of: str) -> tuple[int, bool, int | None]:
+    """(after this id, descending, after this transaction: None where the cursor names none),
     of a cursor of the list of `of`. A cursor names its list: one of customers was read as
     a position among events (and on PostgreSQL showed the event with the customer's id
     again), one of events among customers (a hunt's find). Those issued before cursors
@@ -35,12 +35,12 @@ def decode_cursor(cursor: str, of: str) -> tuple[int, bool, int]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data: Any = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        after, desc, tx = data["after"], data.get("desc", False), data.get("tx", 0)
+        after, desc, tx = data["after"], data.get("desc", False), data.get("tx")
         if data.get("of", of) != of:
             raise Invalid("the cursor was issued for another list", errors=[FieldError("cursor", f"a cursor of {data['of']!r}, not of {of!r}"[:200], "query")])
         # Ids are positive signed 64-bit integers: a larger `after` was not issued here, and
         # would overflow in the driver (a 500) rather than find nothing.
-        if not (_stored_int(after) and _stored_int(tx)) or not isinstance(desc, bool):
+        if not (_stored_int(after) and (tx is None or _stored_int(tx))) or not isinstance(desc, bool):
             raise ValueError
         return after, desc, tx
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
@@ -72,6 +72,13 @@ _HORIZON = literal_column(
 )
 
 
+def _tx_at(tx_column: Any, id_column: Any, after: int) -> Any:
+    """The transaction of the last row whose id is at most `after` (0 if none)."""
+    rows = id_column.table.alias("positioned")
+    tx, id_ = rows.c[tx_column.key], rows.c[id_column.key]
+    return func.coalesce(select(tx).where(id_ <= after).order_by(id_.desc()).limit(1).scalar_subquery(), 0)
+
+
 def page(
     session: Session, query: Select, id_column: Any, *, limit: int, cursor: str | None, descending: bool = False, tx_column: Any = None
 ) -> tuple[Sequence[Any], str | None]:
@@ -92,7 +99,11 @@ def page(
         if cursor_desc != descending:
             raise Invalid("the cursor was issued for the other sort order", errors=[FieldError("cursor", "order differs", "query")])
         if in_commit_order:
-            query = query.where(tuple_(tx_column, id_column) > tuple_(literal(after_tx), literal(after)))
+            # A cursor without a transaction (made by hand, or by a SQLite instance, where
+            # every event's is 0) is the position of the last event up to its id: on
+            # PostgreSQL "after (0, id)" was every event again (a hunt's find).
+            position = literal(after_tx) if after_tx is not None else _tx_at(tx_column, id_column, after)
+            query = query.where(tuple_(tx_column, id_column) > tuple_(position, literal(after)))
         else:
             query = query.where(id_column < after if descending else id_column > after)
     if in_commit_order:

@@ -3,6 +3,8 @@ and retraction."""
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -289,6 +291,20 @@ def test_a_cursor_is_refused_for_the_other_order_and_when_forged(api) -> None:
     assert_problem(api.get("/v1/events", params={"cursor": "%%%"}), 422, "cursor")
     assert_problem(api.get("/v1/events", params={"from": "2026-11-01T00:00:00"}), 422, "from")
     assert_problem(api.get("/v1/events", params={"order": "sideways"}), 422, "order")
+
+
+def test_a_cursor_made_by_hand_starts_after_the_id_it_names(api) -> None:
+    """A hunt's find: on PostgreSQL, where a cursor also names a transaction, one without it
+    (made by hand, or issued by a SQLite instance) started at the first event again."""
+    make_log(api)
+    ids = [e["id"] for e in all_pages(api, "/v1/events")]
+    assert len(ids) >= 5
+
+    def by_hand(after: int) -> str:
+        return base64.urlsafe_b64encode(json.dumps({"after": after, "desc": False, "of": "events"}).encode()).decode().rstrip("=")
+
+    assert [e["id"] for e in all_pages(api, "/v1/events", cursor=by_hand(ids[2]), limit=2)] == ids[3:]
+    assert api.get("/v1/events", params={"cursor": by_hand(ids[-1] + 100)}).json()["items"] == []
 
 
 # --- retraction ----------------------------------------------------------------------------
