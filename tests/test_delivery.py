@@ -545,6 +545,38 @@ def test_recording_an_attempt_beside_a_redelivery_does_not_deadlock(db: Database
     assert [(a.delivery_id, a.status_code) for a in attempts(db)] == [(claim.delivery_id, 503)]
 
 
+def test_a_new_url_starts_the_receivers_run_again(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
+    """A review's find: the run belonged to the subscription, so a new URL's first failure
+    could pause it for the failures of the receiver it replaced."""
+    sid = subscribe(db, receiver, clock)
+    receiver.answers = [503] * 3
+    queue(db, clock, 3)
+    deliver(db, clock, http, schedule=(1.0, 1.0))
+    assert subscription(db, sid).failed_attempts == 3
+    with db.session(write=True) as s:
+        outbox.update_subscription(s, sid, {"url": receiver.url + "/v2"}, actor="admin", now=clock())
+    sub = subscription(db, sid)
+    assert (sub.failing_since, sub.failed_attempts, sub.good_at) == (None, 0, clock())
+
+
+def test_locking_a_subscription_does_not_wait_for_a_write_that_queues_to_it(db: Database, receiver: Receiver, clock: Clock) -> None:
+    """A review's find: a write queueing deliveries holds FOR KEY SHARE on their subscription
+    (the foreign key); FOR UPDATE waited for it, and a recorder pausing the subscription
+    deadlocked with such a write. The lock taken is FOR NO KEY UPDATE, which does not wait."""
+    if not is_postgres(str(db.engine.url)):
+        pytest.skip("SQLite runs one write transaction at a time")
+    sid = subscribe(db, receiver, clock)
+    with db.session(write=True) as writing:
+        assert queue_in(writing, clock) is not None  # its delivery's foreign key holds the subscription
+        with db.session(write=True) as admin:
+            admin.execute(text("SET LOCAL lock_timeout = '2s'"))
+            assert outbox.get_subscription(admin, sid, lock=True).id == sid
+
+
+def queue_in(session, clock: Clock) -> m.OutboxMessage | None:  # noqa: ANN001
+    return outbox.enqueue(session, "webhook.test", {"type": "webhook.test", "data": {}}, clock())
+
+
 def test_redirects_are_not_followed(db: Database, receiver: Receiver, clock: Clock, http: httpx.Client) -> None:
     subscribe(db, receiver, clock)
     receiver.answers = [302]

@@ -355,9 +355,10 @@ def _receivers_run(session: Session, subscription_id: int, outcome: Outcome) -> 
     began, how many), (None, 0) when there is none. One UPDATE of the subscription's row,
     computed from the row as it is when its lock is granted, so outcomes recorded at once by
     several senders or processes each count. Times are when the attempts began: a success
-    ends the failures that began before it, not one that began after it and is recorded
-    first; a failure that began before the receiver was last known good (a success, a
-    resume) counts for nothing."""
+    ends a run that began before it (with any failure of it that began after it and was
+    recorded first: the run keeps no time per attempt, so such a pause comes that much
+    later, never sooner), not one that began after it; a failure that began before the
+    receiver was last known good (a success, a resume, a new URL) counts for nothing."""
     s = m.Subscription
     at = bindparam("at", outcome.at, type_=s.good_at.type)
     if outcome.ok:

@@ -187,8 +187,14 @@ def create_subscription(session: Session, fields: dict[str, Any], *, now: dateti
 
 
 def get_subscription(session: Session, subscription_id: int, *, lock: bool = False) -> m.Subscription:
+    """The subscription; `lock`: row-locked for this transaction. The lock is PostgreSQL's
+    FOR NO KEY UPDATE (a subscription's id never changes, nor is its row deleted): a write
+    that queues a delivery holds FOR KEY SHARE on it (the delivery's foreign key), which
+    FOR UPDATE waits for. A recorder pausing the subscription did, while that write's next
+    delivery waited for the recorder, re-checking the row another recorder had updated:
+    PostgreSQL aborted the write as a deadlock (a review's find)."""
     query = select(m.Subscription).where(m.Subscription.id == subscription_id)
-    subscription = session.scalar(query.with_for_update() if lock else query)
+    subscription = session.scalar(query.with_for_update(key_share=True) if lock else query)
     if subscription is None:
         raise NotFound(f"no webhook subscription with id {subscription_id}")
     return subscription
@@ -239,6 +245,8 @@ def update_subscription(
         _resume(session, subscription, now)
     elif changed:
         _touch(subscription, now)
+    if "url" in changed:  # another receiver: its run of failures is not the old one's
+        subscription.failing_since, subscription.failed_attempts, subscription.good_at = None, 0, now
     return subscription
 
 

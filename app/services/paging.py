@@ -72,11 +72,15 @@ _HORIZON = literal_column(
 )
 
 
-def _tx_at(tx_column: Any, id_column: Any, after: int) -> Any:
-    """The transaction of the last row whose id is at most `after` (0 if none)."""
+def _before_first_after(tx_column: Any, id_column: Any, after: int) -> Any:
+    """The position just before the first transaction that holds a row with an id above
+    `after` (past every row, if there is none yet): no row with a larger id is behind it.
+    An older transaction can commit a larger id after a newer one's smaller ids, so the
+    position of row `after` itself left such rows behind it for good (a review's find). One
+    range read of the primary key, from `after` on."""
     rows = id_column.table.alias("positioned")
-    tx, id_ = rows.c[tx_column.key], rows.c[id_column.key]
-    return func.coalesce(select(tx).where(id_ <= after).order_by(id_.desc()).limit(1).scalar_subquery(), 0)
+    first = select(func.min(rows.c[tx_column.key])).where(rows.c[id_column.key] > after).scalar_subquery()
+    return tuple_(func.coalesce(first, MAX_ID), literal(0))
 
 
 def page(
@@ -99,11 +103,15 @@ def page(
         if cursor_desc != descending:
             raise Invalid("the cursor was issued for the other sort order", errors=[FieldError("cursor", "order differs", "query")])
         if in_commit_order:
-            # A cursor without a transaction (made by hand, or by a SQLite instance, where
-            # every event's is 0) is the position of the last event up to its id: on
-            # PostgreSQL "after (0, id)" was every event again (a hunt's find).
-            position = literal(after_tx) if after_tx is not None else _tx_at(tx_column, id_column, after)
-            query = query.where(tuple_(tx_column, id_column) > tuple_(position, literal(after)))
+            # On PostgreSQL a cursor without a transaction (made by hand) starts where no
+            # event with a larger id is behind it, repeating any smaller one committed
+            # since: "after (0, id)" was every event again (a hunt's find). On SQLite every
+            # event's transaction is 0, and its ids come in commit order.
+            if after_tx is None and session.get_bind().dialect.name == "postgresql":
+                position = _before_first_after(tx_column, id_column, after)
+            else:
+                position = tuple_(literal(after_tx or 0), literal(after))
+            query = query.where(tuple_(tx_column, id_column) > position)
         else:
             query = query.where(id_column < after if descending else id_column > after)
     if in_commit_order:

@@ -293,18 +293,53 @@ def test_a_cursor_is_refused_for_the_other_order_and_when_forged(api) -> None:
     assert_problem(api.get("/v1/events", params={"order": "sideways"}), 422, "order")
 
 
+def by_hand(after: int) -> str:
+    """An events cursor made by hand: a position with no transaction."""
+    return base64.urlsafe_b64encode(json.dumps({"after": after, "desc": False, "of": "events"}).encode()).decode().rstrip("=")
+
+
 def test_a_cursor_made_by_hand_starts_after_the_id_it_names(api) -> None:
     """A hunt's find: on PostgreSQL, where a cursor also names a transaction, one without it
-    (made by hand, or issued by a SQLite instance) started at the first event again."""
+    (made by hand) started at the first event again."""
     make_log(api)
     ids = [e["id"] for e in all_pages(api, "/v1/events")]
     assert len(ids) >= 5
-
-    def by_hand(after: int) -> str:
-        return base64.urlsafe_b64encode(json.dumps({"after": after, "desc": False, "of": "events"}).encode()).decode().rstrip("=")
-
     assert [e["id"] for e in all_pages(api, "/v1/events", cursor=by_hand(ids[2]), limit=2)] == ids[3:]
     assert api.get("/v1/events", params={"cursor": by_hand(ids[-1] + 100)}).json()["items"] == []
+
+
+def test_a_cursor_made_by_hand_leaves_no_larger_id_behind(api, app, migrated: str) -> None:
+    """A review's find: on PostgreSQL an older transaction can commit a larger id after a newer
+    one's smaller id; a hand-made cursor placed at the smaller id's position never listed the
+    larger. It may repeat a smaller id; it must not pass a larger one."""
+    if not is_postgres(migrated):
+        pytest.skip("SQLite has one writer: its ids are taken and seen in commit order")
+    rulebook, db = app.state.context.rulebook, app.state.context.db
+    older_customer, newer_customer = (api.create_customer(name, "installer")["id"] for name in ("上海建工安装", "华东安装"))
+    begun, go = threading.Event(), threading.Event()
+
+    def older() -> None:
+        with db.session(write=True) as s:
+            for _ in range(2):  # the first takes the transaction's id; the second, an event id after the newer one's
+                now = datetime.now(timezone.utc)
+                record_event(s, rulebook, NewEvent(type="visit", customer_id=older_customer, occurred_at=now, attributes={"reception": "neutral"}), actor="t", now=now)
+                begun.set()
+                go.wait(30)
+
+    writer = threading.Thread(target=older)
+    writer.start()
+    try:
+        assert begun.wait(30)
+        newer = api.post("/v1/events", json={"type": "visit", "customer_id": newer_customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}})
+        assert newer.status_code == 201, newer.text
+    finally:
+        go.set()
+        writer.join(30)
+    ids = event_ids(api, limit=200)
+    assert len(ids) == 3 and newer.json()["id"] == sorted(ids)[1]
+    for n in [0, *ids]:
+        listed = [e["id"] for e in all_pages(api, "/v1/events", cursor=by_hand(n), limit=2)]
+        assert {i for i in ids if i > n} <= set(listed), (n, listed)
 
 
 # --- retraction ----------------------------------------------------------------------------
