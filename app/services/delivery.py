@@ -137,9 +137,9 @@ def deliver_due(
 ) -> int:
     """Attempt up to `limit` due deliveries, one claim at a time; return how many were
     attempted. `schedule` holds the seconds to wait before each retry; after the last
-    retry fails the delivery is `failed` and its subscription paused, as it is once
-    nothing sent to it has succeeded for the whole schedule's length. Senders running at
-    once share one `failing`."""
+    retry fails the delivery is `failed` and its subscription paused, as it is once its
+    receiver has failed every attempt for the schedule's whole length, as many times as a
+    delivery is tried (`_receivers_run`). Senders running at once share one `failing`."""
     failing = failing or Failing()
     attempted = 0
     while attempted < limit:
