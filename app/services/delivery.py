@@ -374,11 +374,10 @@ def _receivers_run(session: Session, subscription_id: int, outcome: Outcome) -> 
             "failing_since": case((~counts, s.failing_since), (or_(s.failing_since.is_(None), s.failing_since > at), at), else_=s.failing_since),
             "failed_attempts": case((counts, s.failed_attempts + 1), else_=s.failed_attempts),
         }
-    row = session.execute(update(s).where(s.id == subscription_id).values(**values).returning(s.failing_since, s.failed_attempts), execution_options=_UNSYNCED).one()
+    # synchronize_session off: no subscription object is loaded in this session.
+    statement = update(s).where(s.id == subscription_id).values(**values).returning(s.failing_since, s.failed_attempts)
+    row = session.execute(statement, execution_options={"synchronize_session": False}).one()
     return row.failing_since, row.failed_attempts
-
-
-_UNSYNCED = {"synchronize_session": False}  # no subscription object is loaded in these sessions
 
 
 def _pause(session: Session, subscription_id: int, reason: str, now: datetime) -> None:

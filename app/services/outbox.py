@@ -246,21 +246,26 @@ def update_subscription(
     elif changed:
         _touch(subscription, now)
     if "url" in changed:  # another receiver: its run of failures is not the old one's
-        subscription.failing_since, subscription.failed_attempts, subscription.good_at = None, 0, now
+        _receiver_fresh(subscription, now)
     return subscription
 
 
 def _resume(session: Session, subscription: m.Subscription, now: datetime) -> None:
     subscription.status, subscription.paused_reason, subscription.paused_at = "active", None, None
-    # Resumed, its receiver gets the whole retry schedule again: an attempt under way that
-    # fails after this began before it, and does not count.
-    subscription.failing_since, subscription.failed_attempts, subscription.good_at = None, 0, now
+    _receiver_fresh(subscription, now)  # resumed, its receiver gets the whole retry schedule again
     _touch(subscription, now)
     session.execute(
         update(m.Delivery)
         .where(m.Delivery.subscription_id == subscription.id, m.Delivery.status == "pending", m.Delivery.next_attempt_at > now)
         .values(next_attempt_at=now)
     )
+
+
+def _receiver_fresh(subscription: m.Subscription, now: datetime) -> None:
+    """No run of failures, and the receiver known good from `now`: an attempt under way that
+    fails after this began before it, and does not count (app/services/delivery.py
+    `_receivers_run`)."""
+    subscription.failing_since, subscription.failed_attempts, subscription.good_at = None, 0, now
 
 
 def pause(subscription: m.Subscription, reason: str, now: datetime) -> None:
