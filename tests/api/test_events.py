@@ -6,8 +6,9 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from sqlalchemy import text
@@ -172,6 +173,36 @@ def test_events_page_through_the_log_in_both_orders(api) -> None:
     assert [e["id"] for e in all_pages(api, "/v1/events", limit=4, order="desc")] == everything[::-1]
 
 
+def visit(customer: int) -> dict[str, Any]:
+    return {"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}
+
+
+@contextmanager
+def open_write(app, customer: int, *, events: int = 1) -> Iterator[None]:  # noqa: ANN001
+    """A write of `events` visits for `customer`, in a thread, left open after its first
+    (holding its transaction id and that event's id) while the block runs; its other events
+    are recorded, and it commits, once the block ends."""
+    rulebook, db = app.state.context.rulebook, app.state.context.db
+    begun, go = threading.Event(), threading.Event()
+
+    def write() -> None:
+        with db.session(write=True) as s:  # commits when the block ends
+            for _ in range(events):
+                now = datetime.now(timezone.utc)
+                record_event(s, rulebook, NewEvent(type="visit", customer_id=customer, occurred_at=now, attributes={"reception": "neutral"}), actor="t", now=now)
+                begun.set()
+                go.wait(30)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert begun.wait(30)
+        yield
+    finally:
+        go.set()
+        writer.join(30)
+
+
 def test_a_cursor_never_passes_an_event_whose_transaction_commits_later(api, app, migrated: str) -> None:
     """Found by a hunt on PostgreSQL: an id is taken at the INSERT and seen at the COMMIT, so
     a batch that took its ids first and committed last was passed by a reader's cursor
@@ -180,25 +211,10 @@ def test_a_cursor_never_passes_an_event_whose_transaction_commits_later(api, app
     once that write has committed, must list exactly the events not yet read."""
     if not is_postgres(migrated):
         pytest.skip("SQLite has one writer: its ids are taken and seen in commit order")
-    rulebook, db = app.state.context.rulebook, app.state.context.db
     held, other = (api.create_customer(name, "installer")["id"] for name in ("上海建工安装", "华东安装"))
 
-    def visit(customer: int) -> dict[str, Any]:
-        return {"type": "visit", "customer_id": customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}}
-
     before = [api.post("/v1/events", json=visit(other)).json()["id"] for _ in range(2)]
-    stored, go = threading.Event(), threading.Event()
-
-    def open_write() -> None:
-        with db.session(write=True) as s:  # commits when the block ends
-            record_event(s, rulebook, NewEvent(type="visit", customer_id=held, occurred_at=datetime.now(timezone.utc), attributes={"reception": "neutral"}), actor="t", now=datetime.now(timezone.utc))
-            stored.set()
-            go.wait(30)
-
-    writer = threading.Thread(target=open_write)
-    writer.start()
-    try:
-        assert stored.wait(30)
+    with open_write(app, held):
         after = [api.post("/v1/events", json=visit(other)).json()["id"] for _ in range(2)]
         read: list[int] = []
         issued: list[tuple[str, int]] = []  # (cursor, how many events had been read with it)
@@ -209,9 +225,6 @@ def test_a_cursor_never_passes_an_event_whose_transaction_commits_later(api, app
             if not (cursor := page["next_cursor"]):
                 break
             issued.append((cursor, len(read)))
-    finally:
-        go.set()
-        writer.join(30)
     everything = event_ids(api, limit=200)
     assert len(everything) == 5 and set(before + after) < set(everything)
 
@@ -314,27 +327,11 @@ def test_a_cursor_made_by_hand_leaves_no_larger_id_behind(api, app, migrated: st
     larger. It may repeat a smaller id; it must not pass a larger one."""
     if not is_postgres(migrated):
         pytest.skip("SQLite has one writer: its ids are taken and seen in commit order")
-    rulebook, db = app.state.context.rulebook, app.state.context.db
     older_customer, newer_customer = (api.create_customer(name, "installer")["id"] for name in ("上海建工安装", "华东安装"))
-    begun, go = threading.Event(), threading.Event()
-
-    def older() -> None:
-        with db.session(write=True) as s:
-            for _ in range(2):  # the first takes the transaction's id; the second, an event id after the newer one's
-                now = datetime.now(timezone.utc)
-                record_event(s, rulebook, NewEvent(type="visit", customer_id=older_customer, occurred_at=now, attributes={"reception": "neutral"}), actor="t", now=now)
-                begun.set()
-                go.wait(30)
-
-    writer = threading.Thread(target=older)
-    writer.start()
-    try:
-        assert begun.wait(30)
-        newer = api.post("/v1/events", json={"type": "visit", "customer_id": newer_customer, "occurred_at": at(1), "attributes": {"reception": "neutral"}})
+    # The older write's first event takes its transaction's id; its second, an event id after the newer one's.
+    with open_write(app, older_customer, events=2):
+        newer = api.post("/v1/events", json=visit(newer_customer))
         assert newer.status_code == 201, newer.text
-    finally:
-        go.set()
-        writer.join(30)
     ids = event_ids(api, limit=200)
     assert len(ids) == 3 and newer.json()["id"] == sorted(ids)[1]
     for n in [0, *ids]:
