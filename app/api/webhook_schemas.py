@@ -78,6 +78,14 @@ class SubscriptionOut(BaseModel):
     previous_secret_until: datetime | None = Field(
         default=None, description="after a secret rotation: until when deliveries are also signed with the secret before it"
     )
+    failing_since: datetime | None = Field(
+        default=None,
+        description="when the receiver's current run of failed attempts began (null: its last attempt succeeded, or none failed since it was last known good, resumed or given a new URL). Not versioned: the ETag does not move with it",
+    )
+    failed_attempts: int = Field(
+        default=0,
+        description="attempts that failed in that run, whichever deliveries they were. The subscription is paused once the run has lasted the whole retry schedule and holds more failed attempts than the schedule has retries",
+    )
 
 
 class SubscriptionCreatedOut(SubscriptionOut):

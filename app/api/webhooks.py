@@ -51,6 +51,8 @@ def _subscription(sub: m.Subscription) -> w.SubscriptionOut:
         created_at=sub.created_at,
         updated_at=sub.updated_at,
         previous_secret_until=sub.previous_secret_until,
+        failing_since=sub.failing_since,
+        failed_attempts=sub.failed_attempts,
     )
 
 

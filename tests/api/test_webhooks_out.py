@@ -113,6 +113,28 @@ def test_a_receiver_that_fails_five_times_then_succeeds_applies_the_change_exact
     assert again["status"] == "succeeded" and len(again["attempts"]) == 7
 
 
+def test_the_receivers_run_of_failures_is_shown_on_the_subscription_until_a_success_ends_it(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
+    sub = subscribe(api, receiver, [LEVEL])
+    assert (sub["failing_since"], sub["failed_attempts"]) == (None, 0)
+    owner = api.create_customer("仁济医院基建处", "owner")
+    receiver.answers = [500] * 3
+    owner_level_one_events(api, owner["id"])
+
+    seen = []
+    for _ in range(4):
+        deliver()
+        (item,) = log(api, sub)
+        now = api.get(f"{BASE}/{sub['id']}")
+        seen.append((now.json()["failing_since"], now.json()["failed_attempts"], now.headers["ETag"]))
+        if item["status"] == "pending":
+            clock.now = parse(item["next_attempt_at"])
+
+    first = item["attempts"][0]["at"]
+    assert [a["status_code"] for a in item["attempts"]] == [500, 500, 500, 200]
+    assert [(parse(since) if since else None, failed) for since, failed, _ in seen] == [(parse(first), 1), (parse(first), 2), (parse(first), 3), (None, 0)]
+    assert {tag for *_, tag in seen} == {f'"subscription-{sub["id"]}-v1"'}  # counting attempts is no change of the subscription
+
+
 def test_a_level_change_carries_old_new_label_evidence_rulebook_version_and_trigger(api, clock: Clock, receiver: Receiver, deliver) -> None:  # noqa: ANN001
     subscribe(api, receiver, [LEVEL])
     owner = api.create_customer("仁济医院基建处", "owner", external_ref="ERP-0042")
