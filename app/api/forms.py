@@ -17,6 +17,7 @@ from app.api.etags import IfMatch, Precondition, etag, parse_if_match
 from app.api.problems import AUTHENTICATED, problem_response, problem_responses, with_headers
 from app.api.gate import Gated, spend_hook
 from app.db import models as m
+from app.domain.form_payloads import shown_text
 from app.services import forms as svc
 
 router = APIRouter(tags=["forms"], route_class=Gated, responses=AUTHENTICATED)
@@ -63,7 +64,7 @@ def _submission(session: Session, row: m.FormSubmission, *, detail: bool = False
         actor=row.actor,
     )
     if detail:
-        return s.SubmissionDetailOut(**fields, content_type=row.content_type, body=row.body.decode("utf-8", "replace"))
+        return s.SubmissionDetailOut(**fields, content_type=row.content_type, body=shown_text(row.content_type, row.body))
     return s.SubmissionOut(**fields)
 
 

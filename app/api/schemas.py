@@ -592,7 +592,7 @@ class SubmissionOut(BaseModel):
 
 class SubmissionDetailOut(SubmissionOut):
     content_type: str
-    body: str = Field(description="the body as received (UTF-8; undecodable bytes replaced)")
+    body: str = Field(description="the body as received, as text in the charset it declares (UTF-8 if none, or one Rapport does not read); unreadable bytes replaced")
 
 
 class HookOut(BaseModel):

@@ -30,6 +30,7 @@ down to `MAX_ANSWER_DEPTH` levels.
 
 from __future__ import annotations
 
+import email.message
 import email.parser
 import email.policy
 import hashlib
@@ -277,22 +278,68 @@ _READERS: dict[str, Callable[[str, bytes, Mapping[str, str]], Submission]] = {
 # --- bodies ------------------------------------------------------------------------------
 
 
+# The character sets a body may declare (`charset=` in its Content-Type), by the codec that
+# reads them. A body that declares none is UTF-8. GBK and GB2312, which older Chinese systems
+# still send, are read as GB18030, which holds both. Before, every body was read as UTF-8,
+# and one in another declared charset waited in the inbox for good: a replay read it the
+# same way, so it could only be dismissed.
+CHARSETS = {
+    "utf-8": "utf-8",
+    "utf8": "utf-8",
+    "utf-16": "utf-16",
+    "utf-16le": "utf-16-le",
+    "utf-16be": "utf-16-be",
+    "gb18030": "gb18030",
+    "gbk": "gb18030",
+    "gb2312": "gb18030",
+    "cp936": "gb18030",
+}
+
+
 def _media_type(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
-def _text(body: bytes) -> str:
+def _charset(content_type: str, default: str = "utf-8") -> str:
+    """The charset a Content-Type declares, in lower case; `default` if it declares none."""
+    header = email.message.Message()
+    header["content-type"] = content_type
+    return header.get_content_charset() or default  # `charset=` with no name: none declared
+
+
+def _decoded(data: bytes, charset: str, what: str = "the body") -> str:
+    """`data` read in `charset` (a key of CHARSETS), without a leading byte order mark, which
+    Windows tools write and RFC 8259 lets a JSON reader skip; PayloadError naming the charset
+    and the first byte it cannot read otherwise."""
+    codec = CHARSETS.get(charset)
+    if codec is None:
+        raise PayloadError(f"{what} is in charset {charset[:40]!r}, which Rapport does not read (it reads UTF-8, UTF-16, and GB18030 with GBK and GB2312)")
     try:
-        return body.decode("utf-8")
+        return data.decode(codec).removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
-        raise PayloadError(f"the body is not UTF-8 (byte {exc.start})") from exc
+        raise PayloadError(f"{what} is not {charset.upper()} (byte {exc.start})") from exc
+
+
+def body_text(content_type: str, body: bytes) -> str:
+    """The body as text, in the charset its Content-Type declares (UTF-8 if none)."""
+    return _decoded(body, _charset(content_type))
+
+
+def shown_text(content_type: str, body: bytes) -> str:
+    """The body as an admin reads it in the inbox: as `body_text` reads it, and where that
+    fails, in its declared charset if Rapport reads it (else UTF-8), each byte that cannot
+    be read replaced with U+FFFD."""
+    try:
+        return body_text(content_type, body)
+    except PayloadError:
+        return body.decode(CHARSETS.get(_charset(content_type), "utf-8"), "replace")
 
 
 def _json_object(content_type: str, body: bytes) -> dict[str, Any]:
     media = _media_type(content_type)
     if media != "application/json" and not media.endswith("+json"):
         raise PayloadError(f"expected Content-Type application/json, got {content_type or 'none'!r}")
-    data = _json_text(_text(body), "the body", lambda exc: f"at line {exc.lineno} column {exc.colno}")
+    data = _json_text(body_text(content_type, body), "the body", lambda exc: f"at line {exc.lineno} column {exc.colno}")
     if not isinstance(data, dict):
         raise PayloadError("the body is not a JSON object")
     return data
@@ -319,12 +366,14 @@ def _json_text(text: str, what: str, where: Callable[[json.JSONDecodeError], str
 def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
     """The fields of a multipart/form-data or urlencoded body; the first of a repeated name."""
     media = _media_type(content_type)
+    charset = _charset(content_type)
     if media == "application/x-www-form-urlencoded":
         fields: dict[str, str] = {}
+        text = _decoded(body, charset)
         try:  # strict: a percent-escaped byte that is not UTF-8 became U+FFFD, and was stored
-            pairs = parse_qsl(_text(body), keep_blank_values=True, errors="strict")
+            pairs = parse_qsl(text, keep_blank_values=True, encoding=CHARSETS[charset], errors="strict")
         except UnicodeDecodeError as exc:
-            raise PayloadError("a form field is not UTF-8 once its %-escapes are decoded") from exc
+            raise PayloadError(f"a form field is not {charset.upper()} once its %-escapes are decoded") from exc
         for name, value in pairs:
             fields.setdefault(name, value)
         return fields
@@ -343,7 +392,7 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
         payload = part.get_payload(decode=True)
         if not isinstance(part_name, str) or not isinstance(payload, bytes):
             raise PayloadError("a multipart part has no form-data name")
-        fields.setdefault(part_name, _text(payload))
+        fields.setdefault(part_name, _decoded(payload, part.get_content_charset(charset), f"the part {part_name!r}"))
     return fields
 
 

@@ -49,6 +49,26 @@ def test_the_mapping_records_a_clean_submission(api) -> None:  # noqa: ANN001
     assert (event["note"], event["actor"], event["external_id"]) == ("客户要求下周送样", "S-0217", "d5#0")
 
 
+@pytest.mark.parametrize("charset", ["GBK", "gb18030", "utf-16"])
+def test_a_submission_in_the_charset_it_declares_is_recorded_and_shown_as_sent(api, charset: str) -> None:  # noqa: ANN001
+    set_up(api)
+    text = json.dumps(ANSWERS, ensure_ascii=False)
+    r = api.post("/v1/hooks/forms/hk", content=text.encode(charset), headers={"Content-Type": f"application/json; charset={charset}"}, params={"token": TOKEN})
+    assert r.status_code == 201, r.text
+    [event] = all_pages(api, "/v1/events")
+    assert event["note"] == "客户要求下周送样"
+    kept = api.get(f"/v1/inbox/{r.json()['submission']['id']}").json()
+    assert kept["body"] == text
+
+
+def test_a_submission_in_a_charset_rapport_does_not_read_waits_in_the_inbox_saying_so(api) -> None:  # noqa: ANN001
+    set_up(api)
+    r = api.post("/v1/hooks/forms/hk", content=json.dumps(ANSWERS).encode(), headers={"Content-Type": "application/json; charset=ebcdic"}, params={"token": TOKEN})
+    assert r.status_code == 202, r.text
+    assert r.json()["submission"]["problems"] == [{"field": "body", "reason": "the body is in charset 'ebcdic', which Rapport does not read (it reads UTF-8, UTF-16, and GB18030 with GBK and GB2312)"}]
+    assert counts(api) == (0, 1)
+
+
 # --- a NUL in a submission --------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.domain.form_payloads import MAX_ANSWER_DEPTH, Unreadable
+from app.domain.form_payloads import MAX_ANSWER_DEPTH, Unreadable, shown_text
 from app.domain.forms import (
     EventDraft,
     FormSpec,
@@ -385,6 +385,57 @@ def test_a_urlencoded_field_that_is_not_utf8_is_refused_not_replaced() -> None:
     body = b"submissionID=42&rawRequest=%7B%22q10_notes%22%3A%22%C4%E3%22%7D"
     with pytest.raises(PayloadError, match="a form field is not UTF-8"):
         parse_payload("jotform", "application/x-www-form-urlencoded", body)
+
+
+NOTE = {"id": "d1", "name": "上海建工安装有限公司", "note": "客户要求下周送样"}
+
+
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("application/json; charset=gbk", json.dumps(NOTE, ensure_ascii=False).encode("gbk")),
+        ('application/json; charset="GB2312"', json.dumps(NOTE, ensure_ascii=False).encode("gb2312")),
+        ("application/json;charset=GB18030", json.dumps(NOTE, ensure_ascii=False).encode("gb18030")),
+        ("application/json; charset=utf-16", json.dumps(NOTE, ensure_ascii=False).encode("utf-16")),
+        ("application/json; charset=utf-16be", json.dumps(NOTE, ensure_ascii=False).encode("utf-16-be")),
+        (JSON, b"\xef\xbb\xbf" + json.dumps(NOTE, ensure_ascii=False).encode()),  # a byte order mark
+        ("application/json; charset=", json.dumps(NOTE, ensure_ascii=False).encode()),  # no name: UTF-8
+    ],
+)
+def test_a_json_body_is_read_in_the_charset_it_declares(content_type: str, body: bytes) -> None:
+    assert parse_payload("json", content_type, body).answers == NOTE
+
+
+def test_form_fields_are_read_in_the_charset_declared_for_the_body_or_the_part() -> None:
+    raw = json.dumps({"q10_notes": "你好"}, ensure_ascii=False)
+    urlencoded = urlencode({"submissionID": "42", "rawRequest": raw}, encoding="gbk").encode()  # 你 is %C4%E3
+    assert parse_payload("jotform", "application/x-www-form-urlencoded; charset=gbk", urlencoded).answers["notes"] == "你好"
+    part = raw.encode("gb18030")
+    body = (
+        b"--b\r\nContent-Disposition: form-data; name=\"submissionID\"\r\n\r\n42\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=\"rawRequest\"\r\nContent-Type: application/json; charset=gb18030\r\n\r\n" + part + b"\r\n--b--\r\n"
+    )
+    assert parse_payload("jotform", "multipart/form-data; boundary=b", body).answers["notes"] == "你好"
+
+
+@pytest.mark.parametrize(
+    "content_type, body, reason",
+    [
+        ("application/json; charset=latin-1", b'{"id": 1}', "the body is in charset 'latin-1', which Rapport does not read"),
+        ("application/json; charset=utf-8\x00" + "x" * 100, b'{"id": 1}', "charset 'utf-8\\x00xxx"),  # shown escaped, and cut
+        (JSON, "客户".encode("gbk"), "the body is not UTF-8 (byte 0)"),  # GBK sent without saying so
+        ("application/json; charset=gbk", b'{"id": "\x81"}', "the body is not GBK (byte 8)"),
+    ],
+)
+def test_a_body_in_a_charset_rapport_does_not_read_or_not_in_the_one_it_declares_is_refused(content_type: str, body: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError, match=re.escape(reason)):
+        parse_payload("json", content_type, body)
+
+
+def test_the_inbox_shows_a_body_in_its_declared_charset_where_it_can() -> None:
+    assert shown_text("application/json; charset=gbk", "{客户".encode("gbk")) == "{客户"
+    assert shown_text("application/json; charset=gbk", b"\xff" + "客户".encode("gbk")) == "\ufffd客户"  # the unreadable byte replaced
+    assert shown_text("application/json; charset=latin-1", "客户".encode()) == "客户"  # unknown: as UTF-8
 
 
 def test_a_submission_time_of_more_digits_than_python_reads_is_no_time() -> None:
