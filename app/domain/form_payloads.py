@@ -30,7 +30,6 @@ down to `MAX_ANSWER_DEPTH` levels.
 
 from __future__ import annotations
 
-import email.message
 import email.parser
 import email.policy
 import hashlib
@@ -301,10 +300,14 @@ def _media_type(content_type: str) -> str:
 
 
 def _charset(content_type: str, default: str = "utf-8") -> str:
-    """The charset a Content-Type declares, in lower case; `default` if it declares none."""
-    header = email.message.Message()
-    header["content-type"] = content_type
-    return header.get_content_charset() or default  # `charset=` with no name: none declared
+    """The charset a Content-Type declares (its first `charset=`, unquoted), in lower case;
+    `default` if it declares none, or `charset=` with no name. Read by hand: the email
+    package's reader decodes RFC 2231 names (`charset*=`), and one holding a NUL raised."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower() or default
+    return default
 
 
 def _decoded(data: bytes, charset: str, what: str = "the body") -> str:
@@ -392,7 +395,7 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
         payload = part.get_payload(decode=True)
         if not isinstance(part_name, str) or not isinstance(payload, bytes):
             raise PayloadError("a multipart part has no form-data name")
-        fields.setdefault(part_name, _decoded(payload, part.get_content_charset(charset), f"the part {part_name!r}"))
+        fields.setdefault(part_name, _decoded(payload, _charset(str(part.get("content-type", "")), charset), f"the part {part_name[:40]!r}"))
     return fields
 
 

@@ -416,6 +416,8 @@ def test_form_fields_are_read_in_the_charset_declared_for_the_body_or_the_part()
         b"--b\r\nContent-Disposition: form-data; name=\"rawRequest\"\r\nContent-Type: application/json; charset=gb18030\r\n\r\n" + part + b"\r\n--b--\r\n"
     )
     assert parse_payload("jotform", "multipart/form-data; boundary=b", body).answers["notes"] == "你好"
+    with pytest.raises(PayloadError, match="the part 'rawRequest' is in charset 'bogus'"):
+        parse_payload("jotform", "multipart/form-data; boundary=b", body.replace(b"charset=gb18030", b"charset=bogus"))
 
 
 @pytest.mark.parametrize(
