@@ -47,7 +47,9 @@ SYSTEM = "system"
 # does not, and says what to record when it does.
 # 2026-12-07: stage changes at one instant, attribute defaults read for older events, a
 # heat's `since` moved where it lapsed and came back.
-GRADING = "2026-12-07"
+# 2026-12-08: events at one instant are ranked by their attributes before the customer and
+# project they name (app/domain/facts.py `_tie_break`), as docs/rulebook.md says.
+GRADING = "2026-12-08"
 
 # The database's record of its active rulebook (app/services/state.py): the version, and
 # the digest of what grades (`active_digest`).

@@ -42,7 +42,7 @@ from tests.log_strategies import INSTALLERS, OWNERS, PROJECTS, RULEBOOK, make_wo
 NOW = datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)
 WORLDS, STEPS = 10, 100  # each world starts with no events, so levels climb and fall many times
 
-RECORDED_WITH = ("2026-12-07", "7128392afbcafa6643561af2289bf4701c7255fb982716f76d736e01c4c5d506")
+RECORDED_WITH = ("2026-12-08", "7128392afbcafa6643561af2289bf4701c7255fb982716f76d736e01c4c5d506")
 RECORDED = "0f113aa6cecffd20422dbb5811b309d30766d35e56308376fc1fecef9138ee82"
 
 

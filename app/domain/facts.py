@@ -95,9 +95,9 @@ BID_TYPES = ("bid_joined", "bid_won")
 
 def bidder_ids(events: tuple[Event, ...] | list[Event]) -> list[int]:
     """Installers that joined the bid or won it, in order of their first such event."""
-    # "First" is by `occurred_at`, then `_tie_break`. Two bidders' first bids at the same
-    # instant and of the same type are told apart by the customer id, the field that follows
-    # in `_tie_break`, so the attributes (which it JSON-encodes) are never needed here.
+    # "First" is by `occurred_at`, then type (`bid_joined` before `bid_won`), then customer
+    # id: who bid first is a question of when, and a bid's attributes (which `_tie_break`
+    # JSON-encodes, and ranks before the customer) never order the bidders.
     first: dict[int, tuple[datetime, str]] = {}
     for e in _bids(events):
         key = (e.occurred_at, e.type)
@@ -135,13 +135,16 @@ def live(events: tuple[Event, ...] | list[Event]) -> list[Event]:
     return [e for e in events if not e.retracted]
 
 
-def _tie_break(e: Event) -> tuple[str, int, int, str, int]:
+def _tie_break(e: Event) -> tuple[str, str, int, int, int]:
     # Between events at the same instant: what they say, never the id first. Ids follow
     # arrival, and the same events delivered in any order must grade the same (a phone
-    # and the ERP often log to the second, or the day). The id decides only between
-    # events that say exactly the same, and then either one gives the same grade.
+    # and the ERP often log to the second, or the day). Their attributes decide, as
+    # docs/rulebook.md says; before, the project an event names decided first, so a
+    # `neutral` visit on a project won over a `rejecting` one on none (a hunt's find). The
+    # id decides only between events that say exactly the same, and then either one gives
+    # the same grade.
     attributes = json.dumps(e.attributes, sort_keys=True, ensure_ascii=False, default=str)
-    return (e.type, e.customer_id or 0, e.project_id or 0, attributes, e.id)
+    return (e.type, attributes, e.customer_id or 0, e.project_id or 0, e.id)
 
 
 def latest(events: list[Event], stage_ranks: Mapping[str, int] | None = None) -> Event | None:
