@@ -313,7 +313,10 @@ def _latest(cond: Latest) -> Check:
         newest = (latest(found, scope.stage_ranks) if event_type == "stage_changed" else latest(found)) if found else None
         if newest is None:
             return _NO
-        inside = newest.attributes.get(attribute, default) in values
+        try:
+            inside = newest.attributes.get(attribute, default) in values
+        except TypeError:  # a list, stored under a rulebook where the attribute was a list: in no value
+            inside = False
         return _Outcome(inside != negate, frozenset({newest.id}))
 
     return latest_in

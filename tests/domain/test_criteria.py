@@ -22,6 +22,7 @@ from .builders import (
     THIRD_INSTALLER,
     criterion,
     default_rulebook,
+    edited_rulebook,
     event,
     heat_of,
     installer_facts,
@@ -451,3 +452,20 @@ def test_contract_with_the_winner_counts_even_when_the_winner_is_not_listed_as_l
 
     assert result.met is True
     assert result.evidence == (2,)
+
+
+def _items_made_one_value(data: dict) -> None:
+    """`materials_sent.items` changed from a list of values to one value, and O1.1 asks for the
+    latest to be samples: events logged before the change carry a list."""
+    data["event_types"]["materials_sent"]["attributes"]["items"]["type"] = "enum"
+    data["levels"]["owner"][0]["criteria"][0]["when"] = {"latest": "materials_sent", "attribute": "items", "in": ["samples"]}
+
+
+@pytest.mark.parametrize(("items", "met"), [("samples", True), (["samples"], False), ({"samples": 1}, False)])
+def test_a_latest_reads_a_value_of_another_type_than_the_rulebook_says_as_in_no_value(items: object, met: bool) -> None:
+    """A hunt's find: switching to such a rulebook re-grades everything, and the list a
+    stored event carries raised TypeError in `latest` (unhashable), so the switch never
+    happened. Such a value is in none of the values, as `where` finds it equal to none."""
+    rulebook = edited_rulebook(_items_made_one_value)
+    grade = level_of(owner_facts(event(1, "materials_sent", customer=OWNER, items=items)), rulebook)
+    assert criterion(grade, "O1.1").met is met
