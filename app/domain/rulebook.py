@@ -241,7 +241,13 @@ def join_path(place: str, key: str | int) -> str:
 
 def parse_rulebook(data: Any) -> Rulebook:
     """Validate rulebook data (already decoded from JSON) and build the model."""
+    from app.domain.validation import unstorable_texts  # it reads rulebooks: imported here, not above
+
     r = Reader()
+    # A lone surrogate (\ud800, which JSON reads from an escape) is no text: the digest,
+    # which encodes the whole rulebook as UTF-8, ended start-up in a traceback (a hunt's find).
+    for place, reason in unstorable_texts(data, nul=False):
+        r.fail(place, reason)
     top = r.obj(
         data,
         "",
@@ -290,6 +296,9 @@ def parse_rulebook(data: Any) -> Rulebook:
                 number = int(key)
             except ValueError:  # more digits than Python converts
                 r.fail(f"level_labels.{key}", "keys are level numbers")
+                continue
+            if key != str(number):  # "01" beside "1" replaced its label, where GET /v1/rulebook showed both
+                r.fail(f"level_labels.{key}", f"keys are level numbers without leading zeros: {number}")
                 continue
             level_labels[number] = r.label(value, f"level_labels.{key}")
     else:
@@ -684,7 +693,8 @@ class _ConditionContext:
         for i, v in enumerate(values):
             self._check_value(et, attribute, v, f"{place}.{key}[{i}]")
         spec = et.attributes.get(attribute)
-        if key == "not_in" and spec is not None and spec.type == "enum" and set(spec.values) <= set(values) and (spec.required or spec.default is not None):
+        every = set(spec.values) if spec is not None and spec.type == "enum" else {True, False} if spec is not None and spec.type == "bool" else None
+        if key == "not_in" and every is not None and every <= set(values) and (spec.required or spec.default is not None):
             r.fail(f"{place}.not_in", f"lists every value of {attribute!r}, which an event of this type always has: a condition on it could never be met")
         return Latest(
             event_type=raw["latest"],

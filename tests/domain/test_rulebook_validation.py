@@ -460,6 +460,29 @@ BROKEN = [
         [("level_labels." + "0" * 4999 + "1", "keys are level numbers")],
         id="a level label under a number longer than Python converts (it crashed the validation)",
     ),
+    # A hunt's finds of 2026-12-08: a lone surrogate ended start-up in a traceback (the
+    # digest encodes the rulebook as UTF-8), a label under "01" replaced level 1's, and a
+    # not_in of true and false was refused for an enum but not for a bool.
+    pytest.param(
+        lambda d: d["title"].__setitem__("en", "x\ud800y"),
+        [("title.en", "must be Unicode: it holds a lone surrogate escape such as \\ud800 (half an emoji)")],
+        id="a lone surrogate in a label",
+    ),
+    pytest.param(
+        set_key(owner_criterion(0, 2), "when", {"event": "order_placed", "where": {"order_ref": "a\udc00"}}),
+        [("levels.owner[0].criteria[2].when.where.order_ref", "must be Unicode: it holds a lone surrogate escape such as \\ud800 (half an emoji)")],
+        id="a lone surrogate in a where value",
+    ),
+    pytest.param(
+        lambda d: d["level_labels"].__setitem__("01", {"zh": "壹", "en": "One"}),
+        [("level_labels.01", "keys are level numbers without leading zeros: 1")],
+        id="a level label under 01 beside 1",
+    ),
+    pytest.param(
+        set_key(owner_criterion(2, 4), "when", {"latest": "easy_access", "attribute": "critical_period", "not_in": [True, False]}),
+        [("levels.owner[2].criteria[4].when.not_in", "lists every value of 'critical_period', which an event of this type always has: a condition on it could never be met")],
+        id="a not_in of true and false of a bool with a default",
+    ),
     pytest.param(
         set_key(owner_criterion(0, 0), "when", nested_any_of(17)),
         [("levels.owner[0].criteria[0].when" + ".any_of[0]" * 16, "conditions nest at most 16 deep")],
