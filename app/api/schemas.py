@@ -297,6 +297,10 @@ class ProjectPatch(Patch):
 
 MAX_ATTRIBUTES = 20
 MAX_ATTRIBUTE_NAME = 64
+# No attribute type nests (a value is a scalar, or an enum_list's list of texts), so this
+# only bounds what a wrong value may be: one 255 deep broke pydantic's serializer, which
+# fingerprints a keyed POST before the catalogue's check, and was a 500 (a hunt's find).
+MAX_ATTRIBUTE_DEPTH = 32
 
 
 def _attribute_names(value: dict[str, Any]) -> dict[str, Any]:
@@ -309,7 +313,22 @@ def _attribute_names(value: dict[str, Any]) -> dict[str, Any]:
     # these. (A NUL in an attribute's text is named by the catalogue's check, with its name.)
     if next(unstorable_texts(value, nul=False), None) is not None:
         raise ValueError("attribute names and texts must be Unicode: one holds a lone surrogate escape such as \\ud800")
+    if _deeper_than(value, MAX_ATTRIBUTE_DEPTH):
+        raise ValueError(f"attribute values nest at most {MAX_ATTRIBUTE_DEPTH} deep (no attribute type nests at all)")
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` holds lists or objects more than `limit` inside each other (not
+    recursive: a body may nest as deep as the JSON reader reads)."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            pending.extend((inner, depth + 1) for inner in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 Attributes = Annotated[dict[str, Any], Field(max_length=MAX_ATTRIBUTES), AfterValidator(_attribute_names)]

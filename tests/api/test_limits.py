@@ -118,6 +118,25 @@ def test_json_nested_deeper_than_the_parser_goes_is_refused_not_a_crash(api, app
     assert row_counts(app) == before
 
 
+@pytest.mark.parametrize("depth", [33, 300, 900])
+@pytest.mark.parametrize("keyed", [False, True])
+def test_an_attribute_nested_deep_is_a_422_naming_the_attributes_with_a_key_or_without(api, app, depth: int, keyed: bool) -> None:  # noqa: ANN001
+    """A hunt's find: with an Idempotency-Key, a value 255 or more deep broke pydantic's
+    serializer while the request was fingerprinted, and answered 500."""
+    customer = api.create_customer("上海建工安装有限公司", "installer")
+    before = row_counts(app)
+    value: Any = 1
+    for _ in range(depth):
+        value = {"a": value}
+    body = {"type": "visit", "customer_id": customer["id"], "occurred_at": at(1), "attributes": {"reception": value}}
+    headers = {"Idempotency-Key": f"deep-{depth}"} if keyed else {}
+
+    problem = assert_problem(api.post("/v1/events", json=body, headers=headers), 422, "attributes")
+
+    assert problem["errors"][0]["reason"].endswith("attribute values nest at most 32 deep (no attribute type nests at all)")
+    assert row_counts(app) == before
+
+
 # --- authentication before the body ---------------------------------------------------------
 
 
