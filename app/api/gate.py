@@ -30,6 +30,20 @@ def _query_names(dependant: Dependant) -> frozenset[str]:
     return frozenset(param.alias for param in dependant.query_params).union(*(_query_names(sub) for sub in dependant.dependencies))
 
 
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+
+def refuse_wide_text(body: bytes) -> None:
+    """A body holding a NUL byte is not UTF-8 JSON (JSON has no raw NUL, and UTF-8 writes
+    one for no other character): it is UTF-16 or UTF-32, which Python's json reads by
+    guessing from the first bytes. A batch hunt found both read and stored, against
+    openapi.md's "UTF-8", and UTF-16 NDJSON answered one rejected item per fragment of
+    its lines. The form hook is not gated here: a tool's body is read in its charset."""
+    at = body.find(b"\x00")
+    if at >= 0:
+        raise Invalid("the body is not JSON", errors=[FieldError("body", f"malformed JSON: not UTF-8 (a NUL byte at byte {at}: UTF-16 and UTF-32 are not read)")])
+
+
 def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
     """A query parameter the route does not take is a 422, as an unknown body field is: a
     misspelt or unsupported filter (`GET /v1/projects?region=East`) would otherwise filter
@@ -126,6 +140,8 @@ class Gated(APIRoute):
                 request.state.api_key = await admit(request.app.state.context, request.headers.get("authorization"), scopes)
                 if request.scope["query_string"]:
                     refuse_unknown_query(request, query_names)
+                if request.method in _WITH_BODY:
+                    refuse_wide_text(await request.body())
             return await handler(request)
 
         return gated

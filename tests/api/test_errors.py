@@ -176,6 +176,24 @@ def test_a_body_that_is_not_utf8_is_a_422_problem_naming_the_body(api, world: Wo
     assert unchanged(api, world) == before
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+@pytest.mark.parametrize(("path", "content_type", "text"), [
+    ("/v1/customers", "application/json", '{"name": "上海建工安装有限公司", "kind": "installer"}'),
+    ("/v1/events/batch", "application/json", '[{"type": "visit", "customer_id": 1, "occurred_at": "2026-11-20T14:30:00+08:00", "attributes": {"reception": "welcoming"}, "source": "erp", "external_id": "v-1"}]'),
+    ("/v1/events/batch", "application/x-ndjson", '{"type": "visit", "customer_id": 1, "occurred_at": "2026-11-20T14:30:00+08:00", "attributes": {"reception": "welcoming"}, "source": "erp", "external_id": "v-2"}\n'),
+])
+def test_a_body_in_utf16_or_utf32_is_a_422_naming_the_body_not_read(api, world: World, path: str, content_type: str, text: str, encoding: str) -> None:
+    """openapi.md: bodies are UTF-8. Python's json guessed UTF-16 and UTF-32 from the first
+    bytes and stored them; NDJSON in UTF-16 answered one rejected item per line fragment."""
+    before = unchanged(api, world)
+
+    r = api.post(path, content=text.encode(encoding), headers={"Content-Type": content_type})
+
+    body = assert_problem(r, 422, "body")
+    assert body["errors"][0]["reason"].startswith("malformed JSON: not UTF-8 (a NUL byte at byte ")
+    assert unchanged(api, world) == before
+
+
 @pytest.mark.parametrize("path", ["/v1/events", "/v1/customers", "/v1/projects"])
 def test_a_body_nested_deeper_than_json_can_read_is_a_422_problem_naming_the_body(api, world: World, path: str) -> None:
     # It was a 400 "bad-request" with no `errors`, a type the error table does not name.
