@@ -29,7 +29,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(_url())
+    # The busy timeout as configured: every command migrates first, and with the default
+    # each waited 10 s for another process's write lock whatever the setting said (a hunt's find).
+    engine = make_engine(_url(), sqlite_busy_timeout_ms=config.attributes.get("sqlite_busy_timeout_ms", get_settings().sqlite_busy_timeout_ms))
     try:
         with engine.connect() as connection:
             _run(connection)

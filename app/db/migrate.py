@@ -72,6 +72,7 @@ def alembic_config(settings: Settings) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir(settings)))
     cfg.attributes["database_url"] = settings.database_url
+    cfg.attributes["sqlite_busy_timeout_ms"] = settings.sqlite_busy_timeout_ms
     return cfg
 
 

@@ -6,16 +6,19 @@ server named by RAPPORT_DATABASE_URL (created here and dropped afterwards)."""
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
 
 from app.db.engine import make_engine
-from app.db.migrate import alembic_config, migrations_dir
+from app.db.migrate import alembic_config, migrations_dir, upgrade
 from app.db.models import Base
 from app.settings import Settings
 from tests.migrations.conftest import schema_diff
@@ -70,3 +73,21 @@ def test_offline_migrations_are_refused_with_a_reason(empty_url: str) -> None:
     # values from the stored rows.
     with pytest.raises(SystemExit, match="offline migrations"):
         command.upgrade(alembic_config(Settings(database_url=empty_url)), "head", sql=True)
+
+
+@pytest.mark.parametrize("timeout_ms", [300, 2500])
+def test_migrating_waits_for_another_sqlite_writer_as_long_as_the_busy_timeout_says(tmp_path, timeout_ms: int) -> None:  # noqa: ANN001
+    """A hunt's find: every command migrates first, and the migration's engine was made
+    without the setting, so it waited its default 10 s for a held write lock."""
+    path = tmp_path / "held.db"
+    upgrade(Settings(database_url=f"sqlite:///{path}"))  # a database in use: migrated, in WAL
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError, match="database is locked"):
+            upgrade(Settings(database_url=f"sqlite:///{path}", sqlite_busy_timeout_ms=timeout_ms))
+    finally:
+        holder.rollback()
+        holder.close()
+    assert timeout_ms / 1000 <= time.monotonic() - started < timeout_ms / 1000 + 2
