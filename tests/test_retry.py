@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from app.db.engine import Database, retrying
-from tests.conftest import empty_tables
+from tests.conftest import empty_tables, is_postgres
 
 
 class FakeDriverError(Exception):
@@ -99,3 +99,45 @@ def test_a_deadlock_between_two_transactions_is_resolved_by_running_the_loser_ag
     # PostgreSQL aborted one of them (40P01); it ran again, so both committed exactly once.
     assert sorted(runs.values()) == [1, 2]
     assert values == {"a": "0++", "b": "0++"}
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_is_what_the_caller_gets_even_when_the_rollback_after_it_fails(database: Database, monkeypatch: pytest.MonkeyPatch, interrupt: type[BaseException]) -> None:
+    """A hunt's find: Ctrl-C landing in a commit's after-commit hook (or mid-statement on
+    PostgreSQL) left a session whose rollback failed, and that failure replaced the
+    interrupt: an import ended with a traceback and exit 1 or 3, not 130."""
+    from sqlalchemy.exc import InvalidRequestError
+    from sqlalchemy.orm import Session
+
+    def refuse(_self: Session) -> None:
+        raise InvalidRequestError("This session is in 'committed' state; no further SQL can be emitted within this transaction.")
+
+    def work(session: Session) -> None:
+        session.execute(text("SELECT 1"))
+        monkeypatch.setattr(Session, "rollback", refuse)
+        raise interrupt()
+
+    with pytest.raises(interrupt):
+        database.transaction(work, write=False)
+    monkeypatch.undo()
+    assert database.transaction(lambda session: session.execute(text("SELECT 1")).scalar_one(), write=False) == 1
+
+
+def test_a_pool_that_finds_every_connection_closed_by_the_server_is_a_lost_connection(migrated: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A faults hunt's find: with the server ending connections faster than the pool opens
+    them, SQLAlchemy's pool gave up with a bare InvalidRequestError, and a request answered
+    500. It is a lost connection, as a DBAPIError says one: a 503 to a request, exit 3."""
+    from app.db import engine as engine_module
+
+    if not is_postgres(migrated):
+        pytest.skip("SQLite has no server to end connections")
+    db = Database(engine_module.make_engine(migrated))
+    try:
+        monkeypatch.setattr(engine_module, "has_input", lambda _fileno: True)  # each connection: "ended by the server"
+        with pytest.raises(OperationalError) as caught:
+            db.transaction(lambda session: session.execute(text("SELECT 1")).scalar_one())
+        assert caught.value.connection_invalidated and "three in a row" in str(caught.value.orig)
+        monkeypatch.undo()
+        assert db.transaction(lambda session: session.execute(text("SELECT 1")).scalar_one()) == 1
+    finally:
+        db.dispose()

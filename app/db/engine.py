@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, No
 from sqlalchemy import Column, ColumnElement, CompoundSelect, Connection, Dialect, Engine, Executable, Float, Numeric, Result, Select, String, any_, bindparam, create_engine, event
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InvalidatePoolError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError, InvalidRequestError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 from sqlalchemy.sql.dml import Insert, UpdateBase
@@ -212,6 +212,18 @@ def connect_params(engine: Engine) -> dict[str, Any]:
     return {**params, **_CONNECT_ARGS.get(engine, {})}
 
 
+class ConnectionLost(Exception):
+    """The `orig` of the OperationalError that `Database.session` raises for `checkout_exhausted`."""
+
+
+def checkout_exhausted(exc: BaseException) -> bool:
+    """Whether SQLAlchemy's pool gave up checking out a connection: `_closed_by_server`
+    found each one it tried ended by the server (a storm of `pg_terminate_backend`, a
+    restart), and the pool says so with a bare InvalidRequestError, no DBAPIError. Its
+    ResourceClosedError subclass (a Connection used after close) is a bug, not this."""
+    return type(exc) is InvalidRequestError and str(exc) == "This connection is closed"
+
+
 def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """A pool checkout listener (PostgreSQL): a pooled connection with something to read
     was ended by the server, which says so before it closes (a restart, an idle timeout,
@@ -319,16 +331,30 @@ class Database:
     @contextmanager
     def session(self, *, write: bool) -> Iterator[Session]:
         """The one place that commits: commit on success, roll back on any error."""
-        with self._writes if write else nullcontext(), self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), self._new_session(write) as session:
-            try:
-                yield session
-                if write:
-                    session.commit()
-                else:
-                    session.rollback()
-            except BaseException:
-                session.rollback()
+        try:
+            with self._writes if write else nullcontext(), self._writer if write else nullcontext(), sqlite_begin(WRITE_BEGIN if write else "BEGIN"), self._new_session(write) as session:
+                try:
+                    yield session
+                    if write:
+                        session.commit()
+                    else:
+                        session.rollback()
+                except BaseException as exc:
+                    try:
+                        session.rollback()
+                    except Exception:
+                        # What went wrong first is what the caller is told: a rollback that
+                        # fails after it (the connection already lost, or the session
+                        # committed when an interrupt came in its after-commit hook) replaced
+                        # a Ctrl-C, and an import ended in a traceback, not exit 130 (a hunt's find).
+                        raise exc from None
+                    raise
+        except InvalidRequestError as exc:
+            if not checkout_exhausted(exc):
                 raise
+            # A database error, as any other lost connection: a 503 to a request, exit 3 to a
+            # command (it was a 500 under a storm of killed connections, a faults hunt's find).
+            raise OperationalError(None, None, ConnectionLost("the server closed each connection the pool tried, three in a row"), connection_invalidated=True) from exc
 
     @contextmanager
     def snapshot(self) -> Iterator[Session]:
