@@ -560,7 +560,7 @@ def _import(kind: str, file: Path, **options: Any) -> None:
 
 
 def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, encoding: str, actor: str | None, dry_run: bool, source: str = "import") -> None:
-    from app.imports import Options, UnusableInput, open_table, run_import
+    from app.imports import Options, UnusableInput, default_actor, open_table, run_import
 
     settings = get_settings()
     rulebook = _ready_to_grade(settings)
@@ -570,7 +570,7 @@ def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, en
     started = time.monotonic()
     db = Database.from_settings(settings)
     try:
-        options = Options(chunk=chunk, actor=actor or f"import:{file.name}", source=source, dry_run=dry_run)
+        options = Options(chunk=chunk, actor=actor or default_actor(file), source=source, dry_run=dry_run)
         table = open_table(file, kind, encoding)
         with click.progressbar(length=table.rows, label=f"importing {kind} from {file.name}", file=sys.stderr) as bar:
             try:

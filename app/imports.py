@@ -34,7 +34,7 @@ from app.api.schemas import CustomerPut, EventIn, ProjectPut, Ref
 from app.db import models as m
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
-from app.domain.validation import number_in_text
+from app.domain.validation import MAX_ACTOR, actor_problem, number_in_text
 from app.errors import AppError, FieldError
 from app.services.batch import record_batch
 from app.services.customers import put_customer
@@ -299,6 +299,11 @@ def derived_external_id(event: EventIn) -> str:
     return "row:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+def default_actor(file: Path) -> str:
+    """`import:<file name>`, the name cut to what an actor holds."""
+    return f"import:{file.name}"[:MAX_ACTOR]
+
+
 @dataclass(frozen=True)
 class Options:
     chunk: int
@@ -311,6 +316,12 @@ class Options:
             SOURCE.validate_python(self.source)
         except ValidationError as exc:
             raise UnusableInput(f"source {self.source!r}: {validation_reason(exc.errors()[0])}") from None
+        # As X-Actor is checked: a long one failed at the first chunk on PostgreSQL as "the
+        # database failed" (SQLite kept it), and `system` or `key:…` passed the rows off as
+        # the service's or a key's (a hunt's find).
+        problem = actor_problem(self.actor)
+        if problem:
+            raise UnusableInput(f"actor {self.actor[:120]!r}: {problem}")
 
 
 @dataclass
@@ -405,13 +416,8 @@ def _event_item(row: Row, rulebook: Rulebook, source: str) -> NewEvent | list[Fi
     event = validate_item(EventIn, body)
     if isinstance(event, list) or problems:
         return problems + (event if isinstance(event, list) else [])
-    try:
-        external_id = event.external_id or derived_external_id(event)
-    except ValueError:
-        # pydantic serializes 255 levels deep at most; the API refuses such a value too, as
-        # no attribute type holds one (it was a traceback that stopped the import).
-        return [FieldError("attributes", "is nested too deeply: no attribute holds such a value")]
-    return NewEvent(**{**event.model_dump(), "external_id": external_id})
+    # (A value nested deeper than pydantic writes, 255, is refused by EventIn already.)
+    return NewEvent(**{**event.model_dump(), "external_id": event.external_id or derived_external_id(event)})
 
 
 RECORDS: dict[str, tuple[type[m.Customer] | type[m.Project], type[BaseModel], Callable[..., tuple[Any, bool]]]] = {
@@ -538,10 +544,26 @@ class _RejectedFile:
             raise UnusableInput(f"the rejected file's folder {str(folder)!r} does not exist (--rejected names where the rejected rows go)")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UnusableInput(f"the rejected file's folder {str(folder)!r} is not writable (--rejected names where the rejected rows go)")
-        if self.path.exists():
+        if self.path.exists() or self.path.is_symlink():
+            # Only a rejected file: any file at the path was removed and reported "left by an
+            # earlier import", a customers' master file given by mistake included (a hunt's find).
+            if not self._is_rejected_file():
+                raise UnusableInput(f"{str(self.path)!r} exists and is not a rejected file of an earlier import: name another path with --rejected, or move that file")
             self.path.unlink()
             self.removed_stale = True
         return self
+
+    def _is_rejected_file(self) -> bool:
+        """Whether the file at the path is one this class wrote: a file whose first line is
+        the rejected file's first columns."""
+        if self.path.is_symlink() or not self.path.is_file():
+            return False
+        try:
+            with self.path.open(encoding="utf-8-sig", newline="") as file:
+                first = file.readline(4096)
+        except (OSError, UnicodeDecodeError):
+            return False
+        return first.startswith(",".join(REPORT_COLUMNS) + ",") or first.rstrip("\r\n") == ",".join(REPORT_COLUMNS)
 
     def add(self, row: Row, errors: list[FieldError]) -> None:
         if self._file is None:

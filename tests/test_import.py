@@ -427,7 +427,7 @@ def test_attribute_columns_are_stored_typed_and_an_attributes_column_holds_json(
     ("depth", "reason"),
     [
         (5000, 'attributes: is not JSON (nested too deeply); write an object such as {"reception": "welcoming"}'),  # deeper than json reads
-        (300, "attributes: is nested too deeply: no attribute holds such a value"),  # read, but deeper than pydantic writes
+        (300, "attributes: attribute values nest at most 32 deep (no attribute type nests at all)"),  # read, but deeper than pydantic writes
     ],
     ids=["deeper-than-json-reads", "deeper-than-pydantic-writes"],
 )
@@ -592,6 +592,53 @@ def test_a_bad_source_is_refused_before_anything_is_stored(run, tmp_path: Path, 
 
     assert result.exit_code == 2 and "source 'ERP Export'" in result.output
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+@pytest.mark.parametrize(("actor", "said"), [
+    ("system", "actors Rapport records itself"),
+    ("key:bootstrap", "actors Rapport records itself"),
+    ("x" * 101, "at most 100 characters"),
+    ("王伟\x07", "control characters"),
+])
+def test_an_actor_that_x_actor_would_refuse_is_refused_before_anything_is_stored(run, tmp_path: Path, customers_and_project: None, actor: str, said: str) -> None:  # noqa: ANN001
+    """A hunt's find: a long --actor failed at the first chunk on PostgreSQL as "the database
+    failed" (SQLite kept it), and system or key:… passed the rows off as another's."""
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])), "--actor", actor)
+
+    assert result.exit_code == 2 and said in result.output, result.output
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_the_default_actor_of_a_long_file_name_is_cut_to_what_an_actor_holds(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    name = "import_from_the_erp_nightly_export_" + "x" * 80 + ".csv"
+    import_ok(run, "events", write_csv(tmp_path / name, [EVENT_COLUMNS, *EXAMPLE_ONE]))
+
+    assert query(tmp_path, "SELECT DISTINCT actor FROM events") == [(f"import:{name}"[:100],)]
+
+
+def test_a_file_at_the_rejected_path_that_is_no_rejected_file_is_kept_and_the_import_refused(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    """A hunt's find: any file at the --rejected path was deleted, and reported "left by an
+    earlier import" (a customers' master file, given by mistake)."""
+    master = write_csv(tmp_path / "my_customers_master.csv", CUSTOMERS)
+    before = master.read_bytes()
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])), "--rejected", str(master))
+
+    assert result.exit_code == 2 and "is not a rejected file of an earlier import" in result.stderr, result.output
+    assert master.read_bytes() == before
+    assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_a_rejected_file_of_an_earlier_run_is_removed_when_nothing_is_rejected(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    bad = ["visit", "2025-09-15T10:00:00+08:00", "C-9", "", "", "neutral", "", ""]
+    events = write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE, bad])
+    assert run("import", "events", str(events)).exit_code == 1
+    rejected = tmp_path / "events.rejected.csv"
+    assert rejected.exists()
+
+    out = import_ok(run, "events", write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE]))
+
+    assert f"removed {rejected}, left by an earlier import" in out and not rejected.exists()
 
 
 def test_a_rejected_file_in_a_folder_that_does_not_exist_is_refused_before_anything_is_stored(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001

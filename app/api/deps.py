@@ -13,7 +13,7 @@ from app.api.limits import RateLimiter
 from app.api.present import Presenter
 from app.db.engine import Database
 from app.domain.rulebook import Rulebook
-from app.domain.validation import reserved_actor
+from app.domain.validation import MAX_ACTOR, reserved_actor
 from app.errors import FieldError, Forbidden, Invalid, Unauthorized
 from app.services.keys import Key, authenticate, has_scope, hash_secret
 from app.services.known_keys import KnownKeys
@@ -100,7 +100,6 @@ def header_parameter(name: str, title: str, description: str, *, max_length: int
     return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
 
 
-MAX_ACTOR = 100
 # `X-Actor` on every route with a `Caller` (added by the route's gate, app/api/gate.py).
 ACTOR_PARAMETER = header_parameter("x-actor", "X-Actor", "the user acting through this key (e.g. the rep's id)", max_length=MAX_ACTOR)
 

@@ -68,15 +68,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.domain.form_payloads import TOOLS
 from app.domain.rulebook import AttributeSpec, EventType, Rulebook, join_path, Reader, attribute_problem
-from app.domain.validation import unstorable_texts
+from app.domain.validation import MAX_ACTOR, unstorable_texts
 
 SUBJECT_KEYS = ("external_ref", "phone", "name")
 TIME_FORMATS = ("iso", "date", "us_date", "us_datetime", "unix_s", "unix_ms")
 # The formats without an offset of their own, read in the spec's timezone.
 LOCAL_TIME_FORMATS = {"date": "%Y-%m-%d", "us_date": "%m/%d/%Y", "us_datetime": "%m/%d/%Y %H:%M:%S"}
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
-# The events table's limits, as POST /v1/events applies them.
-MAX_ACTOR = 100
+# The events table's limits, as POST /v1/events applies them (MAX_ACTOR: app/domain/validation.py).
 MAX_NOTE = 2000
 
 

@@ -22,7 +22,6 @@ from typing import Any, Mapping
 from app.domain.form_payloads import TOOLS, PayloadError, Submission, Unreadable, parse_payload
 from app.domain.form_specs import (
     LOCAL_TIME_FORMATS,
-    MAX_ACTOR,
     MAX_NOTE,
     SUBJECT_KEYS,
     TIME_FORMATS,
@@ -35,7 +34,7 @@ from app.domain.form_specs import (
     parse_form_spec,
 )
 from app.domain.rulebook import AttributeSpec, EventType, attribute_problem, quoted
-from app.domain.validation import number_in_text, reserved_actor, unstorable_texts
+from app.domain.validation import MAX_ACTOR, number_in_text, reserved_actor, unstorable_texts
 
 __all__ = [
     "TOOLS",

@@ -69,6 +69,21 @@ FORM_PREFIX = "form:"  # a form's deliveries: their events' source, and their ac
 RESERVED_PREFIXES = ("key:", FORM_PREFIX)
 
 
+# The longest actor the events table keeps (what X-Actor, a form's mapping and an import
+# may name).
+MAX_ACTOR = 100
+
+
+def actor_problem(actor: str) -> str | None:
+    """Why `actor` cannot be recorded as a person's id, or None: too long, holding a control
+    character (a NUL, which PostgreSQL refuses), or one Rapport records itself."""
+    if len(actor) > MAX_ACTOR:
+        return f"at most {MAX_ACTOR} characters"
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in actor):
+        return "must not contain control characters"
+    return reserved_actor(actor)
+
+
 def reserved_actor(actor: str) -> str | None:
     """Why `actor` cannot be sent as a person's id, or None."""
     folded = actor.strip().casefold()
