@@ -560,7 +560,7 @@ def _import(kind: str, file: Path, **options: Any) -> None:
 
 
 def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, encoding: str, actor: str | None, dry_run: bool, source: str = "import") -> None:
-    from app.imports import Options, UnusableInput, default_actor, open_table, run_import
+    from app.imports import Forced, Options, UnusableInput, default_actor, open_table, run_import
 
     settings = get_settings()
     rulebook = _ready_to_grade(settings)
@@ -575,10 +575,16 @@ def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, en
         with click.progressbar(length=table.rows, label=f"importing {kind} from {file.name}", file=sys.stderr) as bar:
             try:
                 report = run_import(db, rulebook, table, rejected_path=rejected, options=options, clock=_now, progress=bar.update)
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:
                 # Not click's "Aborted!" and exit status 1, which says "rows were rejected":
-                # a job that reads the status would have looked for a rejected file.
-                stored = "nothing was stored" if dry_run else "the chunks committed before it stay stored; importing the file again stores only the rest"
+                # a job that reads the status would have looked for a rejected file. A first
+                # Ctrl-C lets the chunk in flight finish (app/imports.py); a second does not.
+                if dry_run:
+                    stored = "nothing was stored"
+                elif isinstance(exc, Forced):
+                    stored = "the chunks committed before it stay stored, and the chunk in flight may have been stored too; importing the file again stores only the rest"
+                else:
+                    stored = "the chunks committed before it stay stored; importing the file again stores only the rest"
                 click.echo(f"\ninterrupted after {bar.pos:,} of {table.rows:,} rows: {stored}", err=True)
                 sys.exit(130)
             except RulebookChanged:

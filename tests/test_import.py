@@ -341,6 +341,38 @@ def test_an_interrupted_import_says_so_with_its_own_exit_status(run, tmp_path: P
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_while_a_chunk_is_stored_lets_it_finish_and_says_exactly_what_is_stored(run, tmp_path: Path, customers_and_project: None, monkeypatch: pytest.MonkeyPatch, presses: int) -> None:  # noqa: ANN001
+    """A hunt's find: a Ctrl-C between a chunk's commit and its count said "interrupted after
+    N rows" with a chunk more stored. The first press now takes effect once the chunk in
+    flight is stored and counted; a second one stops at once, and says the chunk may be stored."""
+    import os
+    import signal
+
+    real = app.imports._store_events
+    chunks: list[int] = []
+
+    def store_and_press(*args: Any, **kwargs: Any) -> Any:
+        chunks.append(1)
+        if len(chunks) == 2:
+            for _ in range(presses):
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app.imports, "_store_events", store_and_press)
+
+    result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])), "--chunk", "2")
+
+    assert result.exit_code == 130, result.output
+    if presses == 1:
+        assert "interrupted after 4 of 7 rows: the chunks committed before it stay stored;" in result.stderr, result.stderr
+        assert query(tmp_path, "SELECT count(*) FROM events") == [(4,)]
+    else:
+        assert "interrupted after 2 of 7 rows: the chunks committed before it stay stored, and the chunk in flight may have been stored too" in result.stderr, result.stderr
+        assert query(tmp_path, "SELECT count(*) FROM events") == [(2,)]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
 def test_an_import_stopped_by_a_rulebook_switch_says_what_it_stored(run, tmp_path: Path, customers_and_project: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch mid-import was answered "no grade was changed", exit 2, though the chunks
     before it were stored (an operator-commands hunt: 1,700 events of 3,000)."""
