@@ -488,6 +488,11 @@ def _put_record(session: Session, rulebook: Rulebook, table: Table, row: Row, no
         return "rejected", exc.errors or [FieldError("", exc.detail)]
     if created:
         return "created", []
+    if version is None:
+        # Created by another writer after this row looked (two imports of one new file at
+        # once): its version says nothing of this row, which moved it only if it stamped it
+        # now. It was counted "updated" though nothing changed (a hunt's find).
+        return ("updated" if record.updated_at == now else "unchanged"), []
     return ("unchanged" if record.version == version else "updated"), []
 
 

@@ -373,6 +373,20 @@ def test_ctrl_c_while_a_chunk_is_stored_lets_it_finish_and_says_exactly_what_is_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
 
 
+@pytest.mark.parametrize(("region", "said"), [("上海", "created 0, updated 0, unchanged 2"), ("北京", "created 0, updated 1, unchanged 1")])
+def test_a_record_another_writer_created_after_the_row_looked_is_counted_by_what_this_row_changed(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, region: str, said: str) -> None:  # noqa: ANN001
+    """Two imports of one new file at once (PostgreSQL): a row found no record, another
+    import created it, and this row's PUT found it. It was counted "updated" whatever it
+    changed. Here the look finds nothing though the record is there, as in that race."""
+    import_ok(run, "customers", write_csv(tmp_path / "customers.csv", CUSTOMERS))
+    monkeypatch.setattr(app.imports, "_stored", lambda *args: None)
+    rows = [CUSTOMERS[0], [region if cell == "上海" else cell for cell in CUSTOMERS[1]], *CUSTOMERS[2:]]
+
+    out = import_ok(run, "customers", write_csv(tmp_path / "customers.csv", rows))
+
+    assert said in out
+
+
 def test_an_import_stopped_by_a_rulebook_switch_says_what_it_stored(run, tmp_path: Path, customers_and_project: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """A switch mid-import was answered "no grade was changed", exit 2, though the chunks
     before it were stored (an operator-commands hunt: 1,700 events of 3,000)."""
