@@ -181,27 +181,41 @@ _GB = {"gb18030", "gbk", "gb2312"}
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
+_NON_ASCII = re.compile("[^\x00-\x7f]")
+# Latin-1's letters and signs and Latin Extended-A: what a European name or place in UTF-8
+# reads as (Café Müller, Zürich, Łódź). Chinese in GB18030 that is also valid UTF-8 reads as
+# other letters or marks (石头 as ʯͷ, 茅台 as é and a combining ogonek).
+_NON_LATIN = re.compile("[^\x00-\x7f\u00a0-\u017f]")
+
+
 def _check_not_utf8(path: Path, encoding: str) -> None:
     """A UTF-8 file given a GB encoding decodes, as garbage: 北京协和医院 as 鍖椾含鍗忓拰鍖婚櫌
     (a cron job kept --encoding gb18030 after the ERP moved to UTF-8). Such a file is
     refused where it is UTF-8 through and through and its UTF-8 reading holds Chinese
-    characters, which a GB18030 file practically never gives (`_HAN`)."""
+    characters, which a GB18030 file practically never gives (`_HAN`), or only European
+    letters beyond ASCII (`_NON_LATIN`: Café Müller was stored as Caf茅 M眉ller, a hunt's
+    find), which a GB18030 file of more than a character or two never gives."""
     if codecs.lookup(encoding).name not in _GB:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
-    chinese = False
+    chinese = beyond_ascii = other = False
     with path.open("rb") as raw:
         if raw.read(3) == codecs.BOM_UTF8:
             raise UnusableInput(f"the file starts with a UTF-8 byte order mark: it is UTF-8 text, not {encoding}; import it without --encoding")
         raw.seek(0)
         try:
             for block in iter(lambda: raw.read(1 << 16), b""):
-                chinese = _HAN.search(decoder.decode(block)) is not None or chinese
+                text = decoder.decode(block)
+                chinese = chinese or _HAN.search(text) is not None
+                beyond_ascii = beyond_ascii or _NON_ASCII.search(text) is not None
+                other = other or _NON_LATIN.search(text) is not None
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             return
     if chinese:
         raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its Chinese would be stored as garbage)")
+    if beyond_ascii and not other:
+        raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its accented letters would be stored as Chinese characters)")
 
 
 def _records(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:

@@ -181,6 +181,30 @@ def test_a_utf8_file_given_a_gb_encoding_is_refused_not_stored_as_garbage(run, t
     assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
 
 
+def test_a_utf8_file_of_european_names_given_gb18030_is_refused_not_stored_as_chinese(run, tmp_path: Path) -> None:  # noqa: ANN001
+    """A hunt's find: with no Chinese in it, the UTF-8 file passed the check, and Café
+    Müller was stored as Caf茅 M眉ller."""
+    path = tmp_path / "customers.csv"
+    path.write_bytes("external_ref,name,kind,region\nE-1,Café Müller GmbH,installer,Zürich\nE-2,Łódź Instal,installer,\n".encode("utf-8"))
+
+    result = run("import", "customers", str(path), "--encoding", "gb18030")
+
+    assert result.exit_code == 2 and "its accented letters would be stored as Chinese characters" in result.stderr, result.output
+    assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
+
+
+@pytest.mark.parametrize("name", ["石头", "茅台"])
+def test_a_gb18030_file_whose_bytes_are_also_utf8_imports_as_gb18030(run, tmp_path: Path, name: str) -> None:  # noqa: ANN001
+    """茅台 in GB18030 is valid UTF-8 too, and reads as é with a combining mark: no European
+    letters only, so the file is read as what it was given as."""
+    path = tmp_path / "customers.csv"
+    path.write_bytes(f"external_ref,name,kind,region\nC-7,{name},installer,\n".encode("gb18030"))
+    path.read_bytes().decode("utf-8")  # the case: valid UTF-8 as well
+
+    assert "created 1" in import_ok(run, "customers", path, "--encoding", "gb18030")
+    assert query(tmp_path, "SELECT name FROM customers") == [(name,)]
+
+
 def test_a_gb18030_file_whose_bytes_are_also_utf8_still_imports_as_gb18030(run, tmp_path: Path) -> None:  # noqa: ANN001
     # 石头 in GB18030 is valid UTF-8 too (ʯͷ), but holds no Chinese character read so.
     path = tmp_path / "customers.csv"
