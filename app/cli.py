@@ -594,7 +594,7 @@ def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, en
                 raise _Unusable(
                     f"the database's active rulebook changed while this import ran (a server or `rapport migrate` switched it), after {bar.pos:,} "
                     f"of {table.rows:,} rows: {stored}. Run the same command again with the rulebook the servers now use (RAPPORT_RULEBOOK_PATH): "
-                    "it stores only the rest"
+                    "it stores only the rest (rows without an external_id: only if the new rulebook types their attributes as the old one did, docs/import.md)"
                 ) from None
     except UnusableInput as exc:
         raise _Unusable(f"{file.name}: {exc}. Nothing was stored.") from exc
