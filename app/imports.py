@@ -120,9 +120,14 @@ class Table:
             extra = [v for v in values[len(self.header) :] if trimmed(v)]
             # A row short of the named columns (a file cut inside it) would clear what its
             # missing cells hold: an empty cell clears a value, a missing one must not.
+            # A value under a column the header does not name (Excel's trailing comma) was
+            # dropped without a word (a hunt's find): the row is rejected, as one with extra cells.
+            unnamed = next((i for i, (name, v) in enumerate(zip(self.header, values)) if not name and trimmed(v)), None)
             problems = ()
             if extra:
                 problems = (FieldError("", f"has {len(self.header) + len(extra)} cells; the header names {len(self.header)} columns"),)
+            elif unnamed is not None:
+                problems = (FieldError("", f"has a value in column {unnamed + 1}, which the header does not name"),)
             elif len(values) < self.named:
                 problems = (FieldError("", f"has {len(values)} cells; the header names {self.named} columns (was the file cut short?)"),)
             yield Row(line, tuple(values), cells, problems)

@@ -335,6 +335,17 @@ def test_trimming_takes_off_what_pydantic_takes_off_and_nothing_else() -> None:
     assert [text for text, api in zip(texts, by_api) if trimmed(text) != api] == []
 
 
+def test_a_value_under_a_column_the_header_does_not_name_rejects_its_row(run, tmp_path: Path) -> None:  # noqa: ANN001
+    """A hunt's find: it was dropped without a word, and the row stored without it."""
+    rows = [[*CUSTOMERS[0], ""], [*CUSTOMERS[1], "lost value"], [*CUSTOMERS[2], ""]]
+
+    result = run("import", "customers", str(write_csv(tmp_path / "customers.csv", rows)))
+
+    assert result.exit_code == 1 and "created 1, updated 0, unchanged 0, rejected 1" in result.stdout
+    [rejected] = read_csv(tmp_path / "customers.rejected.csv")
+    assert (rejected["line"], rejected["reason"]) == ("2", "has a value in column 9, which the header does not name")
+
+
 def test_unnamed_columns_after_the_last_named_one_may_be_missing_from_a_row(run, tmp_path: Path) -> None:  # noqa: ANN001
     rows = [[*CUSTOMERS[0], "", ""], CUSTOMERS[1], [*CUSTOMERS[2], ""]]
 
