@@ -313,9 +313,15 @@ def _attribute_names(value: dict[str, Any]) -> dict[str, Any]:
     # these. (A NUL in an attribute's text is named by the catalogue's check, with its name.)
     if next(unstorable_texts(value, nul=False), None) is not None:
         raise ValueError("attribute names and texts must be Unicode: one holds a lone surrogate escape such as \\ud800")
-    if _deeper_than(value, MAX_ATTRIBUTE_DEPTH):
+    if not _flat(value) and _deeper_than(value, MAX_ATTRIBUTE_DEPTH):
         raise ValueError(f"attribute values nest at most {MAX_ATTRIBUTE_DEPTH} deep (no attribute type nests at all)")
     return value
+
+
+def _flat(attributes: dict[str, Any]) -> bool:
+    """Whether every value is a scalar or a list of scalars, as every valid event's are: the
+    walk of `_deeper_than` is then not needed (a fifth of the cost of these checks)."""
+    return not any(isinstance(v, dict) or (isinstance(v, list) and any(isinstance(x, (dict, list)) for x in v)) for v in attributes.values())
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
