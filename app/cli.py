@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from app.db import models as m
 from app.db.engine import Database, driver_reason, is_busy
 from app.domain.rulebook import Rulebook, RulebookError, RulebookMismatch, load_rulebook
+from app.domain.validation import instant_problem
 from app.errors import AppError, MigrationsUnusable, ReleaseMismatch, RulebookChanged
 from app.logs import log_to_stderr
 from app.settings import Settings, get_settings
@@ -402,14 +403,23 @@ class _Instant(click.ParamType):
         except ValueError:
             pass
         else:
-            return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+            return self._in_range(datetime(day.year, day.month, day.day, tzinfo=timezone.utc), value, param, ctx)
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 instant (2026-12-07T01:19:40.713307Z) or a date (2026-12-07)", param, ctx)
         if parsed.tzinfo is None:  # any time without an offset (fromisoformat takes 2026-12-07x02:00 too)
             self.fail(f"{value!r} has no offset: add Z or +08:00", param, ctx)
-        return parsed
+        return self._in_range(parsed, value, param, ctx)
+
+    def _in_range(self, instant: datetime, value: str, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        """The bounds every instant a request carries keeps (1970 to 2100): a window's start
+        before year 1 ended `verify --as-of 0001-01-01` in an OverflowError, exit 1, which
+        says "disagreements found" (a hunt's find)."""
+        problem = instant_problem(instant)
+        if problem:
+            self.fail(f"{value!r} {problem}", param, ctx)
+        return instant
 
 
 @main.command()

@@ -85,6 +85,12 @@ def test_verify_takes_the_instant_regrade_prints(run, tmp_path: Path) -> None:  
         refused = run("verify", "--as-of", naive)
         assert refused.exit_code == 2 and "has no offset" in refused.output, naive
 
+    # A hunt's find: under time windows, 0001-01-01 ended in an OverflowError, exit 1.
+    for outside, said in (("0001-01-01", "must not be before 1970"), ("1969-12-31T23:59:59Z", "must not be before 1970"), ("2100-01-01", "must be before 2100")):
+        refused = run("verify", "--as-of", outside)
+        assert refused.exit_code == 2 and said in refused.output, (outside, refused.output)
+    assert run("verify", "--as-of", "1970-01-01").exit_code == 0
+
 
 def test_on_sqlite_verify_at_the_instant_regrade_printed_finds_what_it_graded(run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     """regrade graded each round as of the clock once its rows were held, later than the
