@@ -580,7 +580,8 @@ def _import_file(kind: str, file: Path, *, rejected: Path | None, chunk: int, en
     started = time.monotonic()
     db = Database.from_settings(settings)
     try:
-        options = Options(chunk=chunk, actor=actor or default_actor(file), source=source, dry_run=dry_run)
+        # A blank --actor is none, as a blank X-Actor is.
+        options = Options(chunk=chunk, actor=(actor or "").strip() or default_actor(file), source=source, dry_run=dry_run)
         table = open_table(file, kind, encoding)
         with click.progressbar(length=table.rows, label=f"importing {kind} from {file.name}", file=sys.stderr) as bar:
             try:

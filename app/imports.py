@@ -187,23 +187,28 @@ _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
 _NON_ASCII = re.compile("[^\x00-\x7f]")
-# Latin-1's letters and signs and Latin Extended-A: what a European name or place in UTF-8
-# reads as (Café Müller, Zürich, Łódź). Chinese in GB18030 that is also valid UTF-8 reads as
-# other letters or marks (石头 as ʯͷ, 茅台 as é and a combining ogonek).
-_NON_LATIN = re.compile("[^\x00-\x7f\u00a0-\u017f]")
+# The letters of Latin-1 and Latin Extended-A, what a European name or place in UTF-8 reads
+# as (Café Müller, Zürich, Łódź). 92 GB2312 characters are such a letter too, read as UTF-8
+# (茅 é, 毛 ë, 莫 Ī), so a GB18030 file is taken for European names only where it holds no
+# other character beyond ASCII (`_NOT_LATIN_LETTER`: 卢露 reads as the signs ¬¶, 石头 as ʯͷ)
+# and a letter stands within a word of ASCII letters (`_IN_A_WORD`: Café, Müller), where a
+# Chinese name in a cell stands between commas or other characters.
+_LATIN_LETTER = "\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u017f"
+_NOT_LATIN_LETTER = re.compile(f"[^\\x00-\\x7f{_LATIN_LETTER}]")
+_IN_A_WORD = re.compile(f"[A-Za-z][{_LATIN_LETTER}]|[{_LATIN_LETTER}][A-Za-z]")
 
 
 def _check_not_utf8(path: Path, encoding: str) -> None:
     """A UTF-8 file given a GB encoding decodes, as garbage: 北京协和医院 as 鍖椾含鍗忓拰鍖婚櫌
     (a cron job kept --encoding gb18030 after the ERP moved to UTF-8). Such a file is
     refused where it is UTF-8 through and through and its UTF-8 reading holds Chinese
-    characters, which a GB18030 file practically never gives (`_HAN`), or only European
-    letters beyond ASCII (`_NON_LATIN`: Café Müller was stored as Caf茅 M眉ller, a hunt's
-    find), which a GB18030 file of more than a character or two never gives."""
+    characters, which a GB18030 file practically never gives (`_HAN`), or holds only
+    European letters beyond ASCII, one of them within a word (Café Müller was stored as
+    Caf茅 M眉ller, a hunt's find; a review's 卢露 and 毛茂 must still import)."""
     if codecs.lookup(encoding).name not in _GB:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
-    chinese = beyond_ascii = other = False
+    chinese = beyond_ascii = other = in_a_word = False
     with path.open("rb") as raw:
         if raw.read(3) == codecs.BOM_UTF8:
             raise UnusableInput(f"the file starts with a UTF-8 byte order mark: it is UTF-8 text, not {encoding}; import it without --encoding")
@@ -213,13 +218,14 @@ def _check_not_utf8(path: Path, encoding: str) -> None:
                 text = decoder.decode(block)
                 chinese = chinese or _HAN.search(text) is not None
                 beyond_ascii = beyond_ascii or _NON_ASCII.search(text) is not None
-                other = other or _NON_LATIN.search(text) is not None
+                other = other or _NOT_LATIN_LETTER.search(text) is not None
+                in_a_word = in_a_word or _IN_A_WORD.search(text) is not None
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
             return
     if chinese:
         raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its Chinese would be stored as garbage)")
-    if beyond_ascii and not other:
+    if beyond_ascii and not other and in_a_word:
         raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its accented letters would be stored as Chinese characters)")
 
 
@@ -321,8 +327,10 @@ def derived_external_id(event: EventIn) -> str:
 
 
 def default_actor(file: Path) -> str:
-    """`import:<file name>`, the name cut to what an actor holds."""
-    return f"import:{file.name}"[:MAX_ACTOR]
+    """`import:<file name>`, the name cut to what an actor holds; a byte of the name that is
+    not UTF-8 written as its escape (`\\xff`): as the OS gave it, it could not be stored."""
+    name = file.name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return f"import:{name}"[:MAX_ACTOR]
 
 
 @dataclass(frozen=True)
@@ -403,8 +411,10 @@ def interrupts_between_chunks() -> Iterator[None]:
     so "interrupted after N rows" says exactly what is stored: one that came between a
     chunk's commit and its count said a chunk fewer (a hunt's find, 1 run in 5). A second
     Ctrl-C stops at once (`Forced`), for a chunk that waits long on a lock. Only the main
-    thread receives signals; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
+    thread receives signals; elsewhere nothing changes, nor where Ctrl-C does not stop the
+    process as Python's own handler does (ignored, as in a background job of a script: it
+    then stopped the import, a review's find)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     pressed: list[int] = []
@@ -414,11 +424,11 @@ def interrupts_between_chunks() -> Iterator[None]:
             raise Forced()
         pressed.append(signum)
 
-    previous = signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGINT, on_interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if pressed:
         raise KeyboardInterrupt()
 

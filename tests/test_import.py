@@ -193,10 +193,11 @@ def test_a_utf8_file_of_european_names_given_gb18030_is_refused_not_stored_as_ch
     assert query(tmp_path, "SELECT count(*) FROM customers") == [(0,)]
 
 
-@pytest.mark.parametrize("name", ["石头", "茅台"])
+@pytest.mark.parametrize("name", ["石头", "茅台", "卢露", "毛茂", "莫"])
 def test_a_gb18030_file_whose_bytes_are_also_utf8_imports_as_gb18030(run, tmp_path: Path, name: str) -> None:  # noqa: ANN001
-    """茅台 in GB18030 is valid UTF-8 too, and reads as é with a combining mark: no European
-    letters only, so the file is read as what it was given as."""
+    """Each is valid UTF-8 in GB18030 too: 茅台 reads as é with a combining mark, 卢露 as the
+    signs ¬¶, 毛茂 as ëï and 莫 as Ī, letters that stand in no word of ASCII letters (a
+    review's find: the first version of the check refused 卢露 and 毛茂)."""
     path = tmp_path / "customers.csv"
     path.write_bytes(f"external_ref,name,kind,region\nC-7,{name},installer,\n".encode("gb18030"))
     path.read_bytes().decode("utf-8")  # the case: valid UTF-8 as well
@@ -374,6 +375,28 @@ def test_an_interrupted_import_says_so_with_its_own_exit_status(run, tmp_path: P
     assert result.exit_code == 130
     assert all(text in result.stderr for text in said), result.stderr
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_an_import_that_ignores_ctrl_c_goes_on_ignoring_it(run, tmp_path: Path, customers_and_project: None, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A review's find: a process started with Ctrl-C ignored (a script's background job)
+    was stopped by one that came while a chunk was stored."""
+    import os
+    import signal
+
+    real = app.imports._store_events
+
+    def store_and_press(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app.imports, "_store_events", store_and_press)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        out = import_ok(run, "events", write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE]), "--chunk", "2")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "created 7" in out
 
 
 @pytest.mark.parametrize("presses", [1, 2])
@@ -680,6 +703,7 @@ def test_a_bad_source_is_refused_before_anything_is_stored(run, tmp_path: Path, 
     ("key:bootstrap", "actors Rapport records itself"),
     ("x" * 101, "at most 100 characters"),
     ("王伟\x07", "control characters"),
+    ("王\udcff", "lone surrogate"),  # bytes that were not UTF-8, as the OS hands them over
 ])
 def test_an_actor_that_x_actor_would_refuse_is_refused_before_anything_is_stored(run, tmp_path: Path, customers_and_project: None, actor: str, said: str) -> None:  # noqa: ANN001
     """A hunt's find: a long --actor failed at the first chunk on PostgreSQL as "the database
@@ -688,6 +712,15 @@ def test_an_actor_that_x_actor_would_refuse_is_refused_before_anything_is_stored
 
     assert result.exit_code == 2 and said in result.output, result.output
     assert query(tmp_path, "SELECT count(*) FROM events") == [(0,)]
+
+
+def test_a_blank_actor_is_none_and_a_file_name_that_is_not_utf8_is_written_escaped(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001
+    """A review's finds: a blank --actor was stored blank (a blank X-Actor is none), and a
+    file name with a byte that is not UTF-8 ended in a UnicodeEncodeError, exit 1."""
+    name = "ev\udcff.csv"  # the byte 0xff, as Python hands a file name over
+    import_ok(run, "events", write_csv(tmp_path / name, [EVENT_COLUMNS, *EXAMPLE_ONE]), "--actor", "  ")
+
+    assert query(tmp_path, "SELECT DISTINCT actor FROM events") == [("import:ev\\xff.csv",)]
 
 
 def test_the_default_actor_of_a_long_file_name_is_cut_to_what_an_actor_holds(run, tmp_path: Path, customers_and_project: None) -> None:  # noqa: ANN001

@@ -41,7 +41,8 @@ def refuse_wide_text(body: bytes) -> None:
     its lines. The form hook is not gated here: a tool's body is read in its charset."""
     at = body.find(b"\x00")
     if at >= 0:
-        raise Invalid("the body is not JSON", errors=[FieldError("body", f"malformed JSON: not UTF-8 (a NUL byte at byte {at}: UTF-16 and UTF-32 are not read)")])
+        reason = f"malformed JSON: a NUL byte at byte {at} (JSON has none; a body in UTF-16 or UTF-32 has them: send UTF-8)"
+        raise Invalid("the body is not JSON", errors=[FieldError("body", reason)])
 
 
 def refuse_unknown_query(request: Request, known: frozenset[str]) -> None:

@@ -14,7 +14,8 @@ from pydantic_core import PydanticCustomError
 
 from app.db.types import MAX_ID
 from app.domain.rulebook import MAX_NUMBER
-from app.domain.validation import instant_problem, reserved_source, unstorable_texts
+from app.domain.texts import unstorable_texts
+from app.domain.validation import instant_problem, reserved_source
 from app.errors import MAX_LISTED
 
 

@@ -339,15 +339,16 @@ class Database:
                         session.commit()
                     else:
                         session.rollback()
-                except BaseException as exc:
+                except BaseException:
                     try:
                         session.rollback()
                     except Exception:
-                        # What went wrong first is what the caller is told: a rollback that
-                        # fails after it (the connection already lost, or the session
-                        # committed when an interrupt came in its after-commit hook) replaced
-                        # a Ctrl-C, and an import ended in a traceback, not exit 130 (a hunt's find).
-                        raise exc from None
+                        # What went wrong first is what the caller is told (the bare raise
+                        # below): a rollback that fails after it (the connection already lost,
+                        # or the session committed when an interrupt came in its after-commit
+                        # hook) replaced a Ctrl-C, and an import ended in a traceback, not exit
+                        # 130 (a hunt's find).
+                        log.warning("rolling back after an error failed too", exc_info=True)
                     raise
         except InvalidRequestError as exc:
             if not checkout_exhausted(exc):

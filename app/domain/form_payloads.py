@@ -40,7 +40,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
-from app.domain.validation import TOO_MANY_DIGITS, unstorable_texts
+from app.domain.texts import unstorable_texts
+from app.domain.validation import TOO_MANY_DIGITS
 
 TOOLS = (
     "typeform",
@@ -382,6 +383,17 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
         return fields
     if media != "multipart/form-data":
         raise PayloadError(f"expected Content-Type multipart/form-data, got {content_type or 'none'!r}")
+    try:
+        return _multipart_fields(content_type, body, charset)
+    except PayloadError:
+        raise
+    except Exception as exc:  # the email package's own failures on odd headers
+        # `charset*` with no value in a part's Content-Type raised IndexError inside the
+        # email package (a review's find): any failure of its reading is this body's problem.
+        raise PayloadError(f"the body is not multipart data Rapport can read ({type(exc).__name__})") from exc
+
+
+def _multipart_fields(content_type: str, body: bytes, charset: str) -> dict[str, str]:
     # The email package reads MIME multipart (RFC 7578 is MIME); it wants a header block.
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("utf-8", "replace")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
@@ -389,7 +401,7 @@ def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
         raise PayloadError("the multipart Content-Type has no boundary")
     if message.defects or not message.is_multipart():
         raise PayloadError("the body is not multipart data with the boundary its Content-Type names")
-    fields = {}
+    fields: dict[str, str] = {}
     for part in message.iter_parts():
         part_name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True)

@@ -67,8 +67,9 @@ from typing import Any, Callable, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.domain.form_payloads import TOOLS
-from app.domain.rulebook import AttributeSpec, EventType, Rulebook, join_path, Reader, attribute_problem
-from app.domain.validation import MAX_ACTOR, unstorable_texts
+from app.domain.rulebook import AttributeSpec, EventType, Rulebook, Reader, attribute_problem
+from app.domain.texts import join_path, unstorable_texts
+from app.domain.validation import MAX_ACTOR
 
 SUBJECT_KEYS = ("external_ref", "phone", "name")
 TIME_FORMATS = ("iso", "date", "us_date", "us_datetime", "unix_s", "unix_ms")

@@ -34,7 +34,8 @@ from app.domain.form_specs import (
     parse_form_spec,
 )
 from app.domain.rulebook import AttributeSpec, EventType, attribute_problem, quoted
-from app.domain.validation import MAX_ACTOR, number_in_text, reserved_actor, unstorable_texts
+from app.domain.texts import unstorable_texts
+from app.domain.validation import MAX_ACTOR, number_in_text, reserved_actor
 
 __all__ = [
     "TOOLS",

@@ -29,6 +29,7 @@ from app.domain.conditions import (
     StageReached,
     walk,
 )
+from app.domain.texts import join_path, unstorable_texts
 
 CUSTOMER_KINDS = ("owner", "installer")
 PRESENCE = ("required", "optional", "forbidden")
@@ -233,16 +234,8 @@ class Reader:
         return value
 
 
-def join_path(place: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{place}[{key}]"
-    return f"{place}.{key}" if place else key
-
-
 def parse_rulebook(data: Any) -> Rulebook:
     """Validate rulebook data (already decoded from JSON) and build the model."""
-    from app.domain.validation import unstorable_texts  # it reads rulebooks: imported here, not above
-
     r = Reader()
     # A lone surrogate (\ud800, which JSON reads from an escape) is no text: the digest,
     # which encodes the whole rulebook as UTF-8, ended start-up in a traceback (a hunt's find).

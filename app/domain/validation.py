@@ -7,9 +7,10 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
-from app.domain.rulebook import Rulebook, attribute_problem, join_path, stored_value
+from app.domain.rulebook import Rulebook, attribute_problem, stored_value
+from app.domain.texts import text_problem
 
 
 # Nothing in this business happened before 1970, and an instant in the 22nd century is a
@@ -81,7 +82,7 @@ def actor_problem(actor: str) -> str | None:
         return f"at most {MAX_ACTOR} characters"
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in actor):
         return "must not contain control characters"
-    return reserved_actor(actor)
+    return text_problem(actor, nul=False) or reserved_actor(actor)  # a lone surrogate: bytes that were not UTF-8
 
 
 def reserved_actor(actor: str) -> str | None:
@@ -96,46 +97,6 @@ def reserved_source(source: str) -> str | None:
     """Why an API write cannot carry `source`, or None."""
     if source.startswith(FORM_PREFIX):
         return "form:… is the source of a form's own deliveries (POST /v1/hooks/forms/…); choose another"
-    return None
-
-
-NUL_REASON = "must not contain the NUL character (U+0000)"
-SURROGATE_REASON = "must be Unicode: it holds a lone surrogate escape such as \\ud800 (half an emoji)"
-
-
-def unstorable_texts(data: Any, *, nul: bool = True) -> Iterator[tuple[str, str]]:
-    """Each place in decoded JSON whose text (a key or a value) no column keeps, with why:
-    a NUL, which PostgreSQL refuses in text and JSON (where SQLite kept it), and a lone
-    surrogate, which JSON reads from an escape (\\ud800) and no UTF-8 can write (`nul`
-    False: those only). A key's problem is reported at the object holding it, so the place
-    never holds the bad text (its reason shows the key escaped)."""
-    pending: list[tuple[str, Any]] = [("", data)]
-    while pending:  # not recursive: decoded JSON may be nested as deep as json reads
-        place, value = pending.pop()
-        if isinstance(value, str):
-            reason = _text_problem(value, nul)
-            if reason:
-                yield place, reason
-        elif isinstance(value, dict):
-            inner = []
-            for key, item in value.items():
-                reason = _text_problem(key, nul) if isinstance(key, str) else None
-                if reason:
-                    yield place, f"the key {key!r} {reason}"  # repr: a NUL or a surrogate shows as an escape
-                else:
-                    inner.append((join_path(place, key), item))
-            pending.extend(reversed(inner))
-        elif isinstance(value, list):
-            pending.extend(reversed([(join_path(place, i), v) for i, v in enumerate(value)]))
-
-
-def _text_problem(text: str, nul: bool) -> str | None:
-    if nul and "\x00" in text:
-        return NUL_REASON
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return SURROGATE_REASON
     return None
 
 

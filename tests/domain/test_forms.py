@@ -418,6 +418,9 @@ def test_form_fields_are_read_in_the_charset_declared_for_the_body_or_the_part()
     assert parse_payload("jotform", "multipart/form-data; boundary=b", body).answers["notes"] == "你好"
     with pytest.raises(PayloadError, match="the part 'rawRequest' is in charset 'bogus'"):
         parse_payload("jotform", "multipart/form-data; boundary=b", body.replace(b"charset=gb18030", b"charset=bogus"))
+    # The email package raised IndexError reading this part's header (a review's find).
+    with pytest.raises(PayloadError, match=re.escape("the body is not multipart data Rapport can read (IndexError)")):
+        parse_payload("jotform", "multipart/form-data; boundary=b", body.replace(b"charset=gb18030", b"charset*"))
 
 
 @pytest.mark.parametrize(
