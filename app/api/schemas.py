@@ -116,7 +116,7 @@ Id = Annotated[int, Field(gt=0, le=MAX_ID), NotBool, InDigits]
 PathId = Annotated[int, Path(gt=0, le=MAX_ID), InDigits]
 MAX_PAGE = 200
 # Every list's page size: one bound, so a caller learns one number.
-PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page, 1 to {MAX_PAGE}")]
+PageLimit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"items per page, 1 to {MAX_PAGE}"), InDigits]
 QueryId = Annotated[int | None, Query(gt=0, le=MAX_ID), InDigits]
 
 

@@ -141,3 +141,14 @@ def test_an_actor_that_is_not_utf8_is_refused_and_stores_nothing(api, app) -> No
     body = assert_problem(r, 422, "x-actor")
     assert "not UTF-8" in body["errors"][0]["reason"]
     assert row_counts(app) == before
+
+
+@pytest.mark.parametrize("path", ["/v1/customers", "/v1/projects", "/v1/events", "/v1/inbox", "/v1/webhooks/subscriptions"])
+@pytest.mark.parametrize("limit", ["01", "+5", "1_0", " 5", "5.0"])
+def test_a_page_limit_is_its_digits_only_as_an_id_is(api, path: str, limit: str) -> None:
+    """openapi.md: an id written `01` is a 422; a limit written so was read as 1."""
+    r = api.get(path, params={"limit": limit})
+
+    problem = assert_problem(r, 422, "limit")
+    assert "written in digits only" in problem["errors"][0]["reason"]
+    assert api.get(path, params={"limit": "5"}).status_code == 200
