@@ -55,7 +55,7 @@ async def list_customers(
     ctx: ContextDep,
     caller: Reader,
     kind: Literal["owner", "installer"] | None = None,
-    level: Annotated[int | None, Query(ge=0, le=MAX_LEVEL)] = None,
+    level: Annotated[int | None, Query(ge=0, le=MAX_LEVEL), s.WholeInDigits] = None,
     rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     region: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name or external_ref")] = None,

@@ -11,8 +11,9 @@ from fastapi import Header
 from app.errors import FieldError, Invalid
 from app.services.records import NoneMatch, Versions
 
-# An id is a number, or a form's slug (lower-case letters, digits, '-' and '_').
-_TAG = re.compile(r'^(?:W/)?"(?P<kind>customer|project|form|subscription)-(?P<id>[a-z0-9][a-z0-9_-]*)-v(?P<version>0|[1-9][0-9]*)"$')
+# An id is a number, or a form's slug (lower-case letters, digits, '-' and '_'). A version is
+# a 64-bit count, at most 19 digits: one of 4,301 was more than int() converts, a 500 (a hunt's find).
+_TAG = re.compile(r'^(?:W/)?"(?P<kind>customer|project|form|subscription)-(?P<id>[a-z0-9][a-z0-9_-]*)-v(?P<version>0|[1-9][0-9]{0,18})"$')
 # A list of entity-tags (RFC 9110 §8.8.3), each possibly weak.
 _TAGS = re.compile(r'^[ \t]*(?:W/)?"[^"]*"[ \t]*(?:,[ \t]*(?:W/)?"[^"]*"[ \t]*)*$')
 _ONE_TAG = re.compile(r'(?:W/)?"[^"]*"')

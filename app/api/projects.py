@@ -57,7 +57,7 @@ async def list_projects(
     ctx: ContextDep,
     caller: Reader,
     owner_id: s.QueryId = None,
-    heat: Annotated[int | None, Query(ge=0, le=100, description="exact percent: 0, 30, 50, 70, 90, 100")] = None,
+    heat: Annotated[int | None, Query(ge=0, le=100, description="exact percent: 0, 30, 50, 70, 90, 100"), s.WholeInDigits] = None,
     rep: Annotated[s.QueryText | None, Query(max_length=100)] = None,
     stage: Annotated[s.QueryText | None, Query(max_length=32)] = None,
     q: Annotated[s.QueryText | None, Query(max_length=100, description="part of the name")] = None,

@@ -59,8 +59,10 @@ def _visible(value: str) -> str:
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), NoNul, AfterValidator(_visible)]
 Ref = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul, AfterValidator(_no_control)]
-Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul]
+# A rep, a region, a tag: with a visible character, as a name (one of a lone zero-width
+# space was stored, looked empty, and was a rep of its own to the list's filter: a hunt's find).
+Short = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), NoNul, AfterValidator(_visible)]
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50), NoNul, AfterValidator(_visible)]
 MAX_TAGS = 20
 
 
@@ -94,20 +96,24 @@ def _no_bool(value: Any) -> Any:
 
 NotBool = BeforeValidator(_no_bool)
 
-_DIGITS = re.compile(r"[1-9][0-9]*")
+def _in_digits(pattern: str, code: str, what: str) -> BeforeValidator:
+    """A number written as text must be its digits and nothing else: pydantic reads "1_0" as
+    10, and "+1", " 1", "001" and "1.0" as 1. `PATCH /v1/customers/1_0` changed customer 10,
+    `POST /v1/events/1_0/retract` retracted event 10, and heat=3_0 filtered 30 (hunts' finds)."""
+    digits = re.compile(pattern)
+    reason = f"must be {what} written in digits only (no sign, space, underscore, point or leading zero)"
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str) and not digits.fullmatch(value):
+            raise PydanticCustomError(code, reason)
+        return value
+
+    return BeforeValidator(check)
 
 
-def _id_in_digits(value: Any) -> Any:
-    # pydantic reads "1_0" as 10, and "+1", " 1", "001" and "1.0" as 1: `PATCH
-    # /v1/customers/1_0` changed customer 10, and `POST /v1/events/1_0/retract` retracted
-    # event 10 (a hunt's find). An id written as text (a path, a query, a form tool's value)
-    # is its digits and nothing else.
-    if isinstance(value, str) and not _DIGITS.fullmatch(value):
-        raise PydanticCustomError("id_digits", "must be a positive integer written in digits only (no sign, space, underscore, point or leading zero)")
-    return value
-
-
-InDigits = BeforeValidator(_id_in_digits)
+# An id or a page's limit (a path, a query, a form tool's value), and a filter's number (0 too).
+InDigits = _in_digits(r"[1-9][0-9]*", "id_digits", "a positive integer")
+WholeInDigits = _in_digits(r"0|[1-9][0-9]*", "whole_digits", "a whole number")
 
 # Ids are signed 64-bit integers in both databases (`MAX_ID`): a larger one is refused here.
 # The bounds before the validator: after it, pydantic writes them into the JSON schema as

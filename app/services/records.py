@@ -118,13 +118,25 @@ def apply_changes(row: Any, fields: dict[str, Any], now: datetime, *, same: Call
     """Set the `fields` whose values differ from the row's (by `same`), and return them. A
     write that changes nothing (a re-run sync, a PATCH of the values held) keeps the
     version, so the ETags others hold stay valid, and `updated_at`."""
-    changes = {name: value for name, value in fields.items() if not same(getattr(row, name), value)}
+    changes = {name: value for name, value in fields.items() if not _same_field(name, getattr(row, name), value, same)}
     for name, value in changes.items():
         setattr(row, name, value)
     if changes:
         row.version += 1
         row.updated_at = now
     return changes
+
+
+# Fields whose values are sets sent as lists: another order is no change, and the stored
+# order stays (an ERP that exports tags in no fixed order moved the version, and made every
+# other caller's If-Match stale, each night: a hunt's find).
+UNORDERED = frozenset({"tags"})
+
+
+def _same_field(name: str, held: Any, value: Any, same: Callable[[Any, Any], bool]) -> bool:
+    if name in UNORDERED and isinstance(held, list) and isinstance(value, list):
+        return len(held) == len(value) and set(held) == set(value)
+    return same(held, value)
 
 
 def locked_by_ref(session: Session, model: type[Record], ref: str) -> Record | None:

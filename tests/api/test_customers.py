@@ -205,6 +205,24 @@ def test_patch_with_a_stale_etag_is_412_and_changes_nothing(api) -> None:
     assert api.get(f"/v1/customers/{customer['id']}").json()["rep"] == "李强"
 
 
+@pytest.mark.parametrize("header", ["If-Match", "If-None-Match"])
+def test_an_etag_with_a_version_longer_than_any_is_a_422_not_a_500(api, header: str) -> None:
+    """A hunt's find: a version of 4,301 digits was more than int() converts: 500."""
+    customer = api.create_customer("万科华东区域", "owner", external_ref="ERP-9")
+    tag = f'"customer-{customer["id"]}-v{"9" * 4301}"'
+
+    by_ref = api.put("/v1/customers/by-ref/ERP-9", json={"name": "万科华东区域", "kind": "owner"}, headers={header: tag})
+    new_code = api.put("/v1/customers/by-ref/ERP-10", json={"name": "万科", "kind": "owner"}, headers={header: tag})
+
+    if header == "If-Match":  # no ETag of this service: 422; for a code not stored, 412 as documented
+        assert_problem(by_ref, 422, header)
+        assert_problem(new_code, 412)
+        assert_problem(api.patch(f"/v1/customers/{customer['id']}", json={"rep": "李强"}, headers={header: tag}), 422, header)
+    else:  # a tag that is not this record's at its version matches nothing: the PUT goes on
+        assert (by_ref.status_code, new_code.status_code) == (200, 201), (by_ref.text, new_code.text)
+    assert api.get(f"/v1/customers/{customer['id']}").json()["version"] == customer["version"]
+
+
 def test_an_event_changing_the_grade_makes_an_earlier_etag_stale(api) -> None:
     customer = api.create_customer("万科华东区域", "owner")
     etag = api.get(f"/v1/customers/{customer['id']}").headers["etag"]

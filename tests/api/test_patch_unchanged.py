@@ -118,3 +118,34 @@ def test_a_tag_given_twice_is_kept_once_and_changes_nothing(api, resource: str) 
     assert again.status_code == 200 and again.json()["version"] == created.json()["version"]
     patched = api.patch(f"/v1/{resource}/{created.json()['id']}", json={"tags": ["b", "b", "a"]})
     assert patched.json()["version"] == created.json()["version"] and patched.json()["tags"] == ["b", "a"]
+
+
+@pytest.mark.parametrize("resource", ["customers", "projects"])
+def test_the_same_tags_in_another_order_change_nothing(api, resource: str) -> None:
+    """A hunt's find: an ERP that exports tags in no fixed order moved the version (and made
+    every other caller's If-Match stale) on each sync."""
+    owner = api.create_customer("万科华东区域", "owner")["id"]
+    body = {"name": "x", "kind": "owner"} if resource == "customers" else {"name": "x", "owner_id": owner}
+    created = api.put(f"/v1/{resource}/by-ref/T-2", json={**body, "tags": ["无锡", "a"]})
+    assert created.status_code == 201, created.text
+
+    again = api.put(f"/v1/{resource}/by-ref/T-2", json={**body, "tags": ["a", "无锡"]})
+    patched = api.patch(f"/v1/{resource}/{created.json()['id']}", json={"tags": ["a", "无锡"]})
+    changed = api.patch(f"/v1/{resource}/{created.json()['id']}", json={"tags": ["a"]})
+
+    assert (again.json()["version"], again.json()["tags"]) == (created.json()["version"], ["无锡", "a"])
+    assert again.headers["etag"] == created.headers["etag"] and patched.json()["version"] == created.json()["version"]
+    assert (changed.json()["version"], changed.json()["tags"]) == (created.json()["version"] + 1, ["a"])
+
+
+@pytest.mark.parametrize("field", ["rep", "region", "tags"])
+@pytest.mark.parametrize("text", ["\u200b", "\ufeff\u200b", "\u3000\u200b"])
+def test_a_rep_region_or_tag_with_nothing_visible_is_refused(api, field: str, text: str) -> None:
+    """A hunt's find: a lone zero-width space was stored, looked empty, and was a rep of its
+    own to the list's exact filter. A name was refused so already."""
+    value: Any = [text] if field == "tags" else text
+
+    r = api.post("/v1/customers", json={"name": "上海建工安装有限公司", "kind": "installer", field: value})
+
+    problem = assert_problem(r, 422, f"{field}.0" if field == "tags" else field)
+    assert problem["errors"][0]["reason"].endswith("must hold a visible character")

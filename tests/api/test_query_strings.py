@@ -152,3 +152,13 @@ def test_a_page_limit_is_its_digits_only_as_an_id_is(api, path: str, limit: str)
     problem = assert_problem(r, 422, "limit")
     assert "written in digits only" in problem["errors"][0]["reason"]
     assert api.get(path, params={"limit": "5"}).status_code == 200
+
+
+@pytest.mark.parametrize(("path", "name"), [("/v1/customers", "level"), ("/v1/projects", "heat")])
+@pytest.mark.parametrize("written", ["0_0", "+0", " 0", "0.0", "00", "-0", "01"])
+def test_a_level_or_heat_filter_is_its_digits_only(api, path: str, name: str, written: str) -> None:
+    """A hunt's find: heat=3_0 was read as 30, level=+0 as 0."""
+    problem = assert_problem(api.get(path, params={name: written}), 422, name)
+
+    assert "whole number written in digits only" in problem["errors"][0]["reason"]
+    assert api.get(path, params={name: "0"}).status_code == 200
