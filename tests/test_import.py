@@ -418,8 +418,14 @@ def test_ctrl_c_while_a_chunk_is_stored_lets_it_finish_and_says_exactly_what_is_
         return real(*args, **kwargs)
 
     monkeypatch.setattr(app.imports, "_store_events", store_and_press)
-
-    result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])), "--chunk", "2")
+    # As an interactive shell starts a command: a background job (a CI run started with &)
+    # inherits Ctrl-C ignored, which the import leaves as it is (the test below).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = run("import", "events", str(write_csv(tmp_path / "events.csv", [EVENT_COLUMNS, *EXAMPLE_ONE])), "--chunk", "2")
+        handler_after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     assert result.exit_code == 130, result.output
     if presses == 1:
@@ -428,7 +434,7 @@ def test_ctrl_c_while_a_chunk_is_stored_lets_it_finish_and_says_exactly_what_is_
     else:
         assert "interrupted after 2 of 7 rows: the chunks committed before it stay stored, and the chunk in flight may have been stored too" in result.stderr, result.stderr
         assert query(tmp_path, "SELECT count(*) FROM events") == [(2,)]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert handler_after is signal.default_int_handler  # put back
 
 
 @pytest.mark.parametrize(("region", "said"), [("上海", "created 0, updated 0, unchanged 2"), ("北京", "created 0, updated 1, unchanged 1")])
