@@ -31,7 +31,10 @@ def run_migrations_online() -> None:
         return
     # The busy timeout as configured: every command migrates first, and with the default
     # each waited 10 s for another process's write lock whatever the setting said (a hunt's find).
-    engine = make_engine(_url(), sqlite_busy_timeout_ms=config.attributes.get("sqlite_busy_timeout_ms", get_settings().sqlite_busy_timeout_ms))
+    busy_timeout_ms = config.attributes.get("sqlite_busy_timeout_ms")
+    if busy_timeout_ms is None:
+        busy_timeout_ms = get_settings().sqlite_busy_timeout_ms
+    engine = make_engine(_url(), sqlite_busy_timeout_ms=busy_timeout_ms)
     try:
         with engine.connect() as connection:
             _run(connection)

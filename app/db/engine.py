@@ -342,13 +342,13 @@ class Database:
                 except BaseException:
                     try:
                         session.rollback()
-                    except Exception:
+                    except Exception as failed:
                         # What went wrong first is what the caller is told (the bare raise
                         # below): a rollback that fails after it (the connection already lost,
                         # or the session committed when an interrupt came in its after-commit
                         # hook) replaced a Ctrl-C, and an import ended in a traceback, not exit
                         # 130 (a hunt's find).
-                        log.warning("rolling back after an error failed too", exc_info=True)
+                        log.warning("rolling back after an error failed too: %s: %s", type(failed).__name__, str(failed).splitlines()[0] if str(failed) else "")
                     raise
         except InvalidRequestError as exc:
             if not checkout_exhausted(exc):
