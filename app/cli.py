@@ -167,14 +167,27 @@ def _check_database_url(url: str) -> None:
     where the first command to use it printed a traceback."""
     from sqlalchemy.exc import ArgumentError
 
+    unusable = "RAPPORT_DATABASE_URL is not a database URL Rapport can use"
+    encode = "a password holding @, : or / must be percent-encoded (%40, %3A, %2F)"
     try:
         parsed = make_url(url)
-        parsed.get_dialect().import_dbapi()
+        dialect = parsed.get_dialect()
+        dialect.import_dbapi()
     except ArgumentError as exc:
-        raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: {exc}") from None
+        raise _Unusable(f"{unusable}: {exc}") from None
+    except ValueError:
+        # SQLAlchemy's words name the text it could not read, which is the password's rest
+        # where an @ in it was not encoded (a configuration hunt's find: a traceback, exit 1).
+        raise _Unusable(f"{unusable}: its port is not a number, or its host cannot be read; {encode}") from None
     except ImportError as exc:
         hint = ' (Rapport\'s PostgreSQL driver is psycopg: pip install ".[postgres]", and a URL postgresql+psycopg://...)' if parsed.get_backend_name() == "postgresql" else ""
-        raise _Unusable(f"RAPPORT_DATABASE_URL is not a database URL Rapport can use: its driver is not installed: {exc}{hint}") from None
+        raise _Unusable(f"{unusable}: its driver is not installed: {exc}{hint}") from None
+    if "@" in (parsed.host or ""):  # postgres:p@ss@host read as host "ss@host", then printed
+        raise _Unusable(f"{unusable}: its host holds an @; {encode}")
+    if getattr(dialect, "is_async", False):
+        raise _Unusable(f"{unusable}: {parsed.drivername} is an asyncio driver; Rapport's are sqlite:// and postgresql+psycopg://")
+    if parsed.get_backend_name() == "sqlite" and (parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"):
+        raise _Unusable(f"{unusable}: an in-memory SQLite database lives as long as one connection, and each command opens several: name a file (sqlite:///rapport.db)")
 
 
 def _check_can_listen(host: str, port: int) -> None:

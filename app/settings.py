@@ -37,9 +37,12 @@ class Settings(BaseSettings):
         return value
     rulebook_path: Path | None = Field(default=None, description="a rulebook JSON file; default: the packaged default rulebook")
     migrations_dir: Path | None = Field(default=None, description="where the Alembic scripts are, if not beside the package")
-    idempotency_ttl_hours: int = Field(default=24, ge=24, description="how long Idempotency-Key answers are kept")
-    idempotency_lease_seconds: int = Field(default=60, ge=1, description="after this, an unfinished request's key may be taken over")
-    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    # Upper bounds on every duration and count (a configuration hunt's finds): beyond them a
+    # date or a timer overflowed at run time, a 500 on every keyed write, delivery threads
+    # that died while /readyz said ready, or SQLite's 32-bit busy timeout read as "no wait".
+    idempotency_ttl_hours: int = Field(default=24, ge=24, le=24 * 366 * 10, description="how long Idempotency-Key answers are kept (at most ten years)")
+    idempotency_lease_seconds: int = Field(default=60, ge=1, le=86_400, description="after this, an unfinished request's key may be taken over (at most a day)")
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0, le=2**31 - 1)
     log_cache_events: int = Field(
         default=100_000,
         ge=0,
@@ -81,16 +84,24 @@ class Settings(BaseSettings):
         description="seconds to wait before each retry of a failed webhook delivery (JSON list, each at most 30 days); when they run out the subscription is paused",
     )
     webhook_concurrency: int = Field(default=4, ge=1, le=32, description="webhook deliveries each worker (or API process) sends at once, so that a few slow receivers do not hold up the others")
-    webhook_log_days: int = Field(default=30, ge=1, description="days a finished webhook delivery (with its attempts) stays in the delivery log; then the worker deletes it")
+    webhook_log_days: int = Field(default=30, ge=1, le=36_500, description="days a finished webhook delivery (with its attempts) stays in the delivery log; then the worker deletes it")
     webhook_allow_loopback: bool = Field(default=False, description="let outbound webhooks go to this machine (loopback addresses); off, a subscription cannot reach the server's own services")
     webhook_allow_private: bool = Field(default=True, description="let outbound webhooks go to private-network addresses (10/8, 172.16/12, 192.168/16, fc00::/7, 100.64/10), where an on-premises receiver usually is")
-    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60, description="how long one webhook delivery may take")
-    webhook_poll_seconds: float = Field(default=1, gt=0, description="how often the webhook worker looks for due deliveries")
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60, allow_inf_nan=False, description="how long one webhook delivery may take")
+    webhook_poll_seconds: float = Field(default=1, gt=0, le=3600, allow_inf_nan=False, description="how often the webhook worker looks for due deliveries (at most an hour)")
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, description="the largest request body of any other endpoint (413 above)")
     rate_limit_per_second: NonNegativeFloat = Field(
-        default=50, description="requests per second each API key (and each form hook) may sustain, per process; 0 = no limit"
+        default=50, le=1_000_000, allow_inf_nan=False, description="requests per second each API key (and each form hook) may sustain, per process; 0 = no limit, else at least 0.001"
     )
-    rate_limit_burst: int = Field(default=200, ge=1, description="how many requests a key may send at once before the per-second rate applies")
+    rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000_000, description="how many requests a key may send at once before the per-second rate applies")
+
+    @field_validator("rate_limit_per_second")
+    @classmethod
+    def _a_rate_a_client_can_wait_for(cls, value: float) -> float:
+        # 1e-320 overflowed the wait into a 500, 1e-300 a Retry-After of 300 digits.
+        if 0 < value < 0.001:
+            raise ValueError("must be 0 (no limit) or at least 0.001 (one request in about 17 minutes)")
+        return value
 
     @property
     def is_sqlite(self) -> bool:

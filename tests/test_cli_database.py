@@ -120,8 +120,20 @@ def test_a_postgresql_database_that_does_not_exist_fails_every_command_with_stat
 
 @pytest.mark.parametrize(
     "url",
-    ["not a url", "nosuchdriver://host/db", "postgresql+pg8000://postgres@127.0.0.1/rapport", "mssql+pymssql://sa@127.0.0.1/rapport"],
-    ids=["not-a-url", "unknown-driver", "driver-not-installed", "other-engine-not-installed"],
+    [
+        "not a url",
+        "nosuchdriver://host/db",
+        "postgresql+pg8000://postgres@127.0.0.1/rapport",
+        "mssql+pymssql://sa@127.0.0.1/rapport",
+        # A configuration hunt's finds: a traceback (exit 1) printing most of the password,
+        # a password read partly as the host (then printed), and URLs no command can use.
+        "postgresql+psycopg://postgres:p@ss:w0rdS3cret@127.0.0.1:5432/rapport",
+        "postgresql+psycopg://postgres:p@ssS3cret@127.0.0.1:5432/rapport",
+        "postgresql+psycopg_async://postgres@127.0.0.1/rapport",
+        "sqlite://",
+        "sqlite:///:memory:",
+    ],
+    ids=["not-a-url", "unknown-driver", "driver-not-installed", "other-engine-not-installed", "port-not-a-number", "at-in-password", "async-driver", "sqlite-memory", "sqlite-memory-named"],
 )
 @pytest.mark.parametrize("command", [("migrate",), ("keys", "list"), ("verify",)], ids=" ".join)
 def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url: str, command: tuple[str, ...]) -> None:  # noqa: ANN001
@@ -130,7 +142,7 @@ def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # one line
     assert result.stderr.startswith("Error: RAPPORT_DATABASE_URL is not a database URL Rapport can use: ")
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "S3cret" not in result.output
 
 
 @pytest.mark.parametrize(
@@ -138,12 +150,18 @@ def test_a_database_url_rapport_cannot_use_is_a_usage_error_in_one_line(run, url
     [
         ({"RAPPORT_IDEMPOTENCY_TTL_HOURS": "1"}, ["RAPPORT_IDEMPOTENCY_TTL_HOURS: Input should be greater than or equal to 24"]),
         ({"RAPPORT_WEBHOOK_TIMEOUT_SECONDS": "61"}, ["RAPPORT_WEBHOOK_TIMEOUT_SECONDS: Input should be less than or equal to 60"]),
+        # A configuration hunt's finds: each was accepted, then overflowed at run time.
+        ({"RAPPORT_WEBHOOK_POLL_SECONDS": "inf"}, ["RAPPORT_WEBHOOK_POLL_SECONDS: Input should be a finite number"]),
+        ({"RAPPORT_SQLITE_BUSY_TIMEOUT_MS": "2147483648"}, ["RAPPORT_SQLITE_BUSY_TIMEOUT_MS: Input should be less than or equal to 2147483647"]),
+        ({"RAPPORT_WEBHOOK_LOG_DAYS": "1000000"}, ["RAPPORT_WEBHOOK_LOG_DAYS: Input should be less than or equal to 36500"]),
+        ({"RAPPORT_IDEMPOTENCY_LEASE_SECONDS": "1000000000000"}, ["RAPPORT_IDEMPOTENCY_LEASE_SECONDS: Input should be less than or equal to 86400"]),
+        ({"RAPPORT_RATE_LIMIT_PER_SECOND": "1e-300"}, ["RAPPORT_RATE_LIMIT_PER_SECOND: must be 0 (no limit) or at least 0.001"]),
         ({"RAPPORT_RATE_LIMIT_PER_SECOND": "abc", "RAPPORT_WORKER_THREADS": "0"}, ["RAPPORT_RATE_LIMIT_PER_SECOND: Input should be a valid number", "RAPPORT_WORKER_THREADS: "]),
         ({"RAPPORT_WEBHOOK_RETRY_SCHEDULE": "[1e400]"}, ["RAPPORT_WEBHOOK_RETRY_SCHEDULE.0: Input should be a finite number"]),
         ({"RAPPORT_WEBHOOK_RETRY_SCHEDULE": "[5, 1e12]"}, ["RAPPORT_WEBHOOK_RETRY_SCHEDULE.1: Input should be less than or equal to 2592000"]),
         ({"RAPPORT_WEBHOOK_RETRY_SCHEDULE": "abc"}, ["RAPPORT_WEBHOOK_RETRY_SCHEDULE is not JSON: Expecting value"]),
     ],
-    ids=["below-its-least", "above-its-most", "two-at-once", "infinite-wait", "wait-past-any-date", "not-json"],
+    ids=["below-its-least", "above-its-most", "infinite-poll", "busy-past-32-bits", "log-days-past-any-date", "lease-past-any-date", "rate-too-small", "two-at-once", "infinite-wait", "wait-past-any-date", "not-json"],
 )
 @pytest.mark.parametrize("command", [("migrate",), ("keys", "list"), ("verify",)], ids=" ".join)
 def test_a_setting_rapport_cannot_use_is_a_configuration_error_in_one_line(run, env: dict[str, str], named: list[str], command: tuple[str, ...]) -> None:  # noqa: ANN001
