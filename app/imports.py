@@ -186,7 +186,6 @@ _GB = {"gb18030", "gbk", "gb2312"}
 _HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
-_NON_ASCII = re.compile("[^\x00-\x7f]")
 # The letters of Latin-1 and Latin Extended-A, what a European name or place in UTF-8 reads
 # as (Café Müller, Zürich, Łódź). 92 GB2312 characters are such a letter too, read as UTF-8
 # (茅 é, 毛 ë, 莫 Ī), so a GB18030 file is taken for European names only where it holds no
@@ -208,7 +207,7 @@ def _check_not_utf8(path: Path, encoding: str) -> None:
     if codecs.lookup(encoding).name not in _GB:
         return
     decoder = codecs.getincrementaldecoder("utf-8")()
-    chinese = beyond_ascii = other = in_a_word = False
+    chinese = other = in_a_word = False
     with path.open("rb") as raw:
         if raw.read(3) == codecs.BOM_UTF8:
             raise UnusableInput(f"the file starts with a UTF-8 byte order mark: it is UTF-8 text, not {encoding}; import it without --encoding")
@@ -217,7 +216,6 @@ def _check_not_utf8(path: Path, encoding: str) -> None:
             for block in iter(lambda: raw.read(1 << 16), b""):
                 text = decoder.decode(block)
                 chinese = chinese or _HAN.search(text) is not None
-                beyond_ascii = beyond_ascii or _NON_ASCII.search(text) is not None
                 other = other or _NOT_LATIN_LETTER.search(text) is not None
                 in_a_word = in_a_word or _IN_A_WORD.search(text) is not None
             decoder.decode(b"", final=True)
@@ -225,7 +223,7 @@ def _check_not_utf8(path: Path, encoding: str) -> None:
             return
     if chinese:
         raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its Chinese would be stored as garbage)")
-    if beyond_ascii and not other and in_a_word:
+    if in_a_word and not other:  # a letter within a word is beyond ASCII already
         raise UnusableInput(f"the file is UTF-8 text, not {encoding}: import it without --encoding (read as {encoding}, its accented letters would be stored as Chinese characters)")
 
 
@@ -631,7 +629,7 @@ class _RejectedFile:
                 first = file.readline(4096)
         except (OSError, UnicodeDecodeError):
             return False
-        return first.startswith(",".join(REPORT_COLUMNS) + ",") or first.rstrip("\r\n") == ",".join(REPORT_COLUMNS)
+        return first.rstrip("\r\n").split(",")[: len(REPORT_COLUMNS)] == list(REPORT_COLUMNS)
 
     def add(self, row: Row, errors: list[FieldError]) -> None:
         if self._file is None:

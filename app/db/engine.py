@@ -348,7 +348,7 @@ class Database:
                         # or the session committed when an interrupt came in its after-commit
                         # hook) replaced a Ctrl-C, and an import ended in a traceback, not exit
                         # 130 (a hunt's find).
-                        log.warning("rolling back after an error failed too: %s: %s", type(failed).__name__, str(failed).splitlines()[0] if str(failed) else "")
+                        log.warning("rolling back after an error failed too: %s: %s", type(failed).__name__, (str(failed).splitlines() or [""])[0])
                     raise
         except InvalidRequestError as exc:
             if not checkout_exhausted(exc):
